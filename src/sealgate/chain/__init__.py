@@ -1,0 +1,1 @@
+"""The interceptor chain shared by all protocols, and its built-in interceptors."""

@@ -1,0 +1,58 @@
+"""Hook records: small typed, immutable views of one parsed message."""
+
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+
+def _frozenMapping(value: Mapping | None) -> Mapping:
+    return dict(value or {})
+
+
+@attrs.frozen
+class SessionStart:
+    """A session is about to start (the access check)."""
+
+    session: Any
+
+
+@attrs.frozen
+class Command:
+    """
+    One command a session wants to run.
+
+    @ivar kind: what sort of command: "sql", "exec", "sftp", "http", "line"...
+    @ivar text: the command as a human reads it (the SQL, the command line,
+        "GET /path").  Rules' regexes match on it.
+    @ivar details: protocol-defined facts rules match on, e.g.
+        C{{"statements": ("DROP",), "relations": ("users",)}} for SQL or
+        C{{"method": "DELETE", "path": "/x", "headers": {...}}} for HTTP.
+    """
+
+    session: Any
+    kind: str
+    text: str
+    details: Mapping[str, Any] = attrs.field(factory=dict, converter=_frozenMapping)
+
+
+@attrs.frozen
+class Output:
+    """
+    Data on its way to the client.
+
+    @ivar data: C{str} or C{bytes}.
+    @ivar context: e.g. C{{"column": "email"}} or C{{"content_type": ...}}.
+    """
+
+    session: Any
+    data: Any
+    context: Mapping[str, Any] = attrs.field(factory=dict, converter=_frozenMapping)
+
+
+@attrs.frozen
+class SessionEnd:
+    """The session ended (normal close, error, cut off)."""
+
+    session: Any
+    reason: str

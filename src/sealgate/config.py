@@ -1,0 +1,455 @@
+"""TOML configuration parsed into attrs classes, validated with errors for people."""
+
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+
+class ConfigError(Exception):
+    """
+    A configuration problem.  C{str(exc)} is one message naming the file, the
+    key and the fix; it is printed without a traceback.
+    """
+
+
+@attrs.frozen
+class Where:
+    """A place in a config file, to build L{ConfigError}s from."""
+
+    path: str
+    table: str
+
+    def key(self, key: str) -> str:
+        return f"{self.table}.{key}" if self.table else key
+
+    def error(self, key: str, message: str, fix: str = "") -> ConfigError:
+        text = f"{self.path}: {self.key(key)}: {message}"
+        if fix:
+            text += f"\n  fix: {fix}"
+        return ConfigError(text)
+
+    def sub(self, name: str) -> "Where":
+        return Where(self.path, self.key(name))
+
+
+@attrs.frozen
+class GatewaySection:
+    state_dir: Path
+    admin: str = "tcp:8700:interface=127.0.0.1"
+    drain_timeout: float = 30.0
+    node: str = "sealgate"
+    checkpoint_interval: float = 1.0
+
+
+@attrs.frozen
+class IdentityConfig:
+    oidc_issuer: str | None = None
+    oidc_audience: str = "sealgate"
+    groups_claim: str = "groups"
+    subject_claim: str = "sub"
+    leeway: float = 60.0
+    jwks_min_refresh: float = 30.0
+    admins: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class Role:
+    name: str
+    groups: tuple[str, ...]
+    connections: tuple[str, ...]
+
+
+@attrs.frozen
+class Rule:
+    """
+    A guardrail, approval or allow rule.  Rules are checked in file order and
+    the first that matches a command decides.
+
+    @ivar matchers: protocol matcher keys and values (C{statements},
+        C{relations}, C{sql_regex}, C{commands}, C{methods}, C{paths},
+        C{headers}, ...).
+    """
+
+    name: str
+    connections: tuple[str, ...]
+    groups: tuple[str, ...]
+    action: str
+    matchers: Mapping[str, Any]
+    reason: str = ""
+    approvers: tuple[str, ...] = ()
+    approvals_needed: int = 1
+    expires: float = 300.0
+
+
+@attrs.frozen
+class MaskingConfig:
+    detectors: tuple[str, ...] = ()
+    columns: tuple[str, ...] = ()
+    json_fields: tuple[str, ...] = ()
+    connections: tuple[str, ...] = ("*",)
+    exempt_groups: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class ConnectionConfig:
+    name: str
+    protocol: str
+    listen: str
+    backend: str
+    options: Any = None
+    where: Where | None = attrs.field(default=None, eq=False, repr=False)
+
+
+@attrs.frozen
+class GatewayConfig:
+    path: str
+    gateway: GatewaySection
+    identity: IdentityConfig
+    roles: tuple[Role, ...]
+    connections: tuple[ConnectionConfig, ...]
+    rules: tuple[Rule, ...]
+    masking: MaskingConfig
+    raw: Mapping[str, Any] = attrs.field(eq=False, repr=False, factory=dict)
+
+    def connection(self, name: str) -> ConnectionConfig | None:
+        for c in self.connections:
+            if c.name == name:
+                return c
+        return None
+
+
+#: Matcher keys every rule may use; protocol plugins add theirs through an
+#: optional C{ruleKeys} attribute.
+BASE_RULE_KEYS = frozenset(
+    {"statements", "relations", "sql_regex", "commands", "methods", "paths", "headers", "kinds"}
+)
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+
+
+def parseDuration(text: str | int | float) -> float:
+    """'5m' -> 300.0; raises ValueError."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        return float(text)
+    m = _DURATION.match(str(text))
+    if not m:
+        raise ValueError(text)
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+# -- small typed getters ---------------------------------------------------
+
+
+class Table:
+    """Reads one TOML table, tracking which keys were used."""
+
+    def __init__(self, data: Any, where: Where):
+        if not isinstance(data, dict):
+            raise where.error("", "must be a table", f"write it as [{where.table}]")
+        self.data = data
+        self.where = where
+        self.used: set[str] = set()
+
+    def _get(self, key, default, required):
+        self.used.add(key)
+        if key not in self.data:
+            if required:
+                raise self.where.error(key, "is missing", f"add {key} = ... to [{self.where.table}]")
+            return default
+        return self.data[key]
+
+    def str(self, key, default=None, required=False) -> Any:
+        v = self._get(key, default, required)
+        if v is not default and not isinstance(v, str):
+            raise self.where.error(key, f"must be a string, not {type(v).__name__}",
+                                   f'write it in quotes: {key} = "..."')
+        return v
+
+    def bool(self, key, default=False) -> bool:
+        v = self._get(key, default, False)
+        if not isinstance(v, bool):
+            raise self.where.error(key, f"must be true or false, not {v!r}")
+        return v
+
+    def number(self, key, default=None, minimum=None) -> Any:
+        v = self._get(key, default, False)
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise self.where.error(key, f"must be a number, not {v!r}")
+        if minimum is not None and v < minimum:
+            raise self.where.error(key, f"must be at least {minimum}, not {v}")
+        return v
+
+    def duration(self, key, default) -> float:
+        v = self._get(key, default, False)
+        try:
+            return parseDuration(v)
+        except ValueError:
+            raise self.where.error(key, f"is not a duration: {v!r}",
+                                   'write a number of seconds or e.g. "30s", "5m", "2h", "30d"')
+
+    def strings(self, key, default=(), required=False) -> tuple[str, ...]:
+        v = self._get(key, default, required)
+        if isinstance(v, str):
+            v = [v]
+        if not isinstance(v, (list, tuple)) or not all(isinstance(s, str) for s in v):
+            raise self.where.error(key, "must be a list of strings", f'write {key} = ["...", "..."]')
+        return tuple(v)
+
+    def finish(self, extra_ok: Callable[[str], bool] = lambda k: False) -> None:
+        for key in self.data:
+            if key not in self.used and not extra_ok(key):
+                known = ", ".join(sorted(self.used))
+                raise self.where.error(key, "unknown key",
+                                       f"remove it or use one of: {known}")
+
+
+def resolveSecret(table: Table, base: str, required: bool = True) -> str | None:
+    """
+    Resolve C{<base>_env} or C{<base>_file} in a table to the secret value.
+    The value never appears in an error.
+    """
+    env = table.str(f"{base}_env")
+    path = table.str(f"{base}_file")
+    if env and path:
+        raise table.where.error(f"{base}_env", f"both {base}_env and {base}_file are set",
+                                "keep one of them")
+    if env:
+        value = os.environ.get(env)
+        if value is None:
+            raise table.where.error(f"{base}_env", f"environment variable {env} is not set",
+                                    f"export {env}=... before starting sealgate")
+        return value
+    if path:
+        try:
+            return Path(path).read_text().rstrip("\r\n")
+        except OSError as e:
+            raise table.where.error(f"{base}_file", f"cannot read {path}: {e.strerror}",
+                                    "point it at a readable file holding only the secret")
+    if required:
+        raise table.where.error(f"{base}_env", "no secret configured",
+                                f"set {base}_env = \"VAR\" or {base}_file = \"/path\"")
+    return None
+
+
+# -- the whole file ----------------------------------------------------------
+
+
+def loadConfig(path: str | os.PathLike, plugins: Mapping[str, Any] | None = None) -> GatewayConfig:
+    """
+    Read and validate a config file.
+
+    @param plugins: protocol name -> L{sealgate.interfaces.IProtocolPlugin};
+        None to discover them with twisted.plugin.
+    @raise ConfigError: with one message for people.
+    """
+    path = str(path)
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file\n  fix: pass --config PATH or set SEALGATE_CONFIG")
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}")
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}\n  fix: correct the syntax at that line")
+    if plugins is None:
+        from sealgate.plugins import protocolPlugins
+
+        plugins = protocolPlugins()
+    return parseConfig(raw, path, plugins)
+
+
+def parseConfig(raw: Mapping[str, Any], path: str, plugins: Mapping[str, Any]) -> GatewayConfig:
+    top = Table(dict(raw), Where(path, ""))
+    base = Path(path).resolve().parent
+
+    g = Table(top._get("gateway", {}, False), Where(path, "gateway"))
+    state_dir = Path(g.str("state_dir", "var/sealgate"))
+    if not state_dir.is_absolute():
+        # Relative to the directory we were started in, like twistd does.
+        state_dir = Path.cwd() / state_dir
+    gateway = GatewaySection(
+        state_dir=state_dir,
+        admin=_endpoint(g, "admin", "tcp:8700:interface=127.0.0.1", server=True),
+        drain_timeout=g.duration("drain_timeout", 30.0),
+        node=g.str("node", "sealgate"),
+        checkpoint_interval=g.duration("checkpoint_interval", 1.0),
+    )
+    g.finish()
+
+    i = Table(top._get("identity", {}, False), Where(path, "identity"))
+    issuer = i.str("oidc_issuer")
+    if issuer is not None and not re.match(r"^https?://", issuer):
+        raise i.where.error("oidc_issuer", f"{issuer!r} is not an http(s) URL",
+                            'write the issuer URL, e.g. "https://login.example.com/"')
+    identity = IdentityConfig(
+        oidc_issuer=issuer,
+        oidc_audience=i.str("oidc_audience", "sealgate"),
+        groups_claim=i.str("groups_claim", "groups"),
+        subject_claim=i.str("subject_claim", "sub"),
+        leeway=i.duration("leeway", 60.0),
+        jwks_min_refresh=i.duration("jwks_min_refresh", 30.0),
+        admins=i.strings("admins"),
+    )
+    i.finish()
+
+    connections = []
+    names: set[str] = set()
+    for n, c in enumerate(_array(top, "connections")):
+        t = Table(c, Where(path, f"connections[{n}]"))
+        name = t.str("name", required=True)
+        if name in names:
+            raise t.where.error("name", f"duplicate connection name {name!r}",
+                                "give each [[connections]] entry its own name")
+        names.add(name)
+        t.where = Where(path, f"connections[{n}] ({name})")
+        protocol = t.str("protocol", required=True)
+        plugin = plugins.get(protocol)
+        if plugin is None:
+            known = ", ".join(sorted(plugins)) or "none installed"
+            raise t.where.error("protocol", f"unknown protocol {protocol!r}",
+                                f"use one of: {known} (or install the plugin that provides it)")
+        listen = _endpoint(t, "listen", None, server=True, required=True)
+        backend = _endpoint(t, "backend", None, server=False, required=True)
+        where = t.where.sub("options")
+        options = plugin.parseOptions(dict(t._get("options", {}, False)), where)
+        t.finish()
+        connections.append(ConnectionConfig(name, protocol, listen, backend, options, where))
+
+    roles = []
+    for n, r in enumerate(_array(top, "roles")):
+        t = Table(r, Where(path, f"roles[{n}]"))
+        role = Role(t.str("name", required=True), t.strings("groups", required=True),
+                    t.strings("connections", required=True))
+        _knownConnections(t, "connections", role.connections, names)
+        t.finish()
+        roles.append(role)
+
+    ruleKeys = set(BASE_RULE_KEYS)
+    for p in plugins.values():
+        ruleKeys.update(getattr(p, "ruleKeys", ()))
+    rules = []
+    for n, r in enumerate(_array(top, "rules")):
+        rules.append(_rule(Table(r, Where(path, f"rules[{n}]")), names, ruleKeys))
+
+    m = Table(top._get("masking", {}, False), Where(path, "masking"))
+    from sealgate.masking import knownDetectors
+
+    detectors = m.strings("detectors")
+    available = knownDetectors()
+    for d in detectors:
+        if d not in available:
+            raise m.where.error("detectors", f"unknown detector {d!r}",
+                                f"use any of: {', '.join(sorted(available))}")
+    masking = MaskingConfig(detectors=detectors, columns=m.strings("columns"),
+                            json_fields=m.strings("json_fields"),
+                            connections=m.strings("connections", ("*",)),
+                            exempt_groups=m.strings("exempt_groups"))
+    _knownConnections(m, "connections", masking.connections, names)
+    m.finish()
+
+    top.finish()
+    _checkDistinctListeners(connections)
+    return GatewayConfig(path, gateway, identity, tuple(roles), tuple(connections),
+                         tuple(rules), masking, raw)
+
+
+def _rule(t: Table, names: set[str], ruleKeys: set[str]) -> Rule:
+    name = t.str("name", required=True)
+    action = t.str("action", required=True)
+    if action not in ("deny", "approve", "allow"):
+        raise t.where.error("action", f"unknown action {action!r}", "use deny, approve or allow")
+    conns = t.strings("connections", ("*",))
+    _knownConnections(t, "connections", conns, names)
+    matchers: dict[str, Any] = {}
+    for key in list(t.data):
+        if key in ruleKeys:
+            t.used.add(key)
+            value = t.data[key]
+            if key == "headers":
+                if not isinstance(value, dict):
+                    raise t.where.error(key, "must be a table of header = regex")
+                for h, rx in value.items():
+                    _regex(t, f"headers.{h}", rx)
+            elif key in ("sql_regex",):
+                _regex(t, key, value)
+            else:
+                value = t.strings(key)
+                if key in ("commands", "paths"):
+                    for rx in value:
+                        _regex(t, key, rx)
+            matchers[key] = value
+    approvers = t.strings("approvers")
+    needed = t.number("approvals_needed", 1, minimum=1)
+    if action == "approve" and not approvers:
+        raise t.where.error("approvers", "an approve rule needs approver groups",
+                            'add approvers = ["leads"]')
+    rule = Rule(
+        name=name, connections=conns, groups=t.strings("groups", ("*",)), action=action,
+        matchers=matchers, reason=t.str("reason", ""), approvers=approvers,
+        approvals_needed=int(needed), expires=t.duration("expires", 300.0),
+    )
+    t.finish()
+    return rule
+
+
+def _regex(t: Table, key: str, rx: Any) -> None:
+    if not isinstance(rx, str):
+        raise t.where.error(key, "must be a regular expression string")
+    try:
+        re.compile(rx)
+    except re.error as e:
+        raise t.where.error(key, f"bad regular expression {rx!r}: {e}",
+                            "fix the pattern (Python re syntax)")
+
+
+def _array(top: Table, key: str) -> list:
+    v = top._get(key, [], False)
+    if not isinstance(v, list):
+        raise top.where.error(key, "must be an array of tables", f"write it as [[{key}]]")
+    return v
+
+
+def _knownConnections(t: Table, key: str, conns: tuple[str, ...], names: set[str]) -> None:
+    for c in conns:
+        if c != "*" and c not in names:
+            raise t.where.error(key, f"no connection named {c!r}",
+                                f"use \"*\" or one of: {', '.join(sorted(names)) or '(none defined)'}")
+
+
+def _endpoint(t: Table, key: str, default, server: bool, required=False) -> str:
+    desc = t.str(key, default, required=required)
+    from twisted.internet import endpoints
+
+    try:
+        if server:
+            endpoints._parseServer(desc, None)
+        else:
+            endpoints._parse(desc)
+            if not desc.split(":", 1)[0] in ("tcp", "ssl", "unix", "tls"):
+                raise ValueError(desc)
+    except Exception as e:
+        kind = "listen" if server else "connect"
+        raise t.where.error(key, f"cannot parse endpoint {desc!r} ({e})",
+                            f'write a Twisted {kind} endpoint, e.g. '
+                            + ('"tcp:6432:interface=127.0.0.1"' if server
+                               else '"tcp:host=127.0.0.1:port=5432"'))
+    return desc
+
+
+def _checkDistinctListeners(connections: list[ConnectionConfig]) -> None:
+    seen: dict[str, ConnectionConfig] = {}
+    for c in connections:
+        other = seen.get(c.listen)
+        if other is not None and other.protocol != c.protocol:
+            assert c.where is not None
+            raise c.where.error("listen", f"{c.listen!r} is also used by connection "
+                                f"{other.name!r} with protocol {other.protocol!r}",
+                                "give each protocol its own listen endpoint")
+        seen.setdefault(c.listen, c)

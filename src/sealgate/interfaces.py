@@ -1,0 +1,192 @@
+"""The zope.interface contracts between sealgate's core and its plugins.
+
+Third parties write protocol and interceptor plugins against these; the
+built-in ones implement exactly the same interfaces (docs/plugins.md).
+"""
+
+from zope.interface import Attribute, Interface
+
+
+class IProtocolPlugin(Interface):
+    """
+    A wire protocol sealgate can proxy.  Discovered with
+    C{twisted.plugin.getPlugins(IProtocolPlugin, twisted.plugins)}; a
+    C{[[connections]]} table selects one with C{protocol = "<name>"}.
+    """
+
+    name = Attribute("The protocol's name as written in the config, e.g. 'postgres'.")
+
+    def parseOptions(options, where):
+        """
+        Validate a connection's C{[connections.options]} table.
+
+        @param options: the raw TOML table (a dict).
+        @param where: a L{sealgate.config.Where} naming the file and the
+            table, to build errors with C{where.error(key, message, fix)}.
+        @return: any object; it is handed back as C{connection.options}.
+        @raise sealgate.config.ConfigError: for anything wrong, naming the key
+            and the fix.  Secrets (``password_env``...) are resolved here so a
+            missing one fails at start-up.
+        """
+
+    def makeFactory(connection, gateway):
+        """
+        Build the listening factory for one connection.
+
+        @param connection: a L{sealgate.config.ConnectionConfig}; its
+            C{options} are what L{parseOptions} returned.
+        @param gateway: an L{IGateway}: identity, sessions, chain, store.
+        @return: an L{twisted.internet.interfaces.IProtocolFactory}.
+        """
+
+    def replay(frames, out, speed):
+        """
+        Render a recorded session for C{sealgate replay}.
+
+        @param frames: iterable of L{sealgate.recording.Frame} in order.
+        @param out: a binary file to write to.
+        @param speed: None for no waiting, else a playback speed factor.
+        """
+
+
+class IGateway(Interface):
+    """
+    What a protocol plugin gets from the gateway: one place that turns a
+    credential into an identity, and an identity into an audited, recorded
+    session with its interceptor chain.
+    """
+
+    reactor = Attribute("The reactor; protocols never import it themselves.")
+
+    def authenticate(connection, credential, client, claimed=None):
+        """
+        Check a credential (OIDC token or API key) for a connection.
+
+        @return: L{Deferred} firing with a L{sealgate.identity.Identity}, or
+            failing with L{sealgate.identity.AuthenticationFailed} (whose
+            message is safe to show the client).  Failures are audited with
+            the reason and the claimed identity, never the credential.
+        """
+
+    def openSession(connection, identity, client, meta=None):
+        """
+        Start a session: access check (the chain's session-start hook),
+        recording, the OPEN audit event.
+
+        @return: a L{sealgate.session.Session}.
+        @raise sealgate.session.SessionRefused: access denied or the store
+            cannot record (message safe for the client).
+        """
+
+
+class IInterceptor(Interface):
+    """
+    One link of the interceptor chain.  A plain object with methods named
+    after the hooks it wants (mitmproxy-style); the chain calls only those it
+    has.  Each hook method takes a hook record from L{sealgate.chain.hooks}
+    and returns a verdict from L{sealgate.chain.verdicts} (C{None} means
+    continue):
+
+      - C{sessionStart(hook)}: C{SessionStart}; may L{Deny}.
+      - C{command(hook)}: C{Command}; may L{Deny}, L{Hold} or L{Rewrite}.
+      - C{output(hook)}: C{Output}; may L{Rewrite} the data.
+      - C{sessionEnd(hook)}: C{SessionEnd}; the verdict is ignored.
+    """
+
+    name = Attribute("Unique name used in logs and audit events.")
+
+    def appliesTo(session):
+        """
+        Whether this interceptor runs for this session (by connection and
+        identity groups).  Asked once per session, so a session no rule
+        touches pays nothing per message.
+        """
+
+
+class IInterceptorPlugin(Interface):
+    """
+    A twisted.plugin that contributes an interceptor to every gateway.
+    """
+
+    name = Attribute("Plugin name.")
+    order = Attribute("Position in the chain; lower runs first. Built-ins: "
+                      "access 100, guardrail 200, approval 300, masking 400, audit 900.")
+
+    def build(config, gateway):
+        """
+        @param config: the whole L{sealgate.config.GatewayConfig}.
+        @param gateway: the L{IGateway}.
+        @return: an L{IInterceptor}, or None to stay out of this gateway.
+        """
+
+
+class IRecordingStore(Interface):
+    """
+    The sealed store: per-session frame trees and one global append-only
+    log per node (DESIGN.md, "Recording store").  Write methods never block:
+    they queue, and a writer thread commits in batches.
+    """
+
+    def start():
+        """
+        Open (creating on first start), lock and recover the store.
+        @return: L{Deferred} firing when ready.
+        """
+
+    def stop():
+        """
+        Flush everything, write a final checkpoint, release the lock.
+        @return: L{Deferred}.
+        """
+
+    def healthy():
+        """
+        @return: C{None} when new sessions may be recorded, else a reason
+            (e.g. the disk is full) as a string safe to show a client.
+        """
+
+    def openSession(sessionId, info):
+        """
+        Queue the OPEN log leaf and start a session tree.
+
+        @param info: a dict (identity, connection, protocol, client,
+            policy_hash, ...) stored in the OPEN record.
+        @return: an L{ISessionRecording}.
+        """
+
+    def auditEvent(event):
+        """
+        Queue a node-level EVENT leaf (a dict) not tied to a session, such
+        as a failed login.
+        """
+
+
+class ISessionRecording(Interface):
+    """
+    One session's recording.  Never blocks; never sees login secrets.
+    """
+
+    sessionId = Attribute("The session id.")
+
+    def frame(direction, data, channel=0):
+        """
+        Record bytes as the client saw them.
+
+        @param direction: L{sealgate.session.FROM_CLIENT} or
+            L{sealgate.session.TO_CLIENT}.
+        @param data: bytes (split into 16 KiB frames by the store).
+        @param channel: protocol-defined channel number (SSH channel...).
+        """
+
+    def event(kind, fields):
+        """
+        Queue an audit EVENT leaf tied to this session (command, verdict,
+        approval...).
+        """
+
+    def close(reason, stats):
+        """
+        Queue the CLOSE leaf with the final tree size and root.
+
+        @return: L{Deferred} firing once the CLOSE is durable and signed.
+        """

@@ -1,0 +1,1 @@
+"""Built-in protocol plugins, one package each (sans-IO codec, Twisted protocols, replay)."""

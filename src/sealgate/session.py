@@ -50,6 +50,7 @@ class Session:
     client: str
     chain: Any = None
     recording: Any = None
+    gateway: Any = None
     meta: dict = attrs.field(factory=dict)
     started: float = attrs.field(factory=time.time)
     bytesFromClient: int = 0
@@ -125,6 +126,8 @@ class Session:
         self.ended = True
         if self.chain is not None:
             self.chain.sessionEnd(reason)
+        if self.gateway is not None:
+            self.gateway.sessionEnded(self, reason)
         return self.recording.close(
             reason,
             {

@@ -1,0 +1,111 @@
+"""The L{IGateway} protocols call: credentials to identities, identities to sessions."""
+
+import hashlib
+import json
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from sealgate.chain._chain import Chain
+from sealgate.chain.verdicts import Deny
+from sealgate.identity import AuthenticationFailed
+from sealgate.interfaces import IGateway
+from sealgate.session import Session, SessionRefused, newSessionId
+
+
+def policyHash(config) -> str:
+    """SHA-256 over the policy (roles, rules, masking) a session starts under."""
+    raw = config.raw
+    policy = {k: raw.get(k) for k in ("roles", "rules", "masking")}
+    blob = json.dumps(policy, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+@implementer(IGateway)
+class Gateway:
+    """
+    Shared by every protocol factory.  Holds the current policy (replaced
+    whole on reload: sessions keep the chain they started with, new ones get
+    the new one) and the live sessions.
+    """
+
+    _log = Logger()
+
+    def __init__(self, config, identity, store, approvals, interceptorPlugins, reactor):
+        self.reactor = reactor
+        self.identity = identity
+        self.store = store
+        self.approvals = approvals
+        self._plugins = interceptorPlugins
+        self.sessions: dict[str, Session] = {}
+        self.accepting = True
+        self.setConfig(config)
+
+    def setConfig(self, config) -> None:
+        """Build the chain for a (new) config.  Raises if a plugin refuses it."""
+        interceptors = []
+        for p in self._plugins:
+            i = p.build(config, self)
+            if i is not None:
+                interceptors.append(i)
+        self.config = config
+        self.chain = Chain(interceptors)
+        self.policyHash = policyHash(config)
+
+    def authenticate(self, connection, credential, client, claimed=None):
+        d = defer.maybeDeferred(self.identity.authenticate, credential)
+
+        def failed(f):
+            if f.check(AuthenticationFailed):
+                reason, who = f.value.reason, f.value.claimed or claimed
+            else:
+                self._log.failure("Authentication error for {client}", f, client=client)
+                reason, who = "authentication is unavailable", claimed
+            self.store.auditEvent({
+                "kind": "login_failed", "connection": connection.name,
+                "protocol": connection.protocol, "client": client,
+                "claimed": who, "reason": reason,
+            })
+            self._log.info("Login refused on {connection} from {client} "
+                           "(claimed {claimed}): {reason}", connection=connection.name,
+                           client=client, claimed=who, reason=reason)
+            raise AuthenticationFailed(reason, who)
+
+        return d.addErrback(failed)
+
+    def openSession(self, connection, identity, client, meta=None) -> Session:
+        if not self.accepting:
+            raise SessionRefused("the gateway is shutting down", "shutdown")
+        problem = self.store.healthy()
+        if problem is not None:
+            self._log.error("Refusing a session on {connection}: {problem}",
+                            connection=connection.name, problem=problem)
+            raise SessionRefused(f"sessions cannot be recorded: {problem}", "store")
+        session = Session(newSessionId(), connection, identity, client, meta=dict(meta or {}))
+        session.chain = self.chain.forSession(session)
+        verdict = session.chain.sessionStart()
+        if isinstance(verdict, Deny):
+            self.store.auditEvent({
+                "kind": "access_denied", "connection": connection.name,
+                "protocol": connection.protocol, "client": client,
+                "identity": identity.asDict(), "rule": verdict.rule, "reason": verdict.reason,
+            })
+            raise SessionRefused(verdict.reason, "access")
+        info: dict[str, Any] = {
+            "connection": connection.name, "protocol": connection.protocol,
+            "identity": identity.asDict(), "client": client,
+            "policy_hash": self.policyHash, "meta": session.meta,
+        }
+        session.recording = self.store.openSession(session.id, info)
+        session.gateway = self
+        self.sessions[session.id] = session
+        self._log.info("Session {session} opened: {subject} on {connection} from {client}",
+                       session=session.id, subject=identity.subject,
+                       connection=connection.name, client=client)
+        return session
+
+    def sessionEnded(self, session: Session, reason: str) -> None:
+        self.sessions.pop(session.id, None)
+        self._log.info("Session {session} closed: {reason}", session=session.id, reason=reason)

@@ -7,6 +7,8 @@ from sealgate.plugins import LazyInterceptorPlugin, LazyProtocolPlugin
 sealgate = ServiceMaker("sealgate", "sealgate.tap", "Identity-aware access gateway", "sealgate")
 
 postgres = LazyProtocolPlugin("postgres", "sealgate.protocols.postgres.plugin")
+ssh = LazyProtocolPlugin("ssh", "sealgate.protocols.ssh.plugin")
+http = LazyProtocolPlugin("http", "sealgate.protocols.http.plugin")
 
 access = LazyInterceptorPlugin("access", 100, "sealgate.chain.access")
 rules = LazyInterceptorPlugin("rules", 200, "sealgate.chain.rules")

@@ -267,7 +267,6 @@ def loadConfig(path: str | os.PathLike, plugins: Mapping[str, Any] | None = None
 
 def parseConfig(raw: Mapping[str, Any], path: str, plugins: Mapping[str, Any]) -> GatewayConfig:
     top = Table(dict(raw), Where(path, ""))
-    base = Path(path).resolve().parent
 
     g = Table(top._get("gateway", {}, False), Where(path, "gateway"))
     state_dir = Path(g.str("state_dir", "var/sealgate"))
@@ -428,12 +427,11 @@ def _endpoint(t: Table, key: str, default, server: bool, required=False) -> str:
     from twisted.internet import endpoints
 
     try:
+        # Built against no reactor: this only parses, it neither listens nor connects.
         if server:
-            endpoints._parseServer(desc, None)
+            endpoints.serverFromString(None, desc)
         else:
-            endpoints._parse(desc)
-            if not desc.split(":", 1)[0] in ("tcp", "ssl", "unix", "tls"):
-                raise ValueError(desc)
+            endpoints.clientFromString(None, desc)
     except Exception as e:
         kind = "listen" if server else "connect"
         raise t.where.error(key, f"cannot parse endpoint {desc!r} ({e})",

@@ -14,7 +14,7 @@ def _discover(interface):
     for p in plugin.getPlugins(interface, plugins):
         name = p.name
         if name in found:
-            _log.warn("Two plugins named {name!r}; keeping the first", name=name)
+            _log.debug("Plugin {name!r} found twice (installed and in the tree); keeping the first", name=name)
             continue
         found[name] = p
     return found
@@ -54,10 +54,11 @@ class _Lazy:
         return getattr(self._load(), name)
 
 
+from twisted.plugin import IPlugin  # noqa: E402
 from zope.interface import implementer  # noqa: E402
 
 
-@implementer(IProtocolPlugin)
+@implementer(IPlugin, IProtocolPlugin)
 class LazyProtocolPlugin(_Lazy):
     """
     A protocol plugin named in a dropin file by module path, so
@@ -65,7 +66,7 @@ class LazyProtocolPlugin(_Lazy):
     """
 
 
-@implementer(IInterceptorPlugin)
+@implementer(IPlugin, IInterceptorPlugin)
 class LazyInterceptorPlugin(_Lazy):
     """An interceptor plugin named by module path; C{order} is given here."""
 

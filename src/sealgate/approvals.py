@@ -1,0 +1,186 @@
+"""Just-in-time approval tickets: a held command waits here until humans decide."""
+
+import secrets
+import time
+from typing import Any
+
+import attrs
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from sealgate.chain.verdicts import CONTINUE, Deny
+
+
+class ApprovalError(Exception):
+    """A decision that is not allowed; C{str(exc)} says why, for the approver."""
+
+    def __init__(self, message: str, status: int = 403):
+        super().__init__(message)
+        self.status = status
+
+
+@attrs.define(eq=False)
+class Ticket:
+    """
+    One held command.  C{state} goes pending -> approved | denied | expired
+    | cancelled, and never back.
+    """
+
+    id: str
+    requester: Any  # Identity
+    connection: str
+    sessionId: str
+    command: str
+    kind: str
+    rule: str
+    approvers: tuple[str, ...]
+    needed: int
+    created: float
+    expires: float
+    state: str = "pending"
+    approvals: list = attrs.field(factory=list)
+    decidedBy: str | None = None
+    reason: str = ""
+    decided: float | None = None
+    result: Deferred = attrs.field(factory=Deferred, repr=False)
+    _timer: Any = attrs.field(default=None, repr=False)
+    _audit: Any = attrs.field(default=None, repr=False)
+
+    def asDict(self) -> dict:
+        return {
+            "id": self.id, "state": self.state,
+            "requester": self.requester.subject, "connection": self.connection,
+            "session": self.sessionId, "kind": self.kind, "command": self.command,
+            "rule": self.rule, "approvers": list(self.approvers), "needed": self.needed,
+            "approvals": [a["by"] for a in self.approvals],
+            "created": self.created, "expires": self.expires,
+            "decided_by": self.decidedBy, "reason": self.reason, "decided": self.decided,
+        }
+
+
+class Approvals:
+    """
+    The gateway's tickets.  Fails closed: a ticket nobody decides in time is
+    denied; a requester never approves their own ticket; only members of the
+    rule's approver groups decide.
+    """
+
+    _log = Logger()
+
+    def __init__(self, reactor, store=None, keep: int = 1000):
+        self._reactor = reactor
+        self._store = store
+        self._keep = keep
+        self.tickets: dict[str, Ticket] = {}
+        self.listeners: list = []
+
+    def request(self, session, rule, kind: str, command: str) -> Ticket:
+        """Open a ticket for a held command; its C{result} fires with the verdict."""
+        ticket = Ticket(
+            id=secrets.token_hex(4), requester=session.identity,
+            connection=session.connection.name, sessionId=session.id, command=command,
+            kind=kind, rule=rule.name, approvers=tuple(rule.approvers),
+            needed=rule.approvals_needed, created=time.time(), expires=time.time() + rule.expires,
+        )
+        ticket._audit = getattr(session, "audit", None)
+        ticket._timer = self._reactor.callLater(rule.expires, self._expire, ticket)
+        self.tickets[ticket.id] = ticket
+        self._event(ticket, "requested", by=session.identity.subject)
+        for listener in list(self.listeners):
+            try:
+                listener(ticket)
+            except Exception:
+                # A notification failure never approves anything; it is logged.
+                self._log.failure("Approval listener failed for ticket {id}", id=ticket.id)
+        self._trim()
+        return ticket
+
+    def pending(self) -> list[Ticket]:
+        return [t for t in self.tickets.values() if t.state == "pending"]
+
+    def get(self, ticketId: str) -> Ticket:
+        t = self.tickets.get(ticketId)
+        if t is None:
+            raise ApprovalError(f"no ticket {ticketId!r}", 404)
+        return t
+
+    def approve(self, ticketId: str, approver, reason: str = "") -> Ticket:
+        t = self._decidable(ticketId, approver)
+        if any(a["by"] == approver.subject for a in t.approvals):
+            raise ApprovalError(f"{approver.subject} already approved ticket {t.id}", 409)
+        t.approvals.append({"by": approver.subject, "at": time.time(), "reason": reason})
+        self._event(t, "approval", by=approver.subject, reason=reason,
+                    count=len(t.approvals), needed=t.needed)
+        if len(t.approvals) >= t.needed:
+            self._finish(t, "approved", approver.subject, reason, CONTINUE)
+        return t
+
+    def deny(self, ticketId: str, approver, reason: str = "") -> Ticket:
+        t = self._decidable(ticketId, approver)
+        self._finish(t, "denied", approver.subject, reason,
+                     Deny(t.rule, f"denied by {approver.subject}" + (f": {reason}" if reason else "")))
+        return t
+
+    def cancel(self, ticketId: str, requester, reason: str = "") -> Ticket:
+        t = self.get(ticketId)
+        if t.requester.subject != requester.subject:
+            raise ApprovalError("only the requester can cancel a ticket")
+        self._pending(t)
+        self._finish(t, "cancelled", requester.subject, reason,
+                     Deny(t.rule, "cancelled by the requester"))
+        return t
+
+    def cancelSession(self, sessionId: str) -> None:
+        """The session went away: its pending tickets are cancelled."""
+        for t in self.pending():
+            if t.sessionId == sessionId:
+                self._finish(t, "cancelled", None, "session ended",
+                             Deny(t.rule, "session ended"))
+
+    def stop(self) -> None:
+        for t in self.pending():
+            self._finish(t, "denied", None, "gateway stopping",
+                         Deny(t.rule, "the gateway is shutting down"))
+
+    def _decidable(self, ticketId, approver) -> Ticket:
+        t = self.get(ticketId)
+        self._pending(t)
+        if approver.subject == t.requester.subject:
+            raise ApprovalError("a requester cannot decide their own ticket")
+        if not (set(t.approvers) & set(approver.groups)) and "*" not in t.approvers:
+            raise ApprovalError(f"{approver.subject} is not in the approver groups "
+                                f"{', '.join(t.approvers)} of rule {t.rule}")
+        return t
+
+    @staticmethod
+    def _pending(t: Ticket) -> None:
+        if t.state != "pending":
+            raise ApprovalError(f"ticket {t.id} is already {t.state}", 409)
+
+    def _expire(self, t: Ticket) -> None:
+        t._timer = None
+        if t.state == "pending":
+            self._finish(t, "expired", None, "no decision in time",
+                         Deny(t.rule, f"approval ticket {t.id} expired without a decision"))
+
+    def _finish(self, t: Ticket, state, by, reason, verdict) -> None:
+        t.state, t.decidedBy, t.reason, t.decided = state, by, reason, time.time()
+        if t._timer is not None and t._timer.active():
+            t._timer.cancel()
+        t._timer = None
+        self._event(t, state, by=by, reason=reason)
+        self._log.info("Ticket {id} {state} by {by}", id=t.id, state=state, by=by or "-")
+        t.result.callback(verdict)
+
+    def _event(self, t: Ticket, what: str, **fields) -> None:
+        event = {"ticket": t.id, "state": what, "rule": t.rule, "command": t.command,
+                 "requester": t.requester.subject, **fields}
+        if t._audit is not None:
+            t._audit("approval", **event)
+        elif self._store is not None:
+            self._store.auditEvent({"kind": "approval", "session": t.sessionId, **event})
+
+    def _trim(self) -> None:
+        done = [t for t in self.tickets.values() if t.state != "pending"]
+        for t in done[: max(0, len(done) - self._keep)]:
+            del self.tickets[t.id]

@@ -41,6 +41,8 @@ class Gateway:
         self._plugins = interceptorPlugins
         self.sessions: dict[str, Session] = {}
         self.accepting = True
+        #: Set by the service while draining; fires when the last session ends.
+        self.drained = None
         self.setConfig(config)
 
     def setConfig(self, config) -> None:
@@ -108,4 +110,7 @@ class Gateway:
 
     def sessionEnded(self, session: Session, reason: str) -> None:
         self.sessions.pop(session.id, None)
+        self.approvals.cancelSession(session.id)
+        if not self.sessions and self.drained is not None and not self.drained.called:
+            self.drained.callback(None)
         self._log.info("Session {session} closed: {reason}", session=session.id, reason=reason)

@@ -51,6 +51,9 @@ class Session:
     chain: Any = None
     recording: Any = None
     gateway: Any = None
+    #: Set by the protocol: C{abort(message)} closes the client connection
+    #: with a protocol-appropriate message (used at drain timeout).
+    abort: Any = None
     meta: dict = attrs.field(factory=dict)
     started: float = attrs.field(factory=time.time)
     bytesFromClient: int = 0

@@ -1,0 +1,88 @@
+"""C{sealgate approvals list|approve|deny|cancel}: talks to the running gateway's admin API."""
+
+import json
+import os
+import re
+import sys
+import urllib.error
+import urllib.request
+
+from sealgate.cli.main import CommandError, loadConfigFor
+
+
+def adminURL(args) -> str:
+    """The admin API base URL: --admin-url, else the config's [gateway] admin endpoint."""
+    if getattr(args, "admin_url", None):
+        return args.admin_url.rstrip("/")
+    desc = loadConfigFor(args).gateway.admin
+    m = re.match(r"^(tcp6?|ssl):(\d+)(.*)$", desc)
+    if not m:
+        raise CommandError(f"cannot derive a URL from admin endpoint {desc!r}; pass --admin-url")
+    host = re.search(r"interface=([^:]+)", m.group(3))
+    host = host.group(1) if host else "127.0.0.1"
+    if host in ("0.0.0.0", "::"):
+        host = "127.0.0.1"
+    scheme = "https" if m.group(1) == "ssl" else "http"
+    return f"{scheme}://{host}:{m.group(2)}"
+
+
+def call(args, method: str, path: str, body=None) -> dict:
+    token = getattr(args, "token", None) or os.environ.get("SEALGATE_TOKEN")
+    if not token:
+        raise CommandError("no credential: set SEALGATE_TOKEN or pass --token")
+    url = adminURL(args) + path
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method, headers={
+        "authorization": f"Bearer {token}", "content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        try:
+            message = json.loads(e.read()).get("error", e.reason)
+        except ValueError:
+            message = e.reason
+        raise CommandError(f"{method} {path}: {e.code}: {message}")
+    except urllib.error.URLError as e:
+        raise CommandError(f"cannot reach the gateway's admin API at {url}: {e.reason}")
+
+
+def _list(args) -> int:
+    tickets = call(args, "GET", "/api/approvals" + ("?all=1" if args.all else ""))["tickets"]
+    if args.json:
+        json.dump(tickets, sys.stdout, indent=2)
+        print()
+        return 0
+    if not tickets:
+        print("no pending tickets")
+    for t in tickets:
+        print(f"{t['id']}  {t['state']:9}  {t['requester']:20}  {t['connection']:12}  "
+              f"rule={t['rule']}  {t['command'][:80]}")
+    return 0
+
+
+def _decide(action):
+    def handler(args) -> int:
+        body = {"reason": getattr(args, "reason", "") or ""}
+        t = call(args, "POST", f"/api/approvals/{args.id}/{action}", body)
+        print(f"ticket {t['id']}: {t['state']}"
+              + (f" ({len(t['approvals'])}/{t['needed']} approvals)" if t["state"] == "pending" else ""))
+        return 0
+    return handler
+
+
+def register(sub) -> None:
+    p = sub.add_parser("approvals", help="list and decide approval tickets")
+    p.add_argument("--token", help="API key or OIDC token (default: $SEALGATE_TOKEN)")
+    p.add_argument("--admin-url", help="admin API URL (default: from the config)")
+    s = p.add_subparsers(dest="action", metavar="ACTION")
+    s.required = True
+    ls = s.add_parser("list", help="pending tickets")
+    ls.add_argument("--json", action="store_true")
+    ls.add_argument("--all", action="store_true", help="decided tickets too")
+    ls.set_defaults(handler=_list)
+    for action in ("approve", "deny", "cancel"):
+        a = s.add_parser(action, help=f"{action} a ticket")
+        a.add_argument("id")
+        a.add_argument("--reason", required=(action == "deny"), default="")
+        a.set_defaults(handler=_decide(action))

@@ -1,0 +1,224 @@
+"""The gateway's service: store, identity, chain, listeners and admin, started and drained in order."""
+
+import os
+import signal
+import sys
+
+from twisted.application.service import MultiService
+from twisted.internet import defer, endpoints
+from twisted.internet.error import CannotListenError
+from twisted.logger import Logger
+
+from sealgate.approvals import Approvals
+from sealgate.config import ConfigError, loadConfig
+from sealgate.gateway import Gateway
+
+
+class StartupError(Exception):
+    """Start-up failed in a way the operator must fix; the message says how."""
+
+
+class GatewayService(MultiService):
+    """
+    Runs one gateway.  Listening happens in L{startService}, before the
+    reactor runs under twistd, so a port that is taken fails the start with
+    a message instead of a half-started gateway.
+    """
+
+    _log = Logger()
+
+    def __init__(self, config, reactor=None, onFatal=None, installSignals=True):
+        super().__init__()
+        self._installSignals = installSignals
+        self.config = config
+        self._reactor = reactor
+        self._onFatal = onFatal or _exitWithMessage
+        self.gateway = None
+        self.store = None
+        self.identity = None
+        self.ports: dict[str, object] = {}
+        self.adminPort = None
+        self.ready = False
+
+    @property
+    def reactor(self):
+        if self._reactor is None:
+            from twisted.internet import reactor
+
+            self._reactor = reactor
+        return self._reactor
+
+    # -- start ---------------------------------------------------------------
+
+    def startService(self):
+        super().startService()
+        try:
+            self._build()
+            self._listen()
+        except StartupError as e:
+            self._closePorts()
+            self._onFatal(str(e))
+            return
+        d = defer.maybeDeferred(self.store.start)
+        d.addCallback(lambda _: defer.maybeDeferred(getattr(self.identity, "start", lambda: None)))
+        d.addCallback(self._started)
+        d.addErrback(self._startFailed)
+        self.startedDeferred = d
+
+    def _build(self):
+        from sealgate.admin.api import makeAdminSite
+        from sealgate.identity.service import IdentityService
+        from sealgate.plugins import interceptorPlugins, protocolPlugins
+        from sealgate.recording.store import SQLiteStore
+
+        cfg = self.config
+        try:
+            cfg.gateway.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as e:
+            raise StartupError(f"{cfg.path}: gateway.state_dir: cannot create "
+                               f"{cfg.gateway.state_dir}: {e.strerror}\n"
+                               "  fix: point it at a writable directory")
+        self.store = SQLiteStore(cfg.gateway.state_dir, f"sealgate/{cfg.gateway.node}",
+                                 reactor=self.reactor,
+                                 checkpointInterval=cfg.gateway.checkpoint_interval)
+        self.identity = IdentityService(cfg.identity, cfg.gateway.state_dir, reactor=self.reactor)
+        self.approvals = Approvals(self.reactor, self.store)
+        self.gateway = Gateway(cfg, self.identity, self.store, self.approvals,
+                               interceptorPlugins(), self.reactor)
+        self._protocols = protocolPlugins()
+        self._adminSite = makeAdminSite(self)
+
+    def _listen(self):
+        shared: dict[str, object] = {}
+        for conn in self.config.connections:
+            if conn.listen in shared:
+                # Connections of one protocol may share a listener; the
+                # protocol routes (postgres by dbname, http by Host/path).
+                self.ports[conn.name] = shared[conn.listen]
+                continue
+            factory = self._protocols[conn.protocol].makeFactory(conn, self.gateway)
+            self.ports[conn.name] = shared[conn.listen] = self._bind(
+                conn.listen, factory, f"connection {conn.name!r} listen")
+        self.adminPort = self._bind(self.config.gateway.admin, self._adminSite, "gateway.admin")
+
+    def _bind(self, description, factory, what):
+        ep = endpoints.serverFromString(self.reactor, description)
+        d = ep.listen(factory)
+        result = []
+        d.addBoth(result.append)
+        if not result:
+            raise StartupError(f"{self.config.path}: {what}: {description!r} did not start listening")
+        port = result[0]
+        if isinstance(port, Exception) or hasattr(port, "value"):
+            err = getattr(port, "value", port)
+            why = err.socketError if isinstance(err, CannotListenError) else err
+            raise StartupError(f"{self.config.path}: {what}: cannot listen on {description!r}: "
+                               f"{why}\n  fix: stop what uses that port or choose another one")
+        return port
+
+    def _started(self, _):
+        self.ready = True
+        if self._installSignals and hasattr(signal, "SIGHUP"):
+            signal.signal(signal.SIGHUP, lambda *a: self.reactor.callFromThread(self.reload))
+        for name, port in self.ports.items():
+            self._log.info("Connection {name} listening on {address}", name=name,
+                           address=port.getHost())
+        self._log.info("Admin API on {address}", address=self.adminPort.getHost())
+        return self
+
+    def _startFailed(self, f):
+        self._closePorts()
+        self._onFatal(f"sealgate cannot start: {f.getErrorMessage()}")
+
+    def _closePorts(self):
+        for p in {id(p): p for p in [*self.ports.values(), self.adminPort] if p}.values():
+            p.stopListening()
+        self.ports.clear()
+        self.adminPort = None
+
+    # -- reload --------------------------------------------------------------
+
+    def reload(self):
+        """Re-read roles, rules and masking (SIGHUP); keep the running config on error."""
+        from twisted.internet.threads import deferToThreadPool
+
+        path = self.config.path
+        d = deferToThreadPool(self.reactor, self.reactor.getThreadPool(), loadConfig, path)
+
+        def apply(new):
+            if [(c.name, c.protocol, c.listen, c.backend) for c in new.connections] != [
+                (c.name, c.protocol, c.listen, c.backend) for c in self.config.connections
+            ]:
+                self._log.warn("Reload: connection changes in {path} take effect at the next "
+                               "restart; roles, rules and masking reloaded", path=path)
+            self.gateway.setConfig(_withConnections(new, self.config))
+            self.config = self.gateway.config
+            self._log.info("Reloaded {path}: policy {hash}", path=path,
+                           hash=self.gateway.policyHash[:12])
+
+        def bad(f):
+            if f.check(ConfigError):
+                self._log.error("Reload refused, keeping the running config: {error}",
+                                error=f.getErrorMessage())
+            else:
+                self._log.failure("Reload failed, keeping the running config", f)
+
+        return d.addCallback(apply).addErrback(bad)
+
+    # -- stop ----------------------------------------------------------------
+
+    def stopService(self):
+        """Stop listening, let sessions drain, close the rest, flush the store."""
+        super().stopService()
+        if self.gateway is None:
+            return None
+        self.gateway.accepting = False
+        self.ready = False
+        ports = {id(p): p for p in [*self.ports.values(), self.adminPort] if p}.values()
+        d = defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in ports])
+        d.addCallback(lambda _: self._drain())
+        d.addCallback(lambda _: self.approvals.stop())
+        d.addCallback(lambda _: defer.maybeDeferred(getattr(self.identity, "stop", lambda: None)))
+        d.addCallback(lambda _: self.store.stop() if self.store is not None else None)
+        d.addErrback(lambda f: self._log.failure("Error while stopping", f))
+        return d
+
+    def _drain(self):
+        sessions = list(self.gateway.sessions.values())
+        if not sessions:
+            return None
+        self._log.info("Draining {n} session(s) for up to {t}s", n=len(sessions),
+                       t=self.config.gateway.drain_timeout)
+        done = defer.Deferred()
+        self.gateway.drained = done
+
+        def timeout():
+            for s in list(self.gateway.sessions.values()):
+                self._log.info("Closing session {id} at drain timeout", id=s.id)
+                if s.abort is not None:
+                    s.abort("the gateway is shutting down")
+                else:
+                    s.end("gateway shutdown")
+            if not done.called:
+                done.callback(None)
+
+        call = self.reactor.callLater(self.config.gateway.drain_timeout, timeout)
+
+        def finished(_):
+            if call.active():
+                call.cancel()
+        return done.addCallback(finished)
+
+
+def _withConnections(new, old):
+    """The new policy with the running connections (which need a restart to change)."""
+    import attrs
+
+    return attrs.evolve(new, connections=old.connections, gateway=old.gateway)
+
+
+def _exitWithMessage(message: str) -> None:
+    """Report a start-up failure in one message, no traceback, exit status 1."""
+    sys.stderr.write(message.rstrip() + "\n")
+    sys.stderr.flush()
+    os._exit(1)

@@ -1,0 +1,84 @@
+"""Public test helpers for sealgate and its plugin authors: an in-process gateway and API keys.
+
+Like treq.testing, these are API: a third-party protocol plugin's tests start
+a real gateway (real store, real identity, real chain) with them.
+"""
+
+from pathlib import Path
+
+import attrs
+from twisted.internet import defer
+
+from sealgate.config import loadConfig
+from sealgate.service import GatewayService, StartupError
+
+
+def _raise(message: str) -> None:
+    raise StartupError(message)
+
+
+@attrs.define
+class RunningGateway:
+    """A started gateway; L{port} tells where a connection listens."""
+
+    service: GatewayService
+    path: Path
+
+    @property
+    def gateway(self):
+        return self.service.gateway
+
+    @property
+    def config(self):
+        return self.service.config
+
+    @property
+    def stateDir(self) -> Path:
+        return self.service.config.gateway.state_dir
+
+    def port(self, connection: str) -> int:
+        return self.service.ports[connection].getHost().port
+
+    @property
+    def adminPort(self) -> int:
+        return self.service.adminPort.getHost().port
+
+    def createKey(self, name: str, groups=(), expires: float | None = None) -> str:
+        """Create an API key for a non-human identity; returns the key."""
+        from sealgate.identity.apikeys import APIKeyStore
+
+        return APIKeyStore(self.stateDir / "identity.sqlite").create(name, list(groups), expires)
+
+    def stop(self) -> defer.Deferred:
+        return defer.maybeDeferred(self.service.stopService)
+
+
+async def startGateway(configText: str, directory: Path, reactor=None) -> RunningGateway:
+    """
+    Write C{configText} to C{directory}/sealgate.toml and start it in-process.
+
+    Use C{"tcp:0:interface=127.0.0.1"} listen endpoints: the OS picks the
+    ports; C{state_dir} defaults to C{directory}/state.
+    """
+    if reactor is None:
+        from twisted.internet import reactor as _reactor
+
+        reactor = _reactor
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    if "state_dir" not in configText:
+        configText = _withStateDir(configText, directory / "state")
+    path = directory / "sealgate.toml"
+    path.write_text(configText)
+    config = loadConfig(path)
+    service = GatewayService(config, reactor=reactor, onFatal=_raise, installSignals=False)
+    service.startService()
+    await service.startedDeferred
+    return RunningGateway(service, path)
+
+
+def _withStateDir(text: str, stateDir: Path) -> str:
+    line = f'state_dir = "{stateDir}"\n'
+    if "[gateway]" in text:
+        return text.replace("[gateway]\n", "[gateway]\n" + line, 1)
+    return f'[gateway]\n{line}admin = "tcp:0:interface=127.0.0.1"\n\n' + text

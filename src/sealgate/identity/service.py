@@ -1,0 +1,64 @@
+"""One entry point that turns a credential (API key or OIDC token) into an Identity."""
+
+from pathlib import Path
+
+from twisted.internet import defer
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+
+from sealgate.config import IdentityConfig
+from sealgate.identity._types import AuthenticationFailed, Identity
+from sealgate.identity.apikeys import PREFIX, APIKeyStore
+from sealgate.identity.oidc import OIDCVerifier
+
+#: The API key store's file in the state directory.
+KEYS_FILE = "identity.sqlite"
+
+
+class IdentityService:
+    """
+    Checks credentials for the gateway.  API keys (C{sgk_...}) are verified
+    in the reactor's thread pool (SQLite), tokens by L{OIDCVerifier} when an
+    issuer is configured.  Nothing here needs starting or stopping.
+    """
+
+    _log = Logger()
+
+    def __init__(self, config: IdentityConfig, stateDir: Path, reactor=None, agent=None):
+        if reactor is None:
+            from twisted.internet import reactor
+        self.config = config
+        self._reactor = reactor
+        self.keys = APIKeyStore(Path(stateDir) / KEYS_FILE)
+        self.oidc: OIDCVerifier | None = None
+        if config.oidc_issuer:
+            self.oidc = OIDCVerifier(
+                config.oidc_issuer, config.oidc_audience, config.groups_claim,
+                config.subject_claim, config.leeway, config.jwks_min_refresh,
+                reactor=reactor, agent=agent)
+
+    def authenticate(self, credential: str) -> defer.Deferred:
+        """
+        @return: a Deferred firing with an L{Identity} or failing with
+            L{AuthenticationFailed} (reason safe to show; never the credential).
+        """
+        if not isinstance(credential, str):
+            try:
+                credential = bytes(credential).decode("ascii")
+            except (TypeError, ValueError):
+                return defer.fail(AuthenticationFailed("malformed credential"))
+        credential = credential.strip()
+        if credential.lower().startswith("bearer "):
+            credential = credential[7:].strip()
+        if not credential:
+            return defer.fail(AuthenticationFailed("no credential given"))
+        if credential.startswith(PREFIX):
+            return deferToThreadPool(self._reactor, self._reactor.getThreadPool(),
+                                     self.keys.verify, credential)
+        if self.oidc is not None:
+            return self.oidc.verify(credential)
+        return defer.fail(AuthenticationFailed(
+            "not an API key, and no OIDC issuer is configured for tokens"))
+
+
+__all__ = ["IdentityService", "Identity", "AuthenticationFailed", "KEYS_FILE"]

@@ -1,0 +1,1 @@
+"""SSH protocol: Conch on both legs, with key-bound identities, approvals, masking, asciicast."""

@@ -1,0 +1,67 @@
+"""SQL classification: statements judged by what they do, whatever their disguise."""
+
+import pytest
+
+from sealgate.protocols.postgres.classify import HIGH_RISK, classify
+
+
+@pytest.mark.parametrize("sql, kinds", [
+    ("SELECT 1", {"SELECT"}),
+    ("select * from t; DELETE FROM users", {"SELECT", "DELETE", "DELETE WITHOUT WHERE"}),
+    ("DeLeTe /* x */ FROM users -- all\n WHERE id = 1", {"DELETE"}),
+    ("UPDATE t SET a = 1", {"UPDATE", "UPDATE WITHOUT WHERE"}),
+    ("update t set a = 1 where id = 2", {"UPDATE"}),
+    ("WITH d AS (DELETE FROM orders RETURNING *) SELECT count(*) FROM d",
+     {"SELECT", "DELETE", "DELETE WITHOUT WHERE"}),
+    ("WITH u AS (UPDATE t SET a=1 WHERE b=2 RETURNING 1) SELECT 1", {"SELECT", "UPDATE"}),
+    ("EXPLAIN ANALYZE DELETE FROM t", {"EXPLAIN", "EXPLAIN ANALYZE", "DELETE", "DELETE WITHOUT WHERE"}),
+    ("EXPLAIN (ANALYZE true) UPDATE t SET a = 1", {"EXPLAIN", "EXPLAIN ANALYZE", "UPDATE", "UPDATE WITHOUT WHERE"}),
+    ("EXPLAIN (ANALYZE off) DELETE FROM t", {"EXPLAIN"}),
+    ("PREPARE p AS DELETE FROM t", {"PREPARE", "DELETE", "DELETE WITHOUT WHERE"}),
+    ("dRoP TaBlE a.b, c", {"DROP", "DROP TABLE"}),
+    ("DROP DATABASE x", {"DROP DATABASE"}),
+    ("truncate t", {"TRUNCATE"}),
+    ("ALTER ROLE bob SUPERUSER", {"ALTER ROLE"}),
+    ("ALTER USER bob SET search_path = x", {"ALTER ROLE"}),
+    ("GRANT SELECT ON t TO bob", {"GRANT"}),
+    ("REVOKE admin FROM bob", {"REVOKE"}),
+    ("DO $$ BEGIN DELETE FROM t; END $$", {"DO", HIGH_RISK}),
+    ("this is not sql", {HIGH_RISK}),
+    ("COPY t TO PROGRAM 'rm -rf /'", {"COPY", "COPY TO", "COPY PROGRAM", HIGH_RISK}),
+    ("COPY t FROM STDIN", {"COPY", "COPY FROM"}),
+    ("begin; commit", {"BEGIN", "COMMIT"}),
+    ("CREATE TABLE x (a int)", {"CREATE TABLE"}),
+    ("CREATE EXTENSION hstore", {"CREATE EXTENSION"}),
+    ("INSERT INTO t SELECT * FROM u", {"INSERT"}),
+    ("SELECT * INTO newt FROM t", {"SELECT", "SELECT INTO"}),
+    ("MERGE INTO t USING u ON t.id = u.id WHEN MATCHED THEN DELETE", {"MERGE"}),
+    ("LISTEN ch", {"LISTEN"}),
+    ("", set()),
+])
+def test_kinds(sql, kinds):
+    assert set(classify(sql).statements) == kinds
+
+
+def test_relations_exclude_cte_names_and_keep_schemas():
+    c = classify("WITH d AS (DELETE FROM app.orders RETURNING *) SELECT * FROM d JOIN users u ON true")
+    assert set(c.relations) == {"app.orders", "users"}
+    assert set(classify("DROP TABLE a.b, c").relations) == {"a.b", "c"}
+    assert classify('select * from "Weird"').relations == ("Weird",)
+
+
+def test_plain_explain_runs_nothing_but_names_relations():
+    c = classify("EXPLAIN DELETE FROM t")
+    assert c.statements == ("EXPLAIN",)
+    assert c.relations == ("t",)
+
+
+def test_prepare_and_execute_are_linked_by_name():
+    c = classify("PREPARE p(int) AS DELETE FROM t WHERE id = $1; EXECUTE p(1)")
+    assert c.prepares == (("p", ("DELETE",)),)
+    assert c.executes == ("p",)
+    assert c.count == 2
+
+
+def test_results_are_cached_by_text():
+    assert classify("SELECT 42 FROM t") is classify("SELECT 42 FROM t")
+    assert classify("SELECT 42 FROM t").details() == {"statements": ("SELECT",), "relations": ("t",)}

@@ -4,9 +4,39 @@ import pytest
 import pytest_twisted
 
 
+@pytest.fixture(scope="session")
+def postgres():
+    """PostgreSQL 15 on 127.0.0.1; see L{tests.harness.postgres.PostgresServer}."""
+    from tests.harness.postgres import PostgresServer
+
+    server = PostgresServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def sshd():
+    """OpenSSH sshd on 127.0.0.1, key auth only; see L{tests.harness.sshd.SSHServer}."""
+    from tests.harness.sshd import SSHServer
+
+    server = SSHServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def http_backend():
+    """The HTTP test app in a subprocess; see L{tests.harness.httpbackend.HTTPBackend}."""
+    from tests.harness.httpbackend import HTTPBackend
+
+    server = HTTPBackend().start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture
 def oidc_issuer():
-    """A local OIDC issuer (discovery + JWKS on loopback); see L{OIDCIssuer}."""
+    """A local OIDC issuer (discovery + JWKS on loopback); see L{tests.harness.oidc.OIDCIssuer}."""
     from tests.harness.oidc import OIDCIssuer
 
     issuer = OIDCIssuer().start()

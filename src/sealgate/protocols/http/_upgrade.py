@@ -1,0 +1,178 @@
+"""WebSocket upgrades: hand the client connection over to a raw, recorded byte relay."""
+
+from twisted.internet import endpoints
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+
+from sealgate.protocols.http import _wire
+from sealgate.session import FROM_CLIENT, TO_CLIENT
+
+
+class _ClientSide(Protocol):
+    """Takes the place of the HTTPChannel under the client connection."""
+
+    def __init__(self, relay):
+        self.relay = relay
+
+    def dataReceived(self, data):
+        self.relay.fromClient(data)
+
+    def connectionLost(self, reason):
+        self.relay.clientLost(reason)
+
+
+class _BackendSide(Protocol):
+    def __init__(self, relay):
+        self.relay = relay
+
+    def connectionMade(self):
+        self.relay.backendUp(self.transport)
+
+    def dataReceived(self, data):
+        self.relay.fromBackend(data)
+
+    def connectionLost(self, reason):
+        self.relay.backendLost(reason)
+
+
+class Relay:
+    """
+    Relays an upgraded connection.  Client bytes reach the backend only
+    after the backend answered 101: a refused upgrade ends with its
+    response, so nothing else on that connection bypasses the gateway.
+    Both directions are recorded; each side's transport is the other's
+    producer, so a slow reader slows the writer.
+    """
+
+    _log = Logger()
+
+    def __init__(self, channel, session, head: bytes, secret):
+        self.channel = channel
+        self.session = session
+        self.client = channel.transport
+        self.backend = None
+        self._head = head
+        self._secret = secret
+        self._pending: list[bytes] = []
+        self._reader = _wire.MessageReader(responses=True)
+        self._reader.expect(b"GET")
+        self._responseHead = b""
+        self._state = "head"
+        self._closed = False
+
+    def fromClient(self, data: bytes) -> None:
+        if self._state == "open":
+            self.session.record(FROM_CLIENT, data)
+            self.backend.write(data)
+        elif self._state == "head":
+            self._pending.append(data)
+
+    def backendUp(self, transport) -> None:
+        self.backend = transport
+        if self._closed:
+            transport.loseConnection()
+            return
+        transport.write(self._head)
+
+    def fromBackend(self, data: bytes) -> None:
+        if self._state == "head":
+            self._responseHead += data
+            end = self._responseHead.find(b"\r\n\r\n")
+            if end < 0:
+                if len(self._responseHead) > 65536:
+                    self._close("backend response head too long")
+                return
+            head, rest = self._responseHead[: end + 4], self._responseHead[end + 4:]
+            self._responseHead = b""
+            self.session.record(TO_CLIENT, _wire.redactHead(head, self._secret))
+            self.client.write(head)
+            self._reader.receive_data(head)
+            first = self._reader.next_event()
+            if isinstance(first, _wire.Head) and first.status == 101:
+                self._state = "open"
+                self.session.audit("http_upgrade", protocol="websocket")
+                self.client.registerProducer(self.backend, True)
+                self.backend.registerProducer(self.client, True)
+                for p in self._pending:
+                    self.fromClient(p)
+                self._pending = []
+            else:
+                self._state = "refused"
+            data = rest
+            if not data:
+                return self._maybeEnd()
+        if self._state == "refused":
+            self._reader.receive_data(data)
+            self.session.record(TO_CLIENT, data)
+            self.client.write(data)
+            return self._maybeEnd()
+        self.session.record(TO_CLIENT, data)
+        self.client.write(data)
+
+    def _maybeEnd(self) -> None:
+        if self._state != "refused":
+            return
+        try:
+            while True:
+                event = self._reader.next_event()
+                if event is _wire.NEED_DATA:
+                    return
+                if isinstance(event, _wire.End):
+                    self._close("upgrade refused by the backend")
+                    return
+        except _wire.ProtocolError:
+            self._close("backend sent a malformed response")
+
+    def clientLost(self, reason) -> None:
+        self._closed = True
+        if self.backend is not None:
+            self.backend.loseConnection()
+        self.channel.endSession("client closed")
+
+    def backendLost(self, reason) -> None:
+        self._closed = True
+        self.client.loseConnection()
+
+    def _close(self, why: str) -> None:
+        self._closed = True
+        if self.backend is not None:
+            self.backend.loseConnection()
+        self.client.loseConnection()
+
+
+def handOver(request, channel, backend, headers, session) -> None:
+    """
+    Replace the HTTP channel under the client connection by a L{Relay} and
+    connect it to the backend with the (rewritten) upgrade request.
+    """
+    pairs = [(n, v) for n, vs in headers.getAllRawHeaders() for v in vs]
+    head = _wire.serializeHead(request.method + b" " + request.uri + b" HTTP/1.1", pairs)
+    relay = Relay(channel, session, head, backend.options.secret_headers)
+    client = channel.transport
+    # The channel must stop reading and timing this connection: it is no
+    # longer HTTP/1.1 from here on.
+    channel.setTimeout(None)
+    client.unregisterProducer()
+    buffered = list(getattr(channel, "_dataBuffer", []))
+    channel._dataBuffer = []
+    channel.wrapper._channel = _ClientSide(relay)
+    client.resumeProducing()
+    for data in buffered:
+        relay.fromClient(data)
+
+    factory = Factory.forProtocol(lambda: _BackendSide(relay))
+    ep = endpoints.clientFromString(channel.site.proxy.reactor, backend.connection.backend)
+    d = ep.connect(factory)
+
+    def failed(f):
+        Relay._log.info("WebSocket backend of {connection} unreachable: {error}",
+                        connection=backend.connection.name, error=f.getErrorMessage())
+        body = _wire.problem(502, "Backend unavailable", "the backend could not be reached")
+        response = _wire.serializeHead(b"HTTP/1.1 502 Bad Gateway", [
+            (b"Content-Type", b"application/problem+json"),
+            (b"Content-Length", b"%d" % len(body)), (b"Connection", b"close")]) + body
+        session.record(TO_CLIENT, response)
+        client.write(response)
+        client.loseConnection()
+
+    d.addErrback(failed)

@@ -128,3 +128,29 @@ async def test_oidc_issuer_serves_discovery_and_jwks_over_http(oidc_issuer):
     jwks = await (await treq.get(doc["jwks_uri"], persistent=False)).json()
     assert sorted(k["kty"] for k in jwks["keys"]) == ["EC", "OKP", "RSA"]
     assert not any("d" in k for k in jwks["keys"]), "private parts must not be published"
+
+
+def test_backends_stop_without_leaving_processes_or_files():
+    from tests.harness.httpbackend import HTTPBackend
+    from tests.harness.postgres import PostgresServer
+    from tests.harness.sshd import SSHServer
+
+    pg = PostgresServer().start()
+    pgDir = pg.dir
+    postmaster = int((pg.dataDir / "postmaster.pid").read_text().split()[0])
+    ssh = SSHServer().start()
+    sshDir, sshPid = ssh.dir, ssh.process.pid
+    http = HTTPBackend().start()
+    httpProcess = http.process
+    for backend in (pg, ssh, http):
+        backend.stop()
+    assert not pgDir.exists() and not sshDir.exists()
+    assert httpProcess.returncode is not None
+    for pid in (postmaster, sshPid):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            continue
+        # A zombie is gone for every purpose but its pid entry.
+        with open(f"/proc/{pid}/stat") as f:
+            assert f.read().split(") ")[1].startswith("Z"), f"process {pid} still runs"

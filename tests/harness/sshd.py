@@ -72,6 +72,9 @@ class SSHServer:
     # -- lifecycle -----------------------------------------------------------
 
     def start(self) -> "SSHServer":
+        if not os.access(SSHD, os.X_OK):
+            raise RuntimeError(f"{SSHD} not found: install openssh-server "
+                               "(apt-get install -y openssh-server)")
         self.dir = tempDir("sealgate-sshd-")
         atexit.register(self.stop)
         os.chmod(self.dir, 0o700)

@@ -1,0 +1,188 @@
+"""The HTTP plugin's sans-IO pieces: credentials, header rules, the recorded-stream reader, WebSocket frames."""
+
+import base64
+import gzip
+import zlib
+
+import brotli
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sealgate.protocols.http import _wire
+from sealgate.protocols.http._body import MaskingFailed, bodyMode, decoderFor
+
+
+def test_bearer_token_is_the_credential():
+    assert _wire.credentialFrom(b"Bearer abc.def.ghi") == "abc.def.ghi"
+    assert _wire.credentialFrom(b"bearer   sgk_123  ") == "sgk_123"
+
+
+def test_basic_auth_password_is_the_credential():
+    value = b"Basic " + base64.b64encode(b"ci:sgk_secret:with:colons")
+    assert _wire.credentialFrom(value) == "sgk_secret:with:colons"
+
+
+@pytest.mark.parametrize("value", [
+    None, b"", b"Bearer", b"Bearer ", b"Basic !!!", b"Basic " + base64.b64encode(b"nouser"),
+    b"Basic " + base64.b64encode(b"user:"), b"Digest x=1", b"Basic " + base64.b64encode(b"\xff:\xfe"),
+])
+def test_malformed_or_missing_credentials_are_none(value):
+    assert _wire.credentialFrom(value) is None
+
+
+def test_hop_by_hop_includes_headers_named_in_connection():
+    drop = _wire.hopByHop([b"keep-alive, X-Private", b" Upgrade "])
+    assert {b"x-private", b"upgrade", b"keep-alive", b"transfer-encoding", b"te"} <= drop
+    assert b"content-type" not in drop
+
+
+def test_redact_head_replaces_only_secret_values():
+    head = b"GET / HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer tok\r\nCookie: sid=1\r\nX-Key: k"
+    out = _wire.redactHead(head, frozenset({b"authorization", b"cookie"}))
+    assert b"tok" not in out and b"sid=1" not in out
+    assert b"Host: a" in out and b"X-Key: k" in out and out.count(b"[redacted]") == 2
+
+
+_token = st.text("abcdefghijklmnopqrstuvwxyz-", min_size=1, max_size=12).map(str.encode)
+_value = st.text("abcdefghijklmnopqrstuvwxyz0123456789 ;=/", max_size=20).map(
+    lambda s: s.strip().encode())
+_body = st.binary(max_size=3000)
+
+
+def _split(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({c % (len(data) + 1) for c in cuts})
+    out, last = [], 0
+    for p in points + [len(data)]:
+        out.append(data[last:p])
+        last = p
+    return out
+
+
+def _drain(reader, pieces):
+    events = []
+    for piece in pieces:
+        reader.receive_data(piece)
+        while (ev := reader.next_event()) is not _wire.NEED_DATA:
+            events.append(ev)
+    return events
+
+
+def _message(first, headers, body, chunked, sizes):
+    if chunked:
+        headers = headers + [(b"Transfer-Encoding", b"chunked")]
+        payload, i = b"", 0
+        for s in sizes or [len(body)]:
+            part = body[i: i + max(s, 1)]
+            if part:
+                payload += _wire.chunk(part)
+            i += max(s, 1)
+        if i < len(body):
+            payload += _wire.chunk(body[i:])
+        payload += _wire.LAST_CHUNK
+    else:
+        headers = headers + [(b"Content-Length", b"%d" % len(body))]
+        payload = body
+    return _wire.serializeHead(first, headers) + payload
+
+
+@given(st.lists(st.tuples(st.sampled_from([b"GET", b"POST", b"PUT"]), _body, st.booleans(),
+                          st.lists(st.integers(1, 500), max_size=5)), min_size=1, max_size=4),
+       st.lists(st.tuples(_token, _value), max_size=4),
+       st.lists(st.integers(0, 10000), max_size=8))
+def test_request_stream_round_trips_in_any_pieces(messages, headers, cuts):
+    stream = b"".join(_message(m + b" /p?q=1 HTTP/1.1", [(b"x-" + n, v) for n, v in headers],
+                               body, chunked, sizes)
+                      for m, body, chunked, sizes in messages)
+    events = _drain(_wire.MessageReader(responses=False), _split(stream, cuts))
+    heads = [e for e in events if isinstance(e, _wire.Head)]
+    assert [h.method for h in heads] == [m for m, *_ in messages]
+    bodies, current = [], b""
+    for e in events:
+        if isinstance(e, _wire.Body):
+            current += e.data
+        elif isinstance(e, _wire.End):
+            bodies.append(current)
+            current = b""
+    assert bodies == [body for _, body, *_ in messages]
+
+
+@given(_body, st.lists(st.integers(0, 5000), max_size=6))
+def test_response_to_head_has_no_body_and_the_next_response_parses(body, cuts):
+    reader = _wire.MessageReader(responses=True)
+    reader.expect(b"HEAD")
+    reader.expect(b"GET")
+    stream = (_wire.serializeHead(b"HTTP/1.1 200 OK", [(b"Content-Length", b"999")])
+              + _wire.serializeHead(b"HTTP/1.1 102 Processing", [(b"Sealgate-Ticket", b"t1")])
+              + _message(b"HTTP/1.1 201 Created", [], body, False, []))
+    events = _drain(reader, _split(stream, cuts))
+    heads = [e.status for e in events if isinstance(e, _wire.Head)]
+    assert heads == [200, 102, 201]
+    assert b"".join(e.data for e in events if isinstance(e, _wire.Body)) == body
+
+
+def test_switching_protocols_passes_the_rest_raw():
+    reader = _wire.MessageReader(responses=True)
+    reader.expect(b"GET")
+    events = _drain(reader, [b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n\x81\x02hi"])
+    assert events[0].status == 101 and events[1] == _wire.Raw(b"\x81\x02hi")
+
+
+@pytest.mark.parametrize("bad", [
+    b"GET /\r\n\r\n", b"HTTP/1.1 abc OK\r\n\r\n", b"GET / HTTP/1.1\r\nno colon\r\n\r\n",
+    b"GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    b"GET / HTTP/1.1\r\nContent-Length: x\r\n\r\n",
+])
+def test_malformed_streams_raise_protocol_error(bad):
+    reader = _wire.MessageReader(responses=bad.startswith(b"HTTP"))
+    with pytest.raises(_wire.ProtocolError):
+        _drain(reader, [bad])
+
+
+@given(st.lists(st.tuples(st.sampled_from([1, 2, 8, 9, 10]), st.binary(max_size=70000),
+                          st.one_of(st.none(), st.binary(min_size=4, max_size=4))),
+                min_size=1, max_size=3),
+       st.lists(st.integers(0, 200000), max_size=6))
+def test_websocket_frames_round_trip_masked_or_not(frames, cuts):
+    stream = b"".join(_wire.wsFrame(op, payload, mask) for op, payload, mask in frames)
+    events = _drain(_wire.WebSocketReader(), _split(stream, cuts))
+    assert [(e.opcode, e.payload) for e in events] == [(op, p) for op, p, _ in frames]
+
+
+def test_problem_body_is_rfc9457_json():
+    import json
+
+    doc = json.loads(_wire.problem(403, "Denied", "no deletes", rule="no-delete"))
+    assert doc["status"] == 403 and doc["rule"] == "no-delete" and doc["title"] == "Denied"
+
+
+@pytest.mark.parametrize("ctype,encoding,mode", [
+    (b"application/json; charset=utf-8", None, "json"),
+    (b"application/vnd.api+json", b"gzip", "json"),
+    (b"text/html", b"br", "text"),
+    (b"text/plain", b"deflate", "text"),
+    (b"image/png", b"gzip", "pass"),
+    (None, None, "pass"),
+    (b"text/plain", b"zstd", "refuse"),
+])
+def test_body_mode_by_type_and_coding(ctype, encoding, mode):
+    assert bodyMode(ctype, encoding) == mode
+
+
+@pytest.mark.parametrize("coding,encode", [
+    (b"gzip", gzip.compress),
+    (b"deflate", zlib.compress),
+    (b"deflate", lambda d: zlib.compress(d)[2:-4]),
+    (b"br", brotli.compress),
+])
+def test_decoders_restore_the_body_fed_in_pieces(coding, encode):
+    data = b"card 4111 1111 1111 1111 " * 400
+    encoded = encode(data)
+    dec = decoderFor(coding)
+    out = b"".join(dec.decode(encoded[i: i + 7]) for i in range(0, len(encoded), 7)) + dec.flush()
+    assert out == data
+
+
+def test_corrupt_gzip_fails_masking():
+    with pytest.raises(MaskingFailed):
+        decoderFor(b"gzip").decode(b"\x1f\x8b\x08\x00garbage-garbage")

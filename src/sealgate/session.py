@@ -77,7 +77,7 @@ class Session:
             self.bytesToClient += len(data)
         self.recording.frame(direction, data, channel)
 
-    def audit(self, kind: str, **fields: Any) -> None:
+    def audit(self, kind: str, /, **fields: Any) -> None:
         """Seal an audit event for this session in the log."""
         self.recording.event(kind, fields)
 

@@ -4,7 +4,7 @@ from typing import Any
 
 from twisted.logger import Logger
 
-from sealgate.chain.hooks import Command, Output, SessionEnd, SessionStart
+from sealgate.chain.hooks import _EMPTY, Command, Output, SessionEnd, SessionStart
 from sealgate.chain.verdicts import CONTINUE, Deny, Hold, Rewrite, Verdict
 
 HOOKS = ("sessionStart", "command", "output", "sessionEnd")
@@ -96,6 +96,8 @@ class SessionChain:
         """
         if not self._command:
             return CONTINUE
+        if details is None:
+            details = _EMPTY
         hook = Command(self.session, kind, text, details)
         rewritten = None
         for name, fn in self._command:
@@ -114,7 +116,7 @@ class SessionChain:
         if not self._output:
             return data
         for name, fn in self._output:
-            v = self._call(name, fn, Output(self.session, data, context), "output")
+            v = self._call(name, fn, Output(self.session, data, context or _EMPTY), "output")
             if isinstance(v, Rewrite):
                 data = v.value
             elif isinstance(v, Deny):

@@ -5,9 +5,7 @@ from typing import Any
 
 import attrs
 
-
-def _frozenMapping(value: Mapping | None) -> Mapping:
-    return dict(value or {})
+_EMPTY: Mapping[str, Any] = {}
 
 
 @attrs.frozen
@@ -20,7 +18,8 @@ class SessionStart:
 @attrs.frozen
 class Command:
     """
-    One command a session wants to run.
+    One command a session wants to run.  C{details} is the protocol's own
+    mapping, not copied: interceptors must not change it.
 
     @ivar kind: what sort of command: "sql", "exec", "sftp", "http", "line"...
     @ivar text: the command as a human reads it (the SQL, the command line,
@@ -33,7 +32,7 @@ class Command:
     session: Any
     kind: str
     text: str
-    details: Mapping[str, Any] = attrs.field(factory=dict, converter=_frozenMapping)
+    details: Mapping[str, Any] = _EMPTY
 
 
 @attrs.frozen
@@ -47,7 +46,7 @@ class Output:
 
     session: Any
     data: Any
-    context: Mapping[str, Any] = attrs.field(factory=dict, converter=_frozenMapping)
+    context: Mapping[str, Any] = _EMPTY
 
 
 @attrs.frozen

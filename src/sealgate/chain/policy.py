@@ -2,7 +2,7 @@
 
 import re
 from collections.abc import Iterable
-from fnmatch import fnmatchcase
+from fnmatch import fnmatchcase, translate
 from typing import Any
 
 
@@ -46,8 +46,16 @@ class RuleMatcher:
 
     def _compile(self, key: str, value: Any):
         if key == "statements":
+            # Protocols report statement kinds as upper-case words with single
+            # spaces ("DELETE WITHOUT WHERE"), so a set lookup is enough.
             wanted = _words(value)
-            return lambda h: bool(wanted & _words(_asTuple(h.details.get("statements"))))
+
+            def statements(h):
+                for kind in h.details.get("statements", ()):
+                    if kind in wanted:
+                        return True
+                return False
+            return statements
         if key == "methods":
             wanted = _words(value)
             return lambda h: str(h.details.get("method", "")).upper() in wanted
@@ -72,10 +80,15 @@ class RuleMatcher:
                 return all(r.search(str(have.get(k, ""))) for k, r in rxs.items())
             return headers
         # relations and matcher keys that protocol plugins add: globs over a
-        # fact of the same name.
-        patterns = tuple(p.lower() for p in _asTuple(value))
-        return lambda h: any(nameMatches(patterns, str(v).lower())
-                             for v in _asTuple(h.details.get(key)))
+        # fact of the same name, compiled into one regex.
+        rx = re.compile("|".join(translate(p) for p in _asTuple(value)), re.I)
+
+        def globs(h):
+            for v in _asTuple(h.details.get(key)):
+                if rx.match(str(v)):
+                    return True
+            return False
+        return globs
 
     def matches(self, hook) -> bool:
         for check in self._checks:

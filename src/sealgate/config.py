@@ -300,6 +300,7 @@ def parseConfig(raw: Mapping[str, Any], path: str, plugins: Mapping[str, Any]) -
 
     connections = []
     names: set[str] = set()
+    used: dict[str, Any] = {}
     for n, c in enumerate(_array(top, "connections")):
         t = Table(c, Where(path, f"connections[{n}]"))
         name = t.str("name", required=True)
@@ -317,7 +318,13 @@ def parseConfig(raw: Mapping[str, Any], path: str, plugins: Mapping[str, Any]) -
         listen = _endpoint(t, "listen", None, server=True, required=True)
         backend = _endpoint(t, "backend", None, server=False, required=True)
         where = t.where.sub("options")
-        options = plugin.parseOptions(dict(t._get("options", {}, False)), where)
+        try:
+            parse = plugin.parseOptions
+        except ImportError as e:
+            raise t.where.error("protocol", f"the {protocol!r} protocol plugin cannot be loaded: {e}",
+                                "reinstall sealgate or the package that provides the plugin")
+        options = parse(dict(t._get("options", {}, False)), where)
+        used[protocol] = plugin
         t.finish()
         connections.append(ConnectionConfig(name, protocol, listen, backend, options, where))
 
@@ -331,7 +338,7 @@ def parseConfig(raw: Mapping[str, Any], path: str, plugins: Mapping[str, Any]) -
         roles.append(role)
 
     ruleKeys = set(BASE_RULE_KEYS)
-    for p in plugins.values():
+    for p in used.values():
         ruleKeys.update(getattr(p, "ruleKeys", ()))
     rules = []
     for n, r in enumerate(_array(top, "rules")):

@@ -15,6 +15,10 @@ from sealgate.interfaces import IGateway
 from sealgate.session import Session, SessionRefused, newSessionId
 
 
+class PluginError(Exception):
+    """An interceptor plugin could not be built; the message names it."""
+
+
 def policyHash(config) -> str:
     """SHA-256 over the policy (roles, rules, masking) a session starts under."""
     raw = config.raw
@@ -49,7 +53,11 @@ class Gateway:
         """Build the chain for a (new) config.  Raises if a plugin refuses it."""
         interceptors = []
         for p in self._plugins:
-            i = p.build(config, self)
+            try:
+                i = p.build(config, self)
+            except Exception as e:
+                raise PluginError(f"interceptor plugin {p.name!r} failed to load: "
+                                  f"{type(e).__name__}: {e}") from e
             if i is not None:
                 interceptors.append(i)
         self.config = config

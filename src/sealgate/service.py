@@ -11,7 +11,7 @@ from twisted.logger import Logger
 
 from sealgate.approvals import Approvals
 from sealgate.config import ConfigError, loadConfig
-from sealgate.gateway import Gateway
+from sealgate.gateway import Gateway, PluginError
 
 
 class StartupError(Exception):
@@ -83,8 +83,12 @@ class GatewayService(MultiService):
                                  checkpointInterval=cfg.gateway.checkpoint_interval)
         self.identity = IdentityService(cfg.identity, cfg.gateway.state_dir, reactor=self.reactor)
         self.approvals = Approvals(self.reactor, self.store)
-        self.gateway = Gateway(cfg, self.identity, self.store, self.approvals,
-                               interceptorPlugins(), self.reactor)
+        try:
+            self.gateway = Gateway(cfg, self.identity, self.store, self.approvals,
+                                   interceptorPlugins(), self.reactor)
+        except PluginError as e:
+            raise StartupError(f"sealgate cannot start: {e}\n"
+                               "  fix: reinstall sealgate or remove the broken plugin")
         self._protocols = protocolPlugins()
         self._adminSite = makeAdminSite(self)
 

@@ -167,11 +167,15 @@ async def test_service_without_issuer_refuses_tokens(tmp_path, oidc_issuer):
 
 
 def sealgate(*args, env=None) -> subprocess.CompletedProcess:
-    exe = Path(sys.executable).with_name("sealgate")
-    argv = [str(exe)] if exe.exists() else [
-        sys.executable, "-c", "import sys; from sealgate.cli.main import main; sys.exit(main())"]
+    """The real `sealgate` command, from the same source tree these tests import."""
+    import sealgate as package
+
+    source = str(Path(package.__file__).resolve().parents[1])
+    argv = [sys.executable, "-c", "import sys; from sealgate.cli.main import main; sys.exit(main())"]
+    environ = {**os.environ, **(env or {})}
+    environ["PYTHONPATH"] = os.pathsep.join(filter(None, [source, environ.get("PYTHONPATH")]))
     return subprocess.run(argv + list(args), capture_output=True, text=True, timeout=60,
-                          env={**os.environ, **(env or {})})
+                          env=environ)
 
 
 def test_cli_create_prints_key_on_last_line_and_list_never_shows_it(tmp_path):

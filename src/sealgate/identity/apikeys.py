@@ -7,9 +7,10 @@ import os
 import re
 import secrets
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
-from contextlib import closing
+from contextlib import nullcontext
 from pathlib import Path
 
 import attrs
@@ -17,6 +18,8 @@ import attrs
 from sealgate.identity._types import AuthenticationFailed, Identity
 
 PREFIX = "sgk_"
+#: Seconds between last_used updates of one key.
+LAST_USED_RESOLUTION = 60.0
 _KEY = re.compile(r"^sgk_([0-9a-f]{16})_([A-Za-z0-9_-]{43})$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$")
 
@@ -84,17 +87,35 @@ class APIKeyStore:
     def __init__(self, path: str | os.PathLike, clock: Callable[[], float] = time.time):
         self.path = Path(path)
         self.clock = clock
+        self._local = threading.local()
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         # Create the file ourselves so it is never world-readable, not even briefly.
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         os.close(fd)
         os.chmod(self.path, 0o600)
         with self._db() as db:
+            # WAL: readers never wait for the last_used writes.
+            db.execute("PRAGMA journal_mode = WAL")
             db.executescript(_SCHEMA)
 
-    def _db(self) -> closing[sqlite3.Connection]:
-        # One short-lived connection per call keeps the store usable from any thread.
-        return closing(sqlite3.connect(self.path, timeout=10, isolation_level=None))
+    def _db(self) -> nullcontext[sqlite3.Connection]:
+        # One connection per thread: sqlite3 connections must stay on their
+        # thread, and reopening one per check costs more than the check.
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
+            # Losing a last_used stamp in a power cut is fine; keys themselves
+            # are written in their own committed transaction.
+            db.execute("PRAGMA synchronous = NORMAL")
+            self._local.db = db
+        return nullcontext(db)
+
+    def close(self) -> None:
+        """Close this thread's connection (others close when their thread ends)."""
+        db = getattr(self._local, "db", None)
+        if db is not None:
+            self._local.db = None
+            db.close()
 
     def create(self, name: str, groups, expires_seconds: float | None = None) -> str:
         """
@@ -115,12 +136,16 @@ class APIKeyStore:
         expires = None if expires_seconds is None else now + expires_seconds
         with self._db() as db:
             db.execute("BEGIN IMMEDIATE")
-            if self._active(db, name, now):
+            try:
+                if self._active(db, name, now):
+                    raise APIKeyError(f"an active key named {name!r} exists; revoke it first")
+                db.execute("INSERT INTO api_keys (key_id, name, groups, secret_sha256, created, "
+                           "expires) VALUES (?, ?, ?, ?, ?, ?)",
+                           (keyId, name, ",".join(groups), _hash(secret), now, expires))
+            except BaseException:
+                # The connection is reused: never leave it inside a transaction.
                 db.execute("ROLLBACK")
-                raise APIKeyError(f"an active key named {name!r} exists; revoke it first")
-            db.execute("INSERT INTO api_keys (key_id, name, groups, secret_sha256, created, "
-                       "expires) VALUES (?, ?, ?, ?, ?, ?)",
-                       (keyId, name, ",".join(groups), _hash(secret), now, expires))
+                raise
             db.execute("COMMIT")
         return f"{PREFIX}{keyId}_{secret}"
 
@@ -157,19 +182,21 @@ class APIKeyStore:
         m = _KEY.match(key.strip()) if isinstance(key, str) else None
         keyId, secret = (m.group(1), m.group(2)) if m else ("", "")
         with self._db() as db:
-            row = db.execute("SELECT name, groups, secret_sha256, expires, revoked "
+            row = db.execute("SELECT name, groups, secret_sha256, expires, revoked, last_used "
                              "FROM api_keys WHERE key_id = ?", (keyId,)).fetchone()
             # Compare even when there is no row so timing says nothing about key ids.
             stored = row[2] if row else b"\x00" * 32
             good = hmac.compare_digest(stored, _hash(secret)) and row is not None and m is not None
             if not good:
                 raise AuthenticationFailed("unknown API key", row[0] if row else None)
-            name, groups, _, expires, revoked = row
+            name, groups, _, expires, revoked, lastUsed = row
             now = self.clock()
             # State is disclosed only to holders of the secret.
             if revoked is not None:
                 raise AuthenticationFailed("API key revoked", name)
             if expires is not None and now >= expires:
                 raise AuthenticationFailed("API key expired", name)
-            db.execute("UPDATE api_keys SET last_used = ? WHERE key_id = ?", (now, keyId))
+            # A CI job may authenticate many times a minute; one write a minute is enough.
+            if lastUsed is None or not (0 <= now - lastUsed < LAST_USED_RESOLUTION):
+                db.execute("UPDATE api_keys SET last_used = ? WHERE key_id = ?", (now, keyId))
         return Identity(name, frozenset(groups.split(",")), "apikey", "sealgate")

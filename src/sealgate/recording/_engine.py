@@ -1,0 +1,499 @@
+"""The store's synchronous core: lock, key, schema, recovery, batched sealed appends."""
+
+import fcntl
+import hashlib
+import os
+import sqlite3
+import time
+from pathlib import Path
+
+from sealgate.recording import _format as fmt
+from sealgate.recording.checkpoint import Checkpoint, Signer, signCheckpoint
+from sealgate.recording.merkle import CompactTree
+
+SEGMENT_LIMIT = 256 * 1024 * 1024
+PROGRESS_BYTES = 4 * 1024 * 1024
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value);
+CREATE TABLE IF NOT EXISTS log (n INTEGER PRIMARY KEY, session TEXT, type TEXT NOT NULL, leaf BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS log_session ON log(session);
+CREATE TABLE IF NOT EXISTS sessions (
+    id TEXT PRIMARY KEY, opened REAL, closed REAL, open_leaf INTEGER, close_leaf INTEGER,
+    size INTEGER NOT NULL DEFAULT 0, edge BLOB NOT NULL DEFAULT x'', last BLOB,
+    bytes_from_client INTEGER NOT NULL DEFAULT 0, bytes_to_client INTEGER NOT NULL DEFAULT 0,
+    protocol TEXT, info TEXT, reason TEXT, cutoff INTEGER NOT NULL DEFAULT 0, root BLOB);
+CREATE TABLE IF NOT EXISTS chunks (
+    session TEXT NOT NULL, first INTEGER NOT NULL, count INTEGER NOT NULL,
+    segment INTEGER NOT NULL, offset INTEGER NOT NULL, length INTEGER NOT NULL,
+    PRIMARY KEY (session, first)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS segments (id INTEGER PRIMARY KEY, length INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS checkpoints (size INTEGER PRIMARY KEY, time REAL NOT NULL, note TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS redactions (
+    session TEXT NOT NULL, seq INTEGER NOT NULL, time REAL, reason TEXT, leaf INTEGER,
+    PRIMARY KEY (session, seq)) WITHOUT ROWID;
+"""
+
+
+class StoreError(Exception):
+    """The store cannot be opened or written; the message says what and where."""
+
+
+class StoreLocked(StoreError):
+    """Another process holds the state directory's lock."""
+
+
+def dbPath(stateDir: Path) -> Path:
+    return Path(stateDir) / "recordings.sqlite"
+
+
+def segmentPath(stateDir: Path, segment: int) -> Path:
+    return Path(stateDir) / "segments" / f"{segment:08d}.seg"
+
+
+def keyPath(stateDir: Path) -> Path:
+    return Path(stateDir) / "signing.key"
+
+
+def lockPath(stateDir: Path) -> Path:
+    return Path(stateDir) / "store.lock"
+
+
+def loadOrCreateKey(stateDir: Path, origin: str) -> Signer:
+    """The node's signing key; created mode 0600 on first use."""
+    path = keyPath(stateDir)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        mode = path.stat().st_mode & 0o777
+        if mode & 0o077:
+            raise StoreError(f"{path} is readable by others (mode {mode:o}); run: chmod 600 {path}")
+        signer = Signer.fromSkey(path.read_text())
+        if signer.name != origin:
+            raise StoreError(
+                f"{path} signs for {signer.name!r} but this node's origin is {origin!r}; "
+                "set [gateway] node back or use a new state_dir"
+            )
+        return signer
+    signer = Signer.generate(origin)
+    with os.fdopen(fd, "w") as f:
+        f.write(signer.skey() + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    return signer
+
+
+class SessionState:
+    """Writer-side state of one session tree (touched only by the writer thread)."""
+
+    __slots__ = ("id", "prefix", "tree", "last", "offsets", "sealed", "sealedAt", "unsealedBytes",
+                 "closed", "dead")
+
+    def __init__(self, sessionId: str):
+        self.id = sessionId
+        self.prefix = fmt.framePrefix(sessionId)
+        self.tree = CompactTree()
+        self.last = fmt.NO_PREV
+        self.offsets = [0, 0]
+        self.sealed = 0
+        self.sealedAt = time.time()
+        self.unsealedBytes = 0
+        self.closed = False
+        self.dead = False
+
+    def snapshot(self):
+        return (self.tree.copy(), self.last, list(self.offsets), self.sealed, self.sealedAt,
+                self.unsealedBytes, self.closed)
+
+    def restore(self, snap) -> None:
+        (self.tree, self.last, self.offsets, self.sealed, self.sealedAt, self.unsealedBytes,
+         self.closed) = snap
+
+
+class Engine:
+    """
+    Everything the store does on disk, synchronously, for one writer thread
+    (or one CLI command holding the lock).  A batch is all-or-nothing: on a
+    failed write the SQLite transaction is rolled back, the segment truncated
+    and the in-memory state restored, so the same batch can be retried.
+    """
+
+    def __init__(self, stateDir, origin: str | None, checkpointInterval: float = 1.0):
+        self.stateDir = Path(stateDir)
+        self.origin = origin
+        self.checkpointInterval = checkpointInterval
+        self.db = None
+        self._lockFd = None
+        self._seg = None
+        self.sessions: dict[str, SessionState] = {}
+
+    # -- opening ------------------------------------------------------------
+
+    def open(self) -> list:
+        """Lock, create or load, recover.  @return: ids of sessions closed as cut off."""
+        try:
+            (self.stateDir / "segments").mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StoreError(f"cannot create state_dir {self.stateDir}: {e.strerror}")
+        self._lock()
+        try:
+            return self._open()
+        except BaseException:
+            self.close()
+            raise
+
+    def _lock(self) -> None:
+        path = lockPath(self.stateDir)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise StoreLocked(
+                f"the recording store {self.stateDir} is in use: lock {path} is held by "
+                f"process {holder}; stop that gateway or use another state_dir"
+            )
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lockFd = fd
+
+    def _open(self) -> list:
+        self.db = sqlite3.connect(dbPath(self.stateDir), isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.executescript(SCHEMA)
+        meta = dict(self.db.execute("SELECT key, value FROM meta"))
+        stored = meta.get("origin")
+        if self.origin is None:
+            if stored is None:
+                raise StoreError(f"{self.stateDir} holds no recording store yet")
+            self.origin = stored
+        elif stored is not None and stored != self.origin:
+            raise StoreError(
+                f"{self.stateDir} was created for origin {stored!r}, not {self.origin!r}; "
+                "set [gateway] node back or use a new state_dir"
+            )
+        self.signer = loadOrCreateKey(self.stateDir, self.origin)
+        if stored is None:
+            self.db.execute("INSERT INTO meta VALUES ('origin', ?), ('format', 1)", (self.origin,))
+        self.log = CompactTree.unpack(meta.get("log_size", 0), meta.get("log_edge", b""))
+        self.logLast = meta.get("log_last", fmt.NO_PREV)
+        row = self.db.execute("SELECT max(size), max(time) FROM checkpoints").fetchone()
+        self.checkpointSize, self.checkpointTime = row[0] or 0, row[1] or 0.0
+        self._openSegment()
+        return self._recover()
+
+    def _openSegment(self) -> None:
+        rows = self.db.execute("SELECT id, length FROM segments ORDER BY id").fetchall()
+        known = {i for i, _ in rows}
+        for p in (self.stateDir / "segments").glob("*.seg"):
+            if p.stem.isdigit() and int(p.stem) not in known:
+                p.unlink()  # created but never committed
+        for seg, length in rows:
+            p = segmentPath(self.stateDir, seg)
+            if p.exists() and p.stat().st_size > length:
+                # Bytes written before a crash but never committed: not part of the store.
+                with open(p, "r+b") as f:
+                    f.truncate(length)
+        if rows:
+            self.segment, self.segmentLength = rows[-1]
+        else:
+            self.segment, self.segmentLength = 1, 0
+            self.db.execute("INSERT INTO segments VALUES (1, 0)")
+        self._seg = open(segmentPath(self.stateDir, self.segment), "ab")
+
+    def _recover(self) -> list:
+        rows = self.db.execute(
+            "SELECT id, size, edge, last, bytes_from_client, bytes_to_client FROM sessions "
+            "WHERE closed IS NULL ORDER BY opened"
+        ).fetchall()
+        cut = []
+        for sid, size, edge, last, bIn, bOut in rows:
+            s = SessionState(sid)
+            s.tree = CompactTree.unpack(size, edge)
+            s.last = last or fmt.NO_PREV
+            s.offsets = [bIn, bOut]
+            self.sessions[sid] = s
+            cut.append(("close", s, "cut off: the gateway stopped without closing this session "
+                        "(closed when the store was next opened)", {}, None, True))
+        if cut:
+            self.apply(cut, forceCheckpoint=True)
+        elif self.log.size > self.checkpointSize:
+            self.apply([], forceCheckpoint=True)
+        return [s.id for _, s, *_ in cut]
+
+    def close(self) -> None:
+        if self._seg is not None:
+            self._seg.close()
+            self._seg = None
+        if self.db is not None:
+            self.db.close()
+            self.db = None
+        if self._lockFd is not None:
+            os.close(self._lockFd)
+            self._lockFd = None
+
+    # -- writing ------------------------------------------------------------
+
+    def apply(self, items, forceCheckpoint: bool = False, now: float | None = None) -> list:
+        """
+        Seal and commit one batch of queued items.
+
+        Frame items are C{(state, time, channel, direction, data)}; others
+        have six fields C{(kind, state, a, b, token, cutoff)}: C{("open",
+        state, info, ...)}, C{("event", state or None, kind, fields, ...)},
+        C{("close", state, reason, stats, token, cutoff)}.  Returns the
+        close items' tokens once the batch (and a checkpoint covering it) is
+        durable.
+
+        @raise OSError, sqlite3.Error: nothing of the batch is kept.
+        """
+        now = time.time() if now is None else now
+        snaps: dict = {}
+        logSnap = (self.log.copy(), self.logLast)
+        segSnap = (self.segment, self.segmentLength)
+        self._pending = {"log": [], "opens": [], "closes": [], "states": set()}
+        records: dict = {}
+        salts = os.urandom(fmt.SALT_SIZE * 64)
+        saltAt = 0
+        sha = hashlib.sha256
+        pack = fmt.FRAME_FIELDS.pack
+        rpack = fmt.RECORD.pack
+        tag = fmt.COMMIT_TAG
+        tokens = []
+        self.db.execute("BEGIN")
+        try:
+            for item in items:
+                if len(item) == 5:
+                    s, t, channel, direction, data = item
+                    if s.closed or s.dead:
+                        continue
+                    rec = records.get(s)
+                    if rec is None:
+                        if s not in snaps:
+                            snaps[s] = s.snapshot()
+                        rec = records[s] = (s.tree.size, [])
+                    out = rec[1]
+                    for at in range(0, len(data), fmt.MAX_FRAME):
+                        piece = data[at : at + fmt.MAX_FRAME] if len(data) > fmt.MAX_FRAME else data
+                        if saltAt == len(salts):
+                            salts, saltAt = os.urandom(fmt.SALT_SIZE * 1024), 0
+                        salt = salts[saltAt : saltAt + fmt.SALT_SIZE]
+                        saltAt += fmt.SALT_SIZE
+                        n = len(piece)
+                        leaf = (s.prefix + pack(s.tree.size, t, channel, direction, s.offsets[direction], n)
+                                + s.last + sha(tag + salt + piece).digest())
+                        h = sha(b"\x00" + leaf).digest()
+                        s.tree.appendHash(h)
+                        s.last = h
+                        s.offsets[direction] += n
+                        s.unsealedBytes += n
+                        out += (rpack(len(leaf), fmt.SALT_SIZE, n), leaf, salt, piece)
+                    continue
+                kind, s = item[0], item[1]
+                if s is not None and s not in snaps:
+                    snaps[s] = s.snapshot()
+                if kind == "open":
+                    self._open_(s, item[2], now)
+                elif kind == "event":
+                    if s is None or not (s.closed or s.dead):
+                        self._logAppend("event", s.id if s else None, now,
+                                        {"event": item[2], "fields": fmt.scrub(item[3])})
+                elif kind == "close":
+                    if not (s.closed or s.dead):
+                        self._close_(s, item[2], item[3], now, cutoff=item[5])
+                    tokens.append(item[4])
+                    forceCheckpoint = True
+                else:
+                    raise ValueError(f"unknown store item {kind!r}")
+            for s in list(self.sessions.values()):
+                if s.tree.size > s.sealed and not s.closed and (
+                    now - s.sealedAt >= self.checkpointInterval or s.unsealedBytes >= PROGRESS_BYTES
+                    or forceCheckpoint
+                ):
+                    if s not in snaps:
+                        snaps[s] = s.snapshot()
+                    self._seal(s, "progress", now, {})
+            self._commit(records, now, forceCheckpoint)
+        except BaseException:
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+            for s, snap in snaps.items():
+                s.restore(snap)
+            for sid in self._pending["opens"]:
+                self.sessions.pop(sid, None)
+            self.log, self.logLast = logSnap
+            self._rollbackSegment(*segSnap)
+            raise
+        for sid in self._pending["closes"]:
+            self.sessions.pop(sid, None)
+        return tokens
+
+    def _open_(self, s: SessionState, info: dict, now: float) -> None:
+        if s.id in self.sessions or self.db.execute(
+            "SELECT 1 FROM sessions WHERE id = ?", (s.id,)
+        ).fetchone():
+            s.dead = True  # a reused id must never mix two sessions' frames
+            self._logAppend("event", None, now, {"event": "session-id-reused", "fields": {"id": s.id}})
+            return
+        info = fmt.scrub(info)
+        n = self._logAppend("open", s.id, now, {"info": info})
+        self.sessions[s.id] = s
+        self._pending["opens"].append(s.id)
+        self._pending["states"].add(s)
+        s.sealedAt = now
+        self.db.execute(
+            "INSERT INTO sessions (id, opened, open_leaf, protocol, info) VALUES (?, ?, ?, ?, ?)",
+            (s.id, now, n, str(info.get("protocol", "")), fmt.canonicalJson(info).decode()),
+        )
+
+    def _seal(self, s: SessionState, kind: str, now: float, extra: dict) -> int:
+        body = {"size": s.tree.size, "root": s.tree.root().hex(),
+                "bytes": {"from_client": s.offsets[0], "to_client": s.offsets[1]}, **extra}
+        n = self._logAppend(kind, s.id, now, body)
+        s.sealed = s.tree.size
+        s.sealedAt = now
+        s.unsealedBytes = 0
+        self._pending["states"].add(s)
+        return n
+
+    def _close_(self, s, reason, stats, now, cutoff=False) -> None:
+        n = self._seal(s, "close", now, {"reason": reason, "stats": fmt.scrub(stats), "cutoff": cutoff})
+        s.closed = True
+        self._pending["closes"].append(s.id)
+        self.db.execute(
+            "UPDATE sessions SET closed = ?, close_leaf = ?, reason = ?, cutoff = ?, root = ? WHERE id = ?",
+            (now, n, reason, int(cutoff), s.tree.root(), s.id),
+        )
+
+    def _logAppend(self, kind: str, sessionId, now: float, fields: dict) -> int:
+        n = self.log.size
+        body = {"n": n, "prev": self.logLast.hex(), "type": kind, "time": now, "session": sessionId, **fields}
+        leaf = fmt.logLeaf(body)
+        h = hashlib.sha256(b"\x00" + leaf).digest()
+        self.log.appendHash(h)
+        self.logLast = h
+        self._pending["log"].append((n, sessionId, kind, leaf))
+        return n
+
+    def _commit(self, records: dict, now: float, forceCheckpoint: bool) -> None:
+        chunks = []
+        if records:
+            if self.segmentLength >= SEGMENT_LIMIT:
+                self._seg.close()
+                self.segment, self.segmentLength = self.segment + 1, 0
+                self._seg = open(segmentPath(self.stateDir, self.segment), "ab")
+            parts = []
+            offset = self.segmentLength
+            for s, (first, out) in records.items():
+                if not out:
+                    continue
+                data = b"".join(out)
+                parts.append(data)
+                chunks.append((s.id, first, s.tree.size - first, self.segment, offset, len(data)))
+                offset += len(data)
+                self._pending["states"].add(s)
+            if parts:
+                self._seg.write(b"".join(parts) if len(parts) > 1 else parts[0])
+                self._seg.flush()
+                os.fdatasync(self._seg.fileno())
+                self.segmentLength = offset
+        checkpoint = None
+        if self.log.size > self.checkpointSize and (
+            forceCheckpoint or now - self.checkpointTime >= self.checkpointInterval
+        ):
+            checkpoint = signCheckpoint(self.signer, Checkpoint(self.origin, self.log.size, self.log.root()))
+        db = self.db
+        if not (chunks or self._pending["log"] or checkpoint):
+            db.execute("COMMIT")
+            return
+        if chunks:
+            db.executemany("INSERT INTO chunks VALUES (?, ?, ?, ?, ?, ?)", chunks)
+            db.execute("INSERT OR REPLACE INTO segments VALUES (?, ?)", (self.segment, self.segmentLength))
+        if self._pending["log"]:
+            db.executemany("INSERT INTO log VALUES (?, ?, ?, ?)", self._pending["log"])
+            db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [
+                ("log_size", self.log.size), ("log_edge", self.log.pack()), ("log_last", self.logLast)])
+        states = [(s.tree.size, s.tree.pack(), s.last, s.offsets[0], s.offsets[1], s.id)
+                  for s in self._pending["states"] if not s.dead]
+        if states:
+            db.executemany(
+                "UPDATE sessions SET size = ?, edge = ?, last = ?, bytes_from_client = ?, "
+                "bytes_to_client = ? WHERE id = ?", states)
+        if checkpoint:
+            db.execute("INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?)", (self.log.size, now, checkpoint))
+        db.execute("COMMIT")
+        if checkpoint:
+            self.checkpointSize, self.checkpointTime = self.log.size, now
+
+    def _rollbackSegment(self, segment: int, length: int) -> None:
+        try:
+            if self._seg is not None:
+                self._seg.close()
+            if segment != self.segment:
+                segmentPath(self.stateDir, self.segment).unlink(missing_ok=True)
+            self.segment, self.segmentLength = segment, length
+            with open(segmentPath(self.stateDir, segment), "r+b") as f:
+                f.truncate(length)
+        except OSError:
+            pass  # the next open truncates to the committed length anyway
+        self._seg = open(segmentPath(self.stateDir, self.segment), "ab")
+
+    # -- redaction ----------------------------------------------------------
+
+    def redact(self, sessionId: str, seq: int, reason: str, actor: str | None = None, now=None) -> int:
+        """
+        Erase one frame's salt and payload in place and seal a redaction
+        event.  The frame leaf stays, so every root and proof stays valid.
+        The event is committed first: a crash in between leaves a frame
+        marked redacted whose bytes a repeated C{redact} erases.
+
+        @return: the log index of the redaction event.
+        """
+        now = time.time() if now is None else now
+        known = self.db.execute("SELECT size FROM sessions WHERE id = ?", (sessionId,)).fetchone()
+        if known is None:
+            raise StoreError(f"no session {sessionId!r} in {self.stateDir}")
+        row = self.db.execute(
+            "SELECT segment, offset, length, first FROM chunks WHERE session = ? AND first <= ? "
+            "ORDER BY first DESC LIMIT 1", (sessionId, seq)).fetchone()
+        if row is None or not 0 <= seq < known[0]:
+            raise StoreError(f"session {sessionId} has no frame {seq} (it has {known[0]})")
+        done = self.db.execute(
+            "SELECT leaf FROM redactions WHERE session = ? AND seq = ?", (sessionId, seq)).fetchone()
+        if done:
+            n = done[0]
+        else:
+            self._pending = {"log": [], "opens": [], "closes": [], "states": set()}
+            logSnap = (self.log.copy(), self.logLast)
+            n = self._logAppend("event", sessionId, now, {
+                "event": "redaction", "fields": {"frame": seq, "reason": reason, "by": actor}})
+            try:
+                self.db.execute("BEGIN")
+                self.db.execute("INSERT INTO redactions VALUES (?, ?, ?, ?, ?)",
+                                (sessionId, seq, now, reason, n))
+                self.db.executemany("INSERT INTO log VALUES (?, ?, ?, ?)", self._pending["log"])
+                self.db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [
+                    ("log_size", self.log.size), ("log_edge", self.log.pack()), ("log_last", self.logLast)])
+                self.db.execute("COMMIT")
+            except BaseException:
+                if self.db.in_transaction:
+                    self.db.execute("ROLLBACK")
+                self.log, self.logLast = logSnap
+                raise
+        segment, offset, length, first = row
+        with open(segmentPath(self.stateDir, segment), "r+b") as f:
+            f.seek(offset)
+            buf = f.read(length)
+            for i, (saltAt, size) in enumerate(fmt.secretSpans(buf)):
+                if first + i == seq:
+                    f.seek(offset + saltAt)
+                    f.write(b"\x00" * size)
+                    f.flush()
+                    os.fsync(f.fileno())
+                    break
+            else:
+                raise StoreError(f"frame {seq} of session {sessionId} is missing from its segment")
+        self.apply([], forceCheckpoint=True, now=now)
+        return n

@@ -1,0 +1,147 @@
+"""Byte formats of the sealed store: frame leaves, log leaves, segment records (no I/O)."""
+
+import hashlib
+import json
+import re
+import struct
+
+import attrs
+
+VERSION = 1
+KIND_FRAME = 1
+KIND_LOG = 2
+MAX_FRAME = 16 * 1024
+SALT_SIZE = 16
+COMMIT_TAG = b"sealgate/frame-payload/v1\x00"
+NO_PREV = b"\x00" * 32
+
+#: version, kind, session id length (then the id itself).
+PREFIX = struct.Struct(">BBB")
+#: seq, time, channel, direction, stream offset, payload length.
+FRAME_FIELDS = struct.Struct(">QdIBQI")
+#: leaf length, salt length, payload length of one segment record.
+RECORD = struct.Struct(">HBI")
+
+LOG_TYPES = ("open", "progress", "event", "close")
+_SECRET_KEY = re.compile(r"pass(word|wd)?|secret|token|api_?key|authorization|credential", re.I)
+
+
+class FormatError(ValueError):
+    """Stored bytes do not parse as what they should be."""
+
+
+def framePrefix(sessionId: str) -> bytes:
+    sid = sessionId.encode()
+    if not 0 < len(sid) < 256:
+        raise ValueError(f"session id {sessionId!r} must be 1 to 255 bytes")
+    return PREFIX.pack(VERSION, KIND_FRAME, len(sid)) + sid
+
+
+def commitment(salt, payload) -> bytes:
+    """SHA-256 over a domain tag, the per-frame salt and the payload."""
+    h = hashlib.sha256(COMMIT_TAG)
+    h.update(salt)
+    h.update(payload)
+    return h.digest()
+
+
+@attrs.frozen
+class FrameLeaf:
+    """The fields of one frame leaf (what the session tree commits to)."""
+
+    sessionId: str
+    seq: int
+    time: float
+    channel: int
+    direction: int
+    offset: int
+    length: int
+    prev: bytes
+    commitment: bytes
+
+
+def parseFrameLeaf(leaf) -> FrameLeaf:
+    leaf = bytes(leaf)
+    if len(leaf) < PREFIX.size:
+        raise FormatError("frame leaf is too short")
+    version, kind, n = PREFIX.unpack_from(leaf)
+    if version != VERSION or kind != KIND_FRAME:
+        raise FormatError(f"frame leaf has version {version} kind {kind}")
+    if len(leaf) != PREFIX.size + n + FRAME_FIELDS.size + 64:
+        raise FormatError("frame leaf has the wrong length")
+    try:
+        sid = leaf[PREFIX.size : PREFIX.size + n].decode()
+    except UnicodeDecodeError:
+        raise FormatError("frame leaf's session id is not UTF-8")
+    at = PREFIX.size + n
+    seq, t, channel, direction, offset, length = FRAME_FIELDS.unpack_from(leaf, at)
+    at += FRAME_FIELDS.size
+    return FrameLeaf(sid, seq, t, channel, direction, offset, length, leaf[at : at + 32], leaf[at + 32 :])
+
+
+def iterRecords(buf, start: int = 0, end: int | None = None):
+    """
+    Yield C{(leaf, salt, payload)} memoryviews from concatenated segment records.
+
+    @raise FormatError: when a record runs past C{end}.
+    """
+    mv = memoryview(buf)
+    at = start
+    end = len(mv) if end is None else end
+    unpack = RECORD.unpack_from
+    while at < end:
+        if at + RECORD.size > end:
+            raise FormatError(f"record header cut off at byte {at}")
+        ll, sl, pl = unpack(mv, at)
+        at += RECORD.size
+        nxt = at + ll + sl + pl
+        if nxt > end:
+            raise FormatError(f"record cut off at byte {at}")
+        yield mv[at : at + ll], mv[at + ll : at + ll + sl], mv[at + ll + sl : nxt]
+        at = nxt
+
+
+def secretSpans(buf):
+    """Yield C{(offset, size)} of each record's salt-and-payload bytes (what redaction erases)."""
+    at = 0
+    while at + RECORD.size <= len(buf):
+        ll, sl, pl = RECORD.unpack_from(buf, at)
+        yield at + RECORD.size + ll, sl + pl
+        at += RECORD.size + ll + sl + pl
+
+
+def scrub(fields):
+    """A copy of C{fields} with values under secret-looking keys replaced; never store a credential."""
+    if isinstance(fields, dict):
+        return {
+            str(k): ("[removed]" if _SECRET_KEY.search(str(k)) else scrub(v)) for k, v in fields.items()
+        }
+    if isinstance(fields, (list, tuple)):
+        return [scrub(v) for v in fields]
+    if fields is None or isinstance(fields, (str, int, float, bool)):
+        return fields
+    return str(fields)
+
+
+def canonicalJson(obj) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+
+def logLeaf(body: dict) -> bytes:
+    """A log leaf: version and kind bytes, then canonical JSON."""
+    return bytes([VERSION, KIND_LOG]) + canonicalJson(body)
+
+
+def parseLogLeaf(leaf) -> dict:
+    leaf = bytes(leaf)
+    if len(leaf) < 2 or leaf[0] != VERSION or leaf[1] != KIND_LOG:
+        raise FormatError("log leaf has the wrong version or kind bytes")
+    try:
+        body = json.loads(leaf[2:])
+    except ValueError:
+        raise FormatError("log leaf is not JSON")
+    if not isinstance(body, dict) or body.get("type") not in LOG_TYPES:
+        raise FormatError("log leaf has no known type")
+    if not isinstance(body.get("n"), int) or not isinstance(body.get("prev"), str):
+        raise FormatError("log leaf lacks its index or previous hash")
+    return body

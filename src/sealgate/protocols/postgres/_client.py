@@ -1,0 +1,320 @@
+"""The client leg: TLS, the client's login with its token or API key, then the relay."""
+
+import ipaddress
+import secrets
+
+from twisted.internet import endpoints
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+
+from sealgate.identity import AuthenticationFailed
+from sealgate.protocols.postgres import _wire as w
+from sealgate.protocols.postgres._backend import BackendLeg, CancelSender
+from sealgate.protocols.postgres._relay import Relay
+from sealgate.session import FROM_CLIENT, TO_CLIENT, SessionRefused
+
+#: Startup parameters the gateway decides; the rest go to the backend as sent.
+_OWN_PARAMS = frozenset({"user", "database", "application_name", "replication"})
+_STARTUP, _PASSWORD, _LOGIN, _READY, _CLOSED = range(5)
+
+
+def isLoopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class ClientLeg(Relay, Protocol):
+    """One client connection, from SSLRequest to Terminate."""
+
+    _log = Logger()
+
+    def __init__(self, factory):
+        self.factory = factory
+        self.state = _STARTUP
+        self.tls = False
+        self.reader = w.Reader(frontend=True, startup=True)
+        self.session = None
+        self.backend = None
+        self.connection = None
+        self.startup = None
+        self.closed = False
+        self.fakeKey = None
+        self._early: list[tuple[int, bytes]] = []
+
+    @property
+    def options(self):
+        return self.connection.options
+
+    def connectionMade(self):
+        peer = self.transport.getPeer()
+        self.peer = getattr(peer, "host", "")
+        self.client = f"{self.peer}:{getattr(peer, 'port', '')}"
+
+    # -- startup and login ---------------------------------------------------------
+
+    def dataReceived(self, data):
+        if self.state == _READY:
+            try:
+                self.relayFromClient(data)
+            except w.ProtocolError as e:
+                self.fatal("08P01", f"sealgate: protocol violation: {e}")
+            return
+        if self.state == _CLOSED:
+            return
+        self.reader.receive_data(data)
+        try:
+            while self.state in (_STARTUP, _PASSWORD):
+                ev = self.reader.next_event()
+                if ev is w.NEED_DATA:
+                    return
+                self._startupEvent(ev)
+        except w.ProtocolError as e:
+            self.fatal("08P01", f"sealgate: protocol violation: {e}")
+
+    def _startupEvent(self, ev):
+        if self.state == _PASSWORD:
+            if ev.type != ord("p"):
+                raise w.ProtocolError(f"expected a password message, got {chr(ev.type)!r}")
+            self._password(w.decodeFrame(ev, True).password())
+            return
+        msg = w.decodeFrame(ev, True)
+        if isinstance(msg, w.SSLRequest):
+            if self.tls or self.reader.pending():
+                # Bytes sent before the handshake could be injected by anyone
+                # on the path (CVE-2021-23214): refuse rather than trust them.
+                raise w.ProtocolError("data after SSLRequest before TLS started")
+            ctx = self.factory.tlsContext
+            if ctx is None:
+                self.transport.write(b"N")
+            else:
+                self.transport.write(b"S")
+                self.transport.startTLS(ctx)
+                self.tls = True
+            self.reader.expectStartup()
+        elif isinstance(msg, w.GSSENCRequest):
+            self.transport.write(b"N")
+            self.reader.expectStartup()
+        elif isinstance(msg, w.CancelRequest):
+            self.factory.cancel(msg.pid, msg.key)
+            self.state = _CLOSED
+            self.transport.loseConnection()
+        else:
+            self._startupMessage(msg, ev.raw)
+
+    def _startupMessage(self, msg: w.StartupMessage, raw: bytes):
+        self.startup = msg
+        user = msg.get("user") or ""
+        dbname = msg.get("database") or user
+        if msg.get("replication") not in (None, "false", "0", "off", "no"):
+            return self.fatal("0A000", "sealgate: replication connections are not supported")
+        conn = self.factory.route(dbname)
+        if conn is None:
+            names = ", ".join(self.factory.names())
+            return self.fatal("3D000", f'sealgate: no connection named "{dbname}" here; '
+                              f"use one of: {names} as the database name")
+        self.connection = conn
+        opts = conn.options
+        if opts.require_tls and not self.tls:
+            return self.fatal("28000", f"sealgate: connection {conn.name} requires TLS; "
+                              "connect with sslmode=require or stricter")
+        if not self.tls and not (opts.allow_cleartext_on_loopback and isLoopback(self.peer)
+                                 and self.factory.loopbackOnly):
+            return self.fatal("28000", "sealgate: the password (your token or API key) is "
+                              "accepted only over TLS; connect with sslmode=require")
+        self.claimed = user
+        self._early.append((FROM_CLIENT, raw))
+        ask = w.Authentication(w.AUTH_CLEARTEXT).encode()
+        self._early.append((TO_CLIENT, ask))
+        self.transport.write(ask)
+        self.state = _PASSWORD
+
+    def _password(self, credential: str):
+        self.state = _LOGIN
+        self.transport.pauseProducing()
+        gw = self.factory.gateway
+        d = gw.authenticate(self.connection, credential, self.client, claimed=self.claimed or None)
+        del credential
+        d.addCallbacks(self._authenticated, self._authFailed)
+        d.addErrback(self._bug)
+
+    def _authFailed(self, f):
+        f.trap(AuthenticationFailed)
+        self.fatal("28P01", f"sealgate: login refused: {f.value}")
+
+    def _bug(self, f):
+        self._log.failure("Login of {client} failed", f, client=self.client)
+        self.fatal("XX000", "sealgate: internal error during login")
+
+    def _authenticated(self, identity):
+        if self.closed:
+            return
+        gw = self.factory.gateway
+        app = self.startup.get("application_name") or ""
+        meta = {"database_user": self.claimed, "application_name": app, "tls": self.tls}
+        try:
+            self.session = gw.openSession(self.connection, identity, self.client, meta)
+        except SessionRefused as e:
+            return self.fatal("28000", f"sealgate: {e}")
+        for direction, data in self._early:
+            self.session.record(direction, data)
+        self._early = []
+        name = f"sealgate:{identity.subject}" + (f" ({app})" if app else "")
+        params = [("user", self.options.username), ("database", self.options.database),
+                  ("application_name", name.encode()[:63].decode("utf-8", "ignore"))]
+        params += [(k, v) for k, v in self.startup.params if k not in _OWN_PARAMS]
+        leg = BackendLeg(self, self.options, tuple(params), self.factory.backendTLS(self.connection))
+        ep = endpoints.clientFromString(gw.reactor, self.connection.backend)
+        d = ep.connect(_OneShot(leg))
+        d.addErrback(self._backendUnreachable)
+
+    def _backendUnreachable(self, f):
+        why = f.getErrorMessage()
+        self._log.warn("Backend of {connection} unreachable: {why}",
+                       connection=self.connection.name, why=why)
+        self.fatal("08001", f"sealgate: cannot reach the database behind connection "
+                   f"{self.connection.name} ({why}); try again later or tell the operator")
+
+    # -- backend events --------------------------------------------------------------
+
+    def backendConnected(self, leg):
+        self.backend = leg
+        if self.closed:
+            leg.transport.loseConnection()
+
+    def backendAuthenticated(self):
+        self.toClient(w.Authentication(w.AUTH_OK).encode())
+
+    def backendStartupMessage(self, raw: bytes):
+        self.toClient(raw)
+
+    def backendReady(self, raw: bytes):
+        self.fakeKey = self.factory.register(self)
+        self.toClient(w.BackendKeyData(*self.fakeKey).encode() + raw)
+        self.startRelay()
+        self.state = _READY
+        self.transport.resumeProducing()
+
+    def backendFailed(self, err):
+        self.fatal(err.code, f"sealgate: connection {self.connection.name}: {err}")
+
+    def backendLost(self, reason, wasReady):
+        self.backend = None
+        if self.closed:
+            return
+        if self.state == _READY and self._terminating:
+            self.transport.loseConnection()
+            return
+        self.fatal("08006", f"sealgate: the database behind connection {self.connection.name} "
+                   "closed the connection")
+
+    def cancelQuery(self):
+        """A CancelRequest carried our key: withdraw a held ticket or cancel on the server."""
+        if self.state != _READY or self.cancelHeld():
+            return
+        b = self.backend
+        if b is None or b.pid is None:
+            return
+        ep = endpoints.clientFromString(self.factory.gateway.reactor, self.connection.backend)
+        ep.connect(_OneShot(CancelSender(b.pid, b.key))).addErrback(lambda f: None)
+
+    # -- ending ------------------------------------------------------------------------
+
+    def fatal(self, code: str, message: str):
+        """Tell the client why with a FATAL ErrorResponse, then hang up."""
+        if self.closed:
+            return
+        data = w.ErrorResponse.make("FATAL", code, message).encode()
+        if self.session is not None:
+            self.toClient(data)
+        else:
+            self.transport.write(data)
+        self.state = _CLOSED
+        self.transport.loseConnection()
+
+    def connectionLost(self, reason):
+        self.closed = True
+        self.state = _CLOSED
+        self.factory.unregister(self)
+        if self.backend is not None:
+            self.backend.transport.loseConnection()
+        if self.session is not None:
+            self.session.end("closed" if self._terminatingSafe() else "client disconnected")
+
+    def _terminatingSafe(self):
+        return getattr(self, "_terminating", False)
+
+
+class _OneShot(Factory):
+    def __init__(self, proto):
+        self.proto = proto
+
+    def buildProtocol(self, addr):
+        return self.proto
+
+
+class ListenerFactory(Factory):
+    """
+    One listener's factory.  Several postgres connections may share a listen
+    endpoint; the client's database name picks one.  It also maps the keys it
+    hands clients to live sessions, so a CancelRequest reaches only its own.
+    """
+
+    _log = Logger()
+
+    def __init__(self, connection, gateway, tlsContext, backendTLS):
+        self.connection = connection
+        self.gateway = gateway
+        self.tlsContext = tlsContext
+        self.backendTLS = backendTLS
+        self.options = connection.options
+        self._keys: dict[tuple[int, int], ClientLeg] = {}
+        self.loopbackOnly = _loopbackListen(connection.listen)
+
+    def buildProtocol(self, addr):
+        return ClientLeg(self)
+
+    def _siblings(self):
+        cfg = self.gateway.config
+        same = [c for c in cfg.connections
+                if c.protocol == "postgres" and c.listen == self.connection.listen]
+        return same or [self.connection]
+
+    def names(self):
+        return [c.name for c in self._siblings()]
+
+    def route(self, dbname: str):
+        sibs = self._siblings()
+        for c in sibs:
+            if c.name == dbname:
+                return c
+        if len(sibs) == 1 and dbname == sibs[0].options.database:
+            return sibs[0]
+        return None
+
+    def register(self, leg) -> tuple[int, int]:
+        while True:
+            key = (secrets.randbits(31), secrets.randbits(32))
+            if key not in self._keys:
+                self._keys[key] = leg
+                return key
+
+    def unregister(self, leg) -> None:
+        if leg.fakeKey is not None:
+            self._keys.pop(leg.fakeKey, None)
+
+    def cancel(self, pid: int, key: int) -> None:
+        leg = self._keys.get((pid, key))
+        if leg is not None:
+            leg.cancelQuery()
+
+
+def _loopbackListen(listen: str) -> bool:
+    try:
+        kind, args, kw = endpoints._parseServer(listen, None)
+    except Exception:
+        return False
+    if kind == "UNIX":
+        return True
+    return isLoopback(kw.get("interface", ""))

@@ -1,0 +1,304 @@
+"""The relay between a logged-in client and its backend: hooks, holds, audit and masking."""
+
+import time
+from collections import deque
+
+from sealgate.chain._chain import OutputRefused
+from sealgate.chain.verdicts import CONTINUE, Deny, Hold, Rewrite
+from sealgate.protocols.postgres import _wire as w
+from sealgate.protocols.postgres.classify import classify
+from sealgate.protocols.postgres.masking import RowMasker
+from sealgate.session import FROM_CLIENT, TO_CLIENT
+
+_Q, _P, _B, _E, _S, _C, _X, _F = (ord(c) for c in "QPBESCXF")
+_CC, _ERR, _Z, _EMPTY, _SUSP, _COPYOUT, _COPYDATA, _COPYDONE = (ord(c) for c in "CEZIsHdc")
+_MAX_AUDIT_TEXT = 4096
+
+
+def _cstrAt(b: bytes, p: int) -> tuple[str, int]:
+    end = b.index(b"\0", p)
+    return b[p:end].decode("utf-8", "surrogateescape"), end + 1
+
+
+def _dollarQuote(text: str) -> str:
+    n = 0
+    while f"$m{n}$" in text:
+        n += 1
+    return f"$m{n}${text}$m{n}$"
+
+
+DENY_PREFIX = "sealgate: "
+
+
+def denyStatement(message: str) -> str:
+    """
+    SQL that makes the backend itself raise our 42501 error.  Letting the
+    server raise it keeps replies in pipeline order and gives the
+    transaction exactly the state an error gives it (aborted in a block).
+    """
+    m = _dollarQuote(DENY_PREFIX + message)
+    tag = "sgdeny"
+    while f"${tag}$" in m:
+        tag += "x"
+    return (f"DO ${tag}$BEGIN RAISE EXCEPTION USING ERRCODE = '42501', "
+            f"MESSAGE = {m}; END${tag}$")
+
+
+class Relay:
+    """
+    Mixin for L{ClientLeg}: the proxying phase.  Client bytes are scanned
+    for the few message types a hook needs (L{w.Reader.drain}); runs of
+    other messages go to the backend as they came.  Replies come back the
+    same way, and only sessions with masking decode rows.
+    """
+
+    def startRelay(self):
+        s = self.session
+        self._wantsCommand = s.chain.wantsCommand
+        masker = s.chain.masker
+        self._rows = RowMasker(masker) if masker is not None else None
+        self._creader = w.Reader(frontend=True, maxMessage=self.factory.options.max_message)
+        self._breader = w.Reader(frontend=False, maxMessage=self.factory.options.max_message)
+        self._ctable = w.makeTable(w.FRONTEND_TYPES, [b"Q", b"P", b"B", b"E", b"S", b"C", b"X", b"F"])
+        stop = [b"C", b"E", b"Z", b"I", b"s"]
+        if self._rows is not None:
+            stop += [b"T", b"D", b"H", b"d", b"c", b"N", b"A"]
+        self._btable = w.makeTable(w.BACKEND_TYPES, stop)
+        self._pending: deque = deque()
+        self._statements: dict[str, str] = {}
+        self._portals: dict[str, str] = {}
+        self._denied: set[str] = set()
+        self._preparedKinds: dict[str, tuple] = {}
+        self._held = None
+        self._txStatus = "I"
+        self._terminating = False
+
+    # -- client -> backend ------------------------------------------------------
+
+    def relayFromClient(self, data: bytes) -> None:
+        self.session.record(FROM_CLIENT, data)
+        self._creader.receive_data(data)
+        if self._held is None:
+            self._process(self._creader.drain(self._ctable))
+
+    def _process(self, items) -> None:
+        out = []
+        for i, item in enumerate(items):
+            if item.__class__ is bytes:
+                out.append(item)
+                continue
+            hold = self._clientFrame(item, out)
+            if hold is not None:
+                self._toBackend(out)
+                self._startHold(hold, items[i + 1:])
+                return
+        self._toBackend(out)
+
+    def _toBackend(self, out) -> None:
+        if out and self.backend is not None:
+            self.backend.transport.write(b"".join(out) if len(out) > 1 else out[0])
+
+    def _clientFrame(self, f, out):
+        t = f.type
+        raw = f.raw
+        if t == _Q:
+            text = raw[5:-1].decode("utf-8", "surrogateescape")
+            self._pending.append(["Q", text, time.monotonic(), 0, None])
+            if not self._wantsCommand:
+                out.append(raw)
+                return None
+            return self._judge(f, text, out, lambda sql: w.Query(sql).encode())
+        if t == _P:
+            msg = w.decodeFrame(f, True)
+            self._statements[msg.name] = msg.query
+            self._denied.discard(msg.name)
+            if not self._wantsCommand:
+                out.append(raw)
+                return None
+
+            def replace(sql, name=msg.name):
+                self._denied.add(name)
+                return w.Parse(name, sql).encode()
+
+            return self._judge(f, msg.query, out, replace,
+                               rewrite=lambda sql: w.Parse(msg.name, sql, msg.paramTypes).encode())
+        if t == _B:
+            portal, p = _cstrAt(raw, 5)
+            stmt, _ = _cstrAt(raw, p)
+            self._portals[portal] = stmt
+            if stmt in self._denied:
+                # The statement was swapped for the deny; its parameters no
+                # longer fit, so the Execute (not the Bind) reports the denial.
+                b = w.decodeFrame(f, True)
+                out.append(w.Bind(portal, stmt, (), (), b.resultFormats).encode())
+                return None
+        elif t == _E:
+            portal, _ = _cstrAt(raw, 5)
+            text = self._statements.get(self._portals.get(portal, ""), "")
+            self._pending.append(["E", text, time.monotonic(), 0, None])
+        elif t == _S:
+            self._pending.append(["S"])
+        elif t == _F:
+            self._pending.append(["Q", "<function call>", time.monotonic(), 0, None])
+        elif t == _C:
+            if raw[5:6] == b"S":
+                name, _ = _cstrAt(raw, 6)
+                self._statements.pop(name, None)
+                self._denied.discard(name)
+        elif t == _X:
+            self._terminating = True
+        out.append(raw)
+        return None
+
+    def _judge(self, f, text, out, replace, rewrite=None):
+        c = classify(text)
+        details = c.details()
+        if c.executes:
+            kinds = list(details["statements"])
+            for name in c.executes:
+                kinds.extend(k for k in self._preparedKinds.get(name, ()) if k not in kinds)
+            details["statements"] = tuple(kinds)
+        verdict = self.session.command("sql", text, details)
+        if verdict is CONTINUE:
+            for name, kinds in c.prepares:
+                self._preparedKinds[name] = kinds
+            out.append(f.raw)
+            return None
+        if isinstance(verdict, Deny):
+            out.append(replace(denyStatement(f"denied by rule {verdict.rule}: {verdict.reason}")))
+            return None
+        if isinstance(verdict, Rewrite):
+            out.append((rewrite or (lambda s: w.Query(s).encode()))(str(verdict.value)))
+            return None
+        if isinstance(verdict, Hold):
+            return (verdict, f, replace, c)
+        out.append(replace(denyStatement("the statement could not be judged")))
+        return None
+
+    def _startHold(self, hold, rest) -> None:
+        verdict, f, replace, c = hold
+        self._held = (f, replace, rest, verdict, c)
+        self.transport.pauseProducing()
+        notice = w.NoticeResponse.make("NOTICE", "00000", verdict.message,
+                                       hint=f"ticket {verdict.ticket}").encode()
+        self.toClient(notice)
+        verdict.result.addCallback(self._holdDecided)
+
+    def _holdDecided(self, verdict) -> None:
+        if self._held is None or self.closed:
+            return
+        f, replace, rest, _, c = self._held
+        self._held = None
+        if verdict is CONTINUE:
+            for name, kinds in c.prepares:
+                self._preparedKinds[name] = kinds
+            self._toBackend([f.raw])
+        else:
+            reason = getattr(verdict, "reason", "not approved")
+            rule = getattr(verdict, "rule", "approval")
+            self._toBackend([replace(denyStatement(f"rule {rule}: {reason}"))])
+        self._process(rest)
+        if self._held is None:
+            self._process(self._creader.drain(self._ctable))
+            if self._held is None:
+                self.transport.resumeProducing()
+
+    def cancelHeld(self) -> bool:
+        """A CancelRequest for a held statement withdraws its ticket."""
+        if self._held is None:
+            return False
+        ticket = self._held[3].ticket
+        try:
+            self.factory.gateway.approvals.cancel(ticket, self.session.identity, "cancelled")
+        except Exception:
+            self._log.failure("Could not cancel ticket {ticket}", ticket=ticket)
+        return True
+
+    # -- backend -> client ------------------------------------------------------
+
+    def fromBackend(self, data: bytes) -> None:
+        try:
+            self._breader.receive_data(data)
+            items = self._breader.drain(self._btable)
+        except w.ProtocolError as e:
+            self._log.warn("Backend protocol error on {session}: {error}",
+                           session=self.session.id, error=str(e))
+            self.fatal("08P01", "sealgate: the backend sent a malformed message")
+            return
+        out = []
+        for item in items:
+            if item.__class__ is bytes:
+                out.append(item)
+            else:
+                try:
+                    out.append(self._backendFrame(item))
+                except OutputRefused:
+                    self.fatal("XX000", "sealgate: output could not be checked; the session ends")
+                    return
+        if out:
+            self.toClient(b"".join(out) if len(out) > 1 else out[0])
+
+    def toClient(self, data: bytes) -> None:
+        self.transport.write(data)
+        self.session.record(TO_CLIENT, data)
+
+    def _backendFrame(self, f) -> bytes:
+        t = f.type
+        if t == _CC:
+            rows = f.raw[5:-1].rsplit(b" ", 1)[-1]
+            n = int(rows) if rows.isdigit() else 0
+            self._complete(n, None)
+        elif t == _Z:
+            self._txStatus = chr(f.raw[5])
+            self._ready()
+        elif t == _ERR:
+            err = w.decodeFrame(f, False)
+            code = err.get("C")
+            fields = err.fields
+            if code == "42501" and (err.get("M") or "").startswith(DENY_PREFIX):
+                fields = tuple((k, v) for k, v in fields if k not in "Wpq")
+            if self._rows is not None:
+                fields = self._rows.fields(fields)
+            self._complete(0, code or "XX000", error=True)
+            if fields is not err.fields:
+                return w.ErrorResponse(fields).encode()
+        elif t == _EMPTY or t == _SUSP:
+            self._complete(0, None)
+        elif self._rows is not None:
+            return self._rows.frame(f)
+        return f.raw
+
+    def _complete(self, rows: int, sqlstate, error: bool = False) -> None:
+        p = self._pending
+        if not p:
+            return
+        head = p[0]
+        if head[0] == "E":
+            p.popleft()
+            self._audit(head, rows, sqlstate)
+            if error:
+                # The server skips the rest of the batch up to Sync.
+                while p and p[0][0] == "E":
+                    p.popleft()
+        elif head[0] == "Q":
+            head[3] += rows
+            if sqlstate:
+                head[4] = sqlstate
+
+    def _ready(self) -> None:
+        p = self._pending
+        while p:
+            head = p.popleft()
+            if head[0] == "S":
+                return
+            if head[0] == "Q":
+                self._audit(head, head[3], head[4])
+                return
+
+    def _audit(self, entry, rows, sqlstate) -> None:
+        text = entry[1]
+        if len(text) > _MAX_AUDIT_TEXT:
+            text = text[:_MAX_AUDIT_TEXT] + "..."
+        self.session.audit("statement", text=text,
+                           duration=round(time.monotonic() - entry[2], 6),
+                           rows=rows, sqlstate=sqlstate or "00000")

@@ -1,0 +1,442 @@
+"""The HTTP proxy end to end: real gateway in-process, the test app as backend, curl, treq and a WebSocket client."""
+
+import datetime
+import io
+import ipaddress
+import json
+import os
+import subprocess
+
+import pytest
+import pytest_twisted
+import treq
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from twisted.internet import task, threads
+from twisted.logger import globalLogPublisher
+
+from sealgate.identity import Identity
+from sealgate.protocols.http import har
+from sealgate.recording.reader import StoreReader
+from sealgate.testing import startGateway
+
+BACKEND_SECRET = "backend-secret-7f3a91"
+_ENV = "SEALGATE_TEST_HTTP_BACKEND_TOKEN"
+
+
+def _config(backend, extra_options: str = "", extra: str = "") -> str:
+    return f"""
+[[roles]]
+name = "eng"
+groups = ["eng"]
+connections = ["*"]
+
+[[connections]]
+name = "web"
+protocol = "http"
+listen = "tcp:0:interface=127.0.0.1"
+backend = "{backend.endpoint}"
+[connections.options]
+backend_bearer_env = "{_ENV}"
+{extra_options}
+
+[[rules]]
+name = "no-delete"
+action = "deny"
+methods = ["DELETE"]
+reason = "deleting through the gateway is not allowed"
+
+[[rules]]
+name = "admin-needs-a-lead"
+action = "approve"
+paths = ["^/echo/admin"]
+approvers = ["leads"]
+expires = "60s"
+
+[[rules]]
+name = "slow-approval"
+action = "approve"
+paths = ["^/echo/expiring"]
+approvers = ["leads"]
+expires = "1s"
+
+[masking]
+detectors = ["credit_card", "email"]
+json_fields = ["password"]
+{extra}
+"""
+
+
+@pytest.fixture
+def logs():
+    """Every log event of the test, formatted, to prove no credential reaches a log."""
+    from twisted.logger import formatEvent
+
+    seen: list[str] = []
+
+    def observer(event):
+        seen.append(formatEvent(event) + repr(event.get("log_failure", "")))
+
+    globalLogPublisher.addObserver(observer)
+    yield seen
+    globalLogPublisher.removeObserver(observer)
+
+
+async def _start(tmp_path, backend, **kw):
+    os.environ[_ENV] = BACKEND_SECRET
+    g = await startGateway(_config(backend, **kw), tmp_path)
+    return g, g.createKey("ci-bot", ["eng"])
+
+
+async def _curl(*args: str) -> subprocess.CompletedProcess:
+    return await threads.deferToThread(
+        subprocess.run, ["curl", "-sS", "--max-time", "60", *args], capture_output=True, timeout=120)
+
+
+def _frames(g, n: int = 1):
+    with StoreReader(g.stateDir) as reader:
+        sessions = [s for s in reader.sessions() if s["info"].get("protocol") == "http"]
+        assert len(sessions) == n, sessions
+        return [(s, list(reader.frames(s["id"]))) for s in sessions]
+
+
+def _storeBytes(g) -> bytes:
+    out = b""
+    for root, _dirs, files in os.walk(g.stateDir):
+        for f in files:
+            with open(os.path.join(root, f), "rb") as fh:
+                out += fh.read()
+    return out
+
+
+@pytest_twisted.ensureDeferred
+async def test_bearer_key_is_swapped_for_backend_credential_with_forwarding_headers(tmp_path, http_backend):
+    g, key = await _start(tmp_path, http_backend)
+    try:
+        url = f"http://127.0.0.1:{g.port('web')}/echo/x?a=1"
+        r = await _curl("-H", f"Authorization: Bearer {key}", "-H", "Connection: keep-alive, X-Drop",
+                        "-H", "X-Drop: 1", "-H", "X-Forwarded-For: 10.9.8.7", url)
+        doc = json.loads(r.stdout)
+        headers = {k.lower(): v for k, v in doc["headers"]}
+        assert headers["authorization"] == f"Bearer {BACKEND_SECRET}"
+        assert key not in r.stdout.decode()
+        assert headers["x-forwarded-for"] == "10.9.8.7, 127.0.0.1"
+        assert headers["x-forwarded-proto"] == "http"
+        assert "x-drop" not in headers and doc["query"] == "a=1"
+    finally:
+        await g.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_missing_or_bad_credentials_get_401_problem(tmp_path, http_backend):
+    g, _key = await _start(tmp_path, http_backend)
+    try:
+        url = f"http://127.0.0.1:{g.port('web')}/json"
+        r = await _curl("-i", url)
+        assert b"HTTP/1.1 401" in r.stdout and b"WWW-Authenticate: Bearer" in r.stdout
+        r = await _curl("-i", "-u", "ci:sgk_wrong", url)
+        assert b"HTTP/1.1 401" in r.stdout
+        body = json.loads(r.stdout.split(b"\r\n\r\n", 1)[1])
+        assert body["status"] == 401 and body["title"] == "Authentication failed"
+    finally:
+        await g.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_keep_alive_requests_share_one_recorded_session_and_export_as_har(tmp_path, http_backend):
+    g, key = await _start(tmp_path, http_backend)
+    try:
+        base = f"http://127.0.0.1:{g.port('web')}"
+        r = await _curl("-v", "-u", f"ci:{key}", f"{base}/echo/one", f"{base}/status/204",
+                        "-X", "GET", f"{base}/text")
+        assert r.stderr.count(b"Re-using existing connection") >= 2 or \
+            r.stderr.count(b"Reusing existing") >= 2, r.stderr
+    finally:
+        await g.stop()
+    [(session, frames)] = _frames(g)
+    out = io.StringIO()
+    assert har.writeHar(frames, out, session["info"]) == 3
+    log = json.loads(out.getvalue())["log"]
+    assert log["version"] == "1.2"
+    assert [e["request"]["url"].rsplit("/", 2)[-2:] for e in log["entries"]][0] == ["echo", "one"]
+    assert [e["response"]["status"] for e in log["entries"]] == [200, 204, 200]
+    auth = [h["value"] for h in log["entries"][0]["request"]["headers"] if h["name"].lower() == "authorization"]
+    assert auth == ["[redacted]"]
+    assert key.encode() not in _storeBytes(g)
+
+
+@pytest_twisted.ensureDeferred
+async def test_chunked_upload_and_100_continue_reach_the_backend_whole(tmp_path, http_backend):
+    g, key = await _start(tmp_path, http_backend)
+    body = tmp_path / "up.bin"
+    body.write_bytes(os.urandom(3 << 20))
+    import hashlib
+
+    digest = hashlib.sha256(body.read_bytes()).hexdigest()
+    try:
+        url = f"http://127.0.0.1:{g.port('web')}/upload"
+        r = await _curl("-H", f"Authorization: Bearer {key}", "-H", "Transfer-Encoding: chunked",
+                        "--data-binary", f"@{body}", url)
+        assert json.loads(r.stdout) == {"bytes": 3 << 20, "sha256": digest}
+        r = await _curl("-v", "-H", f"Authorization: Bearer {key}", "-H", "Expect: 100-continue",
+                        "--data-binary", f"@{body}", url)
+        assert b"HTTP/1.1 100 Continue" in r.stderr
+        assert json.loads(r.stdout) == {"bytes": 3 << 20, "sha256": digest}
+    finally:
+        await g.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_denied_request_gets_403_problem_naming_the_rule_and_session_goes_on(tmp_path, http_backend):
+    g, key = await _start(tmp_path, http_backend)
+    try:
+        base = f"http://127.0.0.1:{g.port('web')}"
+        headers = {b"Authorization": [f"Bearer {key}".encode()]}
+        r = await treq.delete(f"{base}/echo/thing", headers=headers)
+        assert r.code == 403
+        assert r.headers.getRawHeaders(b"content-type") == [b"application/problem+json"]
+        doc = json.loads(await r.content())
+        assert doc["rule"] == "no-delete" and doc["status"] == 403
+        r = await treq.post(f"{base}/echo/thing", b"hello", headers=headers)
+        assert r.code == 200 and json.loads(await r.content())["body"] == "hello"
+    finally:
+        await g.stop()
+
+
+async def _pendingTicket(g):
+    for _ in range(400):
+        pending = g.gateway.approvals.pending()
+        if pending:
+            return pending[0]
+        await task.deferLater(_reactor(), 0.025, lambda: None)
+    raise AssertionError("no ticket was opened")
+
+
+def _reactor():
+    from twisted.internet import reactor
+
+    return reactor
+
+
+@pytest_twisted.ensureDeferred
+async def test_held_request_waits_for_approval_then_reaches_the_backend(tmp_path, http_backend):
+    g, key = await _start(tmp_path, http_backend)
+    try:
+        url = f"http://127.0.0.1:{g.port('web')}/echo/admin/users?id=7"
+        pending = _curl("-i", "-H", f"Authorization: Bearer {key}", url)
+        ticket = await _pendingTicket(g)
+        assert ticket.command == "GET /echo/admin/users?id=7"
+        assert ticket.requester.subject == "ci-bot"
+        g.gateway.approvals.approve(ticket.id, Identity("lead", {"leads"}, "oidc"), "ok")
+        r = await pending
+        assert b"HTTP/1.1 102 Processing" in r.stdout and ticket.id.encode() in r.stdout
+        assert b"HTTP/1.1 200 OK" in r.stdout
+        assert json.loads(r.stdout.split(b"\r\n\r\n")[-1])["path"] == "/echo/admin/users"
+    finally:
+        await g.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_held_request_that_nobody_decides_expires_with_403(tmp_path, http_backend):
+    g, key = await _start(tmp_path, http_backend)
+    try:
+        r = await treq.get(f"http://127.0.0.1:{g.port('web')}/echo/expiring",
+                           headers={b"Authorization": [f"Bearer {key}".encode()]})
+        assert r.code == 403
+        doc = json.loads(await r.content())
+        assert doc["rule"] == "slow-approval"
+        [ticket] = [t for t in g.gateway.approvals.tickets.values()]
+        assert ticket.state == "expired"
+    finally:
+        await g.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_card_numbers_are_masked_in_json_text_and_gzip_bodies(tmp_path, http_backend):
+    g, key = await _start(tmp_path, http_backend)
+    try:
+        base = f"http://127.0.0.1:{g.port('web')}"
+        auth = ("-H", f"Authorization: Bearer {key}")
+        j = await _curl("-i", *auth, f"{base}/json")
+        t = await _curl(*auth, f"{base}/text")
+        z = await _curl("-i", *auth, "--compressed", f"{base}/gzip")
+    finally:
+        await g.stop()
+    for r in (j, t, z):
+        assert b"4111 1111 1111 1111" not in r.stdout and b"ada@example.com" not in r.stdout
+    head, body = j.stdout.split(b"\r\n\r\n", 1)
+    doc = json.loads(body)
+    assert doc["orders"][0]["note"] == "no card here"
+    assert doc["customer"]["card"] != "4111 1111 1111 1111"
+    assert f"Content-Length: {len(body)}".encode() in head
+    assert b"Customer: Ada Lovelace" in t.stdout and b"Card: " in t.stdout
+    zhead, zbody = z.stdout.split(b"\r\n\r\n", 1)
+    assert b"Content-Encoding: gzip" not in zhead
+    assert json.loads(zbody)["customer"]["name"] == "Ada Lovelace"
+    [(_session, frames)] = _frames(g)
+    assert not any(f.data and b"4111 1111 1111 1111" in f.data for f in frames)
+
+
+def _makeCA(tmp_path):
+    now = datetime.datetime.now(datetime.timezone.utc)
+    caKey = ec.generate_private_key(ec.SECP256R1())
+    caName = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sealgate test CA")])
+    ca = (x509.CertificateBuilder().subject_name(caName).issuer_name(caName)
+          .public_key(caKey.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(now - datetime.timedelta(minutes=5))
+          .not_valid_after(now + datetime.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(caKey, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+            .issuer_name(caName).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .sign(caKey, hashes.SHA256()))
+    pem = serialization.Encoding.PEM
+    (tmp_path / "ca.pem").write_bytes(ca.public_bytes(pem))
+    (tmp_path / "server.pem").write_bytes(cert.public_bytes(pem))
+    (tmp_path / "server.key").write_bytes(key.private_bytes(
+        pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    return tmp_path / "ca.pem"
+
+
+@pytest_twisted.ensureDeferred
+async def test_https_listener_with_a_test_ca(tmp_path, http_backend):
+    ca = _makeCA(tmp_path)
+    g, key = await _start(tmp_path, http_backend, extra_options=(
+        f'tls_cert = "{tmp_path / "server.pem"}"\ntls_key = "{tmp_path / "server.key"}"'))
+    try:
+        base = f"https://127.0.0.1:{g.port('web')}"
+        r = await _curl("--cacert", str(ca), "-H", f"Authorization: Bearer {key}", f"{base}/echo/tls")
+        headers = {k.lower(): v for k, v in json.loads(r.stdout)["headers"]}
+        assert headers["x-forwarded-proto"] == "https"
+        r = await _curl(f"{base}/echo/tls")
+        assert r.returncode != 0  # no CA given: curl refuses the certificate
+    finally:
+        await g.stop()
+    [(session, _frames_)] = _frames(g)
+    assert session["info"]["meta"]["tls"] is True
+
+
+@pytest_twisted.ensureDeferred
+async def test_websocket_upgrade_is_relayed_and_recorded(tmp_path, http_backend):
+    from websockets.sync.client import connect
+
+    g, key = await _start(tmp_path, http_backend)
+    url = f"ws://127.0.0.1:{g.port('web')}/ws"
+
+    def talk():
+        with connect(url, additional_headers={"Authorization": f"Bearer {key}"},
+                     open_timeout=10) as ws:
+            ws.send("hello through sealgate")
+            first = ws.recv(timeout=10)
+            ws.send(b"\x00\x01binary")
+            second = ws.recv(timeout=10)
+        return first, second
+
+    try:
+        assert await threads.deferToThread(talk) == ("hello through sealgate", b"\x00\x01binary")
+    finally:
+        await g.stop()
+    [(session, frames)] = _frames(g)
+    [entry] = har.toHar(frames, session["info"])["log"]["entries"]
+    assert entry["response"]["status"] == 101
+    messages = [(m["type"], m["data"]) for m in entry["_webSocketMessages"] if m["opcode"] == 1]
+    assert messages == [("send", "hello through sealgate"), ("receive", "hello through sealgate")]
+
+
+@pytest_twisted.ensureDeferred
+async def test_routing_by_host_and_path_prefix_on_one_listener(tmp_path, http_backend):
+    import socket
+
+    # Connections share a listener by sharing the listen string, so it needs
+    # a fixed port: take one the OS hands out.
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    extra = f"""
+[[connections]]
+name = "web-prefixed"
+protocol = "http"
+listen = "tcp:0:interface=127.0.0.1"
+backend = "{http_backend.endpoint}"
+[connections.options]
+path_prefix = "/echo/prefixed"
+backend_header = "X-Prefix-Key"
+backend_header_env = "{_ENV}"
+
+[[connections]]
+name = "web-host"
+protocol = "http"
+listen = "tcp:0:interface=127.0.0.1"
+backend = "{http_backend.endpoint}"
+[connections.options]
+hosts = ["admin.internal"]
+backend_header = "X-Host-Key"
+backend_header_env = "{_ENV}"
+"""
+    text = _config(http_backend, extra=extra).replace("tcp:0:interface=127.0.0.1",
+                                                      f"tcp:{port}:interface=127.0.0.1")
+    os.environ[_ENV] = BACKEND_SECRET
+    g = await startGateway(text, tmp_path)
+    key = g.createKey("ci-bot", ["eng"])
+
+    async def seen(path, host=None):
+        headers = {b"Authorization": [f"Bearer {key}".encode()]}
+        if host:
+            headers[b"Host"] = [host]
+        r = await treq.get(f"http://127.0.0.1:{port}{path}", headers=headers)
+        return {k.lower(): v for k, v in json.loads(await r.content())["headers"]}
+
+    try:
+        assert g.port("web") == g.port("web-prefixed") == g.port("web-host") == port
+        plain = await seen("/echo/plain")
+        prefixed = await seen("/echo/prefixed/x")
+        hosted = await seen("/echo/plain", b"admin.internal:80")
+        assert plain["authorization"] == f"Bearer {BACKEND_SECRET}"
+        assert "x-prefix-key" not in plain and "x-host-key" not in plain
+        assert prefixed["x-prefix-key"] == BACKEND_SECRET and "authorization" not in prefixed
+        assert hosted["x-host-key"] == BACKEND_SECRET and "x-prefix-key" not in hosted
+    finally:
+        await g.stop()
+    with StoreReader(g.stateDir) as reader:
+        names = sorted(s["info"]["connection"] for s in reader.sessions())
+    assert names == ["web", "web-host", "web-prefixed"]
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.timeout(300)
+@pytest_twisted.ensureDeferred
+async def test_large_download_streams_with_bounded_gateway_memory(tmp_path, http_backend):
+    size = int(os.environ.get("SEALGATE_TEST_HTTP_DOWNLOAD", 1 << 30))
+    g, key = await _start(tmp_path, http_backend)
+    peak = [_rss()]
+    baseline = peak[0]
+    sampler = task.LoopingCall(lambda: peak.__setitem__(0, max(peak[0], _rss())))
+    sampler.start(0.05)
+    try:
+        url = f"http://127.0.0.1:{g.port('web')}/stream?bytes={size}&chunk=65536"
+        r = await threads.deferToThread(
+            subprocess.run,
+            f"curl -sS --max-time 240 -D {tmp_path}/h -H 'Authorization: Bearer {key}' '{url}' | sha256sum",
+            shell=True, capture_output=True, timeout=260)
+    finally:
+        sampler.stop()
+        await g.stop()
+    headers = (tmp_path / "h").read_bytes().lower()
+    expected = headers.split(b"x-content-sha256: ")[1].split(b"\r\n")[0]
+    assert r.stdout.split()[0] == expected
+    # The gateway runs in this process: its memory must not grow with the body.
+    assert peak[0] - baseline < 96 << 20, (peak[0] - baseline) >> 20

@@ -7,6 +7,7 @@ import os
 import socket
 import struct
 import subprocess
+import time
 
 import psycopg
 import pytest_twisted
@@ -154,3 +155,30 @@ def test_backends_stop_without_leaving_processes_or_files():
         # A zombie is gone for every purpose but its pid entry.
         with open(f"/proc/{pid}/stat") as f:
             assert f.read().split(") ")[1].startswith("Z"), f"process {pid} still runs"
+
+
+def test_sshd_stop_ends_open_sessions_too():
+    from tests.harness.sshd import SSHServer, _children
+
+    server = SSHServer().start()
+    client = subprocess.Popen(server.sshArgs() + ["sleep", "60"], stdin=subprocess.DEVNULL,
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        # The session is up once sshd has logged starting it.
+        for _ in range(200):
+            if any("Starting session" in line for line in server.log):
+                break
+            client.poll()
+            assert client.returncode is None
+            time.sleep(0.05)
+        sessions = _children(server.process.pid)
+        assert sessions
+        server.stop()
+        assert client.wait(20) == 255
+        for pid in sessions:
+            assert not os.path.exists(f"/proc/{pid}") or \
+                open(f"/proc/{pid}/stat").read().split(") ")[1].startswith("Z")
+    finally:
+        client.kill()
+        client.wait()
+        server.stop()

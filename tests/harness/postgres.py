@@ -75,8 +75,11 @@ class PostgresServer:
     def logText(self) -> str:
         return self.logPath.read_text(errors="replace") if self.logPath.exists() else ""
 
-    def _bin(self, name: str) -> str:
+    def binary(self, name: str) -> str:
+        """Path of a PostgreSQL 15 program (psql, pgbench, pg_dump, ...)."""
         return str(self.bindir / name)
+
+    _bin = binary
 
     def _as(self, argv: list[str], what: str, **kw):
         return run(asUser(self.owner, argv), what, cwd=self.dir, **kw)

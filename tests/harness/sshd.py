@@ -4,6 +4,7 @@ import atexit
 import getpass
 import os
 import select
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -164,6 +165,12 @@ MaxSessions 50
         if process is None:
             return
         if process.poll() is None:
+            # Per-connection sshd processes outlive a terminated listener; end them too.
+            for child in _children(process.pid):
+                try:
+                    os.kill(child, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
             process.terminate()
             try:
                 process.wait(10)
@@ -203,3 +210,18 @@ MaxSessions 50
         """Run a command on the server with the real ssh client."""
         return subprocess.run(self.sshArgs(**kw) + list(command), capture_output=True,
                               text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def _children(pid: int) -> list[int]:
+    """Pids whose parent is C{pid} (Linux /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found.append(int(entry.name))
+    return found

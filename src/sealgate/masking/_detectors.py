@@ -1,0 +1,374 @@
+"""The built-in detectors: what each sensitive value looks like and how it is masked.
+
+Every detector obeys three rules the engine and the stream masker rely on:
+
+- its replacement has exactly the length of what it replaces and only ever
+  puts C{*} where there was an ASCII character, so masks from several
+  detectors combine position by position and byte offsets never move;
+- C{scan(text, pos)} yields the spans it masks in order, and whether a
+  candidate is taken depends only on the text from its start (plus one
+  character before, for the boundary checks), never on earlier matches;
+- C{tail(text, lo)} returns the earliest position at or after C{lo} where a
+  value could begin that is not finished at the end of C{text} (a strict
+  superset is fine: it only means holding back a little more).
+"""
+
+import itertools
+import re
+from collections.abc import Callable, Iterator
+
+import attrs
+
+#: The most a stream masker holds back for one unfinished candidate (PEM
+#: blocks and JWTs are the long ones); see L{sealgate.masking.StreamMasker}.
+MAX_HOLD = 16384
+
+Span = tuple[int, int, str]
+
+
+@attrs.frozen
+class Detector:
+    """
+    One kind of sensitive value.
+
+    @ivar name: the name used in C{[masking] detectors}.
+    @ivar scan: C{(text, pos) -> iterator of (start, end, replacement)}.
+    @ivar tail: C{(text, lo) -> int | None}, see the module docstring.
+    @ivar prefilter: C{text -> bool}, a cheap test that must be true for
+        any text holding a value; None when the scan itself is cheap.
+    """
+
+    name: str
+    scan: Callable[[str, int], Iterator[Span]]
+    tail: Callable[[str, int], int | None]
+    prefilter: Callable[[str], bool] | None = None
+
+
+def _regexScan(rx: re.Pattern, fix: Callable[[re.Match], str | None]):
+    """Scan with C{rx}; C{fix} returns the replacement or None for a false candidate."""
+    search = rx.search
+
+    def scan(text: str, pos: int) -> Iterator[Span]:
+        m = search(text, pos)
+        while m is not None:
+            r = fix(m)
+            if r is None:
+                m = search(text, m.start() + 1)
+            else:
+                yield m.start(), m.end(), r
+                m = search(text, m.end())
+
+    return scan
+
+
+def _regexTail(rx: re.Pattern, span: int):
+    search = rx.search
+
+    def tail(text: str, lo: int) -> int | None:
+        m = search(text, max(lo, len(text) - span))
+        return None if m is None else m.start()
+
+    return tail
+
+
+def _star(s: str, keep: Callable[[int, str], bool] = lambda i, c: False) -> str:
+    return "".join(c if keep(i, c) else "*" for i, c in enumerate(s))
+
+
+def _prefixes(words) -> str:
+    """A regex matching any non-empty prefix of any of C{words} (built as a trie)."""
+    trie: dict = {}
+    for w in words:
+        node = trie
+        for c in w:
+            node = node.setdefault(c, {})
+
+    def build(node) -> str:
+        alts = []
+        for c, child in sorted(node.items()):
+            rest = build(child) if child else ""
+            alts.append(re.escape(c) + (f"(?:{rest})?" if rest else ""))
+        return alts[0] if len(alts) == 1 else "(?:" + "|".join(alts) + ")"
+
+    return build(trie)
+
+
+# -- credit cards (Luhn) ------------------------------------------------------
+
+_CARD = re.compile(
+    r"""(?<!\d)(?:
+        \d{4}(?P<s>[ -])\d{4}(?P=s)\d{4}(?P=s)\d{4}(?:(?P=s)\d{3})?   # 4-4-4-4(-3)
+      | \d{4}(?P<t>[ -])\d{6}(?P=t)\d{4,5}                            # Amex, Diners
+      | \d{13,19}
+    )(?!\d)""",
+    re.X | re.A,
+)
+_CARD_TAIL = re.compile(r"(?<!\d)\d(?:[ -]?\d){0,18}[ -]?\Z", re.A)
+
+
+def luhnValid(digits: str) -> bool:
+    total = 0
+    for i, c in enumerate(reversed(digits)):
+        d = ord(c) - 48
+        if i % 2:
+            d *= 2
+            if d > 9:
+                d -= 9
+        total += d
+    return total % 10 == 0
+
+
+def _maskCardDigits(s: str) -> str:
+    """Every digit but the last four becomes C{*}; separators stay (PCI DSS display)."""
+    ndigits = sum(c.isdigit() for c in s)
+    seen = 0
+    out = []
+    for c in s:
+        if c.isdigit():
+            seen += 1
+            out.append(c if seen > ndigits - 4 else "*")
+        else:
+            out.append(c)
+    return "".join(out)
+
+
+def _fixCard(m: re.Match) -> str | None:
+    s = m.group()
+    digits = s.replace(" ", "").replace("-", "")
+    if luhnValid(digits):
+        return _maskCardDigits(s)
+    if len(digits) == 19 and not s.isdigit() and luhnValid(digits[:16]):
+        # 4-4-4-4 followed by three more digits: the card is the first 16.
+        return _maskCardDigits(s[:19]) + s[19:]
+    return None
+
+
+# -- e-mail -------------------------------------------------------------------
+
+_LOCAL = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._%+-")
+_DOMAIN = re.compile(
+    r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.){1,8}[A-Za-z]{2,24}(?![A-Za-z0-9-])", re.A
+)
+_EMAIL_TAIL = re.compile(r"[A-Za-z0-9._%+-]{1,64}(?:@[A-Za-z0-9.-]{0,540})?\Z", re.A)
+
+
+def _scanEmail(text: str, pos: int) -> Iterator[Span]:
+    # Same result as searching [local]{1,64}@domain left to right, but
+    # driven by the '@' signs so text without one costs a single find().
+    find = text.find
+    lo = pos
+    at = find("@", pos)
+    while at >= 0:
+        start = at
+        while start > lo and at - start < 64 and text[start - 1] in _LOCAL:
+            start -= 1
+        if start < at:
+            d = _DOMAIN.match(text, at + 1)
+            if d is not None:
+                yield start, d.end(), "*" * (at - start) + text[at:d.end()]
+                lo = d.end()
+                at = find("@", lo)
+                continue
+        at = find("@", at + 1)
+
+
+# -- US social security numbers ----------------------------------------------
+
+_SSN = re.compile(r"(?<![\d-])(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}(?![\d-])", re.A)
+_SSN_TAIL = re.compile(r"(?<![\d-])\d{1,3}(?:-(?:\d{1,2}(?:-\d{0,4})?)?)?\Z", re.A)
+
+# -- IBAN (mod 97) -------------------------------------------------------------
+
+_IBAN = re.compile(
+    r"(?<![A-Za-z0-9])[A-Za-z]{2}\d{2}(?:[ ]?[A-Za-z0-9]{4}){2,7}(?:[ ]?[A-Za-z0-9]{1,3})?(?![A-Za-z0-9])",
+    re.A,
+)
+_IBAN_TAIL = re.compile(
+    r"(?<![A-Za-z0-9])[A-Za-z](?:[A-Za-z](?:\d(?:\d(?:[ ]?[A-Za-z0-9]){0,31}[ ]?)?)?)?\Z", re.A
+)
+
+
+def ibanValid(compact: str) -> bool:
+    if not 15 <= len(compact) <= 34:
+        return False
+    s = (compact[4:] + compact[:4]).upper()
+    try:
+        return int("".join(str(int(c, 36)) for c in s)) % 97 == 1
+    except ValueError:
+        return False
+
+
+def _maskIban(s: str) -> str:
+    """Country code and the last four characters stay, the rest becomes C{*}."""
+    n = sum(c != " " for c in s)
+    seen = 0
+    out = []
+    for c in s:
+        if c == " ":
+            out.append(c)
+            continue
+        seen += 1
+        out.append(c if seen <= 2 or seen > n - 4 else "*")
+    return "".join(out)
+
+
+def _fixIban(m: re.Match) -> str | None:
+    s = m.group()
+    end = len(s)
+    while True:
+        if ibanValid(s[:end].replace(" ", "")):
+            return _maskIban(s[:end]) + s[end:]
+        # Spaced IBANs run into a following group of digits; try shorter.
+        end = s.rfind(" ", 0, end)
+        if end < 0 or len(s[:end].replace(" ", "")) < 15:
+            return None
+
+
+# -- phone numbers -------------------------------------------------------------
+
+_PHONE = re.compile(
+    r"""(?<![\w+])(?:
+        \+\d{1,3}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{1,4}(?:[ .-]?\d{2,4}){1,4}   # international
+      | \(\d{3}\)[ ]?\d{3}[ .-]\d{4}                                       # (555) 123-4567
+      | \d{3}[.-]\d{3}[.-]\d{4}                                             # 555-123-4567
+    )(?!\w)""",
+    re.X | re.A,
+)
+_PHONE_TAIL = re.compile(r"(?<![\w+])[+(\d][\d .()-]{0,36}\Z", re.A)
+
+
+def _fixPhone(m: re.Match) -> str | None:
+    s = m.group()
+    n = sum(c.isdigit() for c in s)
+    if not 8 <= n <= 15:
+        return None
+    seen = 0
+    out = []
+    for c in s:
+        if c.isdigit():
+            seen += 1
+            out.append(c if seen > n - 2 else "*")
+        else:
+            out.append(c)
+    return "".join(out)
+
+
+# -- AWS keys ------------------------------------------------------------------
+
+_AWS_PREFIXES = ("AKIA", "ASIA", "ABIA", "ACCA", "AGPA", "AIDA", "AIPA", "ANPA", "ANVA", "APKA",
+                 "AROA", "ASCA")
+_AWS_ID = re.compile(r"(?<![A-Za-z0-9])(?:%s)[A-Z0-9]{16}(?![A-Za-z0-9])" % "|".join(_AWS_PREFIXES),
+                     re.A)
+_AWS_ID_TAIL = re.compile(r"(?<![A-Za-z0-9])A[A-Z0-9]{0,19}\Z", re.A)
+
+_SECRET_WORDS = sorted({
+    "".join(itertools.chain.from_iterable(zip(parts, seps + ("",), strict=True)))
+    for parts in (("aws", "secret", "access", "key"), ("aws", "secret", "key"),
+                  ("secret", "access", "key"))
+    for seps in itertools.product(("", "_"), repeat=len(parts) - 1)
+})
+_KEYWORD = "(?:%s)" % "|".join(_SECRET_WORDS)
+_AWS_SECRET = re.compile(
+    r"(?i:%s)[\"']?\s{0,3}(?:=>|[:=])\s{0,3}[\"']?(?P<v>[A-Za-z0-9/+]{40})(?![A-Za-z0-9/+=])" % _KEYWORD,
+    re.A,
+)
+_AWS_SECRET_TAIL = re.compile(
+    r"(?i:%s\Z|%s(?:[\"']?\s{0,3}(?:(?:=>?|:)\s{0,3}[\"']?[A-Za-z0-9/+]{0,40})?)?\Z)"
+    % (_prefixes(_SECRET_WORDS), _KEYWORD),
+    re.A,
+)
+
+
+def _fixAwsId(m: re.Match) -> str:
+    s = m.group()
+    return s[:4] + "*" * (len(s) - 4)
+
+
+def _fixAwsSecret(m: re.Match) -> str:
+    s = m.group()
+    v = m.start("v") - m.start()
+    return s[:v] + "*" * 40
+
+
+def _awsPrefilter(text: str) -> bool:
+    return "A" in text or "ecret" in text or "ECRET" in text
+
+
+def _awsScan(text: str, pos: int) -> Iterator[Span]:
+    # Two patterns, one detector: merge their spans in order.
+    ids = list(_regexScan(_AWS_ID, _fixAwsId)(text, pos)) if "A" in text else []
+    secrets = list(_regexScan(_AWS_SECRET, _fixAwsSecret)(text, pos))
+    return iter(sorted(ids + secrets))
+
+
+_awsIdTail = _regexTail(_AWS_ID_TAIL, 24)
+_awsSecretTail = _regexTail(_AWS_SECRET_TAIL, 80)
+
+
+def _awsTail(text: str, lo: int) -> int | None:
+    found = [t for t in (_awsIdTail(text, lo), _awsSecretTail(text, lo)) if t is not None]
+    return min(found) if found else None
+
+
+# -- JWTs ----------------------------------------------------------------------
+
+_JWT = re.compile(r"(?<![A-Za-z0-9_-])eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_.-]*", re.A)
+_JWT_TAIL = re.compile(r"(?<![A-Za-z0-9_-])(?:ey?|eyJ[A-Za-z0-9_.-]*)\Z", re.A)
+
+
+def _fixJwt(m: re.Match) -> str:
+    return _star(m.group(), lambda i, c: c == ".")
+
+
+# -- private keys (PEM) --------------------------------------------------------
+
+_PEM_CLASS = r"[A-Za-z0-9+/=\s:,.\-]"
+_PEM = re.compile(
+    r"-----BEGIN [A-Z0-9 ]{0,40}PRIVATE KEY-----(?P<body>%s*?)"
+    r"(?:-----END [A-Z0-9 ]{0,40}PRIVATE KEY-----|(?!%s))" % (_PEM_CLASS, _PEM_CLASS),
+    re.A,
+)
+_PEM_MARK_TAIL = re.compile(r"(?:-{1,5}|-----%s(?:[A-Z0-9 ]{0,40}-{0,4})?)\Z" % _prefixes(["BEGIN "]), re.A)
+_B64_STAR = str.maketrans({c: "*" for c in
+                           "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="})
+
+
+def _fixPem(m: re.Match) -> str:
+    s = m.group()
+    b0, b1 = m.start("body") - m.start(), m.end("body") - m.start()
+    return s[:b0] + s[b0:b1].translate(_B64_STAR) + s[b1:]
+
+
+def _pemTail(text: str, lo: int) -> int | None:
+    n = len(text)
+    found = []
+    m = _PEM_MARK_TAIL.search(text, max(lo, n - 64))
+    if m is not None:
+        found.append(m.start())
+    j = text.find("-----BEGIN ", max(lo, n - MAX_HOLD - 64))
+    while j >= 0:
+        m = _PEM.match(text, j)
+        if m is not None and m.end() >= n:
+            found.append(j)
+            break
+        j = text.find("-----BEGIN ", j + 1)
+    return min(found) if found else None
+
+
+# -- the table -----------------------------------------------------------------
+
+DETECTORS: dict[str, Detector] = {
+    d.name: d
+    for d in (
+        Detector("credit_card", _regexScan(_CARD, _fixCard), _regexTail(_CARD_TAIL, 40)),
+        Detector("email", _scanEmail, _regexTail(_EMAIL_TAIL, 610), lambda t: "@" in t),
+        Detector("us_ssn", _regexScan(_SSN, lambda m: "***-**-****"), _regexTail(_SSN_TAIL, 12),
+                 lambda t: "-" in t),
+        Detector("iban", _regexScan(_IBAN, _fixIban), _regexTail(_IBAN_TAIL, 70)),
+        Detector("phone", _regexScan(_PHONE, _fixPhone), _regexTail(_PHONE_TAIL, 40)),
+        Detector("aws_key", _awsScan, _awsTail, _awsPrefilter),
+        Detector("jwt", _regexScan(_JWT, _fixJwt), _regexTail(_JWT_TAIL, MAX_HOLD + 8),
+                 lambda t: "eyJ" in t),
+        Detector("private_key", _regexScan(_PEM, _fixPem), _pemTail, lambda t: "PRIVATE KEY" in t),
+    )
+}

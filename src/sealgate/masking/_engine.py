@@ -1,0 +1,303 @@
+"""The masking engine: detectors over text and bytes, redacted names, JSON documents."""
+
+import fnmatch
+import json
+import re
+from collections.abc import Iterable
+from typing import Any
+
+from sealgate.masking._detectors import DETECTORS, Detector, Span
+
+#: What a redacted column or JSON field's value becomes (its length is not kept).
+REDACTED = "********"
+
+
+class MaskingFailed(Exception):
+    """
+    Data where masking applies could not be decoded or parsed, so it cannot
+    be vetted.  The protocol must refuse to send it (fail closed); the
+    message names what failed and never contains the data.
+    """
+
+
+def applySpans(text: str, spans: list[Span]) -> str:
+    """
+    Apply same-length replacements.  Where spans overlap, a position is
+    masked if any of them masks it (the union: failing closed).
+    """
+    if not spans:
+        return text
+    spans.sort()
+    out = []
+    last = 0
+    for s, e, r in spans:
+        if s < last:
+            return _applyOverlapping(text, spans)
+        out.append(text[last:s])
+        out.append(r)
+        last = e
+    out.append(text[last:])
+    return "".join(out)
+
+
+def _applyOverlapping(text: str, spans: list[Span]) -> str:
+    chars = list(text)
+    for s, _e, r in spans:
+        for i, c in enumerate(r):
+            if c != text[s + i]:
+                chars[s + i] = c
+    return "".join(chars)
+
+
+class Masker:
+    """
+    Masks what a session sends to its client: values found by detectors in
+    any text, and whole values under redacted column or field names.
+
+    One is built per gateway from C{[masking]} (L{buildMasker}) and shared
+    by every session it applies to; it holds no per-session state (stream
+    state lives in L{streamMasker}'s objects).
+
+    @ivar detectors: the L{Detector}s in use, in a fixed order.
+    @ivar names: the glob patterns of redacted column / JSON field names
+        (C{columns} and C{json_fields} together: a name redacted in one
+        place is redacted everywhere).
+    """
+
+    def __init__(self, detectors: Iterable[str] = (), columns: Iterable[str] = (),
+                 jsonFields: Iterable[str] = ()):
+        self.detectors: tuple[Detector, ...] = tuple(DETECTORS[n] for n in DETECTORS
+                                                     if n in set(detectors))
+        unknown = set(detectors) - set(DETECTORS)
+        if unknown:
+            raise ValueError(f"unknown detectors: {', '.join(sorted(unknown))}")
+        self.names: tuple[str, ...] = tuple(dict.fromkeys(list(columns) + list(jsonFields)))
+        self._namesRe = (re.compile("|".join(fnmatch.translate(p.lower()) for p in self.names))
+                         if self.names else None)
+        self._nameCache: dict[str, bool] = {}
+
+    @classmethod
+    def fromConfig(cls, config) -> "Masker":
+        """From a L{sealgate.config.MaskingConfig}."""
+        return cls(config.detectors, config.columns, config.json_fields)
+
+    # -- text -----------------------------------------------------------------
+
+    def spans(self, text: str, pos: int = 0) -> list[Span]:
+        """Every detector's spans in C{text} from C{pos} (unsorted)."""
+        out: list[Span] = []
+        for d in self.detectors:
+            if d.prefilter is None or d.prefilter(text):
+                out.extend(d.scan(text, pos))
+        return out
+
+    def maskText(self, text: str) -> str:
+        """C{text} with every detected value masked, same length."""
+        if not self.detectors:
+            return text
+        return applySpans(text, self.spans(text))
+
+    def maskBytes(self, data: bytes) -> bytes:
+        """
+        L{maskText} over UTF-8.  Bytes that are not UTF-8 pass through
+        unchanged and byte for byte (they are never part of a value); only
+        ASCII bytes are ever replaced, so the length stays the same.
+        """
+        if not self.detectors or not data:
+            return data
+        text = data.decode("utf-8", "surrogateescape")
+        spans = self.spans(text)
+        if not spans:
+            return data
+        return applySpans(text, spans).encode("utf-8", "surrogateescape")
+
+    # -- named values -----------------------------------------------------------
+
+    def columnMasked(self, name: str) -> bool:
+        """Whether a column or field of this name is redacted whole (globs, any case)."""
+        if self._namesRe is None:
+            return False
+        hit = self._nameCache.get(name)
+        if hit is None:
+            hit = self._namesRe.match(name.lower()) is not None
+            if len(self._nameCache) < 10000:
+                self._nameCache[name] = hit
+        return hit
+
+    def maskValue(self, column: str | None, value: str) -> str:
+        """One value of a column (or field): L{REDACTED} if the name is, else L{maskText}."""
+        if column is not None and self.columnMasked(column):
+            return REDACTED
+        return self.maskText(value)
+
+    # -- JSON -----------------------------------------------------------------
+
+    def maskJson(self, obj: Any) -> Any:
+        """
+        A JSON-like object (dicts, lists, str, numbers...) with values under
+        redacted names replaced by L{REDACTED} (null stays null), detectors
+        applied to every string, key and number (a number holding a value
+        becomes its masked string).
+        """
+        if isinstance(obj, str):
+            return self.maskText(obj)
+        if isinstance(obj, dict):
+            out = {}
+            for k, v in obj.items():
+                key = self.maskText(k) if isinstance(k, str) else k
+                if isinstance(k, str) and v is not None and self.columnMasked(k):
+                    out[key] = REDACTED
+                else:
+                    out[key] = self.maskJson(v)
+            return out
+        if isinstance(obj, (list, tuple)):
+            return [self.maskJson(v) for v in obj]
+        if isinstance(obj, (int, float)) and not isinstance(obj, bool):
+            text = repr(obj)
+            masked = self.maskText(text)
+            return obj if masked == text else masked
+        return obj
+
+    def maskJsonBytes(self, data: bytes, encoding: str = "utf-8") -> bytes:
+        """
+        A JSON document, masked as L{maskJson} does, keeping its layout,
+        key order and numbers exactly (only strings and numbers holding a
+        value are rewritten).
+
+        @raise MaskingFailed: not valid JSON in C{encoding}.
+        """
+        try:
+            text = data.decode("utf-8-sig" if encoding.lower() in ("utf-8", "utf8") else encoding)
+        except (UnicodeDecodeError, LookupError) as e:
+            raise MaskingFailed(f"JSON body is not valid {encoding}: {type(e).__name__}") from None
+        masked = self.maskJsonText(text)
+        if masked is text:
+            return data
+        return masked.encode(encoding)
+
+    def maskJsonText(self, text: str) -> str:
+        """L{maskJsonBytes} on a str; returns C{text} itself when nothing changed."""
+        try:
+            json.loads(text)
+        except (ValueError, RecursionError) as e:
+            raise MaskingFailed(f"JSON body does not parse: {type(e).__name__} at "
+                                f"position {getattr(e, 'pos', '?')}") from None
+        return _JsonRewriter(self, text).run()
+
+    # -- streams and bodies --------------------------------------------------------
+
+    def streamMasker(self, maxHold: int | None = None):
+        """A new L{sealgate.masking.StreamMasker} for one output stream."""
+        from sealgate.masking._stream import StreamMasker
+
+        return StreamMasker(self) if maxHold is None else StreamMasker(self, maxHold)
+
+    def maskEncodedBody(self, body: bytes, content_encoding: str | None,
+                        content_type: str | None, reencode: bool = True) -> tuple[bytes, str]:
+        """See L{sealgate.masking._body.maskEncodedBody}."""
+        from sealgate.masking._body import maskEncodedBody
+
+        return maskEncodedBody(self, body, content_encoding, content_type, reencode)
+
+
+# JSON tokens in a document already known to be valid: strings, punctuation,
+# and bare words (numbers, true, false, null).
+_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[{}\[\],:]|[^\s{}\[\],:"]+', re.S)
+_NUMBER_HIT = re.compile(r"\d")
+
+
+class _JsonRewriter:
+    """One pass over a valid JSON text rewriting only what must change."""
+
+    def __init__(self, masker: Masker, text: str):
+        self.masker = masker
+        self.text = text
+
+    def run(self) -> str:
+        masker, text = self.masker, self.text
+        out: list[str] = []
+        last = 0
+        stack: list[str] = []
+        expectKey = False
+        redactNext = False
+        skipFrom = -1     # start of a redacted container
+        skipDepth = 0
+        for m in _TOKEN.finditer(text):
+            tok = m.group()
+            c = tok[0]
+            if skipFrom >= 0:
+                if c in "{[":
+                    skipDepth += 1
+                elif c in "}]":
+                    skipDepth -= 1
+                    if skipDepth == 0:
+                        out.append(text[last:skipFrom])
+                        out.append(f'"{REDACTED}"')
+                        last = m.end()
+                        skipFrom = -1
+                continue
+            if c == "{":
+                if redactNext:
+                    skipFrom, skipDepth, redactNext = m.start(), 1, False
+                    continue
+                stack.append("{")
+                expectKey = True
+            elif c == "[":
+                if redactNext:
+                    skipFrom, skipDepth, redactNext = m.start(), 1, False
+                    continue
+                stack.append("[")
+            elif c in "}]":
+                stack.pop()
+                expectKey = False
+            elif c == ",":
+                expectKey = bool(stack) and stack[-1] == "{"
+            elif c == ":":
+                pass
+            elif c == '"':
+                if expectKey:
+                    expectKey = False
+                    key = json.loads(tok) if "\\" in tok else tok[1:-1]
+                    redactNext = masker.columnMasked(key)
+                    new = self._string(tok, key)
+                elif redactNext:
+                    redactNext = False
+                    new = f'"{REDACTED}"'
+                else:
+                    new = self._string(tok, None)
+                if new is not None:
+                    out.append(text[last:m.start()])
+                    out.append(new)
+                    last = m.end()
+            else:
+                if redactNext:
+                    redactNext = False
+                    if tok != "null":
+                        out.append(text[last:m.start()])
+                        out.append(f'"{REDACTED}"')
+                        last = m.end()
+                elif masker.detectors and _NUMBER_HIT.search(tok):
+                    masked = masker.maskText(tok)
+                    if masked != tok:
+                        out.append(text[last:m.start()])
+                        out.append(json.dumps(masked))
+                        last = m.end()
+        if not out:
+            return text
+        out.append(text[last:])
+        return "".join(out)
+
+    def _string(self, tok: str, decoded: str | None) -> str | None:
+        masker = self.masker
+        if not masker.detectors:
+            return None
+        if "\\" not in tok:
+            # No escapes: the token's inside is the value itself, and
+            # masking only puts '*' over ASCII characters, so it stays valid.
+            inner = tok[1:-1]
+            masked = masker.maskText(inner)
+            return None if masked == inner else f'"{masked}"'
+        value = json.loads(tok) if decoded is None else decoded
+        masked = masker.maskText(value)
+        # ensure_ascii: an escaped lone surrogate must stay escaped.
+        return None if masked == value else json.dumps(masked)

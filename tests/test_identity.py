@@ -155,6 +155,25 @@ async def test_service_checks_api_keys_and_tokens(tmp_path, oidc_issuer):
 
 
 @pytest_twisted.ensureDeferred
+async def test_service_start_warms_the_jwks_cache_and_survives_an_outage(tmp_path, oidc_issuer):
+    config = IdentityConfig(oidc_issuer=oidc_issuer.issuer, jwks_min_refresh=3600)
+    service = IdentityService(config, tmp_path)
+    await service.start()
+    await service.warmed
+    assert oidc_issuer.jwksFetches == 1
+    assert (await service.authenticate(oidc_issuer.mint("alice"))).subject == "alice"
+    assert oidc_issuer.jwksFetches == 1
+    await service.stop()
+
+    down = IdentityService(IdentityConfig(oidc_issuer="http://127.0.0.1:1/x"), tmp_path)
+    await down.start()
+    await down.warmed
+    key = down.keys.create("svc", ["g"], None)
+    assert (await down.authenticate(key)).subject == "svc"
+    await down.stop()
+
+
+@pytest_twisted.ensureDeferred
 async def test_service_without_issuer_refuses_tokens(tmp_path, oidc_issuer):
     service = IdentityService(IdentityConfig(), tmp_path)
     with pytest.raises(AuthenticationFailed, match="no OIDC issuer"):

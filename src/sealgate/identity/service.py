@@ -19,7 +19,7 @@ class IdentityService:
     """
     Checks credentials for the gateway.  API keys (C{sgk_...}) are verified
     in the reactor's thread pool (SQLite), tokens by L{OIDCVerifier} when an
-    issuer is configured.  Nothing here needs starting or stopping.
+    issuer is configured.  C{start()} warms the JWKS cache in the background.
     """
 
     _log = Logger()
@@ -31,11 +31,29 @@ class IdentityService:
         self._reactor = reactor
         self.keys = APIKeyStore(Path(stateDir) / KEYS_FILE)
         self.oidc: OIDCVerifier | None = None
+        self.warmed: defer.Deferred = defer.succeed(None)
         if config.oidc_issuer:
             self.oidc = OIDCVerifier(
                 config.oidc_issuer, config.oidc_audience, config.groups_claim,
                 config.subject_claim, config.leeway, config.jwks_min_refresh,
                 reactor=reactor, agent=agent)
+
+    def start(self) -> defer.Deferred:
+        """
+        Fetch the issuer's keys in the background so the first login is fast.
+        Never waits for or fails on the issuer: an outage at start-up must not
+        keep API-key users out.  C{self.warmed} fires when the attempt ends.
+        """
+        if self.oidc is not None:
+            self.warmed = self.oidc.refresh()
+            self.warmed.addErrback(lambda f: self._log.warn(
+                "OIDC issuer {issuer} not reachable at start-up ({why}); will retry on login",
+                issuer=self.config.oidc_issuer, why=f.getErrorMessage()))
+        return defer.succeed(None)
+
+    def stop(self) -> defer.Deferred:
+        self.keys.close()
+        return defer.succeed(None)
 
     def authenticate(self, credential: str) -> defer.Deferred:
         """

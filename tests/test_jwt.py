@@ -213,3 +213,26 @@ async def test_discovery_naming_another_issuer_is_refused(oidc_issuer):
     v = OIDCVerifier(oidc_issuer.issuer + "/", "sealgate", "groups", "sub", 60, 0)
     err = await refused(v, oidc_issuer.mint("alice"))
     assert err.reason == "identity provider unavailable; try again"
+
+
+@pytest_twisted.ensureDeferred
+async def test_failed_fetch_backs_off_instead_of_fetching_per_login(oidc_issuer):
+    from twisted.internet import reactor
+    from twisted.web.client import Agent
+
+    class CountingAgent:
+        def __init__(self):
+            self.calls = 0
+            self.agent = Agent(reactor)
+
+        def request(self, *a, **kw):
+            self.calls += 1
+            return self.agent.request(*a, **kw)
+
+    agent = CountingAgent()
+    v = OIDCVerifier("http://127.0.0.1:1/down", "sealgate", "groups", "sub", 60, 30, agent=agent)
+    token = oidc_issuer.mint("alice")
+    for _ in range(3):
+        err = await refused(v, token)
+        assert err.reason == "identity provider unavailable; try again"
+    assert agent.calls == 1

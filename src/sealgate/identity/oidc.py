@@ -82,6 +82,7 @@ class OIDCVerifier:
         self._keys: dict[str | None, Any] | None = None
         self._fetchedAt: float | None = None
         self._inflight: list[defer.Deferred] | None = None
+        self._failedAt: float | None = None
         #: How many times the JWKS was fetched (for metrics and tests).
         self.fetches = 0
 
@@ -214,9 +215,17 @@ class OIDCVerifier:
         return candidates[0] if len(candidates) == 1 else None
 
     async def _fetchOrKeep(self, claimed: str | None) -> None:
+        now = self._reactor.seconds()
+        if self._failedAt is not None and now - self._failedAt < min(self.minRefresh, 5.0):
+            # Right after a failed fetch, don't let every login hammer a struggling issuer.
+            if self._keys is None:
+                raise AuthenticationFailed("identity provider unavailable; try again", claimed)
+            return
         try:
             await self._fetchKeys()
+            self._failedAt = None
         except IssuerUnavailable as e:
+            self._failedAt = self._reactor.seconds()
             if self._keys is None:
                 self._log.warn("OIDC issuer {issuer} unavailable: {why}",
                                issuer=self.issuer, why=str(e))

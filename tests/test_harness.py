@@ -182,3 +182,13 @@ def test_sshd_stop_ends_open_sessions_too():
         client.kill()
         client.wait()
         server.stop()
+
+
+def test_postgres_offers_tls_that_verifies_against_its_ca(postgres):
+    dsn = postgres.dsn(SCRAM_USER, sslmode="verify-full", sslrootcert=str(postgres.tls.caFile))
+    with psycopg.connect(dsn) as conn:
+        assert conn.pgconn.ssl_in_use
+        assert conn.execute("select ssl from pg_stat_ssl where pid = pg_backend_pid()"
+                            ).fetchone() == (True,)
+    with psycopg.connect(postgres.dsn(SCRAM_USER, sslmode="disable")) as conn:
+        assert not conn.pgconn.ssl_in_use

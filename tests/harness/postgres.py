@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 from tests.harness._proc import asUser, freePort, isRoot, removeTree, run, tempDir
+from tests.harness.certs import makeServerCert
 
 BINDIR = Path(os.environ.get("SEALGATE_PG_BINDIR", "/usr/lib/postgresql/15/bin"))
 
@@ -35,6 +36,9 @@ class PostgresServer:
     as md5), everyone else (C{app_scram}, the superuser) by SCRAM-SHA-256.
     Database C{app} (owner C{app_scram}) holds a C{customers} table with
     e-mails and card numbers for masking tests.
+
+    TLS is offered with a certificate for 127.0.0.1/localhost signed by a
+    throwaway CA: C{tls.caFile} (for verify-full), C{tls.certFile}.
     """
 
     host = "127.0.0.1"
@@ -101,6 +105,12 @@ class PostgresServer:
         pwfile.unlink()
         socketDir = self.socketDir
         self._as(["mkdir", "-p", str(socketDir)], "mkdir socket dir")
+        self.tls = makeServerCert(self.dir)
+        if self.owner:
+            import shutil
+
+            for path in (self.tls.certFile, self.tls.keyFile):
+                shutil.chown(path, self.owner)
         (self.dataDir / "pg_hba.conf").write_text(
             "local all all trust\n"
             f"host all {TRUST_USER} 127.0.0.1/32 trust\n"
@@ -113,6 +123,9 @@ class PostgresServer:
                 "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n"
                 "shared_buffers = 16MB\nmax_connections = 60\n"
                 "password_encryption = 'scram-sha-256'\n"
+                # TLS is offered, never required: clients choose (sslmode).
+                f"ssl = on\nssl_cert_file = '{self.tls.certFile}'\n"
+                f"ssl_key_file = '{self.tls.keyFile}'\n"
                 # Logs "connection authenticated: ... method=..." so tests can
                 # prove which auth method a login really used.
                 "log_connections = on\n")

@@ -217,6 +217,11 @@ class Engine:
             self.sessions[sid] = s
             cut.append(("close", s, "cut off: the gateway stopped without closing this session "
                         "(closed when the store was next opened)", {}, None, True))
+        if not self.db.execute("SELECT 1 FROM checkpoints LIMIT 1").fetchone():
+            # A signed empty log from the first start on: an auditor can tell a
+            # store whose log was wiped from one that never recorded anything.
+            note = signCheckpoint(self.signer, Checkpoint(self.origin, 0, self.log.root()))
+            self.db.execute("INSERT INTO checkpoints VALUES (0, ?, ?)", (time.time(), note))
         if cut:
             self.apply(cut, forceCheckpoint=True)
         elif self.log.size > self.checkpointSize:

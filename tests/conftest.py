@@ -34,6 +34,16 @@ def http_backend():
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def https_backend():
+    """The same app over TLS (cert for 127.0.0.1 from a throwaway CA: C{tls.caFile})."""
+    from tests.harness.httpbackend import HTTPBackend
+
+    server = HTTPBackend(tls=True).start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture
 def oidc_issuer():
     """A local OIDC issuer (discovery + JWKS on loopback); see L{tests.harness.oidc.OIDCIssuer}."""

@@ -192,3 +192,38 @@ def test_postgres_offers_tls_that_verifies_against_its_ca(postgres):
                             ).fetchone() == (True,)
     with psycopg.connect(postgres.dsn(SCRAM_USER, sslmode="disable")) as conn:
         assert not conn.pgconn.ssl_in_use
+
+
+def test_https_backend_verifies_against_its_ca(https_backend):
+    out = curl("--cacert", str(https_backend.tls.caFile), f"{https_backend.url}/json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["customer"]["email"] == "ada@example.com"
+    untrusted = curl(f"{https_backend.url}/json")
+    assert untrusted.returncode == 60  # curl: peer certificate cannot be authenticated
+
+
+@pytest_twisted.ensureDeferred
+async def test_https_backend_endpoint_string_works_with_twisted(https_backend):
+    from twisted.internet import endpoints, reactor
+    from twisted.internet.protocol import Factory, Protocol
+
+    received = []
+
+    class Get(Protocol):
+        def connectionMade(self):
+            self.transport.write(b"GET /text HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+
+        def dataReceived(self, data):
+            received.append(data)
+
+        def connectionLost(self, reason):
+            self.factory.done.callback(b"".join(received))
+
+    from twisted.internet.defer import Deferred
+
+    factory = Factory.forProtocol(Get)
+    factory.done = Deferred()
+    endpoint = endpoints.clientFromString(reactor, https_backend.endpoint)
+    await endpoint.connect(factory)
+    body = await factory.done
+    assert body.startswith(b"HTTP/1.1 200") and b"ada@example.com" in body

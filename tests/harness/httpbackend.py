@@ -1,4 +1,4 @@
-"""An HTTP backend app (stdlib only, run in a subprocess) with endpoints for proxy tests.
+"""An HTTP(S) backend app (stdlib only, run in a subprocess) with endpoints for proxy tests.
 
 Endpoints (any path not listed is 404):
   /echo[/...]        any method: JSON {method, path, query, headers, body, body_length, body_sha256}
@@ -192,14 +192,26 @@ class HTTPBackend:
 
     host = "127.0.0.1"
 
-    def __init__(self):
+    def __init__(self, tls: bool = False):
         self.port: int | None = None
         self.process: subprocess.Popen | None = None
+        self.tlsEnabled = tls
+        self.tls = None
+        self._dir: str | None = None
 
     def start(self) -> "HTTPBackend":
-        self.process = subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__), "--port", "0"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True)
+        argv = [sys.executable, os.path.abspath(__file__), "--port", "0"]
+        if self.tlsEnabled:
+            import tempfile
+            from pathlib import Path
+
+            from tests.harness.certs import makeServerCert
+
+            self._dir = tempfile.mkdtemp(prefix="sealgate-https-")
+            self.tls = makeServerCert(Path(self._dir))
+            argv += ["--cert", str(self.tls.certFile), "--key", str(self.tls.keyFile)]
+        self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                        text=True)
         line = self.process.stdout.readline()
         if not line.startswith("LISTENING "):
             self.stop()
@@ -209,10 +221,12 @@ class HTTPBackend:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self.tlsEnabled else 'http'}://{self.host}:{self.port}"
 
     @property
     def endpoint(self) -> str:
+        if self.tlsEnabled:
+            return f"tls:host={self.host}:port={self.port}:trustRoots={self.tls.caFile.parent}"
         return f"tcp:host={self.host}:port={self.port}"
 
     def stop(self) -> None:
@@ -226,14 +240,27 @@ class HTTPBackend:
             process.kill()
             process.wait(10)
         process.stdout.close()
+        if self._dir:
+            import shutil
+
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--cert")
+    parser.add_argument("--key")
     args = parser.parse_args()
     server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
     server.daemon_threads = True
+    if args.cert:
+        import ssl
+
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(args.cert, args.key)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
     print(f"LISTENING {server.server_address[1]}", flush=True)
     try:
         server.serve_forever()

@@ -3,6 +3,7 @@
 import atexit
 import os
 import secrets
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -96,8 +97,6 @@ class PostgresServer:
         pwfile = self.dir / "pw"
         pwfile.write_text(self.passwords[self.superuser] + "\n")
         if self.owner:
-            import shutil
-
             shutil.chown(pwfile, self.owner)
         self._as([self._bin("initdb"), "-D", str(self.dataDir), "-U", self.superuser,
                   "--pwfile", str(pwfile), "-E", "UTF8", "--locale=C.UTF-8", "-N",
@@ -107,8 +106,6 @@ class PostgresServer:
         self._as(["mkdir", "-p", str(socketDir)], "mkdir socket dir")
         self.tls = makeServerCert(self.dir)
         if self.owner:
-            import shutil
-
             for path in (self.tls.certFile, self.tls.keyFile):
                 shutil.chown(path, self.owner)
         (self.dataDir / "pg_hba.conf").write_text(

@@ -62,7 +62,7 @@ def addKey(args) -> int:
 
 def listKeys(args) -> int:
     now = time.time()
-    records = _store(args).list(args.identity)
+    records = _store(args).listKeys(args.identity)
     for r in records:
         print(f"{r.fingerprint}  {r.identity}  {','.join(r.groups) or '-'}  {r.keyType}  "
               f"{r.state(now)}  expires={_when(r.expires) if r.expires else 'never'}  {r.comment}")

@@ -111,7 +111,7 @@ class SSHKeyStore:
                  key.blob(), comment, rec.created, expires))
         return rec
 
-    def list(self, identity: str | None = None) -> list[SSHKeyRecord]:
+    def listKeys(self, identity: str | None = None) -> list[SSHKeyRecord]:
         query = "SELECT * FROM ssh_keys"
         args: tuple = ()
         if identity is not None:

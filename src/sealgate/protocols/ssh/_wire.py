@@ -202,6 +202,36 @@ def decodeOperation(packet: bytes) -> SFTPOperation | None:
     return None
 
 
+class SFTPResponses:
+    """
+    Tracks packet boundaries in the server-to-client SFTP stream without
+    copying it, so the gateway can slip its own replies in between.
+    """
+
+    def __init__(self) -> None:
+        self._need = 0
+        self._header = b""
+
+    def receive_data(self, data: bytes) -> None:
+        i, n = 0, len(data)
+        while i < n:
+            if self._need:
+                take = min(self._need, n - i)
+                self._need -= take
+                i += take
+                continue
+            take = min(4 - len(self._header), n - i)
+            self._header += data[i:i + take]
+            i += take
+            if len(self._header) == 4:
+                self._need = _U32.unpack(self._header)[0]
+                self._header = b""
+
+    @property
+    def atBoundary(self) -> bool:
+        return self._need == 0 and not self._header
+
+
 def statusReply(requestId: int, code: int, message: str) -> bytes:
     """An SSH_FXP_STATUS packet answering C{requestId}."""
     body = (bytes([FXP_STATUS]) + _U32.pack(requestId) + _U32.pack(code)

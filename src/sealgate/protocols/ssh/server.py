@@ -1,0 +1,367 @@
+"""The client leg: Conch server with key-bound or token logins, one gateway session per connection."""
+
+import struct
+
+import attrs
+from twisted.conch import avatar, error, interfaces
+from twisted.conch.ssh import common, connection, factory, transport, userauth
+from twisted.cred import credentials as _creds
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.error import UnauthorizedLogin
+from twisted.cred.portal import IRealm, Portal
+from twisted.internet import defer, threads
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from sealgate.identity import AuthenticationFailed
+from sealgate.protocols.ssh import _wire
+from sealgate.protocols.ssh.backend import BackendError, connectBackend, preferFastCiphers
+from sealgate.protocols.ssh.relay import FlowConnection, ForwardChannel, recordChannel
+from sealgate.protocols.ssh.session import BackendSession, ClientSession
+from sealgate.session import SessionRefused
+
+MSG_USERAUTH_INFO_REQUEST = 60
+MSG_USERAUTH_INFO_RESPONSE = 61
+
+
+@attrs.frozen
+class Authenticated:
+    """What a checker hands the realm: the connection chosen and who logged in."""
+
+    connection: object
+    identity: object
+
+
+def _client(t) -> str:
+    peer = t.transport.getPeer()
+    return f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}"
+
+
+@implementer(ICredentialsChecker)
+class KeyChecker:
+    """Public keys bound to identities (L{sealgate.identity.sshkeys})."""
+
+    credentialInterfaces = (_creds.ISSHPrivateKey,)
+
+    def __init__(self, ctx):
+        self.ctx = ctx
+
+    def requestAvatarId(self, c):
+        ctx = self.ctx
+        reactor = ctx.factory.gateway.reactor
+        d = threads.deferToThreadPool(reactor, reactor.getThreadPool(), ctx.factory.keys.lookup,
+                                      c.blob)
+        return d.addCallback(self._check, c)
+
+    def _check(self, rec, c):
+        from twisted.conch.ssh import keys
+
+        conn = self.ctx.connectionFor(c.username)
+        reason = None
+        if rec is None:
+            reason = "unknown ssh key"
+        elif rec.state() != "active":
+            reason = f"ssh key {rec.state()}"
+        elif conn is None:
+            reason = "unknown connection"
+        if reason is None and c.signature is not None:
+            if not keys.Key.fromString(c.blob).verify(c.signature, c.sigData):
+                reason = "bad signature"
+        if reason is not None:
+            self.ctx.auditFailure(reason, rec.identity if rec else None, c.blob)
+            raise UnauthorizedLogin(reason)
+        if c.signature is None:
+            raise error.ValidPublicKey()
+        return Authenticated(conn, rec.asIdentity())
+
+
+@implementer(ICredentialsChecker)
+class TokenChecker:
+    """An API key or OIDC token given as the password (or keyboard-interactive answer)."""
+
+    credentialInterfaces = (_creds.IUsernamePassword,)
+
+    def __init__(self, ctx):
+        self.ctx = ctx
+
+    def requestAvatarId(self, c):
+        ctx = self.ctx
+        conn = ctx.connectionFor(c.username)
+        token = c.password.decode("utf-8", "replace").strip()
+        # An unknown connection name costs the same check as a known one, so
+        # the answer (and its timing) does not tell which names exist.
+        target = conn if conn is not None else ctx.factory.connection
+        d = ctx.factory.gateway.authenticate(target, token, _client(ctx.transport))
+
+        def ok(identity):
+            if conn is None:
+                ctx.auditFailure("unknown connection", identity.subject)
+                raise UnauthorizedLogin("unknown connection")
+            return Authenticated(conn, identity)
+
+        def bad(f):
+            f.trap(AuthenticationFailed)
+            raise UnauthorizedLogin(f.value.reason)
+
+        return d.addCallbacks(ok, bad)
+
+
+@implementer(IRealm)
+class Realm:
+    def __init__(self, ctx):
+        self.ctx = ctx
+
+    def requestAvatar(self, avatarId, mind, *interfaces_):
+        ctx = self.ctx
+        try:
+            session = ctx.factory.gateway.openSession(
+                avatarId.connection, avatarId.identity, _client(ctx.transport),
+                {"ssh_user": avatarId.connection.name})
+        except SessionRefused as e:
+            ctx.banner(f"sealgate: {e}")
+            raise UnauthorizedLogin(str(e))
+        user = GatewayUser(ctx, avatarId.connection, session)
+        return interfaces.IConchUser, user, user.logout
+
+
+class UserAuthServer(userauth.SSHUserAuthServer):
+    """
+    Conch's user auth with a portal per client connection (checkers know the
+    transport for audit and banners) and keyboard-interactive for tokens.
+    """
+
+    _log = Logger()
+    protocolMessages = dict(userauth.SSHUserAuthServer.protocolMessages)
+    protocolMessages[MSG_USERAUTH_INFO_RESPONSE] = b"MSG_USERAUTH_INFO_RESPONSE"
+    interfaceToMethod = dict(userauth.SSHUserAuthServer.interfaceToMethod)
+
+    def serviceStarted(self):
+        self.factory = real = self.transport.factory
+        self._portal = Portal(Realm(self), [KeyChecker(self), TokenChecker(self)])
+        # Conch reads the portal off the factory; ours is per client connection.
+        self.transport.factory = _ProxyFactory(real, self._portal)
+        try:
+            super().serviceStarted()
+        finally:
+            self.transport.factory = real
+        self.supportedAuthentications.append(b"keyboard-interactive")
+        self._kbd = None
+
+    def connectionFor(self, username: bytes):
+        try:
+            name = username.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+        return self.factory.connectionNamed(name)
+
+    def auditFailure(self, reason, claimed=None, blob=None):
+        event = {"kind": "login_failed", "connection": self.factory.connection.name,
+                 "protocol": "ssh", "client": _client(self.transport),
+                 "claimed": claimed, "reason": reason,
+                 "user": (self.user or b"").decode("utf-8", "replace")}
+        if blob is not None:
+            from sealgate.identity.sshkeys import fingerprintOf
+
+            event["key"] = fingerprintOf(blob)
+        self.factory.gateway.store.auditEvent(event)
+        self._log.info("SSH login refused from {client} as {user!r}: {reason}",
+                       client=event["client"], user=event["user"], reason=reason)
+
+    def banner(self, text: str) -> None:
+        self.transport.sendPacket(userauth.MSG_USERAUTH_BANNER,
+                                  common.NS(text.encode() + b"\r\n") + common.NS(b"en"))
+
+    def auth_keyboard_interactive(self, packet):
+        if self._kbd is not None:
+            return defer.fail(error.ConchError("keyboard-interactive already in progress"))
+        self._kbd = defer.Deferred()
+        self.transport.sendPacket(
+            MSG_USERAUTH_INFO_REQUEST,
+            common.NS(b"sealgate") + common.NS(b"Give an API key or an OIDC access token.")
+            + common.NS(b"") + struct.pack(">L", 1) + common.NS(b"Token: ") + b"\x00")
+        user = self.user
+
+        def answered(token):
+            c = _creds.UsernamePassword(user, token)
+            return self._portal.login(c, None, interfaces.IConchUser).addErrback(
+                self._ebPassword)
+
+        return self._kbd.addCallback(answered)
+
+    def ssh_USERAUTH_INFO_RESPONSE(self, packet):
+        d, self._kbd = self._kbd, None
+        if d is None:
+            return
+        try:
+            (count,) = struct.unpack(">L", packet[:4])
+            token = common.getNS(packet[4:])[0] if count >= 1 else b""
+        except Exception:
+            token = b""
+        d.callback(token)
+
+
+class _ProxyFactory:
+    """The factory as C{SSHUserAuthServer.serviceStarted} sees it: with our portal."""
+
+    def __init__(self, real, portal):
+        self._real = real
+        self.portal = portal
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+
+class GatewayUser(avatar.ConchUser):
+    """One authenticated client connection: its session and its backend leg."""
+
+    _log = Logger()
+
+    def __init__(self, ctx, connectionConfig, session):
+        super().__init__()
+        self.transport = ctx.transport
+        self.factory = ctx.factory
+        self.connection = connectionConfig
+        self.options = connectionConfig.options
+        self.session = session
+        self.reactor = self.factory.gateway.reactor
+        self.agentForwarding = False
+        self.backendConn = None
+        self.failure: str | None = None
+        self._ended = False
+        self.backend = connectBackend(self.reactor, connectionConfig, self)
+        self.backend.addCallbacks(self._backendUp, self._backendDown)
+
+    def _backendUp(self, conn):
+        self.backendConn = conn
+        if self._ended:
+            conn.transport.loseConnection()
+        return conn
+
+    def _backendDown(self, f):
+        reason = str(f.value) if f.check(BackendError) else "the backend leg failed"
+        if not f.check(BackendError):
+            self._log.failure("Backend leg failed for session {session}", f,
+                              session=self.session.id)
+        self.failure = reason
+        self.session.audit("backend_failed", reason=reason)
+        return f
+
+    def openChannel(self, channelType, window, maxPacket, data):
+        if channelType == b"session":
+            client = ClientSession(self, remoteWindow=window, remoteMaxPacket=maxPacket)
+            return self._pair(client, BackendSession(), b"")
+        if channelType == b"direct-tcpip":
+            if not self.options.allow_port_forwarding:
+                raise error.ConchError("port forwarding is not enabled for this connection",
+                                       connection.OPEN_ADMINISTRATIVELY_PROHIBITED)
+            host, o = _wire._string(data, 0)
+            port = struct.unpack(">L", data[o:o + 4])[0]
+            self.session.audit("port_forward", host=host.decode("utf-8", "replace"), port=port)
+            client = ForwardChannel(remoteWindow=window, remoteMaxPacket=maxPacket)
+            backend = ForwardChannel()
+            backend.name = client.name = b"direct-tcpip"
+            return self._pair(client, backend, data)
+        raise error.ConchError(f"channel type {channelType.decode('ascii', 'replace')} is not "
+                               "supported", connection.OPEN_UNKNOWN_CHANNEL_TYPE)
+
+    def _pair(self, client, backend, extra):
+        def up(conn):
+            backend.conn = conn
+            backend.peer, client.peer = client, backend
+            conn.openChannel(backend, extra)
+            return backend.opened
+
+        def opened(_):
+            if isinstance(client, ForwardChannel):
+                client.session = backend.session = self.session
+                client.clientSide = True
+                client.channelOpen = lambda _d, c=client: _setRecordId(c, backend)
+            return client
+
+        def failed(f):
+            if f.check(error.ConchError):
+                return f
+            raise error.ConchError(self.failure or "the backend is not available",
+                                   connection.OPEN_CONNECT_FAILED)
+
+        return self.backend.addCallback(lambda c: c).addCallback(up).addCallbacks(opened, failed)
+
+    def backendChannel(self, channelType, window, maxPacket, data):
+        """The backend opens a channel to the client: only agent forwarding."""
+        if channelType != b"auth-agent@openssh.com" or not self.agentForwarding:
+            raise error.ConchError("refused by sealgate", connection.OPEN_ADMINISTRATIVELY_PROHIBITED)
+        backend = ForwardChannel(remoteWindow=window, remoteMaxPacket=maxPacket)
+        client = ForwardChannel()
+        client.name = backend.name = channelType
+        client.conn = self.transport.service
+        client.peer, backend.peer = backend, client
+        client.session = backend.session = self.session
+        client.clientSide = True
+        client.conn.openChannel(client, b"")
+
+        def opened(_):
+            _setRecordId(client, backend)
+            return backend
+
+        return client.opened.addCallback(opened)
+
+    def logout(self):
+        self._ended = True
+        if self.backendConn is not None and self.backendConn.transport is not None:
+            self.backendConn.transport.loseConnection()
+        self.session.end("client disconnected")
+
+    def backendLost(self):
+        """The backend connection ended: end the client connection once its channels drain."""
+        service = getattr(self.transport, "service", None)
+        if service is None or self._ended:
+            return
+        for chan in list(getattr(service, "channels", {}).values()):
+            chan.closeAfterData()
+
+
+def _setRecordId(client, backend) -> None:
+    client.recordId = backend.recordId = recordChannel(client.id, 0)
+
+
+class ServerConnection(FlowConnection, connection.SSHConnection):
+    def getChannel(self, channelType, windowSize, maxPacket, data):
+        return self.transport.avatar.openChannel(channelType, windowSize, maxPacket, data)
+
+
+class ServerTransport(transport.SSHServerTransport):
+    def connectionMade(self):
+        preferFastCiphers(self)
+        super().connectionMade()
+
+
+class GatewaySSHFactory(factory.SSHFactory):
+    """
+    Listens for one or more SSH connections sharing a listen endpoint; the
+    SSH user name picks the connection.
+    """
+
+    protocol = ServerTransport
+    services = {b"ssh-userauth": UserAuthServer, b"ssh-connection": ServerConnection}
+
+    def __init__(self, connectionConfig, gateway, hostKeys, keyStore):
+        self.connection = connectionConfig
+        self.gateway = gateway
+        self.hostKeys = hostKeys
+        self.keys = keyStore
+        self.portal = None
+
+    def connectionNamed(self, name: str):
+        c = self.gateway.config.connection(name)
+        if c is None or c.protocol != "ssh" or c.listen != self.connection.listen:
+            return None
+        return c
+
+    def getPublicKeys(self):
+        return {t: k.public() for t, k in self.hostKeys.items()}
+
+    def getPrivateKeys(self):
+        return dict(self.hostKeys)
+
+    def getPrimes(self):
+        return None

@@ -1,0 +1,442 @@
+"""Session channels: pty/shell/exec/sftp relayed with guardrails, approvals, masking and recording."""
+
+import fnmatch
+import json
+import time
+
+from twisted.conch.ssh import connection
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from sealgate.chain._chain import OutputRefused
+from sealgate.chain.verdicts import CONTINUE, Deny, Hold, Rewrite
+from sealgate.protocols.ssh import _wire
+from sealgate.protocols.ssh.relay import (
+    STREAM_CONTROL,
+    STREAM_DATA,
+    STREAM_STDERR,
+    RelayChannel,
+    recordChannel,
+)
+from sealgate.session import FROM_CLIENT, TO_CLIENT
+
+_STDERR = connection.EXTENDED_DATA_STDERR
+#: Requests relayed without asking the backend for a reply (clients send
+#: them with want-reply false).
+_NO_REPLY = {b"window-change", b"signal", b"eow@openssh.com"}
+
+
+class BackendSession(RelayChannel):
+    """The backend leg of a session channel: hands everything to its client leg."""
+
+    name = b"session"
+
+    def dataReceived(self, data):
+        if self.peer is not None:
+            self.peer.fromBackend(data, STREAM_DATA)
+
+    def extReceived(self, dataType, data):
+        if self.peer is not None and dataType == _STDERR:
+            self.peer.fromBackend(data, STREAM_STDERR)
+
+    def eofReceived(self):
+        if self.peer is not None:
+            self.peer.backendEOF()
+
+    def requestReceived(self, requestType, data):
+        if self.peer is None:
+            return False
+        return self.peer.backendRequest(requestType, data)
+
+
+class ClientSession(RelayChannel):
+    """
+    The client leg of a session channel.  Commands (exec, sftp operations)
+    go through the chain first; while one is held, client input is queued
+    (bounded by the channel window, which is not replenished meanwhile).
+    """
+
+    name = b"session"
+    _log = Logger()
+
+    def __init__(self, user, **kw):
+        super().__init__(**kw)
+        self.user = user
+        self.session = user.session
+        self.mode: str | None = None
+        self.pty: _wire.PtyRequest | None = None
+        self._queue: list | None = None
+        self._sftp: _wire.SFTPRequests | None = None
+        self._sftpHeld = False
+        self._boundary: _wire.SFTPResponses | None = None
+        self._inject: list[bytes] = []
+        self._lines: _wire.LineAssembler | None = None
+        self._outTail = b""
+        self._secretInput = False
+        self._maskers: dict | None = None
+        self._flushCall = None
+        self.exitStatus: int | None = None
+
+    # -- recording ------------------------------------------------------------
+
+    def _control(self, direction: int, **fields) -> None:
+        fields["t"] = round(time.time(), 6)
+        self.session.record(direction, json.dumps(fields).encode(),
+                            recordChannel(self.id, STREAM_CONTROL))
+
+    # -- client -> backend -------------------------------------------------
+
+    def _toBackend(self, action) -> None:
+        """Run C{action} now, or after the held command is decided."""
+        if self._queue is not None:
+            self._queue.append(action)
+        else:
+            action()
+
+    def dataReceived(self, data):
+        if self._lines is not None:
+            self._shellInput(data)
+        else:
+            self.session.record(FROM_CLIENT, data, recordChannel(self.id, STREAM_DATA))
+        if self._sftp is not None:
+            self._sftp.receive_data(data)
+            self._sftpPump()
+            return
+        peer = self.peer
+        if peer is None:
+            return
+        if self._queue is not None:
+            self._queue.append(lambda: peer.write(data))
+        else:
+            peer.write(data)
+
+    def extReceived(self, dataType, data):
+        self.session.record(FROM_CLIENT, data, recordChannel(self.id, STREAM_STDERR))
+        if self.peer is not None:
+            peer = self.peer
+            self._toBackend(lambda: peer.writeExtended(dataType, data))
+
+    def eofReceived(self):
+        self._control(FROM_CLIENT, type="eof")
+        if self.peer is not None:
+            self._toBackend(self.peer.sendEOFAfterData)
+
+    def requestReceived(self, requestType, data):
+        try:
+            return self._request(requestType, data)
+        except _wire.WireError as e:
+            self._log.info("Malformed {kind} request on session {session}: {error}",
+                           kind=requestType, session=self.session.id, error=str(e))
+            self.loseConnection()
+            return False
+
+    def _request(self, kind: bytes, data: bytes):
+        opts = self.user.options
+        if kind == b"pty-req":
+            self.pty = _wire.parsePtyRequest(data)
+            self._control(FROM_CLIENT, type="pty", term=self.pty.term, cols=self.pty.cols,
+                          rows=self.pty.rows)
+            return self._forward(kind, data)
+        if kind == b"window-change":
+            cols, rows = _wire.parseWindowChange(data)
+            self._control(FROM_CLIENT, type="resize", cols=cols, rows=rows)
+            return self._forward(kind, data)
+        if kind == b"env":
+            name, _ = _wire.parseEnv(data)
+            text = name.decode("ascii", "replace")
+            if not any(fnmatch.fnmatchcase(text, p) for p in opts.env_allow):
+                return False
+            self._control(FROM_CLIENT, type="env", name=text)
+            return self._forward(kind, data)
+        if kind in (b"signal", b"break"):
+            self._control(FROM_CLIENT, type=kind.decode(),
+                          signal=_wire.parseString(data).decode("ascii", "replace")
+                          if kind == b"signal" else None)
+            return self._forward(kind, data)
+        if kind == b"eow@openssh.com":
+            return self._forward(kind, data)
+        if kind == b"auth-agent-req@openssh.com":
+            if not opts.allow_agent_forwarding:
+                return False
+            self.user.agentForwarding = True
+            self.session.audit("agent_forwarding", channel=self.id)
+            return self._forward(kind, data)
+        if self.mode is not None:
+            return False  # one shell/exec/subsystem per channel (RFC 4254 6.5)
+        if kind == b"shell":
+            self.mode = "shell"
+            self._lines = _wire.LineAssembler()
+            self._setUpMasking()
+            self._control(FROM_CLIENT, type="shell")
+            self.session.audit("shell", channel=self.id, pty=self.pty is not None)
+            return self._forward(kind, data)
+        if kind == b"exec":
+            return self._exec(_wire.parseString(data))
+        if kind == b"subsystem":
+            name = _wire.parseString(data)
+            if name != b"sftp":
+                return False
+            self.mode = "sftp"
+            self._control(FROM_CLIENT, type="subsystem", name="sftp")
+            self._boundary = _wire.SFTPResponses()
+            if self.session.chain.wantsCommand:
+                self._sftp = _wire.SFTPRequests()
+            return self._forward(kind, data)
+        return False
+
+    def _forward(self, kind: bytes, data: bytes):
+        """Relay a request after the data sent before it; fires True/False."""
+        peer = self.peer
+        result: defer.Deferred = defer.Deferred()
+        if peer is None:
+            return False
+
+        def send():
+            if peer.localClosed or peer.conn is None:
+                result.callback(False)
+            elif kind in _NO_REPLY:
+                peer.conn.sendRequest(peer, kind, data)
+                result.callback(True)
+            else:
+                d = peer.conn.sendRequest(peer, kind, data, wantReply=True)
+                d.addCallbacks(lambda _: result.callback(True), lambda _: result.callback(False))
+
+        self._toBackend(lambda: peer.afterData(send))
+        return result
+
+    # -- exec and the chain ---------------------------------------------------
+
+    def _exec(self, raw: bytes):
+        self.mode = "exec"
+        self._setUpMasking()
+        text = raw.decode("utf-8", "replace")
+        self._control(FROM_CLIENT, type="exec", command=text)
+        if not self.session.chain.wantsCommand:
+            return self._forward(b"exec", _wire.NS(raw))
+        verdict = self.session.command("exec", text, {"command": text})
+        return self._execVerdict(verdict, raw)
+
+    def _execVerdict(self, verdict, raw: bytes):
+        if verdict is CONTINUE:
+            return self._forward(b"exec", _wire.NS(raw))
+        if isinstance(verdict, Rewrite):
+            return self._forward(b"exec", _wire.NS(str(verdict.value).encode()))
+        if isinstance(verdict, Deny):
+            self._refuse(f"denied by rule {verdict.rule}: {verdict.reason}")
+            return True
+        if isinstance(verdict, Hold):
+            self._stderrNote(verdict.message)
+            self._hold()
+            verdict.result.addCallback(self._execDecided, raw)
+            return True
+        return False
+
+    def _execDecided(self, verdict, raw: bytes):
+        if self.localClosed:
+            return
+        if verdict is CONTINUE:
+            self._stderrNote("approved; running")
+            d = self._forward(b"exec", _wire.NS(raw))
+            self._release()
+            d.addCallback(lambda ok: ok or self._refuse("the backend refused to run the command"))
+        else:
+            self._refuse(f"denied: {getattr(verdict, 'reason', 'not approved')}")
+
+    def _hold(self) -> None:
+        self._queue = []
+        self.pauseInput("hold")
+
+    def _release(self) -> None:
+        queue, self._queue = self._queue or [], None
+        for action in queue:
+            action()
+        self.resumeInput("hold")
+
+    def _eol(self) -> str:
+        return "\r\n" if self.pty is not None else "\n"
+
+    def _stderrNote(self, message: str) -> None:
+        data = f"sealgate: {message}{self._eol()}".encode()
+        self.session.record(TO_CLIENT, data, recordChannel(self.id, STREAM_STDERR))
+        self.writeExtended(_STDERR, data)
+
+    def _refuse(self, message: str) -> None:
+        """The command does not run: say why on stderr, exit status 1, close."""
+        self._queue = []
+        self._stderrNote(message)
+        self.exitStatus = 1
+        self._control(TO_CLIENT, type="exit", status=1)
+        self.sendRequestAfterData(b"exit-status", _wire.exitStatus(1))
+        self.sendEOFAfterData()
+        peer, self.peer = self.peer, None
+        if peer is not None:
+            peer.peer = None
+            peer.loseConnection()
+        self.closeAfterData()
+
+    # -- sftp ----------------------------------------------------------------
+
+    def _sftpPump(self) -> None:
+        chain = self.session
+        while not self._sftpHeld and self.peer is not None:
+            try:
+                event = self._sftp.next_event()
+            except _wire.WireError as e:
+                self._log.info("Malformed SFTP on session {session}: {error}",
+                               session=chain.id, error=str(e))
+                self.loseConnection()
+                return
+            if event is _wire.NEED_DATA:
+                return
+            packet, op = event
+            if op is None:
+                self.peer.write(packet)
+                continue
+            details = {"op": op.op, "path": op.path, "size": op.size,
+                       "direction": op.direction}
+            if op.target is not None:
+                details["target"] = op.target
+            verdict = chain.command("sftp", op.text, details)
+            if isinstance(verdict, Hold):
+                self._stderrNote(verdict.message)
+                self._sftpHeld = True
+                self.pauseInput("hold")
+                verdict.result.addCallback(self._sftpDecided, packet, op)
+                return
+            self._sftpVerdict(verdict, packet, op)
+
+    def _sftpVerdict(self, verdict, packet: bytes, op) -> None:
+        if isinstance(verdict, Deny):
+            reason = getattr(verdict, "reason", "not approved")
+            self._stderrNote(f"sftp {op.text}: denied: {reason}")
+            self._injectReply(_wire.statusReply(op.requestId, _wire.FX_PERMISSION_DENIED,
+                                                f"denied by sealgate: {reason}"))
+        elif self.peer is not None:
+            self.peer.write(packet)
+
+    def _sftpDecided(self, verdict, packet, op) -> None:
+        if self.localClosed:
+            return
+        self._sftpHeld = False
+        self._sftpVerdict(verdict, packet, op)
+        self.resumeInput("hold")
+        self._sftpPump()
+
+    def _injectReply(self, packet: bytes) -> None:
+        """A gateway-made SFTP reply, sent between whole backend replies."""
+        self._inject.append(packet)
+        if self._boundary.atBoundary:
+            self._flushInjected()
+
+    def _flushInjected(self) -> None:
+        for packet in self._inject:
+            self.session.record(TO_CLIENT, packet, recordChannel(self.id, STREAM_DATA))
+            self.write(packet)
+        self._inject = []
+
+    # -- shell input audit ----------------------------------------------------
+
+    def _shellInput(self, data: bytes) -> None:
+        if not self._secretInput and _wire.SECRET_PROMPT.search(self._outTail):
+            self._secretInput = True
+        recorded = data
+        if self._secretInput:
+            # What is typed at a password prompt is not echoed; keep it out of
+            # the recording and the audit too (length is kept for timing).
+            recorded = bytes(b if b in (0x0D, 0x0A) else 0x2A for b in data)
+        self.session.record(FROM_CLIENT, recorded, recordChannel(self.id, STREAM_DATA))
+        for line in self._lines.receive_data(data):
+            if self._secretInput:
+                self.session.audit("shell_input", channel=self.id, line="<hidden input>")
+                self._secretInput = False
+                self._outTail = b""
+            elif line.strip():
+                self.session.audit("shell_input", channel=self.id,
+                                   line=line.decode("utf-8", "replace"))
+
+    # -- backend -> client -------------------------------------------------------
+
+    def _setUpMasking(self) -> None:
+        masker = self.session.chain.masker
+        if masker is not None:
+            self._maskers = {STREAM_DATA: masker.streamMasker(),
+                             STREAM_STDERR: masker.streamMasker()}
+
+    def fromBackend(self, data: bytes, stream: int) -> None:
+        if self._boundary is not None:
+            self._boundary.receive_data(data)
+            self._send(data, stream)
+            if self._inject and self._boundary.atBoundary:
+                self._flushInjected()
+            return
+        if self._lines is not None:
+            self._outTail = (self._outTail + data)[-96:]
+        if self._maskers is not None:
+            data = self._maskers[stream].feed(data)
+            if self._flushCall is None:
+                self._flushCall = self.user.reactor.callLater(
+                    self.user.options.mask_holdback, self._flushMaskers)
+        if self.session.chain.wantsOutput and data:
+            try:
+                data = self.session.chain.output(data, protocol="ssh", stream=stream)
+            except OutputRefused as e:
+                self._stderrNote(f"output withheld: {e}")
+                self.loseConnection()
+                return
+        if data:
+            self._send(data, stream)
+
+    def _send(self, data: bytes, stream: int) -> None:
+        self.session.record(TO_CLIENT, data, recordChannel(self.id, stream))
+        if stream == STREAM_DATA:
+            self.write(data)
+        else:
+            self.writeExtended(_STDERR, data)
+
+    def _flushMaskers(self) -> None:
+        """Send what the stream maskers held back (bounded by mask_holdback)."""
+        self._flushCall = None
+        if self._maskers is None:
+            return
+        for stream, m in self._maskers.items():
+            rest = m.flush()
+            if rest:
+                self._send(rest, stream)
+
+    def _flushNow(self) -> None:
+        if self._flushCall is not None:
+            self._flushCall.cancel()
+        if self._maskers is not None:
+            self._flushMaskers()
+
+    def backendEOF(self) -> None:
+        self._flushNow()
+        self._control(TO_CLIENT, type="eof")
+        self.sendEOFAfterData()
+
+    def backendRequest(self, kind: bytes, data: bytes):
+        if kind == b"exit-status":
+            self._flushNow()
+            self.exitStatus = _wire.parseExitStatus(data)
+            self._control(TO_CLIENT, type="exit", status=self.exitStatus)
+        elif kind == b"exit-signal":
+            self._flushNow()
+            name, core, msg = _wire.parseExitSignal(data)
+            self._control(TO_CLIENT, type="exit", signal=name, core=core)
+        elif kind not in (b"eow@openssh.com",):
+            return False
+        self.sendRequestAfterData(kind, data)
+        return True
+
+    def closeAfterData(self) -> None:
+        self._flushNow()
+        super().closeAfterData()
+
+    def closed(self):
+        if self._flushCall is not None:
+            self._flushCall.cancel()
+            self._flushCall = None
+        self._maskers = None
+        self.session.audit("channel_closed", channel=self.id, mode=self.mode,
+                           exit_status=self.exitStatus)
+        super().closed()

@@ -82,33 +82,31 @@ def verifyFrames(report: Report, seals: SessionSeals, records) -> tuple:
     leafLen = fieldsAt + fmt.FRAME_FIELDS.size + 64
     sha = hashlib.sha256
     commitment = fmt.commitment
-    bad = 0
+    shift = 0  # after a removal or insertion, report the first displaced frame only
     for position, leaf, salt, payload in records:
         what = f"{where} frame {position}"
         if len(leaf) != leafLen or leaf[:fieldsAt] != prefix:
             report.problem(f"{what}: its leaf is malformed or names another session (altered or moved)")
-            bad += 1
         else:
             seq, _t, _ch, direction, offset, length = unpack(leaf, fieldsAt)
             prev = leaf[leafLen - 64 : leafLen - 32]
-            if seq != position:
-                report.problem(f"{what}: the leaf says it is frame {seq} (frames removed, inserted or reordered)")
-                bad += 1
+            if seq - position != shift:
+                shift = seq - position
+                if shift:
+                    report.problem(
+                        f"{what}: the leaf says it is frame {seq} (frames removed, inserted or reordered)")
             elif prev != last:
                 report.problem(f"{where} frame {position - 1}: its leaf was altered or a frame is missing "
                                f"(frame {position} records a different hash before it)")
-                bad += 1
             elif direction not in (0, 1) or offset != offsets[direction]:
                 report.problem(f"{what}: stream offset {offset} where {offsets[direction & 1]} was expected "
                                "(frame removed or leaf altered)")
-                bad += 1
-            elif position in seals.redacted:
+            if position in seals.redacted:
                 report.redacted += 1
             elif length != len(payload) or commitment(salt, payload) != leaf[leafLen - 32 :]:
                 report.problem(f"{what}: its payload does not match its sealed commitment (payload or salt altered)")
-                bad += 1
             if direction in (0, 1):
-                offsets[direction] += length
+                offsets[direction] = offset + length  # resync: one removal is one problem
         h = sha(b"\x00" + leaf).digest()
         tree.appendHash(h)
         last = h
@@ -164,6 +162,8 @@ def verifyStore(reader, verifier: Verifier, sessionId: str | None = None) -> Rep
     seals: dict = {}
     sha = hashlib.sha256
     expected = 0
+    shift = 0
+    mismatched = []
     for n, session, kind, leaf in reader.logLeaves():
         position = tree.size
         if n != expected:
@@ -175,9 +175,11 @@ def verifyStore(reader, verifier: Verifier, sessionId: str | None = None) -> Rep
             report.problem(f"log leaf {position}: {e} (altered)")
             body = None
         if body is not None:
-            if body["n"] != position:
-                report.problem(f"log leaf at position {position} says it is leaf {body['n']} "
-                               "(log leaves removed or reordered)")
+            if body["n"] - position != shift:
+                shift = body["n"] - position
+                if shift:
+                    report.problem(f"log leaf at position {position} says it is leaf {body['n']} "
+                                   "(log leaves removed or reordered)")
             elif body["prev"] != last.hex():
                 report.problem(f"log leaf {position - 1} was altered or removed "
                                f"(log leaf {position} records a different hash before it)")
@@ -189,13 +191,15 @@ def verifyStore(reader, verifier: Verifier, sessionId: str | None = None) -> Rep
         last = h
         want = checkpoints.get(tree.size)
         if want is not None and want != tree.root():
-            report.problem(f"the log does not match the signed checkpoint at size {tree.size}: "
-                           "a log leaf before it was altered, removed or reordered")
+            mismatched.append(tree.size)
+    if mismatched:
+        later = f" (and the {len(mismatched) - 1} later ones)" if len(mismatched) > 1 else ""
+        report.problem(f"the log does not match the signed checkpoint at size {mismatched[0]}{later}: "
+                       "a log leaf before it was altered, removed or reordered")
     report.logSize = tree.size
-    for size in checkpoints:
-        if size > tree.size:
-            report.problem(f"the log is truncated: a signed checkpoint covers {size} leaves but only "
-                           f"{tree.size} are stored")
+    if report.checkpoint > tree.size:
+        report.problem(f"the log is truncated: a signed checkpoint covers {report.checkpoint} leaves but "
+                       f"only {tree.size} are stored")
     if tree.size > report.checkpoint:
         report.warnings.append(f"log leaves {report.checkpoint}..{tree.size - 1} are not covered by a "
                                "signed checkpoint yet")

@@ -122,13 +122,40 @@ class GatewayService(MultiService):
 
     def _started(self, _):
         self.ready = True
-        if self._installSignals and hasattr(signal, "SIGHUP"):
-            signal.signal(signal.SIGHUP, lambda *a: self.reactor.callFromThread(self.reload))
+        if self._installSignals:
+            self.reactor.callWhenRunning(self._installSignalHandlers)
         for name, port in self.ports.items():
             self._log.info("Connection {name} listening on {address}", name=name,
                            address=port.getHost())
+        self._writeAdminAddress()
         self._log.info("Admin API on {address}", address=self.adminPort.getHost())
         return self
+
+    def _adminFile(self):
+        return self.config.gateway.state_dir / "admin.json"
+
+    def _writeAdminAddress(self):
+        """Tell the CLI where the running admin API is (the config may say port 0)."""
+        import json
+
+        host = self.adminPort.getHost()
+        scheme = "https" if self.config.gateway.admin.startswith(("ssl:", "tls:")) else "http"
+        address = host.host if host.host not in ("0.0.0.0", "::") else "127.0.0.1"
+        if ":" in address:
+            address = f"[{address}]"
+        self._adminFile().write_text(json.dumps({"url": f"{scheme}://{address}:{host.port}",
+                                                 "pid": os.getpid()}))
+
+    def _installSignalHandlers(self):
+        signal.signal(signal.SIGHUP, lambda *a: self.reactor.callFromThread(self.reload))
+        # twistd's own SIGTERM handler makes the process die by the signal
+        # after shutdown; a drained, clean stop is an exit status of 0.
+        signal.signal(signal.SIGTERM, lambda *a: self.reactor.callFromThread(self._terminate))
+
+    def _terminate(self):
+        self._log.info("SIGTERM: stop listening, drain sessions, exit")
+        if self.reactor.running:
+            self.reactor.stop()
 
     def _startFailed(self, f):
         self._closePorts()
@@ -184,6 +211,7 @@ class GatewayService(MultiService):
         d.addCallback(lambda _: self.approvals.stop())
         d.addCallback(lambda _: defer.maybeDeferred(getattr(self.identity, "stop", lambda: None)))
         d.addCallback(lambda _: self.store.stop() if self.store is not None else None)
+        d.addCallback(lambda _: self._adminFile().unlink(missing_ok=True))
         d.addErrback(lambda f: self._log.failure("Error while stopping", f))
         return d
 

@@ -47,7 +47,7 @@ class Authenticated(_Leaf):
     _log = Logger()
 
     def render(self, request):
-        auth = request.getHeader(b"authorization") or ""
+        auth = (request.getHeader(b"authorization") or b"").decode("latin-1")
         if not auth.lower().startswith("bearer "):
             request.setHeader(b"www-authenticate", b"Bearer")
             return _json(request, 401, {"error": "a bearer token (OIDC token or API key) is required"})

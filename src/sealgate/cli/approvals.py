@@ -14,7 +14,14 @@ def adminURL(args) -> str:
     """The admin API base URL: --admin-url, else the config's [gateway] admin endpoint."""
     if getattr(args, "admin_url", None):
         return args.admin_url.rstrip("/")
-    desc = loadConfigFor(args).gateway.admin
+    config = loadConfigFor(args)
+    running = config.gateway.state_dir / "admin.json"
+    try:
+        # Written by the running gateway: right even when the config says port 0.
+        return json.loads(running.read_text())["url"]
+    except (OSError, ValueError, KeyError):
+        pass
+    desc = config.gateway.admin
     m = re.match(r"^(tcp6?|ssl):(\d+)(.*)$", desc)
     if not m:
         raise CommandError(f"cannot derive a URL from admin endpoint {desc!r}; pass --admin-url")

@@ -1,0 +1,111 @@
+"""kill -9 in the middle of sessions: the next start recovers a verifiable store; a second opener is refused."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import sealgate
+from sealgate.recording._engine import Engine, StoreLocked
+from sealgate.recording.reader import StoreReader
+from tests.test_store import cli
+
+ORIGIN = "sealgate/crash"
+
+WRITER = """
+import sys
+from twisted.internet import defer, reactor, task
+from sealgate.recording.store import SQLiteStore
+
+store = SQLiteStore(sys.argv[1], "sealgate/crash", reactor, checkpointInterval=0.2)
+
+async def main():
+    await store.start()
+    done = store.openSession("finished", {"identity": "alice"})
+    done.frame(0, b"hello")
+    await done.close("client closed", {})
+    live = store.openSession("running", {"identity": "bob"})
+    count = [0]
+
+    def tick():
+        for _ in range(50):
+            live.frame(count[0] % 2, b"%d:" % count[0] + b"x" * 100)
+            count[0] += 1
+
+    task.LoopingCall(tick).start(0.01)
+    print("running", flush=True)
+
+reactor.callWhenRunning(lambda: defer.ensureDeferred(main()))
+reactor.run()
+"""
+
+
+def _waitFor(predicate, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError("condition not reached in time")
+
+
+def _sealedSize(state):
+    try:
+        with StoreReader(state) as r:
+            s = r.session("running")
+            progress = [e for e in r.events("running") if e["type"] == "progress"]
+            return s and s["size"] >= 2000 and len(progress) >= 2 and s["size"]
+    except Exception:
+        return None
+
+
+@pytest.fixture
+def writer(tmp_path):
+    source = str(Path(sealgate.__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [source, os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path / "state")], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    yield proc, tmp_path / "state"
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(10)
+    proc.stdout.close()
+    proc.stderr.close()
+
+
+def test_kill_9_mid_session_recovers_everything_flushed(writer):
+    proc, state = writer
+    assert proc.stdout.readline().strip() == "running", proc.stderr.read()
+    seen = _waitFor(lambda: _sealedSize(state))
+
+    # While it runs, a second gateway on the same state_dir is refused, naming the lock and the holder.
+    with pytest.raises(StoreLocked, match=f"{state / 'store.lock'} is held by process {proc.pid}"):
+        Engine(state, ORIGIN).open()
+
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+
+    e = Engine(state, ORIGIN)
+    assert e.open() == ["running"]
+    e.close()
+
+    code, out = cli("verify", "--state-dir", str(state))
+    assert code == 0, out
+    with StoreReader(state) as r:
+        running, finished = r.session("running"), r.session("finished")
+        assert finished["state"] == "closed" and finished["size"] == 1
+        assert running["state"] == "cut off" and running["size"] >= seen
+        close = r.events("running")[-1]
+        assert close["type"] == "close" and close["cutoff"] and "cut off" in close["reason"]
+        frames = list(r.frames("running"))
+        assert [int(f.data.split(b":")[0]) for f in frames] == list(range(len(frames)))
+        assert r.latestCheckpoint()[0] == r.logSize()
+    # A second recovery finds nothing left to do.
+    e = Engine(state, ORIGIN)
+    assert e.open() == []
+    e.close()

@@ -109,3 +109,61 @@ def test_kill_9_mid_session_recovers_everything_flushed(writer):
     e = Engine(state, ORIGIN)
     assert e.open() == []
     e.close()
+
+
+FULL_DISK = """
+import resource, signal, sys, time
+from twisted.internet import defer, reactor, task
+from sealgate.recording.store import SQLiteStore
+
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+store = SQLiteStore(sys.argv[1], "sealgate/crash", reactor)
+
+def until(predicate):
+    d = defer.Deferred()
+    def check():
+        if predicate():
+            loop.stop()
+            d.callback(None)
+    loop = task.LoopingCall(check)
+    loop.start(0.02)
+    return d
+
+async def main():
+    await store.start()
+    rec = store.openSession("s", {"identity": "alice"})
+    rec.frame(0, b"before")
+    await until(lambda: store._engine.segmentLength > 0)
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (store._engine.segmentLength + 100_000, limit[1]))
+    sent = 1
+    while store.healthy() is None:
+        rec.frame(1, b"y" * 16384)
+        sent += 1
+        await until(lambda: True)
+    print("unhealthy:", store.healthy(), flush=True)
+    resource.setrlimit(resource.RLIMIT_FSIZE, limit)
+    await until(lambda: store.healthy() is None)
+    await rec.close("closed", {})
+    await store.stop()
+    print("sent:", sent, flush=True)
+    reactor.stop()
+
+reactor.callWhenRunning(lambda: defer.ensureDeferred(main()))
+reactor.run()
+"""
+
+
+def test_full_disk_makes_the_store_unhealthy_and_loses_nothing(tmp_path):
+    source = str(Path(sealgate.__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [source, os.environ.get("PYTHONPATH")]))}
+    out = subprocess.run([sys.executable, "-c", FULL_DISK, str(tmp_path)], env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == "unhealthy: the recording store's disk is full; sessions cannot be recorded"
+    sent = int(lines[1].split()[1])
+    code, text = cli("verify", "--state-dir", str(tmp_path))
+    assert code == 0, text
+    with StoreReader(tmp_path) as r:
+        assert r.session("s")["size"] == sent

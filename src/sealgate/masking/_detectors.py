@@ -188,8 +188,16 @@ _IBAN_TAIL = re.compile(
 )
 
 
+# Countries using IBAN (SWIFT registry): a candidate from elsewhere is a false alarm.
+_IBAN_COUNTRIES = frozenset("""
+AD AE AL AT AZ BA BE BG BH BI BR BY CH CR CY CZ DE DJ DK DO EE EG ES FI FK FO FR GB GE GI GL GR
+GT HN HR HU IE IL IQ IS IT JO KW KZ LB LC LI LT LU LV LY MC MD ME MK MN MR MT MU NI NL NO OM PK
+PL PS PT QA RO RS RU SA SC SD SE SI SK SM SO ST SV TL TN TR UA VA VG XK YE
+""".split())
+
+
 def ibanValid(compact: str) -> bool:
-    if not 15 <= len(compact) <= 34:
+    if not 15 <= len(compact) <= 34 or compact[:2].upper() not in _IBAN_COUNTRIES:
         return False
     s = (compact[4:] + compact[:4]).upper()
     try:

@@ -260,7 +260,7 @@ class Engine:
         segSnap = (self.segment, self.segmentLength)
         self._pending = {"log": [], "opens": [], "closes": [], "states": set()}
         records: dict = {}
-        salts = os.urandom(fmt.SALT_SIZE * 64)
+        salts = os.urandom(fmt.SALT_SIZE * 1024)
         saltAt = 0
         sha = hashlib.sha256
         pack = fmt.FRAME_FIELDS.pack
@@ -280,17 +280,21 @@ class Engine:
                             snaps[s] = s.snapshot()
                         rec = records[s] = (s.tree.size, [])
                     out = rec[1]
-                    for at in range(0, len(data), fmt.MAX_FRAME):
-                        piece = data[at : at + fmt.MAX_FRAME] if len(data) > fmt.MAX_FRAME else data
+                    tree = s.tree
+                    if len(data) <= fmt.MAX_FRAME:
+                        pieces = (data,)
+                    else:
+                        pieces = [data[at : at + fmt.MAX_FRAME] for at in range(0, len(data), fmt.MAX_FRAME)]
+                    for piece in pieces:
                         if saltAt == len(salts):
                             salts, saltAt = os.urandom(fmt.SALT_SIZE * 1024), 0
                         salt = salts[saltAt : saltAt + fmt.SALT_SIZE]
                         saltAt += fmt.SALT_SIZE
                         n = len(piece)
-                        leaf = (s.prefix + pack(s.tree.size, t, channel, direction, s.offsets[direction], n)
+                        leaf = (s.prefix + pack(tree.size, t, channel, direction, s.offsets[direction], n)
                                 + s.last + sha(tag + salt + piece).digest())
                         h = sha(b"\x00" + leaf).digest()
-                        s.tree.appendHash(h)
+                        tree.appendHash(h)
                         s.last = h
                         s.offsets[direction] += n
                         s.unsealedBytes += n

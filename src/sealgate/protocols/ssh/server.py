@@ -228,14 +228,26 @@ class GatewayUser(avatar.ConchUser):
         self.backendConn = None
         self.failure: str | None = None
         self._ended = False
-        self.backend = connectBackend(self.reactor, connectionConfig, self)
-        self.backend.addCallbacks(self._backendUp, self._backendDown)
+        self._waiters: list[defer.Deferred] = []
+        connectBackend(self.reactor, connectionConfig, self).addCallbacks(
+            self._backendUp, self._backendDown)
+
+    def _whenBackend(self) -> defer.Deferred:
+        if self.backendConn is not None:
+            return defer.succeed(self.backendConn)
+        if self.failure is not None:
+            return defer.fail(BackendError(self.failure))
+        d: defer.Deferred = defer.Deferred()
+        self._waiters.append(d)
+        return d
 
     def _backendUp(self, conn):
         self.backendConn = conn
         if self._ended:
             conn.transport.loseConnection()
-        return conn
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.callback(conn)
 
     def _backendDown(self, f):
         reason = str(f.value) if f.check(BackendError) else "the backend leg failed"
@@ -244,7 +256,9 @@ class GatewayUser(avatar.ConchUser):
                               session=self.session.id)
         self.failure = reason
         self.session.audit("backend_failed", reason=reason)
-        return f
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.errback(BackendError(reason))
 
     def openChannel(self, channelType, window, maxPacket, data):
         if channelType == b"session":
@@ -284,7 +298,7 @@ class GatewayUser(avatar.ConchUser):
             raise error.ConchError(self.failure or "the backend is not available",
                                    connection.OPEN_CONNECT_FAILED)
 
-        return self.backend.addCallback(lambda c: c).addCallback(up).addCallbacks(opened, failed)
+        return self._whenBackend().addCallback(up).addCallbacks(opened, failed)
 
     def backendChannel(self, channelType, window, maxPacket, data):
         """The backend opens a channel to the client: only agent forwarding."""

@@ -256,7 +256,9 @@ class ClientSession(RelayChannel):
         return "\r\n" if self.pty is not None else "\n"
 
     def _stderrNote(self, message: str) -> None:
-        data = f"sealgate: {message}{self._eol()}".encode()
+        if not message.startswith("sealgate:"):
+            message = f"sealgate: {message}"
+        data = f"{message}{self._eol()}".encode()
         self.session.record(TO_CLIENT, data, recordChannel(self.id, STREAM_STDERR))
         self.writeExtended(_STDERR, data)
 

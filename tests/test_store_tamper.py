@@ -221,3 +221,19 @@ def test_a_key_other_than_the_nodes_is_not_accepted(store):
     other = Signer.generate(ORIGIN).verifier.vkey()
     code, out = cli("verify", "--key", other, "--state-dir", str(store))
     assert code == 1 and "carries no signature by the key" in out
+
+
+def test_a_saved_checkpoint_catches_a_log_cut_back_with_its_checkpoints(store, tmp_path):
+    db = _db(store)
+    size, note = db.execute("SELECT size, note FROM checkpoints ORDER BY size DESC LIMIT 1").fetchone()
+    saved = tmp_path / "checkpoint.txt"
+    saved.write_text(note)
+    # Cut the log back to the CLOSE of bbb and drop every checkpoint past it: consistent on its own.
+    keep = db.execute("SELECT max(n) + 1 FROM log WHERE session = 'bbb'").fetchone()[0]
+    db.execute("DELETE FROM log WHERE n >= ?", (keep,))
+    db.execute("DELETE FROM checkpoints WHERE size > ?", (keep,))
+    db.execute("DELETE FROM chunks WHERE session = 'ccc'")
+    db.execute("DELETE FROM sessions WHERE id = 'ccc'")
+    assert cli("verify", "--state-dir", str(store))[0] == 0  # why an auditor keeps checkpoints
+    code, out = cli("verify", "--checkpoint", str(saved), "--state-dir", str(store))
+    assert code == 1 and f"a signed checkpoint covers {size} leaves but only {keep} are stored" in out, out

@@ -32,6 +32,8 @@ def register(subparsers) -> None:
                                    help="check every frame, session tree, log leaf and checkpoint")
     verify.add_argument("--session", help="check only this session (and the whole log)")
     verify.add_argument("--key", help="the verifier key to trust (default: the store's own key)")
+    verify.add_argument("--checkpoint", action="append", default=[], metavar="FILE",
+                        help="a checkpoint note saved earlier; the log must still extend it (repeatable)")
     verify.set_defaults(handler=verifyCommand)
 
     export = subparsers.add_parser("export", parents=[common], help="write one session as a bundle")
@@ -170,10 +172,15 @@ def _printReport(report, subject: str) -> int:
 
 
 def verifyCommand(args) -> int:
+    from sealgate.cli.main import CommandError
     from sealgate.recording.verify import verifyStore
 
+    try:
+        witnessed = [Path(p).read_text() for p in args.checkpoint]
+    except OSError as e:
+        raise CommandError(f"cannot read checkpoint {e.filename}: {e.strerror}")
     with _reader(args) as r:
-        report = verifyStore(r, _trusted(args, r), args.session)
+        report = verifyStore(r, _trusted(args, r), args.session, witnessed)
         subject = str(r.stateDir)
     return _printReport(report, subject)
 

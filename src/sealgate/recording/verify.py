@@ -137,21 +137,32 @@ def verifyFrames(report: Report, seals: SessionSeals, records) -> tuple:
     return tree.size, tree.root()
 
 
-def verifyStore(reader, verifier: Verifier, sessionId: str | None = None) -> Report:
-    """Check everything in the store (or one session and the whole log), naming each broken piece."""
+def verifyStore(reader, verifier: Verifier, sessionId: str | None = None, witnessed=()) -> Report:
+    """
+    Check everything in the store (or one session and the whole log), naming each broken piece.
+
+    @param witnessed: checkpoint notes kept outside the store (by an auditor,
+        a witness); the stored log must extend each of them, which catches
+        a log cut back together with its later checkpoints.
+    """
     report = Report()
     origin = reader.origin
     if verifier.name != origin:
         report.problem(f"the key is for {verifier.name!r} but the store's origin is {origin!r}")
     checkpoints = {}
-    for size, _t, note in reader.checkpoints():
+    notes = [(size, note, "checkpoint at log size") for size, _t, note in reader.checkpoints()]
+    notes += [(None, note, "the witnessed checkpoint") for note in witnessed]
+    for size, note, what in notes:
         try:
             cp = openCheckpoint(note, verifier, origin)
         except NoteError as e:
-            report.problem(f"checkpoint at log size {size}: {e}")
+            report.problem(f"{what} {size if size is not None else ''}: {e}".replace("  ", " "))
             continue
-        if cp.size != size:
+        if size is not None and cp.size != size:
             report.problem(f"checkpoint stored at size {size} says size {cp.size} (its row was altered)")
+        if checkpoints.get(cp.size, cp.root) != cp.root:
+            report.problem(f"two validly signed checkpoints disagree about the log at size {cp.size}: "
+                           "the log was rewritten (a split view)")
         checkpoints[cp.size] = cp.root
     if not checkpoints:
         report.problem("no valid signed checkpoint in the store")

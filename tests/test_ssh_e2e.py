@@ -1,7 +1,10 @@
 """SSH through the gateway with the real OpenSSH client against a real sshd."""
 
+import hashlib
+import json
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -107,6 +110,11 @@ class Env:
                 "-o", f"UserKnownHostsFile={self.knownHosts}",
                 "-o", "GlobalKnownHostsFile=/dev/null", "-o", "ConnectTimeout=10",
                 "-o", f"LogLevel={os.environ.get('SG_SSH_LOGLEVEL', logLevel)}", *extra, f"{conn}@127.0.0.1"]
+
+    def clientOptions(self, key=None) -> list[str]:
+        """Options shared by scp and sftp (which take the port as -P)."""
+        args = self.sshArgs(key=key)[5:-1]
+        return ["-P", str(self.port()), "-F", "/dev/null"] + args
 
     def run(self, argv, input=None, timeout=60):
         """Run a client off the reactor thread (the gateway runs on it)."""
@@ -320,3 +328,118 @@ async def test_expired_and_unknown_keys_are_refused_and_audited(env):
         return reasons if "ssh key expired" in reasons and "unknown ssh key" in reasons else None
 
     await _until(audited)
+
+
+def _interactive(argv, marker: str):
+    """Drive a real terminal session through the gateway (runs in a thread)."""
+    import pexpect
+
+    child = pexpect.spawn(argv[0], argv[1:], dimensions=(24, 80), timeout=20,
+                          env={**os.environ, "TERM": "xterm"})
+    try:
+        child.expect(r"[$#] ")
+        child.sendline("PS1='sg> '")
+        child.expect("sg> ")
+        child.sendline(f"echo {marker}-$((6*7))")
+        child.expect(f"{marker}-42")
+        child.expect("sg> ")
+        child.setwinsize(40, 120)
+        child.sendline("stty size")
+        child.expect(r"(\d+) (\d+)\r\n")
+        size = (int(child.match.group(1)), int(child.match.group(2)))
+        child.expect("sg> ")
+        child.sendline("exit 3")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+    return size, child.exitstatus, child.before
+
+
+@pytest_twisted.ensureDeferred
+async def test_interactive_shell_echo_resize_exit_code_and_asciicast(env):
+    import io
+
+    from sealgate.protocols.ssh.asciicast import writeAsciicast
+
+    before = _sessionIds(env)
+    argv = env.sshArgs(extra=("-tt",))
+    size, status, _ = await threads.deferToThread(_interactive, argv, "typed")
+    assert size == (40, 120)
+    assert status == 3
+
+    sessionId = await _newClosedSession(env, before)
+    out = io.StringIO()
+    writeAsciicast(_frames(env, sessionId), out)
+    lines = out.getvalue().splitlines()
+    header = json.loads(lines[0])
+    events = [json.loads(line) for line in lines[1:]]
+    assert header["version"] == 2
+    assert (header["width"], header["height"]) == (80, 24)
+    assert header["env"]["TERM"] == "xterm"
+    assert abs(header["timestamp"] - time.time()) < 300
+    output = "".join(e[2] for e in events if e[1] == "o")
+    assert "typed-42" in output
+    assert ["r", "120x40"] in [e[1:] for e in events]
+    times = [e[0] for e in events]
+    assert times == sorted(times)
+
+    with _reader(env) as r:
+        audited = [(e.get("fields") or {}) for e in r.events(sessionId)
+                   if e.get("event") == "shell_input"]
+    assert "echo typed-$((6*7))" in [a.get("line") for a in audited]
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+#: 100 MB as the issue asks; each way takes a few seconds here.
+SCP_SIZE = 100 * 1000 * 1000
+
+
+@pytest_twisted.ensureDeferred
+async def test_scp_100MB_up_and_down_with_matching_sha256(env):
+    src = env.tmp / "big.src"
+    with open(src, "wb") as f:
+        for _ in range(SCP_SIZE // 1_000_000):
+            f.write(os.urandom(1_000_000))
+    remote = env.tmp / "big.remote"
+    back = env.tmp / "big.back"
+    try:
+        up = await env.run(["scp", "-q"] + env.clientOptions() + [str(src), f"web-1@127.0.0.1:{remote}"],
+                           timeout=120)
+        assert up.returncode == 0, up.stderr
+        assert _sha256(remote) == _sha256(src)
+        down = await env.run(["scp", "-q"] + env.clientOptions() + [f"web-1@127.0.0.1:{remote}", str(back)],
+                             timeout=120)
+        assert down.returncode == 0, down.stderr
+        assert _sha256(back) == _sha256(src)
+    finally:
+        for p in (src, remote, back):
+            p.unlink(missing_ok=True)
+
+
+@pytest_twisted.ensureDeferred
+async def test_sftp_ls_put_get_and_denied_put(env):
+    d = env.tmp / "sftpdir"
+    d.mkdir()
+    (d / "listed.txt").write_text("x")
+    local = env.tmp / "local.txt"
+    local.write_bytes(b"sftp payload\n" * 1000)
+    batch = env.tmp / "batch"
+    batch.write_text(f"ls {d}\nput {local} {d}/uploaded.txt\nget {d}/uploaded.txt {env.tmp}/fetched.txt\n")
+    r = await env.run(["sftp", "-b", str(batch)] + env.clientOptions() + ["web-1@127.0.0.1"])
+    assert r.returncode == 0, r.stderr
+    assert b"listed.txt" in r.stdout
+    assert (d / "uploaded.txt").read_bytes() == local.read_bytes()
+    assert (env.tmp / "fetched.txt").read_bytes() == local.read_bytes()
+
+    batch.write_text(f"put {local} /etc/sealgate-should-not-exist\n")
+    r = await env.run(["sftp", "-b", str(batch)] + env.clientOptions() + ["web-1@127.0.0.1"])
+    assert r.returncode != 0
+    assert b"no uploads to /etc" in r.stderr
+    assert not Path("/etc/sealgate-should-not-exist").exists()

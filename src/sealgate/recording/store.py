@@ -108,6 +108,14 @@ class SQLiteStore:
                 self._stopped.callback(None)
         return self._stopped
 
+    def backlog(self) -> int:
+        """
+        Items queued that the writer thread has not taken yet.  Streaming
+        protocols stop reading their backend above a bound, so a fast
+        download never queues more than that in memory.
+        """
+        return len(self._queue)
+
     def healthy(self) -> str | None:
         if self._problem is None and len(self._queue) > MAX_BACKLOG:
             return "the recording store is falling behind; try again shortly"

@@ -60,6 +60,10 @@ def register(subparsers) -> None:
     kshow = ksub.add_parser("show", parents=[common], help="print the public verifier key")
     kshow.set_defaults(handler=keyShow)
 
+    checkpoint = subparsers.add_parser("checkpoint", parents=[common],
+                                       help="print the latest signed checkpoint (to keep elsewhere)")
+    checkpoint.set_defaults(handler=checkpointShow)
+
     replay = subparsers.add_parser("replay", parents=[common], help="play a recorded session back")
     replay.add_argument("id")
     speed = replay.add_mutually_exclusive_group()
@@ -243,6 +247,17 @@ def redactCommand(args) -> int:
 def keyShow(args) -> int:
     with _reader(args) as r:
         print(_trusted(args, r).vkey())
+    return 0
+
+
+def checkpointShow(args) -> int:
+    from sealgate.cli.main import CommandError
+
+    with _reader(args) as r:
+        latest = r.latestCheckpoint()
+    if latest is None:
+        raise CommandError("the store has no signed checkpoint yet")
+    sys.stdout.write(latest[2])
     return 0
 
 

@@ -4,10 +4,12 @@ import base64
 import json
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from sealgate.recording import _format
 from sealgate.recording._engine import Engine, SessionState
-from sealgate.recording.bundle import _LEN, MAGIC, readBundle
+from sealgate.recording.bundle import _LEN, MAGIC, readBundle, verifyBundle
 from sealgate.recording.checkpoint import Signer
 from tests.test_store import cli
 
@@ -184,3 +186,18 @@ def test_open_session_cannot_be_exported(tmp_path):
     e.close()
     code, _ = cli("export", "live", "--out", str(tmp_path / "x"), "--state-dir", str(tmp_path))
     assert code == 2 and not (tmp_path / "x").exists()
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.data())
+def test_any_changed_byte_is_caught_or_harmless_and_never_crashes(exported, data):
+    from sealgate.recording.checkpoint import Verifier
+
+    bundle, vkey = exported
+    _, at = readBundle(bundle)
+    where = data.draw(st.integers(0, len(bundle) - 1))
+    value = data.draw(st.integers(0, 255).filter(lambda v: v != bundle[where]))
+    changed = bundle[:where] + bytes([value]) + bundle[where + 1 :]
+    report, _ = verifyBundle(changed, Verifier.fromVkey(vkey))
+    if where >= at or where < len(MAGIC) + _LEN.size:
+        assert not report.ok  # frame records and framing are fully covered by the seal

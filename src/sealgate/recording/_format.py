@@ -23,7 +23,9 @@ FRAME_FIELDS = struct.Struct(">QdIBQI")
 RECORD = struct.Struct(">HBI")
 
 LOG_TYPES = ("open", "progress", "event", "close")
-_SECRET_KEY = re.compile(r"pass(word|wd)?|secret|token|api_?key|authorization|credential", re.I)
+_SECRET_KEY = re.compile(
+    r"(^|[_.-])(pass|password|passwd|secret|token|api_?key|authorization|credentials?|cookie)($|[_.-])",
+    re.I)
 
 
 class FormatError(ValueError):

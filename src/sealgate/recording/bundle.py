@@ -104,6 +104,9 @@ def verifyBundle(data: bytes, trusted: Verifier | None = None) -> tuple:
         return report, None
     sid = header.get("session")
     origin = header.get("origin")
+    if not isinstance(sid, str) or not 0 < len(sid.encode()) < 256 or not isinstance(origin, str):
+        report.problem("the bundle header has no valid session id or origin")
+        return report, None
     try:
         own = Verifier.fromVkey(str(header.get("vkey", "")))
     except NoteError as e:

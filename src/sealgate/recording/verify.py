@@ -72,7 +72,8 @@ def verifyFrames(report: Report, seals: SessionSeals, records) -> tuple:
     where = f"session {sid}"
     bySize: dict = {}
     for n, kind, size, root in seals.seals:
-        bySize.setdefault(size, []).append((n, kind, root))
+        if isinstance(size, int):
+            bySize.setdefault(size, []).append((n, kind, root))
     tree = CompactTree()
     last = fmt.NO_PREV
     offsets = [0, 0]

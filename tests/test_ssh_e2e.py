@@ -41,6 +41,7 @@ username = "{sshd.user}"
 private_key_file = "{sshd.clientKey}"
 known_hosts = "{sshd.knownHosts}"
 env_allow = ["LANG", "SG_*"]
+mask_holdback = "100ms"
 
 [[connections]]
 name = "spoofed"
@@ -443,3 +444,29 @@ async def test_sftp_ls_put_get_and_denied_put(env):
     assert r.returncode != 0
     assert b"no uploads to /etc" in r.stderr
     assert not Path("/etc/sealgate-should-not-exist").exists()
+
+
+@pytest_twisted.ensureDeferred
+async def test_card_number_printed_by_cat_is_masked_in_output_and_recording(env):
+    card = b"4111 1111 1111 1111"
+    f = env.tmp / "customers.txt"
+    f.write_bytes(b"ada " + card + b" paid\n" * 1)
+    before = _sessionIds(env)
+    r = await env.ssh(f"cat {f}")
+    assert r.returncode == 0, r.stderr
+    assert card not in r.stdout and b"4111" not in r.stdout
+    assert r.stdout.startswith(b"ada ") and r.stdout.endswith(b" paid\n")
+    assert b"****" in r.stdout
+    sessionId = await _newClosedSession(env, before)
+    recorded = b"".join(fr.data for fr in _frames(env, sessionId) if fr.direction == 1)
+    assert b"ada " in recorded and b"4111" not in recorded
+
+
+@pytest_twisted.ensureDeferred
+async def test_card_number_split_across_packets_is_still_masked(env):
+    # Two writes 10 ms apart arrive as two SSH packets; the gateway holds the
+    # trailing digits back (up to mask_holdback, 100ms here) and masks the whole.
+    r = await env.ssh("printf 'card 4111 1111'; sleep 0.01; printf ' 1111 1111 end\\n'")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(b"card ") and r.stdout.endswith(b" end\n")
+    assert b"4111" not in r.stdout

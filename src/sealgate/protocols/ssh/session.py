@@ -76,6 +76,7 @@ class ClientSession(RelayChannel):
         self._maskers: dict | None = None
         self._flushCall = None
         self.exitStatus: int | None = None
+        self._wantsOutput = bool(self.session.chain.wantsOutput)
 
     # -- recording ------------------------------------------------------------
 
@@ -373,14 +374,18 @@ class ClientSession(RelayChannel):
             return
         if self._lines is not None:
             self._outTail = (self._outTail + data)[-96:]
-        if self._maskers is not None:
-            data = self._maskers[stream].feed(data)
-            if self._flushCall is None:
+        masked = self._maskers is not None
+        if masked:
+            m = self._maskers[stream]
+            data = m.feed(data)
+            if self._flushCall is None and getattr(m, "pending", 1):
+                # Bound how long a possible start of a value is held back.
                 self._flushCall = self.user.reactor.callLater(
                     self.user.options.mask_holdback, self._flushMaskers)
-        if self.session.chain.wantsOutput and data:
+        if self._wantsOutput and data:
             try:
-                data = self.session.chain.output(data, protocol="ssh", stream=stream)
+                data = self.session.chain.output(data, protocol="ssh", stream=stream,
+                                                 masked=masked)
             except OutputRefused as e:
                 self._stderrNote(f"output withheld: {e}")
                 self.loseConnection()

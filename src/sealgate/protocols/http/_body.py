@@ -3,6 +3,7 @@
 import zlib
 
 import brotli
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
@@ -188,6 +189,37 @@ def _bytes(value) -> bytes:
     return bytes(value or b"")
 
 
+class StorePacer:
+    """
+    Keeps a stream from outrunning the recording store: above C{high}
+    queued items the stream stops reading until the writer thread is back
+    under C{low}.  Memory then stays bounded however fast both ends are.
+    """
+
+    HIGH = 128
+    LOW = 32
+    POLL = 0.005
+
+    def __init__(self, store, reactor):
+        self._backlog = getattr(store, "backlog", None)
+        self._reactor = reactor
+
+    def over(self) -> bool:
+        return self._backlog is not None and self._backlog() > self.HIGH
+
+    def drained(self) -> Deferred:
+        d = Deferred()
+
+        def check():
+            if self._backlog() <= self.LOW:
+                d.callback(None)
+            else:
+                self._reactor.callLater(self.POLL, check)
+
+        self._reactor.callLater(self.POLL, check)
+        return d
+
+
 @implementer(IPushProducer)
 class ResponseRelay(Protocol):
     """
@@ -203,12 +235,15 @@ class ResponseRelay(Protocol):
 
     _log = Logger()
 
-    def __init__(self, request, masker: BodyMasker | None, done, onJson=None):
+    def __init__(self, request, masker: BodyMasker | None, done, onJson=None, pacer=None):
         self._request = request
         self._masker = masker
         self._done = done
         self._onJson = onJson
+        self._pacer = pacer
         self._clientGone = False
+        self._clientPaused = False
+        self._storePaused = False
 
     def connectionMade(self):
         self._request.registerProducer(self, True)
@@ -225,6 +260,15 @@ class ResponseRelay(Protocol):
             if not data:
                 return
         self._request.write(data)
+        if self._pacer is not None and not self._storePaused and self._pacer.over():
+            self._storePaused = True
+            self.transport.pauseProducing()
+            self._pacer.drained().addCallback(self._storeDrained)
+
+    def _storeDrained(self, _):
+        self._storePaused = False
+        if not self._clientPaused and not self._clientGone and self.transport is not None:
+            self.transport.resumeProducing()
 
     def connectionLost(self, reason) -> None:
         if self._clientGone:
@@ -258,11 +302,13 @@ class ResponseRelay(Protocol):
 
     # IPushProducer, driven by the client's transport.
     def pauseProducing(self):
+        self._clientPaused = True
         if self.transport is not None:
             self.transport.pauseProducing()
 
     def resumeProducing(self):
-        if self.transport is not None:
+        self._clientPaused = False
+        if self.transport is not None and not self._storePaused:
             self.transport.resumeProducing()
 
     def stopProducing(self):

@@ -16,7 +16,7 @@ from zope.interface import implementer
 from sealgate.chain.verdicts import Deny, Hold
 from sealgate.identity import AuthenticationFailed
 from sealgate.protocols.http import _wire
-from sealgate.protocols.http._body import BodyMasker, ResponseRelay, bodyMode
+from sealgate.protocols.http._body import BodyMasker, ResponseRelay, StorePacer, bodyMode
 from sealgate.session import FROM_CLIENT, TO_CLIENT, SessionRefused
 
 _PROBLEM = b"application/problem+json"
@@ -165,9 +165,9 @@ class Proxy:
         self.reactor = gateway.reactor
         self.pool = HTTPConnectionPool(self.reactor, persistent=True)
         self.pool.maxPersistentPerHost = 64
-        self.pool.retryAutomatically = False
         self.backends = [Backend(c, self.reactor, self.pool) for c in connections]
         self.router = Router(self.backends)
+        self.pacer = StorePacer(getattr(gateway, "store", None), self.reactor)
 
     # -- the pipeline ------------------------------------------------------
 
@@ -204,7 +204,9 @@ class Proxy:
                 return self.problem(request, status, "Session refused", str(e))
             channel.session, channel.credentialHash, channel.backend = session, digest, backend
         session = channel.session
-        self.recordRequest(request, session, backend)
+        await self.recordRequest(request, session, backend)
+        if request._disconnected:
+            return None
 
         upgrade = (request.getHeader(b"upgrade") or b"").lower()
         method = request.method.decode("latin-1")
@@ -309,7 +311,7 @@ class Proxy:
             if request.channel.transport is not None:
                 request.channel.transport.abortConnection()
 
-        response.deliverBody(ResponseRelay(request, masker, done, onJson))
+        response.deliverBody(ResponseRelay(request, masker, done, onJson, self.pacer))
 
     # -- pieces ------------------------------------------------------------
 
@@ -358,7 +360,7 @@ class Proxy:
         content.seek(0)
         return size
 
-    def recordRequest(self, request, session, backend: Backend) -> None:
+    async def recordRequest(self, request, session, backend: Backend) -> None:
         secret = backend.options.secret_headers
         pairs = [(n, _wire.REDACTED if n.lower() in secret else v)
                  for n, vs in request.requestHeaders.getAllRawHeaders() for v in vs]
@@ -378,6 +380,8 @@ class Proxy:
             if not data:
                 break
             session.record(FROM_CLIENT, _wire.chunk(data) if chunked else data)
+            if self.pacer.over():
+                await self.pacer.drained()
         if chunked:
             session.record(FROM_CLIENT, _wire.LAST_CHUNK)
         content.seek(0)

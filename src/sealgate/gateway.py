@@ -69,15 +69,18 @@ class Gateway:
 
         def failed(f):
             if f.check(AuthenticationFailed):
-                reason, who = f.value.reason, f.value.claimed or claimed
+                reason, who = f.value.reason, f.value.claimed
             else:
                 self._log.failure("Authentication error for {client}", f, client=client)
-                reason, who = "authentication is unavailable", claimed
+                reason, who = "authentication is unavailable", None
+            # Both claims: the one inside the credential (a key's name, a
+            # token's sub) and the user name the client's protocol gave.
             self.store.auditEvent({
                 "kind": "login_failed", "connection": connection.name,
                 "protocol": connection.protocol, "client": client,
-                "claimed": who, "reason": reason,
+                "claimed": who, "protocol_user": claimed, "reason": reason,
             })
+            who = who or claimed
             self._log.info("Login refused on {connection} from {client} "
                            "(claimed {claimed}): {reason}", connection=connection.name,
                            client=client, claimed=who, reason=reason)

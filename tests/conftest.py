@@ -2,6 +2,13 @@
 
 import pytest
 import pytest_twisted
+from hypothesis import HealthCheck, settings
+
+# Two cores shared by two xdist workers and real backends: wall-clock
+# deadlines would only measure the machine's load.
+settings.register_profile("sealgate", deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("sealgate")
 
 
 @pytest.fixture(scope="session")

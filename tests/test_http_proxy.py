@@ -1,7 +1,6 @@
 """The HTTP proxy end to end: real gateway in-process, the test app as backend, curl, treq and a WebSocket client."""
 
 import datetime
-import io
 import ipaddress
 import json
 import os
@@ -162,10 +161,13 @@ async def test_keep_alive_requests_share_one_recorded_session_and_export_as_har(
             r.stderr.count(b"Reusing existing") >= 2, r.stderr
     finally:
         await g.stop()
-    [(session, frames)] = _frames(g)
-    out = io.StringIO()
-    assert har.writeHar(frames, out, session["info"]) == 3
-    log = json.loads(out.getvalue())["log"]
+    [(session, _frames_)] = _frames(g)
+    from sealgate.cli.main import main
+
+    out = tmp_path / "session.har"
+    assert main(["export", session["id"], "--har", str(out), "--state-dir", str(g.stateDir)]) == 0
+    log = json.loads(out.read_text())["log"]
+    assert len(log["entries"]) == 3
     assert log["version"] == "1.2"
     assert [e["request"]["url"].rsplit("/", 2)[-2:] for e in log["entries"]][0] == ["echo", "one"]
     assert [e["response"]["status"] for e in log["entries"]] == [200, 404, 200]

@@ -38,7 +38,9 @@ def register(subparsers) -> None:
 
     export = subparsers.add_parser("export", parents=[common], help="write one session as a bundle")
     export.add_argument("id")
-    export.add_argument("--out", required=True, help="bundle file to write")
+    export.add_argument("--out", help="bundle file to write")
+    export.add_argument("--har", metavar="FILE",
+                        help="write an HTTP session as HAR 1.2 (opens in browser devtools)")
     export.set_defaults(handler=exportCommand)
 
     vb = subparsers.add_parser("verify-bundle", help="check an exported bundle offline")
@@ -193,6 +195,10 @@ def exportCommand(args) -> int:
     from sealgate.cli.main import CommandError
     from sealgate.recording.bundle import exportBundle
 
+    if args.har:
+        return _exportHar(args)
+    if not args.out:
+        raise CommandError("pass --out FILE (a bundle) or --har FILE (HAR 1.2 of an HTTP session)")
     out = Path(args.out)
     tmp = out.with_name(out.name + ".part")
     with _reader(args) as r:
@@ -205,6 +211,31 @@ def exportCommand(args) -> int:
     tmp.replace(out)
     print(f"wrote {out}: session {args.id}, {len(header['leaves'])} log leaves with inclusion proofs, "
           f"checkpoint at size {header['checkpoint'].split(chr(10))[1]}")
+    return 0
+
+
+def _exportHar(args) -> int:
+    from sealgate.cli.main import CommandError
+    from sealgate.protocols.http import _wire
+    from sealgate.protocols.http.har import writeHar
+
+    out = Path(args.har)
+    tmp = out.with_name(out.name + ".part")
+    with _reader(args) as r:
+        s = r.session(args.id)
+        if s is None:
+            raise CommandError(f"no session {args.id!r} in {r.stateDir}")
+        if (s["protocol"] or s["info"].get("protocol")) != "http":
+            raise CommandError(f"session {args.id} is {s['info'].get('protocol')!r}, not http: "
+                               "--har is for HTTP sessions (use --out for a bundle)")
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                n = writeHar(r.frames(args.id), f, s["info"])
+        except _wire.ProtocolError as e:
+            tmp.unlink(missing_ok=True)
+            raise CommandError(f"session {args.id} does not parse as HTTP/1.1: {e}")
+    tmp.replace(out)
+    print(f"wrote {out}: HAR 1.2, session {args.id}, {n} entries")
     return 0
 
 

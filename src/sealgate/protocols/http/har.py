@@ -16,14 +16,36 @@ _TEXT_TYPES = ("text/", "application/json", "application/xml", "application/java
                "application/problem+json", "application/x-www-form-urlencoded")
 
 
-def _payload(frame) -> bytes:
+def _payload(frame) -> bytes | None:
     for name in ("data", "payload"):
-        value = getattr(frame, name, None)
-        if value is not None:
-            return bytes(value)
+        if hasattr(frame, name):
+            value = getattr(frame, name)
+            return None if value is None else bytes(value)
     if isinstance(frame, (tuple, list)):
         return bytes(frame[-1])
     raise TypeError(f"frame without a payload: {frame!r}")
+
+
+def _filled(frames):
+    """
+    The frames with redacted payloads (None) replaced by as many "*" bytes
+    as they held (from the next frame's stream offset), so the stream still
+    parses; an unknown length yields nothing.
+    """
+    frames = list(frames)
+    nextOffset: dict[int, int | None] = {}
+    lengths = [0] * len(frames)
+    for i in range(len(frames) - 1, -1, -1):
+        f = frames[i]
+        d = getattr(f, "direction", None)
+        off = getattr(f, "offset", None)
+        if _payload(f) is None:
+            after = nextOffset.get(d)
+            lengths[i] = (after - off) if (after is not None and off is not None) else 0
+        nextOffset[d] = off
+    for f, n in zip(frames, lengths, strict=True):
+        data = _payload(f)
+        yield f, (b"*" * n if data is None else data)
 
 
 class _Message:
@@ -56,12 +78,11 @@ def exchanges(frames) -> list[_Exchange]:
     out: list[_Exchange] = []
     pendingReq: list[_Exchange] = []
     current = {FROM_CLIENT: None, TO_CLIENT: None}
-    for frame in frames:
+    for frame, data in _filled(frames):
         direction = getattr(frame, "direction", None)
         if direction is None:
             direction = frame[1]
         at = float(getattr(frame, "time", 0.0) or 0.0)
-        data = _payload(frame)
         if direction == FROM_CLIENT:
             if wsIn is not None:
                 wsIn.receive_data(data)

@@ -25,8 +25,9 @@ BACKEND_SECRET = "backend-secret-7f3a91"
 _ENV = "SEALGATE_TEST_HTTP_BACKEND_TOKEN"
 
 
-def _config(backend, extra_options: str = "", extra: str = "") -> str:
+def _config(backend, extra_options: str = "", extra: str = "", head: str = "") -> str:
     return f"""
+{head}
 [[roles]]
 name = "eng"
 groups = ["eng"]
@@ -449,3 +450,36 @@ async def test_large_download_streams_with_bounded_gateway_memory(tmp_path, http
     assert r.stdout.split()[0] == expected
     # The gateway runs in this process: its memory must not grow with the body.
     assert peak[0] - baseline < 96 << 20, (peak[0] - baseline) >> 20
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_credential_reaches_logs_recordings_exports_or_errors(tmp_path, http_backend,
+                                                                       oidc_issuer, logs):
+    g, key = await _start(tmp_path, http_backend, head=(
+        f'[identity]\noidc_issuer = "{oidc_issuer.issuer}"\noidc_audience = "sealgate"\n'))
+    token = oidc_issuer.mint("alice", ["eng"])
+    badToken = oidc_issuer.mint("mallory", ["eng"], aud="someone-else")
+    outputs = []
+    try:
+        base = f"http://127.0.0.1:{g.port('web')}"
+        for args in (["-H", f"Authorization: Bearer {token}", f"{base}/json", f"{base}/text"],
+                     ["-u", f"ci-bot:{key}", "-X", "DELETE", f"{base}/json"],
+                     ["-H", f"Authorization: Bearer {badToken}", f"{base}/json"],
+                     ["-H", f"Authorization: Bearer {key}x", f"{base}/json"],
+                     ["-H", f"Authorization: Bearer {token}", "-H", f"Cookie: sid={key}",
+                      "--data-binary", "password=hunter2", f"{base}/upload"]):
+            r = await _curl("-v", *args)
+            outputs.append(r.stdout)
+        # The first exchange proves who the gateway saw: alice from the OIDC token.
+        assert b'"name": "Ada Lovelace"' in outputs[0]
+    finally:
+        await g.stop()
+    sessions = _frames(g, 3)
+    assert sorted(s["info"]["identity"]["subject"] for s, _ in sessions) == ["alice", "alice", "ci-bot"]
+    exported = "".join(json.dumps(har.toHar(frames, s["info"])) for s, frames in sessions)
+    everything = [_storeBytes(g), exported.encode(), "\n".join(logs).encode(), *outputs]
+    for secret in (token, badToken, key, BACKEND_SECRET):
+        for blob in everything:
+            assert secret.encode() not in blob
+    # Recorded frames name the redaction instead of the cookie.
+    assert '"name": "Cookie", "value": "[redacted]"' in exported

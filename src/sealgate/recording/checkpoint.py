@@ -145,6 +145,10 @@ def openNote(note: str, verifier: Verifier) -> str:
             raise NoteError(f"signature by {name} is not base64")
         if len(raw) < 5:
             raise NoteError(f"signature by {name} is too short")
+        if base64.b64encode(raw).decode() != blob:
+            # Unused low bits of the last base64 digit: the same signature
+            # written differently is still a changed note.
+            raise NoteError(f"signature by {name} is not canonical base64 (altered)")
         if name != verifier.name or raw[:4] != verifier.keyId:
             continue
         if not verifier.verify(text.encode(), raw[4:]):

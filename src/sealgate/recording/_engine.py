@@ -246,9 +246,10 @@ class Engine:
         Seal and commit one batch of queued items.
 
         Frame items are C{(state, time, channel, direction, data)}; others
-        have six fields C{(kind, state, a, b, token, cutoff)}: C{("open",
-        state, info, ...)}, C{("event", state or None, kind, fields, ...)},
-        C{("close", state, reason, stats, token, cutoff)}.  Returns the
+        have six or seven fields C{(kind, state, a, b, token, cutoff[,
+        time])}: C{("open", state, info, ...)}, C{("event", state or None,
+        kind, fields, ...)}, C{("close", state, reason, stats, token,
+        cutoff, ...)}; without a time, the batch's time is used.  Returns the
         close items' tokens once the batch (and a checkpoint covering it) is
         durable.
 
@@ -301,17 +302,18 @@ class Engine:
                         out += (rpack(len(leaf), fmt.SALT_SIZE, n), leaf, salt, piece)
                     continue
                 kind, s = item[0], item[1]
+                at = item[6] if len(item) > 6 else now  # when it happened, not when written
                 if s is not None and s not in snaps:
                     snaps[s] = s.snapshot()
                 if kind == "open":
-                    self._open_(s, item[2], now)
+                    self._open_(s, item[2], at)
                 elif kind == "event":
                     if s is None or not (s.closed or s.dead):
-                        self._logAppend("event", s.id if s else None, now,
+                        self._logAppend("event", s.id if s else None, at,
                                         {"event": item[2], "fields": fmt.scrub(item[3])})
                 elif kind == "close":
                     if not (s.closed or s.dead):
-                        self._close_(s, item[2], item[3], now, cutoff=item[5])
+                        self._close_(s, item[2], item[3], at, cutoff=item[5])
                     tokens.append(item[4])
                     forceCheckpoint = True
                 else:

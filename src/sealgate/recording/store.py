@@ -46,14 +46,14 @@ class SessionRecording:
 
     def event(self, kind: str, fields: dict) -> None:
         if not self._closed:
-            self._queue.append(("event", self._state, kind, dict(fields), None, False))
+            self._queue.append(("event", self._state, kind, dict(fields), None, False, time.time()))
 
     def close(self, reason: str, stats: dict) -> Deferred:
         if self._closed:
             raise RuntimeError(f"recording of session {self.sessionId} is already closed")
         self._closed = True
         d = Deferred()
-        self._queue.append(("close", self._state, reason, dict(stats), d, False))
+        self._queue.append(("close", self._state, reason, dict(stats), d, False, time.time()))
         self._store._wake.set()
         return d
 
@@ -132,13 +132,13 @@ class SQLiteStore:
         if not self._running:
             raise StoreError("the recording store is not running")
         state = SessionState(sessionId)
-        self._queue.append(("open", state, dict(info), None, None, False))
+        self._queue.append(("open", state, dict(info), None, None, False, time.time()))
         return SessionRecording(self, state)
 
     def auditEvent(self, event: dict) -> None:
         event = dict(event)
         kind = str(event.pop("kind", event.pop("event", "event")))
-        self._queue.append(("event", None, kind, event, None, False))
+        self._queue.append(("event", None, kind, event, None, False, time.time()))
 
     def redact(self, sessionId: str, seq: int, reason: str, actor: str | None = None) -> Deferred:
         """Redact one frame while running (see L{Engine.redact}); fires with the event's log index."""

@@ -6,6 +6,7 @@ import mmap
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from sealgate.recording._engine import StoreError
 
@@ -246,6 +247,7 @@ def verifyBundleCommand(args) -> int:
     trusted = _trusted(args)
     try:
         with open(args.file, "rb") as f:
+            data: Any
             try:
                 data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
             except ValueError:

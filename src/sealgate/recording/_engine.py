@@ -6,6 +6,7 @@ import os
 import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
 from sealgate.recording import _format as fmt
 from sealgate.recording.checkpoint import Checkpoint, Signer, signCheckpoint
@@ -120,11 +121,12 @@ class Engine:
 
     def __init__(self, stateDir, origin: str | None, checkpointInterval: float = 1.0):
         self.stateDir = Path(stateDir)
-        self.origin = origin
+        self.origin: Any = origin
         self.checkpointInterval = checkpointInterval
-        self.db = None
-        self._lockFd = None
-        self._seg = None
+        self.db: Any = None
+        self._lockFd: int | None = None
+        self._seg: Any = None
+        self._pending: dict[str, Any] = {}
         self.sessions: dict[str, SessionState] = {}
 
     # -- opening ------------------------------------------------------------
@@ -208,7 +210,7 @@ class Engine:
             "SELECT id, size, edge, last, bytes_from_client, bytes_to_client FROM sessions "
             "WHERE closed IS NULL ORDER BY opened"
         ).fetchall()
-        cut = []
+        cut: list = []
         for sid, size, edge, last, bIn, bOut in rows:
             s = SessionState(sid)
             s.tree = CompactTree.unpack(size, edge)
@@ -280,8 +282,9 @@ class Engine:
                         if s not in snaps:
                             snaps[s] = s.snapshot()
                         rec = records[s] = (s.tree.size, [])
-                    out = rec[1]
+                    out: list = rec[1]
                     tree = s.tree
+                    pieces: Any
                     if len(data) <= fmt.MAX_FRAME:
                         pieces = (data,)
                     else:
@@ -299,7 +302,7 @@ class Engine:
                         s.last = h
                         s.offsets[direction] += n
                         s.unsealedBytes += n
-                        out += (rpack(len(leaf), fmt.SALT_SIZE, n), leaf, salt, piece)
+                        out.extend((rpack(len(leaf), fmt.SALT_SIZE, n), leaf, salt, piece))
                     continue
                 kind, s = item[0], item[1]
                 at = item[6] if len(item) > 6 else now  # when it happened, not when written

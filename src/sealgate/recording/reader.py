@@ -89,7 +89,7 @@ class StoreReader:
         Yield C{(position, leaf, salt, payload)} (memoryviews) of every stored
         frame record of a session, in storage order.
         """
-        files = {}
+        files: dict = {}
         try:
             position = 0
             for _first, _count, segment, offset, length in self.chunks(sessionId):

@@ -52,7 +52,7 @@ class SessionRecording:
         if self._closed:
             raise RuntimeError(f"recording of session {self.sessionId} is already closed")
         self._closed = True
-        d = Deferred()
+        d: Deferred = Deferred()
         self._queue.append(("close", self._state, reason, dict(stats), d, False, time.time()))
         self._store._wake.set()
         return d
@@ -93,7 +93,7 @@ class SQLiteStore:
     def start(self) -> Deferred:
         if self._thread is not None:
             raise RuntimeError("store already started")
-        d = Deferred()
+        d: Deferred = Deferred()
         self._thread = threading.Thread(target=self._run, args=(d,), name="sealgate-store", daemon=True)
         self._thread.start()
         return d
@@ -142,7 +142,7 @@ class SQLiteStore:
 
     def redact(self, sessionId: str, seq: int, reason: str, actor: str | None = None) -> Deferred:
         """Redact one frame while running (see L{Engine.redact}); fires with the event's log index."""
-        d = Deferred()
+        d: Deferred = Deferred()
         self._queue.append(("redact", None, (sessionId, seq, reason, actor), None, d, False))
         self._wake.set()
         return d

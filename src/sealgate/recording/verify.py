@@ -150,7 +150,7 @@ def verifyStore(reader, verifier: Verifier, sessionId: str | None = None, witnes
     origin = reader.origin
     if verifier.name != origin:
         report.problem(f"the key is for {verifier.name!r} but the store's origin is {origin!r}")
-    checkpoints = {}
+    checkpoints: dict = {}
     notes = [(size, note, "checkpoint at log size") for size, _t, note in reader.checkpoints()]
     notes += [(None, note, "the witnessed checkpoint") for note in witnessed]
     for size, note, what in notes:

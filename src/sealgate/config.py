@@ -96,6 +96,40 @@ class MaskingConfig:
 
 
 @attrs.frozen
+class AdminConfig:
+    """
+    The admin API's roles (identity groups) and the console's login.  Groups
+    named as C{approvers} in any rule are approvers too.
+    """
+
+    admins: tuple[str, ...] = ()
+    approvers: tuple[str, ...] = ()
+    auditors: tuple[str, ...] = ()
+    console_url: str | None = None
+    oidc_client_id: str | None = None
+    oidc_client_secret: str | None = attrs.field(default=None, repr=False)
+    login_lifetime: float = 8 * 3600.0
+
+
+NOTIFY_KINDS = ("webhook", "slack")
+NOTIFY_EVENTS = ("requested", "approved", "denied", "expired", "cancelled")
+
+
+@attrs.frozen
+class NotifyConfig:
+    """One notification target: a signed JSON webhook or a Slack incoming webhook."""
+
+    name: str
+    kind: str
+    url: str = attrs.field(repr=False)
+    secret: str | None = attrs.field(default=None, repr=False)
+    events: tuple[str, ...] = ("requested",)
+    retries: int = 5
+    backoff: float = 1.0
+    timeout: float = 10.0
+
+
+@attrs.frozen
 class ConnectionConfig:
     name: str
     protocol: str
@@ -115,6 +149,8 @@ class GatewayConfig:
     rules: tuple[Rule, ...]
     masking: MaskingConfig
     raw: Mapping[str, Any] = attrs.field(eq=False, repr=False, factory=dict)
+    admin: AdminConfig = AdminConfig()
+    notify: tuple[NotifyConfig, ...] = ()
 
     def connection(self, name: str) -> ConnectionConfig | None:
         for c in self.connections:
@@ -360,10 +396,62 @@ def parseConfig(raw: Mapping[str, Any], path: str, plugins: Mapping[str, Any]) -
     _knownConnections(m, "connections", masking.connections, names)
     m.finish()
 
+    admin = _admin(Table(top._get("admin", {}, False), Where(path, "admin")))
+    notify = []
+    for n, t in enumerate(_array(top, "notify")):
+        notify.append(_notify(Table(t, Where(path, f"notify[{n}]")), {x.name for x in notify}))
+
     top.finish()
     _checkDistinctListeners(connections)
     return GatewayConfig(path, gateway, identity, tuple(roles), tuple(connections),
-                         tuple(rules), masking, raw)
+                         tuple(rules), masking, raw, admin, tuple(notify))
+
+
+def _admin(t: Table) -> AdminConfig:
+    url = t.str("console_url")
+    if url is not None and not re.match(r"^https?://", url):
+        raise t.where.error("console_url", f"{url!r} is not an http(s) URL",
+                            'write the URL people open, e.g. "https://sealgate.example.com:8700/"')
+    admin = AdminConfig(
+        admins=t.strings("admins"), approvers=t.strings("approvers"), auditors=t.strings("auditors"),
+        console_url=url.rstrip("/") + "/" if url else None,
+        oidc_client_id=t.str("oidc_client_id"),
+        oidc_client_secret=resolveSecret(t, "oidc_client_secret", required=False),
+        login_lifetime=t.duration("login_lifetime", 8 * 3600.0),
+    )
+    t.finish()
+    return admin
+
+
+def _notify(t: Table, names: set[str]) -> NotifyConfig:
+    name = t.str("name", required=True)
+    if name in names:
+        raise t.where.error("name", f"duplicate notify name {name!r}",
+                            "give each [[notify]] entry its own name")
+    t.where = Where(t.where.path, f"{t.where.table} ({name})")
+    kind = t.str("kind", "webhook")
+    if kind not in NOTIFY_KINDS:
+        raise t.where.error("kind", f"unknown kind {kind!r}", f"use one of: {', '.join(NOTIFY_KINDS)}")
+    # A Slack webhook URL is itself a secret, so it may come from the environment or a file.
+    url = t.str("url")
+    if url is None:
+        url = resolveSecret(t, "url", required=False)
+    elif t.data.get("url_env") or t.data.get("url_file"):
+        raise t.where.error("url", "both url and url_env/url_file are set", "keep one of them")
+    if not url:
+        raise t.where.error("url", "is missing", 'add url = "https://..." (or url_env / url_file)')
+    if not re.match(r"^https?://[^/\s]+", url):
+        raise t.where.error("url", "is not an http(s) URL", 'write e.g. "https://hooks.example.com/sealgate"')
+    secret = resolveSecret(t, "secret", required=(kind == "webhook"))
+    events = t.strings("events", ("requested",))
+    for e in events:
+        if e not in NOTIFY_EVENTS:
+            raise t.where.error("events", f"unknown event {e!r}", f"use any of: {', '.join(NOTIFY_EVENTS)}")
+    cfg = NotifyConfig(name=name, kind=kind, url=url, secret=secret, events=events,
+                       retries=int(t.number("retries", 5, minimum=0)),
+                       backoff=t.duration("backoff", 1.0), timeout=t.duration("timeout", 10.0))
+    t.finish()
+    return cfg
 
 
 def _rule(t: Table, names: set[str], ruleKeys: set[str]) -> Rule:

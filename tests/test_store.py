@@ -239,3 +239,19 @@ def test_inclusion_of_a_close_leaf_in_the_checkpoint(tmp_path):
         close = r.session("s")["close_leaf"]
         verifyInclusion(close, cp.size, hashes[close], inclusionProof(hashes, close), cp.root)
         assert _format.parseLogLeaf(leaves[close])["type"] == "close"
+
+
+@pytest_twisted.ensureDeferred
+async def test_close_after_stop_fails_instead_of_hanging(tmp_path):
+    from twisted.internet import reactor
+
+    store = SQLiteStore(tmp_path, ORIGIN, reactor)
+    await store.start()
+    rec = store.openSession("late", {})
+    rec.frame(FROM_CLIENT, b"x")
+    await store.stop()
+    with pytest.raises(StoreError, match="stopped before session late closed"):
+        await rec.close("closed", {})
+    with StoreReader(tmp_path) as r:
+        assert r.session("late")["state"] == "cut off"
+        assert verifyStore(r, r.verifier()).ok

@@ -6,7 +6,7 @@ import threading
 import time
 from pathlib import Path
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -52,6 +52,9 @@ class SessionRecording:
         if self._closed:
             raise RuntimeError(f"recording of session {self.sessionId} is already closed")
         self._closed = True
+        if self._store._finished:
+            return fail(StoreError(f"the recording store stopped before session {self.sessionId} closed; "
+                                   "it is sealed as cut off at the next start"))
         d: Deferred = Deferred()
         self._queue.append(("close", self._state, reason, dict(stats), d, False, time.time()))
         self._store._wake.set()
@@ -87,6 +90,7 @@ class SQLiteStore:
         self._stopping = False
         self._problem: str | None = "the recording store is not started"
         self._stopped: Deferred | None = None
+        self._finished = False
 
     # -- life cycle ---------------------------------------------------------
 
@@ -170,7 +174,13 @@ class SQLiteStore:
             self._loop()
         finally:
             self._running = False
+            self._finished = True
             self._engine.close()
+            # Anyone still waiting on a close or a redaction hears that it did not happen.
+            while self._queue:
+                item = self._queue.popleft()
+                if len(item) > 5 and isinstance(item[4], Deferred):
+                    call(item[4].errback, StoreError("the recording store stopped first"))
             if self._stopped is not None:
                 call(self._stopped.callback, None)
 
@@ -191,9 +201,6 @@ class SQLiteStore:
                     items.append(pop())
             except IndexError:
                 pass
-            if stopping:
-                items.extend(("close", s, "cut off: the gateway stopped with the session open", {}, None, True)
-                             for s in list(engine.sessions.values()))
             try:
                 self._applyBatch(items, stopping)
             except Exception as e:
@@ -211,6 +218,13 @@ class SQLiteStore:
                     self._log.info("Recording store is writable again")
                     self._problem = None
             if stopping:
+                try:
+                    # Sessions the gateway did not end are sealed now, not at the next start.
+                    engine.apply([("close", s, "cut off: the gateway stopped with the session open",
+                                   {}, None, True) for s in list(engine.sessions.values())],
+                                 forceCheckpoint=True)
+                except Exception as e:
+                    self._log.error("Open sessions are sealed at the next start instead: {e}", e=e)
                 return
 
     def _applyBatch(self, items: list, stopping: bool) -> None:

@@ -87,6 +87,11 @@ def test_kill_9_mid_session_recovers_everything_flushed(writer):
     with pytest.raises(StoreLocked, match=f"{state / 'store.lock'} is held by process {proc.pid}"):
         Engine(state, ORIGIN).open()
 
+    # verify reads one consistent snapshot while the gateway goes on writing.
+    for _ in range(3):
+        code, out = cli("verify", "--state-dir", str(state))
+        assert code == 0, out
+
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(10)
 

@@ -19,6 +19,12 @@ def _b64(b) -> str:
 
 
 def exportBundle(reader, sessionId: str, out) -> dict:
+    """See L{_exportBundle}; everything is read as of one commit."""
+    with reader.snapshot():
+        return _exportBundle(reader, sessionId, out)
+
+
+def _exportBundle(reader, sessionId: str, out) -> dict:
     """
     Write one session as a bundle to the binary file C{out}: a JSON header
     (origin, public key, latest checkpoint, every log leaf of the session

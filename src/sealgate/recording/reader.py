@@ -1,5 +1,6 @@
 """Synchronous, read-only access to a store for the CLI, the admin API, verify and export."""
 
+import contextlib
 import json
 import sqlite3
 from pathlib import Path
@@ -30,6 +31,18 @@ class StoreReader:
 
     def close(self) -> None:
         self.db.close()
+
+    @contextlib.contextmanager
+    def snapshot(self):
+        """Read everything inside as of one commit, while the gateway goes on writing."""
+        if self.db.in_transaction:
+            yield self
+            return
+        self.db.execute("BEGIN")
+        try:
+            yield self
+        finally:
+            self.db.execute("COMMIT")
 
     def __enter__(self):
         return self

@@ -139,6 +139,12 @@ def verifyFrames(report: Report, seals: SessionSeals, records) -> tuple:
 
 
 def verifyStore(reader, verifier: Verifier, sessionId: str | None = None, witnessed=()) -> Report:
+    """See L{_verifyStore}; everything is read as of one commit."""
+    with reader.snapshot():
+        return _verifyStore(reader, verifier, sessionId, witnessed)
+
+
+def _verifyStore(reader, verifier: Verifier, sessionId, witnessed) -> Report:
     """
     Check everything in the store (or one session and the whole log), naming each broken piece.
 

@@ -255,3 +255,26 @@ async def test_close_after_stop_fails_instead_of_hanging(tmp_path):
     with StoreReader(tmp_path) as r:
         assert r.session("late")["state"] == "cut off"
         assert verifyStore(r, r.verifier()).ok
+
+
+@pytest_twisted.ensureDeferred
+async def test_bad_input_is_refused_at_the_call_and_never_stalls_the_writer(tmp_path):
+    from twisted.internet import reactor
+
+    store = SQLiteStore(tmp_path, ORIGIN, reactor)
+    await store.start()
+    rec = store.openSession("s", {"client": object(), "ratio": float("nan"), 3: "int key"})
+    with pytest.raises(ValueError):
+        rec.frame(2, b"x")
+    with pytest.raises(ValueError):
+        rec.frame(0, b"x", channel=-1)
+    rec.event("command", {"weird": {1, 2}, "inf": float("inf")})
+    rec.frame(0, memoryview(b"ok"))
+    await rec.close("done", {})
+    assert store.healthy() is None
+    await store.stop()
+    with StoreReader(tmp_path) as r:
+        assert [f.data for f in r.frames("s")] == [b"ok"]
+        info = r.session("s")["info"]
+        assert info["ratio"] == "nan" and info["3"] == "int key"
+        assert r.events("s")[1]["fields"]["inf"] == "inf"

@@ -104,11 +104,11 @@ class SessionState:
 
     def snapshot(self):
         return (self.tree.copy(), self.last, list(self.offsets), self.sealed, self.sealedAt,
-                self.unsealedBytes, self.closed)
+                self.unsealedBytes, self.closed, self.dead)
 
     def restore(self, snap) -> None:
         (self.tree, self.last, self.offsets, self.sealed, self.sealedAt, self.unsealedBytes,
-         self.closed) = snap
+         self.closed, self.dead) = snap
 
 
 class Engine:
@@ -313,10 +313,10 @@ class Engine:
                 elif kind == "event":
                     if s is None or not (s.closed or s.dead):
                         self._logAppend("event", s.id if s else None, at,
-                                        {"event": item[2], "fields": fmt.scrub(item[3])})
+                                        {"event": str(item[2]), "fields": fmt.scrub(item[3])})
                 elif kind == "close":
                     if not (s.closed or s.dead):
-                        self._close_(s, item[2], item[3], at, cutoff=item[5])
+                        self._close_(s, str(item[2]), item[3], at, cutoff=item[5])
                     tokens.append(item[4])
                     forceCheckpoint = True
                 else:

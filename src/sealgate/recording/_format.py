@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import math
 import re
 import struct
 
@@ -120,7 +121,9 @@ def scrub(fields):
         }
     if isinstance(fields, (list, tuple)):
         return [scrub(v) for v in fields]
-    if fields is None or isinstance(fields, (str, int, float, bool)):
+    if fields is None or isinstance(fields, (str, int, bool)):
+        return fields
+    if isinstance(fields, float) and math.isfinite(fields):
         return fields
     return str(fields)
 

@@ -40,6 +40,9 @@ class SessionRecording:
     def frame(self, direction: int, data: bytes, channel: int = 0) -> None:
         if self._closed or not data:
             return
+        if direction not in (0, 1) or not 0 <= channel <= 0xFFFFFFFF:
+            # Checked here: one bad frame in a batch must not stall the writer.
+            raise ValueError(f"frame direction {direction!r} / channel {channel!r} out of range")
         if type(data) is not bytes:
             data = bytes(data)  # the caller may reuse its buffer
         self._queue.append((self._state, time.time(), channel, direction, data))

@@ -73,8 +73,8 @@ class BackendTransport(transport.SSHClientTransport):
     def connectionLost(self, reason):
         super().connectionLost(reason)
         self.factory.fail(BackendError("the backend closed the connection during login"))
-        if self.factory.connection is not None:
-            self.factory.connection.backendLost()
+        if self.factory.connection is not None and self.factory.avatar is not None:
+            self.factory.avatar.backendLost()
 
 
 class BackendAuth(userauth.SSHUserAuthClient):

@@ -132,7 +132,7 @@ class UserAuthServer(userauth.SSHUserAuthServer):
 
     _log = Logger()
     protocolMessages = dict(userauth.SSHUserAuthServer.protocolMessages)
-    protocolMessages[MSG_USERAUTH_INFO_RESPONSE] = b"MSG_USERAUTH_INFO_RESPONSE"
+    protocolMessages[MSG_USERAUTH_INFO_RESPONSE] = "MSG_USERAUTH_INFO_RESPONSE"
     interfaceToMethod = dict(userauth.SSHUserAuthServer.interfaceToMethod)
 
     def serviceStarted(self):
@@ -229,6 +229,7 @@ class GatewayUser(avatar.ConchUser):
         self.failure: str | None = None
         self._ended = False
         self._waiters: list[defer.Deferred] = []
+        self.factory.users.add(self)
         connectBackend(self.reactor, connectionConfig, self).addCallbacks(
             self._backendUp, self._backendDown)
 
@@ -321,6 +322,7 @@ class GatewayUser(avatar.ConchUser):
 
     def logout(self):
         self._ended = True
+        self.factory.users.discard(self)
         if self.backendConn is not None and self.backendConn.transport is not None:
             self.backendConn.transport.loseConnection()
         self.session.end("client disconnected")
@@ -364,6 +366,8 @@ class GatewaySSHFactory(factory.SSHFactory):
         self.hostKeys = hostKeys
         self.keys = keyStore
         self.portal = None
+        #: Live L{GatewayUser}s (one per authenticated client connection).
+        self.users: set = set()
 
     def connectionNamed(self, name: str):
         c = self.gateway.config.connection(name)

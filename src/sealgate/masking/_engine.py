@@ -6,7 +6,7 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from sealgate.masking._detectors import DETECTORS, Detector, Span
+from sealgate.masking._detectors import DETECTORS, Detector, Probe, Span
 
 #: What a redacted column or JSON field's value becomes (its length is not kept).
 REDACTED = "********"
@@ -83,11 +83,12 @@ class Masker:
 
     # -- text -----------------------------------------------------------------
 
-    def spans(self, text: str, pos: int = 0) -> list[Span]:
+    def spans(self, text: str, pos: int = 0, raw: bytes | None = None) -> list[Span]:
         """Every detector's spans in C{text} from C{pos} (unsorted)."""
         out: list[Span] = []
+        probe = Probe(text, raw)
         for d in self.detectors:
-            if d.prefilter is None or d.prefilter(text):
+            if d.prefilter(probe):
                 out.extend(d.scan(text, pos))
         return out
 
@@ -106,7 +107,7 @@ class Masker:
         if not self.detectors or not data:
             return data
         text = data.decode("utf-8", "surrogateescape")
-        spans = self.spans(text)
+        spans = self.spans(text, 0, data)
         if not spans:
             return data
         return applySpans(text, spans).encode("utf-8", "surrogateescape")
@@ -182,7 +183,24 @@ class Masker:
         except (ValueError, RecursionError) as e:
             raise MaskingFailed(f"JSON body does not parse: {type(e).__name__} at "
                                 f"position {getattr(e, 'pos', '?')}") from None
-        return _JsonRewriter(self, text).run()
+        # Detectors run once over the whole document: masks only ever put
+        # '*' over value characters, never over quotes or punctuation, and a
+        # key next to its value is seen too ("aws_secret_access_key": "...").
+        spans = self.spans(text) if self.detectors else []
+        masked = applySpans(text, spans) if spans else text
+        walk = bool(self.detectors) and "\\" in text   # escapes can hide a value
+        if not walk and self._namesRe is not None:
+            walk = any(self.columnMasked(json.loads(f'"{k}"') if "\\" in k else k)
+                       for k in set(_KEYS.findall(text)) if k)
+        if not walk:
+            if masked is text:
+                return text
+            try:
+                json.loads(masked)
+                return masked
+            except ValueError:
+                pass    # a number was masked: it must become a string
+        return _JsonRewriter(self, text, masked).run()
 
     # -- streams and bodies --------------------------------------------------------
 
@@ -203,15 +221,22 @@ class Masker:
 # JSON tokens in a document already known to be valid: strings, punctuation,
 # and bare words (numbers, true, false, null).
 _TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[{}\[\],:]|[^\s{}\[\],:"]+', re.S)
-_NUMBER_HIT = re.compile(r"\d")
+
+
+_KEYS = re.compile(r'"((?:[^"\\]|\\.)*)"\s*:|"(?:[^"\\]|\\.)*"', re.S)
 
 
 class _JsonRewriter:
-    """One pass over a valid JSON text rewriting only what must change."""
+    """
+    One pass over a valid JSON text rewriting only what must change:
+    redacted names' values, strings and numbers the document-wide masking
+    changed, escaped strings (masked after decoding).
+    """
 
-    def __init__(self, masker: Masker, text: str):
+    def __init__(self, masker: Masker, text: str, masked: str):
         self.masker = masker
         self.text = text
+        self.masked = masked
 
     def run(self) -> str:
         masker, text = self.masker, self.text
@@ -259,12 +284,12 @@ class _JsonRewriter:
                     expectKey = False
                     key = json.loads(tok) if "\\" in tok else tok[1:-1]
                     redactNext = masker.columnMasked(key)
-                    new = self._string(tok, key)
+                    new = self._string(tok, key, m)
                 elif redactNext:
                     redactNext = False
                     new = f'"{REDACTED}"'
                 else:
-                    new = self._string(tok, None)
+                    new = self._string(tok, None, m)
                 if new is not None:
                     out.append(text[last:m.start()])
                     out.append(new)
@@ -276,8 +301,8 @@ class _JsonRewriter:
                         out.append(text[last:m.start()])
                         out.append(f'"{REDACTED}"')
                         last = m.end()
-                elif masker.detectors and _NUMBER_HIT.search(tok):
-                    masked = masker.maskText(tok)
+                elif masker.detectors:
+                    masked = self.masked[m.start():m.end()]
                     if masked != tok:
                         out.append(text[last:m.start()])
                         out.append(json.dumps(masked))
@@ -287,16 +312,14 @@ class _JsonRewriter:
         out.append(text[last:])
         return "".join(out)
 
-    def _string(self, tok: str, decoded: str | None) -> str | None:
+    def _string(self, tok: str, decoded: str | None, m: re.Match) -> str | None:
         masker = self.masker
         if not masker.detectors:
             return None
         if "\\" not in tok:
-            # No escapes: the token's inside is the value itself, and
-            # masking only puts '*' over ASCII characters, so it stays valid.
-            inner = tok[1:-1]
-            masked = masker.maskText(inner)
-            return None if masked == inner else f'"{masked}"'
+            # No escapes: the document-wide masking of the token stands.
+            masked = self.masked[m.start():m.end()]
+            return None if masked == tok else masked
         value = json.loads(tok) if decoded is None else decoded
         masked = masker.maskText(value)
         # ensure_ascii: an escaped lone surrogate must stay escaped.

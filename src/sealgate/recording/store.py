@@ -2,6 +2,7 @@
 
 import collections
 import errno
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -212,6 +213,7 @@ class SQLiteStore:
                 self._failed(e)
                 if stopping:
                     self._log.error("Stopping with {n} unrecorded items: {e}", n=len(items), e=e)
+                    queue.extendleft(reversed(items))  # their waiters are told on the way out
                     return
                 time.sleep(min(1.0, self.checkpointInterval))
                 continue
@@ -252,7 +254,9 @@ class SQLiteStore:
                 self.reactor.callFromThread(d.callback, None)
 
     def _failed(self, e: Exception) -> None:
-        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        if (isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)) or (
+            isinstance(e, sqlite3.OperationalError) and "full" in str(e)
+        ):
             reason = "the recording store's disk is full; sessions cannot be recorded"
         else:
             reason = "the recording store cannot write; sessions cannot be recorded"

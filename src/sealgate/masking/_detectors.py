@@ -464,6 +464,20 @@ def _pemTail(text: str, lo: int) -> int | None:
 
 # -- the table -----------------------------------------------------------------
 
+#: No value of any detector is shorter than this (a@b.cd is 6, the rest 9+).
+MIN_VALUE = 6
+_DIGIT = re.compile(r"[0-9]")
+_AWS_ID_PRE_STR = re.compile("A(?:%s)" % "|".join(p[1:] for p in _AWS_PREFIXES))
+
+
+def suspect(text: str, pos: int) -> bool:
+    """Whether C{text[pos:]} has something every value has (a digit, '@', ...)."""
+    if pos:
+        text = text[pos:]
+    return ("@" in text or _DIGIT.search(text) is not None or "eyJ" in text
+            or "PRIVATE KEY" in text or ("A" in text and _AWS_ID_PRE_STR.search(text) is not None)
+            or "secret" in text.lower())
+
 DETECTORS: dict[str, Detector] = {
     d.name: d
     for d in (

@@ -170,3 +170,19 @@ def test_compact_tree_matches_full_tree(leaves):
         t.append(x)
         assert len(t.edge) == bin(t.size).count("1")
     assert t.root() == merkle.rootOf(merkle.leafHash(x) for x in leaves)
+
+
+@pytest.mark.parametrize("n", [1023, 1024, 1025, 2049, 3000])
+def test_large_trees_every_leaf_proves_and_a_flipped_proof_fails(n):
+    hashes = _tree(n)
+    levels = merkle.Levels(hashes)
+    root = levels.root()
+    for index in range(0, n, 7):
+        proof = levels.inclusionProof(index)
+        merkle.verifyInclusion(index, n, hashes[index], proof, root)
+        if proof:
+            with pytest.raises(merkle.ProofError):
+                merkle.verifyInclusion(index, n, hashes[index], proof[:-1] + [_flip(proof[-1], index % 256)], root)
+    for m in (1, n // 3, n - 1, n):
+        proof = merkle.consistencyProof(hashes, m)
+        merkle.verifyConsistency(m, n, merkle.rootOf(hashes[:m]), root, proof)

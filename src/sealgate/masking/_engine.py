@@ -67,6 +67,7 @@ class Masker:
 
     def __init__(self, detectors: Iterable[str] = (), columns: Iterable[str] = (),
                  jsonFields: Iterable[str] = ()):
+        detectors = tuple(detectors)
         self.detectors: tuple[Detector, ...] = tuple(DETECTORS[n] for n in DETECTORS
                                                      if n in set(detectors))
         unknown = set(detectors) - set(DETECTORS)

@@ -63,10 +63,21 @@ username = "{sshd.user}"
 private_key_file = "{sshd.clientKey}"
 known_hosts = "{unknown}"
 
+[[connections]]
+name = "fwd"
+protocol = "ssh"
+listen = "tcp:0:interface=127.0.0.1"
+backend = "{sshd.endpoint}"
+[connections.options]
+username = "{sshd.user}"
+private_key_file = "{sshd.clientKey}"
+known_hosts = "{sshd.knownHosts}"
+allow_port_forwarding = true
+
 [[roles]]
 name = "ops"
 groups = ["ops"]
-connections = ["web-1", "spoofed", "unknown-host"]
+connections = ["web-1", "spoofed", "unknown-host", "fwd"]
 
 [[rules]]
 name = "no-rm"
@@ -96,6 +107,7 @@ class Env:
 
     def __init__(self, sshd, gw, tmp: Path, userKey: Path):
         self.sshd, self.gw, self.tmp, self.userKey = sshd, gw, tmp, userKey
+        self.opened: list[tuple[str, str]] = []
         self.knownHosts = tmp / "gateway_known_hosts"
         pub = (gw.stateDir / "ssh" / "ssh_host_ed25519_key.pub").read_text().split()[:2]
         self.knownHosts.write_text("".join(
@@ -104,10 +116,11 @@ class Env:
     def port(self, conn="web-1") -> int:
         return self.gw.port(conn)
 
-    def sshArgs(self, conn="web-1", key=None, extra=(), logLevel="ERROR") -> list[str]:
+    def sshArgs(self, conn="web-1", key=None, extra=(), logLevel="ERROR",
+                batch=True) -> list[str]:
         return ["ssh", "-F", "/dev/null", "-p", str(self.port(conn)),
                 "-i", str(key or self.userKey), "-o", "IdentitiesOnly=yes",
-                "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
+                "-o", f"BatchMode={'yes' if batch else 'no'}", "-o", "StrictHostKeyChecking=yes",
                 "-o", f"UserKnownHostsFile={self.knownHosts}",
                 "-o", "GlobalKnownHostsFile=/dev/null", "-o", "ConnectTimeout=10",
                 "-o", f"LogLevel={os.environ.get('SG_SSH_LOGLEVEL', logLevel)}", *extra, f"{conn}@127.0.0.1"]
@@ -117,10 +130,10 @@ class Env:
         args = self.sshArgs(key=key)[5:-1]
         return ["-P", str(self.port()), "-F", "/dev/null"] + args
 
-    def run(self, argv, input=None, timeout=60):
+    def run(self, argv, input=None, timeout=60, environ=None):
         """Run a client off the reactor thread (the gateway runs on it)."""
         return threads.deferToThread(subprocess.run, argv, input=input, capture_output=True,
-                                     timeout=timeout)
+                                     timeout=timeout, env=environ)
 
     def ssh(self, *command, conn="web-1", input=None, **kw):
         return self.run(self.sshArgs(conn, **kw) + list(command), input=input)
@@ -142,14 +155,27 @@ if os.environ.get("SG_DEBUG"):
     globalLogPublisher.addObserver(textFileLogObserver(sys.stderr))
 
 
+LOGGED: list[str] = []
+
+
+def _collectLog(event) -> None:
+    from twisted.logger import formatEvent
+
+    LOGGED.append(formatEvent(event) or "")
+    if "log_failure" in event:
+        LOGGED.append(event["log_failure"].getTraceback())
+
+
 @pytest.fixture(scope="module")
 def env(sshd, tmp_path_factory):
     from twisted.internet import defer
+    from twisted.logger import globalLogPublisher
 
     import sealgate.plugins
     from sealgate.identity.sshkeys import SSHKeyStore
     from sealgate.testing import startGateway
 
+    globalLogPublisher.addObserver(_collectLog)
     tmp = tmp_path_factory.mktemp("sshgw")
     with pytest.MonkeyPatch.context() as mp:
         # TEMPORARY until every built-in plugin module has landed.
@@ -162,8 +188,18 @@ def env(sshd, tmp_path_factory):
     userKey = _keygen(tmp / "alice")
     SSHKeyStore.forStateDir(gw.stateDir).add(
         "alice", Path(str(userKey) + ".pub").read_text(), ["ops"])
-    yield Env(sshd, gw, tmp, userKey)
+    e = Env(sshd, gw, tmp, userKey)
+    realOpen = gw.gateway.openSession
+
+    def openSession(connection, *a, **kw):
+        session = realOpen(connection, *a, **kw)
+        e.opened.append((session.id, connection.name))
+        return session
+
+    gw.gateway.openSession = openSession
+    yield e
     pytest_twisted.blockon(gw.stop())
+    globalLogPublisher.removeObserver(_collectLog)
 
 
 @pytest_twisted.ensureDeferred
@@ -196,17 +232,21 @@ def _reader(env):
 
 
 def _sessionIds(env) -> set:
-    with _reader(env) as r:
-        return {s["id"] for s in r.sessions()}
+    """Sessions the gateway opened so far (the store writes them a bit later)."""
+    return {sid for sid, _conn in env.opened}
 
 
-async def _newClosedSession(env, before: set) -> str:
-    def find():
+async def _newClosedSession(env, before: set, conn: str = "web-1") -> str:
+    new = [sid for sid, c in env.opened if sid not in before and c == conn]
+    assert len(new) == 1, new
+
+    def closed():
         with _reader(env) as r:
-            new = [s for s in r.sessions() if s["id"] not in before and s["closed"] is not None]
-        return new[0]["id"] if new else None
+            s = r.session(new[0])
+        return s is not None and s["closed"] is not None
 
-    return await _until(find)
+    await _until(closed)
+    return new[0]
 
 
 def _frames(env, sessionId):
@@ -470,3 +510,115 @@ async def test_card_number_split_across_packets_is_still_masked(env):
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith(b"card ") and r.stdout.endswith(b" end\n")
     assert b"4111" not in r.stdout
+
+
+def _askpass(env, secret: str) -> dict:
+    script = env.tmp / "askpass.sh"
+    (env.tmp / "askpass.secret").write_text(secret)
+    script.write_text(f"#!/bin/sh\ncat {env.tmp / 'askpass.secret'}\n")
+    script.chmod(0o700)
+    return {**os.environ, "SSH_ASKPASS": str(script), "SSH_ASKPASS_REQUIRE": "force",
+            "DISPLAY": ":0"}
+
+
+@pytest_twisted.ensureDeferred
+@pytest.mark.parametrize("method", ["password", "keyboard-interactive"])
+async def test_api_key_logs_in_by_password_or_keyboard_interactive(env, method):
+    apiKey = env.gw.createKey(f"ci-bot-{method}", ["ops"])
+    opts = ("-o", f"PreferredAuthentications={method}", "-o", "PubkeyAuthentication=no",
+            "-o", "NumberOfPasswordPrompts=1")
+    before = _sessionIds(env)
+    r = await env.run(env.sshArgs(extra=opts, batch=False) + ["echo as-bot"],
+                      environ=_askpass(env, apiKey), input=b"")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == b"as-bot\n"
+    sessionId = await _newClosedSession(env, before)
+    with _reader(env) as reader:
+        opened = reader.session(sessionId)
+    assert opened["info"]["identity"]["subject"] == f"ci-bot-{method}"
+    assert opened["info"]["identity"]["method"] == "apikey"
+
+    bad = await env.run(env.sshArgs(extra=opts, batch=False) + ["echo as-bot"],
+                        environ=_askpass(env, "sg_wrong_key"), input=b"")
+    assert bad.returncode == 255
+    assert b"as-bot" not in bad.stdout
+
+
+@pytest_twisted.ensureDeferred
+async def test_env_allow_list(env):
+    environ = {**os.environ, "SG_COLOR": "teal", "OTHER_VAR": "leak"}
+    r = await env.run(env.sshArgs(extra=("-o", "SendEnv=SG_COLOR OTHER_VAR"))
+                      + ['echo "[$SG_COLOR][$OTHER_VAR]"'], environ=environ)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == b"[teal][]\n"
+
+
+@pytest_twisted.ensureDeferred
+async def test_port_forwarding_only_where_enabled_and_recorded(env):
+    target = ("-W", f"127.0.0.1:{env.sshd.port}")
+    refused = await env.ssh(extra=target, logLevel="INFO", input=b"")
+    assert refused.returncode == 255
+    assert b"port forwarding is not enabled" in refused.stderr
+
+    before = _sessionIds(env)
+    r = await env.ssh(conn="fwd", extra=target, input=b"")
+    assert r.stdout.startswith(b"SSH-2.0-OpenSSH"), r.stderr
+    sessionId = await _newClosedSession(env, before, "fwd")
+    recorded = b"".join(f.data for f in _frames(env, sessionId) if f.direction == 1)
+    assert b"SSH-2.0-OpenSSH" in recorded
+
+
+@pytest_twisted.ensureDeferred
+async def test_slow_client_pauses_the_backend_instead_of_buffering(env):
+    from sealgate.protocols.ssh.relay import WINDOW
+
+    size = 64 * 1024 * 1024
+    proc = await threads.deferToThread(
+        subprocess.Popen, env.sshArgs() + [f"head -c {size} /dev/zero"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        factory = env.gw.service.ports["web-1"].factory
+        # The client reads nothing: its window (2 MiB in OpenSSH) fills up,
+        # then ours towards the backend stops being replenished.
+        def paused():
+            for user in factory.users:
+                for chan in user.transport.service.channels.values():
+                    if chan.peer is not None and chan.peer.inputPaused:
+                        return chan
+            return None
+
+        chan = await _until(paused)
+        held = len(chan.buf) + sum(len(d) for _, d in chan.extBuf)
+        assert held <= WINDOW + 64 * 1024
+        total = 0
+        while True:
+            block = await threads.deferToThread(proc.stdout.read, 1 << 20)
+            if not block:
+                break
+            total += len(block)
+        await threads.deferToThread(proc.wait, 30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert total == size
+    assert proc.returncode == 0
+
+
+def test_no_backend_credential_in_recordings_audit_or_logs(env):
+    secret = env.sshd.clientKey.read_text()
+    pieces = [line for line in secret.splitlines() if len(line) > 20 and "PRIVATE" not in line]
+    assert pieces
+    with _reader(env) as r:
+        sessions = r.sessions()
+        assert sessions
+        blobs = [json.dumps(r.events(None))]
+        for s in sessions:
+            blobs.append(json.dumps(s["info"]))
+            blobs.append(json.dumps(r.events(s["id"])))
+            blobs.append(b"".join(f.data or b"" for f in r.frames(s["id"])).decode("latin-1"))
+    blobs.extend(LOGGED)
+    text = "\n".join(blobs)
+    assert "sealgate" in text
+    for piece in pieces:
+        assert piece not in text

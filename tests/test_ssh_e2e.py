@@ -139,22 +139,6 @@ class Env:
         return self.run(self.sshArgs(conn, **kw) + list(command), input=input)
 
 
-def _importable(plugin) -> bool:
-    try:
-        plugin._load()
-    except ImportError:
-        return False
-    return True
-
-
-if os.environ.get("SG_DEBUG"):
-    import sys
-
-    from twisted.logger import globalLogPublisher, textFileLogObserver
-
-    globalLogPublisher.addObserver(textFileLogObserver(sys.stderr))
-
-
 LOGGED: list[str] = []
 
 
@@ -171,20 +155,12 @@ def env(sshd, tmp_path_factory):
     from twisted.internet import defer
     from twisted.logger import globalLogPublisher
 
-    import sealgate.plugins
     from sealgate.identity.sshkeys import SSHKeyStore
     from sealgate.testing import startGateway
 
     globalLogPublisher.addObserver(_collectLog)
     tmp = tmp_path_factory.mktemp("sshgw")
-    with pytest.MonkeyPatch.context() as mp:
-        # TEMPORARY until every built-in plugin module has landed.
-        realP, realI = sealgate.plugins.protocolPlugins, sealgate.plugins.interceptorPlugins
-        mp.setattr(sealgate.plugins, "protocolPlugins",
-                   lambda: {k: v for k, v in realP().items() if _importable(v)})
-        mp.setattr(sealgate.plugins, "interceptorPlugins",
-                   lambda: [p for p in realI() if _importable(p)])
-        gw = pytest_twisted.blockon(defer.ensureDeferred(startGateway(_config(sshd, tmp), tmp)))
+    gw = pytest_twisted.blockon(defer.ensureDeferred(startGateway(_config(sshd, tmp), tmp)))
     userKey = _keygen(tmp / "alice")
     SSHKeyStore.forStateDir(gw.stateDir).add(
         "alice", Path(str(userKey) + ".pub").read_text(), ["ops"])

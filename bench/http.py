@@ -190,6 +190,8 @@ def main() -> None:
     ap.add_argument("--mitmdump", default=os.environ.get("MITMDUMP", "/tmp/mitmvenv/bin/mitmdump"))
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="sealgate-bench-http-"))
+    # nginx's workers run as another user: let them read the files.
+    work.chmod(0o755)
     procs = []
     try:
         nginx, bport, label = startNginx(work, args.download_mb << 20)

@@ -177,7 +177,10 @@ class BodyMasker:
     def _output(self, data: bytes) -> bytes:
         if self._chain.wantsOutput:
             try:
-                data = self._chain.output(data, content_type=self._ctype)
+                # masked=True: the masking interceptor skips what its own
+                # masker already did; other output hooks still see the body.
+                data = self._chain.output(data, content_type=self._ctype,
+                                          masked=self._masker is not None)
             except OutputRefused as e:
                 raise MaskingFailed(str(e))
         return _bytes(data)
@@ -196,8 +199,10 @@ class StorePacer:
     under C{low}.  Memory then stays bounded however fast both ends are.
     """
 
-    HIGH = 128
-    LOW = 32
+    # Items are reads of up to 64 KiB: at most ~24 MiB wait for the writer,
+    # which takes a batch every 50 ms.
+    HIGH = 384
+    LOW = 96
     POLL = 0.005
 
     def __init__(self, store, reactor):

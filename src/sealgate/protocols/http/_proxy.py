@@ -40,11 +40,11 @@ class _BackendEndpoints:
     """Every request of one connection goes to its configured endpoint (tcp, tls, unix...)."""
 
     def __init__(self, reactor, description: str):
-        self._reactor = reactor
-        self._description = description
+        # Parsed once: Agent asks for the endpoint on every request.
+        self._endpoint = endpoints.clientFromString(reactor, description)
 
     def endpointForURI(self, uri):
-        return endpoints.clientFromString(self._reactor, self._description)
+        return self._endpoint
 
 
 class Backend:

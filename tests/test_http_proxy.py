@@ -485,3 +485,38 @@ async def test_no_credential_reaches_logs_recordings_exports_or_errors(tmp_path,
             assert secret.encode() not in blob
     # Recorded frames name the redaction instead of the cookie.
     assert '"name": "Cookie", "value": "[redacted]"' in exported
+
+
+@pytest_twisted.ensureDeferred
+async def test_refused_upgrade_gets_502_and_closes_so_nothing_bypasses_the_gateway(
+        tmp_path, http_backend):
+    import socket
+
+    g, key = await _start(tmp_path, http_backend)
+    port = g.port("web")
+
+    def raw():
+        s = socket.create_connection(("127.0.0.1", port), 10)
+        s.settimeout(10)
+        upgrade = (f"GET /json HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n"
+                   "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+                   "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+        # A second request rides behind the upgrade; had the relay opened,
+        # it would reach the backend unchecked (the rules deny DELETE).
+        s.sendall(upgrade.encode() + b"DELETE /echo/x HTTP/1.1\r\nHost: x\r\n\r\n")
+        data = b""
+        while True:
+            piece = s.recv(65536)
+            if not piece:
+                break
+            data += piece
+        s.close()
+        return data
+
+    try:
+        data = await threads.deferToThread(raw)
+    finally:
+        await g.stop()
+    # The backend's 200 and its unmasked card never reach the client.
+    assert data.startswith(b"HTTP/1.1 502 Bad Gateway") and b"status 200" in data
+    assert data.count(b"HTTP/1.1 ") == 1 and b"4111" not in data

@@ -38,8 +38,9 @@ class _BackendSide(Protocol):
 class Relay:
     """
     Relays an upgraded connection.  Client bytes reach the backend only
-    after the backend answered 101: a refused upgrade ends with its
-    response, so nothing else on that connection bypasses the gateway.
+    after the backend answered 101: a refused upgrade ends with a 502 and
+    the connection closes, so nothing on it bypasses the gateway (nor its
+    masking).
     Both directions are recorded; each side's transport is the other's
     producer, so a slow reader slows the writer.
     """
@@ -84,44 +85,44 @@ class Relay:
                 return
             head, rest = self._responseHead[: end + 4], self._responseHead[end + 4:]
             self._responseHead = b""
+            self._reader.receive_data(head)
+            try:
+                first = self._reader.next_event()
+            except _wire.ProtocolError:
+                first = None
+            if not (isinstance(first, _wire.Head) and first.status == 101):
+                # The backend's own answer is not relayed: its body would
+                # bypass masking.  The client learns the status only.
+                status = first.status if isinstance(first, _wire.Head) else 0
+                self._refuse(status)
+                return
             self.session.record(TO_CLIENT, _wire.redactHead(head, self._secret))
             self.client.write(head)
-            self._reader.receive_data(head)
-            first = self._reader.next_event()
-            if isinstance(first, _wire.Head) and first.status == 101:
-                self._state = "open"
-                self.session.audit("http_upgrade", protocol="websocket")
-                self.client.registerProducer(self.backend, True)
-                self.backend.registerProducer(self.client, True)
-                for p in self._pending:
-                    self.fromClient(p)
-                self._pending = []
-            else:
-                self._state = "refused"
+            self._state = "open"
+            self.session.audit("http_upgrade", protocol="websocket")
+            self.client.registerProducer(self.backend, True)
+            self.backend.registerProducer(self.client, True)
+            for p in self._pending:
+                self.fromClient(p)
+            self._pending = []
             data = rest
             if not data:
-                return self._maybeEnd()
-        if self._state == "refused":
-            self._reader.receive_data(data)
-            self.session.record(TO_CLIENT, data)
-            self.client.write(data)
-            return self._maybeEnd()
+                return
+        if self._state != "open":
+            return
         self.session.record(TO_CLIENT, data)
         self.client.write(data)
 
-    def _maybeEnd(self) -> None:
-        if self._state != "refused":
-            return
-        try:
-            while True:
-                event = self._reader.next_event()
-                if event is _wire.NEED_DATA:
-                    return
-                if isinstance(event, _wire.End):
-                    self._close("upgrade refused by the backend")
-                    return
-        except _wire.ProtocolError:
-            self._close("backend sent a malformed response")
+    def _refuse(self, status: int) -> None:
+        self._state = "refused"
+        body = _wire.problem(502, "Upgrade refused",
+                             f"the backend answered the upgrade with status {status}")
+        response = _wire.serializeHead(b"HTTP/1.1 502 Bad Gateway", [
+            (b"Content-Type", b"application/problem+json"),
+            (b"Content-Length", b"%d" % len(body)), (b"Connection", b"close")]) + body
+        self.session.record(TO_CLIENT, response)
+        self.client.write(response)
+        self._close("upgrade refused by the backend")
 
     def clientLost(self, reason) -> None:
         self._closed = True

@@ -194,19 +194,43 @@ class Masker:
         # key next to its value is seen too ("aws_secret_access_key": "...").
         spans = self.spans(text) if self.detectors else []
         masked = applySpans(text, spans) if spans else text
-        walk = bool(self.detectors) and "\\" in text   # escapes can hide a value
-        if not walk and self._namesRe is not None:
-            walk = any(self.columnMasked(json.loads(f'"{k}"') if "\\" in k else k)
-                       for k in set(_KEYS.findall(text)) if k)
-        if not walk:
+        if "\\" not in text:
+            # Without escapes every key is a plain "..." before a colon; the
+            # token-by-token walk is only needed when escapes can hide one.
+            fast = self._redactPlain(text, masked)
+            if fast is not None:
+                return fast
+        return _JsonRewriter(self, text, masked).run()
+
+    def _redactPlain(self, text: str, masked: str) -> str | None:
+        """Redact named values in an escape-free document; None if a number got masked."""
+        out: list[str] = []
+        last = 0
+        if self._namesRe is not None:
+            decode = _DECODER.raw_decode
+            for m in _PLAIN_STRING.finditer(text):
+                if not m.group(2) or m.start() < last or not self.columnMasked(m.group(1)):
+                    continue
+                value = _SPACE.match(text, m.end()).end()
+                _obj, end = decode(text, value)
+                if text.startswith("null", value):
+                    continue
+                out.append(masked[last:value])
+                out.append(f'"{REDACTED}"')
+                last = end
+        if not out:
             if masked is text:
                 return text
+            result = masked
+        else:
+            out.append(masked[last:])
+            result = "".join(out)
+        if masked is not text:
             try:
-                json.loads(masked)
-                return masked
+                json.loads(result)
             except ValueError:
-                pass    # a number was masked: it must become a string
-        return _JsonRewriter(self, text, masked).run()
+                return None     # a number was masked: it must become a string
+        return result
 
     # -- streams and bodies --------------------------------------------------------
 
@@ -229,7 +253,11 @@ class Masker:
 _TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[{}\[\],:]|[^\s{}\[\],:"]+', re.S)
 
 
-_KEYS = re.compile(r'"((?:[^"\\]|\\.)*)"\s*:|"(?:[^"\\]|\\.)*"', re.S)
+# Without escapes a string holds no quote, so quotes pair up and matching
+# every string in order tells keys (followed by a colon) from values exactly.
+_PLAIN_STRING = re.compile(r'"([^"]*)"(\s*:)?')
+_SPACE = re.compile(r"\s*")
+_DECODER = json.JSONDecoder()
 
 
 class _JsonRewriter:

@@ -60,13 +60,36 @@ class Relay:
         self._responseHead = b""
         self._state = "head"
         self._closed = False
+        self._storePaused = False
+        self.pacer = None
+
+    MAX_PENDING = 1 << 20
 
     def fromClient(self, data: bytes) -> None:
         if self._state == "open":
             self.session.record(FROM_CLIENT, data)
             self.backend.write(data)
+            self._pace()
         elif self._state == "head":
             self._pending.append(data)
+            if sum(map(len, self._pending)) > self.MAX_PENDING:
+                self._close("client sent too much before the upgrade completed")
+
+    def _pace(self) -> None:
+        """Stop reading both sides while the recording store catches up."""
+        if self.pacer is None or self._storePaused or not self.pacer.over():
+            return
+        self._storePaused = True
+        self.client.pauseProducing()
+        self.backend.pauseProducing()
+
+        def drained(_):
+            self._storePaused = False
+            if not self._closed:
+                self.client.resumeProducing()
+                self.backend.resumeProducing()
+
+        self.pacer.drained().addCallback(drained)
 
     def backendUp(self, transport) -> None:
         self.backend = transport
@@ -112,6 +135,7 @@ class Relay:
             return
         self.session.record(TO_CLIENT, data)
         self.client.write(data)
+        self._pace()
 
     def _refuse(self, status: int) -> None:
         self._state = "refused"
@@ -149,6 +173,7 @@ def handOver(request, channel, backend, headers, session) -> None:
     pairs = [(n, v) for n, vs in headers.getAllRawHeaders() for v in vs]
     head = _wire.serializeHead(request.method + b" " + request.uri + b" HTTP/1.1", pairs)
     relay = Relay(channel, session, head, backend.options.secret_headers)
+    relay.pacer = channel.site.proxy.pacer
     client = channel.transport
     # The channel must stop reading and timing this connection: it is no
     # longer HTTP/1.1 from here on.

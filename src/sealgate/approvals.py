@@ -45,6 +45,7 @@ class Ticket:
     result: Deferred = attrs.field(factory=Deferred, repr=False)
     _timer: Any = attrs.field(default=None, repr=False)
     _audit: Any = attrs.field(default=None, repr=False)
+    _owner: Any = attrs.field(default=None, repr=False)
 
     def asDict(self) -> dict:
         return {
@@ -72,7 +73,9 @@ class Approvals:
         self._store = store
         self._keep = keep
         self.tickets: dict[str, Ticket] = {}
+        #: Called with each new ticket; C{changeListeners} with each decided one.
         self.listeners: list = []
+        self.changeListeners: list = []
 
     def request(self, session, rule, kind: str, command: str) -> Ticket:
         """Open a ticket for a held command; its C{result} fires with the verdict."""
@@ -83,17 +86,25 @@ class Approvals:
             needed=rule.approvals_needed, created=time.time(), expires=time.time() + rule.expires,
         )
         ticket._audit = getattr(session, "audit", None)
+        ticket._owner = session
         ticket._timer = self._reactor.callLater(rule.expires, self._expire, ticket)
         self.tickets[ticket.id] = ticket
         self._event(ticket, "requested", by=session.identity.subject)
-        for listener in list(self.listeners):
+        self._tell(self.listeners, ticket)
+        self._trim()
+        return ticket
+
+    def _tell(self, listeners, ticket) -> None:
+        for listener in list(listeners):
             try:
                 listener(ticket)
             except Exception:
                 # A notification failure never approves anything; it is logged.
                 self._log.failure("Approval listener failed for ticket {id}", id=ticket.id)
-        self._trim()
-        return ticket
+
+    def note(self, ticket: Ticket, what: str, **fields) -> None:
+        """Seal one more event about a ticket (e.g. C{notified}) in the log."""
+        self._event(ticket, what, **fields)
 
     def pending(self) -> list[Ticket]:
         return [t for t in self.tickets.values() if t.state == "pending"]
@@ -171,11 +182,12 @@ class Approvals:
         self._event(t, state, by=by, reason=reason)
         self._log.info("Ticket {id} {state} by {by}", id=t.id, state=state, by=by or "-")
         t.result.callback(verdict)
+        self._tell(self.changeListeners, t)
 
     def _event(self, t: Ticket, what: str, **fields) -> None:
         event = {"ticket": t.id, "state": what, "rule": t.rule, "command": t.command,
                  "requester": t.requester.subject, **fields}
-        if t._audit is not None:
+        if t._audit is not None and not getattr(t._owner, "ended", False):
             t._audit("approval", **event)
         elif self._store is not None:
             self._store.auditEvent({"kind": "approval", "session": t.sessionId, **event})

@@ -1,124 +1,202 @@
-"""The admin HTTP API: health, readiness, sessions and approval decisions (JSON)."""
+"""The admin HTTP site: health, readiness, metrics, OpenAPI, the JSON API and the console."""
 
 import json
+from pathlib import Path
 
-from twisted.internet import defer
 from twisted.logger import Logger
-from twisted.web import resource, server
+from twisted.web import resource, server, static
 
-from sealgate.approvals import ApprovalError
-from sealgate.identity import AuthenticationFailed
+from sealgate.admin._http import Authenticated, BadRequest, Leaf, NotFound, jsonBody
+from sealgate.admin.roles import ADMIN, may, require, rolesOf
 
+STATIC = Path(__file__).parent / "static"
 
-def _json(request, status: int, body) -> bytes:
-    request.setResponseCode(status)
-    request.setHeader(b"content-type", b"application/json")
-    request.setHeader(b"cache-control", b"no-store")
-    return json.dumps(body, default=str).encode() + b"\n"
+# Kept for older imports.
+_json = jsonBody
 
 
-class _Leaf(resource.Resource):
-    isLeaf = True
-
-    def __init__(self, service):
-        super().__init__()
-        self.service = service
-
-
-class Health(_Leaf):
+class Health(Leaf):
     def render_GET(self, request):
-        return _json(request, 200, {"status": "ok"})
+        return jsonBody(request, 200, {"status": "ok"})
 
 
-class Ready(_Leaf):
+class Ready(Leaf):
     def render_GET(self, request):
-        svc = self.service
+        svc = self.admin.service
         problem = None if svc.ready else "starting or stopping"
         if problem is None and svc.store is not None:
             problem = svc.store.healthy()
         if problem:
-            return _json(request, 503, {"status": "unavailable", "reason": problem})
-        return _json(request, 200, {"status": "ready"})
+            return jsonBody(request, 503, {"status": "unavailable", "reason": problem})
+        return jsonBody(request, 200, {"status": "ready"})
 
 
-class Authenticated(_Leaf):
-    """Calls C{handle(request, identity, path)} with the identity of the bearer token."""
+class Me(Authenticated):
+    """GET /api/me: who the caller is, their roles, and (console logins) the CSRF token."""
 
-    _log = Logger()
-
-    def render(self, request):
-        auth = (request.getHeader(b"authorization") or b"").decode("latin-1")
-        if not auth.lower().startswith("bearer "):
-            request.setHeader(b"www-authenticate", b"Bearer")
-            return _json(request, 401, {"error": "a bearer token (OIDC token or API key) is required"})
-        d = defer.maybeDeferred(self.service.identity.authenticate, auth[7:].strip())
-
-        def ok(identity):
-            return self.handle(request, identity, [p.decode() for p in request.postpath if p])
-
-        def done(body):
-            if not request.finished:
-                request.write(body)
-                request.finish()
-
-        def failed(f):
-            if f.check(AuthenticationFailed):
-                body = _json(request, 401, {"error": f.value.reason})
-            elif f.check(ApprovalError):
-                body = _json(request, f.value.status, {"error": str(f.value)})
-            else:
-                self._log.failure("Admin API error", f)
-                body = _json(request, 500, {"error": "internal error"})
-            done(body)
-
-        d.addCallback(ok).addCallbacks(done, failed)
-        return server.NOT_DONE_YET
+    def handle(self, request, identity, path):
+        login = self.admin.logins.get(request.getCookie(b"sealgate_login"))
+        body = {**identity.asDict(), "roles": sorted(rolesOf(identity, self.admin.service.config))}
+        if login is not None and login.identity == identity:
+            body["csrf"] = login.csrf
+            body["expires"] = login.expires
+        return jsonBody(request, 200, body)
 
 
 class ApprovalsAPI(Authenticated):
-    """GET /api/approvals; POST /api/approvals/ID/approve|deny|cancel {"reason": ...}."""
+    """
+    GET /api/approvals[?all=1]; GET /api/approvals/ID;
+    POST /api/approvals/ID/approve|deny|cancel {"reason": ...}.
+    """
+
+    def ticket(self, t) -> dict:
+        d = t.asDict()
+        d["notifications"] = self.admin.notifier.forTicket(t.id)
+        return d
 
     def handle(self, request, identity, path):
-        approvals = self.service.approvals
+        approvals = self.admin.service.approvals
+        config = self.admin.service.config
         method = request.method.decode()
+        reader = may(identity, config, "read")
         if method == "GET" and not path:
             everything = request.args.get(b"all") == [b"1"]
             tickets = approvals.tickets.values() if everything else approvals.pending()
-            return _json(request, 200, {"tickets": [t.asDict() for t in tickets]})
+            if not reader:
+                # Anyone may follow their own tickets.
+                tickets = [t for t in tickets if t.requester.subject == identity.subject]
+            return jsonBody(request, 200, {"tickets": [self.ticket(t) for t in tickets]})
         if method == "GET" and len(path) == 1:
-            return _json(request, 200, approvals.get(path[0]).asDict())
+            t = approvals.get(path[0])
+            if not reader and t.requester.subject != identity.subject:
+                require(identity, config, "read")
+            return jsonBody(request, 200, self.ticket(t))
         if method == "POST" and len(path) == 2 and path[1] in ("approve", "deny", "cancel"):
             try:
                 body = json.loads(request.content.read() or b"{}")
             except ValueError:
-                return _json(request, 400, {"error": "the body must be JSON"})
-            reason = str(body.get("reason", ""))
+                raise BadRequest("the body must be JSON")
+            if not isinstance(body, dict):
+                raise BadRequest("the body must be a JSON object")
+            reason = str(body.get("reason", ""))[:1000]
+            t = approvals.get(path[0])
+            mine = t.requester.subject == identity.subject
+            if path[1] == "cancel":
+                if not mine:
+                    require(identity, config, "cancel-any")
+                    return jsonBody(request, 200, self.ticket(self._cancelAny(t, identity, reason)))
+                return jsonBody(request, 200, self.ticket(approvals.cancel(t.id, identity, reason)))
+            if path[1] == "deny" and not reason:
+                raise BadRequest("a denial needs a reason")
+            if not mine:
+                # The requester gets the specific refusal from the tickets themselves.
+                require(identity, config, "decide")
             action = getattr(approvals, path[1])
-            return _json(request, 200, action(path[0], identity, reason).asDict())
-        return _json(request, 404, {"error": "no such endpoint"})
+            return jsonBody(request, 200, self.ticket(action(t.id, identity, reason)))
+        raise NotFound("no such endpoint")
+
+    def _cancelAny(self, t, identity, reason):
+        from sealgate.chain.verdicts import Deny
+
+        approvals = self.admin.service.approvals
+        approvals._pending(t)
+        approvals._finish(t, "cancelled", identity.subject, reason or f"cancelled by {ADMIN}",
+                          Deny(t.rule, f"cancelled by {identity.subject}"))
+        return t
 
 
-class SessionsAPI(Authenticated):
-    """GET /api/sessions: the live sessions."""
+class NotificationsAPI(Authenticated):
+    """GET /api/notifications (readers); POST /api/notifications/test (admins)."""
 
     def handle(self, request, identity, path):
-        live = [{
-            "id": s.id, "connection": s.connection.name, "protocol": s.protocol,
-            "identity": s.identity.subject, "client": s.client, "started": s.started,
-            "bytes_from_client": s.bytesFromClient, "bytes_to_client": s.bytesToClient,
-        } for s in self.service.gateway.sessions.values()]
-        return _json(request, 200, {"sessions": live})
+        config = self.admin.service.config
+        notifier = self.admin.notifier
+        if request.method == b"GET" and not path:
+            require(identity, config, "read")
+            return jsonBody(request, 200, {"targets": notifier.targets(),
+                                           "deliveries": notifier.recent()})
+        if request.method == b"POST" and path == ["test"]:
+            require(identity, config, "notify-test")
+            return jsonBody(request, 202, {"deliveries": notifier.test(identity.subject)})
+        raise NotFound("no such endpoint")
+
+
+class _Redirect(resource.Resource):
+    isLeaf = True
+
+    def __init__(self, to: bytes):
+        super().__init__()
+        self.to = to
+
+    def render(self, request):
+        request.redirect(self.to)
+        return b""
+
+
+class Admin:
+    """What the admin site's resources share: the service, logins, notifier and metrics."""
+
+    _log = Logger()
+
+    def __init__(self, service):
+        from sealgate.admin.console import Logins
+        from sealgate.admin.metrics import Metrics
+        from sealgate.admin.notify import Notifier
+
+        self.service = service
+        self.logins = Logins(self)
+        self.metrics = Metrics(self)
+        self.notifier = Notifier(self)
+
+    @property
+    def reactor(self):
+        return self.service.reactor
+
+    def baseURL(self, request=None) -> str:
+        """The console's external URL (config), else what the request used, else the admin port."""
+        configured = self.service.config.admin.console_url
+        if configured:
+            return configured
+        if request is not None:
+            host = (request.getHeader(b"host") or b"").decode("latin-1")
+            if host:
+                return f"{'https' if request.isSecure() else 'http'}://{host}/"
+        port = self.service.adminPort
+        if port is not None:
+            h = port.getHost()
+            address = h.host if h.host not in ("0.0.0.0", "::") else "127.0.0.1"
+            scheme = "https" if self.service.config.gateway.admin.startswith(("ssl:", "tls:")) else "http"
+            return f"{scheme}://{address}:{h.port}/"
+        return "/"
+
+    def stop(self) -> None:
+        self.notifier.stop()
 
 
 def makeAdminSite(service) -> server.Site:
+    from sealgate.admin import console, logapi, openapi, sessions
+
+    admin = Admin(service)
     root = resource.Resource()
-    root.putChild(b"healthz", Health(service))
-    root.putChild(b"readyz", Ready(service))
+    root.putChild(b"", _Redirect(b"/console/"))
+    root.putChild(b"healthz", Health(admin))
+    root.putChild(b"readyz", Ready(admin))
+    root.putChild(b"metrics", admin.metrics.resource())
+    root.putChild(b"openapi.json", openapi.OpenAPI(admin))
     api = resource.Resource()
     root.putChild(b"api", api)
-    api.putChild(b"approvals", ApprovalsAPI(service))
-    api.putChild(b"sessions", SessionsAPI(service))
+    api.putChild(b"me", Me(admin))
+    api.putChild(b"approvals", ApprovalsAPI(admin))
+    api.putChild(b"sessions", sessions.SessionsAPI(admin))
+    api.putChild(b"log", logapi.LogAPI(admin))
+    api.putChild(b"notifications", NotificationsAPI(admin))
+    files = static.File(str(STATIC))
+    files.indexNames = ["index.html"]
+    root.putChild(b"console", files)
+    root.putChild(b"login", console.Login(admin))
+    root.putChild(b"logout", console.Logout(admin))
     site = server.Site(root)
     site.displayTracebacks = False
     site.noisy = False
+    site.admin = admin
     return site

@@ -1,0 +1,233 @@
+"""Ticket notifications: signed JSON webhooks and Slack incoming webhooks, retried with backoff."""
+
+import hashlib
+import hmac
+import json
+import secrets
+import time
+from io import BytesIO
+
+import attrs
+from twisted.internet import defer, protocol
+from twisted.logger import Logger
+from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool
+from twisted.web.http_headers import Headers
+
+SIGNATURE_HEADER = "X-Sealgate-Signature"
+KEEP = 500
+
+
+def sign(secret: str, body: bytes) -> str:
+    """The signature header's value: C{sha256=<hex HMAC-SHA256 of the body>}."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def _slackEscape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def slackBody(ticket: dict, event: str, link: str) -> dict:
+    """A Slack incoming-webhook message: who asks for what, the (masked) command, a console link."""
+    command = ticket["command"]
+    if len(command) > 2800:
+        command = command[:2800] + "…"
+    command = _slackEscape(command).replace("```", "`\u200b``")
+    head = {
+        "requested": f"*Approval needed* — {ticket['requester']} on `{ticket['connection']}`",
+        "approved": f"*Approved* by {ticket.get('decided_by')}",
+        "denied": f"*Denied* by {ticket.get('decided_by')}",
+        "expired": "*Expired* without a decision",
+        "cancelled": f"*Cancelled* by {ticket.get('decided_by') or 'the gateway'}",
+    }.get(event, event)
+    detail = (f"ticket `{ticket['id']}` · rule `{ticket['rule']}` · approvers "
+              f"{', '.join(ticket['approvers'])} · {len(ticket['approvals'])}/{ticket['needed']} approvals")
+    if ticket.get("reason"):
+        detail += f" · reason: {_slackEscape(ticket['reason'])}"
+    return {
+        "text": f"sealgate ticket {ticket['id']} {event}: {ticket['requester']} on {ticket['connection']}",
+        "blocks": [
+            {"type": "section", "text": {"type": "mrkdwn", "text": _slackEscape(head)}},
+            {"type": "section", "text": {"type": "mrkdwn", "text": f"```{command}```"}},
+            {"type": "context", "elements": [{"type": "mrkdwn", "text": detail}]},
+            {"type": "actions", "elements": [{"type": "button", "url": link,
+                                              "text": {"type": "plain_text", "text": "Open in the console"}}]},
+        ],
+    }
+
+
+@attrs.define
+class Delivery:
+    id: str
+    target: str
+    ticket: str
+    event: str
+    state: str = "pending"  # pending -> sent | failed
+    attempts: int = 0
+    error: str | None = None
+    created: float = attrs.field(factory=time.time)
+    finished: float | None = None
+    nextAttempt: float | None = None
+
+    def asDict(self) -> dict:
+        return {"id": self.id, "target": self.target, "ticket": self.ticket, "event": self.event,
+                "state": self.state, "attempts": self.attempts, "error": self.error,
+                "created": self.created, "finished": self.finished, "next_attempt": self.nextAttempt}
+
+
+class _Discard(protocol.Protocol):
+    def __init__(self, done):
+        self.done = done
+
+    def dataReceived(self, data):
+        pass
+
+    def connectionLost(self, reason):
+        if not self.done.called:
+            self.done.callback(None)
+
+
+class Notifier:
+    """
+    Listens to the gateway's tickets and tells the configured targets.
+    Sending never blocks the reactor (twisted.web Agent) and its outcome
+    never touches the ticket's decision: a target that is down only shows up
+    as a failed delivery, in the log, the API and the console.
+    """
+
+    _log = Logger()
+
+    def __init__(self, admin, agent=None):
+        self.admin = admin
+        self._agent = agent
+        self._pool = None
+        self.deliveries: list[Delivery] = []
+        self._timers: dict[str, object] = {}
+        self._stopped = False
+        approvals = admin.service.approvals
+        approvals.listeners.append(self.ticketChanged)
+        approvals.changeListeners.append(self.ticketChanged)
+
+    @property
+    def agent(self):
+        if self._agent is None:
+            reactor = self.admin.reactor
+            # No kept-alive connections: a notification is rare, and an idle
+            # socket to a chat service is nothing to hold on to.
+            self._pool = HTTPConnectionPool(reactor, persistent=False)
+            self._agent = Agent(reactor, connectTimeout=10, pool=self._pool)
+        return self._agent
+
+    def targets(self) -> list:
+        return [{"name": t.name, "kind": t.kind, "events": list(t.events), "retries": t.retries}
+                for t in self.admin.service.config.notify]
+
+    def recent(self) -> list:
+        return [d.asDict() for d in reversed(self.deliveries)]
+
+    def forTicket(self, ticketId: str) -> list:
+        return [d.asDict() for d in self.deliveries if d.ticket == ticketId]
+
+    def ticketChanged(self, ticket) -> None:
+        if self._stopped:
+            return
+        for target in self.admin.service.config.notify:
+            if ticket.state in target.events:
+                self._start(target, ticket, ticket.state)
+
+    def test(self, by: str) -> list:
+        """Send a test message to every target (admins check the wiring)."""
+        fake = {"id": "test", "state": "requested", "requester": by, "connection": "(test)",
+                "session": None, "kind": "test", "command": "(a test notification)", "rule": "(test)",
+                "approvers": [], "needed": 1, "approvals": [], "created": time.time(),
+                "expires": time.time(), "decided_by": None, "reason": "", "decided": None}
+        return [self._start(t, None, "test", fake).asDict() for t in self.admin.service.config.notify]
+
+    def _start(self, target, ticket, event, ticketDict=None) -> Delivery:
+        d = Delivery(secrets.token_hex(6), target.name, ticketDict["id"] if ticketDict else ticket.id, event)
+        self.deliveries.append(d)
+        del self.deliveries[: max(0, len(self.deliveries) - KEEP)]
+        self._attempt(target, ticket, d, ticketDict or ticket.asDict())
+        return d
+
+    def _body(self, target, delivery, ticket: dict) -> tuple[bytes, dict]:
+        link = f"{self.admin.baseURL()}console/#ticket/{ticket['id']}"
+        if target.kind == "slack":
+            body = json.dumps(slackBody(ticket, delivery.event, link)).encode()
+        else:
+            body = json.dumps({"type": "sealgate.approval", "event": delivery.event,
+                               "delivery": delivery.id, "sent": time.time(), "ticket": ticket,
+                               "console": link}, sort_keys=True).encode()
+        headers = {"Content-Type": "application/json", "User-Agent": "sealgate",
+                   "X-Sealgate-Event": delivery.event, "X-Sealgate-Delivery": delivery.id}
+        if target.secret:
+            headers[SIGNATURE_HEADER] = sign(target.secret, body)
+        return body, headers
+
+    def _attempt(self, target, ticket, delivery, ticketDict) -> None:
+        self._timers.pop(delivery.id, None)
+        if self._stopped:
+            return
+        delivery.attempts += 1
+        delivery.nextAttempt = None
+        body, headers = self._body(target, delivery, ticketDict)
+        reactor = self.admin.reactor
+        try:
+            d = self.agent.request(b"POST", target.url.encode(),
+                                   Headers({k: [v] for k, v in headers.items()}),
+                                   FileBodyProducer(BytesIO(body)))
+        except Exception as e:  # a malformed URL fails here, synchronously
+            d = defer.fail(e)
+        d.addTimeout(target.timeout, reactor)
+
+        def answered(response):
+            done = defer.Deferred()
+            response.deliverBody(_Discard(done))
+            if not 200 <= response.code < 300:
+                raise RuntimeError(f"HTTP {response.code}")
+            return done
+
+        def sent(_):
+            delivery.state, delivery.error, delivery.finished = "sent", None, time.time()
+            self.admin.metrics.notifications.labels(target.name, "sent").inc()
+            self._log.info("Notified {target} of ticket {ticket} {event}", target=target.name,
+                           ticket=delivery.ticket, event=delivery.event)
+            if ticket is not None:
+                self.admin.service.approvals.note(ticket, "notified", by=target.name,
+                                                  event=delivery.event, attempts=delivery.attempts)
+
+        def failed(f):
+            # Never the URL: a Slack webhook URL is a credential.
+            why = f.getErrorMessage() if not f.check(defer.TimeoutError, defer.CancelledError) \
+                else f"no answer in {target.timeout:g}s"
+            delivery.error = f"{type(f.value).__name__}: {why}"[:300]
+            self.admin.metrics.notifications.labels(target.name, "error").inc()
+            if delivery.attempts <= target.retries and not self._stopped:
+                wait = target.backoff * (2 ** (delivery.attempts - 1))
+                delivery.nextAttempt = time.time() + wait
+                self._log.warn("Notification {id} to {target} failed ({why}); retry {n} in {wait}s",
+                               id=delivery.id, target=target.name, why=delivery.error,
+                               n=delivery.attempts, wait=round(wait, 3))
+                self._timers[delivery.id] = reactor.callLater(
+                    wait, self._attempt, target, ticket, delivery, ticketDict)
+                return
+            delivery.state, delivery.finished = "failed", time.time()
+            self._log.error("Notification {id} to {target} about ticket {ticket} failed after "
+                            "{n} attempt(s): {why}", id=delivery.id, target=target.name,
+                            ticket=delivery.ticket, n=delivery.attempts, why=delivery.error)
+            if ticket is not None:
+                self.admin.service.approvals.note(ticket, "notify_failed", by=target.name,
+                                                  event=delivery.event, reason=delivery.error,
+                                                  attempts=delivery.attempts)
+
+        d.addCallback(answered).addCallbacks(sent, failed)
+        d.addErrback(lambda f: self._log.failure("Notification bookkeeping failed", f))
+
+    def stop(self) -> defer.Deferred:
+        self._stopped = True
+        for timer in self._timers.values():
+            if timer.active():
+                timer.cancel()
+        self._timers.clear()
+        if self._pool is not None:
+            return self._pool.closeCachedConnections()
+        return defer.succeed(None)

@@ -1,0 +1,211 @@
+"""GET /api/sessions...: recorded sessions, their audit events, frames for replay, transcripts, verification."""
+
+import base64
+import io
+import time
+
+from sealgate.admin._http import (
+    Authenticated,
+    BadRequest,
+    NotFound,
+    intArg,
+    inThread,
+    jsonBody,
+    strArg,
+)
+from sealgate.admin.roles import require
+
+#: A transcript stops here; the frames endpoint pages through anything longer.
+TRANSCRIPT_LIMIT = 4 * 1024 * 1024
+FILTERS = ("protocol", "connection", "identity", "state", "client")
+
+
+def _subject(info: dict) -> str:
+    ident = info.get("identity")
+    if isinstance(ident, dict):
+        return str(ident.get("subject") or ident.get("name") or "")
+    return str(ident or "")
+
+
+def summary(row: dict) -> dict:
+    info = row.get("info") or {}
+    return {
+        "id": row["id"], "state": row["state"], "opened": row["opened"], "closed": row["closed"],
+        "protocol": row["protocol"] or info.get("protocol"), "connection": info.get("connection"),
+        "identity": _subject(info), "client": info.get("client"), "frames": row["size"],
+        "bytes_from_client": row["bytes_from_client"], "bytes_to_client": row["bytes_to_client"],
+        "reason": row["reason"], "root": row["root"],
+    }
+
+
+def _matches(s: dict, filters: dict, since) -> bool:
+    for key, want in filters.items():
+        have = str(s.get(key) or "")
+        if key == "identity" and want.lower() not in have.lower():
+            return False
+        if key != "identity" and have != want:
+            return False
+    return since is None or (s["opened"] or 0) >= since
+
+
+class _Paper(io.RawIOBase):
+    """A bounded write target for a plugin's replay()."""
+
+    def __init__(self, limit: int):
+        self.parts: list[bytes] = []
+        self.size = 0
+        self.limit = limit
+        self.cut = False
+
+    def writable(self):
+        return True
+
+    def write(self, data):
+        data = bytes(data)
+        if self.size + len(data) > self.limit:
+            self.cut = True
+            data = data[: max(0, self.limit - self.size)]
+        self.parts.append(data)
+        self.size += len(data)
+        return len(data)
+
+
+class SessionsAPI(Authenticated):
+    """
+    GET /api/sessions[?protocol=&connection=&identity=&state=&client=&since=&limit=];
+    GET /api/sessions/ID; /ID/frames?after=SEQ&limit=N; /ID/transcript; /ID/verify.
+    """
+
+    def handle(self, request, identity, path):
+        require(identity, self.admin.service.config, "read")
+        if request.method != b"GET":
+            raise NotFound("no such endpoint")
+        if not path:
+            return self._list(request)
+        sid = path[0]
+        if len(path) == 1:
+            live = self.admin.service.gateway.sessions.get(sid)
+            return inThread(self.admin, self._detail, sid, live).addCallback(
+                lambda d: jsonBody(request, 200, d))
+        if path[1:] == ["frames"]:
+            after = intArg(request, "after", -1, minimum=-1)
+            limit = min(intArg(request, "limit", 500, minimum=1), 5000)
+            return inThread(self.admin, self._frames, sid, after, limit).addCallback(
+                lambda d: jsonBody(request, 200, d))
+        if path[1:] == ["transcript"]:
+            return inThread(self.admin, self._transcript, sid).addCallback(self._text, request)
+        if path[1:] == ["verify"]:
+            return inThread(self.admin, self._verify, sid).addCallback(lambda d: jsonBody(request, 200, d))
+        raise NotFound("no such endpoint")
+
+    def _reader(self):
+        from sealgate.recording.reader import StoreReader
+
+        return StoreReader(self.admin.service.config.gateway.state_dir)
+
+    def _list(self, request):
+        filters = {k: v for k in FILTERS if (v := strArg(request, k))}
+        since = request.args.get(b"since")
+        try:
+            since = float(since[0]) if since else None
+        except ValueError:
+            raise BadRequest("since must be a Unix time")
+        limit = min(intArg(request, "limit", 100, minimum=1), 1000)
+        live = {s.id: (s.bytesFromClient, s.bytesToClient)
+                for s in self.admin.service.gateway.sessions.values()}
+
+        def read():
+            with self._reader() as r:
+                rows = [summary(row) for row in r.sessions()]
+            out = []
+            for s in rows:
+                if s["id"] in live:
+                    s["state"] = "live"
+                    s["bytes_from_client"], s["bytes_to_client"] = live[s["id"]]
+                if _matches(s, filters, since):
+                    out.append(s)
+                    if len(out) >= limit:
+                        break
+            return {"sessions": out}
+
+        return inThread(self.admin, read).addCallback(lambda d: jsonBody(request, 200, d))
+
+    def _detail(self, sid: str, live) -> dict:
+        with self._reader() as r:
+            row = r.session(sid)
+            events = r.events(sid) if row is not None else []
+        if row is None and live is None:
+            raise NotFound(f"no session {sid!r}")
+        if row is None:
+            # Opened a moment ago: the store's writer has not committed it yet.
+            return {"id": sid, "state": "live", "opened": live.started, "closed": None,
+                    "protocol": live.protocol, "connection": live.connection.name,
+                    "identity": live.identity.subject, "client": live.client, "frames": 0,
+                    "bytes_from_client": live.bytesFromClient, "bytes_to_client": live.bytesToClient,
+                    "reason": None, "root": None, "info": {}, "events": []}
+        s = summary(row)
+        if live is not None:
+            s["state"] = "live"
+            s["bytes_from_client"], s["bytes_to_client"] = live.bytesFromClient, live.bytesToClient
+        s["info"] = row["info"]
+        s["events"] = events
+        return s
+
+    def _frames(self, sid: str, after: int, limit: int) -> dict:
+        frames = []
+        more = False
+        with self._reader() as r:
+            if r.session(sid) is None:
+                raise NotFound(f"no session {sid!r}")
+            for f in r.frames(sid):
+                if f.seq <= after:
+                    continue
+                if len(frames) >= limit:
+                    more = True
+                    break
+                frames.append({"seq": f.seq, "time": f.time, "channel": f.channel,
+                               "direction": "client" if f.direction == 0 else "server",
+                               "data": None if f.data is None else base64.b64encode(f.data).decode()})
+        return {"frames": frames, "more": more,
+                "next": frames[-1]["seq"] if frames else after}
+
+    def _transcript(self, sid: str) -> tuple[bytes, bool]:
+        from sealgate.cli.store import transcript
+        from sealgate.plugins import protocolPlugins
+
+        paper = _Paper(TRANSCRIPT_LIMIT)
+        with self._reader() as r:
+            row = r.session(sid)
+            if row is None:
+                raise NotFound(f"no session {sid!r}")
+            plugin = protocolPlugins().get(row["protocol"] or "")
+            try:
+                render = plugin.replay if plugin is not None else None
+                if render is None:
+                    raise NotImplementedError
+                render(r.frames(sid), paper, None)
+            except (NotImplementedError, ImportError, AttributeError):
+                paper = _Paper(TRANSCRIPT_LIMIT)
+                transcript(r.frames(sid), paper, None)
+        return b"".join(paper.parts), paper.cut
+
+    def _text(self, result, request) -> bytes:
+        text, cut = result
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-store")
+        request.setHeader(b"x-content-type-options", b"nosniff")
+        if cut:
+            text += b"\n[transcript cut at 4 MiB: page through /frames for the rest]\n"
+        return text
+
+    def _verify(self, sid: str) -> dict:
+        from sealgate.recording.verify import verifyStore
+
+        started = time.monotonic()
+        with self._reader() as r:
+            if r.session(sid) is None:
+                raise NotFound(f"no session {sid!r}")
+            report = verifyStore(r, r.verifier(), sid)
+        return {"session": sid, "ok": report.ok, "problems": report.problems,
+                "warnings": report.warnings, "frames": report.frames, "log_size": report.logSize,
+                "checkpoint": report.checkpoint, "seconds": round(time.monotonic() - started, 3)}

@@ -192,6 +192,13 @@ def test_mask_json_bytes_escaped_value(masker):
     assert json.loads(out) == ["************1111 caf\u00e9"]
 
 
+def test_lone_surrogates_are_no_trouble(masker):
+    text = "\ud800 " + "x" * 300 + " 4111111111111111"
+    assert masker.maskText(text).endswith(" ************1111")
+    doc = b'{"a": "\\ud800 4111111111111111 ' + b"y" * 300 + b'"}'
+    assert json.loads(masker.maskJsonBytes(doc))["a"].startswith("\ud800 ************1111")
+
+
 @pytest.mark.parametrize("bad", [b'{"a": ', b"{'a': 1}", b"\xff\xfe{", b""])
 def test_mask_json_bytes_fails_closed(masker, bad):
     with pytest.raises(MaskingFailed) as e:

@@ -71,7 +71,9 @@ class Probe:
     @property
     def raw(self) -> bytes:
         if self._raw is None:
-            self._raw = self.text.encode("utf-8", "surrogateescape")
+            # Any lone surrogate (a JSON "\ud800" decodes to one) must not fail
+            # here; only the ASCII bytes matter to the prefilters.
+            self._raw = self.text.encode("utf-8", "surrogatepass")
         return self._raw
 
     @property

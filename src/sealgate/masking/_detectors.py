@@ -125,11 +125,26 @@ def _regexScan(rx: re.Pattern, fix: Callable[[re.Match], str | None]):
     return scan
 
 
-def _regexTail(rx: re.Pattern, span: int):
+_DIGITS = "0123456789"
+_UPPER = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+_LETTERS = _UPPER + _UPPER.lower()
+
+
+def _regexTail(rx: re.Pattern, span: int, chars: str):
+    """
+    A tail from a regex ending in C{\\Z} whose characters all come from
+    C{chars}: a candidate lies in the trailing run of those, which C{rstrip}
+    finds at C speed, so the regex is tried from there only.
+    """
     search = rx.search
 
     def tail(text: str, lo: int) -> int | None:
-        m = search(text, max(lo, len(text) - span))
+        n = len(text)
+        lo = max(lo, n - span)
+        r = lo + len(text[lo:].rstrip(chars))
+        if r == n:
+            return None
+        m = search(text, r)
         return None if m is None else m.start()
 
     return tail
@@ -389,8 +404,8 @@ def _awsScan(text: str, pos: int) -> Iterator[Span]:
     return iter(sorted(ids + secrets))
 
 
-_awsIdTail = _regexTail(_AWS_ID_TAIL, 24)
-_awsSecretTail = _regexTail(_AWS_SECRET_TAIL, 80)
+_awsIdTail = _regexTail(_AWS_ID_TAIL, 24, _UPPER + _DIGITS)
+_awsSecretTail = _regexTail(_AWS_SECRET_TAIL, 80, _LETTERS + _DIGITS + "_/+'\" \t\n\r\f\v:=>")
 
 
 def _awsTail(text: str, lo: int) -> int | None:
@@ -438,6 +453,7 @@ _PEM = re.compile(
     re.A,
 )
 _PEM_MARK_TAIL = re.compile(r"(?:-{1,5}|-----%s(?:[A-Z0-9 ]{0,40}-{0,4})?)\Z" % _prefixes(["BEGIN "]), re.A)
+_PEM_MARK_CHARS = "-" + _UPPER + _DIGITS + " "
 _B64_STAR = str.maketrans({c: "*" for c in
                            "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="})
 
@@ -451,7 +467,9 @@ def _fixPem(m: re.Match) -> str:
 def _pemTail(text: str, lo: int) -> int | None:
     n = len(text)
     found = []
-    m = _PEM_MARK_TAIL.search(text, max(lo, n - 64))
+    start = max(lo, n - 64)
+    r = start + len(text[start:].rstrip(_PEM_MARK_CHARS))
+    m = _PEM_MARK_TAIL.search(text, r) if r < n else None
     if m is not None:
         found.append(m.start())
     j = text.find("-----BEGIN ", max(lo, n - MAX_HOLD - 64))
@@ -483,13 +501,13 @@ def suspect(text: str, pos: int) -> bool:
 DETECTORS: dict[str, Detector] = {
     d.name: d
     for d in (
-        Detector("credit_card", _regexScan(_CARD, _fixCard), _regexTail(_CARD_TAIL, 40),
+        Detector("credit_card", _regexScan(_CARD, _fixCard), _regexTail(_CARD_TAIL, 40, _DIGITS + " -"),
                  _cardShape),
-        Detector("email", _scanEmail, _regexTail(_EMAIL_TAIL, 610), lambda p: "@" in p.text),
-        Detector("us_ssn", _regexScan(_SSN, _fixSsn), _regexTail(_SSN_TAIL, 12),
+        Detector("email", _scanEmail, _regexTail(_EMAIL_TAIL, 610, _LETTERS + _DIGITS + "._%+-@"), lambda p: "@" in p.text),
+        Detector("us_ssn", _regexScan(_SSN, _fixSsn), _regexTail(_SSN_TAIL, 12, _DIGITS + "-"),
                  _ssnShape),
-        Detector("iban", _regexScan(_IBAN, _fixIban), _regexTail(_IBAN_TAIL, 70), _ibanShape),
-        Detector("phone", _regexScan(_PHONE, _fixPhone), _regexTail(_PHONE_TAIL, 40),
+        Detector("iban", _regexScan(_IBAN, _fixIban), _regexTail(_IBAN_TAIL, 70, _UPPER + _DIGITS + " "), _ibanShape),
+        Detector("phone", _regexScan(_PHONE, _fixPhone), _regexTail(_PHONE_TAIL, 40, _DIGITS + " .()-+"),
                  _phoneShape),
         Detector("aws_key", _awsScan, _awsTail, _awsPrefilter),
         Detector("jwt", _regexScan(_JWT, _fixJwt), _jwtTail, lambda p: "eyJ" in p.text),

@@ -126,3 +126,13 @@ def test_har_keeps_parsing_after_a_redacted_frame():
     assert [e["request"]["url"] for e in entries] == ["http://gw/a", "http://gw/b"]
     assert [e["response"]["status"] for e in entries] == [200, 204]
     assert entries[0]["response"]["content"]["text"] == "******"
+
+
+def test_browser_login_options(monkeypatch):
+    monkeypatch.setenv("OIDC_SECRET", "client-secret-1")
+    opts = parseOptions({"browser_login": True, "oidc_client_id": "gw",
+                         "oidc_client_secret_env": "OIDC_SECRET", "session_lifetime": "1h"}, WHERE)
+    assert (opts.browser_login, opts.oidc_client_id, opts.session_lifetime) == (True, "gw", 3600.0)
+    assert opts.oidc_client_secret == "client-secret-1" and "client-secret-1" not in repr(opts)
+    with pytest.raises(ConfigError, match="oidc_scopes"):
+        parseOptions({"browser_login": True, "oidc_scopes": ["email"]}, WHERE)

@@ -15,7 +15,7 @@ from zope.interface import implementer
 
 from sealgate.chain.verdicts import Deny, Hold
 from sealgate.identity import AuthenticationFailed
-from sealgate.protocols.http import _wire
+from sealgate.protocols.http import _login, _wire
 from sealgate.protocols.http._body import BodyMasker, ResponseRelay, StorePacer, bodyMode
 from sealgate.session import FROM_CLIENT, TO_CLIENT, SessionRefused
 
@@ -168,6 +168,7 @@ class Proxy:
         self.backends = [Backend(c, self.reactor, self.pool) for c in connections]
         self.router = Router(self.backends)
         self.pacer = StorePacer(getattr(gateway, "store", None), self.reactor)
+        self.login = _login.BrowserLogin(gateway, self.reactor)
 
     # -- the pipeline ------------------------------------------------------
 
@@ -179,6 +180,16 @@ class Proxy:
             return self.problem(request, 404, "No such service",
                                 "no connection on this listener serves this host and path")
         credential = _wire.credentialFrom(request.getHeader(b"authorization"))
+        if backend.options.browser_login:
+            if path.startswith(_login.PREFIX):
+                return await self.loginRoute(request, backend, path)
+            if credential is None:
+                credential = self.login.credentialFor(request)
+            if credential is None and self.login.wantsLogin(request):
+                try:
+                    return await self.login.start(request, backend)
+                except _login.LoginFailed as e:
+                    return self.problem(request, 502, "Login unavailable", str(e))
         if credential is None:
             request.setHeader(b"www-authenticate", b'Bearer realm="sealgate", Basic realm="sealgate"')
             return self.problem(request, 401, "Authentication required",
@@ -236,6 +247,18 @@ class Proxy:
 
             return handOver(request, channel, backend, self.forwardHeaders(request, backend, True), session)
         await self.forward(request, backend, session)
+
+    async def loginRoute(self, request, backend: Backend, path: bytes) -> None:
+        try:
+            if path == _login.PREFIX + b"callback":
+                return await self.login.callback(request, backend)
+            if path == _login.PREFIX + b"logout":
+                return self.login.logout(request)
+            if path == _login.PREFIX + b"login":
+                return await self.login.start(request, backend)
+        except _login.LoginFailed as e:
+            return self.problem(request, 403, "Login failed", str(e))
+        return self.problem(request, 404, "No such page", "unknown sealgate login page")
 
     async def forward(self, request, backend: Backend, session) -> None:
         headers = self.forwardHeaders(request, backend, False)
@@ -329,6 +352,10 @@ class Proxy:
                 continue
             if low in (b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"):
                 continue
+            if low == b"cookie" and backend.options.browser_login:
+                values = _login.BrowserLogin.stripCookie(values)
+                if not values:
+                    continue
             headers.setRawHeaders(name, values)
         if not backend.options.preserve_host:
             headers.setRawHeaders(b"host", [backend.hostHeader])

@@ -29,7 +29,12 @@ class HTTPOptions:
     preserve_host: bool = False
     secret_headers: frozenset = frozenset()
     max_masked_body: int = 32 << 20
+    browser_login: bool = False
+    oidc_client_id: str = "sealgate"
+    oidc_scopes: tuple[str, ...] = ("openid", "profile", "email")
+    session_lifetime: float = 8 * 3600.0
     inject: tuple[tuple[bytes, bytes], ...] = attrs.field(default=(), repr=False)
+    oidc_client_secret: str | None = attrs.field(default=None, repr=False)
 
 
 def parseOptions(options: dict, where) -> HTTPOptions:
@@ -85,6 +90,12 @@ def parseOptions(options: dict, where) -> HTTPOptions:
             except OSError as e:
                 raise where.error(k, f"cannot read {path}: {e.strerror}",
                                   "point it at a readable PEM file")
+    browser = t.bool("browser_login", False)
+    clientSecret = resolveSecret(t, "oidc_client_secret", required=False)
+    scopes = t.strings("oidc_scopes", ("openid", "profile", "email"))
+    if browser and "openid" not in scopes:
+        raise where.error("oidc_scopes", "browser login needs the openid scope",
+                          'write oidc_scopes = ["openid", ...]')
     opts = HTTPOptions(
         hosts=tuple(h.lower() for h in t.strings("hosts")),
         path_prefix=prefix.rstrip("/") or None if prefix else None,
@@ -92,7 +103,12 @@ def parseOptions(options: dict, where) -> HTTPOptions:
         preserve_host=t.bool("preserve_host", False),
         secret_headers=frozenset(secretHeaders),
         max_masked_body=int(t.number("max_masked_body", 32 << 20, minimum=1024)),
+        browser_login=browser,
+        oidc_client_id=t.str("oidc_client_id", "sealgate"),
+        oidc_scopes=scopes,
+        session_lifetime=t.duration("session_lifetime", 8 * 3600.0),
         inject=tuple(inject),
+        oidc_client_secret=clientSecret,
     )
     t.finish()
     return opts

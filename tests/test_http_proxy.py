@@ -520,3 +520,41 @@ async def test_refused_upgrade_gets_502_and_closes_so_nothing_bypasses_the_gatew
     # The backend's 200 and its unmasked card never reach the client.
     assert data.startswith(b"HTTP/1.1 502 Bad Gateway") and b"status 200" in data
     assert data.count(b"HTTP/1.1 ") == 1 and b"4111" not in data
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_new_credential_on_a_kept_alive_connection_opens_a_new_session(tmp_path, http_backend):
+    g, key = await _start(tmp_path, http_backend)
+    other = g.createKey("deploy-bot", ["eng"])
+    try:
+        base = f"http://127.0.0.1:{g.port('web')}"
+        r = await _curl("-v", "-H", f"Authorization: Bearer {key}", f"{base}/json", "--next",
+                        "-H", f"Authorization: Bearer {other}", f"{base}/text")
+        assert b"Re-using existing connection" in r.stderr or b"Reusing existing" in r.stderr
+    finally:
+        await g.stop()
+    subjects = sorted(s["info"]["identity"]["subject"] for s, _ in _frames(g, 2))
+    assert subjects == ["ci-bot", "deploy-bot"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_malformed_request_gets_400_and_the_gateway_keeps_serving(tmp_path, http_backend):
+    import socket
+
+    g, key = await _start(tmp_path, http_backend)
+    port = g.port("web")
+
+    def garbage():
+        s = socket.create_connection(("127.0.0.1", port), 10)
+        s.settimeout(10)
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: nope\r\n\r\n")
+        data = s.recv(65536)
+        s.close()
+        return data
+
+    try:
+        assert (await threads.deferToThread(garbage)).startswith(b"HTTP/1.1 400")
+        r = await _curl("-H", f"Authorization: Bearer {key}", f"http://127.0.0.1:{port}/json")
+        assert json.loads(r.stdout)["customer"]["name"] == "Ada Lovelace"
+    finally:
+        await g.stop()

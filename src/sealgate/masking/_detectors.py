@@ -486,17 +486,23 @@ def _pemTail(text: str, lo: int) -> int | None:
 
 #: No value of any detector is shorter than this (a@b.cd is 6, the rest 9+).
 MIN_VALUE = 6
-_DIGIT = re.compile(r"[0-9]")
 _AWS_ID_PRE_STR = re.compile("A(?:%s)" % "|".join(p[1:] for p in _AWS_PREFIXES))
+# Every shape the digit detectors' prefilters look for, in one pattern.
+_SHAPES = re.compile(rb"0000(?:000000000|s000)|000s00s0000|\+0|\(000\)|000s000s0000|AA00")
 
 
 def suspect(text: str, pos: int) -> bool:
-    """Whether C{text[pos:]} has something every value has (a digit, '@', ...)."""
+    """
+    Whether C{text[pos:]} may hold any value at all: one look for short
+    texts (column values) instead of every prefilter in turn.
+    """
     if pos:
         text = text[pos:]
-    return ("@" in text or _DIGIT.search(text) is not None or "eyJ" in text
-            or "PRIVATE KEY" in text or ("A" in text and _AWS_ID_PRE_STR.search(text) is not None)
-            or "secret" in text.lower())
+    return ("@" in text or "eyJ" in text or "PRIVATE KEY" in text
+            or ("A" in text and _AWS_ID_PRE_STR.search(text) is not None)
+            or "secret" in text.lower()
+            or _SHAPES.search(text.encode("utf-8", "surrogatepass").translate(_SKELETON)) is not None)
+
 
 DETECTORS: dict[str, Detector] = {
     d.name: d

@@ -65,10 +65,17 @@ class Admin:
 
     async def written(self, sid):
         """Wait until the store's writer thread has committed the session."""
-        from twisted.internet import reactor
+        from twisted.internet import reactor, threads
+
+        from sealgate.recording.reader import StoreReader
+
+        def stored():
+            with StoreReader(self.running.stateDir) as r:
+                row = r.session(sid)
+                return row is not None and row["size"] > 0
 
         for _ in range(200):
-            if (await self.call("root", "GET", f"/api/sessions/{sid}"))[1].get("frames"):
+            if await threads.deferToThread(stored):
                 return
             await task.deferLater(reactor, 0.02, lambda: None)
         raise AssertionError(f"session {sid} never reached the store")

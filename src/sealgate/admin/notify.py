@@ -130,9 +130,10 @@ class Notifier:
     def ticketChanged(self, ticket) -> None:
         if self._stopped:
             return
+        event = "requested" if ticket.state == "pending" else ticket.state
         for target in self.admin.service.config.notify:
-            if ticket.state in target.events:
-                self._start(target, ticket, ticket.state)
+            if event in target.events:
+                self._start(target, ticket, event)
 
     def test(self, by: str) -> list:
         """Send a test message to every target (admins check the wiring)."""

@@ -56,6 +56,8 @@ def test_card_keeps_separators_and_last_four(text, expected):
     "4111 1111 1111 1112",            # Luhn fails
     "order 12345678901234567890123",  # too long to be a card
     "id 1234",
+    "ts 1732619000125",               # Luhn-valid, but a millisecond timestamp: no issuer
+    "x 2220000000000000",             # Luhn-valid, below the Mastercard 2-series
 ])
 def test_card_lookalikes_stay(text):
     assert only("credit_card").maskText(text) == text

@@ -213,9 +213,21 @@ def _maskCardDigits(s: str) -> str:
     return "".join(out)
 
 
+def _issuerOk(digits: str) -> bool:
+    """
+    Card networks' number ranges (Visa 4, Mastercard 51-55 and 2221-2720,
+    Amex/Diners/JCB 3, Maestro/Discover/UnionPay 5 and 6): keeps 13-digit
+    millisecond timestamps (17...) and such from passing as cards.
+    """
+    d = digits[0]
+    return d in "3456" or (d == "2" and 2221 <= int(digits[:4]) <= 2720)
+
+
 def _fixCard(m: re.Match) -> str | None:
     s = m.group()
     digits = s.replace(" ", "").replace("-", "")
+    if not _issuerOk(digits):
+        return None
     if luhnValid(digits):
         return _maskCardDigits(s)
     if len(digits) == 19 and not s.isdigit() and luhnValid(digits[:16]):
@@ -452,7 +464,8 @@ _PEM = re.compile(
     r"(?:-----END [A-Z0-9 ]{0,40}PRIVATE KEY-----|(?!%s))" % (_PEM_CLASS, _PEM_CLASS),
     re.A,
 )
-_PEM_MARK_TAIL = re.compile(r"(?:-{1,5}|-----%s(?:[A-Z0-9 ]{0,40}-{0,4})?)\Z" % _prefixes(["BEGIN "]), re.A)
+_PEM_MARK_TAIL = re.compile(r"(?:-{1,5}|-----%s(?:[A-Z0-9 ]{0,40}-{0,4})?)\Z"
+                            % _prefixes(["BEGIN "]), re.A)
 _PEM_MARK_CHARS = "-" + _UPPER + _DIGITS + " "
 _B64_STAR = str.maketrans({c: "*" for c in
                            "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="})
@@ -501,20 +514,24 @@ def suspect(text: str, pos: int) -> bool:
     return ("@" in text or "eyJ" in text or "PRIVATE KEY" in text
             or ("A" in text and _AWS_ID_PRE_STR.search(text) is not None)
             or "secret" in text.lower()
-            or _SHAPES.search(text.encode("utf-8", "surrogatepass").translate(_SKELETON)) is not None)
+            or _SHAPES.search(text.encode("utf-8", "surrogatepass").translate(_SKELETON))
+            is not None)
 
 
+_NUMERIC = _DIGITS + " -"
 DETECTORS: dict[str, Detector] = {
     d.name: d
     for d in (
-        Detector("credit_card", _regexScan(_CARD, _fixCard), _regexTail(_CARD_TAIL, 40, _DIGITS + " -"),
+        Detector("credit_card", _regexScan(_CARD, _fixCard), _regexTail(_CARD_TAIL, 40, _NUMERIC),
                  _cardShape),
-        Detector("email", _scanEmail, _regexTail(_EMAIL_TAIL, 610, _LETTERS + _DIGITS + "._%+-@"), lambda p: "@" in p.text),
+        Detector("email", _scanEmail, _regexTail(_EMAIL_TAIL, 610, _LETTERS + _DIGITS + "._%+-@"),
+                 lambda p: "@" in p.text),
         Detector("us_ssn", _regexScan(_SSN, _fixSsn), _regexTail(_SSN_TAIL, 12, _DIGITS + "-"),
                  _ssnShape),
-        Detector("iban", _regexScan(_IBAN, _fixIban), _regexTail(_IBAN_TAIL, 70, _UPPER + _DIGITS + " "), _ibanShape),
-        Detector("phone", _regexScan(_PHONE, _fixPhone), _regexTail(_PHONE_TAIL, 40, _DIGITS + " .()-+"),
-                 _phoneShape),
+        Detector("iban", _regexScan(_IBAN, _fixIban),
+                 _regexTail(_IBAN_TAIL, 70, _UPPER + _DIGITS + " "), _ibanShape),
+        Detector("phone", _regexScan(_PHONE, _fixPhone),
+                 _regexTail(_PHONE_TAIL, 40, _DIGITS + " .()-+"), _phoneShape),
         Detector("aws_key", _awsScan, _awsTail, _awsPrefilter),
         Detector("jwt", _regexScan(_JWT, _fixJwt), _jwtTail, lambda p: "eyJ" in p.text),
         Detector("private_key", _regexScan(_PEM, _fixPem), _pemTail,

@@ -577,3 +577,16 @@ async def test_malformed_request_gets_400_and_the_gateway_keeps_serving(tmp_path
         assert json.loads(r.stdout)["customer"]["name"] == "Ada Lovelace"
     finally:
         await g.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_multipart_upload_is_forwarded_as_bytes(tmp_path, http_backend):
+    g, key = await _start(tmp_path, http_backend)
+    (tmp_path / "a.txt").write_text("hello form")
+    try:
+        r = await _curl("-H", f"Authorization: Bearer {key}", "-F", f"file=@{tmp_path / 'a.txt'}",
+                        "-F", "note=x", f"http://127.0.0.1:{g.port('web')}/echo/form")
+        doc = json.loads(r.stdout)
+        assert doc["method"] == "POST" and "hello form" in doc["body"] and 'name="note"' in doc["body"]
+    finally:
+        await g.stop()

@@ -146,8 +146,11 @@ class ProxySite(server.Site):
     protocol = _channelFactory
     noisy = False
 
-    def __init__(self, proxy, reactor):
-        super().__init__(None, requestFactory=ProxyRequest, reactor=reactor)
+    def __init__(self, proxy, reactor, idleTimeout: float):
+        # An idle kept-alive connection holds its session open: close it.
+        # Bodies are forwarded as bytes: never parse uploaded forms here.
+        super().__init__(None, requestFactory=ProxyRequest, reactor=reactor,
+                         timeout=idleTimeout, parsePOSTFormSubmission=False)
         self.proxy = proxy
 
     def log(self, request):
@@ -462,7 +465,7 @@ class _Discard(Protocol):
 def buildListener(connections, gateway):
     """The listening factory for every http connection sharing one listen string."""
     proxy = Proxy(connections, gateway)
-    site = ProxySite(proxy, gateway.reactor)
+    site = ProxySite(proxy, gateway.reactor, max(c.options.idle_timeout for c in connections))
     tls = next((c.options for c in connections if c.options.tls_cert), None)
     if tls is None:
         return site

@@ -33,6 +33,7 @@ class HTTPOptions:
     oidc_client_id: str = "sealgate"
     oidc_scopes: tuple[str, ...] = ("openid", "profile", "email")
     session_lifetime: float = 8 * 3600.0
+    idle_timeout: float = 120.0
     inject: tuple[tuple[bytes, bytes], ...] = attrs.field(default=(), repr=False)
     oidc_client_secret: str | None = attrs.field(default=None, repr=False)
 
@@ -107,6 +108,7 @@ def parseOptions(options: dict, where) -> HTTPOptions:
         oidc_client_id=t.str("oidc_client_id", "sealgate"),
         oidc_scopes=scopes,
         session_lifetime=t.duration("session_lifetime", 8 * 3600.0),
+        idle_timeout=t.duration("idle_timeout", 120.0),
         inject=tuple(inject),
         oidc_client_secret=clientSecret,
     )

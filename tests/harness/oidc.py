@@ -50,9 +50,22 @@ class _Issuer(resource.Resource):
             doc = self.owner.discovery()
         elif path == base + "/jwks":
             doc = self.owner.jwks()
+        elif path == base + "/authorize":
+            return self.owner.authorize(request)
         else:
             request.setResponseCode(404)
             return b"not found\n"
+        request.setHeader(b"content-type", b"application/json")
+        return json.dumps(doc).encode()
+
+    def render_POST(self, request):
+        path = request.path.decode()
+        self.owner.requests.append(path)
+        if path != self.owner.path.rstrip("/") + "/token":
+            request.setResponseCode(404)
+            return b"not found\n"
+        status, doc = self.owner.token({k.decode(): v[0].decode() for k, v in request.args.items()})
+        request.setResponseCode(status)
         request.setHeader(b"content-type", b"application/json")
         return json.dumps(doc).encode()
 
@@ -78,6 +91,10 @@ class OIDCIssuer:
         self.requests: list[str] = []
         self._port = None
         self._hidden: dict[str, Any] = {}
+        #: Who the test-only authorization endpoint logs in, without asking
+        #: (C{None}: it refuses with C{error=access_denied}).
+        self.loginAs: tuple[str, tuple[str, ...]] | None = ("alice", ("eng",))
+        self._codes: dict[str, dict] = {}
         for kind in ("RSA", "EC", "OKP"):
             self.addKey(kind)
 
@@ -110,6 +127,9 @@ class OIDCIssuer:
         return {
             "issuer": self.issuer,
             "jwks_uri": self.issuer + "/jwks",
+            "authorization_endpoint": self.issuer + "/authorize",
+            "token_endpoint": self.issuer + "/token",
+            "code_challenge_methods_supported": ["S256"],
             "id_token_signing_alg_values_supported": ["RS256", "ES256", "EdDSA"],
             "response_types_supported": ["code"],
             "subject_types_supported": ["public"],
@@ -117,6 +137,42 @@ class OIDCIssuer:
 
     def jwks(self) -> dict:
         return {"keys": [k.as_dict(private=False) for k in self.keys.values()]}
+
+    # -- authorization code + PKCE (test-only: no login form, no consent) ----
+
+    def authorize(self, request) -> bytes:
+        """Log C{loginAs} in at once and send the browser back with a code."""
+        from urllib.parse import urlencode
+
+        args = {k.decode(): v[0].decode() for k, v in request.args.items()}
+        redirect = args.get("redirect_uri", "")
+        if (args.get("response_type") != "code" or args.get("code_challenge_method") != "S256"
+                or not args.get("code_challenge") or not redirect.startswith("http")):
+            request.setResponseCode(400)
+            return b"bad authorization request\n"
+        if self.loginAs is None:
+            query = {"error": "access_denied", "state": args.get("state", "")}
+        else:
+            code = secrets.token_urlsafe(16)
+            self._codes[code] = {**args, "user": self.loginAs}
+            query = {"code": code, "state": args.get("state", "")}
+        request.redirect((redirect + "?" + urlencode(query)).encode())
+        return b""
+
+    def token(self, form: dict) -> tuple[int, dict]:
+        """Exchange a code once, checking the PKCE verifier, client and redirect URI."""
+        import hashlib
+
+        grant = self._codes.pop(form.get("code", ""), None)
+        if grant is None or form.get("grant_type") != "authorization_code":
+            return 400, {"error": "invalid_grant"}
+        challenge = b64url(hashlib.sha256(form.get("code_verifier", "").encode()).digest())
+        if (challenge != grant["code_challenge"] or form.get("client_id") != grant["client_id"]
+                or form.get("redirect_uri") != grant["redirect_uri"]):
+            return 400, {"error": "invalid_grant"}
+        sub, groups = grant["user"]
+        token = self.mint(sub, groups, aud=grant["client_id"], nonce=grant.get("nonce"))
+        return 200, {"id_token": token, "access_token": token, "token_type": "Bearer", "expires_in": 300}
 
     # -- keys ----------------------------------------------------------------
 

@@ -1,6 +1,7 @@
 """Shared pieces of the admin site: JSON replies, authentication by bearer token or console login."""
 
 import json
+import secrets
 
 from twisted.internet import defer
 from twisted.internet.threads import deferToThreadPool
@@ -83,7 +84,8 @@ class Authenticated(Leaf):
             return defer.fail(AuthenticationFailed(
                 "a bearer token (OIDC token or API key) or a console login is required"))
         if request.method not in (b"GET", b"HEAD"):
-            if (request.getHeader(CSRF_HEADER) or "") != login.csrf:
+            given = (request.getHeader(CSRF_HEADER) or b"").decode("ascii", "replace")
+            if not secrets.compare_digest(given, login.csrf):
                 return defer.fail(Forbidden("the console's CSRF token is missing or wrong"))
         return defer.succeed(login.identity)
 

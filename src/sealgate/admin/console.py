@@ -9,10 +9,10 @@ from io import BytesIO
 from urllib.parse import urlencode
 
 import attrs
-from twisted.internet import defer
+from twisted.internet import defer, protocol
 from twisted.logger import Logger
 from twisted.web import resource, server
-from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, readBody
+from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool
 from twisted.web.http_headers import Headers
 
 from sealgate.admin._http import LOGIN_COOKIE, jsonBody
@@ -177,7 +177,7 @@ class Login(resource.Resource):
         d = self.agent.request(method, url.encode(), headers, body)
         d.addTimeout(15, self.admin.reactor)
         response = await d
-        data = await readBody(response)
+        data = await _readLimited(response, 1 << 20)
         if response.code != 200:
             raise LoginError(f"the issuer answered HTTP {response.code}")
         try:
@@ -272,6 +272,33 @@ class Login(resource.Resource):
                             i.leeway, i.jwks_min_refresh, reactor=self.admin.reactor)
 
 
+class _Collect(protocol.Protocol):
+    def __init__(self, limit: int, done: defer.Deferred):
+        self.parts: list[bytes] = []
+        self.size = 0
+        self.limit = limit
+        self.done = done
+
+    def dataReceived(self, data: bytes) -> None:
+        self.size += len(data)
+        if self.size > self.limit:
+            self.transport.stopProducing()
+            if not self.done.called:
+                self.done.errback(LoginError("the issuer's answer is too large"))
+            return
+        self.parts.append(data)
+
+    def connectionLost(self, reason) -> None:
+        if not self.done.called:
+            self.done.callback(b"".join(self.parts))
+
+
+def _readLimited(response, limit: int) -> defer.Deferred:
+    done: defer.Deferred = defer.Deferred()
+    response.deliverBody(_Collect(limit, done))
+    return done
+
+
 class LoginError(Exception):
     """A console login that cannot go on; C{str(exc)} is shown on the login page."""
 
@@ -288,7 +315,8 @@ class Logout(resource.Resource):
     def render_POST(self, request):
         token = request.getCookie(LOGIN_COOKIE)
         login = self.admin.logins.get(token)
-        if login is not None and (request.getHeader(b"x-sealgate-csrf") or "") == login.csrf:
+        given = (request.getHeader(b"x-sealgate-csrf") or b"").decode("ascii", "replace")
+        if login is not None and secrets.compare_digest(given, login.csrf):
             self.admin.logins.drop(token)
         _cookie(request, LOGIN_COOKIE, "", 0)
         return jsonBody(request, 200, {"status": "logged out"})

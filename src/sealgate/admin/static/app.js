@@ -1,0 +1,237 @@
+"use strict";
+// The sealgate console: plain DOM, no framework, no build step.  Every
+// server value is put in the page with textContent, never as HTML.
+(function () {
+  let me = null;
+  let timer = null;
+  const $ = (sel) => document.querySelector(sel);
+
+  function el(tag, attrs, ...children) {
+    const e = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (k === "text") e.textContent = v;
+      else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
+      else e.setAttribute(k, v);
+    }
+    for (const c of children) e.append(c);
+    return e;
+  }
+
+  function when(t) {
+    return t ? new Date(t * 1000).toLocaleString() : "–";
+  }
+
+  function say(text, bad) {
+    const s = $("#status");
+    s.textContent = text;
+    s.className = "status" + (bad ? " bad" : " good");
+  }
+
+  async function api(path, options) {
+    options = options || {};
+    const headers = {"accept": "application/json"};
+    if (options.body !== undefined) headers["content-type"] = "application/json";
+    if (me && me.csrf) headers["x-sealgate-csrf"] = me.csrf;
+    const r = await fetch(path, {method: options.method || "GET", credentials: "same-origin",
+                                 headers, body: options.body === undefined ? undefined : JSON.stringify(options.body)});
+    if (r.status === 401) {
+      location.href = "/login";
+      throw new Error("not signed in");
+    }
+    const type = r.headers.get("content-type") || "";
+    const data = type.startsWith("application/json") ? await r.json() : await r.text();
+    if (!r.ok) throw new Error((data && data.error) || ("HTTP " + r.status));
+    return data;
+  }
+
+  // -- approvals -------------------------------------------------------------
+
+  function notifications(t) {
+    if (!t.notifications || !t.notifications.length) return el("span", {class: "hint", text: "no notifications configured"});
+    const list = el("ul", {class: "notes"});
+    for (const d of t.notifications) {
+      const text = `${d.target}: ${d.event} ${d.state}` + (d.attempts > 1 ? ` after ${d.attempts} attempts` : "") +
+                   (d.error ? ` (${d.error})` : "");
+      list.append(el("li", {class: d.state === "failed" ? "bad" : "", text}));
+    }
+    return list;
+  }
+
+  async function decide(t, action, reasonBox) {
+    const reason = reasonBox.value.trim();
+    if (action === "deny" && !reason) {
+      say("A denial needs a reason.", true);
+      reasonBox.focus();
+      return;
+    }
+    try {
+      const r = await api(`/api/approvals/${encodeURIComponent(t.id)}/${action}`, {method: "POST", body: {reason}});
+      say(`Ticket ${r.id}: ${r.state}` + (r.state === "pending" ? ` (${r.approvals.length}/${r.needed} approvals)` : ""));
+    } catch (e) {
+      say(`Ticket ${t.id}: ${e.message}`, true);
+    }
+    refreshQueue();
+  }
+
+  function ticketCard(t) {
+    const reasonId = "reason-" + t.id;
+    const reason = el("textarea", {id: reasonId, rows: "2", maxlength: "1000"});
+    const left = Math.max(0, Math.round(t.expires - Date.now() / 1000));
+    const mine = me && t.requester === me.subject;
+    const card = el("article", {class: "ticket", id: "ticket-" + t.id, "aria-labelledby": "title-" + t.id},
+      el("h2", {id: "title-" + t.id},
+        el("span", {text: `${t.requester} on ${t.connection}`}), " ",
+        el("code", {class: "tid", text: t.id})),
+      el("pre", {class: "command", text: t.command}),
+      el("dl", {class: "meta"},
+        el("dt", {text: "Rule"}), el("dd", {text: t.rule}),
+        el("dt", {text: "Approvers"}), el("dd", {text: t.approvers.join(", ") + ` (${t.approvals.length}/${t.needed})`}),
+        el("dt", {text: "Requested"}), el("dd", {text: when(t.created)}),
+        el("dt", {text: "Expires in"}), el("dd", {text: `${Math.floor(left / 60)}m ${left % 60}s`}),
+        el("dt", {text: "Session"}), el("dd", {}, el("a", {href: "#session/" + t.session, text: t.session})),
+        el("dt", {text: "Notified"}), el("dd", {}, notifications(t))));
+    if (mine) {
+      card.append(el("p", {class: "hint", text: "This is your own request: you cannot decide it."}),
+        el("button", {type: "button", id: "cancel-" + t.id, onclick: () => decide(t, "cancel", reason)}, "Cancel my request"));
+    } else if (me && (me.roles.includes("approver") || me.roles.includes("admin"))) {
+      card.append(
+        el("label", {for: reasonId, text: "Reason (required to deny)"}), reason,
+        el("div", {class: "actions"},
+          el("button", {type: "button", class: "primary", id: "approve-" + t.id, onclick: () => decide(t, "approve", reason)}, "Approve"),
+          el("button", {type: "button", class: "danger", id: "deny-" + t.id, onclick: () => decide(t, "deny", reason)}, "Deny")));
+    }
+    return card;
+  }
+
+  async function refreshQueue() {
+    let data;
+    try {
+      data = await api("/api/approvals?all=1");
+    } catch (e) {
+      say("Cannot load tickets: " + e.message, true);
+      return;
+    }
+    const pending = data.tickets.filter(t => t.state === "pending");
+    $("#pending-count").textContent = String(pending.length);
+    const queue = $("#queue");
+    // Keep a reason being typed across refreshes.
+    const typing = document.activeElement && document.activeElement.tagName === "TEXTAREA" ? document.activeElement : null;
+    const keep = {};
+    for (const box of queue.querySelectorAll("textarea")) keep[box.id] = box.value;
+    if (typing && pending.some(t => "reason-" + t.id === typing.id)) {
+      // Refresh everything but the card being written in.
+      for (const card of [...queue.children]) if (!card.contains(typing)) card.remove();
+      for (const t of pending) if (!$("#ticket-" + t.id)) queue.append(ticketCard(t));
+    } else {
+      queue.replaceChildren(...pending.map(ticketCard));
+      for (const [id, v] of Object.entries(keep)) { const box = document.getElementById(id); if (box) box.value = v; }
+    }
+    if (!pending.length) queue.replaceChildren(el("p", {class: "empty", text: "No command is waiting for approval."}));
+    const body = $("#decided tbody");
+    body.replaceChildren(...data.tickets.filter(t => t.state !== "pending").reverse().slice(0, 50).map(t =>
+      el("tr", {id: "decided-" + t.id},
+        el("td", {}, el("code", {text: t.id})), el("td", {class: "state-" + t.state, text: t.state}),
+        el("td", {text: t.requester}), el("td", {}, el("code", {text: t.command})),
+        el("td", {text: t.decided_by || "–"}), el("td", {text: t.reason || ""}))));
+    const focus = location.hash.startsWith("#ticket/") ? $("#ticket-" + location.hash.slice(8)) : null;
+    if (focus) focus.classList.add("focus");
+  }
+
+  // -- sessions --------------------------------------------------------------
+
+  async function refreshSessions() {
+    const form = new FormData($("#filters"));
+    const q = new URLSearchParams();
+    for (const [k, v] of form.entries()) if (v) q.set(k, v);
+    const data = await api("/api/sessions?" + q.toString());
+    $("#sessions tbody").replaceChildren(...data.sessions.map(s =>
+      el("tr", {},
+        el("td", {}, el("a", {href: "#session/" + s.id, text: s.id})), el("td", {text: when(s.opened)}),
+        el("td", {text: s.state}), el("td", {text: s.protocol || ""}), el("td", {text: s.connection || ""}),
+        el("td", {text: s.identity}), el("td", {text: String(s.bytes_from_client + s.bytes_to_client)}))));
+  }
+
+  async function showSession(id) {
+    $("#session-id").textContent = id;
+    $("#transcript").textContent = "loading…";
+    $("#verify").textContent = "checking…";
+    $("#verify").className = "verify";
+    const s = await api("/api/sessions/" + encodeURIComponent(id));
+    const meta = $("#session-meta");
+    meta.replaceChildren();
+    for (const [k, v] of [["Identity", s.identity], ["Connection", s.connection], ["Protocol", s.protocol],
+                          ["Client", s.client], ["State", s.state], ["Opened", when(s.opened)],
+                          ["Closed", when(s.closed)], ["Frames", s.frames], ["Root", s.root || "–"]]) {
+      meta.append(el("dt", {text: k}), el("dd", {text: String(v)}));
+    }
+    $("#events").replaceChildren(...s.events.map(e => {
+      const what = e.type === "event" ? `${e.event} ${JSON.stringify(e.fields)}` : e.type;
+      return el("li", {}, el("time", {text: when(e.time)}), " ", el("code", {text: what}));
+    }));
+    api(`/api/sessions/${encodeURIComponent(id)}/transcript`).then(t => { $("#transcript").textContent = t || "(nothing recorded)"; })
+      .catch(e => { $("#transcript").textContent = "transcript unavailable: " + e.message; });
+    api(`/api/sessions/${encodeURIComponent(id)}/verify`).then(v => {
+      const p = $("#verify");
+      p.className = "verify " + (v.ok ? "good" : "bad");
+      p.textContent = v.ok ? `✔ verified: ${v.frames} frames sealed, log checked up to checkpoint ${v.checkpoint}` +
+                             (v.warnings.length ? ` (${v.warnings.join("; ")})` : "")
+                           : "✘ verification failed: " + v.problems.join("; ");
+    }).catch(e => { $("#verify").textContent = "cannot verify: " + e.message; });
+  }
+
+  async function refreshNotifications() {
+    const data = await api("/api/notifications");
+    $("#deliveries tbody").replaceChildren(...data.deliveries.map(d =>
+      el("tr", {class: d.state === "failed" ? "bad" : ""},
+        el("td", {text: d.target}), el("td", {}, el("a", {href: "#ticket/" + d.ticket, text: d.ticket})),
+        el("td", {text: d.event}), el("td", {text: d.state}), el("td", {text: String(d.attempts)}),
+        el("td", {text: d.error || ""}))));
+  }
+
+  // -- routing ---------------------------------------------------------------
+
+  function show(name) {
+    for (const v of document.querySelectorAll("main > section")) v.hidden = v.id !== "view-" + name;
+    for (const a of document.querySelectorAll("nav a")) a.removeAttribute("aria-current");
+    const nav = $("#nav-" + (name === "session" ? "sessions" : name));
+    if (nav) nav.setAttribute("aria-current", "page");
+  }
+
+  async function route() {
+    clearInterval(timer);
+    const hash = location.hash || "#queue";
+    try {
+      if (hash === "#queue" || hash.startsWith("#ticket/")) {
+        show("queue");
+        await refreshQueue();
+        timer = setInterval(refreshQueue, 2000);
+      } else if (hash === "#sessions") {
+        show("sessions");
+        await refreshSessions();
+      } else if (hash.startsWith("#session/")) {
+        show("session");
+        await showSession(decodeURIComponent(hash.slice(9)));
+      } else if (hash === "#notifications") {
+        show("notifications");
+        await refreshNotifications();
+      }
+    } catch (e) {
+      say(e.message, true);
+    }
+  }
+
+  async function start() {
+    me = await api("/api/me");
+    $("#whoami").textContent = `${me.subject}` + (me.roles.length ? ` (${me.roles.join(", ")})` : "");
+    $("#logout").addEventListener("click", async () => {
+      await api("/logout", {method: "POST", body: {}}).catch(() => {});
+      location.href = "/login";
+    });
+    $("#filters").addEventListener("submit", (e) => { e.preventDefault(); refreshSessions().catch(err => say(err.message, true)); });
+    window.addEventListener("hashchange", route);
+    await route();
+    document.body.classList.add("ready");
+  }
+
+  start().catch(e => say(e.message, true));
+})();

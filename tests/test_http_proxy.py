@@ -590,3 +590,14 @@ async def test_multipart_upload_is_forwarded_as_bytes(tmp_path, http_backend):
         assert doc["method"] == "POST" and "hello form" in doc["body"] and 'name="note"' in doc["body"]
     finally:
         await g.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_tls_backend_verified_against_its_ca(tmp_path, https_backend):
+    g, key = await _start(tmp_path, https_backend)
+    try:
+        r = await _curl("-H", f"Authorization: Bearer {key}", f"http://127.0.0.1:{g.port('web')}/echo/tls")
+        headers = {k.lower(): v for k, v in json.loads(r.stdout)["headers"]}
+        assert headers["authorization"] == f"Bearer {BACKEND_SECRET}"
+    finally:
+        await g.stop()

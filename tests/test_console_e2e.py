@@ -22,9 +22,6 @@ HOOK_ENV = "SEALGATE_TEST_E2E_HOOK_SECRET"
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 ARTIFACTS = REPO / "test-artifacts"
 
-pytestmark = pytest.mark.skipif(
-    not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)),
-    reason="needs Debian's chromium and chromium-driver (.ci/test installs them)")
 
 
 def config(postgres, issuer, hook) -> str:
@@ -77,6 +74,9 @@ class Browser:
         from selenium import webdriver
         from selenium.webdriver.chrome.service import Service
 
+        if not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)):
+            raise AssertionError("needs Debian's chromium and chromium-driver: "
+                                 "apt-get install chromium chromium-driver (.ci/test does)")
         options = webdriver.ChromeOptions()
         options.binary_location = CHROMIUM
         for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -207,6 +207,27 @@ async def test_psql_drop_waits_for_the_console_approve_deny_and_expiry(tmp_path,
         expired = next(t for t in approvals.tickets.values() if t.command.startswith("TRUNCATE"))
         text = await threads.deferToThread(browser.waitText, f"#decided-{expired.id}", "expired")
         assert "expired" in text
+
+        # The session list (filtered), its replay as a transcript, and its verification status.
+        def sessionPages():
+            d = browser.driver
+            d.get(f"{base}/console/#sessions")
+            field = browser.wait("#filters input[name=identity]")
+            field.send_keys("alice")
+            browser.wait("#filters button").click()
+            browser.waitText("#sessions tbody", ticket.sessionId)
+            browser.wait(f"#sessions a[href='#session/{ticket.sessionId}']").click()
+            try:
+                verified = browser.waitText("#verify", "verified")
+            finally:
+                d.save_screenshot(str(ARTIFACTS / "console-session.png"))
+            transcript = browser.waitText("#transcript", f"DROP TABLE {a}")
+            d.save_screenshot(str(ARTIFACTS / "console-session.png"))
+            return verified, transcript
+
+        verified, transcript = await threads.deferToThread(sessionPages)
+        assert verified.startswith("✔ verified")
+        assert f"DROP TABLE {a}" in transcript and key not in transcript
     finally:
         await threads.deferToThread(browser.quit)
         await g.stop()

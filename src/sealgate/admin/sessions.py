@@ -48,6 +48,29 @@ def _matches(s: dict, filters: dict, since) -> bool:
     return since is None or (s["opened"] or 0) >= since
 
 
+def commandsTranscript(events, start: float) -> bytes:
+    """The session's sealed commands, verdicts and ticket decisions as text lines."""
+    lines = []
+    for e in events:
+        if e.get("type") != "event":
+            continue
+        f = e.get("fields") or {}
+        at = f"[+{(e.get('time') or start) - start:9.3f}s]"
+        if e.get("event") == "command":
+            verdict = str(f.get("verdict"))
+            if f.get("decided"):
+                verdict += " (after approval)" if verdict == "allow" else " (decided)"
+            extra = "".join(f" {k}={f[k]}" for k in ("rule", "ticket", "reason") if f.get(k))
+            lines.append(f"{at} {f.get('kind')}> {f.get('command')}\n{' ' * len(at)}   -- {verdict}{extra}")
+        elif e.get("event") == "approval":
+            by = f" by {f['by']}" if f.get("by") else ""
+            why = f": {f['reason']}" if f.get("reason") else ""
+            lines.append(f"{at} ticket {f.get('ticket')} {f.get('state')}{by}{why}")
+        elif e.get("event") not in (None, "progress"):
+            lines.append(f"{at} {e.get('event')} {f}")
+    return ("\n".join(lines) + "\n").encode() if lines else b"(no commands)\n"
+
+
 class _Paper(io.RawIOBase):
     """A bounded write target for a plugin's replay()."""
 
@@ -185,7 +208,11 @@ class SessionsAPI(Authenticated):
                     raise NotImplementedError
                 render(r.frames(sid), paper, None)
             except (NotImplementedError, ImportError, AttributeError):
+                # No replay from the plugin: the sealed commands and decisions
+                # tell the story, then every frame as text or hex.
                 paper = _Paper(TRANSCRIPT_LIMIT)
+                paper.write(commandsTranscript(r.events(sid), row["opened"] or 0))
+                paper.write(b"\n---- frames ----\n")
                 transcript(r.frames(sid), paper, None)
         return b"".join(paper.parts), paper.cut
 

@@ -139,6 +139,16 @@
 
   // -- sessions --------------------------------------------------------------
 
+  // Terminal output shown as text: drop colour/cursor escapes (CSI, OSC) and stray controls.
+  function plain(text) {
+    return String(text)
+      .replace(/\x1b\[[0-?]*[ -\/]*[@-~]/g, "")
+      .replace(/\x1b\][^\x07\x1b]*(\x07|\x1b\\)/g, "")
+      .replace(/\x1b[()][0-9A-Za-z]/g, "")
+      .replace(/\r\n/g, "\n")
+      .replace(/[\x00-\x08\x0b\x0c\x0e-\x1a\x1c-\x1f\x7f]/g, "");
+  }
+
   async function refreshSessions() {
     const form = new FormData($("#filters"));
     const q = new URLSearchParams();
@@ -168,7 +178,7 @@
       const what = e.type === "event" ? `${e.event} ${JSON.stringify(e.fields)}` : e.type;
       return el("li", {}, el("time", {text: when(e.time)}), " ", el("code", {text: what}));
     }));
-    api(`/api/sessions/${encodeURIComponent(id)}/transcript`).then(t => { $("#transcript").textContent = t || "(nothing recorded)"; })
+    api(`/api/sessions/${encodeURIComponent(id)}/transcript`).then(t => { $("#transcript").textContent = plain(t) || "(nothing recorded)"; })
       .catch(e => { $("#transcript").textContent = "transcript unavailable: " + e.message; });
     api(`/api/sessions/${encodeURIComponent(id)}/verify`).then(v => {
       const p = $("#verify");

@@ -174,11 +174,16 @@ class Admin:
 
 
 class _AdminSite(server.Site):
-    """Every answer forbids framing, sniffing and foreign scripts (the console has none)."""
+    """
+    Every answer forbids framing, sniffing and foreign scripts (the console
+    has none; the vendored asciinema player compiles its terminal emulator
+    from WebAssembly, hence C{wasm-unsafe-eval}, which allows no JS eval).
+    """
 
     def getResourceFor(self, request):
         request.setHeader(b"content-security-policy",
-                          b"default-src 'self'; frame-ancestors 'none'; form-action 'self'")
+                          b"default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; "
+                          b"frame-ancestors 'none'; form-action 'self'")
         request.setHeader(b"x-content-type-options", b"nosniff")
         request.setHeader(b"x-frame-options", b"DENY")
         request.setHeader(b"referrer-policy", b"no-referrer")
@@ -205,6 +210,7 @@ def makeAdminSite(service) -> server.Site:
     files = static.File(str(STATIC))
     files.indexNames = ["index.html"]
     root.putChild(b"console", files)
+    root.putChild(b"favicon.ico", static.File(str(STATIC / "favicon.svg"), defaultType="image/svg+xml"))
     root.putChild(b"login", console.Login(admin))
     root.putChild(b"logout", console.Logout(admin))
     site = _AdminSite(root)

@@ -64,6 +64,8 @@ def document() -> dict:
              ("limit", "query", "integer", "at most (default 500, max 5000)")])},
         "/api/sessions/{id}/transcript": {"get": _op("The protocol's text replay", READ, [_ID],
                                                      ok="text/plain")},
+        "/api/sessions/{id}/asciicast": {"get": _op("An SSH terminal session as asciicast v2", READ, [_ID],
+                                                    ok="application/x-asciicast")},
         "/api/sessions/{id}/verify": {"get": _op(
             "Verify the session's frames and the log against the signed checkpoints", READ, [_ID])},
         "/api/log/checkpoint": {"get": _op("Latest signed checkpoint note and the verifier key", READ,

@@ -117,6 +117,8 @@ class SessionsAPI(Authenticated):
                 lambda d: jsonBody(request, 200, d))
         if path[1:] == ["transcript"]:
             return inThread(self.admin, self._transcript, sid).addCallback(self._text, request)
+        if path[1:] == ["asciicast"]:
+            return inThread(self.admin, self._asciicast, sid).addCallback(self._cast, request)
         if path[1:] == ["verify"]:
             return inThread(self.admin, self._verify, sid).addCallback(lambda d: jsonBody(request, 200, d))
         raise NotFound("no such endpoint")
@@ -215,6 +217,28 @@ class SessionsAPI(Authenticated):
                 paper.write(b"\n---- frames ----\n")
                 transcript(r.frames(sid), paper, None)
         return b"".join(paper.parts), paper.cut
+
+    def _asciicast(self, sid: str) -> bytes:
+        """A terminal session as asciicast v2, for the console's player."""
+        with self._reader() as r:
+            row = r.session(sid)
+            if row is None:
+                raise NotFound(f"no session {sid!r}")
+            if row["protocol"] != "ssh":
+                raise NotFound(f"session {sid} is {row['protocol']}, not a terminal session")
+            from sealgate.protocols.ssh.asciicast import writeAsciicast
+
+            out = io.StringIO()
+            try:
+                writeAsciicast(r.frames(sid), out)
+            except ValueError as e:
+                raise NotFound(f"session {sid}: {e}")
+        return out.getvalue().encode()
+
+    def _cast(self, body: bytes, request) -> bytes:
+        request.setHeader(b"content-type", b"application/x-asciicast")
+        request.setHeader(b"cache-control", b"no-store")
+        return body
 
     def _text(self, result, request) -> bytes:
         text, cut = result

@@ -178,6 +178,15 @@
       const what = e.type === "event" ? `${e.event} ${JSON.stringify(e.fields)}` : e.type;
       return el("li", {}, el("time", {text: when(e.time)}), " ", el("code", {text: what}));
     }));
+    const player = $("#player");
+    player.replaceChildren();
+    $("#terminal").hidden = true;
+    if (s.protocol === "ssh" && window.AsciinemaPlayer) {
+      // The player fetches the cast itself (same origin: the login cookie goes along).
+      $("#terminal").hidden = false;
+      window.AsciinemaPlayer.create(`/api/sessions/${encodeURIComponent(id)}/asciicast`, player,
+                                    {preload: true, idleTimeLimit: 2, fit: "width"});
+    }
     api(`/api/sessions/${encodeURIComponent(id)}/transcript`).then(t => { $("#transcript").textContent = plain(t) || "(nothing recorded)"; })
       .catch(e => { $("#transcript").textContent = "transcript unavailable: " + e.message; });
     api(`/api/sessions/${encodeURIComponent(id)}/verify`).then(v => {

@@ -7,7 +7,7 @@ import os
 
 import pytest
 import pytest_twisted
-from twisted.internet import task
+from twisted.internet import defer, task
 from twisted.web import resource, server
 
 from sealgate.admin.notify import sign, slackBody
@@ -189,3 +189,50 @@ def test_slack_body_escapes_the_command():
 
 
 
+
+
+class _RefusingAgent:
+    """Stands in for the network only to make backoff timing deterministic on a fake clock."""
+
+    def __init__(self, clock):
+        self.clock = clock
+        self.attempts = []
+
+    def request(self, method, url, headers, body):
+        self.attempts.append(self.clock.seconds())
+        return defer.fail(ConnectionRefusedError("refused"))
+
+
+def test_backoff_doubles_and_giving_up_decides_nothing():
+    from types import SimpleNamespace
+
+    from sealgate.admin.metrics import Metrics
+    from sealgate.admin.notify import Notifier
+    from sealgate.approvals import Approvals
+    from sealgate.config import NotifyConfig
+    from tests.test_approvals import ticketFor
+
+    clock = task.Clock()
+    target = NotifyConfig("hook", "webhook", "https://hooks.example/x", "k", ("requested",), retries=3,
+                          backoff=1.0, timeout=5.0)
+    approvals = Approvals(clock)
+    admin = SimpleNamespace(reactor=clock, baseURL=lambda: "https://c/",
+                            service=SimpleNamespace(config=SimpleNamespace(notify=(target,)), approvals=approvals))
+    admin.metrics = Metrics(admin)
+    agent = _RefusingAgent(clock)
+    notifier = Notifier(admin, agent=agent)
+    s, t, results = ticketFor(approvals)
+    clock.advance(0.5)
+    for _ in range(20):
+        clock.advance(0.5)
+    assert agent.attempts == [0, 1.0, 3.0, 7.0]  # first try, then 1s, 2s, 4s later
+    (d,) = notifier.forTicket(t.id)
+    assert d["state"] == "failed" and d["attempts"] == 4 and "refused" in d["error"]
+    assert t.state == "pending" and results == []
+    failed = [f for kind, f in s.recording.events if kind == "approval" and f["state"] == "notify_failed"]
+    assert failed == [{"ticket": t.id, "state": "notify_failed", "rule": t.rule, "command": t.command,
+                       "requester": "alice", "by": "hook", "event": "requested", "attempts": 4,
+                       "reason": d["error"]}]
+    clock.advance(3600)
+    assert len(agent.attempts) == 4
+    notifier.stop()

@@ -132,13 +132,15 @@ class Approvals:
                      Deny(t.rule, f"denied by {approver.subject}" + (f": {reason}" if reason else "")))
         return t
 
-    def cancel(self, ticketId: str, requester, reason: str = "") -> Ticket:
+    def cancel(self, ticketId: str, requester, reason: str = "", anyone: bool = False) -> Ticket:
+        """Cancel a ticket: its requester, or (C{anyone}, for admins) whoever calls."""
         t = self.get(ticketId)
-        if t.requester.subject != requester.subject:
+        mine = t.requester.subject == requester.subject
+        if not mine and not anyone:
             raise ApprovalError("only the requester can cancel a ticket")
         self._pending(t)
         self._finish(t, "cancelled", requester.subject, reason,
-                     Deny(t.rule, "cancelled by the requester"))
+                     Deny(t.rule, "cancelled by the requester" if mine else f"cancelled by {requester.subject}"))
         return t
 
     def cancelSession(self, sessionId: str) -> None:

@@ -7,7 +7,7 @@ from twisted.logger import Logger
 from twisted.web import resource, server, static
 
 from sealgate.admin._http import Authenticated, BadRequest, Leaf, NotFound, jsonBody
-from sealgate.admin.roles import ADMIN, may, require, rolesOf
+from sealgate.admin.roles import may, require, rolesOf
 
 STATIC = Path(__file__).parent / "static"
 
@@ -84,8 +84,8 @@ class ApprovalsAPI(Authenticated):
             if path[1] == "cancel":
                 if not mine:
                     require(identity, config, "cancel-any")
-                    return jsonBody(request, 200, self.ticket(self._cancelAny(t, identity, reason)))
-                return jsonBody(request, 200, self.ticket(approvals.cancel(t.id, identity, reason)))
+                return jsonBody(request, 200, self.ticket(approvals.cancel(t.id, identity, reason,
+                                                                           anyone=not mine)))
             if path[1] == "deny" and not reason:
                 raise BadRequest("a denial needs a reason")
             if not mine:
@@ -94,15 +94,6 @@ class ApprovalsAPI(Authenticated):
             action = getattr(approvals, path[1])
             return jsonBody(request, 200, self.ticket(action(t.id, identity, reason)))
         raise NotFound("no such endpoint")
-
-    def _cancelAny(self, t, identity, reason):
-        from sealgate.chain.verdicts import Deny
-
-        approvals = self.admin.service.approvals
-        approvals._pending(t)
-        approvals._finish(t, "cancelled", identity.subject, reason or f"cancelled by {ADMIN}",
-                          Deny(t.rule, f"cancelled by {identity.subject}"))
-        return t
 
 
 class NotificationsAPI(Authenticated):

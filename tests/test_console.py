@@ -47,7 +47,10 @@ async def test_api_key_login_sets_a_cookie_and_changes_need_the_csrf_token(admin
     assert "sealgate_login" not in cookies(r)
 
     r = await treq.post(admin.base + "/login/key", data={"key": admin.keys["bob"]}, allow_redirects=False,
-                        persistent=False)
+                        persistent=False, headers={"origin": "https://evil.example"})
+    assert r.code == 403 and "sealgate_login" not in cookies(r)
+    r = await treq.post(admin.base + "/login/key", data={"key": admin.keys["bob"]}, allow_redirects=False,
+                        persistent=False, headers={"origin": admin.base})
     assert r.code == 302 and r.headers.getRawHeaders(b"location") == [b"/console/"]
     token, attrs = cookies(r)["sealgate_login"]
     assert "httponly" in attrs and "samesite=lax" in attrs and admin.keys["bob"] not in token

@@ -177,7 +177,7 @@ class _AdminSite(server.Site):
                           b"frame-ancestors 'none'; form-action 'self'")
         request.setHeader(b"x-content-type-options", b"nosniff")
         request.setHeader(b"x-frame-options", b"DENY")
-        request.setHeader(b"referrer-policy", b"no-referrer")
+        request.setHeader(b"referrer-policy", b"same-origin")
         return super().getResourceFor(request)
 
 

@@ -74,6 +74,15 @@ def _cookie(request, name: bytes, value: str, maxAge: int) -> None:
                       sameSite="lax", max_age=str(maxAge).encode())
 
 
+def sameOrigin(request) -> bool:
+    """A browser's POST names its page's origin; it must be this site (no Origin: not a browser form)."""
+    origin = request.getHeader(b"origin")
+    if origin is None:
+        return True
+    host = (request.getHeader(b"host") or b"").decode("latin-1")
+    return origin.decode("latin-1") == f"{'https' if request.isSecure() else 'http'}://{host}"
+
+
 def _b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
@@ -121,6 +130,10 @@ class Login(resource.Resource):
         if path != ["key"]:
             request.setResponseCode(404)
             return b"not found\n"
+        if not sameOrigin(request):
+            # Login CSRF: another site must not sign a browser in as someone else.
+            request.setResponseCode(403)
+            return b"cross-site login refused\n"
         key = (request.args.get(b"key") or [b""])[0].decode("ascii", "replace").strip()
         d = defer.maybeDeferred(self.identity.authenticate, key)
         d.addCallback(self._loggedIn, request, "apikey")

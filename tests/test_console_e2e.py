@@ -106,8 +106,16 @@ class Browser:
         self.wait("body.ready")
         return self.waitText("#whoami", "(")
 
+    def unlabelled(self):
+        """Form fields a screen reader could not name."""
+        return self.driver.execute_script(
+            "return [...document.querySelectorAll('input, select, textarea')]"
+            ".filter(e => e.type !== 'hidden' && !e.labels.length && !e.getAttribute('aria-label'))"
+            ".map(e => e.id || e.name)")
+
     def decide(self, ticket, action, reason, screenshot=None):
         self.wait(f"#approve-{ticket}")
+        assert self.unlabelled() == []
         box = self.wait(f"#reason-{ticket}")
         box.send_keys(reason)
         if screenshot:
@@ -217,10 +225,8 @@ async def test_psql_drop_waits_for_the_console_approve_deny_and_expiry(tmp_path,
             browser.wait("#filters button").click()
             browser.waitText("#sessions tbody", ticket.sessionId)
             browser.wait(f"#sessions a[href='#session/{ticket.sessionId}']").click()
-            try:
-                verified = browser.waitText("#verify", "verified")
-            finally:
-                d.save_screenshot(str(ARTIFACTS / "console-session.png"))
+            assert browser.unlabelled() == []
+            verified = browser.waitText("#verify", "verified")
             transcript = browser.waitText("#transcript", f"DROP TABLE {a}")
             d.save_screenshot(str(ARTIFACTS / "console-session.png"))
             return verified, transcript

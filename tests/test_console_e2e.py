@@ -84,6 +84,7 @@ class Browser:
                      "--disable-dev-shm-usage", "--window-size=1280,1000"):
             options.add_argument(flag)
         self.driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+        ARTIFACTS.mkdir(exist_ok=True)
 
     def wait(self, css, timeout=30):
         from selenium.webdriver.common.by import By
@@ -119,7 +120,6 @@ class Browser:
         box = self.wait(f"#reason-{ticket}")
         box.send_keys(reason)
         if screenshot:
-            ARTIFACTS.mkdir(exist_ok=True)
             self.driver.save_screenshot(str(screenshot))
         self.wait(f"#{action}-{ticket}").click()
         return self.waitText("#status", f"Ticket {ticket}:")

@@ -17,7 +17,8 @@ from pathlib import Path
 # bench/http.py would shadow the standard library's http package that Twisted imports.
 _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-sys.path.insert(0, str(_HERE.parent))
+sys.path.insert(0, str(_HERE.parent / "src"))  # this checkout, not an installed copy
+sys.path.append(str(_HERE.parent))  # for tests.harness
 
 import argparse  # noqa: E402
 import os  # noqa: E402
@@ -63,7 +64,11 @@ def serve(directory: str) -> None:
         gw = await startGateway(text, Path(directory))
         print(gw.port("bench"), flush=True)
 
-    defer.ensureDeferred(start()).addErrback(lambda f: (f.printTraceback(), reactor.stop()))
+    def failed(f):
+        f.printTraceback()
+        os._exit(1)
+
+    reactor.callWhenRunning(lambda: defer.ensureDeferred(start()).addErrback(failed))
     reactor.run()
 
 

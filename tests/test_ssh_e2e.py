@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
-from twisted.internet import threads
+from twisted.internet import defer, threads
 
 GATEWAY_USER_GROUPS = ["ops"]
 
@@ -73,6 +73,7 @@ username = "{sshd.user}"
 private_key_file = "{sshd.clientKey}"
 known_hosts = "{sshd.knownHosts}"
 allow_port_forwarding = true
+allow_agent_forwarding = true
 
 [[roles]]
 name = "ops"
@@ -598,3 +599,45 @@ def test_no_backend_credential_in_recordings_audit_or_logs(env):
     assert "sealgate" in text
     for piece in pieces:
         assert piece not in text
+
+
+@pytest_twisted.ensureDeferred
+async def test_several_channels_share_one_connection_and_session(env):
+    sock = env.tmp / "mux.sock"
+    mux = ("-o", "ControlMaster=auto", "-o", f"ControlPath={sock}", "-o", "ControlPersist=30")
+    before = _sessionIds(env)
+    try:
+        zero = await env.ssh("echo zero", extra=mux)  # becomes the master
+        first, second = await defer.gatherResults([
+            env.ssh("sleep 0.3; echo one", extra=mux),
+            env.ssh("sleep 0.3; echo two >&2; exit 4", extra=mux)])
+    finally:
+        await env.run(env.sshArgs(extra=mux + ("-O", "exit")))
+    assert zero.stdout == b"zero\n"
+    assert (first.stdout, first.returncode) == (b"one\n", 0)
+    assert (second.stderr, second.returncode) == (b"two\n", 4)
+    sessionId = await _newClosedSession(env, before)  # exactly one session for all three
+    channels = {f.channel // 4 for f in _frames(env, sessionId)}
+    assert len(channels) == 3
+
+
+@pytest_twisted.ensureDeferred
+async def test_agent_forwarding_only_where_enabled(env):
+    agent = await env.run(["ssh-agent", "-s"])
+    out = agent.stdout.decode()
+    sockPath = out.split("SSH_AUTH_SOCK=")[1].split(";")[0]
+    pid = int(out.split("SSH_AGENT_PID=")[1].split(";")[0])
+    environ = {**os.environ, "SSH_AUTH_SOCK": sockPath}
+    try:
+        added = await env.run(["ssh-add", str(env.userKey)], environ=environ)
+        assert added.returncode == 0, added.stderr
+        fp = subprocess.run(["ssh-keygen", "-lf", str(env.userKey) + ".pub"], capture_output=True,
+                            text=True, check=True).stdout.split()[1].encode()
+        allowed = await env.run(env.sshArgs(conn="fwd", extra=("-A",)) + ["ssh-add -l"],
+                                environ=environ)
+        assert fp in allowed.stdout, allowed.stderr
+        refused = await env.run(env.sshArgs(extra=("-A",)) + ["ssh-add -l"], environ=environ)
+        assert fp not in refused.stdout
+        assert refused.returncode != 0
+    finally:
+        os.kill(pid, 15)

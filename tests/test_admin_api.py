@@ -250,3 +250,26 @@ async def test_metrics_count_what_the_sealed_log_says(admin):
     assert 'sealgate_ticket_decision_seconds_count{outcome="denied"} 1.0' in text
     assert 'sealgate_session_bytes_total{direction="from_client",protocol="postgres"} 9.0' in text
     assert "sealgate_store_unsealed_leaves" in text and "sealgate_store_checkpoint_age_seconds" in text
+
+
+@pytest_twisted.ensureDeferred
+async def test_verification_status_catches_an_altered_recording(admin):
+    from twisted.internet import reactor
+
+    from sealgate.recording._engine import segmentPath
+
+    s = await admin.session("alice")
+    await s.end("closed")
+    code, body = await admin.call("audrey", "GET", f"/api/sessions/{s.id}/verify")
+    assert body["ok"] is True
+    segment = segmentPath(admin.running.stateDir, 1)
+    for _ in range(200):  # the CLOSE is durable once end() fired; the frames were written before it
+        if segment.exists() and segment.read_bytes().endswith(b"1 row"):
+            break
+        await task.deferLater(reactor, 0.02, lambda: None)
+    data = bytearray(segment.read_bytes())
+    data[-1] ^= 0x01  # "1 row" -> "1 rox": what the client saw, changed afterwards
+    segment.write_bytes(bytes(data))
+    code, body = await admin.call("audrey", "GET", f"/api/sessions/{s.id}/verify")
+    assert code == 200 and body["ok"] is False
+    assert any("frame" in p for p in body["problems"]), body["problems"]

@@ -52,9 +52,12 @@ def strArg(request, name: str) -> str | None:
 
 
 def inThread(admin, fn, *args):
-    """Run blocking work (SQLite, segment files, hashing) off the reactor thread."""
-    reactor = admin.reactor
-    return deferToThreadPool(reactor, reactor.getThreadPool(), fn, *args)
+    """
+    Run blocking work (SQLite, segment files, hashing) off the reactor
+    thread, in the admin site's own small pool: however busy the console
+    gets, it cannot take the threads that API-key logins need.
+    """
+    return deferToThreadPool(admin.reactor, admin.pool, fn, *args)
 
 
 class Leaf(resource.Resource):

@@ -138,10 +138,23 @@ class Admin:
         self.logins = Logins(self)
         self.metrics = Metrics(self)
         self.notifier = Notifier(self)
+        self._pool = None
 
     @property
     def reactor(self):
         return self.service.reactor
+
+    #: Threads for store reads, proofs and verification.
+    POOL_SIZE = 2
+
+    @property
+    def pool(self):
+        if self._pool is None:
+            from twisted.python.threadpool import ThreadPool
+
+            self._pool = ThreadPool(0, self.POOL_SIZE, "sealgate-admin")
+            self._pool.start()
+        return self._pool
 
     def baseURL(self, request=None) -> str:
         """The console's external URL (config), else what the request used, else the admin port."""
@@ -160,8 +173,11 @@ class Admin:
             return f"{scheme}://{address}:{h.port}/"
         return "/"
 
-    def stop(self) -> None:
-        self.notifier.stop()
+    def stop(self):
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.stop()
+        return self.notifier.stop()
 
 
 class _AdminSite(server.Site):

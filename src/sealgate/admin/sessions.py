@@ -256,6 +256,8 @@ class SessionsAPI(Authenticated):
         with self._reader() as r:
             if r.session(sid) is None:
                 raise NotFound(f"no session {sid!r}")
+            # Checked afresh every time (no cache): a segment file altered
+            # after an earlier check must show up as altered now.
             report = verifyStore(r, r.verifier(), sid)
         return {"session": sid, "ok": report.ok, "problems": report.problems,
                 "warnings": report.warnings, "frames": report.frames, "log_size": report.logSize,

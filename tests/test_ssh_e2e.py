@@ -641,3 +641,37 @@ async def test_agent_forwarding_only_where_enabled(env):
         assert refused.returncode != 0
     finally:
         os.kill(pid, 15)
+
+
+@pytest_twisted.ensureDeferred
+@pytest.mark.parametrize("command", [
+    "printf 'no newline'; exit 0",
+    "echo out; echo err >&2; exit 42",
+    "kill -9 $$",
+    "cat /nonexistent-file",
+    "exit 255",
+])
+async def test_exit_codes_and_streams_match_a_direct_connection(env, command):
+    direct = await env.run(env.sshd.sshArgs() + [command])
+    via = await env.ssh(command)
+    assert (via.returncode, via.stdout, via.stderr) == \
+        (direct.returncode, direct.stdout, direct.stderr)
+
+
+@pytest_twisted.ensureDeferred
+async def test_keepalives_are_answered(env):
+    r = await env.ssh("sleep 2.5; echo alive", extra=("-o", "ServerAliveInterval=1",
+                                                       "-o", "ServerAliveCountMax=1"))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == b"alive\n"
+
+
+@pytest_twisted.ensureDeferred
+async def test_backend_dying_ends_the_client_connection(env):
+    # Kill this connection's sshd process: the backend leg drops mid-session.
+    r = await env.run(env.sshArgs(extra=("-o", "ServerAliveInterval=0"))
+                      + ["echo started; sleep 0.5; kill -9 $PPID; sleep 30"], timeout=25)
+    assert r.stdout.startswith(b"started")
+    assert r.returncode != 0
+    factory = env.gw.service.ports["web-1"].factory
+    await _until(lambda: not factory.users)

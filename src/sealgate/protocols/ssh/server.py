@@ -328,12 +328,18 @@ class GatewayUser(avatar.ConchUser):
         self.session.end("client disconnected")
 
     def backendLost(self):
-        """The backend connection ended: end the client connection once its channels drain."""
+        """The backend connection ended: close the client connection once its channels drain."""
+        self.backendConn = None
+        if self.failure is None:
+            self.failure = "the backend closed the connection"
         service = getattr(self.transport, "service", None)
-        if service is None or self._ended:
+        if self._ended or not isinstance(service, ServerConnection):
             return
-        for chan in list(getattr(service, "channels", {}).values()):
+        channels = list(service.channels.values())
+        for chan in channels:
             chan.closeAfterData()
+        if not channels:
+            self.transport.loseConnection()
 
 
 def _setRecordId(client, backend) -> None:
@@ -343,6 +349,13 @@ def _setRecordId(client, backend) -> None:
 class ServerConnection(FlowConnection, connection.SSHConnection):
     def getChannel(self, channelType, windowSize, maxPacket, data):
         return self.transport.avatar.openChannel(channelType, windowSize, maxPacket, data)
+
+    def channelClosed(self, channel):
+        super().channelClosed(channel)
+        user = self.transport.avatar
+        if not self.channels and user.backendConn is None and user.failure is not None:
+            # The backend is gone and the last channel has drained.
+            self.transport.loseConnection()
 
 
 class ServerTransport(transport.SSHServerTransport):

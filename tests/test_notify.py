@@ -20,20 +20,21 @@ SECRET_ENV = "SEALGATE_TEST_HOOK_SECRET"
 
 
 class Receiver(resource.Resource):
-    """Records every POST; answers with the queued status codes, then 200."""
+    """Records every POST; answers with the status codes queued for its path, then 200."""
 
     isLeaf = True
 
     def __init__(self):
         super().__init__()
         self.got = []
-        self.codes = []
+        self.codes: dict[str, list] = {}
 
     def render_POST(self, request):
         self.got.append((request.path.decode(), {k.decode().lower(): v[0].decode() for k, v in
                                                  request.requestHeaders.getAllRawHeaders()},
                          request.content.read()))
-        request.setResponseCode(self.codes.pop(0) if self.codes else 200)
+        queued = self.codes.get(request.path.decode())
+        request.setResponseCode(queued.pop(0) if queued else 200)
         return b"ok"
 
 
@@ -112,7 +113,7 @@ def deadPort() -> int:
 @pytest_twisted.ensureDeferred
 async def test_webhook_signed_retried_slack_shaped_and_failures_never_approve(tmp_path, receiver):
     os.environ[SECRET_ENV] = "s3cret-hmac-key"
-    receiver.codes = [500]  # the first delivery to the webhook fails once
+    receiver.codes = {"/hook": [500]}  # the first delivery to the webhook fails once
     running = await startGateway(config(receiver.url, deadPort()), tmp_path)
     admin = Admin(running)
     try:

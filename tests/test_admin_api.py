@@ -99,6 +99,9 @@ async def test_public_endpoints_need_no_credential_and_the_api_does(admin):
     assert (await admin.call(None, "GET", "/readyz"))[0] == 200
     code, doc = await admin.call(None, "GET", "/openapi.json")
     assert code == 200 and doc["openapi"].startswith("3.")
+    from openapi_spec_validator import validate
+
+    validate(doc)  # a valid OpenAPI 3.1 document, or this raises naming the fault
     assert {"/api/approvals/{id}/approve", "/api/log/inclusion", "/metrics"} <= set(doc["paths"])
     code, text = await admin.call(None, "GET", "/metrics", raw=True)
     assert code == 200 and b"sealgate_sessions_active" in text

@@ -93,6 +93,12 @@ commands = ["^echo restart"]
 approvers = ["leads"]
 
 [[rules]]
+name = "sftp-remove-needs-a-lead"
+action = "approve"
+commands = ["^remove .*/approve-me"]
+approvers = ["leads"]
+
+[[rules]]
 name = "no-etc-uploads"
 action = "deny"
 commands = ["^put /etc/"]
@@ -675,3 +681,45 @@ async def test_backend_dying_ends_the_client_connection(env):
     assert r.returncode != 0
     factory = env.gw.service.ports["web-1"].factory
     await _until(lambda: not factory.users)
+
+
+@pytest_twisted.ensureDeferred
+async def test_held_sftp_operation_waits_for_approval(env):
+    from sealgate.identity import Identity
+
+    victim = env.tmp / "approve-me"
+    victim.write_text("x")
+    batch = env.tmp / "rm-batch"
+    batch.write_text(f"rm {victim}\n")
+    argv = ["sftp", "-b", str(batch)] + env.clientOptions() + ["web-1@127.0.0.1"]
+    proc = await threads.deferToThread(
+        subprocess.Popen, argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE)
+    try:
+        line = await threads.deferToThread(proc.stderr.readline)
+        ticket = env.gw.gateway.approvals.pending()[0]
+        assert f"ticket {ticket.id} waits for leads".encode() in line
+        assert ticket.kind == "sftp" and ticket.command == f"remove {victim}"
+        assert victim.exists()
+        env.gw.gateway.approvals.approve(ticket.id, Identity("bob", {"leads"}), "ok")
+        out, err = await threads.deferToThread(proc.communicate, None, 30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert not victim.exists()
+
+
+@pytest_twisted.ensureDeferred
+@pytest.mark.parametrize("legacy", [False, True], ids=["scp-sftp", "scp-O"])
+async def test_file_transfers_are_byte_exact_even_where_terminal_output_is_masked(env, legacy):
+    data = b"".join(b"row %d 4111 1111 1111 1111\n" % i for i in range(2000)) + os.urandom(4096)
+    remote = env.tmp / f"cards-{legacy}.bin"
+    remote.write_bytes(data)
+    local = env.tmp / f"cards-{legacy}.copy"
+    flags = ["-O"] if legacy else []
+    r = await env.run(["scp", "-q", *flags] + env.clientOptions()
+                      + [f"web-1@127.0.0.1:{remote}", str(local)])
+    assert r.returncode == 0, r.stderr
+    assert local.read_bytes() == data

@@ -2,6 +2,7 @@
 
 import fnmatch
 import json
+import re
 import time
 
 from twisted.conch.ssh import connection
@@ -24,6 +25,10 @@ _STDERR = connection.EXTENDED_DATA_STDERR
 #: Requests relayed without asking the backend for a reply (clients send
 #: them with want-reply false).
 _NO_REPLY = {b"window-change", b"signal", b"eow@openssh.com"}
+#: Exec commands that are file-transfer servers speaking a binary protocol
+#: (legacy scp, rsync): masking would corrupt the files, so, like sftp,
+#: their streams pass unmasked (rules can still deny or hold them).
+_TRANSFER = re.compile(r"^\s*(\S*/)?(scp\s+(-\S+\s+)*-[a-zA-Z]*[tf]|rsync\s+--server|\S*sftp-server)\b")
 
 
 class BackendSession(RelayChannel):
@@ -77,6 +82,7 @@ class ClientSession(RelayChannel):
         self._flushCall = None
         self.exitStatus: int | None = None
         self._wantsOutput = bool(self.session.chain.wantsOutput)
+        self._passthrough = False
 
     # -- recording ------------------------------------------------------------
 
@@ -209,8 +215,11 @@ class ClientSession(RelayChannel):
 
     def _exec(self, raw: bytes):
         self.mode = "exec"
-        self._setUpMasking()
         text = raw.decode("utf-8", "replace")
+        if self.pty is None and _TRANSFER.match(text):
+            self._passthrough = True
+        else:
+            self._setUpMasking()
         self._control(FROM_CLIENT, type="exec", command=text)
         if not self.session.chain.wantsCommand:
             return self._forward(b"exec", _wire.NS(raw))
@@ -371,6 +380,9 @@ class ClientSession(RelayChannel):
             self._send(data, stream)
             if self._inject and self._boundary.atBoundary:
                 self._flushInjected()
+            return
+        if self._passthrough:
+            self._send(data, stream)
             return
         if self._lines is not None:
             self._outTail = (self._outTail + data)[-96:]

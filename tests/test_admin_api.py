@@ -191,6 +191,11 @@ async def test_sessions_filters_frames_transcript_and_verification(admin):
     assert [x["id"] for x in body["sessions"]] == [s.id]
     assert (await admin.call("audrey", "GET", "/api/sessions?state=live"))[1]["sessions"][0]["id"] == other.id
     assert (await admin.call("audrey", "GET", "/api/sessions?since=x"))[0] == 400
+    for query, want in [("state=closed", [s.id]), ("state=open", [other.id]), ("state=cut%20off", []),
+                        ("connection=db&client=127.0.0.1:5000", [other.id, s.id]), ("connection=x", []),
+                        ("protocol=ssh", []), ("limit=1", [other.id]), ("identity=b%27%20OR%201=1--", [])]:
+        got = [x["id"] for x in (await admin.call("audrey", "GET", f"/api/sessions?{query}"))[1]["sessions"]]
+        assert got == want, query
     code, body = await admin.call("audrey", "GET", f"/api/sessions/{s.id}/frames?limit=1")
     assert body["more"] is True and base64.b64decode(body["frames"][0]["data"]) == b"select 1;"
     code, body = await admin.call("audrey", "GET", f"/api/sessions/{s.id}/frames?after={body['next']}")

@@ -177,12 +177,18 @@ class RelayChannel(_channel.SSHChannel):
 
 class ForwardChannel(RelayChannel):
     """
-    A plain byte relay (direct-tcpip, agent forwarding) whose traffic is
-    recorded when it is the client-side leg (C{session} set).
+    A plain byte relay (direct-tcpip, agent forwarding).  Both legs record
+    into the session under the client-side channel's number.
     """
 
     session = None
     clientSide = False
+    recordId = 0
+
+    def channelOpen(self, specificData):
+        if self.clientSide and self.peer is not None:
+            self.recordId = self.peer.recordId = recordChannel(self.id, STREAM_DATA)
+        super().channelOpen(specificData)
 
     def dataReceived(self, data):
         if self.session is not None:
@@ -196,5 +202,3 @@ class ForwardChannel(RelayChannel):
     def eofReceived(self):
         if self.peer is not None:
             self.peer.sendEOFAfterData()
-
-    recordId = 0

@@ -16,7 +16,7 @@ from zope.interface import implementer
 from sealgate.identity import AuthenticationFailed
 from sealgate.protocols.ssh import _wire
 from sealgate.protocols.ssh.backend import BackendError, connectBackend, preferFastCiphers
-from sealgate.protocols.ssh.relay import FlowConnection, ForwardChannel, recordChannel
+from sealgate.protocols.ssh.relay import FlowConnection, ForwardChannel
 from sealgate.protocols.ssh.session import BackendSession, ClientSession
 from sealgate.session import SessionRefused
 
@@ -290,7 +290,6 @@ class GatewayUser(avatar.ConchUser):
             if isinstance(client, ForwardChannel):
                 client.session = backend.session = self.session
                 client.clientSide = True
-                client.channelOpen = lambda _d, c=client: _setRecordId(c, backend)
             return client
 
         def failed(f):
@@ -313,12 +312,7 @@ class GatewayUser(avatar.ConchUser):
         client.session = backend.session = self.session
         client.clientSide = True
         client.conn.openChannel(client, b"")
-
-        def opened(_):
-            _setRecordId(client, backend)
-            return backend
-
-        return client.opened.addCallback(opened)
+        return client.opened.addCallback(lambda _: backend)
 
     def logout(self):
         self._ended = True
@@ -340,10 +334,6 @@ class GatewayUser(avatar.ConchUser):
             chan.closeAfterData()
         if not channels:
             self.transport.loseConnection()
-
-
-def _setRecordId(client, backend) -> None:
-    client.recordId = backend.recordId = recordChannel(client.id, 0)
 
 
 class ServerConnection(FlowConnection, connection.SSHConnection):

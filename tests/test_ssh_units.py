@@ -239,3 +239,52 @@ def test_masked_output_is_held_back_at_most_the_bound():
     chan.fromBackend(b"prompt 12", 0)
     clock.advance(0.005)
     assert b"".join(sent).endswith(b"prompt 12")
+
+
+def test_echo_of_typed_keys_is_not_held_back():
+    from sealgate.masking import buildMasker
+    from sealgate.protocols.ssh import _wire
+    from sealgate.protocols.ssh.session import ClientSession
+
+    masker = buildMasker(attrs.make_class("M", {"detectors": attrs.field(default=("credit_card",
+                                                                                  "email")),
+                                                "columns": attrs.field(default=()),
+                                                "json_fields": attrs.field(default=())})())
+    clock = Clock()
+    sent = []
+
+    class Chain:
+        wantsOutput = False
+        wantsCommand = False
+
+    Chain.masker = masker
+
+    class Session:
+        id = "s1"
+        chain = Chain()
+
+        def record(self, direction, data, channel=0):
+            pass
+
+        def audit(self, kind, **fields):
+            pass
+
+    class User:
+        session = Session()
+        reactor = clock
+        options = attrs.make_class("O", {"mask_holdback": attrs.field(default=0.005)})()
+
+    chan = ClientSession(User())
+    chan.id = 0
+    chan.pty = _wire.PtyRequest("xterm", 80, 24, 0, 0, b"")
+    chan._send = lambda data, stream: sent.append(data)
+    chan._setUpMasking()
+    for key in b"ada4":
+        chan.dataReceived(bytes([key]))
+        chan.fromBackend(bytes([key]), 0)
+        assert sent[-1] == bytes([key])  # at once, no clock advance
+    # Backend output that is not an echo is still held while it may be a value.
+    chan.fromBackend(b" 4111", 0)
+    assert not b"".join(sent).endswith(b"4111")
+    clock.advance(0.005)
+    assert b"".join(sent).endswith(b"4111")

@@ -83,6 +83,7 @@ class ClientSession(RelayChannel):
         self.exitStatus: int | None = None
         self._wantsOutput = bool(self.session.chain.wantsOutput)
         self._passthrough = False
+        self._typed = b""
 
     # -- recording ------------------------------------------------------------
 
@@ -101,6 +102,8 @@ class ClientSession(RelayChannel):
             action()
 
     def dataReceived(self, data):
+        if self.pty is not None and self._maskers is not None:
+            self._typed = (self._typed + data)[-64:]
         if self._lines is not None:
             self._shellInput(data)
         else:
@@ -389,7 +392,14 @@ class ClientSession(RelayChannel):
         masked = self._maskers is not None
         if masked:
             m = self._maskers[stream]
-            data = m.feed(data)
+            if data and self._typed.startswith(data):
+                # The terminal echoing what the user just typed: nothing the
+                # client does not already have, so it is not held back.
+                self._typed = self._typed[len(data):]
+                data = m.feed(data) + m.flush()
+            else:
+                self._typed = b""
+                data = m.feed(data)
             if self._flushCall is None and getattr(m, "pending", 1):
                 # Bound how long a possible start of a value is held back.
                 self._flushCall = self.user.reactor.callLater(

@@ -14,8 +14,8 @@ def register(subparsers) -> None:
     add = sub.add_parser("add", help="bind a public key (.pub file) to an identity")
     add.add_argument("identity", metavar="IDENTITY")
     add.add_argument("keyfile", metavar="KEYFILE", help="OpenSSH public key file, e.g. id_ed25519.pub")
-    add.add_argument("--group", "-g", action="append", default=[], dest="groups",
-                     help="a group of the identity (repeat for several)")
+    add.add_argument("--group", "-g", action="append", required=True, dest="groups",
+                     help="a group of the identity (repeat for several); roles match on groups")
     add.add_argument("--expires", metavar="DURATION",
                      help="lifetime such as 30d, 12h (default: no expiry)")
     add.set_defaults(handler=addKey)

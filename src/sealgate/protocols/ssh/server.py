@@ -319,7 +319,7 @@ class GatewayUser(avatar.ConchUser):
         self.factory.users.discard(self)
         if self.backendConn is not None and self.backendConn.transport is not None:
             self.backendConn.transport.loseConnection()
-        self.session.end("client disconnected")
+        self.session.end(self.failure or "client disconnected")
 
     def backendLost(self):
         """The backend connection ended: close the client connection once its channels drain."""
@@ -383,6 +383,3 @@ class GatewaySSHFactory(factory.SSHFactory):
 
     def getPrivateKeys(self):
         return dict(self.hostKeys)
-
-    def getPrimes(self):
-        return None

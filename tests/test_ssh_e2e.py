@@ -4,6 +4,7 @@ import hashlib
 import json
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -187,10 +188,20 @@ def env(sshd, tmp_path_factory):
 
 @pytest_twisted.ensureDeferred
 async def test_exec_returns_output_and_exit_status(env):
+    before = _sessionIds(env)
     r = await env.ssh("echo hello; echo oops >&2; exit 7")
     assert r.returncode == 7, r.stderr
     assert r.stdout == b"hello\n"
     assert r.stderr == b"oops\n"
+
+    import io
+
+    from sealgate.protocols.ssh.plugin import plugin
+
+    sessionId = await _newClosedSession(env, before)
+    out = io.BytesIO()
+    plugin.replay(_frames(env, sessionId), out, None)
+    assert out.getvalue() == b"$ echo hello; echo oops >&2; exit 7\nhello\noops\n[exit 7]\n"
 
 
 async def _until(predicate, timeout=20.0, step=0.05):
@@ -406,6 +417,12 @@ async def test_interactive_shell_echo_resize_exit_code_and_asciicast(env):
     assert ["r", "120x40"] in [e[1:] for e in events]
     times = [e[0] for e in events]
     assert times == sorted(times)
+
+    cast = env.tmp / "session.cast"
+    cast.write_text(out.getvalue())
+    played = await env.run([str(Path(sys.executable).parent / "asciinema"), "cat", str(cast)])
+    assert played.returncode == 0, played.stderr
+    assert b"typed-42" in played.stdout
 
     with _reader(env) as r:
         audited = [(e.get("fields") or {}) for e in r.events(sessionId)

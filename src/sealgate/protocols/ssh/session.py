@@ -249,7 +249,7 @@ class ClientSession(RelayChannel):
             return
         if verdict is CONTINUE:
             self._stderrNote("approved; running")
-            d = self._forward(b"exec", _wire.NS(raw))
+            d = defer.maybeDeferred(self._forward, b"exec", _wire.NS(raw))
             self._release()
             d.addCallback(lambda ok: ok or self._refuse("the backend refused to run the command"))
         else:

@@ -740,3 +740,27 @@ async def test_file_transfers_are_byte_exact_even_where_terminal_output_is_maske
                       + [f"web-1@127.0.0.1:{remote}", str(local)])
     assert r.returncode == 0, r.stderr
     assert local.read_bytes() == data
+
+
+@pytest_twisted.ensureDeferred
+async def test_malformed_input_closes_only_that_session(env):
+    import socket
+
+    def garbage():
+        with socket.create_connection(("127.0.0.1", env.port()), timeout=10) as s:
+            s.recv(256)  # the gateway's version line
+            s.sendall(b"SSH-2.0-fuzzer\r\n" + os.urandom(4096))
+            try:
+                while s.recv(4096):
+                    pass
+            except OSError:
+                pass
+
+    await threads.deferToThread(garbage)
+    # A malformed SFTP stream (a packet length far beyond the limit) on the
+    # sftp subsystem: that channel closes.
+    bad = await env.run(env.sshArgs(extra=("-s",)) + ["sftp"],
+                        input=b"\x7f\xff\xff\xff\x03" + b"\x00" * 64)
+    assert bad.stdout == b"" and bad.returncode != 0
+    ok = await env.ssh("echo still-serving")
+    assert ok.stdout == b"still-serving\n"

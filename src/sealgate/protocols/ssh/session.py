@@ -201,15 +201,20 @@ class ClientSession(RelayChannel):
         if peer is None:
             return False
 
+        def reply(ok):
+            # Conch cannot answer a request on a channel that is gone.
+            if self.conn is not None and self.id in self.conn.localToRemoteChannel:
+                result.callback(ok)
+
         def send():
             if peer.localClosed or peer.conn is None:
-                result.callback(False)
+                reply(False)
             elif kind in _NO_REPLY:
                 peer.conn.sendRequest(peer, kind, data)
-                result.callback(True)
+                reply(True)
             else:
                 d = peer.conn.sendRequest(peer, kind, data, wantReply=True)
-                d.addCallbacks(lambda _: result.callback(True), lambda _: result.callback(False))
+                d.addCallbacks(lambda _: reply(True), lambda _: reply(False))
 
         self._toBackend(lambda: peer.afterData(send))
         return result

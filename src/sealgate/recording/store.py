@@ -20,6 +20,8 @@ __all__ = ["SQLiteStore", "SessionRecording", "StoreError", "StoreLocked"]
 FLUSH_INTERVAL = 0.05
 #: Queued items beyond which the store reports itself unhealthy (writer behind).
 MAX_BACKLOG = 2_000_000
+#: Queued items above which the writer takes the next batch without waiting.
+BUSY_BACKLOG = 256
 
 
 @implementer(ISessionRecording)
@@ -194,7 +196,11 @@ class SQLiteStore:
         retry: list = []
         failing = False
         while True:
-            self._wake.wait(FLUSH_INTERVAL)
+            # Group commit: under load the next batch is already waiting, so
+            # take it at once; a trickle waits for the interval instead of
+            # paying a sync per frame.
+            if len(queue) < BUSY_BACKLOG:
+                self._wake.wait(FLUSH_INTERVAL)
             self._wake.clear()
             stopping = self._stopping
             items = retry

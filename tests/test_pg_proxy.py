@@ -1,14 +1,21 @@
 """The PostgreSQL proxy end to end: real gateway in-process, real PostgreSQL, psql, psycopg, pgbench."""
 
+import datetime
+import ipaddress
 import os
 import subprocess
 
 import psycopg
 import pytest
 import pytest_twisted
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from twisted.internet import threads
 from twisted.logger import globalLogPublisher
 
+from sealgate.protocols.postgres import _wire as w
 from sealgate.recording.reader import StoreReader
 from sealgate.testing import startGateway
 from tests.harness.postgres import MD5_USER, SCRAM_USER, TRUST_USER
@@ -16,7 +23,8 @@ from tests.harness.postgres import MD5_USER, SCRAM_USER, TRUST_USER
 _ENV = "SEALGATE_TEST_PG_PASSWORD"
 
 
-def _config(postgres, user=SCRAM_USER, options: str = "", extra: str = "", name="app") -> str:
+def _config(postgres, user=SCRAM_USER, options: str = "", extra: str = "", name="app",
+            loopback=True) -> str:
     return f"""
 [[roles]]
 name = "eng"
@@ -32,7 +40,7 @@ backend = "tcp:host=127.0.0.1:port={postgres.port}"
 database = "app"
 username = "{user}"
 {'password_env = "' + _ENV + '"' if postgres.password(user) else ''}
-allow_cleartext_on_loopback = true
+allow_cleartext_on_loopback = {'true' if loopback else 'false'}
 {options}
 
 [[rules]]
@@ -98,6 +106,26 @@ async def _psql(postgres, g, key, sql, conn="app", extra=()):
     return await _run(argv, env)
 
 
+def _rawLogin(port, key, dbname="app"):
+    """Log in with a raw socket; return every message the gateway sent until it hung up."""
+    import socket
+
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.sendall(w.StartupMessage((("user", "ci-bot"), ("database", dbname))).encode()
+              + w.PasswordMessage.cleartext(key).encode())
+    r = w.Reader(frontend=False)
+    out = []
+    while True:
+        data = s.recv(65536)
+        if not data:
+            break
+        r.receive_data(data)
+        while (f := r.next_event()) is not w.NEED_DATA:
+            out.append(w.decodeFrame(f, False))
+    s.close()
+    return out
+
+
 def _sessions(g):
     with StoreReader(g.stateDir) as reader:
         return [(s, list(reader.frames(s["id"])), list(reader.events(s["id"])))
@@ -113,3 +141,412 @@ async def test_psql_runs_queries_through_the_gateway(tmp_path, postgres):
         assert r.stdout.strip() == f"{SCRAM_USER}|sealgate:ci-bot (psql)"
     finally:
         await g.stop()
+
+
+@pytest.mark.parametrize("user", [MD5_USER, TRUST_USER])
+@pytest_twisted.ensureDeferred
+async def test_backend_login_with_md5_and_trust(tmp_path, postgres, user):
+    g, key = await _start(tmp_path, postgres, user=user)
+    try:
+        r = await _psql(postgres, g, key, "select current_user")
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.strip() == user
+    finally:
+        await g.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_wrong_key_gets_a_fatal_28P01(tmp_path, postgres):
+    g, key = await _start(tmp_path, postgres)
+    try:
+        r = await _psql(postgres, g, "not-a-key", "select 1")
+        assert r.returncode == 2
+        assert "login refused" in r.stderr
+    finally:
+        await g.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_unknown_connection_name_is_refused_with_the_known_ones(tmp_path, postgres):
+    g, key = await _start(tmp_path, postgres)
+    try:
+        def go():
+            with pytest.raises(psycopg.OperationalError) as e:
+                psycopg.connect(_dsn(g, key, dbname="nope"))
+            return str(e.value)
+        msg = await threads.deferToThread(go)
+        assert 'no connection named "nope"' in msg and "app" in msg
+    finally:
+        await g.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_down_backend_gets_a_fatal_08001_not_a_dropped_socket(tmp_path, postgres):
+    from tests.harness._proc import freePort
+
+    class Down:
+        port = freePort()
+
+        def password(self, user):
+            return postgres.password(user)
+
+    g, key = await _start(tmp_path, Down())
+    try:
+        msgs = await threads.deferToThread(_rawLogin, g.port("app"), key)
+        err = msgs[-1]
+        assert isinstance(err, w.ErrorResponse)
+        assert err.get("S") == "FATAL" and err.get("C") == "08001"
+        assert "cannot reach the database behind connection app" in err.get("M")
+    finally:
+        await g.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_denied_statement_gets_42501_and_the_session_goes_on(tmp_path, postgres):
+    g, key = await _start(tmp_path, postgres)
+    try:
+        def go():
+            out = {}
+            with psycopg.connect(_dsn(g, key), autocommit=True) as c:
+                c.execute("CREATE TABLE IF NOT EXISTS victims (id int)")
+                with pytest.raises(psycopg.errors.InsufficientPrivilege) as e:
+                    c.execute("select 1; /* hidden */ dRoP TABLE victims")
+                out["simple"] = str(e.value)
+                assert c.execute("select 41 + 1").fetchone() == (42,)
+                # Extended query with parameters: the Execute reports it.
+                with pytest.raises(psycopg.errors.InsufficientPrivilege) as e:
+                    c.execute("WITH d AS (DELETE FROM victims RETURNING %s::int) SELECT * FROM d", (1,))
+                out["extended"] = str(e.value)
+                assert c.execute("select %s::int", (7,)).fetchone() == (7,)
+                # In a transaction block the denial aborts it, as an error would.
+                c.execute("BEGIN")
+                c.execute("INSERT INTO victims VALUES (1)")
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    c.execute("TRUNCATE victims")
+                out["status"] = c.info.transaction_status.name
+                with pytest.raises(psycopg.errors.InFailedSqlTransaction):
+                    c.execute("select 1")
+                c.execute("ROLLBACK")
+                out["after"] = c.execute("select count(*) from victims").fetchone()[0]
+                # Pipeline mode: the denied statement fails its part only.
+                with c.pipeline() as p:
+                    first = c.execute("select 1")
+                    c.execute("DROP TABLE victims")
+                    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                        p.sync()
+                    ok = c.execute("select 2")
+                out["pipeline"] = (first.fetchone(), ok.fetchone())
+            return out
+        out = await threads.deferToThread(go)
+        assert "denied by rule no-drop: dropping tables is not allowed" in out["simple"]
+        assert "CONTEXT" not in out["simple"]
+        assert "no-drop" in out["extended"]
+        assert out["status"] == "INERROR"
+        assert out["after"] == 0
+        assert out["pipeline"] == ((1,), (2,))
+    finally:
+        await g.stop()
+
+
+async def _waitTicket(g):
+    from twisted.internet import reactor, task
+
+    for _ in range(500):
+        pending = g.gateway.approvals.pending()
+        if pending:
+            return pending[0]
+        await task.deferLater(reactor, 0.02, lambda: None)
+    raise AssertionError("no ticket appeared")
+
+
+def _lead():
+    from sealgate.identity import Identity
+
+    return Identity("lead", frozenset({"leads"}))
+
+
+@pytest_twisted.ensureDeferred
+async def test_held_statement_runs_after_approval_and_fails_after_denial(tmp_path, postgres):
+    g, key = await _start(tmp_path, postgres)
+    try:
+        def go():
+            notices = []
+            with psycopg.connect(_dsn(g, key), autocommit=True) as c:
+                c.add_notice_handler(lambda d: notices.append((d.message_primary, d.message_hint)))
+                c.execute("CREATE TABLE IF NOT EXISTS held (id int)")
+                c.execute("GRANT SELECT ON held TO PUBLIC")
+                approved = c.execute("select has_table_privilege('public', 'held', 'select')").fetchone()
+                with pytest.raises(psycopg.errors.InsufficientPrivilege) as e:
+                    c.execute("GRANT INSERT ON held TO PUBLIC")
+                after = c.execute("select 1").fetchone()
+            return notices, approved, str(e.value), after
+
+        d = threads.deferToThread(go)
+        t1 = await _waitTicket(g)
+        assert t1.command == "GRANT SELECT ON held TO PUBLIC"
+        g.gateway.approvals.approve(t1.id, _lead(), "ok")
+        t2 = await _waitTicket(g)
+        g.gateway.approvals.deny(t2.id, _lead(), "no writes")
+        notices, approved, denied, after = await d
+        assert approved == (True,)
+        assert any(t1.id in (m or "") + (h or "") for m, h in notices)
+        assert "denied by lead: no writes" in denied
+        assert after == (1,)
+    finally:
+        await g.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_held_statement_expires_into_an_error(tmp_path, postgres):
+    g, key = await _start(tmp_path, postgres)
+    try:
+        def go():
+            with psycopg.connect(_dsn(g, key), autocommit=True) as c:
+                with pytest.raises(psycopg.errors.InsufficientPrivilege) as e:
+                    c.execute("REVOKE ALL ON customers FROM PUBLIC")
+                return str(e.value), c.execute("select 3").fetchone()
+        msg, after = await threads.deferToThread(go)
+        assert "expired" in msg
+        assert after == (3,)
+    finally:
+        await g.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_cancel_reaches_the_real_backend(tmp_path, postgres):
+    g, key = await _start(tmp_path, postgres)
+    try:
+        def go():
+            import threading
+
+            with psycopg.connect(_dsn(g, key)) as c:
+                # cancel() holds the GIL in libpq while it waits for the gateway,
+                # which runs in this process: cancel_safe() waits in Python.
+                t = threading.Timer(0.5, c.cancel_safe)
+                t.start()
+                with pytest.raises(psycopg.errors.QueryCanceled):
+                    c.execute("select pg_sleep(8)")
+                c.rollback()
+                return c.execute("select 5").fetchone()
+        assert await threads.deferToThread(go) == (5,)
+    finally:
+        await g.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_copy_both_ways_listen_notify_and_binary_results(tmp_path, postgres):
+    g, key = await _start(tmp_path, postgres)
+    try:
+        def go():
+            out = {}
+            with psycopg.connect(_dsn(g, key), autocommit=True) as c, \
+                    psycopg.connect(_dsn(g, key), autocommit=True) as other:
+                c.execute("CREATE TABLE IF NOT EXISTS copied (id int, t text)")
+                with c.cursor().copy("COPY copied FROM STDIN") as cp:
+                    for i in range(1000):
+                        cp.write_row((i, f"row {i}"))
+                buf = bytearray()
+                with c.cursor().copy("COPY (SELECT * FROM copied ORDER BY id) TO STDOUT") as cp:
+                    for chunk in cp:
+                        buf += chunk
+                out["copy"] = bytes(buf).splitlines()
+                cur = c.cursor(binary=True)
+                out["binary"] = cur.execute("select %s::int8, 'x'::text, now() is not null, %s::bytea",
+                                            (2**40, b"\x00\x01")).fetchone()
+                c.execute("LISTEN ch")
+                other.execute("NOTIFY ch, 'hello'")
+                out["notify"] = [(n.channel, n.payload) for n in c.notifies(timeout=5, stop_after=1)]
+                c.execute("DROP TABLE IF EXISTS copied_never")  # denied? no: DROP is denied
+            return out
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            await threads.deferToThread(go)
+
+        def go2():
+            out = {}
+            with psycopg.connect(_dsn(g, key), autocommit=True) as c, \
+                    psycopg.connect(_dsn(g, key), autocommit=True) as other:
+                buf = bytearray()
+                with c.cursor().copy("COPY (SELECT * FROM copied ORDER BY id) TO STDOUT") as cp:
+                    for chunk in cp:
+                        buf += chunk
+                out["copy"] = bytes(buf).splitlines()
+                cur = c.cursor(binary=True)
+                out["binary"] = cur.execute("select %s::int8, 'x'::text, %s::bytea",
+                                            (2**40, b"\x00\x01")).fetchone()
+                c.execute("LISTEN ch")
+                other.execute("NOTIFY ch, 'hello'")
+                out["notify"] = [(n.channel, n.payload) for n in c.notifies(timeout=5, stop_after=1)]
+            return out
+        out = await threads.deferToThread(go2)
+        assert len(out["copy"]) == 1000 and out["copy"][7] == b"7\trow 7"
+        assert out["binary"] == (2**40, "x", b"\x00\x01")
+        assert out["notify"] == [("ch", "hello")]
+    finally:
+        await g.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_pgbench_select_only_through_the_gateway(tmp_path, postgres):
+    g, key = await _start(tmp_path, postgres)
+    try:
+        env = dict(os.environ, PGPASSWORD=postgres.password(SCRAM_USER), PGSSLMODE="disable")
+        init = await _run([postgres._bin("pgbench"), "-i", "-s", "1", "-q", "-h", "127.0.0.1",
+                           "-p", str(postgres.port), "-U", SCRAM_USER, "app"], env, timeout=120)
+        assert init.returncode == 0, init.stderr
+        env["PGPASSWORD"] = key
+        r = await _run([postgres._bin("pgbench"), "-S", "-c", "4", "-t", "50", "-n", "-h", "127.0.0.1",
+                        "-p", str(g.port("app")), "-U", "ci-bot", "app"], env, timeout=120)
+        assert r.returncode == 0, r.stderr
+        assert "number of transactions actually processed: 200/200" in r.stdout
+    finally:
+        await g.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_garbage_after_login_ends_only_that_session(tmp_path, postgres):
+    g, key = await _start(tmp_path, postgres)
+    try:
+        def go():
+            import socket
+
+            with psycopg.connect(_dsn(g, key), autocommit=True) as c:
+                s = socket.socket(fileno=os.dup(c.fileno()))
+                s.settimeout(10)
+                s.sendall(b"\x01\x00\x00\x00\x08junk")
+                data = s.recv(4096)
+                s.close()
+            with psycopg.connect(_dsn(g, key)) as c2:
+                return data, c2.execute("select 9").fetchone()
+        data, after = await threads.deferToThread(go)
+        assert data.startswith(b"E") and b"08P01" in data
+        assert after == (9,)
+    finally:
+        await g.stop()
+
+
+def _makeCA(directory, name="server"):
+    """A throwaway CA and a certificate for 127.0.0.1 signed by it."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    caKey = ec.generate_private_key(ec.SECP256R1())
+    caName = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sealgate pg test CA")])
+    ca = (x509.CertificateBuilder().subject_name(caName).issuer_name(caName)
+          .public_key(caKey.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(now - datetime.timedelta(minutes=5))
+          .not_valid_after(now + datetime.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(caKey, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+            .issuer_name(caName).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .sign(caKey, hashes.SHA256()))
+    pem = serialization.Encoding.PEM
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "ca.pem").write_bytes(ca.public_bytes(pem))
+    (directory / f"{name}.pem").write_bytes(cert.public_bytes(pem))
+    (directory / f"{name}.key").write_bytes(key.private_bytes(
+        pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    return directory / "ca.pem", directory / f"{name}.pem", directory / f"{name}.key"
+
+
+@pytest_twisted.ensureDeferred
+async def test_client_tls_verify_full_and_required(tmp_path, postgres):
+    ca, cert, key_ = _makeCA(tmp_path / "tls")
+    g, key = await _start(tmp_path, postgres, options=(
+        f'tls_cert = "{cert}"\ntls_key = "{key_}"\nrequire_tls = true'))
+    try:
+        r = await _psql(postgres, g, key, "select 'over tls'", extra=())
+        assert r.returncode == 2 and "requires TLS" in r.stderr
+
+        def go():
+            with psycopg.connect(_dsn(g, key, sslmode="verify-full", sslrootcert=ca)) as c:
+                return c.info.pgconn.ssl_in_use, c.execute("select 'over tls'").fetchone()
+        inUse, row = await threads.deferToThread(go)
+        assert inUse and row == ("over tls",)
+        env = dict(os.environ, PGPASSWORD=key, PGSSLMODE="verify-full", PGSSLROOTCERT=str(ca))
+        r = await _run([postgres._bin("psql"), "-X", "-A", "-t", "-h", "127.0.0.1", "-p",
+                        str(g.port("app")), "-U", "ci-bot", "-d", "app", "-c", "select 6"], env)
+        assert r.returncode == 0 and r.stdout.strip() == "6", r.stderr
+    finally:
+        await g.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_cleartext_token_refused_without_tls_unless_loopback_allowed(tmp_path, postgres):
+    g, key = await _start(tmp_path, postgres, loopback=False)
+    try:
+        r = await _psql(postgres, g, key, "select 1")
+        assert r.returncode == 2 and "accepted only over TLS" in r.stderr
+    finally:
+        await g.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_backend_tls_verify_full_against_the_servers_ca(tmp_path, postgres):
+    # The harness's server offers TLS with a certificate from its own throwaway CA.
+    ca = postgres.tls.caFile
+    g, key = await _start(tmp_path, postgres, options=f'backend_tls = "verify-full"\nbackend_ca = "{ca}"')
+    try:
+        r = await _psql(postgres, g, key, "select ssl from pg_stat_ssl where pid = pg_backend_pid()")
+        assert r.stdout.strip() == "t", r.stderr
+    finally:
+        await g.stop()
+    other, _, _ = _makeCA(tmp_path / "wrongca")
+    g, key = await _start(tmp_path / "2", postgres,
+                          options=f'backend_tls = "verify-full"\nbackend_ca = "{other}"')
+    try:
+        msgs = await threads.deferToThread(_rawLogin, g.port("app"), key)
+        assert msgs[-1].get("S") == "FATAL" and msgs[-1].get("C", "").startswith("08")
+    finally:
+        await g.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_masking_text_binary_copy_and_error_detail(tmp_path, postgres):
+    g, key = await _start(tmp_path, postgres, extra="""
+[masking]
+detectors = ["credit_card", "email"]
+columns = ["secret_*"]
+""")
+    try:
+        def go():
+            out = {}
+            with psycopg.connect(_dsn(g, key), autocommit=True) as c:
+                out["text"] = c.execute("select card, email, name from customers order by id").fetchall()
+                out["binary"] = c.cursor(binary=True).execute(
+                    "select card, 123456789::int8 as secret_num, 7::int4 from customers where id = 1"
+                ).fetchone()
+                buf = bytearray()
+                with c.cursor().copy("COPY (SELECT card FROM customers ORDER BY id) TO STDOUT") as cp:
+                    for chunk in cp:
+                        buf += chunk
+                out["copy"] = bytes(buf)
+                c.execute("CREATE TABLE IF NOT EXISTS cards (c text PRIMARY KEY)")
+                c.execute("TRUNCATE cards") if False else c.execute("DELETE FROM cards WHERE true")
+                c.execute("INSERT INTO cards VALUES ('4111 1111 1111 1111')")
+                with pytest.raises(psycopg.errors.UniqueViolation) as e:
+                    c.execute("INSERT INTO cards VALUES ('4111 1111 1111 1111')")
+                out["detail"] = e.value.diag.message_detail
+            return out
+        out = await threads.deferToThread(go)
+        flat = repr(out)
+        for secret in ("4111 1111 1111 1111", "5500-0000-0000-0004", "340000000000009",
+                       "ada@example.com", "123456789"):
+            assert secret not in flat
+        assert out["text"][0][2] == "Ada Lovelace"
+        assert len(out["text"][0][0]) == len("4111 1111 1111 1111")
+        assert out["binary"][2] == 7 and isinstance(out["binary"][1], str)
+        assert out["copy"].count(b"\n") == 3
+        assert out["detail"].startswith("Key (c)=(")
+    finally:
+        await g.stop()
+    # What the client saw is what was recorded: the store holds no card either.
+    with StoreReader(g.stateDir) as reader:
+        for s in reader.sessions():
+            for f in reader.frames(s["id"]):
+                assert b"4111 1111 1111 1111" not in (f.data or b"") or f.direction == 0

@@ -206,8 +206,15 @@ class ClientLeg(Relay, Protocol):
         if self.state == _READY and self._terminating:
             self.transport.loseConnection()
             return
+        if wasReady:
+            self.fatal("08006", f"sealgate: the database behind connection {self.connection.name} "
+                       "closed the connection")
+            return
+        why = reason.getErrorMessage()
+        self._log.warn("Backend login on {connection} ended: {why}",
+                       connection=self.connection.name, why=why)
         self.fatal("08006", f"sealgate: the database behind connection {self.connection.name} "
-                   "closed the connection")
+                   f"closed the connection during login ({why})")
 
     def cancelQuery(self):
         """A CancelRequest carried our key: withdraw a held ticket or cancel on the server."""

@@ -97,11 +97,16 @@ def clientTLSContext(opts: PostgresOptions):
     if not opts.certPEM:
         return None
     blocks = _pemBlocks(opts.certPEM)
-    key = ssl.KeyPair.load(opts.keyPEM, ssl.crypto.FILETYPE_PEM)
+    from OpenSSL import crypto
+
+    key = crypto.load_privatekey(crypto.FILETYPE_PEM, opts.keyPEM)
     leaf = ssl.Certificate.loadPEM(blocks[0])
     chain = [ssl.Certificate.loadPEM(b).original for b in blocks[1:]]
-    return ssl.CertificateOptions(privateKey=key.original, certificate=leaf.original,
-                                  extraCertChain=chain or None)
+    # libpq 17+ offers ALPN "postgresql"; a server that negotiates nothing
+    # makes OpenSSL abort the handshake, so agree to it as PostgreSQL does.
+    return ssl.CertificateOptions(privateKey=key, certificate=leaf.original,
+                                  extraCertChain=chain or None,
+                                  acceptableProtocols=[b"postgresql"])
 
 
 def backendHost(backend: str) -> str:

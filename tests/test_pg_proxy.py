@@ -550,3 +550,67 @@ columns = ["secret_*"]
         for s in reader.sessions():
             for f in reader.frames(s["id"]):
                 assert b"4111 1111 1111 1111" not in (f.data or b"") or f.direction == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_recording_audit_replay_and_no_secret_anywhere(tmp_path, postgres, logs):
+    import io
+
+    from sealgate.protocols.postgres.replay import replay
+
+    g, key = await _start(tmp_path, postgres)
+    outputs = []
+    try:
+        r = await _psql(postgres, g, key, "select id, name from customers order by id; select 1/0")
+        outputs += [r.stdout, r.stderr]
+        assert "division by zero" in r.stderr
+        r = await _psql(postgres, g, key, "drop table customers")
+        outputs += [r.stdout, r.stderr]
+        r = await _psql(postgres, g, "wrong-" + key[:4], "select 1")
+        outputs += [r.stdout, r.stderr]
+
+        def go():
+            with psycopg.connect(_dsn(g, key)) as c:
+                return c.execute("select %s::int + 1", (41,)).fetchone()
+        assert await threads.deferToThread(go) == (42,)
+    finally:
+        await g.stop()
+    sessions = _sessions(g)
+    assert len(sessions) == 3
+    def sent(s):
+        return b"".join(f.data for f in s[1] if f.direction == 0)
+    first = next(s for s in sessions if b"select id, name" in sent(s))
+    third = next(s for s in sessions if b"$1::int" in sent(s))
+    toClient = b"".join(f.data for f in first[1] if f.direction == 1)
+    fromClient = b"".join(f.data for f in first[1] if f.direction == 0)
+    assert b"Ada Lovelace" in toClient and b"select id, name" in fromClient
+    statements = [e for e in first[2] if "statement" in repr(e)]
+    text = repr(statements)
+    assert "'rows': 3" in text and "22012" in text, text
+
+    out = io.BytesIO()
+    replay(first[1], out, None)
+    transcript = out.getvalue().decode()
+    assert "=> select id, name from customers order by id; select 1/0" in transcript
+    assert "Grace Hopper" in transcript and "-- SELECT 3" in transcript
+    assert "division by zero (22012)" in transcript
+
+    out = io.BytesIO()
+    replay(third[1], out, None)
+    assert "=> select $1::int + 1" in out.getvalue().decode()
+
+    # The backend password and the client's key: in no recording, store
+    # file, log line or client-visible error.
+    secrets = [postgres.password(SCRAM_USER).encode(), key.encode()]
+    store = b""
+    for root, _dirs, files in os.walk(g.stateDir):
+        for f in files:
+            if f.endswith((".sqlite", ".sqlite-wal")) and "identity" in f:
+                continue  # the API key store holds hashes, checked by its own tests
+            with open(os.path.join(root, f), "rb") as fh:
+                store += fh.read()
+    assert len(store) > 1000
+    seen = "\n".join(logs + outputs).encode() + transcript.encode() + toClient + fromClient
+    for s in secrets:
+        assert s not in store
+        assert s not in seen

@@ -764,3 +764,10 @@ async def test_malformed_input_closes_only_that_session(env):
     assert bad.stdout == b"" and bad.returncode != 0
     ok = await env.ssh("echo still-serving")
     assert ok.stdout == b"still-serving\n"
+
+
+def test_the_gateway_logged_no_unhandled_error(env):
+    # Last in this module: everything above ran on this gateway.
+    problems = [line for line in LOGGED
+                if "Unhandled" in line or "Traceback (most recent call last)" in line]
+    assert problems == []

@@ -79,6 +79,9 @@ def test_known_hosts_names_follow_openssh():
     assert knownHostsName("tcp:host=10.0.0.5:port=22") == b"10.0.0.5"
     assert knownHostsName("tcp:host=db.internal:port=2222") == b"[db.internal]:2222"
     assert knownHostsName("tcp:web.internal:2200") == b"[web.internal]:2200"
+    assert knownHostsName(r"tcp6:host=fd00\:\:5:port=2222") == b"[fd00::5]:2222"
+    with pytest.raises(ValueError):
+        knownHostsName("unix:path=/run/sshd.sock")
 
 
 def test_host_keys_are_created_once_and_kept(tmp_path):

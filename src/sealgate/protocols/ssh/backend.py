@@ -154,8 +154,13 @@ def connectBackend(reactor, connectionConfig, avatar) -> defer.Deferred:
     from sealgate.protocols.ssh.plugin import knownHostsName
 
     opts = connectionConfig.options
-    name = (opts.host_key_alias.encode() if opts.host_key_alias
-            else knownHostsName(connectionConfig.backend))
+    try:
+        name = (opts.host_key_alias.encode() if opts.host_key_alias
+                else knownHostsName(connectionConfig.backend))
+    except ValueError:
+        return defer.fail(BackendError(
+            f"cannot tell the known_hosts name of the backend of {connectionConfig.name}; "
+            "an operator must set host_key_alias"))
     factory = BackendFactory(opts, name, avatar, reactor)
     d = threads.deferToThreadPool(reactor, reactor.getThreadPool(), KnownHostsFile.fromPath,
                                   FilePath(opts.known_hosts))

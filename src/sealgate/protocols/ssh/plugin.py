@@ -50,6 +50,7 @@ def knownHostsName(backend: str) -> bytes:
             port = int(positional[1])
     if host is None or kind not in ("tcp", "tcp6", "tls"):
         raise ValueError(backend)
+    host = host.replace("\\:", ":")
     return (host if port == 22 else f"[{host}]:{port}").encode()
 
 

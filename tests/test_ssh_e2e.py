@@ -766,6 +766,20 @@ async def test_malformed_input_closes_only_that_session(env):
     assert ok.stdout == b"still-serving\n"
 
 
+@pytest_twisted.ensureDeferred
+async def test_identity_without_a_role_is_refused_with_a_banner(env):
+    from sealgate.identity.sshkeys import SSHKeyStore
+
+    key = _keygen(env.tmp / "outsider")
+    SSHKeyStore.forStateDir(env.gw.stateDir).add(
+        "outsider", Path(str(key) + ".pub").read_text(), ["interns"])
+    r = await env.ssh("echo in", key=key, logLevel="INFO")
+    assert r.returncode == 255
+    assert r.stdout == b""
+    assert b"sealgate: " in r.stderr
+    assert b"Permission denied" in r.stderr
+
+
 def test_the_gateway_logged_no_unhandled_error(env):
     # Last in this module: everything above ran on this gateway.
     problems = [line for line in LOGGED

@@ -133,7 +133,6 @@ class UserAuthServer(userauth.SSHUserAuthServer):
     _log = Logger()
     protocolMessages = dict(userauth.SSHUserAuthServer.protocolMessages)
     protocolMessages[MSG_USERAUTH_INFO_RESPONSE] = "MSG_USERAUTH_INFO_RESPONSE"
-    interfaceToMethod = dict(userauth.SSHUserAuthServer.interfaceToMethod)
 
     def serviceStarted(self):
         self.factory = real = self.transport.factory
@@ -146,6 +145,11 @@ class UserAuthServer(userauth.SSHUserAuthServer):
             self.transport.factory = real
         self.supportedAuthentications.append(b"keyboard-interactive")
         self._kbd = None
+
+    def ssh_USERAUTH_REQUEST(self, packet):
+        # A client may abandon keyboard-interactive for another attempt.
+        self._kbd = None
+        return super().ssh_USERAUTH_REQUEST(packet)
 
     def connectionFor(self, username: bytes):
         try:

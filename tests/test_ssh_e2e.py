@@ -780,6 +780,45 @@ async def test_identity_without_a_role_is_refused_with_a_banner(env):
     assert b"Permission denied" in r.stderr
 
 
+def _typeSecret(argv, secret: str):
+    import pexpect
+
+    child = pexpect.spawn(argv[0], argv[1:], dimensions=(24, 80), timeout=20,
+                          env={**os.environ, "TERM": "xterm"})
+    try:
+        child.expect(r"[$#] ")
+        child.sendline("read -s -p 'Password: ' pw; echo; echo got-${#pw}")
+        child.expect("Password: ")
+        child.sendline(secret)
+        child.expect(r"got-(\d+)")
+        length = int(child.match.group(1))
+        child.sendline("echo after-secret")
+        child.expect("after-secret\r\n")
+        child.sendline("exit")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+    return length
+
+
+@pytest_twisted.ensureDeferred
+async def test_input_at_a_password_prompt_is_neither_recorded_nor_audited(env):
+    secret = "hunter2-" + os.urandom(4).hex()
+    before = _sessionIds(env)
+    length = await threads.deferToThread(_typeSecret, env.sshArgs(extra=("-tt",)), secret)
+    assert length == len(secret)
+    sessionId = await _newClosedSession(env, before)
+    typed = b"".join(f.data for f in _frames(env, sessionId) if f.direction == 0)
+    assert secret.encode() not in typed
+    assert b"*" * len(secret) in typed
+    assert b"echo after-secret" in typed
+    with _reader(env) as r:
+        lines = [(e.get("fields") or {}).get("line") for e in r.events(sessionId)
+                 if e.get("event") == "shell_input"]
+    assert "<hidden input>" in lines and "echo after-secret" in lines
+    assert not any(secret in (line or "") for line in lines)
+
+
 def test_the_gateway_logged_no_unhandled_error(env):
     # Last in this module: everything above ran on this gateway.
     problems = [line for line in LOGGED

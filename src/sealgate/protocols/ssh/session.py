@@ -104,8 +104,8 @@ class ClientSession(RelayChannel):
     def dataReceived(self, data):
         if self.pty is not None and self._maskers is not None:
             self._typed = (self._typed + data)[-64:]
-        if self._lines is not None:
-            self._shellInput(data)
+        if self.pty is not None or self._lines is not None:
+            self._terminalInput(data)
         else:
             self.session.record(FROM_CLIENT, data, recordChannel(self.id, STREAM_DATA))
         if self._sftp is not None:
@@ -356,20 +356,33 @@ class ClientSession(RelayChannel):
 
     # -- shell input audit ----------------------------------------------------
 
-    def _shellInput(self, data: bytes) -> None:
+    def _terminalInput(self, data: bytes) -> None:
+        """Record (and, in a shell, audit) what is typed into a pty."""
+        hidden = 0
+        recorded = data
         if not self._secretInput and _wire.SECRET_PROMPT.search(self._outTail):
             self._secretInput = True
-        recorded = data
         if self._secretInput:
             # What is typed at a password prompt is not echoed; keep it out of
             # the recording and the audit too (length is kept for timing).
-            recorded = bytes(b if b in (0x0D, 0x0A) else 0x2A for b in data)
+            out = bytearray()
+            for b in data:
+                if self._secretInput and b not in (0x0D, 0x0A, 0x03):
+                    out.append(0x2A)
+                    continue
+                out.append(b)
+                if self._secretInput:
+                    self._secretInput = False
+                    self._outTail = b""
+                    hidden += 1
+            recorded = bytes(out)
         self.session.record(FROM_CLIENT, recorded, recordChannel(self.id, STREAM_DATA))
+        if self._lines is None:
+            return
         for line in self._lines.receive_data(data):
-            if self._secretInput:
+            if hidden:
+                hidden -= 1
                 self.session.audit("shell_input", channel=self.id, line="<hidden input>")
-                self._secretInput = False
-                self._outTail = b""
             elif line.strip():
                 self.session.audit("shell_input", channel=self.id,
                                    line=line.decode("utf-8", "replace"))
@@ -392,7 +405,7 @@ class ClientSession(RelayChannel):
         if self._passthrough:
             self._send(data, stream)
             return
-        if self._lines is not None:
+        if self.pty is not None:
             self._outTail = (self._outTail + data)[-96:]
         masked = self._maskers is not None
         if masked:

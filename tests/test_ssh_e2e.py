@@ -473,11 +473,24 @@ async def test_sftp_ls_put_get_and_denied_put(env):
     local.write_bytes(b"sftp payload\n" * 1000)
     batch = env.tmp / "batch"
     batch.write_text(f"ls {d}\nput {local} {d}/uploaded.txt\nget {d}/uploaded.txt {env.tmp}/fetched.txt\n")
+    before = _sessionIds(env)
     r = await env.run(["sftp", "-b", str(batch)] + env.clientOptions() + ["web-1@127.0.0.1"])
     assert r.returncode == 0, r.stderr
     assert b"listed.txt" in r.stdout
     assert (d / "uploaded.txt").read_bytes() == local.read_bytes()
     assert (env.tmp / "fetched.txt").read_bytes() == local.read_bytes()
+    sessionId = await _newClosedSession(env, before)
+    with _reader(env) as reader:
+        events = reader.events(sessionId)
+    commands = [(e.get("fields") or {}).get("command") for e in events
+                if e.get("event") == "command"]
+    assert f"list {d}/" in commands and f"put {d}/uploaded.txt" in commands
+    assert f"get {d}/uploaded.txt" in commands
+    transfers = [(f["op"], f["path"], f["direction"], f["bytes"], f["complete"])
+                 for e in events if e.get("event") == "sftp_transfer" for f in [e["fields"]]]
+    size = local.stat().st_size
+    assert transfers == [("put", f"{d}/uploaded.txt", "upload", size, True),
+                         ("get", f"{d}/uploaded.txt", "download", size, True)]
 
     batch.write_text(f"put {local} /etc/sealgate-should-not-exist\n")
     r = await env.run(["sftp", "-b", str(batch)] + env.clientOptions() + ["web-1@127.0.0.1"])

@@ -143,3 +143,34 @@ def test_secret_prompts_are_recognised():
     for prompt in (b"[sudo] password for ada: ", b"Password:", b"Enter passphrase for key: "):
         assert _wire.SECRET_PROMPT.search(prompt)
     assert not _wire.SECRET_PROMPT.search(b"ada@web-1:~$ ")
+
+
+def test_transfers_are_counted_per_file_and_audited_on_close():
+    from sealgate.protocols.ssh.sftpaudit import SFTPTransfers
+
+    audited = []
+    t = SFTPTransfers(lambda op, n, complete: audited.append((op.text, n, complete)))
+
+    def req(packet):
+        t.request(packet, _wire.decodeOperation(packet))
+
+    def replies(*packets):
+        r = _wire.SFTPResponses()
+        r.receive_data(b"".join(packets))
+        t.replies(r.heads)
+
+    req(open_(b"/up", _wire.FXF_WRITE | _wire.FXF_CREAT, rid=1))
+    req(open_(b"/down", _wire.FXF_READ, rid=2))
+    req(open_(b"/missing", _wire.FXF_READ, rid=3))
+    replies(_pkt(_wire.FXP_HANDLE, _wire.NS(b"H1"), 1), _pkt(_wire.FXP_HANDLE, _wire.NS(b"H2"), 2),
+            _wire.statusReply(3, 2, "no such file"))
+    req(_pkt(_wire.FXP_WRITE, _wire.NS(b"H1") + struct.pack(">Q", 0) + _wire.NS(b"a" * 700), 4))
+    req(_pkt(_wire.FXP_WRITE, _wire.NS(b"H1") + struct.pack(">Q", 700) + _wire.NS(b"b" * 300), 5))
+    req(_pkt(_wire.FXP_READ, _wire.NS(b"H2") + struct.pack(">QL", 0, 4096), 6))
+    req(_pkt(_wire.FXP_READ, _wire.NS(b"H2") + struct.pack(">QL", 4096, 4096), 7))
+    replies(_pkt(_wire.FXP_DATA, _wire.NS(b"z" * 4096), 6), _wire.statusReply(7, 1, "EOF"))
+    req(_pkt(_wire.FXP_CLOSE, _wire.NS(b"H1"), 8))
+    req(_pkt(_wire.FXP_WRITE, b"\x00\x00", 9))  # malformed: ignored
+    assert audited == [("put /up", 1000, True)]
+    t.finish()
+    assert audited == [("put /up", 1000, True), ("get /down", 4096, False)]

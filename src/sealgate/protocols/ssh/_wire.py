@@ -202,34 +202,75 @@ def decodeOperation(packet: bytes) -> SFTPOperation | None:
     return None
 
 
+#: How much of each server reply L{SFTPResponses} keeps: enough for a
+#: HANDLE reply (handles are at most 256 bytes) or the header of a DATA one.
+_HEAD = 4 + 1 + 4 + 4 + 256
+
+
 class SFTPResponses:
     """
     Tracks packet boundaries in the server-to-client SFTP stream without
-    copying it, so the gateway can slip its own replies in between.
+    copying it, so the gateway can slip its own replies in between, and
+    keeps the head of each reply (C{heads}: C{(type, head_bytes, length)})
+    for transfer accounting.
     """
 
     def __init__(self) -> None:
         self._need = 0
         self._header = b""
+        self._head = b""
+        self._length = 0
+        self.heads: list[tuple[int, bytes, int]] = []
 
     def receive_data(self, data: bytes) -> None:
         i, n = 0, len(data)
         while i < n:
             if self._need:
                 take = min(self._need, n - i)
+                if len(self._head) < _HEAD:
+                    self._head += data[i:i + min(take, _HEAD - len(self._head))]
                 self._need -= take
                 i += take
+                if not self._need and self._head:
+                    self.heads.append((self._head[0], self._head, self._length))
                 continue
             take = min(4 - len(self._header), n - i)
             self._header += data[i:i + take]
             i += take
             if len(self._header) == 4:
-                self._need = _U32.unpack(self._header)[0]
+                self._need = self._length = _U32.unpack(self._header)[0]
                 self._header = b""
+                self._head = b""
 
     @property
     def atBoundary(self) -> bool:
         return self._need == 0 and not self._header
+
+
+def handleOf(packet: bytes) -> bytes:
+    """The handle a CLOSE, READ or WRITE request (a whole packet) names."""
+    return _string(packet, 9)[0]
+
+
+def writeLength(packet: bytes) -> int:
+    """How many bytes a whole WRITE request packet carries."""
+    _, o = _string(packet, 9)
+    return _u32(packet, o + 8)[0]
+
+
+def replyId(head: bytes) -> int:
+    """The request id a reply (its kept head, starting at the type byte) answers."""
+    return _u32(head, 1)[0]
+
+
+def replyHandle(head: bytes) -> bytes:
+    """The handle in a HANDLE reply's head."""
+    return _string(head, 5)[0]
+
+
+def dataLength(head: bytes) -> int:
+    """The payload length in a DATA reply's head."""
+    return _u32(head, 5)[0]
 
 
 def statusReply(requestId: int, code: int, message: str) -> bytes:

@@ -19,6 +19,7 @@ from sealgate.protocols.ssh.relay import (
     RelayChannel,
     recordChannel,
 )
+from sealgate.protocols.ssh.sftpaudit import SFTPTransfers
 from sealgate.session import FROM_CLIENT, TO_CLIENT
 
 _STDERR = connection.EXTENDED_DATA_STDERR
@@ -84,6 +85,8 @@ class ClientSession(RelayChannel):
         self._wantsOutput = bool(self.session.chain.wantsOutput)
         self._passthrough = False
         self._typed = b""
+        self._wantsCommand = bool(self.session.chain.wantsCommand)
+        self._transfers: SFTPTransfers | None = None
 
     # -- recording ------------------------------------------------------------
 
@@ -189,8 +192,8 @@ class ClientSession(RelayChannel):
             self.mode = "sftp"
             self._control(FROM_CLIENT, type="subsystem", name="sftp")
             self._boundary = _wire.SFTPResponses()
-            if self.session.chain.wantsCommand:
-                self._sftp = _wire.SFTPRequests()
+            self._sftp = _wire.SFTPRequests()
+            self._transfers = SFTPTransfers(self._auditTransfer)
             return self._forward(kind, data)
         return False
 
@@ -309,8 +312,8 @@ class ClientSession(RelayChannel):
             if event is _wire.NEED_DATA:
                 return
             packet, op = event
-            if op is None:
-                self.peer.write(packet)
+            if op is None or not self._wantsCommand:
+                self._sftpForward(packet, op)
                 continue
             details = {"op": op.op, "path": op.path, "size": op.size,
                        "direction": op.direction}
@@ -331,8 +334,17 @@ class ClientSession(RelayChannel):
             self._stderrNote(f"sftp {op.text}: denied: {reason}")
             self._injectReply(_wire.statusReply(op.requestId, _wire.FX_PERMISSION_DENIED,
                                                 f"denied by sealgate: {reason}"))
-        elif self.peer is not None:
+        else:
+            self._sftpForward(packet, op)
+
+    def _sftpForward(self, packet: bytes, op) -> None:
+        if self.peer is not None:
+            self._transfers.request(packet, op)
             self.peer.write(packet)
+
+    def _auditTransfer(self, op, count: int, complete: bool) -> None:
+        self.session.audit("sftp_transfer", channel=self.id, op=op.op, path=op.path,
+                           direction=op.direction, bytes=count, complete=complete)
 
     def _sftpDecided(self, verdict, packet, op) -> None:
         if self.localClosed:
@@ -397,7 +409,11 @@ class ClientSession(RelayChannel):
 
     def fromBackend(self, data: bytes, stream: int) -> None:
         if self._boundary is not None:
-            self._boundary.receive_data(data)
+            if stream == STREAM_DATA:
+                self._boundary.receive_data(data)
+                if self._boundary.heads:
+                    self._transfers.replies(self._boundary.heads)
+                    self._boundary.heads.clear()
             self._send(data, stream)
             if self._inject and self._boundary.atBoundary:
                 self._flushInjected()
@@ -484,6 +500,8 @@ class ClientSession(RelayChannel):
             self._flushCall.cancel()
             self._flushCall = None
         self._maskers = None
+        if self._transfers is not None:
+            self._transfers.finish()
         self.session.audit("channel_closed", channel=self.id, mode=self.mode,
                            exit_status=self.exitStatus)
         super().closed()

@@ -405,6 +405,13 @@ async def test_interactive_shell_echo_resize_exit_code_and_asciicast(env):
     sessionId = await _newClosedSession(env, before)
     out = io.StringIO()
     writeAsciicast(_frames(env, sessionId), out)
+    cast = env.tmp / "session.cast"
+    # The command an operator runs writes the same file.
+    from sealgate.cli.main import main
+
+    assert main(["export", sessionId, "--asciicast", str(cast),
+                 "--state-dir", str(env.gw.stateDir)]) == 0
+    assert cast.read_text() == out.getvalue()
     lines = out.getvalue().splitlines()
     header = json.loads(lines[0])
     events = [json.loads(line) for line in lines[1:]]
@@ -418,8 +425,6 @@ async def test_interactive_shell_echo_resize_exit_code_and_asciicast(env):
     times = [e[0] for e in events]
     assert times == sorted(times)
 
-    cast = env.tmp / "session.cast"
-    cast.write_text(out.getvalue())
     played = await env.run([str(Path(sys.executable).parent / "asciinema"), "cat", str(cast)])
     assert played.returncode == 0, played.stderr
     assert b"typed-42" in played.stdout

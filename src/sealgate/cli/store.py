@@ -42,6 +42,8 @@ def register(subparsers) -> None:
     export.add_argument("--out", help="bundle file to write")
     export.add_argument("--har", metavar="FILE",
                         help="write an HTTP session as HAR 1.2 (opens in browser devtools)")
+    export.add_argument("--asciicast", metavar="FILE",
+                        help="write an SSH terminal session as asciicast v2 (asciinema play)")
     export.set_defaults(handler=exportCommand)
 
     vb = subparsers.add_parser("verify-bundle", help="check an exported bundle offline")
@@ -197,9 +199,12 @@ def exportCommand(args) -> int:
     from sealgate.recording.bundle import exportBundle
 
     if args.har:
-        return _exportHar(args)
+        return _exportAs(args, args.har, "http", "--har", _writeHar)
+    if args.asciicast:
+        return _exportAs(args, args.asciicast, "ssh", "--asciicast", _writeAsciicast)
     if not args.out:
-        raise CommandError("pass --out FILE (a bundle) or --har FILE (HAR 1.2 of an HTTP session)")
+        raise CommandError("pass --out FILE (a bundle), --har FILE (an HTTP session) "
+                           "or --asciicast FILE (an SSH terminal session)")
     out = Path(args.out)
     tmp = out.with_name(out.name + ".part")
     with _reader(args) as r:
@@ -215,28 +220,46 @@ def exportCommand(args) -> int:
     return 0
 
 
-def _exportHar(args) -> int:
-    from sealgate.cli.main import CommandError
+def _writeHar(frames, f, info) -> str:
     from sealgate.protocols.http import _wire
     from sealgate.protocols.http.har import writeHar
 
-    out = Path(args.har)
+    try:
+        return f"HAR 1.2, {writeHar(frames, f, info)} entries"
+    except _wire.ProtocolError as e:
+        raise ValueError(f"it does not parse as HTTP/1.1: {e}")
+
+
+def _writeAsciicast(frames, f, info) -> str:
+    from sealgate.protocols.ssh.asciicast import writeAsciicast
+
+    return f"asciicast v2, {writeAsciicast(frames, f)} events"
+
+
+def _exportAs(args, path, protocol, flag, write) -> int:
+    """Export a session in its protocol's own replay format, atomically."""
+    from sealgate.cli.main import CommandError
+
+    out = Path(path)
     tmp = out.with_name(out.name + ".part")
     with _reader(args) as r:
         s = r.session(args.id)
         if s is None:
             raise CommandError(f"no session {args.id!r} in {r.stateDir}")
-        if (s["protocol"] or s["info"].get("protocol")) != "http":
-            raise CommandError(f"session {args.id} is {s['info'].get('protocol')!r}, not http: "
-                               "--har is for HTTP sessions (use --out for a bundle)")
+        actual = s["protocol"] or s["info"].get("protocol")
+        if actual != protocol:
+            raise CommandError(f"session {args.id} is {actual!r}, not {protocol}: "
+                               f"{flag} is for {protocol} sessions (use --out for a bundle)")
         try:
             with open(tmp, "w", encoding="utf-8") as f:
-                n = writeHar(r.frames(args.id), f, s["info"])
-        except _wire.ProtocolError as e:
+                what = write(r.frames(args.id), f, s["info"])
+        except ValueError as e:
+            # The protocols' parse errors are ValueErrors: a recording that
+            # does not render is reported, not a traceback.
             tmp.unlink(missing_ok=True)
-            raise CommandError(f"session {args.id} does not parse as HTTP/1.1: {e}")
+            raise CommandError(f"session {args.id} cannot be exported with {flag}: {e}")
     tmp.replace(out)
-    print(f"wrote {out}: HAR 1.2, session {args.id}, {n} entries")
+    print(f"wrote {out}: {what}, session {args.id}")
     return 0
 
 

@@ -77,6 +77,17 @@ class Masker:
         self._namesRe = (re.compile("|".join(fnmatch.translate(p.lower()) for p in self.names))
                          if self.names else None)
         self._nameCache: dict[str, bool] = {}
+        # A key matches a name's glob only if it holds the glob's longest
+        # literal run, so a document holding none of them has no redacted
+        # field and skips the per-key walk.  Bracket globs get no hint.
+        hints: list[str] | None = []
+        for p in self.names:
+            runs = [r for r in re.split(r"[*?]", p.lower()) if r]
+            if "[" in p or not runs:
+                hints = None
+                break
+            hints.append(max(runs, key=len))
+        self._nameHints: tuple[str, ...] | None = None if hints is None else tuple(hints)
 
     @classmethod
     def fromConfig(cls, config) -> "Masker":
@@ -206,7 +217,9 @@ class Masker:
         """Redact named values in an escape-free document; None if a number got masked."""
         out: list[str] = []
         last = 0
-        if self._namesRe is not None:
+        hints = self._nameHints
+        if self._namesRe is not None and (hints is None or any(
+                h in lowered for lowered in (text.lower(),) for h in hints)):
             decode = _DECODER.raw_decode
             for m in _PLAIN_STRING.finditer(text):
                 if not m.group(2) or m.start() < last or not self.columnMasked(m.group(1)):

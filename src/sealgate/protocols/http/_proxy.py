@@ -464,9 +464,15 @@ class _Discard(Protocol):
 
 def buildListener(connections, gateway):
     """The listening factory for every http connection sharing one listen string."""
-    proxy = Proxy(connections, gateway)
-    site = ProxySite(proxy, gateway.reactor, max(c.options.idle_timeout for c in connections))
     tls = next((c.options for c in connections if c.options.tls_cert), None)
+    if any(c.options.browser_login for c in connections):
+        # The browser login's redirects, cookies and pages use twisted.web.
+        proxy = Proxy(connections, gateway)
+        site = ProxySite(proxy, gateway.reactor, max(c.options.idle_timeout for c in connections))
+    else:
+        from sealgate.protocols.http._relay import RelayFactory
+
+        site = RelayFactory(connections, gateway, secure=tls is not None)
     if tls is None:
         return site
     from twisted.internet import ssl

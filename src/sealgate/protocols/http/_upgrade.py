@@ -186,8 +186,14 @@ def handOver(request, channel, backend, headers, session) -> None:
     for data in buffered:
         relay.fromClient(data)
 
+    connectRelay(relay, channel.site.proxy.reactor, backend, session)
+
+
+def connectRelay(relay, reactor, backend, session) -> None:
+    """Connect a L{Relay} to the backend; an unreachable one gets the client a 502."""
+    client = relay.client
     factory = Factory.forProtocol(lambda: _BackendSide(relay))
-    ep = endpoints.clientFromString(channel.site.proxy.reactor, backend.connection.backend)
+    ep = endpoints.clientFromString(reactor, backend.connection.backend)
     d = ep.connect(factory)
 
     def failed(f):

@@ -1,6 +1,6 @@
 """HTTP proxy benchmark: wrk req/s direct vs through sealgate vs mitmproxy, and 1 GB download throughput.
 
-Run from the repository root:  .venv/bin/python bench/http.py [--seconds 10] [--download-mb 1024]
+Run from the repository root:  .venv/bin/python bench/http_proxy.py [--seconds 10] [--download-mb 1024]
                                [--mitmdump /tmp/mitmvenv/bin/mitmdump]
 
 The backend is nginx (Debian package nginx-light) serving a JSON document

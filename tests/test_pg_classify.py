@@ -65,3 +65,20 @@ def test_prepare_and_execute_are_linked_by_name():
 def test_results_are_cached_by_text():
     assert classify("SELECT 42 FROM t") is classify("SELECT 42 FROM t")
     assert classify("SELECT 42 FROM t").details() == {"statements": ("SELECT",), "relations": ("t",)}
+
+
+def test_literals_share_a_cache_entry():
+    assert classify("SELECT abalance FROM a WHERE aid = 12") is classify("SELECT abalance FROM a WHERE aid = 9")
+    assert classify("select 'x' from t") is classify("select 'yy' from t")
+
+
+@pytest.mark.parametrize("benign, hidden", [
+    ("select 2; -- a'x'", "select 1; -- a'\ndrop table t; --'"),
+    ("select E'a' 'b'", "select E'\\''; drop table t; --'"),
+    ('select "a\'b" from t', 'select "a\'" ; drop table t; --\'b" from t'),
+    ("select $$x$$", "select $$x$$; drop table t"),
+    ("select 1 /* '' */", "select 1 /* ' */; drop table t; /* ' */"),
+])
+def test_cache_cannot_be_primed_to_hide_a_statement(benign, hidden):
+    classify(benign)
+    assert "DROP" in classify(hidden).statements

@@ -49,6 +49,10 @@ class BackendLeg(Protocol):
         self._authenticated = False
 
     def connectionMade(self):
+        try:
+            self.transport.setTcpNoDelay(True)
+        except (AttributeError, OSError):
+            pass
         self.client.backendConnected(self)
         if self.options.backend_tls != "disable":
             self.reader.expectSSLAnswer()

@@ -48,6 +48,9 @@ class ClientLeg(Relay, Protocol):
         return self.connection.options
 
     def connectionMade(self):
+        # Small request/response messages: Nagle plus delayed ACKs would add
+        # tens of milliseconds to every round trip.
+        _noDelay(self.transport)
         peer = self.transport.getPeer()
         self.peer = getattr(peer, "host", "")
         self.client = f"{self.peer}:{getattr(peer, 'port', '')}"
@@ -251,6 +254,13 @@ class ClientLeg(Relay, Protocol):
 
     def _terminatingSafe(self):
         return getattr(self, "_terminating", False)
+
+
+def _noDelay(transport) -> None:
+    try:
+        transport.setTcpNoDelay(True)
+    except (AttributeError, OSError):
+        pass
 
 
 class _OneShot(Factory):

@@ -62,7 +62,10 @@ class Relay:
         self._ctable = w.makeTable(w.FRONTEND_TYPES, [b"Q", b"P", b"B", b"E", b"S", b"C", b"X", b"F"])
         stop = [b"C", b"E", b"Z", b"I", b"s"]
         if self._rows is not None:
-            stop += [b"T", b"D", b"H", b"d", b"c", b"N", b"A"]
+            stop += [b"T", b"D", b"N", b"A"]
+            if masker.detectors:
+                # COPY rows carry no column names: only detectors apply.
+                stop += [b"H", b"d", b"c"]
         self._btable = w.makeTable(w.BACKEND_TYPES, stop)
         self._pending: deque = deque()
         self._statements: dict[str, str] = {}

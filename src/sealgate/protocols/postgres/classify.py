@@ -1,6 +1,5 @@
 """Classify SQL by what it does, with the Postgres grammar itself (pglast), cached by text."""
 
-import functools
 import re
 
 import attrs
@@ -179,13 +178,44 @@ def _truthy(defelem) -> bool:
     return bool(v)
 
 
-@functools.lru_cache(maxsize=8192)
+_LITERALS = re.compile(r"'[^']*'|\b\d+(?:\.\d+)?\b")
+#: Texts with these may hide code from a simple literal scan (comments,
+#: backslash escapes, dollar quoting, quoted identifiers): cached verbatim.
+_UNSAFE = ("\\", "$", "--", "/*", '"')
+_CACHE: dict[str, "Classification"] = {}
+_CACHE_MAX = 8192
+
+
+def cacheKey(text: str) -> str:
+    """
+    The text with literals replaced, so C{WHERE aid = 1} and C{WHERE aid = 2}
+    share one entry: literals never change what a statement does.  Only
+    texts a plain scan tokenizes exactly as the parser does are folded.
+    """
+    for u in _UNSAFE:
+        if u in text:
+            return text
+    return _LITERALS.sub("?", text)
+
+
 def classify(text: str) -> Classification:
     """
     Classify every statement in C{text} (a Query string or a Parse's
-    statement).  Text the parser refuses is L{HIGH_RISK}: Postgres will
-    refuse it too, but a rule must not let an unjudged statement through.
+    statement), cached by L{cacheKey}.  Text the parser refuses is
+    L{HIGH_RISK}: Postgres will refuse it too, but a rule must not let an
+    unjudged statement through.
     """
+    key = cacheKey(text)
+    hit = _CACHE.get(key)
+    if hit is not None:
+        return hit
+    if len(_CACHE) >= _CACHE_MAX:
+        del _CACHE[next(iter(_CACHE))]
+    c = _CACHE[key] = _classify(text)
+    return c
+
+
+def _classify(text: str) -> Classification:
     try:
         stmts = pglast.parse_sql(text)
     except Exception:

@@ -25,11 +25,16 @@ class RowMasker:
         self.plan: list | None = None
         self.copyOut = False
         self.copyText = True
+        self.detectors = bool(masker.detectors)
+        #: False while the current rows have nothing a rule could mask.
+        self.active = True
+        #: RowDescription bytes -> (plan, active, reply): a session repeats its queries.
+        self._shapes: dict[bytes, tuple] = {}
 
     def frame(self, f) -> bytes:
         t = f.type
         if t == _D:
-            return self._row(f)
+            return self._row(f) if self.active else f.raw
         if t == _T:
             return self._describe(f)
         if t == _d:
@@ -71,6 +76,15 @@ class RowMasker:
         return tuple(out) if changed else fields
 
     def _describe(self, f) -> bytes:
+        hit = self._shapes.get(f.raw)
+        if hit is None:
+            hit = self._plan(f)
+            if len(self._shapes) < 1000:
+                self._shapes[f.raw] = hit
+        self.plan, self.active, reply = hit
+        return reply
+
+    def _plan(self, f) -> tuple:
         desc = w.decodeFrame(f, False)
         plan = []
         cols = []
@@ -93,8 +107,9 @@ class RowMasker:
             else:
                 plan.append((c.name, "text"))
             cols.append(c)
-        self.plan = plan
-        return w.RowDescription(tuple(cols)).encode() if changed else f.raw
+        active = self.detectors or any(how == "astext" or self.masker.columnMasked(name)
+                                       for name, how in plan)
+        return plan, active, (w.RowDescription(tuple(cols)).encode() if changed else f.raw)
 
     def _row(self, f) -> bytes:
         row = w.decodeFrame(f, False)

@@ -614,3 +614,34 @@ async def test_recording_audit_replay_and_no_secret_anywhere(tmp_path, postgres,
     for s in secrets:
         assert s not in store
         assert s not in seen
+
+
+@pytest_twisted.ensureDeferred
+async def test_newer_protocol_minor_is_negotiated_down_to_3_0(tmp_path, postgres):
+    import socket
+
+    g, key = await _start(tmp_path, postgres)
+    try:
+        def go():
+            s = socket.create_connection(("127.0.0.1", g.port("app")), timeout=10)
+            s.sendall(w.StartupMessage((("user", "ci-bot"), ("database", "app"),
+                                        ("_pq_.fancy", "1")), version=(3 << 16) | 2).encode())
+            r = w.Reader(frontend=False)
+            msgs = []
+            while len(msgs) < 2:
+                r.receive_data(s.recv(4096))
+                while (f := r.next_event()) is not w.NEED_DATA:
+                    msgs.append(w.decodeFrame(f, False))
+            s.sendall(w.PasswordMessage.cleartext(key).encode())
+            while not any(isinstance(m, w.ReadyForQuery) for m in msgs):
+                r.receive_data(s.recv(4096))
+                while (f := r.next_event()) is not w.NEED_DATA:
+                    msgs.append(w.decodeFrame(f, False))
+            s.close()
+            return msgs
+        msgs = await threads.deferToThread(go)
+        assert msgs[0] == w.NegotiateProtocolVersion(0, ("_pq_.fancy",))
+        assert msgs[1] == w.Authentication(w.AUTH_CLEARTEXT)
+        assert any(isinstance(m, w.BackendKeyData) for m in msgs)
+    finally:
+        await g.stop()

@@ -15,6 +15,10 @@ from sealgate.session import FROM_CLIENT, TO_CLIENT, SessionRefused
 
 #: Startup parameters the gateway decides; the rest go to the backend as sent.
 _OWN_PARAMS = frozenset({"user", "database", "application_name", "replication"})
+
+
+def _passOn(key: str) -> bool:
+    return key not in _OWN_PARAMS and not key.startswith("_pq_.")
 _STARTUP, _PASSWORD, _LOGIN, _READY, _CLOSED = range(5)
 
 
@@ -129,6 +133,11 @@ class ClientLeg(Relay, Protocol):
         self.claimed = user
         self._early.append((FROM_CLIENT, raw))
         ask = w.Authentication(w.AUTH_CLEARTEXT).encode()
+        unknown = tuple(k for k, _ in msg.params if k.startswith("_pq_."))
+        if msg.version != w.PROTOCOL_V3 or unknown:
+            # Both legs speak 3.0: say so, as a server that predates the
+            # client's minor version or options does.
+            ask = w.NegotiateProtocolVersion(0, unknown).encode() + ask
         self._early.append((TO_CLIENT, ask))
         self.transport.write(ask)
         self.state = _PASSWORD
@@ -166,7 +175,7 @@ class ClientLeg(Relay, Protocol):
         name = f"sealgate:{identity.subject}" + (f" ({app})" if app else "")
         params = [("user", self.options.username), ("database", self.options.database),
                   ("application_name", name.encode()[:63].decode("utf-8", "ignore"))]
-        params += [(k, v) for k, v in self.startup.params if k not in _OWN_PARAMS]
+        params += [(k, v) for k, v in self.startup.params if _passOn(k)]
         leg = BackendLeg(self, self.options, tuple(params), self.factory.backendTLS(self.connection))
         ep = endpoints.clientFromString(gw.reactor, self.connection.backend)
         d = ep.connect(_OneShot(leg))

@@ -186,3 +186,96 @@ def test_decoders_restore_the_body_fed_in_pieces(coding, encode):
 def test_corrupt_gzip_fails_masking():
     with pytest.raises(MaskingFailed):
         decoderFor(b"gzip").decode(b"\x1f\x8b\x08\x00garbage-garbage")
+
+
+# -- body framing for the live relay --------------------------------------------
+
+
+def _frame(framing, pieces):
+    """Feed pieces until the body ends; (payload, raw bytes used, bytes left over)."""
+    payload, used, rest = b"", b"", b""
+    for piece in pieces:
+        if framing.done:
+            rest += piece
+            continue
+        out, n = framing.feed(piece)
+        payload += b"".join(out)
+        used += piece[:n]
+        rest += piece[n:]
+    return payload, used, rest
+
+
+@given(_body, st.lists(st.integers(1, 700), max_size=6), st.lists(st.integers(0, 10000), max_size=8),
+       st.binary(max_size=40), st.booleans())
+def test_chunked_body_framing_finds_the_end_in_any_pieces(body, sizes, cuts, after, trailer):
+    raw = _message(b"HTTP/1.1 200 OK", [], body, True, sizes).split(b"\r\n\r\n", 1)[1]
+    if trailer:
+        raw = raw[:-2] + b"X-Trailer: 1\r\n\r\n"
+    framing = _wire.BodyFraming("chunked")
+    payload, used, rest = _frame(framing, _split(raw + after, cuts))
+    assert framing.done and payload == body
+    # A relay passing the used bytes on sends the message unchanged.
+    assert used == raw and rest == after
+
+
+@given(_body, st.lists(st.integers(0, 10000), max_size=8), st.binary(max_size=40))
+def test_length_body_framing_stops_at_the_length(body, cuts, after):
+    framing = _wire.BodyFraming("length", len(body))
+    payload, used, rest = _frame(framing, _split(body + after, cuts))
+    assert payload == used == body and rest == after
+    assert framing.done or not body
+
+
+@pytest.mark.parametrize("raw", [b"zz\r\n", b"5\r\nhello!!", b"-1\r\n", b"0x5\r\nhello\r\n0\r\n\r\n",
+                                 b"1" * 5000])
+def test_malformed_chunked_bodies_raise_protocol_error(raw):
+    with pytest.raises(_wire.ProtocolError):
+        _wire.BodyFraming("chunked").feed(raw)
+
+
+def test_a_body_cut_short_by_close_is_an_error_unless_close_delimited():
+    framing = _wire.BodyFraming("length", 10)
+    framing.feed(b"12345")
+    with pytest.raises(_wire.ProtocolError):
+        framing.closed()
+    framing = _wire.BodyFraming("close")
+    assert framing.feed(b"abc") == ([b"abc"], 3)
+    framing.closed()
+    assert framing.done
+
+
+@pytest.mark.parametrize("headers, framing", [
+    ({}, None),
+    ({b"content-length": [b"0"]}, None),
+    ({b"content-length": [b"12"]}, ("length", 12)),
+    ({b"content-length": [b"12, 12"]}, ("length", 12)),
+    ({b"transfer-encoding": [b"gzip, chunked"]}, ("chunked", 0)),
+])
+def test_request_framing(headers, framing):
+    found = _wire.requestFraming(headers)
+    assert (found and (found.kind, found._left)) == framing or (found is None and framing is None)
+
+
+@pytest.mark.parametrize("headers", [
+    {b"content-length": [b"12", b"13"]}, {b"content-length": [b"+12"]},
+    {b"content-length": [b"-1"]}, {b"transfer-encoding": [b"chunked, gzip"]},
+])
+def test_ambiguous_request_framing_is_refused(headers):
+    with pytest.raises(_wire.ProtocolError):
+        _wire.requestFraming(headers)
+
+
+def test_response_framing_by_status_method_and_headers():
+    assert _wire.responseFraming({b"content-length": [b"5"]}, 200, b"HEAD") is None
+    assert _wire.responseFraming({}, 204, b"GET") is None
+    assert _wire.responseFraming({}, 304, b"GET") is None
+    assert _wire.responseFraming({}, 200, b"GET").kind == "close"
+    assert _wire.responseFraming({b"transfer-encoding": [b"gzip"]}, 200, b"GET").kind == "close"
+    assert _wire.responseFraming({b"transfer-encoding": [b"chunked"],
+                                  b"content-length": [b"3"]}, 200, b"GET").kind == "chunked"
+
+
+@pytest.mark.parametrize("raw", [b"GET / HTTP/2.0", b"GET  HTTP/1.1", b"GET /", b"GET / HTTP/1.1\r\n x: y"])
+def test_bad_request_heads_raise_protocol_error(raw):
+    with pytest.raises(_wire.ProtocolError):
+        _wire.parseHead(raw, False)

@@ -415,6 +415,8 @@ class BodyFraming:
                 self._line += data[pos:]
                 if len(self._line) > self.MAX_LINE:
                     raise ProtocolError("chunk line too long")
+                if state == "crlf" and self._line not in (b"", b"\r"):
+                    raise ProtocolError("chunk not followed by CRLF")
                 return pieces, end
             line = self._line + data[pos:nl]
             self._line = b""

@@ -20,6 +20,7 @@ from sealgate.protocols.postgres._messages import (
     decode,
     decodeStartup,
 )
+from sealgate.protocols.postgres._replies import *  # noqa: F403
 
 _unpackLength = struct.Struct("!I").unpack_from
 

@@ -206,6 +206,10 @@ class ClientLeg(Relay, Protocol):
         self.toClient(w.BackendKeyData(*self.fakeKey).encode() + raw)
         self.startRelay()
         self.state = _READY
+        # Backpressure both ways: a slow reader pauses the other side's reads
+        # instead of queueing a whole COPY in memory.
+        self.transport.registerProducer(self.backend.transport, True)
+        self.backend.transport.registerProducer(self.transport, True)
         self.transport.resumeProducing()
 
     def backendFailed(self, err):
@@ -259,7 +263,10 @@ class ClientLeg(Relay, Protocol):
         if self.backend is not None:
             self.backend.transport.loseConnection()
         if self.session is not None:
-            self.session.end("closed" if self._terminatingSafe() else "client disconnected")
+            d = self.session.end("closed" if self._terminatingSafe() else "client disconnected")
+            if d is not None:
+                d.addErrback(lambda f: self._log.failure("Closing the recording of {session} failed",
+                                                         f, session=self.session.id))
 
     def _terminatingSafe(self):
         return getattr(self, "_terminating", False)

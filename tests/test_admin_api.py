@@ -33,7 +33,9 @@ approvers = ["leads"]
 expires = "5m"
 """
 
-DB = ConnectionConfig("db", "postgres", "tcp:0", "tcp:host=127.0.0.1:port=1")
+# A protocol with no replay of its own: the transcript falls back to the
+# sealed commands and a text dump of the frames these tests write.
+DB = ConnectionConfig("db", "line", "tcp:0", "tcp:host=127.0.0.1:port=1")
 PEOPLE = {"alice": ["eng"], "bob": ["leads", "eng"], "carol": ["leads"], "audrey": ["audit"],
           "root": ["sec"], "eve": ["sales"]}
 
@@ -187,7 +189,7 @@ async def test_sessions_filters_frames_transcript_and_verification(admin):
     other = await admin.session("bob")
     code, body = await admin.call("audrey", "GET", "/api/sessions")
     assert {x["id"]: x["state"] for x in body["sessions"]} == {s.id: "closed", other.id: "live"}
-    code, body = await admin.call("audrey", "GET", "/api/sessions?identity=ALI&protocol=postgres")
+    code, body = await admin.call("audrey", "GET", "/api/sessions?identity=ALI&protocol=line")
     assert [x["id"] for x in body["sessions"]] == [s.id]
     assert (await admin.call("audrey", "GET", "/api/sessions?state=live"))[1]["sessions"][0]["id"] == other.id
     assert (await admin.call("audrey", "GET", "/api/sessions?since=x"))[0] == 400
@@ -251,12 +253,12 @@ async def test_metrics_count_what_the_sealed_log_says(admin):
         if 'sealgate_tickets_total{state="denied"} 1.0' in text:
             break
         await task.deferLater(reactor, 0.05, lambda: None)
-    assert 'sealgate_sessions_total{protocol="postgres"} 1.0' in text
+    assert 'sealgate_sessions_total{protocol="line"} 1.0' in text
     assert 'sealgate_verdicts_total{kind="sql",verdict="allow"} 1.0' in text
     assert 'sealgate_verdicts_total{kind="sql",verdict="hold"} 1.0' in text
     assert 'sealgate_verdicts_total{kind="sql",verdict="deny_after_hold"} 1.0' in text
     assert 'sealgate_ticket_decision_seconds_count{outcome="denied"} 1.0' in text
-    assert 'sealgate_session_bytes_total{direction="from_client",protocol="postgres"} 9.0' in text
+    assert 'sealgate_session_bytes_total{direction="from_client",protocol="line"} 9.0' in text
     assert "sealgate_store_unsealed_leaves" in text and "sealgate_store_checkpoint_age_seconds" in text
 
 

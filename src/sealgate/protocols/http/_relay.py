@@ -8,11 +8,11 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IProtocolNegotiationFactory
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
-from twisted.protocols.policies import TimeoutMixin
+from twisted.python.failure import Failure
 from twisted.web.http import RESPONSES
 from zope.interface import implementer
 
-from sealgate.chain.verdicts import Deny, Hold
+from sealgate.chain.verdicts import CONTINUE, Deny, Hold
 from sealgate.identity import AuthenticationFailed
 from sealgate.protocols.http import _wire
 from sealgate.protocols.http._backend import BackendPool, Exchange, indexHeaders
@@ -54,7 +54,7 @@ class Request:
         return values[0] if values else None
 
 
-class ClientConnection(Protocol, TimeoutMixin):
+class ClientConnection(Protocol):
     """
     One client connection: at most one live session (one identity on one
     connection), one request at a time; every byte written to the client
@@ -70,6 +70,8 @@ class ClientConnection(Protocol, TimeoutMixin):
     exchange = None
     clientHost = "unknown"
     clientText = "?:?"
+    idleSince: float | None = None
+    _idleCall = None
 
     def __init__(self, factory):
         self.factory = factory
@@ -80,18 +82,28 @@ class ClientConnection(Protocol, TimeoutMixin):
         self.gone = False
         self.readPaused = False
 
-    def callLater(self, period, func):
-        return self.factory.reactor.callLater(period, func)
-
     def connectionMade(self):
         peer = self.transport.getPeer()
         self.clientHost = str(getattr(peer, "host", "unknown"))
         self.clientText = f"{self.clientHost}:{getattr(peer, 'port', '?')}"
-        self.setTimeout(self.factory.idleTimeout)
+        self.idleSince = self.factory.reactor.seconds()
+        self._idleCall = self.factory.reactor.callLater(self.factory.idleTimeout, self._checkIdle)
 
-    def timeoutConnection(self):
-        if self.exchange is None:
-            self.transport.loseConnection()
+    def _checkIdle(self) -> None:
+        """
+        Close a connection idle between requests for the idle timeout: it
+        holds its session open.  One timer per connection, re-armed lazily
+        (no timer churn per request).
+        """
+        reactor, timeout = self.factory.reactor, self.factory.idleTimeout
+        left = timeout
+        if self.idleSince is not None and self.phase == "head":
+            left = self.idleSince + timeout - reactor.seconds()
+            if left <= 0:
+                self._idleCall = None
+                self.transport.loseConnection()
+                return
+        self._idleCall = reactor.callLater(left, self._checkIdle)
 
     # -- reading requests ----------------------------------------------------------
 
@@ -126,7 +138,7 @@ class ClientConnection(Protocol, TimeoutMixin):
             framing = _wire.requestFraming(low)
         except _wire.ProtocolError as e:
             return self._badRequest(str(e))
-        self.setTimeout(None)
+        self.idleSince = None
         request = Request(head, low)
         if framing is None:
             self.phase = "wait"
@@ -169,8 +181,10 @@ class ClientConnection(Protocol, TimeoutMixin):
 
     def _start(self, request: Request) -> None:
         self.request = request
-        d = defer.ensureDeferred(self.factory.handle(self, request))
-        d.addErrback(self._crashed, request)
+        try:
+            self.factory.handle(self, request)
+        except Exception:
+            self._crashed(Failure(), request)
 
     def _crashed(self, failure, request) -> None:
         self._log.failure("HTTP request handling failed", failure)
@@ -212,7 +226,7 @@ class ClientConnection(Protocol, TimeoutMixin):
             self.transport.loseConnection()
             return
         self.phase = "head"
-        self.setTimeout(self.factory.idleTimeout)
+        self.idleSince = self.factory.reactor.seconds()
         if self.readPaused:
             self.readPaused = False
             self.transport.resumeProducing()
@@ -235,7 +249,9 @@ class ClientConnection(Protocol, TimeoutMixin):
 
     def connectionLost(self, reason):
         self.gone = True
-        self.setTimeout(None)
+        if self._idleCall is not None and self._idleCall.active():
+            self._idleCall.cancel()
+        self._idleCall = None
         if self.relay is not None:
             self.relay.clientLost(reason)
             return
@@ -278,7 +294,12 @@ class RelayFactory(Factory):
         for pool in self.pools.values():
             pool.close()
 
-    async def handle(self, client: ClientConnection, request: Request) -> None:
+    def handle(self, client: ClientConnection, request: Request) -> None:
+        """
+        Run one request.  A request on a connection whose session is open
+        goes through synchronously; logging in, recording an uploaded body
+        and an approval hold continue from their Deferreds.
+        """
         backend = self.router.route(request.get(b"host"), request.target)
         if backend is None:
             return client.problem(request, 404, "No such service",
@@ -291,52 +312,70 @@ class RelayFactory(Factory):
                                             b'Bearer realm="sealgate", Basic realm="sealgate"')])
         digest = hashlib.sha256(credential.encode()).digest()
         if client.session is None or client.credentialHash != digest or client.backend is not backend:
-            client.endSession("identity or connection changed")
-            try:
-                identity = await self.gateway.authenticate(backend.connection, credential, client.clientText)
-            except AuthenticationFailed as e:
-                return client.problem(request, 401, "Authentication failed", str(e), headers=[
-                    (b"WWW-Authenticate", b'Bearer realm="sealgate", error="invalid_token"')])
-            if client.gone:
-                return None
-            try:
-                session = self.gateway.openSession(
-                    backend.connection, identity, client.clientText,
-                    {"tls": self.secure, "host": (request.get(b"host") or b"").decode("latin-1")})
-            except SessionRefused as e:
-                return client.problem(request, 403 if e.code == "access" else 503,
-                                      "Session refused", str(e))
-            client.session, client.credentialHash, client.backend = session, digest, backend
+            d = defer.ensureDeferred(self.login(client, request, backend, credential, digest))
+            d.addErrback(client._crashed, request)
+            return None
+        self.proceed(client, request, backend)
+
+    async def login(self, client, request: Request, backend: Backend, credential: str, digest: bytes):
+        client.endSession("identity or connection changed")
+        try:
+            identity = await self.gateway.authenticate(backend.connection, credential, client.clientText)
+        except AuthenticationFailed as e:
+            return client.problem(request, 401, "Authentication failed", str(e), headers=[
+                (b"WWW-Authenticate", b'Bearer realm="sealgate", error="invalid_token"')])
+        if client.gone:
+            return None
+        try:
+            session = self.gateway.openSession(
+                backend.connection, identity, client.clientText,
+                {"tls": self.secure, "host": (request.get(b"host") or b"").decode("latin-1")})
+        except SessionRefused as e:
+            return client.problem(request, 403 if e.code == "access" else 503,
+                                  "Session refused", str(e))
+        client.session, client.credentialHash, client.backend = session, digest, backend
+        self.proceed(client, request, backend)
+
+    def proceed(self, client, request: Request, backend: Backend) -> None:
         session = client.session
         if self.recordRequest(request, session, backend):
-            await self.recordBody(request, session)
-            if client.gone:
-                return None
+            d = defer.ensureDeferred(self.recordBody(request, session))
+            d.addCallback(lambda _: None if client.gone else self.decide(client, request, backend, session))
+            d.addErrback(client._crashed, request)
+            return
+        self.decide(client, request, backend, session)
 
-        upgrade = (request.get(b"upgrade") or b"").lower()
-        if session.chain.wantsCommand:
-            method = request.method.decode("latin-1")
-            target = request.target.decode("latin-1")
-            secret = backend.options.secret_headers
-            details = {
-                "method": method, "path": request.path.decode("latin-1"),
-                "query": request.target.partition(b"?")[2].decode("latin-1"),
-                "headers": {n.decode("latin-1"): ", ".join(v.decode("latin-1") for v in vs)
-                            for n, vs in request.low.items() if n not in secret},
-                "body_size": request.bodySize,
-            }
-            if upgrade:
-                details["upgrade"] = upgrade.decode("latin-1")
-            verdict = session.command("http", f"{method} {target}", details)
-            if isinstance(verdict, Hold):
-                self.holdNotice(client, request, verdict)
-                verdict = await verdict.result
-            if client.gone:
-                return None
-            if isinstance(verdict, Deny):
-                return client.problem(request, 403, "Request denied by policy", verdict.reason,
-                                      rule=verdict.rule)
-        if upgrade == b"websocket":
+    def decide(self, client, request: Request, backend: Backend, session) -> None:
+        if not session.chain.wantsCommand:
+            return self.dispatch(CONTINUE, client, request, backend, session)
+        method = request.method.decode("latin-1")
+        target = request.target.decode("latin-1")
+        secret = backend.options.secret_headers
+        details = {
+            "method": method, "path": request.path.decode("latin-1"),
+            "query": request.target.partition(b"?")[2].decode("latin-1"),
+            "headers": {n.decode("latin-1"): b", ".join(vs).decode("latin-1")
+                        for n, vs in request.low.items() if n not in secret},
+            "body_size": request.bodySize,
+        }
+        upgrade = request.get(b"upgrade")
+        if upgrade:
+            details["upgrade"] = upgrade.lower().decode("latin-1")
+        verdict = session.command("http", f"{method} {target}", details)
+        if isinstance(verdict, Hold):
+            self.holdNotice(client, request, verdict)
+            verdict.result.addCallback(self.dispatch, client, request, backend, session)
+            verdict.result.addErrback(client._crashed, request)
+            return
+        self.dispatch(verdict, client, request, backend, session)
+
+    def dispatch(self, verdict, client, request: Request, backend: Backend, session) -> None:
+        if client.gone:
+            return None
+        if isinstance(verdict, Deny):
+            return client.problem(request, 403, "Request denied by policy", verdict.reason,
+                                  rule=verdict.rule)
+        if (request.get(b"upgrade") or b"").lower() == b"websocket":
             return self.upgrade(client, request, backend, session)
         exchange = Exchange(client, request, backend, session, self.pools[id(backend)], self.pacer)
         client.exchange = exchange

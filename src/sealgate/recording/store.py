@@ -20,8 +20,9 @@ __all__ = ["SQLiteStore", "SessionRecording", "StoreError", "StoreLocked"]
 FLUSH_INTERVAL = 0.05
 #: Queued items beyond which the store reports itself unhealthy (writer behind).
 MAX_BACKLOG = 2_000_000
-#: Queued items above which the writer takes the next batch without waiting.
-BUSY_BACKLOG = 256
+#: Payload bytes in one batch above which the writer takes the next batch
+#: without waiting: a bulk transfer, not a stream of small messages.
+BUSY_BYTES = 4 << 20
 
 
 @implementer(ISessionRecording)
@@ -195,11 +196,12 @@ class SQLiteStore:
         queue = self._queue
         retry: list = []
         failing = False
+        busy = False
         while True:
-            # Group commit: under load the next batch is already waiting, so
-            # take it at once; a trickle waits for the interval instead of
-            # paying a sync per frame.
-            if len(queue) < BUSY_BACKLOG:
+            # Group commit: after a bulk batch the next one is already
+            # waiting, so take it at once.  Small messages wait for the
+            # interval: syncing back to back would cost more CPU per message.
+            if not busy:
                 self._wake.wait(FLUSH_INTERVAL)
             self._wake.clear()
             stopping = self._stopping
@@ -211,6 +213,7 @@ class SQLiteStore:
                     items.append(pop())
             except IndexError:
                 pass
+            busy = sum(len(i[4]) for i in items if len(i) == 5) >= BUSY_BYTES
             try:
                 self._applyBatch(items, stopping)
             except Exception as e:

@@ -470,6 +470,28 @@ async def test_scp_100MB_up_and_down_with_matching_sha256(env):
 
 
 @pytest_twisted.ensureDeferred
+async def test_rsync_over_ssh_copies_a_tree_both_ways_byte_exact(env):
+    import shlex
+
+    src, dest, back = env.tmp / "rs-src", env.tmp / "rs-dest", env.tmp / "rs-back"
+    (src / "sub").mkdir(parents=True)
+    files = {"a.bin": os.urandom(300_000), "sub/card.txt": b"4111 1111 1111 1111\n" * 100,
+             "sub/empty": b""}
+    for name, data in files.items():
+        (src / name).write_bytes(data)
+    # rsync runs `ssh ... web-1@127.0.0.1 rsync --server ...`: an exec the
+    # gateway relays byte-exact (masking must not touch file transfers).
+    transport = " ".join(shlex.quote(a) for a in env.sshArgs()[:-1])
+    up = await env.run(["rsync", "-a", "-e", transport, f"{src}/", f"web-1@127.0.0.1:{dest}/"])
+    assert up.returncode == 0, up.stderr
+    down = await env.run(["rsync", "-a", "-e", transport, f"web-1@127.0.0.1:{dest}/", f"{back}/"])
+    assert down.returncode == 0, down.stderr
+    for name, data in files.items():
+        assert (dest / name).read_bytes() == data, name
+        assert (back / name).read_bytes() == data, name
+
+
+@pytest_twisted.ensureDeferred
 async def test_sftp_ls_put_get_and_denied_put(env):
     d = env.tmp / "sftpdir"
     d.mkdir()

@@ -1,7 +1,5 @@
 """The HTTP proxy end to end: real gateway in-process, the test app as backend, curl, treq and a WebSocket client."""
 
-import datetime
-import ipaddress
 import json
 import os
 import subprocess
@@ -9,10 +7,6 @@ import subprocess
 import pytest
 import pytest_twisted
 import treq
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from twisted.internet import defer, task, threads
 from twisted.logger import globalLogPublisher
 
@@ -20,6 +14,7 @@ from sealgate.identity import Identity
 from sealgate.protocols.http import har
 from sealgate.recording.reader import StoreReader
 from sealgate.testing import startGateway
+from tests.harness.certs import makeServerCert
 
 BACKEND_SECRET = "backend-secret-7f3a91"
 _ENV = "SEALGATE_TEST_HTTP_BACKEND_TOKEN"
@@ -289,39 +284,12 @@ async def test_card_numbers_are_masked_in_json_text_and_gzip_bodies(tmp_path, ht
         assert not any(f.data and b"4111 1111 1111 1111" in f.data for f in frames)
 
 
-def _makeCA(tmp_path):
-    now = datetime.datetime.now(datetime.timezone.utc)
-    caKey = ec.generate_private_key(ec.SECP256R1())
-    caName = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sealgate test CA")])
-    ca = (x509.CertificateBuilder().subject_name(caName).issuer_name(caName)
-          .public_key(caKey.public_key()).serial_number(x509.random_serial_number())
-          .not_valid_before(now - datetime.timedelta(minutes=5))
-          .not_valid_after(now + datetime.timedelta(days=1))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .sign(caKey, hashes.SHA256()))
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
-            .issuer_name(caName).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-            .sign(caKey, hashes.SHA256()))
-    pem = serialization.Encoding.PEM
-    (tmp_path / "ca.pem").write_bytes(ca.public_bytes(pem))
-    (tmp_path / "server.pem").write_bytes(cert.public_bytes(pem))
-    (tmp_path / "server.key").write_bytes(key.private_bytes(
-        pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-    return tmp_path / "ca.pem"
-
-
 @pytest_twisted.ensureDeferred
 async def test_https_listener_with_a_test_ca(tmp_path, http_backend):
-    ca = _makeCA(tmp_path)
+    tls = makeServerCert(tmp_path)
+    ca = tls.caFile
     g, key = await _start(tmp_path, http_backend, extra_options=(
-        f'tls_cert = "{tmp_path / "server.pem"}"\ntls_key = "{tmp_path / "server.key"}"'))
+        f'tls_cert = "{tls.certFile}"\ntls_key = "{tls.keyFile}"'))
     try:
         base = f"https://127.0.0.1:{g.port('web')}"
         r = await _curl("--cacert", str(ca), "-H", f"Authorization: Bearer {key}", f"{base}/echo/tls")

@@ -1,23 +1,18 @@
 """The PostgreSQL proxy end to end: real gateway in-process, real PostgreSQL, psql, psycopg, pgbench."""
 
-import datetime
-import ipaddress
 import os
 import subprocess
 
 import psycopg
 import pytest
 import pytest_twisted
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from twisted.internet import threads
 from twisted.logger import globalLogPublisher
 
 from sealgate.protocols.postgres import _wire as w
 from sealgate.recording.reader import StoreReader
 from sealgate.testing import startGateway
+from tests.harness.certs import makeServerCert
 from tests.harness.postgres import MD5_USER, SCRAM_USER, TRUST_USER
 
 _ENV = "SEALGATE_TEST_PG_PASSWORD"
@@ -424,34 +419,11 @@ async def test_garbage_after_login_ends_only_that_session(tmp_path, postgres):
         await g.stop()
 
 
-def _makeCA(directory, name="server"):
+def _makeCA(directory):
     """A throwaway CA and a certificate for 127.0.0.1 signed by it."""
-    now = datetime.datetime.now(datetime.timezone.utc)
-    caKey = ec.generate_private_key(ec.SECP256R1())
-    caName = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sealgate pg test CA")])
-    ca = (x509.CertificateBuilder().subject_name(caName).issuer_name(caName)
-          .public_key(caKey.public_key()).serial_number(x509.random_serial_number())
-          .not_valid_before(now - datetime.timedelta(minutes=5))
-          .not_valid_after(now + datetime.timedelta(days=1))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .sign(caKey, hashes.SHA256()))
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
-            .issuer_name(caName).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-            .sign(caKey, hashes.SHA256()))
-    pem = serialization.Encoding.PEM
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "ca.pem").write_bytes(ca.public_bytes(pem))
-    (directory / f"{name}.pem").write_bytes(cert.public_bytes(pem))
-    (directory / f"{name}.key").write_bytes(key.private_bytes(
-        pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-    return directory / "ca.pem", directory / f"{name}.pem", directory / f"{name}.key"
+    tls = makeServerCert(directory)
+    return tls.caFile, tls.certFile, tls.keyFile
 
 
 @pytest_twisted.ensureDeferred

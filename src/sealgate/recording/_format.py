@@ -1,5 +1,6 @@
 """Byte formats of the sealed store: frame leaves, log leaves, segment records (no I/O)."""
 
+import functools
 import hashlib
 import json
 import math
@@ -113,15 +114,36 @@ def secretSpans(buf):
         at += RECORD.size + ll + sl + pl
 
 
+@functools.lru_cache(maxsize=4096)
+def _secretKey(key: str) -> bool:
+    return _SECRET_KEY.search(key) is not None
+
+
+_PLAIN = frozenset({str, int, bool, type(None)})
+
+
 def scrub(fields):
     """A copy of C{fields} with values under secret-looking keys replaced; never store a credential."""
-    if isinstance(fields, dict):
-        return {
-            str(k): ("[removed]" if _SECRET_KEY.search(str(k)) else scrub(v)) for k, v in fields.items()
-        }
+    # Called for every audit event on the writer thread: key checks are
+    # cached and plain values are not recursed into.
+    kind = type(fields)
+    if kind is dict or isinstance(fields, dict):
+        out = {}
+        for k, v in fields.items():
+            if type(k) is not str:
+                k = str(k)
+            if _secretKey(k):
+                out[k] = "[removed]"
+            elif type(v) in _PLAIN:
+                out[k] = v
+            else:
+                out[k] = scrub(v)
+        return out
+    if kind in _PLAIN:
+        return fields
     if isinstance(fields, (list, tuple)):
         return [scrub(v) for v in fields]
-    if fields is None or isinstance(fields, (str, int, bool)):
+    if isinstance(fields, (str, int, bool)):
         return fields
     if isinstance(fields, float) and math.isfinite(fields):
         return fields

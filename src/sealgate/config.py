@@ -1,5 +1,6 @@
 """TOML configuration parsed into attrs classes, validated with errors for people."""
 
+import builtins
 import os
 import re
 import tomllib
@@ -229,7 +230,8 @@ class Table:
             raise self.where.error(key, f"is not a duration: {v!r}",
                                    'write a number of seconds or e.g. "30s", "5m", "2h", "30d"')
 
-    def strings(self, key, default=(), required=False) -> tuple[str, ...]:
+    # builtins.*: inside Table the bare names are its str/bool methods.
+    def strings(self, key, default=(), required=False) -> tuple[builtins.str, ...]:
         v = self._get(key, default, required)
         if isinstance(v, str):
             v = [v]
@@ -237,7 +239,7 @@ class Table:
             raise self.where.error(key, "must be a list of strings", f'write {key} = ["...", "..."]')
         return tuple(v)
 
-    def finish(self, extra_ok: Callable[[str], bool] = lambda k: False) -> None:
+    def finish(self, extra_ok: Callable[[builtins.str], builtins.bool] = lambda k: False) -> None:
         for key in self.data:
             if key not in self.used and not extra_ok(key):
                 known = ", ".join(sorted(self.used))
@@ -397,7 +399,7 @@ def parseConfig(raw: Mapping[str, Any], path: str, plugins: Mapping[str, Any]) -
     m.finish()
 
     admin = _admin(Table(top._get("admin", {}, False), Where(path, "admin")))
-    notify = []
+    notify: list[NotifyConfig] = []
     for n, t in enumerate(_array(top, "notify")):
         notify.append(_notify(Table(t, Where(path, f"notify[{n}]")), {x.name for x in notify}))
 

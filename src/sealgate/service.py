@@ -7,6 +7,7 @@ import sys
 from twisted.application.service import MultiService
 from twisted.internet import defer, endpoints
 from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 
 from sealgate.approvals import Approvals
@@ -36,7 +37,7 @@ class GatewayService(MultiService):
         self.gateway = None
         self.store = None
         self.identity = None
-        self.ports: dict[str, object] = {}
+        self.ports: dict[str, IListeningPort] = {}
         self.adminPort = None
         self.ready = False
 

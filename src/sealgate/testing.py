@@ -8,6 +8,8 @@ from pathlib import Path
 
 import attrs
 from twisted.internet import defer
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.interfaces import IListeningPort
 
 from sealgate.config import loadConfig
 from sealgate.service import GatewayService, StartupError
@@ -15,6 +17,13 @@ from sealgate.service import GatewayService, StartupError
 
 def _raise(message: str) -> None:
     raise StartupError(message)
+
+
+def _tcpPort(listening: IListeningPort) -> int:
+    host = listening.getHost()
+    if not isinstance(host, (IPv4Address, IPv6Address)):
+        raise TypeError(f"{host!r} is not a TCP address; this gateway listens elsewhere")
+    return host.port
 
 
 @attrs.define
@@ -37,11 +46,11 @@ class RunningGateway:
         return self.service.config.gateway.state_dir
 
     def port(self, connection: str) -> int:
-        return self.service.ports[connection].getHost().port
+        return _tcpPort(self.service.ports[connection])
 
     @property
     def adminPort(self) -> int:
-        return self.service.adminPort.getHost().port
+        return _tcpPort(self.service.adminPort)
 
     def createKey(self, name: str, groups=(), expires: float | None = None) -> str:
         """Create an API key for a non-human identity; returns the key."""

@@ -73,11 +73,11 @@ class RuleMatcher:
             rxs = [re.compile(v) for v in value]
             return lambda h: any(r.search(str(h.details.get("path", ""))) for r in rxs)
         if key == "headers":
-            rxs = {k.lower(): re.compile(v) for k, v in value.items()}
+            headerRxs = {k.lower(): re.compile(v) for k, v in value.items()}
 
             def headers(h):
                 have = h.details.get("headers") or {}
-                return all(r.search(str(have.get(k, ""))) for k, r in rxs.items())
+                return all(r.search(str(have.get(k, ""))) for k, r in headerRxs.items())
             return headers
         # relations and matcher keys that protocol plugins add: globs over a
         # fact of the same name, compiled into one regex.

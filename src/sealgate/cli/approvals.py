@@ -25,8 +25,8 @@ def adminURL(args) -> str:
     m = re.match(r"^(tcp6?|ssl):(\d+)(.*)$", desc)
     if not m:
         raise CommandError(f"cannot derive a URL from admin endpoint {desc!r}; pass --admin-url")
-    host = re.search(r"interface=([^:]+)", m.group(3))
-    host = host.group(1) if host else "127.0.0.1"
+    iface = re.search(r"interface=([^:]+)", m.group(3))
+    host = iface.group(1) if iface else "127.0.0.1"
     if host in ("0.0.0.0", "::"):
         host = "127.0.0.1"
     scheme = "https" if m.group(1) == "ssl" else "http"

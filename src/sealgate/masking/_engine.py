@@ -80,14 +80,15 @@ class Masker:
         # A key matches a name's glob only if it holds the glob's longest
         # literal run, so a document holding none of them has no redacted
         # field and skips the per-key walk.  Bracket globs get no hint.
-        hints: list[str] | None = []
+        hints: list[str] = []
+        hintable = True
         for p in self.names:
             runs = [r for r in re.split(r"[*?]", p.lower()) if r]
             if "[" in p or not runs:
-                hints = None
+                hintable = False
                 break
             hints.append(max(runs, key=len))
-        self._nameHints: tuple[str, ...] | None = None if hints is None else tuple(hints)
+        self._nameHints: tuple[str, ...] | None = tuple(hints) if hintable else None
 
     @classmethod
     def fromConfig(cls, config) -> "Masker":
@@ -224,7 +225,9 @@ class Masker:
             for m in _PLAIN_STRING.finditer(text):
                 if not m.group(2) or m.start() < last or not self.columnMasked(m.group(1)):
                     continue
-                value = _SPACE.match(text, m.end()).end()
+                space = _SPACE.match(text, m.end())
+                assert space is not None  # \s* matches even the empty string
+                value = space.end()
                 _obj, end = decode(text, value)
                 if text.startswith("null", value):
                     continue

@@ -1,6 +1,13 @@
 """Identity values shared by every authenticator."""
 
+from collections.abc import Iterable
+
 import attrs
+
+
+def _groups(groups: Iterable[str]) -> frozenset[str]:
+    # A typed converter: mypy cannot infer the element type through bare frozenset.
+    return frozenset(groups)
 
 
 @attrs.frozen
@@ -16,7 +23,7 @@ class Identity:
     """
 
     subject: str
-    groups: frozenset[str] = attrs.field(converter=frozenset, factory=frozenset)
+    groups: frozenset[str] = attrs.field(converter=_groups, factory=frozenset)
     method: str = "oidc"
     issuer: str = "sealgate"
 

@@ -2,7 +2,7 @@
 
 import json
 import warnings
-from typing import Any
+from typing import Any, cast
 
 from joserfc import jws, jwt
 from joserfc.errors import (
@@ -16,8 +16,10 @@ from joserfc.errors import (
 from joserfc.jwk import import_key
 from joserfc.jwt import JWTClaimsRegistry
 from twisted.internet import defer
-from twisted.internet.protocol import Protocol
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.client import Agent, ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
@@ -333,7 +335,7 @@ class _Collect(Protocol):
     def __init__(self, limit: int, done: defer.Deferred):
         self.limit = limit
         self.done = done
-        self.parts: list[bytes] = []
+        self.parts: list[bytes] | None = []
         self.size = 0
 
     def dataReceived(self, data: bytes) -> None:
@@ -342,11 +344,12 @@ class _Collect(Protocol):
         self.size += len(data)
         if self.size > self.limit:
             self.parts = None
-            self.transport.stopProducing()
+            # Agent gives deliverBody protocols an IPushProducer transport.
+            cast(IPushProducer, self.transport).stopProducing()
             return
         self.parts.append(data)
 
-    def connectionLost(self, reason) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self.parts is None:
             self.done.callback(None)
         elif reason.check(ResponseDone, PotentialDataLoss):

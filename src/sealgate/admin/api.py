@@ -187,6 +187,8 @@ class _AdminSite(server.Site):
     from WebAssembly, hence C{wasm-unsafe-eval}, which allows no JS eval).
     """
 
+    admin: Admin
+
     def getResourceFor(self, request):
         request.setHeader(b"content-security-policy",
                           b"default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; "

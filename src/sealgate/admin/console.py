@@ -6,11 +6,14 @@ import json
 import secrets
 import time
 from io import BytesIO
+from typing import cast
 from urllib.parse import urlencode
 
 import attrs
 from twisted.internet import defer, protocol
+from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web import resource, server
 from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool
 from twisted.web.http_headers import Headers
@@ -295,13 +298,14 @@ class _Collect(protocol.Protocol):
     def dataReceived(self, data: bytes) -> None:
         self.size += len(data)
         if self.size > self.limit:
-            self.transport.stopProducing()
+            # Agent gives deliverBody protocols an IPushProducer transport.
+            cast(IPushProducer, self.transport).stopProducing()
             if not self.done.called:
                 self.done.errback(LoginError("the issuer's answer is too large"))
             return
         self.parts.append(data)
 
-    def connectionLost(self, reason) -> None:
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         if not self.done.called:
             self.done.callback(b"".join(self.parts))
 

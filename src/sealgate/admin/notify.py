@@ -6,9 +6,11 @@ import json
 import secrets
 import time
 from io import BytesIO
+from typing import Any
 
 import attrs
 from twisted.internet import defer, protocol
+from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool
 from twisted.web.http_headers import Headers
@@ -101,7 +103,7 @@ class Notifier:
         self._agent = agent
         self._pool = None
         self.deliveries: list[Delivery] = []
-        self._timers: dict[str, object] = {}
+        self._timers: dict[str, IDelayedCall] = {}
         self._stopped = False
         approvals = admin.service.approvals
         approvals.listeners.append(self.ticketChanged)
@@ -137,7 +139,7 @@ class Notifier:
 
     def test(self, by: str) -> list:
         """Send a test message to every target (admins check the wiring)."""
-        fake = {"id": "test", "state": "requested", "requester": by, "connection": "(test)",
+        fake: dict[str, Any] = {"id": "test", "state": "requested", "requester": by, "connection": "(test)",
                 "session": None, "kind": "test", "command": "(a test notification)", "rule": "(test)",
                 "approvers": [], "needed": 1, "approvals": [], "created": time.time(),
                 "expires": time.time(), "decided_by": None, "reason": "", "decided": None}

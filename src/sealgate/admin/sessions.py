@@ -3,6 +3,7 @@
 import base64
 import io
 import time
+from typing import Any
 
 from sealgate.admin._http import (
     Authenticated,
@@ -197,7 +198,7 @@ class SessionsAPI(Authenticated):
         return s
 
     def _frames(self, sid: str, after: int, limit: int) -> dict:
-        frames = []
+        frames: list[dict[str, Any]] = []
         more = False
         with self._reader() as r:
             if r.session(sid) is None:

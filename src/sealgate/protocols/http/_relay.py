@@ -15,7 +15,7 @@ from zope.interface import implementer
 from sealgate.chain.verdicts import CONTINUE, Deny, Hold
 from sealgate.identity import AuthenticationFailed
 from sealgate.protocols.http import _wire
-from sealgate.protocols.http._backend import BackendPool, Exchange, indexHeaders
+from sealgate.protocols.http._backend import BackendPool, Exchange, indexHeaders, writeNow
 from sealgate.protocols.http._body import StorePacer
 from sealgate.protocols.http._proxy import _DROP_REQUEST, _PROBLEM, Backend, Router
 from sealgate.session import FROM_CLIENT, TO_CLIENT, SessionRefused
@@ -195,11 +195,11 @@ class ClientConnection(Protocol):
 
     # -- writing responses ---------------------------------------------------------
 
-    def send(self, data: bytes) -> None:
+    def send(self, data: bytes, record: bool = True) -> None:
         """Write to the client and record it in the session."""
-        if self.session is not None:
+        if record and self.session is not None:
             self.session.record(TO_CLIENT, data)
-        self.transport.write(data)
+        writeNow(self.transport, data)
 
     def problem(self, request: Request, status: int, title: str, detail: str,
                 headers=(), **extra) -> None:

@@ -92,6 +92,7 @@ class BackendLeg(Protocol):
     def _fail(self, err: BackendLoginFailed):
         self.ready = False
         self.client.backendFailed(err)
+        assert self.transport is not None  # only called from dataReceived
         self.transport.loseConnection()
 
     def _login(self, ev):

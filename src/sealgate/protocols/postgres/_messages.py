@@ -1,6 +1,7 @@
 """PostgreSQL v3 message classes: shared encoding helpers, startup packets and frontend messages."""
 
 import struct
+from typing import ClassVar
 
 import attrs
 
@@ -159,6 +160,11 @@ def _empty(typ, name, *tables):
 
 
 class _Message:
+    TYPE: ClassVar[bytes]  # set by @_msg
+
+    def body(self) -> bytes:
+        raise NotImplementedError(f"{type(self).__name__} has no tagged body")
+
     def encode(self) -> bytes:
         return frame(self.TYPE, self.body())
 

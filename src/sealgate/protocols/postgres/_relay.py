@@ -2,13 +2,17 @@
 
 import time
 from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from twisted.logger import Logger
 
 from sealgate.chain._chain import OutputRefused
 from sealgate.chain.verdicts import CONTINUE, Deny, Hold, Rewrite
 from sealgate.protocols.postgres import _wire as w
 from sealgate.protocols.postgres.classify import classify
 from sealgate.protocols.postgres.masking import RowMasker
-from sealgate.session import FROM_CLIENT, TO_CLIENT
+from sealgate.session import FROM_CLIENT, TO_CLIENT, Session
 
 _Q, _P, _B, _E, _S, _C, _X, _F = (ord(c) for c in "QPBESCXF")
 _CC, _ERR, _Z, _EMPTY, _SUSP, _COPYOUT, _COPYDATA, _COPYDONE = (ord(c) for c in "CEZIsHdc")
@@ -51,6 +55,17 @@ class Relay:
     other messages go to the backend as they came.  Replies come back the
     same way, and only sessions with masking decode rows.
     """
+
+    # ClientLeg, the Protocol this mixes into, sets these.  Its transport is
+    # a TCP or TLS transport that is also a push producer, which no single
+    # Twisted interface names; factory and backend are ClientLeg's own.
+    transport: Any
+    factory: Any
+    backend: Any
+    session: Session
+    closed: bool
+    _log: Logger
+    fatal: Callable[[str, str], None]
 
     def startRelay(self):
         s = self.session

@@ -42,7 +42,7 @@ class Authentication(_Message):
 
     def mechanisms(self) -> list[str]:
         b = _Body(self.payload)
-        out = []
+        out: list[str] = []
         while True:
             m = b.cstr()
             if not m:
@@ -142,8 +142,11 @@ class DataRow(_Message):
         return cls(v)
 
 
+@attrs.frozen
 class _Fields(_Message):
     """ErrorResponse / NoticeResponse: (code, text) pairs in order."""
+
+    fields: tuple[tuple[str, str], ...]
 
     def body(self):
         return b"".join(c.encode("latin-1") + _cstr(v) for c, v in self.fields) + b"\0"
@@ -175,13 +178,13 @@ class _Fields(_Message):
 @_msg(b"E", BACKEND)
 @attrs.frozen
 class ErrorResponse(_Fields):
-    fields: tuple[tuple[str, str], ...]
+    pass
 
 
 @_msg(b"N", BACKEND)
 @attrs.frozen
 class NoticeResponse(_Fields):
-    fields: tuple[tuple[str, str], ...]
+    pass
 
 
 @_msg(b"V", BACKEND)

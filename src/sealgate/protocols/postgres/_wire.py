@@ -190,7 +190,7 @@ class Reader:
             return []
         n = len(buf)
         pos = run = 0
-        out = []
+        out: list[bytes | Frame] = []
         maxMessage = self.maxMessage
         while n - pos >= 5:
             t = buf[pos]

@@ -80,9 +80,13 @@ class _Walker:
 
     def statement(self, node) -> None:
         name = type(node).__name__
+        # pglast types every node field Optional; the parser always fills
+        # the ones read below, so the asserts only narrow the types.
         if isinstance(node, ast.TransactionStmt):
+            assert node.kind is not None
             self.kind(_TRANSACTION.get(int(node.kind), "TRANSACTION"))
         elif isinstance(node, ast.DropStmt):
+            assert node.removeType is not None
             what = ObjectType(node.removeType).name.removeprefix("OBJECT_").replace("_", " ")
             self.kind("DROP", f"DROP {what}")
             if node.objects and node.removeType in (
@@ -120,6 +124,7 @@ class _Walker:
             return
         elif isinstance(node, ast.ExecuteStmt):
             self.kind("EXECUTE")
+            assert node.name is not None
             self.executes.append(node.name)
         elif isinstance(node, ast.CopyStmt):
             self.kind("COPY", "COPY FROM" if node.is_from else "COPY TO")
@@ -141,9 +146,11 @@ class _Walker:
             if not isinstance(n, ast.Node):
                 continue
             if isinstance(n, ast.RangeVar):
+                assert n.relname is not None
                 rel = f"{n.schemaname}.{n.relname}" if n.schemaname else n.relname
                 self.relations.setdefault(rel)
             elif isinstance(n, ast.CommonTableExpr):
+                assert n.ctename is not None
                 self.ctes.add(n.ctename)
                 if isinstance(n.ctequery, _WRITES):
                     self.statement(n.ctequery)

@@ -115,7 +115,7 @@ class RowMasker:
         row = w.decodeFrame(f, False)
         plan = self.plan
         masker = self.masker
-        out = []
+        out: list[bytes | None] = []
         changed = False
         for i, v in enumerate(row.values):
             if v is None:

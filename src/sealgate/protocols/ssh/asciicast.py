@@ -11,7 +11,7 @@ from sealgate.session import FROM_CLIENT, TO_CLIENT
 
 
 def _fields(frame) -> tuple[float, int, int, bytes]:
-    t = getattr(frame, "time", None)
+    t: float | None = getattr(frame, "time", None)
     if t is None:
         t = getattr(frame, "timestamp", 0.0)
     data = getattr(frame, "data", None)

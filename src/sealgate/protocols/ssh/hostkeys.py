@@ -1,13 +1,14 @@
 """The gateway's own SSH host keys: created once in <state_dir>/ssh/, reused after."""
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from twisted.conch.ssh import keys
 
-_KINDS = {
+_KINDS: dict[str, Callable[[], ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey]] = {
     "ssh_host_ed25519_key": lambda: ed25519.Ed25519PrivateKey.generate(),
     "ssh_host_ecdsa_key": lambda: ec.generate_private_key(ec.SECP256R1()),
 }

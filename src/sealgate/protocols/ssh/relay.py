@@ -88,6 +88,10 @@ class RelayChannel(_channel.SSHChannel):
 
     peer: "RelayChannel | None" = None
     inputPaused = False
+    # SSHConnection sets both before the channel gets any callback; Conch
+    # leaves conn Optional and id unannotated (inferred from "= None").
+    conn: connection.SSHConnection
+    id: int  # type: ignore[assignment]  # Conch's id is None until opened
 
     def __init__(self, *args, **kw):
         kw.setdefault("localWindow", WINDOW)

@@ -172,6 +172,7 @@ class UserAuthServer(userauth.SSHUserAuthServer):
                        client=event["client"], user=event["user"], reason=reason)
 
     def banner(self, text: str) -> None:
+        assert self.transport is not None  # only called while authenticating
         self.transport.sendPacket(userauth.MSG_USERAUTH_BANNER,
                                   common.NS(text.encode() + b"\r\n") + common.NS(b"en"))
 

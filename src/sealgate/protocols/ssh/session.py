@@ -11,6 +11,7 @@ from twisted.logger import Logger
 
 from sealgate.chain._chain import OutputRefused
 from sealgate.chain.verdicts import CONTINUE, Deny, Hold, Rewrite
+from sealgate.masking import StreamMasker
 from sealgate.protocols.ssh import _wire
 from sealgate.protocols.ssh.relay import (
     STREAM_CONTROL,
@@ -79,7 +80,7 @@ class ClientSession(RelayChannel):
         self._lines: _wire.LineAssembler | None = None
         self._outTail = b""
         self._secretInput = False
-        self._maskers: dict | None = None
+        self._maskers: dict[int, StreamMasker] | None = None
         self._flushCall = None
         self.exitStatus: int | None = None
         self._wantsOutput = bool(self.session.chain.wantsOutput)
@@ -259,7 +260,13 @@ class ClientSession(RelayChannel):
             self._stderrNote("approved; running")
             d = defer.maybeDeferred(self._forward, b"exec", _wire.NS(raw))
             self._release()
-            d.addCallback(lambda ok: ok or self._refuse("the backend refused to run the command"))
+
+            def ran(ok):
+                if not ok:
+                    self._refuse("the backend refused to run the command")
+                return ok
+
+            d.addCallback(ran)
         else:
             self._refuse(f"denied: {getattr(verdict, 'reason', 'not approved')}")
 
@@ -299,7 +306,11 @@ class ClientSession(RelayChannel):
 
     # -- sftp ----------------------------------------------------------------
 
+    # _sftp, _boundary and _transfers are set together when the sftp
+    # subsystem starts, and only sftp mode reaches the code that reads them.
+
     def _sftpPump(self) -> None:
+        assert self._sftp is not None
         chain = self.session
         while not self._sftpHeld and self.peer is not None:
             try:
@@ -339,6 +350,7 @@ class ClientSession(RelayChannel):
 
     def _sftpForward(self, packet: bytes, op) -> None:
         if self.peer is not None:
+            assert self._transfers is not None
             self._transfers.request(packet, op)
             self.peer.write(packet)
 
@@ -357,6 +369,7 @@ class ClientSession(RelayChannel):
     def _injectReply(self, packet: bytes) -> None:
         """A gateway-made SFTP reply, sent between whole backend replies."""
         self._inject.append(packet)
+        assert self._boundary is not None
         if self._boundary.atBoundary:
             self._flushInjected()
 
@@ -412,6 +425,7 @@ class ClientSession(RelayChannel):
             if stream == STREAM_DATA:
                 self._boundary.receive_data(data)
                 if self._boundary.heads:
+                    assert self._transfers is not None
                     self._transfers.replies(self._boundary.heads)
                     self._boundary.heads.clear()
             self._send(data, stream)
@@ -423,9 +437,10 @@ class ClientSession(RelayChannel):
             return
         if self.pty is not None:
             self._outTail = (self._outTail + data)[-96:]
-        masked = self._maskers is not None
-        if masked:
-            m = self._maskers[stream]
+        maskers = self._maskers
+        masked = maskers is not None
+        if maskers is not None:
+            m = maskers[stream]
             if data and self._typed.startswith(data):
                 # The terminal echoing what the user just typed: nothing the
                 # client does not already have, so it is not held back.
@@ -434,7 +449,7 @@ class ClientSession(RelayChannel):
             else:
                 self._typed = b""
                 data = m.feed(data)
-            if self._flushCall is None and getattr(m, "pending", 1):
+            if self._flushCall is None and m.pending:
                 # Bound how long a possible start of a value is held back.
                 self._flushCall = self.user.reactor.callLater(
                     self.user.options.mask_holdback, self._flushMaskers)

@@ -677,7 +677,7 @@ async def test_several_channels_share_one_connection_and_session(env):
     finally:
         await env.run(env.sshArgs(extra=mux + ("-O", "exit")))
     assert zero.stdout == b"zero\n"
-    assert (first.stdout, first.returncode) == (b"one\n", 0)
+    assert (first.stdout, first.returncode) == (b"one\n", 0), first.stderr
     assert (second.stderr, second.returncode) == (b"two\n", 4)
     sessionId = await _newClosedSession(env, before)  # exactly one session for all three
     channels = {f.channel // 4 for f in _frames(env, sessionId)}

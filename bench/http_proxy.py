@@ -153,14 +153,30 @@ def startMitm(work: Path, backendPort: int, mitmdump: str | None):
     return proc, port
 
 
-def wrk(url: str, seconds: int, headers=()) -> tuple[float, str]:
+def cpuSeconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads) so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wrk(url: str, seconds: int, headers=(), proc=None) -> tuple[float, str]:
+    """
+    Requests/s and a note.  With C{proc}, the note also gives that proxy's
+    CPU time per request: on a shared machine req/s depends on the CPU the
+    proxy gets, its CPU cost per request does not.
+    """
     args = ["wrk", "-t1", "-c32", f"-d{seconds}s"]
     for h in headers:
         args += ["-H", h]
+    before = cpuSeconds(proc.pid) if proc is not None else 0.0
     out = subprocess.run(args + [url], capture_output=True, text=True, timeout=seconds + 60).stdout
     m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    n = re.search(r"(\d+) requests in", out)
     bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     note = f" ({bad.group(1)} non-2xx!)" if bad else ""
+    if proc is not None and n and int(n.group(1)):
+        note += f"  [{(cpuSeconds(proc.pid) - before) / int(n.group(1)) * 1e6:.0f} us CPU/request]"
     return (float(m.group(1)) if m else 0.0), note
 
 
@@ -208,12 +224,12 @@ def main() -> None:
         print(f"sealgate masks the card in /json: {masked}")
 
         direct, n1 = wrk(f"http://127.0.0.1:{bport}/json", args.seconds)
-        through, n2 = wrk(f"http://127.0.0.1:{gport}/json", args.seconds, auth)
+        through, n2 = wrk(f"http://127.0.0.1:{gport}/json", args.seconds, auth, sg)
         print(f"wrk -c32 -d{args.seconds}s GET /json")
         print(f"  direct ({label}): {direct:10.0f} req/s{n1}")
         print(f"  sealgate:           {through:10.0f} req/s{n2}  ({through / direct:.1%} of direct)")
         if mitm is not None:
-            viaMitm, n3 = wrk(f"http://127.0.0.1:{mport}/json", args.seconds)
+            viaMitm, n3 = wrk(f"http://127.0.0.1:{mport}/json", args.seconds, (), mitm)
             print(f"  mitmproxy reverse:  {viaMitm:10.0f} req/s{n3}  ({viaMitm / direct:.1%} of direct)")
             if viaMitm:
                 print(f"  sealgate / mitmproxy: {through / viaMitm:.1f}x (target >= 10x)")
@@ -224,10 +240,13 @@ def main() -> None:
 
         mb = args.download_mb
         d1 = download(f"http://127.0.0.1:{bport}/big")
+        before = cpuSeconds(sg.pid)
         d2 = download(f"http://127.0.0.1:{gport}/big", auth)
+        spent = cpuSeconds(sg.pid) - before
         print(f"download {mb} MiB (recorded in full by sealgate)")
         print(f"  direct:   {d1:8.1f} MB/s")
-        print(f"  sealgate: {d2:8.1f} MB/s  ({d2 / d1:.1%} of direct, target >= 50%)")
+        print(f"  sealgate: {d2:8.1f} MB/s  ({d2 / d1:.1%} of direct, target >= 50%)"
+              f"  [{spent:.1f} s CPU, relay and recording store together]")
     finally:
         for p in reversed(procs):
             stop(p)

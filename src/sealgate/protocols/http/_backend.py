@@ -143,6 +143,22 @@ class Exchange:
 
     _log = Logger()
 
+    # Per-exchange state; class defaults keep the per-request set-up short.
+    conn = None
+    phase = "connect"
+    retried = reused = received = uploading = False
+    reusable = True
+    buf = b""
+    masker = None
+    mode = "pass"
+    wrote = False
+    framing = None
+    pendingHead = recordedHead = b""
+    rawPass = True
+    chunkOut = False
+    secretHead = False
+    registered = clientPaused = storePaused = False
+
     def __init__(self, client, request, backend, session, pool, pacer):
         self.client = client
         self.request = request
@@ -150,26 +166,7 @@ class Exchange:
         self.session = session
         self.pool = pool
         self.pacer = pacer
-        self.conn = None
-        self.phase = "connect"
-        self.retried = False
-        self.reused = False
-        self.received = False
-        self.uploading = False
-        self.reusable = True
-        self.buf = b""
-        self.masker = None
-        self.mode = "pass"
-        self.wrote = False
-        self.framing = None
-        self.pendingHead = b""
-        self.recordedHead = b""
-        self.rawPass = True
-        self.chunkOut = False
         self.closeAfter = not request.keepAlive
-        self.registered = False
-        self.clientPaused = False
-        self.storePaused = False
 
     # -- sending ---------------------------------------------------------------
 
@@ -286,6 +283,7 @@ class Exchange:
                                      (low.get(b"content-type") or [None])[0])
             skip = drop | {b"content-encoding", b"content-length"}
         pairs = [(n, v) for n, v in head.headers if n.lower() not in skip]
+        self.secretHead = not self.backend.options.secret_headers.isdisjoint(low)
         self.mode = mode
         self.framing = framing
         http11 = request.version == b"HTTP/1.1"
@@ -308,8 +306,8 @@ class Exchange:
 
     def _setHead(self, pairs) -> None:
         self.pendingHead = head = _wire.serializeHead(self.first, pairs)
-        secret = self.backend.options.secret_headers
-        if any(n.lower() in secret for n, _ in pairs):
+        if self.secretHead:
+            secret = self.backend.options.secret_headers
             self.recordedHead = _wire.serializeHead(
                 self.first, [(n, _wire.REDACTED if n.lower() in secret else v) for n, v in pairs])
         else:
@@ -325,9 +323,11 @@ class Exchange:
                 data = head + data
                 client.send(data)
             else:
-                self.session.record(TO_CLIENT, self.recordedHead)
-                client.send(head, record=False)
-                client.send(data)
+                record = self.session.record
+                record(TO_CLIENT, self.recordedHead)
+                if data:
+                    record(TO_CLIENT, data)
+                client.send(head + data, record=False)
             return
         if data:
             client.send(data)

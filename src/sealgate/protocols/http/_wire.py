@@ -19,8 +19,23 @@ SECRET_HEADERS = frozenset({b"authorization", b"proxy-authorization", b"cookie",
 REDACTED = b"[redacted]"
 
 
+_hopCache: dict = {}
+
+
 def hopByHop(connectionValues: list[bytes] | None) -> frozenset:
     """The hop-by-hop header names for one message, including those C{Connection} lists."""
+    if not connectionValues:
+        return HOP_BY_HOP
+    key = tuple(connectionValues)
+    found = _hopCache.get(key)
+    if found is None:
+        found = _hopByHop(connectionValues)
+        if len(_hopCache) < 256:
+            _hopCache[key] = found
+    return found
+
+
+def _hopByHop(connectionValues: list[bytes]) -> frozenset:
     extra = set()
     for value in connectionValues or ():
         for token in value.split(b","):

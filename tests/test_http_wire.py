@@ -275,7 +275,9 @@ def test_response_framing_by_status_method_and_headers():
                                   b"content-length": [b"3"]}, 200, b"GET").kind == "chunked"
 
 
-@pytest.mark.parametrize("raw", [b"GET / HTTP/2.0", b"GET  HTTP/1.1", b"GET /", b"GET / HTTP/1.1\r\n x: y"])
+@pytest.mark.parametrize("raw", [b"GET / HTTP/2.0", b"GET  HTTP/1.1", b"GET /", b"GET / HTTP/1.1\r\n x: y",
+                                 b"GET / HTTP/1.1\r\nX-A: 1\nTransfer-Encoding: chunked",
+                                 b"GET / HTTP/1.1\r\nX-A: 1\rX-B: 2", b"GET / HTTP/1.1x"])
 def test_bad_request_heads_raise_protocol_error(raw):
     with pytest.raises(_wire.ProtocolError):
         _wire.parseHead(raw, False)

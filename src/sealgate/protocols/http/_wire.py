@@ -303,6 +303,9 @@ def parseHead(raw: bytes, responses: bool) -> Head:
     @raise ProtocolError: not a well-formed HTTP/1.x head.
     """
     lines = raw.split(b"\r\n")
+    # A bare CR or LF inside a line could end it for the next hop: refuse.
+    if raw.count(b"\n") != len(lines) - 1 or raw.count(b"\r") != len(lines) - 1:
+        raise ProtocolError("bare CR or LF in the head")
     first = lines[0]
     headers = []
     for line in lines[1:]:
@@ -320,7 +323,7 @@ def parseHead(raw: bytes, responses: bool) -> Head:
             raise ProtocolError("bad status")
         return Head(first, tuple(headers), status=status,
                     reason=parts[2] if len(parts) > 2 else b"", version=parts[0])
-    if len(parts) != 3 or not parts[1] or not parts[2].startswith(b"HTTP/1."):
+    if len(parts) != 3 or not parts[1] or parts[2] not in (b"HTTP/1.1", b"HTTP/1.0"):
         raise ProtocolError("bad request line")
     return Head(first, tuple(headers), method=parts[0], target=parts[1], version=parts[2])
 

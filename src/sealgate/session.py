@@ -81,14 +81,21 @@ class Session:
         """Seal an audit event for this session in the log."""
         self.recording.event(kind, fields)
 
-    def command(self, kind: str, text: str, details: dict | None = None) -> Verdict:
+    def command(self, kind: str, text: str, details: dict | None = None,
+                reported: bool = False) -> Verdict:
         """
         Ask the chain about a command and audit the verdict.
 
         Returns L{CONTINUE}, a L{sealgate.chain.verdicts.Rewrite}, a L{Deny}
         or a L{Hold}; a held command is audited again when decided.
+
+        @param reported: the protocol promises to seal the command's outcome
+            itself (with C{verdict="allow"}), so an allowed command costs one
+            audit event, not two.  Denials and holds are sealed here anyway.
         """
         verdict = self.chain.command(kind, text, details)
+        if reported and verdict is CONTINUE:
+            return verdict
         self._auditVerdict(kind, text, details, verdict)
         if isinstance(verdict, Hold):
             verdict.result.addCallback(self._decided, kind, text, details)

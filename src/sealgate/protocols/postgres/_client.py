@@ -263,6 +263,8 @@ class ClientLeg(Relay, Protocol):
         if self.backend is not None:
             self.backend.transport.loseConnection()
         if self.session is not None:
+            if getattr(self, "_pending", None):
+                self.auditUnfinished()
             d = self.session.end("closed" if self._terminatingSafe() else "client disconnected")
             if d is not None:
                 d.addErrback(lambda f: self._log.failure("Closing the recording of {session} failed",

@@ -176,8 +176,12 @@ class Relay:
             for name in c.executes:
                 kinds.extend(k for k in self._preparedKinds.get(name, ()) if k not in kinds)
             details["statements"] = tuple(kinds)
-        verdict = self.session.command("sql", text, details)
+        reported = f.type == _Q
+        verdict = self.session.command("sql", text, details, reported=reported)
         if verdict is CONTINUE:
+            if reported:
+                # Sealed once, with its outcome, when the statement completes.
+                self._pending[-1].append(details)
             for name, kinds in c.prepares:
                 self._preparedKinds[name] = kinds
             out.append(f.raw)
@@ -313,10 +317,23 @@ class Relay:
                 self._audit(head, head[3], head[4])
                 return
 
-    def _audit(self, entry, rows, sqlstate) -> None:
+    def _audit(self, entry, rows, sqlstate, outcome="completed") -> None:
         text = entry[1]
         if len(text) > _MAX_AUDIT_TEXT:
             text = text[:_MAX_AUDIT_TEXT] + "..."
+        extra = {}
+        if len(entry) > 5:
+            # Allowed by the chain and not sealed yet: verdict and outcome in one event.
+            details = entry[5]
+            extra = {"verdict": "allow", "statements": list(details.get("statements", ())),
+                     "relations": list(details.get("relations", ()))}
         self.session.audit("statement", text=text,
                            duration=round(time.monotonic() - entry[2], 6),
-                           rows=rows, sqlstate=sqlstate or "00000")
+                           rows=rows, sqlstate=sqlstate or "00000", outcome=outcome, **extra)
+
+    def auditUnfinished(self) -> None:
+        """The session ends: seal statements that were sent but never completed."""
+        for entry in self._pending:
+            if entry[0] in ("Q", "E"):
+                self._audit(entry, entry[3], entry[4], outcome="interrupted")
+        self._pending.clear()

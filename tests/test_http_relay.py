@@ -156,3 +156,17 @@ def _relayFactories(g):
     from sealgate.protocols.http._relay import RelayFactory
 
     return [p.factory for p in g.service.ports.values() if isinstance(p.factory, RelayFactory)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_bare_lf_in_a_header_gets_400_and_never_reaches_the_backend(tmp_path, http_backend):
+    g, key = await _start(tmp_path, http_backend)
+    smuggle = (f"POST /echo/a HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {key}\r\n"
+               "X-A: 1\nTransfer-Encoding: chunked\r\nContent-Length: 44\r\n\r\n"
+               "0\r\n\r\nDELETE /echo/b HTTP/1.1\r\nHost: gw\r\n\r\n").encode()
+    try:
+        out, closed = await threads.deferToThread(_exchange, g.port("web"), smuggle, 1, [b"POST"])
+    finally:
+        await g.stop()
+    assert [r[0] for r in out] == [400] and closed
+    assert json.loads(out[0][2])["status"] == 400

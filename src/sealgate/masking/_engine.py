@@ -186,7 +186,11 @@ class Masker:
         @raise MaskingFailed: not valid JSON in C{encoding}.
         """
         try:
-            text = data.decode("utf-8-sig" if encoding.lower() in ("utf-8", "utf8") else encoding)
+            if encoding.lower() in ("utf-8", "utf8"):
+                # utf-8-sig is a Python-level codec: strip the BOM, decode in C.
+                text = (data[3:] if data.startswith(b"\xef\xbb\xbf") else data).decode("utf-8")
+            else:
+                text = data.decode(encoding)
         except (UnicodeDecodeError, LookupError) as e:
             raise MaskingFailed(f"JSON body is not valid {encoding}: {type(e).__name__}") from None
         masked = self.maskJsonText(text)
@@ -209,12 +213,12 @@ class Masker:
         if "\\" not in text:
             # Without escapes every key is a plain "..." before a colon; the
             # token-by-token walk is only needed when escapes can hide one.
-            fast = self._redactPlain(text, masked)
+            fast = self._redactPlain(text, masked, spans)
             if fast is not None:
                 return fast
         return _JsonRewriter(self, text, masked).run()
 
-    def _redactPlain(self, text: str, masked: str) -> str | None:
+    def _redactPlain(self, text: str, masked: str, spans=None) -> str | None:
         """Redact named values in an escape-free document; None if a number got masked."""
         out: list[str] = []
         last = 0
@@ -241,7 +245,7 @@ class Masker:
         else:
             out.append(masked[last:])
             result = "".join(out)
-        if masked is not text:
+        if masked is not text and not (spans and _insideStrings(text, spans)):
             try:
                 json.loads(result)
             except ValueError:
@@ -262,6 +266,19 @@ class Masker:
         from sealgate.masking._body import maskEncodedBody
 
         return maskEncodedBody(self, body, content_encoding, content_type, reencode)
+
+
+def _insideStrings(text: str, spans) -> bool:
+    """
+    Whether every span lies inside a string of an escape-free, valid JSON
+    document (quotes pair up there: an odd count before a position means
+    inside).  Masking only there keeps the document valid, unparsed.
+    """
+    count = text.count
+    for s, e, _r in spans:
+        if count('"', 0, s) % 2 == 0 or count('"', s, e):
+            return False
+    return True
 
 
 # JSON tokens in a document already known to be valid: strings, punctuation,

@@ -1,25 +1,18 @@
 """Console login: OIDC authorization code + PKCE, or an API key; logins live in a secure cookie."""
 
-import base64
-import hashlib
-import json
 import secrets
 import time
-from io import BytesIO
-from typing import cast
 from urllib.parse import urlencode
 
 import attrs
-from twisted.internet import defer, protocol
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet import defer
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from twisted.web import resource, server
-from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool
-from twisted.web.http_headers import Headers
+from twisted.web.client import Agent, HTTPConnectionPool
 
 from sealgate.admin._http import LOGIN_COOKIE, jsonBody
 from sealgate.identity import AuthenticationFailed
+from sealgate.identity.oidcflow import CodeFlow, LoginError
 
 STATE_COOKIE = b"sealgate_oidc"
 PENDING_LIFETIME = 600.0
@@ -41,7 +34,6 @@ class Logins:
     def __init__(self, admin):
         self.admin = admin
         self._logins: dict[str, ConsoleLogin] = {}
-        self.pending: dict[str, dict] = {}
 
     def create(self, identity, method: str) -> ConsoleLogin:
         now = time.time()
@@ -86,10 +78,6 @@ def sameOrigin(request) -> bool:
     return origin.decode("latin-1") == f"{'https' if request.isSecure() else 'http'}://{host}"
 
 
-def _b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
 class Login(resource.Resource):
     """
     GET /login: the login page; GET /login/options: which methods are on;
@@ -103,8 +91,7 @@ class Login(resource.Resource):
     def __init__(self, admin):
         super().__init__()
         self.admin = admin
-        self._agent = None
-        self._discovery = None
+        self._codeFlow: CodeFlow | None = None
 
     @property
     def identity(self):
@@ -173,105 +160,46 @@ class Login(resource.Resource):
 
     # -- OIDC ----------------------------------------------------------------
 
-    @property
-    def agent(self):
-        if self._agent is None:
+    def _flow(self) -> CodeFlow:
+        issuer = self.admin.service.config.identity.oidc_issuer
+        if issuer is None:
+            raise LoginError("no OIDC issuer is configured; log in with an API key")
+        if self._codeFlow is None or self._codeFlow.issuer != issuer:
             reactor = self.admin.reactor
-            self._agent = Agent(reactor, connectTimeout=10, pool=HTTPConnectionPool(reactor, persistent=False))
-        return self._agent
+            agent = Agent(reactor, connectTimeout=10, pool=HTTPConnectionPool(reactor, persistent=False))
+            self._codeFlow = CodeFlow(issuer, agent, reactor, PENDING_LIFETIME, MAX_PENDING)
+        return self._codeFlow
 
     def _clientId(self) -> str:
         cfg = self.admin.service.config
         return cfg.admin.oidc_client_id or cfg.identity.oidc_audience
 
-    async def _getJSON(self, method: bytes, url: str, form: dict | None = None) -> dict:
-        headers = Headers({b"accept": [b"application/json"]})
-        body = None
-        if form is not None:
-            headers.addRawHeader(b"content-type", b"application/x-www-form-urlencoded")
-            body = FileBodyProducer(BytesIO(urlencode(form).encode()))
-        d = self.agent.request(method, url.encode(), headers, body)
-        d.addTimeout(15, self.admin.reactor)
-        response = await d
-        data = await _readLimited(response, 1 << 20)
-        if response.code != 200:
-            raise LoginError(f"the issuer answered HTTP {response.code}")
-        try:
-            doc = json.loads(data)
-        except ValueError:
-            raise LoginError("the issuer's answer is not JSON")
-        if not isinstance(doc, dict):
-            raise LoginError("the issuer's answer is not a JSON object")
-        return doc
-
-    async def _endpoints(self) -> dict:
-        issuer = self.admin.service.config.identity.oidc_issuer
-        if issuer is None:
-            raise LoginError("no OIDC issuer is configured; log in with an API key")
-        if self._discovery is None or self._discovery[0] != issuer:
-            doc = await self._getJSON(b"GET", issuer.rstrip("/") + "/.well-known/openid-configuration")
-            for key in ("authorization_endpoint", "token_endpoint"):
-                if not isinstance(doc.get(key), str) or not doc[key].startswith(("https://", "http://")):
-                    raise LoginError(f"the issuer's discovery document has no {key}")
-            self._discovery = (issuer, doc)
-        return self._discovery[1]
-
-    def _redirectURI(self, request) -> str:
-        return self.admin.baseURL(request) + "login/callback"
-
     def _startOIDC(self, request):
         async def go():
-            doc = await self._endpoints()
-            pending = self.admin.logins.pending
-            now = time.time()
-            for s in [s for s, p in pending.items() if p["created"] + PENDING_LIFETIME < now]:
-                del pending[s]
-            if len(pending) >= MAX_PENDING:
-                raise LoginError("too many logins in progress; try again in a minute")
-            state, nonce, verifier = (secrets.token_urlsafe(24), secrets.token_urlsafe(24),
-                                      secrets.token_urlsafe(48))
-            redirect = self._redirectURI(request)
-            pending[state] = {"verifier": verifier, "nonce": nonce, "redirect": redirect, "created": now}
-            challenge = _b64url(hashlib.sha256(verifier.encode()).digest())
-            query = urlencode({"response_type": "code", "client_id": self._clientId(),
-                               "redirect_uri": redirect, "scope": "openid profile email groups",
-                               "state": state, "nonce": nonce, "code_challenge": challenge,
-                               "code_challenge_method": "S256"})
-            sep = "&" if "?" in doc["authorization_endpoint"] else "?"
+            redirect = self.admin.baseURL(request) + "login/callback"
+            state, url = await self._flow().begin(self._clientId(), redirect,
+                                                  ("openid", "profile", "email", "groups"))
             _cookie(request, STATE_COOKIE, state, int(PENDING_LIFETIME))
-            request.redirect((doc["authorization_endpoint"] + sep + query).encode())
+            request.redirect(url.encode())
 
         return defer.ensureDeferred(go())
 
     def _callback(self, request):
         async def go():
             args = {k.decode(): v[0].decode("utf-8", "replace") for k, v in request.args.items()}
-            if "error" in args:
-                raise LoginError(f"the issuer refused the login: {args['error'][:100]}")
+            flow = self._flow()
             state = args.get("state", "")
-            cookie = (request.getCookie(STATE_COOKIE) or b"").decode("ascii", "replace")
-            pending = self.admin.logins.pending.pop(state, None)
+            pending = flow.take(state)
             # The state must be the one this browser started with (login CSRF).
-            if pending is None or not secrets.compare_digest(cookie, state):
-                raise LoginError("this login was not started here or took too long; try again")
-            if pending["created"] + PENDING_LIFETIME < time.time():
-                raise LoginError("the login took too long; try again")
-            doc = await self._endpoints()
-            form = {"grant_type": "authorization_code", "code": args.get("code", ""),
-                    "redirect_uri": pending["redirect"], "client_id": self._clientId(),
-                    "code_verifier": pending["verifier"]}
-            secret = self.admin.service.config.admin.oidc_client_secret
-            if secret:
-                form["client_secret"] = secret
-            tokens = await self._getJSON(b"POST", doc["token_endpoint"], form)
-            idToken = tokens.get("id_token")
-            if not isinstance(idToken, str):
-                raise LoginError("the issuer sent no id_token")
+            cookie = (request.getCookie(STATE_COOKIE) or b"").decode("ascii", "replace")
+            if not secrets.compare_digest(cookie, state):
+                raise LoginError("this login was not started here or took too long; start again")
+            idToken = await flow.finish(pending, args, self._clientId(),
+                                        self.admin.service.config.admin.oidc_client_secret)
             identity = await self._verifier().verify(idToken)
             # The signature is good (verify above); now the nonce binds it to this login.
-            claims = json.loads(base64.urlsafe_b64decode(idToken.split(".")[1] + "=="))
-            if claims.get("nonce") != pending["nonce"]:
-                raise LoginError("the id_token's nonce does not match this login")
+            if not flow.nonceMatches(idToken, pending):
+                raise LoginError("the ID token's nonce does not match this login")
             _cookie(request, STATE_COOKIE, "", 0)
             self._loggedIn(identity, request, "oidc")
 
@@ -286,38 +214,6 @@ class Login(resource.Resource):
         i = cfg.identity
         return OIDCVerifier(i.oidc_issuer, self._clientId(), i.groups_claim, i.subject_claim,
                             i.leeway, i.jwks_min_refresh, reactor=self.admin.reactor)
-
-
-class _Collect(protocol.Protocol):
-    def __init__(self, limit: int, done: defer.Deferred):
-        self.parts: list[bytes] = []
-        self.size = 0
-        self.limit = limit
-        self.done = done
-
-    def dataReceived(self, data: bytes) -> None:
-        self.size += len(data)
-        if self.size > self.limit:
-            # Agent gives deliverBody protocols an IPushProducer transport.
-            cast(IPushProducer, self.transport).stopProducing()
-            if not self.done.called:
-                self.done.errback(LoginError("the issuer's answer is too large"))
-            return
-        self.parts.append(data)
-
-    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
-        if not self.done.called:
-            self.done.callback(b"".join(self.parts))
-
-
-def _readLimited(response, limit: int) -> defer.Deferred:
-    done: defer.Deferred = defer.Deferred()
-    response.deliverBody(_Collect(limit, done))
-    return done
-
-
-class LoginError(Exception):
-    """A console login that cannot go on; C{str(exc)} is shown on the login page."""
 
 
 class Logout(resource.Resource):

@@ -2,7 +2,9 @@
 
 import json
 import warnings
+from io import BytesIO
 from typing import Any, cast
+from urllib.parse import urlencode
 
 from joserfc import jws, jwt
 from joserfc.errors import (
@@ -20,7 +22,7 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, ResponseDone
+from twisted.web.client import Agent, FileBodyProducer, ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH
@@ -297,32 +299,48 @@ class OIDCVerifier:
         return keys
 
     async def _getJSON(self, url: str) -> dict:
-        try:
-            d = self._agent.request(b"GET", url.encode("ascii"),
-                                    Headers({b"accept": [b"application/json"]}))
-            d.addTimeout(self.timeout, self._reactor)
-            response = await d
-            if response.code != 200:
-                # Drain so the connection can be reused or closed cleanly.
-                response.deliverBody(_Discard())
-                raise IssuerUnavailable(f"GET {url} returned HTTP {response.code}")
-            if response.length is not UNKNOWN_LENGTH and response.length > MAX_DOCUMENT_BYTES:
-                response.deliverBody(_Discard())
-                raise IssuerUnavailable(f"GET {url}: document too large")
-            body = await _readLimited(response, MAX_DOCUMENT_BYTES)
-        except IssuerUnavailable:
-            raise
-        except Exception as e:
-            raise IssuerUnavailable(f"GET {url} failed: {type(e).__name__}: {e}")
-        if body is None:
-            raise IssuerUnavailable(f"GET {url}: document too large")
-        try:
-            doc = json.loads(body)
-        except ValueError:
-            raise IssuerUnavailable(f"GET {url}: not JSON")
-        if not isinstance(doc, dict):
-            raise IssuerUnavailable(f"GET {url}: not a JSON object")
-        return doc
+        return await fetchJSON(self._agent, self._reactor, b"GET", url, timeout=self.timeout)
+
+
+async def fetchJSON(agent, reactor, method: bytes, url: str, form: dict | None = None,
+                    timeout: float = 15.0, limit: int = MAX_DOCUMENT_BYTES) -> dict:
+    """
+    One JSON document from an issuer (discovery, JWKS, token endpoint),
+    with a timeout and a size limit; a form, if given, is POSTed urlencoded.
+
+    @raise IssuerUnavailable: naming the URL and what went wrong.
+    """
+    what = f"{method.decode()} {url}"
+    headers = Headers({b"accept": [b"application/json"]})
+    body = None
+    if form is not None:
+        headers.addRawHeader(b"content-type", b"application/x-www-form-urlencoded")
+        body = FileBodyProducer(BytesIO(urlencode(form).encode()))
+    try:
+        d = agent.request(method, url.encode("ascii"), headers, body)
+        d.addTimeout(timeout, reactor)
+        response = await d
+        if response.code != 200:
+            # Drain so the connection can be reused or closed cleanly.
+            response.deliverBody(_Discard())
+            raise IssuerUnavailable(f"{what} returned HTTP {response.code}")
+        if response.length is not UNKNOWN_LENGTH and response.length > limit:
+            response.deliverBody(_Discard())
+            raise IssuerUnavailable(f"{what}: document too large")
+        data = await _readLimited(response, limit)
+    except IssuerUnavailable:
+        raise
+    except Exception as e:
+        raise IssuerUnavailable(f"{what} failed: {type(e).__name__}: {e}")
+    if data is None:
+        raise IssuerUnavailable(f"{what}: document too large")
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        raise IssuerUnavailable(f"{what}: not JSON")
+    if not isinstance(doc, dict):
+        raise IssuerUnavailable(f"{what}: not a JSON object")
+    return doc
 
 
 class _Discard(Protocol):

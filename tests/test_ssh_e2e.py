@@ -667,15 +667,23 @@ def test_no_backend_credential_in_recordings_audit_or_logs(env):
 @pytest_twisted.ensureDeferred
 async def test_several_channels_share_one_connection_and_session(env):
     sock = env.tmp / "mux.sock"
-    mux = ("-o", "ControlMaster=auto", "-o", f"ControlPath={sock}", "-o", "ControlPersist=30")
+    path = ("-o", f"ControlPath={sock}")
+    mux = path + ("-o", "ControlMaster=no")
     before = _sessionIds(env)
+    # An explicit background master: with ControlMaster=auto the first
+    # client forks into the master while others race to use it, and OpenSSH
+    # itself then sometimes ends a client with 255.
+    master = await env.run(env.sshArgs(extra=path + ("-o", "ControlMaster=yes", "-N", "-f")))
+    assert master.returncode == 0, master.stderr
     try:
-        zero = await env.ssh("echo zero", extra=mux)  # becomes the master
+        check = await env.run(env.sshArgs(extra=path + ("-O", "check")))
+        assert check.returncode == 0, check.stderr
+        zero = await env.ssh("echo zero", extra=mux)
         first, second = await defer.gatherResults([
             env.ssh("sleep 0.3; echo one", extra=mux),
             env.ssh("sleep 0.3; echo two >&2; exit 4", extra=mux)])
     finally:
-        await env.run(env.sshArgs(extra=mux + ("-O", "exit")))
+        await env.run(env.sshArgs(extra=path + ("-O", "exit")))
     assert zero.stdout == b"zero\n"
     assert (first.stdout, first.returncode) == (b"one\n", 0), first.stderr
     assert (second.stderr, second.returncode) == (b"two\n", 4)

@@ -64,6 +64,20 @@ def indexHeaders(pairs) -> dict:
     return out
 
 
+def _noDelay(transport) -> None:
+    """
+    TCP_NODELAY: a streamed (chunked, masked text) body goes out in several
+    writes, and Nagle would hold a small one back until the peer's delayed
+    ACK, milliseconds later.
+    """
+    setter = getattr(transport, "setTcpNoDelay", None)
+    if setter is not None:
+        try:
+            setter(True)
+        except OSError:
+            pass    # not a TCP socket (e.g. a UNIX one)
+
+
 class BackendConnection(Protocol):
     """One TCP (or TLS) connection to a backend, serving one L{Exchange} at a time."""
 
@@ -73,6 +87,9 @@ class BackendConnection(Protocol):
     def __init__(self, pool):
         self.pool = pool
         self.alive = True
+
+    def connectionMade(self):
+        _noDelay(self.transport)
 
     def dataReceived(self, data):
         if self.exchange is not None:

@@ -67,8 +67,14 @@ class Router:
         # Most specific first: a host list beats none, a longer prefix beats a shorter.
         self._backends = sorted(
             backends, key=lambda b: (not b.options.hosts, -len(b.options.path_prefix or "")))
+        # One connection taking every host and path: nothing to look at.
+        only = self._backends[0] if len(self._backends) == 1 else None
+        self._only = only if only is not None and not (
+            only.options.hosts or only.options.path_prefix) else None
 
     def route(self, host: bytes | None, path: bytes) -> Backend | None:
+        if self._only is not None:
+            return self._only
         name = (host or b"").decode("latin-1").lower()
         if name.startswith("["):
             name = name.split("]")[0] + "]"

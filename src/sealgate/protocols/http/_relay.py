@@ -115,6 +115,11 @@ class ClientConnection(Protocol):
         if self.phase == "body":
             self._bodyData(data)
             return
+        if self.phase == "head" and not self.buf and data.find(b"\r\n\r\n") == len(data) - 4 \
+                and not data.startswith(b"\r\n"):
+            # The usual case: one whole request head in one read, no body.
+            self._gotHead(data[:-4])
+            return
         self.buf += data
         if self.phase == "head":
             self._readHead()
@@ -133,6 +138,10 @@ class ClientConnection(Protocol):
             return
         raw = bytes(buf[:end])
         del buf[: end + 4]
+        self._gotHead(raw)
+
+    def _gotHead(self, raw: bytes) -> None:
+        buf = self.buf
         try:
             head = _wire.parseHead(raw, False)
             low = indexHeaders(head.headers)

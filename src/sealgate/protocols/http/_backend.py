@@ -51,19 +51,6 @@ def writeNow(transport, data: bytes) -> None:
         transport.write(data[sent:])
 
 
-def indexHeaders(pairs) -> dict:
-    """Lower-cased header name -> list of values."""
-    out: dict = {}
-    for name, value in pairs:
-        low = name.lower()
-        values = out.get(low)
-        if values is None:
-            out[low] = [value]
-        else:
-            values.append(value)
-    return out
-
-
 def _noDelay(transport) -> None:
     """
     TCP_NODELAY: a streamed (chunked, masked text) body goes out in several
@@ -252,19 +239,20 @@ class Exchange:
                 self.buf = buf
                 return
             try:
-                head = _wire.parseHead(buf[:end], True)
+                parsed = _wire.parseHeadIndexed(buf[:end], True)
             except _wire.ProtocolError as e:
                 return self._badResponse(str(e))
             buf = buf[end + 4:]
             # Interim answers (100 Continue...) are the backend's business:
             # the gateway answered the client's Expect itself.
-            if head.status >= 200 or head.status == 101:
+            status = parsed[0].status
+            if status >= 200 or status == 101:
                 break
         self.buf = b""
-        if head.status == 101:
+        if status == 101:
             return self._badResponse("switching protocols without an upgrade request")
         try:
-            self._respond(head)
+            self._respond(parsed)
         except _wire.ProtocolError as e:
             return self._badResponse(str(e))
         if self.phase == "body" and buf:
@@ -272,8 +260,8 @@ class Exchange:
         elif self.phase == "body" and self.framing is None:
             self._complete()
 
-    def _respond(self, head) -> None:
-        low = indexHeaders(head.headers)
+    def _respond(self, parsed) -> None:
+        head, low, names = parsed
         request = self.request
         framing = _wire.responseFraming(low, head.status, request.method)
         connection = low.get(b"connection")
@@ -299,7 +287,7 @@ class Exchange:
                                      self.backend.options.max_masked_body,
                                      (low.get(b"content-type") or [None])[0])
             skip = drop | {b"content-encoding", b"content-length"}
-        pairs = [(n, v) for n, v in head.headers if n.lower() not in skip]
+        pairs = [pair for pair, n in zip(head.headers, names, strict=True) if n not in skip]
         self.secretHead = not self.backend.options.secret_headers.isdisjoint(low)
         self.mode = mode
         self.framing = framing

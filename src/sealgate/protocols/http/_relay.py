@@ -15,7 +15,7 @@ from zope.interface import implementer
 from sealgate.chain.verdicts import CONTINUE, Deny, Hold
 from sealgate.identity import AuthenticationFailed
 from sealgate.protocols.http import _wire
-from sealgate.protocols.http._backend import BackendPool, Exchange, _noDelay, indexHeaders, writeNow
+from sealgate.protocols.http._backend import BackendPool, Exchange, _noDelay, writeNow
 from sealgate.protocols.http._body import StorePacer
 from sealgate.protocols.http._proxy import _DROP_REQUEST, _PROBLEM, Backend, Router
 from sealgate.session import FROM_CLIENT, TO_CLIENT, SessionRefused
@@ -32,15 +32,16 @@ _WITH_BODY = frozenset({b"POST", b"PUT", b"PATCH"})
 class Request:
     """One parsed client request; C{headers} keep the client's order and spelling."""
 
-    __slots__ = ("method", "target", "version", "headers", "low", "path", "body", "bodySize",
-                 "chunked", "keepAlive")
+    __slots__ = ("method", "target", "version", "headers", "low", "names", "path", "body",
+                 "bodySize", "chunked", "keepAlive")
 
-    def __init__(self, head, low):
+    def __init__(self, head, low, names):
         self.method = head.method
         self.target = head.target
         self.version = head.version
         self.headers = head.headers
         self.low = low
+        self.names = names
         self.path = head.target.split(b"?", 1)[0]
         self.body = None
         self.bodySize = 0
@@ -143,13 +144,12 @@ class ClientConnection(Protocol):
     def _gotHead(self, raw: bytes) -> None:
         buf = self.buf
         try:
-            head = _wire.parseHead(raw, False)
-            low = indexHeaders(head.headers)
+            head, low, names = _wire.parseHeadIndexed(raw, False)
             framing = _wire.requestFraming(low)
         except _wire.ProtocolError as e:
             return self._badRequest(str(e))
         self.idleSince = None
-        request = Request(head, low)
+        request = Request(head, low, names)
         if framing is None:
             self.phase = "wait"
             return self._start(request)
@@ -400,8 +400,7 @@ class RelayFactory(Factory):
             drop -= {b"upgrade", b"connection"}
         preserve = backend.options.preserve_host
         parts = [request.method + b" " + request.target + b" HTTP/1.1"]
-        for name, value in request.headers:
-            n = name.lower()
+        for (name, value), n in zip(request.headers, request.names, strict=True):
             if n in drop or n in _DROP_REQUEST or n in _FORWARDED or (n == b"host" and not preserve):
                 continue
             parts.append(name + b": " + value)
@@ -425,7 +424,11 @@ class RelayFactory(Factory):
         """Record the head (secrets redacted); True when a body must follow."""
         secret = backend.options.secret_headers
         first = request.method + b" " + request.target + b" " + request.version
-        pairs = [(n, _wire.REDACTED if n.lower() in secret else v) for n, v in request.headers]
+        if secret.isdisjoint(request.low):
+            pairs = request.headers
+        else:
+            pairs = [(n, _wire.REDACTED if ln in secret else v)
+                     for (n, v), ln in zip(request.headers, request.names, strict=True)]
         session.record(FROM_CLIENT, _wire.serializeHead(first, pairs))
         if request.body is None:
             if request.chunked:

@@ -302,17 +302,35 @@ def parseHead(raw: bytes, responses: bool) -> Head:
 
     @raise ProtocolError: not a well-formed HTTP/1.x head.
     """
+    return parseHeadIndexed(raw, responses)[0]
+
+
+def parseHeadIndexed(raw: bytes, responses: bool) -> tuple[Head, dict, list]:
+    """
+    L{parseHead}, plus what a relay looks headers up by, in the same pass:
+    lower-cased name -> list of values, and the lower-cased names in order.
+    """
     lines = raw.split(b"\r\n")
     # A bare CR or LF inside a line could end it for the next hop: refuse.
     if raw.count(b"\n") != len(lines) - 1 or raw.count(b"\r") != len(lines) - 1:
         raise ProtocolError("bare CR or LF in the head")
     first = lines[0]
     headers = []
+    low: dict = {}
+    names = []
     for line in lines[1:]:
         name, sep, value = line.partition(b":")
         if not sep or not name or name != name.strip():
             raise ProtocolError("bad header line")
-        headers.append((name, value.strip()))
+        value = value.strip()
+        headers.append((name, value))
+        lname = name.lower()
+        names.append(lname)
+        values = low.get(lname)
+        if values is None:
+            low[lname] = [value]
+        else:
+            values.append(value)
     parts = first.split(b" ", 2)
     if len(parts) < 2:
         raise ProtocolError("bad first line")
@@ -322,10 +340,10 @@ def parseHead(raw: bytes, responses: bool) -> Head:
         except ValueError:
             raise ProtocolError("bad status")
         return Head(first, tuple(headers), status=status,
-                    reason=parts[2] if len(parts) > 2 else b"", version=parts[0])
+                    reason=parts[2] if len(parts) > 2 else b"", version=parts[0]), low, names
     if len(parts) != 3 or not parts[1] or parts[2] not in (b"HTTP/1.1", b"HTTP/1.0"):
         raise ProtocolError("bad request line")
-    return Head(first, tuple(headers), method=parts[0], target=parts[1], version=parts[2])
+    return Head(first, tuple(headers), method=parts[0], target=parts[1], version=parts[2]), low, names
 
 
 # -- body framing for the live relay -------------------------------------------

@@ -170,3 +170,23 @@ async def test_bare_lf_in_a_header_gets_400_and_never_reaches_the_backend(tmp_pa
         await g.stop()
     assert [r[0] for r in out] == [400] and closed
     assert json.loads(out[0][2])["status"] == 400
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_stalling_inside_its_upload_is_closed_after_the_idle_timeout(tmp_path, http_backend):
+    g, key = await _start(tmp_path, http_backend, extra_options='idle_timeout = "1s"')
+    port = g.port("web")
+
+    def stall():
+        s = socket.create_connection(("127.0.0.1", port), 10)
+        s.settimeout(20)
+        s.sendall(_get("/upload", key, "POST", extra="Content-Length: 10\r\n") + b"abc")
+        rest = s.recv(65536)
+        s.close()
+        return rest
+
+    try:
+        rest = await threads.deferToThread(stall)
+    finally:
+        await g.stop()
+    assert rest == b""

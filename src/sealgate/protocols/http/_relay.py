@@ -93,13 +93,14 @@ class ClientConnection(Protocol):
 
     def _checkIdle(self) -> None:
         """
-        Close a connection idle between requests for the idle timeout: it
-        holds its session open.  One timer per connection, re-armed lazily
-        (no timer churn per request).
+        Close a connection idle between requests, or stalled inside a
+        request head or body, for the idle timeout: it holds its session
+        open.  One timer per connection, re-armed lazily (no timer churn
+        per request).
         """
         reactor, timeout = self.factory.reactor, self.factory.idleTimeout
         left = timeout
-        if self.idleSince is not None and self.phase == "head":
+        if self.idleSince is not None and self.phase in ("head", "body"):
             left = self.idleSince + timeout - reactor.seconds()
             if left <= 0:
                 self._idleCall = None
@@ -158,12 +159,15 @@ class ClientConnection(Protocol):
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         request.body = tempfile.SpooledTemporaryFile(_SPOOL_MEMORY)
         self.request, self.framing, self.phase = request, framing, "body"
+        self.idleSince = self.factory.reactor.seconds()
         if buf:
             data = bytes(buf)
             del buf[:]
             self._bodyData(data)
 
     def _bodyData(self, data: bytes) -> None:
+        # A client stalling inside its upload is as idle as one between requests.
+        self.idleSince = self.factory.reactor.seconds()
         request = self.request
         try:
             pieces, used = self.framing.feed(data)
@@ -176,6 +180,7 @@ class ClientConnection(Protocol):
         if self.framing.done:
             if used < len(data):
                 self.buf += data[used:]
+            self.idleSince = None
             self.framing, self.phase = None, "wait"
             request.body.seek(0)
             self._start(request)

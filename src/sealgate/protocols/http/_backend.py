@@ -282,6 +282,10 @@ class Exchange:
                                 "the response uses a content coding the gateway cannot decode")
             return
         skip = drop
+        if framing is not None and framing.kind != "length" and b"content-length" in low:
+            # Chunked wins over a Content-Length beside it (RFC 9112 6.3);
+            # passing both on would leave the client to guess.
+            skip = drop | {b"content-length"}
         if mode in ("json", "text"):
             self.masker = BodyMasker(self.session, mode, (low.get(b"content-encoding") or [None])[0],
                                      self.backend.options.max_masked_body,

@@ -1,4 +1,4 @@
-"""The HTTP plugin's sans-IO pieces: credentials, header rules, the recorded-stream reader, WebSocket frames."""
+"""The HTTP plugin's sans-IO pieces: credentials, header rules, the recorded-stream reader, body framing, WebSocket frames."""
 
 import base64
 import gzip
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sealgate.protocols.http import _wire
+from sealgate.protocols.http import _framing, _wire
 from sealgate.protocols.http._body import MaskingFailed, bodyMode, decoderFor
 
 
@@ -211,7 +211,7 @@ def test_chunked_body_framing_finds_the_end_in_any_pieces(body, sizes, cuts, aft
     raw = _message(b"HTTP/1.1 200 OK", [], body, True, sizes).split(b"\r\n\r\n", 1)[1]
     if trailer:
         raw = raw[:-2] + b"X-Trailer: 1\r\n\r\n"
-    framing = _wire.BodyFraming("chunked")
+    framing = _framing.BodyFraming("chunked")
     payload, used, rest = _frame(framing, _split(raw + after, cuts))
     assert framing.done and payload == body
     # A relay passing the used bytes on sends the message unchanged.
@@ -220,7 +220,7 @@ def test_chunked_body_framing_finds_the_end_in_any_pieces(body, sizes, cuts, aft
 
 @given(_body, st.lists(st.integers(0, 10000), max_size=8), st.binary(max_size=40))
 def test_length_body_framing_stops_at_the_length(body, cuts, after):
-    framing = _wire.BodyFraming("length", len(body))
+    framing = _framing.BodyFraming("length", len(body))
     payload, used, rest = _frame(framing, _split(body + after, cuts))
     assert payload == used == body and rest == after
     assert framing.done or not body
@@ -230,15 +230,15 @@ def test_length_body_framing_stops_at_the_length(body, cuts, after):
                                  b"1" * 5000])
 def test_malformed_chunked_bodies_raise_protocol_error(raw):
     with pytest.raises(_wire.ProtocolError):
-        _wire.BodyFraming("chunked").feed(raw)
+        _framing.BodyFraming("chunked").feed(raw)
 
 
 def test_a_body_cut_short_by_close_is_an_error_unless_close_delimited():
-    framing = _wire.BodyFraming("length", 10)
+    framing = _framing.BodyFraming("length", 10)
     framing.feed(b"12345")
     with pytest.raises(_wire.ProtocolError):
         framing.closed()
-    framing = _wire.BodyFraming("close")
+    framing = _framing.BodyFraming("close")
     assert framing.feed(b"abc") == ([b"abc"], 3)
     framing.closed()
     assert framing.done
@@ -252,7 +252,7 @@ def test_a_body_cut_short_by_close_is_an_error_unless_close_delimited():
     ({b"transfer-encoding": [b"gzip, chunked"]}, ("chunked", 0)),
 ])
 def test_request_framing(headers, framing):
-    found = _wire.requestFraming(headers)
+    found = _framing.requestFraming(headers)
     assert (found and (found.kind, found._left)) == framing or (found is None and framing is None)
 
 
@@ -262,16 +262,16 @@ def test_request_framing(headers, framing):
 ])
 def test_ambiguous_request_framing_is_refused(headers):
     with pytest.raises(_wire.ProtocolError):
-        _wire.requestFraming(headers)
+        _framing.requestFraming(headers)
 
 
 def test_response_framing_by_status_method_and_headers():
-    assert _wire.responseFraming({b"content-length": [b"5"]}, 200, b"HEAD") is None
-    assert _wire.responseFraming({}, 204, b"GET") is None
-    assert _wire.responseFraming({}, 304, b"GET") is None
-    assert _wire.responseFraming({}, 200, b"GET").kind == "close"
-    assert _wire.responseFraming({b"transfer-encoding": [b"gzip"]}, 200, b"GET").kind == "close"
-    assert _wire.responseFraming({b"transfer-encoding": [b"chunked"],
+    assert _framing.responseFraming({b"content-length": [b"5"]}, 200, b"HEAD") is None
+    assert _framing.responseFraming({}, 204, b"GET") is None
+    assert _framing.responseFraming({}, 304, b"GET") is None
+    assert _framing.responseFraming({}, 200, b"GET").kind == "close"
+    assert _framing.responseFraming({b"transfer-encoding": [b"gzip"]}, 200, b"GET").kind == "close"
+    assert _framing.responseFraming({b"transfer-encoding": [b"chunked"],
                                   b"content-length": [b"3"]}, 200, b"GET").kind == "chunked"
 
 

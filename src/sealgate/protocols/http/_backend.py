@@ -9,7 +9,7 @@ from twisted.logger import Logger
 from twisted.protocols.basic import FileSender
 from zope.interface import implementer
 
-from sealgate.protocols.http import _wire
+from sealgate.protocols.http import _framing, _wire
 from sealgate.protocols.http._body import BodyMasker, MaskingFailed, bodyMode
 from sealgate.session import TO_CLIENT
 
@@ -263,7 +263,7 @@ class Exchange:
     def _respond(self, parsed) -> None:
         head, low, names = parsed
         request = self.request
-        framing = _wire.responseFraming(low, head.status, request.method)
+        framing = _framing.responseFraming(low, head.status, request.method)
         connection = low.get(b"connection")
         drop = _wire.hopByHop(connection)
         if head.version != b"HTTP/1.1" or (connection and b"close" in b",".join(connection).lower()):

@@ -14,7 +14,7 @@ from zope.interface import implementer
 
 from sealgate.chain.verdicts import CONTINUE, Deny, Hold
 from sealgate.identity import AuthenticationFailed
-from sealgate.protocols.http import _wire
+from sealgate.protocols.http import _framing, _wire
 from sealgate.protocols.http._backend import BackendPool, Exchange, _noDelay, writeNow
 from sealgate.protocols.http._body import StorePacer
 from sealgate.protocols.http._proxy import _DROP_REQUEST, _PROBLEM, Backend, Router
@@ -146,7 +146,7 @@ class ClientConnection(Protocol):
         buf = self.buf
         try:
             head, low, names = _wire.parseHeadIndexed(raw, False)
-            framing = _wire.requestFraming(low)
+            framing = _framing.requestFraming(low)
         except _wire.ProtocolError as e:
             return self._badRequest(str(e))
         self.idleSince = None

@@ -2,13 +2,14 @@
 
 import time
 
-from twisted.internet import endpoints, tcp
+from twisted.internet import endpoints
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.protocols.basic import FileSender
 from zope.interface import implementer
 
+from sealgate.protocols._io import noDelay, writeNow
 from sealgate.protocols.http import _framing, _wire
 from sealgate.protocols.http._body import BodyMasker, MaskingFailed, bodyMode
 from sealgate.session import TO_CLIENT
@@ -23,48 +24,6 @@ _INLINE_BODY = 256 << 10
 _MAX_IDLE_AGE = 30.0
 
 
-def writeNow(transport, data: bytes) -> None:
-    """
-    C{transport.write(data)}, but on a plain TCP connection with nothing
-    queued the bytes go to the socket at once.  Twisted queues every write
-    for the next reactor turn, which costs two epoll changes and a wake-up
-    per write: for a proxy writing once per request each way, that is a
-    large part of its per-request work.  Anything not sent at once is
-    queued as usual, so order and backpressure are Twisted's.
-    """
-    if type(transport) is not tcp.Server and type(transport) is not tcp.Client:
-        transport.write(data)
-        return
-    if (transport.TLS or not transport.connected or transport.disconnecting or transport._writeDisconnected
-            or transport._tempDataLen or transport.offset != len(transport.dataBuffer)):
-        transport.write(data)
-        return
-    try:
-        sent = transport.socket.send(data)
-    except BlockingIOError:
-        sent = 0
-    except OSError:
-        # Twisted's own write path finds and reports the error.
-        transport.write(data)
-        return
-    if sent < len(data):
-        transport.write(data[sent:])
-
-
-def _noDelay(transport) -> None:
-    """
-    TCP_NODELAY: a streamed (chunked, masked text) body goes out in several
-    writes, and Nagle would hold a small one back until the peer's delayed
-    ACK, milliseconds later.
-    """
-    setter = getattr(transport, "setTcpNoDelay", None)
-    if setter is not None:
-        try:
-            setter(True)
-        except OSError:
-            pass    # not a TCP socket (e.g. a UNIX one)
-
-
 class BackendConnection(Protocol):
     """One TCP (or TLS) connection to a backend, serving one L{Exchange} at a time."""
 
@@ -76,7 +35,7 @@ class BackendConnection(Protocol):
         self.alive = True
 
     def connectionMade(self):
-        _noDelay(self.transport)
+        noDelay(self.transport)
 
     def dataReceived(self, data):
         if self.exchange is not None:

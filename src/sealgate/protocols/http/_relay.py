@@ -14,8 +14,9 @@ from zope.interface import implementer
 
 from sealgate.chain.verdicts import CONTINUE, Deny, Hold
 from sealgate.identity import AuthenticationFailed
+from sealgate.protocols._io import noDelay, writeNow
 from sealgate.protocols.http import _framing, _wire
-from sealgate.protocols.http._backend import BackendPool, Exchange, _noDelay, writeNow
+from sealgate.protocols.http._backend import BackendPool, Exchange
 from sealgate.protocols.http._body import StorePacer
 from sealgate.protocols.http._proxy import _DROP_REQUEST, _PROBLEM, Backend, Router
 from sealgate.session import FROM_CLIENT, TO_CLIENT, SessionRefused
@@ -84,7 +85,7 @@ class ClientConnection(Protocol):
         self.readPaused = False
 
     def connectionMade(self):
-        _noDelay(self.transport)
+        noDelay(self.transport)
         peer = self.transport.getPeer()
         self.clientHost = str(getattr(peer, "host", "unknown"))
         self.clientText = f"{self.clientHost}:{getattr(peer, 'port', '?')}"

@@ -6,6 +6,7 @@ import scramp
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 
+from sealgate.protocols._io import noDelay
 from sealgate.protocols.postgres import _wire as w
 
 
@@ -49,10 +50,7 @@ class BackendLeg(Protocol):
         self._authenticated = False
 
     def connectionMade(self):
-        try:
-            self.transport.setTcpNoDelay(True)
-        except (AttributeError, OSError):
-            pass
+        noDelay(self.transport)
         self.client.backendConnected(self)
         if self.options.backend_tls != "disable":
             self.reader.expectSSLAnswer()

@@ -8,6 +8,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 
 from sealgate.identity import AuthenticationFailed
+from sealgate.protocols._io import noDelay
 from sealgate.protocols.postgres import _wire as w
 from sealgate.protocols.postgres._backend import BackendLeg, CancelSender
 from sealgate.protocols.postgres._relay import Relay
@@ -54,7 +55,7 @@ class ClientLeg(Relay, Protocol):
     def connectionMade(self):
         # Small request/response messages: Nagle plus delayed ACKs would add
         # tens of milliseconds to every round trip.
-        _noDelay(self.transport)
+        noDelay(self.transport)
         peer = self.transport.getPeer()
         self.peer = getattr(peer, "host", "")
         self.client = f"{self.peer}:{getattr(peer, 'port', '')}"
@@ -272,13 +273,6 @@ class ClientLeg(Relay, Protocol):
 
     def _terminatingSafe(self):
         return getattr(self, "_terminating", False)
-
-
-def _noDelay(transport) -> None:
-    try:
-        transport.setTcpNoDelay(True)
-    except (AttributeError, OSError):
-        pass
 
 
 class _OneShot(Factory):

@@ -9,6 +9,7 @@ from twisted.logger import Logger
 
 from sealgate.chain._chain import OutputRefused
 from sealgate.chain.verdicts import CONTINUE, Deny, Hold, Rewrite
+from sealgate.protocols._io import writeNow
 from sealgate.protocols.postgres import _wire as w
 from sealgate.protocols.postgres.classify import classify
 from sealgate.protocols.postgres.masking import RowMasker
@@ -114,7 +115,7 @@ class Relay:
 
     def _toBackend(self, out) -> None:
         if out and self.backend is not None:
-            self.backend.transport.write(b"".join(out) if len(out) > 1 else out[0])
+            writeNow(self.backend.transport, b"".join(out) if len(out) > 1 else out[0])
 
     def _clientFrame(self, f, out):
         t = f.type
@@ -261,7 +262,7 @@ class Relay:
             self.toClient(b"".join(out) if len(out) > 1 else out[0])
 
     def toClient(self, data: bytes) -> None:
-        self.transport.write(data)
+        writeNow(self.transport, data)
         self.session.record(TO_CLIENT, data)
 
     def _backendFrame(self, f) -> bytes:

@@ -126,7 +126,7 @@ async def test_forged_callback_state_is_refused(tmp_path, http_backend, oidc_iss
         base = f"http://127.0.0.1:{g.port('web')}"
         r = await _curl("-i", f"{base}/.sealgate/callback?code=abc&state=forged")
         assert r.stdout.startswith(b"HTTP/1.1 403")
-        assert b"unknown or expired login state" in r.stdout and b"Set-Cookie" not in r.stdout
+        assert b"this login was not started here or took too long" in r.stdout and b"Set-Cookie" not in r.stdout
     finally:
         await g.stop()
         await port.stopListening()

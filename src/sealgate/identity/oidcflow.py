@@ -117,15 +117,19 @@ class CodeFlow:
         return idToken
 
     @staticmethod
-    def nonceMatches(idToken: str, pending: PendingLogin) -> bool:
-        """Whether a (signature-checked) ID token belongs to this login."""
+    def claims(idToken: str) -> dict:
+        """The payload of an ID token whose signature the caller already checked."""
         try:
             payload = idToken.split(".")[1]
             claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
         except (IndexError, ValueError):
-            return False
-        return isinstance(claims, dict) and secrets.compare_digest(
-            str(claims.get("nonce", "")), pending.nonce)
+            return {}
+        return claims if isinstance(claims, dict) else {}
+
+    @classmethod
+    def nonceMatches(cls, idToken: str, pending: PendingLogin) -> bool:
+        """Whether a (signature-checked) ID token belongs to this login."""
+        return secrets.compare_digest(str(cls.claims(idToken).get("nonce", "")), pending.nonce)
 
     async def _json(self, method: bytes, url: str, form: dict | None = None) -> dict:
         try:

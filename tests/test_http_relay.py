@@ -190,3 +190,43 @@ async def test_a_client_stalling_inside_its_upload_is_closed_after_the_idle_time
     finally:
         await g.stop()
     assert rest == b""
+
+
+class _TrailingJunkBackend:
+    """A backend answering every request with a 204 followed by stray bytes in the same write."""
+
+    def __init__(self):
+        from twisted.internet import reactor
+        from twisted.internet.protocol import Factory, Protocol
+
+        owner = self
+        self.connections = 0
+
+        class Answer(Protocol):
+            def connectionMade(self):
+                owner.connections += 1
+                self.buf = b""
+
+            def dataReceived(self, data):
+                self.buf += data
+                while b"\r\n\r\n" in self.buf:
+                    _head, self.buf = self.buf.split(b"\r\n\r\n", 1)
+                    self.transport.write(b"HTTP/1.1 204 No Content\r\n\r\nJUNK")
+
+        self.port = reactor.listenTCP(0, Factory.forProtocol(Answer), interface="127.0.0.1")
+        self.endpoint = f"tcp:127.0.0.1:{self.port.getHost().port}"
+
+
+@pytest_twisted.ensureDeferred
+async def test_bytes_after_a_bodiless_response_head_spend_the_backend_connection(tmp_path):
+    backend = _TrailingJunkBackend()
+    g, key = await _start(tmp_path, backend)
+    try:
+        out, closed = await threads.deferToThread(
+            _exchange, g.port("web"), _get("/a", key) + _get("/b", key), 2, [b"GET", b"GET"])
+    finally:
+        await g.stop()
+        await backend.port.stopListening()
+    assert [(r[0], r[2]) for r in out] == [(204, b""), (204, b"")] and not closed
+    # The stray bytes belong to no response: the connection is not reused.
+    assert backend.connections == 2

@@ -214,10 +214,15 @@ class Exchange:
             self._respond(parsed)
         except _wire.ProtocolError as e:
             return self._badResponse(str(e))
-        if self.phase == "body" and buf:
-            self._body(buf)
-        elif self.phase == "body" and self.framing is None:
-            self._complete()
+        if self.phase == "body":
+            if self.framing is None:
+                # A response without a body (204, 304, HEAD): bytes after
+                # its head belong to no response, so the connection is spent.
+                if buf:
+                    self.reusable = False
+                self._complete()
+            elif buf:
+                self._body(buf)
 
     def _respond(self, parsed) -> None:
         head, low, names = parsed

@@ -1,6 +1,7 @@
 """Backend side of the lean relay: pooled persistent connections, one request/response exchange at a time."""
 
 import time
+from typing import Any
 
 from twisted.internet import endpoints
 from twisted.internet.interfaces import IPushProducer
@@ -27,7 +28,11 @@ _MAX_IDLE_AGE = 30.0
 class BackendConnection(Protocol):
     """One TCP (or TLS) connection to a backend, serving one L{Exchange} at a time."""
 
-    exchange = None
+    # A TCP or TLS client transport: also a push producer (pause/resume),
+    # which ITransport does not name.  Set before connectionMade, so never
+    # None while the connection is in use.
+    transport: Any
+    exchange: "Exchange | None" = None
     idleSince = 0.0
 
     def __init__(self, pool):
@@ -107,15 +112,15 @@ class Exchange:
     _log = Logger()
 
     # Per-exchange state; class defaults keep the per-request set-up short.
-    conn = None
+    conn: BackendConnection | None = None
     phase = "connect"
     retried = reused = received = uploading = False
     reusable = True
     buf = b""
-    masker = None
+    masker: BodyMasker | None = None
     mode = "pass"
     wrote = False
-    framing = None
+    framing: _framing.BodyFraming | None = None
     pendingHead = recordedHead = b""
     rawPass = True
     chunkOut = False
@@ -306,8 +311,11 @@ class Exchange:
             client.send(data)
 
     def _body(self, data: bytes) -> None:
+        # Phase "body" with no framing completes at once in _head.
+        framing = self.framing
+        assert framing is not None
         try:
-            pieces, used = self.framing.feed(data)
+            pieces, used = framing.feed(data)
         except _wire.ProtocolError as e:
             return self._cut(f"backend body malformed: {e}", False)
         if used < len(data):
@@ -326,15 +334,16 @@ class Exchange:
                         self._emit(_wire.chunk(out) if self.chunkOut else out)
             except MaskingFailed as e:
                 return self._maskFailed(str(e))
-        if self.framing.done:
+        if framing.done:
             self._complete()
             return
         if not self.registered and self.phase == "body":
             self.registered = True
             self.client.transport.registerProducer(self, True)
-        if self.pacer is not None and not self.storePaused and self.pacer.over():
+        conn = self.conn
+        if self.pacer is not None and conn is not None and not self.storePaused and self.pacer.over():
             self.storePaused = True
-            self.conn.transport.pauseProducing()
+            conn.transport.pauseProducing()
             self.pacer.drained().addCallback(self._storeDrained)
 
     def _complete(self) -> None:
@@ -392,8 +401,10 @@ class Exchange:
             self._failBeforeHead()
         elif self.phase == "body":
             self.conn = None
+            framing = self.framing
+            assert framing is not None  # phase "body" without framing never outlives _head
             try:
-                self.framing.closed()
+                framing.closed()
             except _wire.ProtocolError:
                 return self._cut("backend closed inside the body", False)
             self._complete()

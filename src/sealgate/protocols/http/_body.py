@@ -1,12 +1,14 @@
 """Response bodies from the backend to the client: streamed with backpressure, masked when needed."""
 
 import zlib
+from typing import Any
 
 import brotli
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 from zope.interface import implementer
@@ -212,8 +214,8 @@ class StorePacer:
     def over(self) -> bool:
         return self._backlog is not None and self._backlog() > self.HIGH
 
-    def drained(self) -> Deferred:
-        d = Deferred()
+    def drained(self) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
 
         def check():
             if self._backlog() <= self.LOW:
@@ -239,6 +241,10 @@ class ResponseRelay(Protocol):
     """
 
     _log = Logger()
+
+    # deliverBody gives this protocol the response body's transport, an
+    # IPushProducer (pause/resume/stop) rather than an ITransport.
+    transport: Any
 
     def __init__(self, request, masker: BodyMasker | None, done, onJson=None, pacer=None):
         self._request = request
@@ -275,7 +281,7 @@ class ResponseRelay(Protocol):
         if not self._clientPaused and not self._clientGone and self.transport is not None:
             self.transport.resumeProducing()
 
-    def connectionLost(self, reason) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._clientGone:
             return
         if not reason.check(ResponseDone, PotentialDataLoss):

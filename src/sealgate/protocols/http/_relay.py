@@ -2,6 +2,7 @@
 
 import hashlib
 import tempfile
+from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.error import ConnectionDone
@@ -65,6 +66,9 @@ class ClientConnection(Protocol):
 
     _log = Logger()
 
+    # A TCP or TLS server transport: also a push producer (pause/resume)
+    # with abortConnection, which no single Twisted interface names.
+    transport: Any
     session = None
     credentialHash: bytes | None = None
     backend: Backend | None = None

@@ -1,10 +1,13 @@
 """WebSocket upgrades: hand the client connection over to a raw, recorded byte relay."""
 
+from typing import Any
+
 from twisted.internet import endpoints
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 
 from sealgate.protocols.http import _wire
+from sealgate.protocols.http._body import StorePacer
 from sealgate.session import FROM_CLIENT, TO_CLIENT
 
 
@@ -50,8 +53,11 @@ class Relay:
     def __init__(self, channel, session, head: bytes, secret):
         self.channel = channel
         self.session = session
-        self.client = channel.transport
-        self.backend = None
+        # Both are TCP or TLS transports, each also the other's push
+        # producer, which ITransport does not say; backend is set by
+        # backendUp before the relay opens.
+        self.client: Any = channel.transport
+        self.backend: Any = None
         self._head = head
         self._secret = secret
         self._pending: list[bytes] = []
@@ -61,7 +67,7 @@ class Relay:
         self._state = "head"
         self._closed = False
         self._storePaused = False
-        self.pacer = None
+        self.pacer: StorePacer | None = None
 
     MAX_PENDING = 1 << 20
 

@@ -5,6 +5,7 @@ import datetime
 import json
 import time
 import zlib
+from typing import Any
 from urllib.parse import parse_qsl
 
 import brotli
@@ -77,7 +78,7 @@ def exchanges(frames) -> list[_Exchange]:
     wsOut: _wire.WebSocketReader | None = None
     out: list[_Exchange] = []
     pendingReq: list[_Exchange] = []
-    current = {FROM_CLIENT: None, TO_CLIENT: None}
+    current: dict[int, _Message | None] = {FROM_CLIENT: None, TO_CLIENT: None}
     for frame, data in _filled(frames):
         direction = getattr(frame, "direction", None)
         if direction is None:
@@ -130,7 +131,10 @@ def exchanges(frames) -> list[_Exchange]:
                     _feed(current[TO_CLIENT], ev, at)
     end = responses.closed()
     if end is not None:
-        _feed(current[TO_CLIENT], end, current[TO_CLIENT].ended)
+        # Only a response head puts the reader in its read-until-close state.
+        last = current[TO_CLIENT]
+        assert last is not None
+        _feed(last, end, last.ended)
     return out
 
 
@@ -211,7 +215,7 @@ def toHar(frames, info: dict | None = None) -> dict:
         url = target if "://" in target else f"{scheme}://{host}{target}"
         query = target.partition("?")[2]
         reqMime = (req.head.get(b"content-type") or b"").decode("latin-1")
-        request = {
+        request: dict[str, Any] = {
             "method": req.head.method.decode("latin-1"), "url": url,
             "httpVersion": req.head.version.decode("latin-1"), "cookies": [],
             "headers": _headers(req.head),
@@ -310,9 +314,9 @@ def replay(frames, out, speed=None, maxBody: int = 2048) -> None:
             body = _decoded(ex.response)
             if body:
                 lines.append(_bodyText(ex.response.head, body, maxBody))
-        for m in ex.websocket:
-            arrow = ">>" if m["type"] == "send" else "<<"
-            lines.append(f"{arrow} ws opcode {m['opcode']}: {m['data'][:maxBody]}")
+        for ws in ex.websocket:
+            arrow = ">>" if ws["type"] == "send" else "<<"
+            lines.append(f"{arrow} ws opcode {ws['opcode']}: {ws['data'][:maxBody]}")
         out.write(("\n".join(lines) + "\n").encode("utf-8", "replace"))
 
 

@@ -68,6 +68,7 @@ def parseOptions(options: dict, where) -> HTTPOptions:
         if not _HEADER_NAME.match(header):
             raise where.error("backend_header", f"{header!r} is not a header name",
                               'write a token such as "X-Api-Key"')
+        assert value is not None  # set together with header, checked just above
         inject.append((header.encode(), value.encode()))
         secretHeaders.add(header.lower().encode())
 

@@ -59,3 +59,18 @@ def oidc_issuer():
     issuer = OIDCIssuer().start()
     yield issuer
     pytest_twisted.blockon(issuer.stop())
+
+
+@pytest.fixture
+def logs():
+    """Every log event of the test, formatted, to prove no credential reaches a log."""
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    seen: list[str] = []
+
+    def observer(event):
+        seen.append(formatEvent(event) + repr(event.get("log_failure", "")))
+
+    globalLogPublisher.addObserver(observer)
+    yield seen
+    globalLogPublisher.removeObserver(observer)

@@ -8,7 +8,6 @@ import pytest
 import pytest_twisted
 import treq
 from twisted.internet import defer, task, threads
-from twisted.logger import globalLogPublisher
 
 from sealgate.identity import Identity
 from sealgate.protocols.http import har
@@ -62,21 +61,6 @@ detectors = ["credit_card", "email"]
 json_fields = ["password"]
 {extra}
 """
-
-
-@pytest.fixture
-def logs():
-    """Every log event of the test, formatted, to prove no credential reaches a log."""
-    from twisted.logger import formatEvent
-
-    seen: list[str] = []
-
-    def observer(event):
-        seen.append(formatEvent(event) + repr(event.get("log_failure", "")))
-
-    globalLogPublisher.addObserver(observer)
-    yield seen
-    globalLogPublisher.removeObserver(observer)
 
 
 async def _start(tmp_path, backend, **kw):

@@ -7,7 +7,6 @@ import psycopg
 import pytest
 import pytest_twisted
 from twisted.internet import threads
-from twisted.logger import globalLogPublisher
 
 from sealgate.protocols.postgres import _wire as w
 from sealgate.recording.reader import StoreReader
@@ -59,20 +58,6 @@ approvers = ["leads"]
 expires = "1s"
 {extra}
 """
-
-
-@pytest.fixture
-def logs():
-    from twisted.logger import formatEvent
-
-    seen: list[str] = []
-
-    def observer(event):
-        seen.append(formatEvent(event) + repr(event.get("log_failure", "")))
-
-    globalLogPublisher.addObserver(observer)
-    yield seen
-    globalLogPublisher.removeObserver(observer)
 
 
 async def _start(tmp_path, postgres, user=SCRAM_USER, **kw):

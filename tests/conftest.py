@@ -74,3 +74,20 @@ def logs():
     globalLogPublisher.addObserver(observer)
     yield seen
     globalLogPublisher.removeObserver(observer)
+
+
+@pytest.fixture
+def receiver():
+    """A webhook receiver on loopback; see L{tests.harness.webhook.Receiver}."""
+    from twisted.internet import reactor
+    from twisted.web import server
+
+    from tests.harness.webhook import Receiver
+
+    r = Receiver()
+    site = server.Site(r)
+    site.noisy = False
+    port = reactor.listenTCP(0, site, interface="127.0.0.1")
+    r.url = f"http://127.0.0.1:{port.getHost().port}"
+    yield r
+    pytest_twisted.blockon(port.stopListening())

@@ -8,14 +8,13 @@ import secrets
 import shutil
 import subprocess
 
-import pytest
 import pytest_twisted
 from twisted.internet import threads
 
 from sealgate.testing import startGateway
 from tests.harness.postgres import SCRAM_USER
 from tests.harness.twistd import REPO, runCLI
-from tests.test_notify import Receiver, until
+from tests.test_notify import until
 
 PG_ENV = "SEALGATE_TEST_E2E_PG_PASSWORD"
 HOOK_ENV = "SEALGATE_TEST_E2E_HOOK_SECRET"
@@ -135,22 +134,9 @@ def psql(postgres, port, key, sql):
     return threads.deferToThread(subprocess.run, argv, capture_output=True, text=True, env=env, timeout=180)
 
 
-@pytest.fixture
-def hook():
-    from twisted.internet import reactor
-    from twisted.web import server
-
-    r = Receiver()
-    site = server.Site(r)
-    site.noisy = False
-    port = reactor.listenTCP(0, site, interface="127.0.0.1")
-    r.url = f"http://127.0.0.1:{port.getHost().port}"
-    yield r
-    pytest_twisted.blockon(port.stopListening())
-
-
 @pytest_twisted.ensureDeferred
-async def test_psql_drop_waits_for_the_console_approve_deny_and_expiry(tmp_path, postgres, oidc_issuer, hook):
+async def test_psql_drop_waits_for_the_console_approve_deny_and_expiry(tmp_path, postgres, oidc_issuer, receiver):
+    hook = receiver
     os.environ[PG_ENV] = postgres.password(SCRAM_USER)
     os.environ[HOOK_ENV] = "e2e-hook-secret"
     oidc_issuer.loginAs = ("bob", ("leads",))

@@ -8,7 +8,6 @@ import os
 import pytest
 import pytest_twisted
 from twisted.internet import defer, task
-from twisted.web import resource, server
 
 from sealgate.admin.notify import sign, slackBody
 from sealgate.chain.verdicts import CONTINUE
@@ -17,38 +16,6 @@ from sealgate.testing import startGateway
 from tests.test_admin_api import Admin
 
 SECRET_ENV = "SEALGATE_TEST_HOOK_SECRET"
-
-
-class Receiver(resource.Resource):
-    """Records every POST; answers with the status codes queued for its path, then 200."""
-
-    isLeaf = True
-
-    def __init__(self):
-        super().__init__()
-        self.got = []
-        self.codes: dict[str, list] = {}
-
-    def render_POST(self, request):
-        self.got.append((request.path.decode(), {k.decode().lower(): v[0].decode() for k, v in
-                                                 request.requestHeaders.getAllRawHeaders()},
-                         request.content.read()))
-        queued = self.codes.get(request.path.decode())
-        request.setResponseCode(queued.pop(0) if queued else 200)
-        return b"ok"
-
-
-@pytest.fixture
-def receiver():
-    from twisted.internet import reactor
-
-    r = Receiver()
-    site = server.Site(r)
-    site.noisy = False
-    port = reactor.listenTCP(0, site, interface="127.0.0.1")
-    r.url = f"http://127.0.0.1:{port.getHost().port}"
-    yield r
-    pytest_twisted.blockon(port.stopListening())
 
 
 def config(url, deadPort):

@@ -16,39 +16,18 @@ import json
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+
+from _common import cpuSeconds, freePort, stop, waitPort  # noqa: E402  (bench/ is the script's path)
+
 DOC = {"customer": {"name": "Ada Lovelace", "email": "ada@example.com",
                     "card": "4111 1111 1111 1111"},
        "orders": [{"id": i, "total": 10.5 * i, "note": "no card here"} for i in range(8)]}
-
-
-def freePort() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def waitPort(port: int, proc=None, timeout: float = 30.0) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise SystemExit(f"process exited early with {proc.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit(f"nothing listens on {port} after {timeout}s")
 
 
 def startNginx(work: Path, downloadBytes: int):
@@ -153,13 +132,6 @@ def startMitm(work: Path, backendPort: int, mitmdump: str | None):
     return proc, port
 
 
-def cpuSeconds(pid: int) -> float:
-    """User + system CPU time of a process (all its threads) so far."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def wrk(url: str, seconds: int, headers=(), proc=None) -> tuple[float, str]:
     """
     Requests/s and a note.  With C{proc}, the note also gives that proxy's
@@ -186,17 +158,6 @@ def download(url: str, headers=()) -> float:
         args += ["-H", h]
     out = subprocess.run(args + [url], capture_output=True, text=True, timeout=900).stdout.split()
     return float(out[0]) / 1e6
-
-
-def stop(proc) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def main() -> None:

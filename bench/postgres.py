@@ -15,7 +15,6 @@ import argparse
 import os
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -27,34 +26,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "src"))
 
+from _common import cpuSeconds, stop, waitPort  # noqa: E402  (bench/ is the script's path)
+
 from tests.harness._proc import asUser, freePort  # noqa: E402
 from tests.harness.postgres import SCRAM_USER, PostgresServer  # noqa: E402
-
-
-def waitPort(port: int, proc=None, timeout: float = 30.0) -> None:
-    import socket
-
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise SystemExit(f"process exited early with {proc.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit(f"nothing listens on {port} after {timeout}s")
-
-
-def stop(proc) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def startPgbouncer(pg: PostgresServer, work: Path):
@@ -137,12 +112,6 @@ columns = ["card"]
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     waitPort(port, proc)
     return proc, port, key
-
-
-def cpuSeconds(pid: int) -> float:
-    """User+system CPU time of a process and its threads (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def pgbench(pg, port, password, user, seconds, clients) -> tuple[float, float]:

@@ -553,3 +553,26 @@ async def test_tls_backend_verified_against_its_ca(tmp_path, https_backend):
         assert headers["authorization"] == f"Bearer {BACKEND_SECRET}"
     finally:
         await g.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_down_backend_gets_a_502_problem_not_a_dropped_connection(tmp_path):
+    import socket
+    import types
+
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()  # nothing listens there now
+    down = types.SimpleNamespace(endpoint=f"tcp:host=127.0.0.1:port={port}")
+    g, key = await _start(tmp_path, down)
+    try:
+        r = await _curl("-i", "-H", f"Authorization: Bearer {key}",
+                        f"http://127.0.0.1:{g.port('web')}/json")
+        head, _, body = r.stdout.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 502"), r.stdout
+        assert b"application/problem+json" in head
+        problem = json.loads(body)
+        assert problem["status"] == 502 and key not in r.stdout.decode()
+    finally:
+        await g.stop()

@@ -21,6 +21,17 @@ def _keygen(path: Path) -> Path:
     return path
 
 
+def _closedPort() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
 def _config(sshd, tmp: Path) -> str:
     wrong = tmp / "wrong_known_hosts"
     other = _keygen(tmp / "other_host")
@@ -76,10 +87,20 @@ known_hosts = "{sshd.knownHosts}"
 allow_port_forwarding = true
 allow_agent_forwarding = true
 
+[[connections]]
+name = "down-1"
+protocol = "ssh"
+listen = "tcp:0:interface=127.0.0.1"
+backend = "tcp:host=127.0.0.1:port={_closedPort()}"
+[connections.options]
+username = "{sshd.user}"
+private_key_file = "{sshd.clientKey}"
+known_hosts = "{sshd.knownHosts}"
+
 [[roles]]
 name = "ops"
 groups = ["ops"]
-connections = ["web-1", "spoofed", "unknown-host", "fwd"]
+connections = ["web-1", "spoofed", "unknown-host", "fwd", "down-1"]
 
 [[rules]]
 name = "no-rm"
@@ -330,6 +351,13 @@ async def test_unknown_backend_host_key_refuses_the_session(env):
     assert b"open failed" in r.stderr
     assert b"presented a host key" in r.stderr and b"is not in" in r.stderr, r.stderr.decode()
     assert not marker.exists()
+
+
+@pytest_twisted.ensureDeferred
+async def test_down_backend_refuses_the_session_with_a_message(env):
+    r = await env.ssh("echo never", conn="down-1", logLevel="INFO")
+    assert r.returncode == 255 and b"never" not in r.stdout
+    assert b"cannot reach the backend of down-1" in r.stderr, r.stderr.decode()
 
 
 @pytest_twisted.ensureDeferred

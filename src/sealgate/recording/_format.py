@@ -142,7 +142,7 @@ def scrub(fields):
     if kind in _PLAIN:
         return fields
     if isinstance(fields, (list, tuple)):
-        return [scrub(v) for v in fields]
+        return [v if type(v) in _PLAIN else scrub(v) for v in fields]
     if isinstance(fields, (str, int, bool)):
         return fields
     if isinstance(fields, float) and math.isfinite(fields):
@@ -150,8 +150,13 @@ def scrub(fields):
     return str(fields)
 
 
+#: Built once: json.dumps with options builds a new encoder on every call.
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                              allow_nan=False)
+
+
 def canonicalJson(obj) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    return _CANONICAL.encode(obj).encode()
 
 
 def logLeaf(body: dict) -> bytes:

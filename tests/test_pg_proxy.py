@@ -602,3 +602,26 @@ async def test_newer_protocol_minor_is_negotiated_down_to_3_0(tmp_path, postgres
         assert any(isinstance(m, w.BackendKeyData) for m in msgs)
     finally:
         await g.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_shutdown_drains_then_ends_open_sessions_with_57P01(tmp_path, postgres):
+    g, key = await _start(tmp_path, postgres, extra='[gateway]\nadmin = "tcp:0:interface=127.0.0.1"\n'
+                                                    'drain_timeout = "1s"\n')
+    conn = await threads.deferToThread(psycopg.connect, _dsn(g, key), autocommit=True)
+    try:
+        row = await threads.deferToThread(lambda: conn.execute("select 'before'").fetchone())
+        assert row == ("before",)
+        await g.stop()  # drains for a second, then closes the idle session
+
+        def after():
+            with pytest.raises(psycopg.OperationalError) as e:
+                conn.execute("select 'after'")
+            return str(e.value)
+        message = await threads.deferToThread(after)
+        assert "the gateway is shutting down" in message
+    finally:
+        await threads.deferToThread(conn.close)
+    with StoreReader(g.stateDir) as reader:
+        [session] = reader.sessions()
+        assert session["state"] == "closed", session

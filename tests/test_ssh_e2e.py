@@ -900,3 +900,35 @@ def test_the_gateway_logged_no_unhandled_error(env):
     problems = [line for line in LOGGED
                 if "Unhandled" in line or "Traceback (most recent call last)" in line]
     assert problems == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_shutdown_drains_then_disconnects_ssh_clients_with_the_reason(sshd, tmp_path):
+    from sealgate.identity.sshkeys import SSHKeyStore
+    from sealgate.recording.reader import StoreReader
+    from sealgate.testing import startGateway
+
+    admin = 'admin = "tcp:0:interface=127.0.0.1"\n'
+    config = _config(sshd, tmp_path).replace(admin, admin + 'drain_timeout = "1s"\n', 1)
+    gw = await startGateway(config, tmp_path)
+    key = _keygen(tmp_path / "bob")
+    SSHKeyStore.forStateDir(gw.stateDir).add("bob", Path(str(key) + ".pub").read_text(), ["ops"])
+    e = Env(sshd, gw, tmp_path, key)
+    running = e.ssh("sleep 60")
+    for _ in range(400):
+        if gw.gateway.sessions:
+            break
+        await deferLater(0.025)
+    assert gw.gateway.sessions, "the ssh session never opened"
+    await gw.stop()
+    r = await running
+    assert r.returncode == 255
+    assert b"the gateway is shutting down" in r.stderr, r.stderr.decode()
+    with StoreReader(gw.stateDir) as reader:
+        assert [s["state"] for s in reader.sessions()] == ["closed"]
+
+
+def deferLater(seconds):
+    from twisted.internet import reactor, task
+
+    return task.deferLater(reactor, seconds, lambda: None)

@@ -14,6 +14,10 @@ from sealgate.approvals import Approvals
 from sealgate.config import ConfigError, loadConfig
 from sealgate.gateway import Gateway, PluginError
 
+#: Seconds an aborted session's connection gets to close (and seal) before
+#: its session is ended regardless.
+ABORT_GRACE = 5.0
+
 
 class StartupError(Exception):
     """Start-up failed in a way the operator must fix; the message says how."""
@@ -218,13 +222,24 @@ class GatewayService(MultiService):
         return d
 
     def _drain(self):
-        sessions = list(self.gateway.sessions.values())
-        if not sessions:
+        """
+        Wait for sessions to end, up to drain_timeout; then ask each protocol
+        to close its client cleanly (C{session.abort}) and give the closes
+        a moment to land, so every session is sealed before the store stops.
+        """
+        if not self.gateway.sessions:
             return None
-        self._log.info("Draining {n} session(s) for up to {t}s", n=len(sessions),
-                       t=self.config.gateway.drain_timeout)
-        done = defer.Deferred()
+        self._log.info("Draining {n} session(s) for up to {t}s",
+                       n=len(self.gateway.sessions), t=self.config.gateway.drain_timeout)
+        done: defer.Deferred = defer.Deferred()
         self.gateway.drained = done
+        calls = []
+
+        def force():
+            for s in list(self.gateway.sessions.values()):
+                s.end("gateway shutdown")
+            if not done.called:
+                done.callback(None)
 
         def timeout():
             for s in list(self.gateway.sessions.values()):
@@ -233,14 +248,17 @@ class GatewayService(MultiService):
                     s.abort("the gateway is shutting down")
                 else:
                     s.end("gateway shutdown")
-            if not done.called:
+            if self.gateway.sessions:
+                calls.append(self.reactor.callLater(ABORT_GRACE, force))
+            elif not done.called:
                 done.callback(None)
 
-        call = self.reactor.callLater(self.config.gateway.drain_timeout, timeout)
+        calls.append(self.reactor.callLater(self.config.gateway.drain_timeout, timeout))
 
         def finished(_):
-            if call.active():
-                call.cancel()
+            for call in calls:
+                if call.active():
+                    call.cancel()
         return done.addCallback(finished)
 
 

@@ -222,6 +222,7 @@ class Proxy:
             except SessionRefused as e:
                 status = 403 if e.code == "access" else 503
                 return self.problem(request, status, "Session refused", str(e))
+            session.abort = lambda message: channel.transport.loseConnection()
             channel.session, channel.credentialHash, channel.backend = session, digest, backend
         session = channel.session
         await self.recordRequest(request, session, backend)

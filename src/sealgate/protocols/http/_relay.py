@@ -353,6 +353,7 @@ class RelayFactory(Factory):
         except SessionRefused as e:
             return client.problem(request, 403 if e.code == "access" else 503,
                                   "Session refused", str(e))
+        session.abort = lambda message: client.transport.loseConnection()
         client.session, client.credentialHash, client.backend = session, digest, backend
         self.proceed(client, request, backend)
 

@@ -170,6 +170,8 @@ class ClientLeg(Relay, Protocol):
             self.session = gw.openSession(self.connection, identity, self.client, meta)
         except SessionRefused as e:
             return self.fatal("28000", f"sealgate: {e}")
+        # At drain timeout: the error PostgreSQL itself sends on shutdown.
+        self.session.abort = lambda message: self.fatal("57P01", f"sealgate: {message}")
         for direction, data in self._early:
             self.session.record(direction, data)
         self._early = []

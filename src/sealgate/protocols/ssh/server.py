@@ -121,6 +121,8 @@ class Realm:
             ctx.banner(f"sealgate: {e}")
             raise UnauthorizedLogin(str(e))
         user = GatewayUser(ctx, avatarId.connection, session)
+        session.abort = lambda message: ctx.transport.sendDisconnect(
+            transport.DISCONNECT_BY_APPLICATION, f"sealgate: {message}".encode())
         return interfaces.IConchUser, user, user.logout
 
 

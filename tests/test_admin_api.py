@@ -283,3 +283,25 @@ async def test_verification_status_catches_an_altered_recording(admin):
     code, body = await admin.call("audrey", "GET", f"/api/sessions/{s.id}/verify")
     assert code == 200 and body["ok"] is False
     assert any("frame" in p for p in body["problems"]), body["problems"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_admin_redacts_a_frame_while_running_and_proofs_still_verify(admin):
+    s = await admin.session("alice")
+    await s.end("client closed")
+    path = f"/api/sessions/{s.id}/frames/0/redact"
+    assert (await admin.call("audrey", "POST", path, {"reason": "leaked secret"}))[0] == 403
+    code, body = await admin.call("root", "POST", path, {})
+    assert code == 400 and "needs a reason" in body["error"]
+    code, body = await admin.call("root", "POST", f"/api/sessions/{s.id}/frames/99/redact", {"reason": "x"})
+    assert code == 400 and "has no frame 99" in body["error"]
+    code, body = await admin.call("root", "POST", path, {"reason": "leaked secret"})
+    assert code == 200 and body["redacted_by"] == "root" and body["frame"] == 0
+    code, frames = await admin.call("audrey", "GET", f"/api/sessions/{s.id}/frames")
+    first = frames["frames"][0]
+    assert first.get("data") in (None, "") and base64.b64decode(frames["frames"][1]["data"]) == b"1 row"
+    code, verified = await admin.call("audrey", "GET", f"/api/sessions/{s.id}/verify")
+    assert code == 200 and verified["ok"] is True, verified
+    code, detail = await admin.call("audrey", "GET", f"/api/sessions/{s.id}")
+    redactions = [e["fields"] for e in detail["events"] if e.get("event") == "redaction"]
+    assert redactions == [{"frame": 0, "reason": "leaked secret", "by": "root"}]

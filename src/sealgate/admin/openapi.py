@@ -66,6 +66,9 @@ def document() -> dict:
                                                      ok="text/plain")},
         "/api/sessions/{id}/asciicast": {"get": _op("An SSH terminal session as asciicast v2", READ, [_ID],
                                                     ok="application/x-asciicast")},
+        "/api/sessions/{id}/frames/{seq}/redact": {"post": _op(
+            "Delete one frame's payload and salt (reason required); sealed, proofs stay valid",
+            "admin", [_ID, ("seq", "path", "integer", "frame number")], body=True)},
         "/api/sessions/{id}/verify": {"get": _op(
             "Verify the session's frames and the log against the signed checkpoints", READ, [_ID])},
         "/api/log/checkpoint": {"get": _op("Latest signed checkpoint note and the verifier key", READ,

@@ -11,6 +11,7 @@ PERMISSIONS = {
     "decide": (ADMIN, APPROVER),          # approve / deny (the rule's approver groups still apply)
     "cancel-any": (ADMIN,),               # cancel someone else's ticket
     "notify-test": (ADMIN,),              # send a test notification to every target
+    "redact": (ADMIN,),                   # delete one frame's payload (sealed, attributed)
 }
 
 

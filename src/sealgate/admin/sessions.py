@@ -2,6 +2,7 @@
 
 import base64
 import io
+import json
 import time
 from typing import Any
 
@@ -15,6 +16,7 @@ from sealgate.admin._http import (
     strArg,
 )
 from sealgate.admin.roles import require
+from sealgate.recording._engine import StoreError
 
 #: A transcript stops here; the frames endpoint pages through anything longer.
 TRANSCRIPT_LIMIT = 4 * 1024 * 1024
@@ -124,6 +126,8 @@ class SessionsAPI(Authenticated):
     """
 
     def handle(self, request, identity, path):
+        if request.method == b"POST" and len(path) == 4 and path[1:4:2] == ["frames", "redact"]:
+            return self._redact(request, identity, path[0], path[2])
         require(identity, self.admin.service.config, "read")
         if request.method != b"GET":
             raise NotFound("no such endpoint")
@@ -146,6 +150,32 @@ class SessionsAPI(Authenticated):
         if path[1:] == ["verify"]:
             return inThread(self.admin, self._verify, sid).addCallback(lambda d: jsonBody(request, 200, d))
         raise NotFound("no such endpoint")
+
+    def _redact(self, request, identity, sid: str, seq: str):
+        """
+        POST /api/sessions/ID/frames/SEQ/redact {"reason": ...}: delete one
+        frame's payload and salt while the gateway runs (admins only); the
+        redaction is sealed with who and why, and every proof stays valid.
+        """
+        require(identity, self.admin.service.config, "redact")
+        if not seq.isdigit():
+            raise BadRequest("the frame number must be an integer")
+        try:
+            body = json.loads(request.content.read() or b"{}")
+        except ValueError:
+            raise BadRequest("the body must be JSON")
+        reason = str(body.get("reason", "")).strip() if isinstance(body, dict) else ""
+        if not reason:
+            raise BadRequest("a redaction needs a reason")
+        d = self.admin.service.store.redact(sid, int(seq), reason, actor=identity.subject)
+
+        def refused(f):
+            f.trap(StoreError)
+            raise BadRequest(str(f.value))
+        return d.addCallbacks(
+            lambda index: jsonBody(request, 200, {"session": sid, "frame": int(seq),
+                                                  "redacted_by": identity.subject, "log_index": index}),
+            refused)
 
     def _reader(self):
         from sealgate.recording.reader import StoreReader

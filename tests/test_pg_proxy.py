@@ -606,8 +606,7 @@ async def test_newer_protocol_minor_is_negotiated_down_to_3_0(tmp_path, postgres
 
 @pytest_twisted.ensureDeferred
 async def test_shutdown_drains_then_ends_open_sessions_with_57P01(tmp_path, postgres):
-    g, key = await _start(tmp_path, postgres, extra='[gateway]\nadmin = "tcp:0:interface=127.0.0.1"\n'
-                                                    'drain_timeout = "1s"\n')
+    g, key = await _start(tmp_path, postgres, extra='[gateway]\ndrain_timeout = "1s"\n')
     conn = await threads.deferToThread(psycopg.connect, _dsn(g, key), autocommit=True)
     try:
         row = await threads.deferToThread(lambda: conn.execute("select 'before'").fetchone())

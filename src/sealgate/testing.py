@@ -4,6 +4,7 @@ Like treq.testing, these are API: a third-party protocol plugin's tests start
 a real gateway (real store, real identity, real chain) with them.
 """
 
+import re
 from pathlib import Path
 
 import attrs
@@ -75,8 +76,7 @@ async def startGateway(configText: str, directory: Path, reactor=None) -> Runnin
         reactor = _reactor
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    if "state_dir" not in configText:
-        configText = _withStateDir(configText, directory / "state")
+    configText = _testDefaults(configText, directory / "state")
     path = directory / "sealgate.toml"
     path.write_text(configText)
     config = loadConfig(path)
@@ -86,8 +86,19 @@ async def startGateway(configText: str, directory: Path, reactor=None) -> Runnin
     return RunningGateway(service, path)
 
 
-def _withStateDir(text: str, stateDir: Path) -> str:
-    line = f'state_dir = "{stateDir}"\n'
-    if "[gateway]" in text:
-        return text.replace("[gateway]\n", "[gateway]\n" + line, 1)
-    return f'[gateway]\n{line}admin = "tcp:0:interface=127.0.0.1"\n\n' + text
+def _testDefaults(text: str, stateDir: Path) -> str:
+    """
+    A state_dir under the test's directory and an admin API on a port the
+    OS picks, unless the config sets them: the shipped default (8700) would
+    collide between tests.
+    """
+    lines = ""
+    if not re.search(r"^\s*state_dir\s*=", text, re.M):
+        lines += f'state_dir = "{stateDir}"\n'
+    if not re.search(r"^\s*admin\s*=", text, re.M):
+        lines += 'admin = "tcp:0:interface=127.0.0.1"\n'
+    if not lines:
+        return text
+    if "[gateway]\n" in text:
+        return text.replace("[gateway]\n", "[gateway]\n" + lines, 1)
+    return f"[gateway]\n{lines}\n" + text

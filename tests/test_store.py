@@ -162,6 +162,80 @@ def test_a_failed_batch_keeps_nothing_and_is_retried_whole(tmp_path):
         assert verifyStore(r, r.verifier()).ok
 
 
+def _bulkBatch(a, b, t):
+    """Over two bulk runs of session a (written beside the sealing) interleaved with b's small frames."""
+    items, expectA, expectB = [], [], []
+    for i in range(200):
+        big = bytes([i % 251]) * 16384
+        items.append(_frame(a, t, big, 1))
+        expectA.append(big)
+        if i % 50 == 0:
+            small = f"b{t}-{i}".encode()
+            items.append(_frame(b, t, small))
+            expectB.append(small)
+    return items, expectA, expectB
+
+
+def test_bulk_runs_are_written_beside_the_sealing_and_read_back_in_order(tmp_path):
+    e = Engine(tmp_path, ORIGIN)
+    e.open()
+    a, b = SessionState("a"), SessionState("b")
+    e.apply([("open", a, {}, None, None, False), ("open", b, {}, None, None, False)], now=1.0)
+    first, a1, b1 = _bulkBatch(a, b, 2.0)
+    second, a2, b2 = _bulkBatch(a, b, 3.0)
+    e.apply(first, now=2.0)
+    e.apply(second + [("close", a, "done", {}, 1, False), ("close", b, "done", {}, 2, False)], now=3.0)
+    e.close()
+    with StoreReader(tmp_path) as r:
+        assert [f.data for f in r.frames("a")] == a1 + a2
+        assert [f.data for f in r.frames("b")] == b1 + b2
+        assert len(r.chunks("a")) > 2  # runs of a each batch, not one chunk per batch
+        assert verifyStore(r, r.verifier()).ok
+
+
+def test_a_failed_bulk_run_write_keeps_nothing_and_is_retried_whole(tmp_path):
+    import resource
+    import signal
+
+    e = Engine(tmp_path, ORIGIN)
+    e.open()
+    a, b = SessionState("a"), SessionState("b")
+    e.apply([("open", a, {}, None, None, False), ("open", b, {}, None, None, False),
+             _frame(b, 1.0, b"before")], now=1.0)
+    batch, expectA, expectB = _bulkBatch(a, b, 2.0)
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+    old = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+    resource.setrlimit(resource.RLIMIT_FSIZE, (e.segmentLength + (1 << 20), limit[1]))
+    try:
+        with pytest.raises(OSError):
+            e.apply(batch, now=2.0)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limit)
+        signal.signal(signal.SIGXFSZ, old)
+    e.apply(batch + [("close", a, "done", {}, 1, False), ("close", b, "done", {}, 2, False)], now=3.0)
+    e.close()
+    with StoreReader(tmp_path) as r:
+        assert [f.data for f in r.frames("a")] == expectA
+        assert [f.data for f in r.frames("b")] == [b"before"] + expectB
+        assert verifyStore(r, r.verifier()).ok
+
+
+def test_a_write_that_fails_on_the_helper_thread_fails_the_batch(tmp_path):
+    from sealgate.recording._segments import SegmentFile
+
+    (tmp_path / "segments").mkdir()
+    seg = SegmentFile(tmp_path, 1, 0)
+    seg.submit([b"fine"], seg.reserve(4))
+    seg.submit([b"x", None], seg.reserve(2))  # pwritev refuses it on the helper thread
+    with pytest.raises(TypeError):
+        seg.finish()
+    seg.rollback(1, 0)
+    seg.write([b"again"], seg.reserve(5))
+    seg.finish()  # the failure was reported once, not carried into the next batch
+    seg.close()
+    assert (tmp_path / "segments" / "00000001.seg").read_bytes() == b"again"
+
+
 def test_reused_session_id_never_mixes_two_sessions(tmp_path):
     e = Engine(tmp_path, ORIGIN)
     e.open()

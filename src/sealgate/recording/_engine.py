@@ -9,11 +9,16 @@ from pathlib import Path
 from typing import Any
 
 from sealgate.recording import _format as fmt
+from sealgate.recording._segments import SEGMENT_LIMIT, SegmentFile, segmentPath
 from sealgate.recording.checkpoint import Checkpoint, Signer, signCheckpoint
 from sealgate.recording.merkle import CompactTree
 
-SEGMENT_LIMIT = 256 * 1024 * 1024
+__all__ = ["Engine", "SessionState", "StoreError", "StoreLocked", "SEGMENT_LIMIT", "segmentPath"]
+
 PROGRESS_BYTES = 4 * 1024 * 1024
+#: A session's frames in one batch are written out as a run once they reach
+#: this many bytes, while the batch goes on sealing (bulk transfers only).
+RUN_BYTES = 1 << 20
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value);
@@ -46,10 +51,6 @@ class StoreLocked(StoreError):
 
 def dbPath(stateDir: Path) -> Path:
     return Path(stateDir) / "recordings.sqlite"
-
-
-def segmentPath(stateDir: Path, segment: int) -> Path:
-    return Path(stateDir) / "segments" / f"{segment:08d}.seg"
 
 
 def keyPath(stateDir: Path) -> Path:
@@ -203,7 +204,7 @@ class Engine:
         else:
             self.segment, self.segmentLength = 1, 0
             self.db.execute("INSERT INTO segments VALUES (1, 0)")
-        self._seg = open(segmentPath(self.stateDir, self.segment), "ab")
+        self._seg = SegmentFile(self.stateDir, self.segment, self.segmentLength)
 
     def _recover(self) -> list:
         rows = self.db.execute(
@@ -261,14 +262,15 @@ class Engine:
         snaps: dict = {}
         logSnap = (self.log.copy(), self.logLast)
         segSnap = (self.segment, self.segmentLength)
-        self._pending = {"log": [], "opens": [], "closes": [], "states": set()}
+        self._pending = {"log": [], "opens": [], "closes": [], "states": set(), "chunks": []}
         records: dict = {}
         salts = os.urandom(fmt.SALT_SIZE * 1024)
         saltAt = 0
         sha = hashlib.sha256
+        committing = sha(fmt.COMMIT_TAG).copy
+        overhead = fmt.RECORD.size + fmt.SALT_SIZE
         pack = fmt.FRAME_FIELDS.pack
         rpack = fmt.RECORD.pack
-        tag = fmt.COMMIT_TAG
         tokens = []
         self.db.execute("BEGIN")
         try:
@@ -281,7 +283,9 @@ class Engine:
                     if rec is None:
                         if s not in snaps:
                             snaps[s] = s.snapshot()
-                        rec = records[s] = (s.tree.size, [])
+                        rec = records[s] = [s.tree.size, [], 0]
+                    elif rec[2] >= RUN_BYTES:
+                        self._writeRun(s, rec, background=True)
                     out: list = rec[1]
                     tree = s.tree
                     pieces: Any
@@ -295,14 +299,18 @@ class Engine:
                         salt = salts[saltAt : saltAt + fmt.SALT_SIZE]
                         saltAt += fmt.SALT_SIZE
                         n = len(piece)
+                        c = committing()
+                        c.update(salt)
+                        c.update(piece)  # no copy; big pieces hash without the GIL
                         leaf = (s.prefix + pack(tree.size, t, channel, direction, s.offsets[direction], n)
-                                + s.last + sha(tag + salt + piece).digest())
+                                + s.last + c.digest())
                         h = sha(b"\x00" + leaf).digest()
                         tree.appendHash(h)
                         s.last = h
                         s.offsets[direction] += n
                         s.unsealedBytes += n
                         out.extend((rpack(len(leaf), fmt.SALT_SIZE, n), leaf, salt, piece))
+                        rec[2] += n + len(leaf) + overhead
                     continue
                 kind, s = item[0], item[1]
                 at = item[6] if len(item) > 6 else now  # when it happened, not when written
@@ -391,28 +399,34 @@ class Engine:
         self._pending["log"].append((n, sessionId, kind, leaf))
         return n
 
+    def _writeRun(self, s: SessionState, rec: list, background: bool) -> int:
+        """Place one session's sealed records C{rec} = [first seq, buffers, bytes] in the segment."""
+        seg = self._seg
+        chunks = self._pending["chunks"]
+        if not chunks:
+            seg.rotateIfFull()  # between batches: a batch's chunks share one segment
+        offset = seg.reserve(rec[2])
+        chunks.append((s.id, rec[0], s.tree.size - rec[0], seg.segment, offset, seg.length - offset))
+        self._pending["states"].add(s)
+        if background:
+            seg.submit(rec[1], offset)
+            rec[:] = [s.tree.size, [], 0]
+        return offset
+
     def _commit(self, records: dict, now: float, forceCheckpoint: bool) -> None:
-        chunks = []
-        if records:
-            if self.segmentLength >= SEGMENT_LIMIT:
-                self._seg.close()
-                self.segment, self.segmentLength = self.segment + 1, 0
-                self._seg = open(segmentPath(self.stateDir, self.segment), "ab")
-            parts = []
-            offset = self.segmentLength
-            for s, (first, out) in records.items():
-                if not out:
-                    continue
-                data = b"".join(out)
-                parts.append(data)
-                chunks.append((s.id, first, s.tree.size - first, self.segment, offset, len(data)))
-                offset += len(data)
-                self._pending["states"].add(s)
-            if parts:
-                self._seg.write(b"".join(parts) if len(parts) > 1 else parts[0])
-                self._seg.flush()
-                os.fdatasync(self._seg.fileno())
-                self.segmentLength = offset
+        chunks = self._pending["chunks"]
+        buffers: list = []
+        start = None
+        for s, rec in records.items():
+            if rec[1]:
+                offset = self._writeRun(s, rec, background=False)
+                start = offset if start is None else start
+                buffers += rec[1]
+        if chunks:
+            if buffers:
+                self._seg.write(buffers, start)
+            self._seg.finish()
+            self.segment, self.segmentLength = self._seg.segment, self._seg.length
         checkpoint = None
         if self.log.size > self.checkpointSize and (
             forceCheckpoint or now - self.checkpointTime >= self.checkpointInterval
@@ -442,17 +456,8 @@ class Engine:
             self.checkpointSize, self.checkpointTime = self.log.size, now
 
     def _rollbackSegment(self, segment: int, length: int) -> None:
-        try:
-            if self._seg is not None:
-                self._seg.close()
-            if segment != self.segment:
-                segmentPath(self.stateDir, self.segment).unlink(missing_ok=True)
-            self.segment, self.segmentLength = segment, length
-            with open(segmentPath(self.stateDir, segment), "r+b") as f:
-                f.truncate(length)
-        except OSError:
-            pass  # the next open truncates to the committed length anyway
-        self._seg = open(segmentPath(self.stateDir, self.segment), "ab")
+        self._seg.rollback(segment, length)
+        self.segment, self.segmentLength = segment, length
 
     # -- redaction ----------------------------------------------------------
 

@@ -4,6 +4,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -31,9 +32,23 @@ def waitPort(port: int, proc=None, timeout: float = 30.0) -> None:
 
 
 def cpuSeconds(pid: int) -> float:
-    """User + system CPU time of a process (all its threads) so far (Linux /proc)."""
+    """
+    User + system CPU time so far of a process (all its threads) and its
+    live descendants (a server started through runuser is its child): Linux /proc.
+    """
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for child in children:
+            try:
+                total += cpuSeconds(int(child))
+            except OSError:
+                pass  # it exited meanwhile
+    return total
 
 
 def stop(proc) -> None:
@@ -46,3 +61,13 @@ def stop(proc) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+def startForwarder(backendPort: int):
+    """A bare Twisted forwarder to 127.0.0.1:backendPort (bench/_forwarder.py); (process, port)."""
+    port = freePort()
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("_forwarder.py")),
+                             str(port), str(backendPort)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    waitPort(port, proc)
+    return proc, port

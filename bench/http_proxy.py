@@ -5,7 +5,8 @@ Run from the repository root:  .venv/bin/python bench/http_proxy.py [--seconds 1
 
 The backend is nginx (Debian package nginx-light) serving a JSON document
 with a card number and a large file; without nginx a Twisted backend is used
-and the direct figure says so.  sealgate runs as `twistd -n sealgate` with a
+and the direct figure says so.  A bare Twisted forwarder (bench/_forwarder.py,
+no parsing, no recording) runs beside them as the floor.  sealgate runs as `twistd -n sealgate` with a
 guardrail rule, JSON masking and recording on.  mitmproxy runs in reverse
 proxy mode from its own virtualenv (pass --mitmdump, or it is looked up on
 PATH); without it that line is skipped with a note.
@@ -16,6 +17,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -23,7 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-from _common import cpuSeconds, freePort, stop, waitPort  # noqa: E402  (bench/ is the script's path)
+from _common import cpuSeconds, freePort, startForwarder, stop, waitPort  # noqa: E402  (bench/ is the script's path)
 
 DOC = {"customer": {"name": "Ada Lovelace", "email": "ada@example.com",
                     "card": "4111 1111 1111 1111"},
@@ -152,12 +154,16 @@ def wrk(url: str, seconds: int, headers=(), proc=None) -> tuple[float, str]:
     return (float(m.group(1)) if m else 0.0), note
 
 
-def download(url: str, headers=()) -> float:
+def download(url: str, headers=(), runs: int = 3) -> float:
+    """MB/s, the median of C{runs} downloads: a single one varies by 2x here."""
     args = ["curl", "-sS", "-o", "/dev/null", "-w", "%{speed_download} %{size_download}"]
     for h in headers:
         args += ["-H", h]
-    out = subprocess.run(args + [url], capture_output=True, text=True, timeout=900).stdout.split()
-    return float(out[0]) / 1e6
+    speeds = []
+    for _ in range(runs):
+        out = subprocess.run(args + [url], capture_output=True, text=True, timeout=900).stdout.split()
+        speeds.append(float(out[0]) / 1e6)
+    return statistics.median(speeds)
 
 
 def main() -> None:
@@ -177,6 +183,8 @@ def main() -> None:
         procs.append(sg)
         mitm, mport = startMitm(work, bport, args.mitmdump)
         procs.append(mitm)
+        fwd, fport = startForwarder(bport)
+        procs.append(fwd)
         auth = [f"Authorization: Bearer {key}"]
 
         check = subprocess.run(["curl", "-sS", "-H", auth[0], f"http://127.0.0.1:{gport}/json"],
@@ -185,9 +193,11 @@ def main() -> None:
         print(f"sealgate masks the card in /json: {masked}")
 
         direct, n1 = wrk(f"http://127.0.0.1:{bport}/json", args.seconds)
+        bare, n4 = wrk(f"http://127.0.0.1:{fport}/json", args.seconds, (), fwd)
         through, n2 = wrk(f"http://127.0.0.1:{gport}/json", args.seconds, auth, sg)
         print(f"wrk -c32 -d{args.seconds}s GET /json")
         print(f"  direct ({label}): {direct:10.0f} req/s{n1}")
+        print(f"  twisted forwarder:  {bare:10.0f} req/s{n4}  ({bare / direct:.1%} of direct)")
         print(f"  sealgate:           {through:10.0f} req/s{n2}  ({through / direct:.1%} of direct)")
         if mitm is not None:
             viaMitm, n3 = wrk(f"http://127.0.0.1:{mport}/json", args.seconds, (), mitm)
@@ -201,13 +211,18 @@ def main() -> None:
 
         mb = args.download_mb
         d1 = download(f"http://127.0.0.1:{bport}/big")
+        before = cpuSeconds(fwd.pid)
+        d3 = download(f"http://127.0.0.1:{fport}/big")
+        bareSpent = cpuSeconds(fwd.pid) - before
         before = cpuSeconds(sg.pid)
         d2 = download(f"http://127.0.0.1:{gport}/big", auth)
         spent = cpuSeconds(sg.pid) - before
-        print(f"download {mb} MiB (recorded in full by sealgate)")
+        print(f"download {mb} MiB, median of 3 (recorded in full by sealgate)")
         print(f"  direct:   {d1:8.1f} MB/s")
+        print(f"  twisted forwarder: {d3:8.1f} MB/s  ({d3 / d1:.1%} of direct, records nothing)"
+              f"  [{bareSpent / 3:.1f} s CPU each]")
         print(f"  sealgate: {d2:8.1f} MB/s  ({d2 / d1:.1%} of direct, target >= 50%)"
-              f"  [{spent:.1f} s CPU, relay and recording store together]")
+              f"  [{spent / 3:.1f} s CPU each, relay and recording store together]")
     finally:
         for p in reversed(procs):
             stop(p)

@@ -225,12 +225,12 @@ def test_a_write_that_fails_on_the_helper_thread_fails_the_batch(tmp_path):
 
     (tmp_path / "segments").mkdir()
     seg = SegmentFile(tmp_path, 1, 0)
-    seg.submit([b"fine"], seg.reserve(4))
-    seg.submit([b"x", None], seg.reserve(2))  # pwritev refuses it on the helper thread
+    seg.submit([b"fine"], seg.reserve(4), 4)
+    seg.submit([b"x", None], seg.reserve(2), 2)  # pwritev refuses it on the helper thread
     with pytest.raises(TypeError):
         seg.finish()
     seg.rollback(1, 0)
-    seg.write([b"again"], seg.reserve(5))
+    seg.write([b"again"], seg.reserve(5), 5)
     seg.finish()  # the failure was reported once, not carried into the next batch
     seg.close()
     assert (tmp_path / "segments" / "00000001.seg").read_bytes() == b"again"

@@ -409,7 +409,7 @@ class Engine:
         chunks.append((s.id, rec[0], s.tree.size - rec[0], seg.segment, offset, seg.length - offset))
         self._pending["states"].add(s)
         if background:
-            seg.submit(rec[1], offset)
+            seg.submit(rec[1], offset, rec[2])
             rec[:] = [s.tree.size, [], 0]
         return offset
 
@@ -424,7 +424,7 @@ class Engine:
                 buffers += rec[1]
         if chunks:
             if buffers:
-                self._seg.write(buffers, start)
+                self._seg.write(buffers, start, self._seg.length - start)
             self._seg.finish()
             self.segment, self.segmentLength = self._seg.segment, self._seg.length
         checkpoint = None

@@ -1,6 +1,5 @@
 """Byte formats of the sealed store: frame leaves, log leaves, segment records (no I/O)."""
 
-import functools
 import hashlib
 import json
 import math
@@ -114,31 +113,50 @@ def secretSpans(buf):
         at += RECORD.size + ll + sl + pl
 
 
-@functools.lru_cache(maxsize=4096)
+_secretKeys: dict = {}
+
+
 def _secretKey(key: str) -> bool:
-    return _SECRET_KEY.search(key) is not None
+    hit = _secretKeys.get(key)
+    if hit is None:
+        hit = _SECRET_KEY.search(key) is not None
+        if len(_secretKeys) < 4096:
+            _secretKeys[key] = hit
+    return hit
 
 
 _PLAIN = frozenset({str, int, bool, type(None)})
 
 
 def scrub(fields):
-    """A copy of C{fields} with values under secret-looking keys replaced; never store a credential."""
+    """
+    C{fields} with values under secret-looking keys replaced, so a
+    credential is never stored.  Dicts and lists are copied only where
+    something changes: the caller owns what it passes and never mutates it.
+    """
     # Called for every audit event on the writer thread: key checks are
     # cached and plain values are not recursed into.
     kind = type(fields)
     if kind is dict or isinstance(fields, dict):
-        out = {}
+        out = None
         for k, v in fields.items():
-            if type(k) is not str:
-                k = str(k)
-            if _secretKey(k):
-                out[k] = "[removed]"
+            key = k if type(k) is str else str(k)
+            if _secretKey(key):
+                value = "[removed]"
             elif type(v) in _PLAIN:
-                out[k] = v
+                value = v
             else:
-                out[k] = scrub(v)
-        return out
+                value = scrub(v)
+            if key is k and value is v:
+                continue
+            if out is None:
+                out = dict(fields)
+            if key is not k:
+                del out[k]
+            out[key] = value
+        if out is not None:
+            return out
+        return fields if kind is dict else dict(fields)
     if kind in _PLAIN:
         return fields
     if isinstance(fields, (list, tuple)):

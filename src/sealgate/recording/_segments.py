@@ -36,19 +36,17 @@ def _startWriteback():
 _writeback = _startWriteback()
 
 
-def _writeAll(fd: int, buffers: list, offset: int) -> None:
-    """Every byte of C{buffers} at C{offset}, however the kernel splits it."""
-    for at in range(0, len(buffers), _IOV_MAX):
-        group = buffers[at : at + _IOV_MAX]
-        want = sum(len(b) for b in group)
-        done = os.pwritev(fd, group, offset)
-        if done < want:
-            rest = memoryview(b"".join(group))[done:]
-            while rest:
-                n = os.pwrite(fd, rest, offset + done)
-                rest = rest[n:]
-                done += n
-        offset += want
+def _writeAll(fd: int, buffers: list, offset: int, size: int) -> None:
+    """All C{size} bytes of C{buffers} at C{offset}, however the kernel splits it."""
+    if len(buffers) > _IOV_MAX:
+        buffers = [b"".join(buffers)]  # many small records: one copy beats many iovecs
+    done = os.pwritev(fd, buffers, offset)
+    if done < size:
+        rest = memoryview(b"".join(buffers))[done:]
+        while rest:
+            n = os.pwrite(fd, rest, offset + done)
+            rest = rest[n:]
+            done += n
 
 
 class SegmentFile:
@@ -92,19 +90,19 @@ class SegmentFile:
         self.length += size
         return offset
 
-    def submit(self, buffers: list, offset: int) -> None:
-        """Write C{buffers} at C{offset} on the helper thread (see L{finish})."""
+    def submit(self, buffers: list, offset: int, size: int) -> None:
+        """Write C{buffers} (C{size} bytes) at C{offset} on the helper thread (see L{finish})."""
         if self._jobs is None:
             self._jobs = queue.SimpleQueue()
             threading.Thread(target=self._work, args=(self._jobs,), name="sealgate-segments",
                              daemon=True).start()
         with self._done:
             self._inFlight += 1
-        self._jobs.put((self._fd, buffers, offset))
+        self._jobs.put((self._fd, buffers, offset, size))
 
-    def write(self, buffers: list, offset: int) -> None:
-        """Write C{buffers} at C{offset} now, on this thread."""
-        _writeAll(self._fd, buffers, offset)
+    def write(self, buffers: list, offset: int, size: int) -> None:
+        """Write C{buffers} (C{size} bytes) at C{offset} now, on this thread."""
+        _writeAll(self._fd, buffers, offset, size)
 
     def finish(self) -> None:
         """Wait for the helper's writes, then fdatasync. @raise OSError: a write failed."""
@@ -148,7 +146,7 @@ class SegmentFile:
             try:
                 _writeAll(*job)
                 if _writeback is not None:
-                    _writeback(job[0], job[2], sum(len(b) for b in job[1]))
+                    _writeback(job[0], job[2], job[3])
             except BaseException as e:
                 self._error = self._error or e
             with self._done:

@@ -673,10 +673,16 @@ async def test_slow_client_pauses_the_backend_instead_of_buffering(env):
     assert proc.returncode == 0
 
 
-def test_no_backend_credential_in_recordings_audit_or_logs(env):
+@pytest_twisted.ensureDeferred
+async def test_no_backend_credential_in_recordings_audit_or_logs(env):
     secret = env.sshd.clientKey.read_text()
     pieces = [line for line in secret.splitlines() if len(line) > 20 and "PRIVATE" not in line]
     assert pieces
+    # A session of its own: under xdist this test may be the module's first on its worker.
+    before = _sessionIds(env)
+    done = await env.ssh("echo sealgate")
+    assert done.returncode == 0, done.stderr
+    await _newClosedSession(env, before)
     with _reader(env) as r:
         sessions = r.sessions()
         assert sessions

@@ -82,7 +82,7 @@ def run(base, gib):
         _queue = q
         _wake = None
 
-    rec = SessionRecording(_Store(), SessionState("hot"))
+    rec = SessionRecording(_Store(), 1, "hot")  # type: ignore[arg-type]
     data = b"x" * 64
     n = 1_000_000
     best = min(timeit.repeat(lambda: rec.frame(1, data), number=n, repeat=3)) / n

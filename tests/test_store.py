@@ -352,3 +352,38 @@ async def test_bad_input_is_refused_at_the_call_and_never_stalls_the_writer(tmp_
         info = r.session("s")["info"]
         assert info["ratio"] == "nan" and info["3"] == "int key"
         assert r.events("s")[1]["fields"]["inf"] == "inf"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_dead_writer_process_fails_closed_and_nothing_hangs(tmp_path):
+    import signal
+
+    from twisted.internet import reactor, task
+
+    store = SQLiteStore(tmp_path, ORIGIN, reactor)
+    await store.start()
+    rec = store.openSession("s", {})
+    rec.frame(FROM_CLIENT, b"x")
+
+    def opened():
+        with StoreReader(tmp_path) as r:
+            return r.session("s") is not None
+
+    while not opened():
+        await task.deferLater(reactor, 0.01, lambda: None)
+    os.kill(store.writerPid, signal.SIGKILL)
+    while store.healthy() is None or "writer process exited" not in store.healthy():
+        await task.deferLater(reactor, 0.01, lambda: None)
+    with pytest.raises(StoreError, match="stopped before session s closed"):
+        await rec.close("closed", {})
+    with pytest.raises(StoreError, match="not running"):
+        store.openSession("t", {})
+    await store.stop()
+    # The next start seals what the dead writer left open as cut off.
+    store = SQLiteStore(tmp_path, ORIGIN, reactor)
+    await store.start()
+    await store.stop()
+    with StoreReader(tmp_path) as r:
+        assert r.session("s")["state"] == "cut off"
+        assert verifyStore(r, r.verifier()).ok
+

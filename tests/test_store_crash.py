@@ -92,8 +92,15 @@ def test_kill_9_mid_session_recovers_everything_flushed(writer):
         code, out = cli("verify", "--state-dir", str(state))
         assert code == 0, out
 
+    writers = [int(pid) for task in Path(f"/proc/{proc.pid}/task").iterdir()
+               for pid in (task / "children").read_text().split()]
+    assert writers  # the store writes from its own process
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(10)
+    # The writer dies with the gateway: nothing is left behind holding the store.
+    for pid in writers:
+        _waitFor(lambda pid=pid: not Path(f"/proc/{pid}").exists()
+                 or "Z" in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0])
 
     e = Engine(state, ORIGIN)
     assert e.open() == ["running"]
@@ -117,12 +124,13 @@ def test_kill_9_mid_session_recovers_everything_flushed(writer):
 
 
 FULL_DISK = """
-import resource, signal, sys, time
+import resource, sys, time
+from pathlib import Path
 from twisted.internet import defer, reactor, task
 from sealgate.recording.store import SQLiteStore
 
-signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
 store = SQLiteStore(sys.argv[1], "sealgate/crash", reactor)
+segment = Path(sys.argv[1]) / "segments" / "00000001.seg"
 
 def until(predicate):
     d = defer.Deferred()
@@ -138,16 +146,17 @@ async def main():
     await store.start()
     rec = store.openSession("s", {"identity": "alice"})
     rec.frame(0, b"before")
-    await until(lambda: store._engine.segmentLength > 0)
-    limit = resource.getrlimit(resource.RLIMIT_FSIZE)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (store._engine.segmentLength + 100_000, limit[1]))
+    await until(lambda: segment.exists() and segment.stat().st_size > 0)
+    # The writer process is the one that writes: the limit is set on it.
+    limit = resource.prlimit(store.writerPid, resource.RLIMIT_FSIZE)
+    resource.prlimit(store.writerPid, resource.RLIMIT_FSIZE, (segment.stat().st_size + 100_000, limit[1]))
     sent = 1
-    while store.healthy() is None:
+    while store.healthy() is None and sent < 100_000:
         rec.frame(1, b"y" * 16384)
         sent += 1
-        await until(lambda: True)
+        await task.deferLater(reactor, 0.001, lambda: None)  # the writer's reply comes through the reactor
     print("unhealthy:", store.healthy(), flush=True)
-    resource.setrlimit(resource.RLIMIT_FSIZE, limit)
+    resource.prlimit(store.writerPid, resource.RLIMIT_FSIZE, limit)
     await until(lambda: store.healthy() is None)
     await rec.close("closed", {})
     await store.stop()

@@ -124,7 +124,8 @@ class IRecordingStore(Interface):
     """
     The sealed store: per-session frame trees and one global append-only
     log per node (DESIGN.md, "Recording store").  Write methods never block:
-    they queue, and a writer thread commits in batches.
+    they queue, and a writer (the default store's is its own process)
+    commits in batches.
     """
 
     def start():

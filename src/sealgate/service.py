@@ -106,8 +106,12 @@ class GatewayService(MultiService):
                 self.ports[conn.name] = shared[conn.listen]
                 continue
             factory = self._protocols[conn.protocol].makeFactory(conn, self.gateway)
-            self.ports[conn.name] = shared[conn.listen] = self._bind(
+            port = self.ports[conn.name] = shared[conn.listen] = self._bind(
                 conn.listen, factory, f"connection {conn.name!r} listen")
+            # Bound now, so a taken port fails the start; accepted once the
+            # store is up, so a client arriving meanwhile waits in the
+            # backlog instead of being refused a recorded session.
+            getattr(port, "stopReading", lambda: None)()
         self.adminPort = self._bind(self.config.gateway.admin, self._adminSite, "gateway.admin")
 
     def _bind(self, description, factory, what):
@@ -127,6 +131,8 @@ class GatewayService(MultiService):
 
     def _started(self, _):
         self.ready = True
+        for port in {id(p): p for p in self.ports.values()}.values():
+            getattr(port, "startReading", lambda: None)()
         if self._installSignals:
             self.reactor.callWhenRunning(self._installSignalHandlers)
         for name, port in self.ports.items():

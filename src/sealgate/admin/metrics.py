@@ -42,7 +42,7 @@ class Metrics:
                                ["direction"], registry=r)
         self.pending = Gauge("sealgate_tickets_pending", "Approval tickets waiting", registry=r)
         self.backlog = Gauge("sealgate_store_backlog_items",
-                             "Items queued for the store's writer thread", registry=r)
+                             "Items queued for the store's writer process", registry=r)
         self.unsealed = Gauge("sealgate_store_unsealed_leaves",
                               "Log leaves not yet covered by a signed checkpoint", registry=r)
         self.checkpointAge = Gauge("sealgate_store_checkpoint_age_seconds",

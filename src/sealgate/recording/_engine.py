@@ -86,7 +86,7 @@ def loadOrCreateKey(stateDir: Path, origin: str) -> Signer:
 
 
 class SessionState:
-    """Writer-side state of one session tree (touched only by the writer thread)."""
+    """Writer-side state of one session tree (touched only by the writer's loop)."""
 
     __slots__ = ("id", "prefix", "tree", "last", "offsets", "sealed", "sealedAt", "unsealedBytes",
                  "closed", "dead")
@@ -114,14 +114,16 @@ class SessionState:
 
 class Engine:
     """
-    Everything the store does on disk, synchronously, for one writer thread
+    Everything the store does on disk, synchronously, for one writer process
     (or one CLI command holding the lock).  A batch is all-or-nothing: on a
     failed write the SQLite transaction is rolled back, the segment truncated
     and the in-memory state restored, so the same batch can be retried.
     """
 
-    def __init__(self, stateDir, origin: str | None, checkpointInterval: float = 1.0):
+    def __init__(self, stateDir, origin: str | None, checkpointInterval: float = 1.0,
+                 lockOwner: int | None = None):
         self.stateDir = Path(stateDir)
+        self.lockOwner = lockOwner or os.getpid()  # the gateway's pid, named to a second opener
         self.origin: Any = origin
         self.checkpointInterval = checkpointInterval
         self.db: Any = None
@@ -158,7 +160,7 @@ class Engine:
                 f"process {holder}; stop that gateway or use another state_dir"
             )
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        os.pwrite(fd, f"{self.lockOwner}\n".encode(), 0)
         self._lockFd = fd
 
     def _open(self) -> list:

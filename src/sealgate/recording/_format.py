@@ -134,7 +134,7 @@ def scrub(fields):
     credential is never stored.  Dicts and lists are copied only where
     something changes: the caller owns what it passes and never mutates it.
     """
-    # Called for every audit event on the writer thread: key checks are
+    # Called for every audit event by the writer: key checks are
     # cached and plain values are not recursed into.
     kind = type(fields)
     if kind is dict or isinstance(fields, dict):

@@ -51,7 +51,7 @@ def _writeAll(fd: int, buffers: list, offset: int, size: int) -> None:
 
 class SegmentFile:
     """
-    The open segment of one store, written by the store's writer thread.
+    The open segment of one store, written by the store's writer.
 
     A batch reserves its bytes in order (L{reserve}); a bulk run is handed
     to a helper thread at once (L{submit}), so the kernel copies it into

@@ -1,8 +1,9 @@
-"""The embedded sealed store: SQLite (WAL) plus segment files, written by one batching thread."""
+"""The embedded sealed store: SQLite (WAL) plus segment files, written by its own process."""
 
 import collections
-import errno
-import sqlite3
+import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -12,31 +13,32 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from sealgate.interfaces import IRecordingStore, ISessionRecording
-from sealgate.recording._engine import Engine, SessionState, StoreError, StoreLocked
+from sealgate.recording import _format as fmt
+from sealgate.recording import _pipe
+from sealgate.recording._engine import StoreError, StoreLocked
 
 __all__ = ["SQLiteStore", "SessionRecording", "StoreError", "StoreLocked"]
 
-#: How long the writer gathers a batch; frames reach the disk within about this.
-FLUSH_INTERVAL = 0.05
+#: How often queued items are shipped to the writer process.
+SEND_INTERVAL = 0.01
 #: Queued items beyond which the store reports itself unhealthy (writer behind).
 MAX_BACKLOG = 2_000_000
-#: Payload bytes in one batch above which the writer takes the next batch
-#: without waiting: a bulk transfer, not a stream of small messages.
-BUSY_BYTES = 4 << 20
+#: Payload bytes in one shipment above which the next is taken at once.
+BUSY_BYTES = 1 << 20
 
 
 @implementer(ISessionRecording)
 class SessionRecording:
     """
     One session's recording handle.  L{frame} is on the proxy's hot path:
-    it only appends to the store's queue; the writer thread hashes and writes.
+    it only appends to the store's queue; the writer process hashes and writes.
     """
 
-    __slots__ = ("sessionId", "_state", "_queue", "_store", "_closed")
+    __slots__ = ("sessionId", "_handle", "_queue", "_store", "_closed")
 
-    def __init__(self, store: "SQLiteStore", state: SessionState):
-        self.sessionId = state.id
-        self._state = state
+    def __init__(self, store: "SQLiteStore", handle: int, sessionId: str):
+        self.sessionId = sessionId
+        self._handle = handle
         self._queue = store._queue
         self._store = store
         self._closed = False
@@ -49,22 +51,23 @@ class SessionRecording:
             raise ValueError(f"frame direction {direction!r} / channel {channel!r} out of range")
         if type(data) is not bytes:
             data = bytes(data)  # the caller may reuse its buffer
-        self._queue.append((self._state, time.time(), channel, direction, data))
+        self._queue.append((self._handle, time.time(), channel, direction, data))
 
     def event(self, kind: str, fields: dict) -> None:
         if not self._closed:
-            self._queue.append(("event", self._state, kind, dict(fields), None, False, time.time()))
+            self._queue.append(("event", self._handle, kind, dict(fields), time.time()))
 
     def close(self, reason: str, stats: dict) -> Deferred:
         if self._closed:
             raise RuntimeError(f"recording of session {self.sessionId} is already closed")
         self._closed = True
-        if self._store._finished:
+        store = self._store
+        if store._finished:
             return fail(StoreError(f"the recording store stopped before session {self.sessionId} closed; "
                                    "it is sealed as cut off at the next start"))
         d: Deferred = Deferred()
-        self._queue.append(("close", self._state, reason, dict(stats), d, False, time.time()))
-        self._store._wake.set()
+        self._queue.append(("close", self._handle, reason, dict(stats), store._waitFor(d), time.time()))
+        store._wake.set()
         return d
 
 
@@ -73,11 +76,14 @@ class SQLiteStore:
     """
     The default L{IRecordingStore}: a per-node log in C{stateDir}.
 
-    Methods called on the reactor thread only queue work.  One writer
-    thread drains the queue every L{FLUSH_INTERVAL}, seals the batch (frame
+    Methods called on the reactor thread only queue work.  A sender thread
+    ships the queue every L{SEND_INTERVAL} to a writer process
+    (L{sealgate.recording._writer}), which seals each batch (frame
     commitments, session trees, log leaves), appends payloads to a segment
     file, commits SQLite and signs a checkpoint at least every
     C{checkpointInterval} seconds while the log grows and for each CLOSE.
+    Sealing never holds the gateway's GIL, so the proxies keep a core.  A
+    reply thread hands what became durable back to the reactor.
     """
 
     _log = Logger()
@@ -91,185 +97,224 @@ class SQLiteStore:
         self.checkpointInterval = checkpointInterval
         self._queue: collections.deque = collections.deque()
         self._wake = threading.Event()
-        self._engine = Engine(self.stateDir, origin, checkpointInterval)
-        self._thread: threading.Thread | None = None
+        self._proc: subprocess.Popen | None = None
+        self._handles = 0
+        self._waiting: dict[int, Deferred] = {}
+        self._tokens = 0
+        self._shipped = 0   # items written to the writer (sender thread)
+        self._taken = 0     # items the writer has taken into a batch (reactor thread)
+        self._vkey: str | None = None
         self._running = False
         self._stopping = False
         self._problem: str | None = "the recording store is not started"
+        self._started: Deferred | None = None
         self._stopped: Deferred | None = None
         self._finished = False
+
+    @property
+    def writerPid(self) -> int | None:
+        """The writer process's pid while it runs."""
+        return self._proc.pid if self._proc is not None else None
 
     # -- life cycle ---------------------------------------------------------
 
     def start(self) -> Deferred:
-        if self._thread is not None:
+        if self._proc is not None:
             raise RuntimeError("store already started")
-        d: Deferred = Deferred()
-        self._thread = threading.Thread(target=self._run, args=(d,), name="sealgate-store", daemon=True)
-        self._thread.start()
-        return d
+        self._started = Deferred()
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "sealgate.recording._writer", str(self.stateDir), self.origin,
+                 repr(self.checkpointInterval), str(os.getpid())],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, close_fds=True)
+        except OSError as e:
+            self._finished = True
+            return fail(StoreError(f"cannot start the recording store's writer process: {e}"))
+        threading.Thread(target=self._replies, name="sealgate-store-replies", daemon=True).start()
+        return self._started
 
     def stop(self) -> Deferred:
         if self._stopped is None:
             self._stopped = Deferred()
             self._stopping = True
             self._problem = "the recording store is stopping"
-            self._wake.set()
-            if self._thread is None:
+            if self._proc is None or self._finished:
                 self._stopped.callback(None)
+            else:
+                self._queue.append(("stop",))
+                self._wake.set()
         return self._stopped
 
     def backlog(self) -> int:
         """
-        Items queued that the writer thread has not taken yet.  Streaming
+        Items queued that the writer has not taken yet.  Streaming
         protocols stop reading their backend above a bound, so a fast
         download never queues more than that in memory.
         """
-        return len(self._queue)
+        return len(self._queue) + self._shipped - self._taken
 
     def healthy(self) -> str | None:
-        if self._problem is None and len(self._queue) > MAX_BACKLOG:
+        if self._problem is None and self.backlog() > MAX_BACKLOG:
             return "the recording store is falling behind; try again shortly"
         return self._problem
 
     @property
     def verifierKey(self) -> str:
         """The node's public key in signed-note vkey form (after start)."""
-        return self._engine.signer.verifier.vkey()
+        if self._vkey is None:
+            raise StoreError("the recording store is not started")
+        return self._vkey
 
     # -- reactor-side API ---------------------------------------------------
 
     def openSession(self, sessionId: str, info: dict) -> SessionRecording:
         if not self._running:
             raise StoreError("the recording store is not running")
-        state = SessionState(sessionId)
-        self._queue.append(("open", state, dict(info), None, None, False, time.time()))
-        return SessionRecording(self, state)
+        fmt.framePrefix(sessionId)  # a bad id fails here, not in the writer
+        self._handles += 1
+        self._queue.append(("open", self._handles, sessionId, dict(info), time.time()))
+        return SessionRecording(self, self._handles, sessionId)
 
     def auditEvent(self, event: dict) -> None:
         event = dict(event)
         kind = str(event.pop("kind", event.pop("event", "event")))
-        self._queue.append(("event", None, kind, event, None, False, time.time()))
+        self._queue.append(("event", None, kind, event, time.time()))
 
     def redact(self, sessionId: str, seq: int, reason: str, actor: str | None = None) -> Deferred:
         """Redact one frame while running (see L{Engine.redact}); fires with the event's log index."""
         d: Deferred = Deferred()
-        self._queue.append(("redact", None, (sessionId, seq, reason, actor), None, d, False))
+        if self._finished or self._proc is None:
+            return fail(StoreError("the recording store is not running"))
+        self._queue.append(("redact", [sessionId, int(seq), reason, actor], self._waitFor(d)))
         self._wake.set()
         return d
 
-    # -- writer thread ------------------------------------------------------
+    def _waitFor(self, d: Deferred) -> int:
+        self._tokens += 1
+        self._waiting[self._tokens] = d
+        return self._tokens
 
-    def _run(self, started: Deferred) -> None:
-        call = self.reactor.callFromThread
-        try:
-            cut = self._engine.open()
-        except Exception as e:
-            self._engine.close()
-            self._problem = str(e)
-            call(started.errback, e if isinstance(e, StoreError) else StoreError(
-                f"cannot open the recording store in {self.stateDir}: {e}"))
-            self._thread = None
-            return
-        self._running = True
-        self._problem = None
-        for sid in cut:
-            self._log.warn("Session {session} was cut off by a gateway crash; sealed as cut off",
-                           session=sid)
-        call(started.callback, self)
-        try:
-            self._loop()
-        finally:
-            self._running = False
-            self._finished = True
-            self._engine.close()
-            # Anyone still waiting on a close or a redaction hears that it did not happen.
-            while self._queue:
-                item = self._queue.popleft()
-                if len(item) > 5 and isinstance(item[4], Deferred):
-                    call(item[4].errback, StoreError("the recording store stopped first"))
-            if self._stopped is not None:
-                call(self._stopped.callback, None)
+    # -- sender thread ------------------------------------------------------
 
-    def _loop(self) -> None:
-        engine = self._engine
+    def _send(self) -> None:
+        assert self._proc is not None and self._proc.stdin is not None
+        fd = self._proc.stdin.fileno()
         queue = self._queue
-        retry: list = []
-        failing = False
         busy = False
         while True:
-            # Group commit: after a bulk batch the next one is already
-            # waiting, so take it at once.  Small messages wait for the
-            # interval: syncing back to back would cost more CPU per message.
             if not busy:
-                self._wake.wait(FLUSH_INTERVAL)
+                self._wake.wait(SEND_INTERVAL)
             self._wake.clear()
-            stopping = self._stopping
-            items = retry
-            retry = []
-            pop = queue.popleft
-            try:
-                while True:
-                    items.append(pop())
-            except IndexError:
-                pass
-            busy = sum(len(i[4]) for i in items if len(i) == 5) >= BUSY_BYTES
-            try:
-                self._applyBatch(items, stopping)
-            except Exception as e:
-                retry = items
-                failing = True
-                self._failed(e)
-                if stopping:
-                    self._log.error("Stopping with {n} unrecorded items: {e}", n=len(items), e=e)
-                    queue.extendleft(reversed(items))  # their waiters are told on the way out
-                    return
-                time.sleep(min(1.0, self.checkpointInterval))
+            n = len(queue)
+            if not n:
                 continue
-            if failing:
-                failing = False
-                if not self._stopping:
-                    self._log.info("Recording store is writable again")
-                    self._problem = None
-            if stopping:
-                try:
-                    # Sessions the gateway did not end are sealed now, not at the next start.
-                    engine.apply([("close", s, "cut off: the gateway stopped with the session open",
-                                   {}, None, True) for s in list(engine.sessions.values())],
-                                 forceCheckpoint=True)
-                except Exception as e:
-                    self._log.error("Open sessions are sealed at the next start instead: {e}", e=e)
+            items = [queue.popleft() for _ in range(n)]
+            stop = items[-1] == ("stop",)
+            busy = sum(len(i[4]) for i in items if type(i[0]) is int) >= BUSY_BYTES
+            try:
+                buffers = _pipe.encode(items)
+            except ValueError:
+                buffers = _pipe.encode([_marshalable(i) for i in items])
+            try:
+                _writeAll(fd, buffers)
+            except OSError:
+                return  # the writer is gone; the reply thread tells the reactor
+            self._shipped += n
+            if stop:
                 return
 
-    def _applyBatch(self, items: list, stopping: bool) -> None:
-        # Redactions touch frames already on disk, so they go after the batch;
-        # the batch itself is all-or-nothing and can be retried whole.
-        redactions = [i for i in items if i[0] == "redact"]
-        if redactions:
-            items = [i for i in items if i[0] != "redact"]
-        self._deliver(self._engine.apply(items, forceCheckpoint=stopping))
+    # -- reply thread -------------------------------------------------------
+
+    def _replies(self) -> None:
+        assert self._proc is not None and self._proc.stdout is not None
         call = self.reactor.callFromThread
-        for item in redactions:
-            try:
-                n = self._engine.redact(*item[2])
-            except Exception as e:
-                call(item[4].errback, e)
+        try:
+            for message in _pipe.readMessages(self._proc.stdout):
+                call(self._reply, message)
+        except _pipe.PipeError as e:
+            call(self._log.error, "Recording store writer sent garbage: {e}", e=e)
+        self._proc.stdout.close()
+        try:
+            self._proc.stdin.close()  # type: ignore[union-attr]
+        except OSError:
+            pass
+        call(self._ended, self._proc.wait())
+
+    def _reply(self, message) -> None:
+        kind = message[0]
+        if kind == "taken":
+            self._taken += message[1]
+        elif kind == "done":
+            for token in message[1]:
+                self._waiting.pop(token).callback(None)
+        elif kind == "redacted":
+            self._waiting.pop(message[1]).callback(message[2])
+        elif kind == "failed":
+            self._waiting.pop(message[1]).errback(StoreError(message[2]))
+        elif kind == "problem":
+            if not self._stopping:
+                self._problem = message[1]
+        elif kind == "log":
+            getattr(self._log, message[1])("{text}", text=message[2])
+        elif kind == "started":
+            self._vkey = message[1]
+            for sid in message[2]:
+                self._log.warn("Session {session} was cut off by a gateway crash; sealed as cut off",
+                               session=sid)
+            self._running = True
+            self._problem = None
+            threading.Thread(target=self._send, name="sealgate-store", daemon=True).start()
+            self._started.callback(self)  # type: ignore[union-attr]
+        elif kind == "startFailed":
+            self._problem = message[1]
+            self._started.errback((StoreLocked if message[2] else StoreError)(message[1]))  # type: ignore
+            self._started = None
+
+    def _ended(self, code: int) -> None:
+        self._running = False
+        self._finished = True
+        waiting, self._waiting = self._waiting, {}
+        for d in waiting.values():
+            d.errback(StoreError("the recording store stopped first"))
+        if self._started is not None and not self._started.called:
+            self._started.errback(StoreError(
+                f"the recording store's writer process exited with {code} before it opened {self.stateDir}"))
+        if self._stopped is not None:
+            self._stopped.callback(None)
+        elif self._started is not None:
+            self._problem = (f"the recording store's writer process exited with {code}; "
+                             "sessions cannot be recorded")
+            self._log.critical("{problem}: restart the gateway", problem=self._problem)
+
+
+def _writeAll(fd: int, buffers: list) -> None:
+    """Every buffer, in order, to a blocking pipe (one write may take part of them)."""
+    i = 0
+    while i < len(buffers):
+        done = os.writev(fd, buffers[i : i + 1024])
+        while done:
+            size = len(buffers[i])
+            if done >= size:
+                done -= size
+                i += 1
             else:
-                call(item[4].callback, n)
+                buffers[i] = memoryview(buffers[i])[done:]
+                done = 0
 
-    def _deliver(self, tokens) -> None:
-        for d in tokens:
-            if d is not None:
-                self.reactor.callFromThread(d.callback, None)
 
-    def _failed(self, e: Exception) -> None:
-        if (isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)) or (
-            isinstance(e, sqlite3.OperationalError) and "full" in str(e)
-        ):
-            reason = "the recording store's disk is full; sessions cannot be recorded"
-        else:
-            reason = "the recording store cannot write; sessions cannot be recorded"
-        if self._problem != reason:
-            self._log.error("{reason} ({state_dir}): {error}", reason=reason,
-                            state_dir=str(self.stateDir), error=e)
-        self._problem = reason
+def _marshalable(item: tuple) -> tuple:
+    """An item whose fields marshal cannot carry, with them made plain (as the log stores them)."""
+    if len(item) == 5 and type(item[0]) is int:
+        return item
+    return tuple(_plain(v) for v in item)
+
+
+def _plain(value):
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, (str, int, float, bool, bytes)):
+        return value
+    return str(value)

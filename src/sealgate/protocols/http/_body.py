@@ -197,7 +197,7 @@ def _bytes(value) -> bytes:
 class StorePacer:
     """
     Keeps a stream from outrunning the recording store: above C{high}
-    queued items the stream stops reading until the writer thread is back
+    queued items the stream stops reading until the store's writer is back
     under C{low}.  Memory then stays bounded however fast both ends are.
     """
 

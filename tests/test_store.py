@@ -387,3 +387,21 @@ async def test_a_dead_writer_process_fails_closed_and_nothing_hangs(tmp_path):
         assert r.session("s")["state"] == "cut off"
         assert verifyStore(r, r.verifier()).ok
 
+
+
+@pytest_twisted.ensureDeferred
+async def test_event_fields_the_pipe_cannot_carry_are_stored_as_text(tmp_path):
+    import datetime
+
+    from twisted.internet import reactor
+
+    store = SQLiteStore(tmp_path, ORIGIN, reactor)
+    await store.start()
+    when = datetime.datetime(2026, 11, 26, 12, 0)
+    rec = store.openSession("s", {"identity": "alice"})
+    rec.event("note", {"when": when, "nested": {"set": {1}}, "token": "abc"})
+    await rec.close("closed", {})
+    await store.stop()
+    with StoreReader(tmp_path) as r:
+        [note] = [e for e in r.events("s") if e.get("event") == "note"]
+        assert note["fields"] == {"when": str(when), "nested": {"set": "{1}"}, "token": "[removed]"}

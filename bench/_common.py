@@ -31,13 +31,16 @@ def waitPort(port: int, proc=None, timeout: float = 30.0) -> None:
     raise SystemExit(f"nothing listens on {port} after {timeout}s")
 
 
-def cpuSeconds(pid: int) -> float:
+def cpuSeconds(pid: int, children: bool = True) -> float:
     """
     User + system CPU time so far of a process (all its threads) and its
-    live descendants (a server started through runuser is its child): Linux /proc.
+    live descendants (a server started through runuser, sealgate's store
+    writer): Linux /proc.
     """
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    if not children:
+        return total
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
             children = (task / "children").read_text().split()

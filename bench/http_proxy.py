@@ -144,13 +144,17 @@ def wrk(url: str, seconds: int, headers=(), proc=None) -> tuple[float, str]:
     for h in headers:
         args += ["-H", h]
     before = cpuSeconds(proc.pid) if proc is not None else 0.0
+    own = cpuSeconds(proc.pid, children=False) if proc is not None else 0.0
     out = subprocess.run(args + [url], capture_output=True, text=True, timeout=seconds + 60).stdout
     m = re.search(r"Requests/sec:\s+([\d.]+)", out)
     n = re.search(r"(\d+) requests in", out)
     bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     note = f" ({bad.group(1)} non-2xx!)" if bad else ""
     if proc is not None and n and int(n.group(1)):
-        note += f"  [{(cpuSeconds(proc.pid) - before) / int(n.group(1)) * 1e6:.0f} us CPU/request]"
+        total = (cpuSeconds(proc.pid) - before) / int(n.group(1)) * 1e6
+        own = (cpuSeconds(proc.pid, children=False) - own) / int(n.group(1)) * 1e6
+        split = f", {own:.0f} in the proxy process" if total - own >= 1 else ""
+        note += f"  [{total:.0f} us CPU/request{split}]"
     return (float(m.group(1)) if m else 0.0), note
 
 

@@ -199,11 +199,16 @@ def main() -> None:
         for name, port, password, user in targets:
             proc = owners.get(name)
             cpu0 = cpuSeconds(proc.pid) if proc else 0.0
+            own0 = cpuSeconds(proc.pid, children=False) if proc else 0.0
             tps[name], lat = pgbench(pg, port, password, user, args.seconds, args.clients)
             ratio = f"  ({tps[name] / tps['direct']:.1%} of direct)" if name != "direct" else ""
             # On a shared machine TPS follows the CPU a proxy gets; its CPU per transaction does not.
-            cost = (f"  [{(cpuSeconds(proc.pid) - cpu0) / (tps[name] * args.seconds) * 1e6:.0f} us CPU/txn]"
-                    if proc else "")
+            txns = tps[name] * args.seconds
+            cost = f"  [{(cpuSeconds(proc.pid) - cpu0) / txns * 1e6:.0f} us CPU/txn" if proc else ""
+            if name == "sealgate":
+                own = (cpuSeconds(proc.pid, children=False) - own0) / txns * 1e6
+                cost += f", of which the gateway process {own:.0f} us, its store writer the rest"
+            cost += "]" if proc else ""
             print(f"  {name:11s} {tps[name]:10.0f} tps  latency avg {lat:.3f} ms{ratio}{cost}")
         print(f"  target: sealgate >= 40% of direct -> "
               f"{'met' if tps['sealgate'] >= 0.4 * tps['direct'] else 'NOT met'}")

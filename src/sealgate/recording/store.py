@@ -215,6 +215,7 @@ class SQLiteStore:
             self._wake.clear()
             n = len(queue)
             if not n:
+                busy = False  # wait for the next shipment, do not spin
                 continue
             items = [queue.popleft() for _ in range(n)]
             stop = items[-1] == ("stop",)

@@ -201,10 +201,10 @@ class StorePacer:
     under C{low}.  Memory then stays bounded however fast both ends are.
     """
 
-    # Items are reads of up to 64 KiB: at most ~24 MiB wait for the writer,
-    # which takes a batch every 50 ms.
-    HIGH = 384
-    LOW = 96
+    # Items are reads of up to 64 KiB: at most ~64 MiB wait for the writer,
+    # enough to keep it busy through a batch's fdatasync.
+    HIGH = 1024
+    LOW = 256
     POLL = 0.005
 
     def __init__(self, store, reactor):

@@ -28,6 +28,8 @@ FLUSH_INTERVAL = 0.05
 #: Payload bytes in one batch above which the next batch is taken at once:
 #: a bulk transfer, not a stream of small messages.
 BUSY_BYTES = 4 << 20
+#: Payload bytes arriving that wake the loop before the interval is up.
+WAKE_BYTES = 1 << 20
 
 
 class Writer:
@@ -48,6 +50,7 @@ class Writer:
         self.orphaned = False   # the gateway is gone: keep what arrived, seal nothing more
         self.problem: str | None = None
         self._states: dict[int, SessionState] = {}
+        self._arrived = 0  # payload bytes queued since the loop last took a batch
 
     # -- reader thread --------------------------------------------------------
 
@@ -59,6 +62,7 @@ class Writer:
         for item in items:
             if len(item) == 5 and type(item[0]) is int:
                 out.append((states[item[0]], *item[1:]))
+                self._arrived += len(item[4])
                 continue
             kind = item[0]
             if kind == "open":
@@ -80,7 +84,10 @@ class Writer:
         self.queue.extend(out)
         if stop:
             self.stopping = True  # after the items before it are queued
-        if stop or any(i[0] in ("close", "redact") for i in out if len(i) != 5):
+        # A bulk transfer is taken as it arrives: the gateway paces on what
+        # the writer has taken, so waiting out the interval would stall it.
+        if stop or self._arrived >= WAKE_BYTES or any(
+                i[0] in ("close", "redact") for i in out if len(i) != 5):
             self.wake.set()
 
     # -- loop -----------------------------------------------------------------
@@ -101,6 +108,7 @@ class Writer:
             stopping = self.stopping or self.orphaned
             items = retry
             retry = []
+            self._arrived = 0
             taken = len(queue)
             for _ in range(taken):
                 items.append(queue.popleft())

@@ -405,3 +405,20 @@ async def test_event_fields_the_pipe_cannot_carry_are_stored_as_text(tmp_path):
     with StoreReader(tmp_path) as r:
         [note] = [e for e in r.events("s") if e.get("event") == "note"]
         assert note["fields"] == {"when": str(when), "nested": {"set": "{1}"}, "token": "[removed]"}
+
+
+def test_an_event_with_bytes_that_were_not_utf8_is_sealed_not_stuck(tmp_path):
+    # A client's statement that is not UTF-8 reaches the audit event as lone
+    # surrogates (surrogateescape); it must neither stall the writer nor be lost.
+    e = Engine(tmp_path, ORIGIN)
+    e.open()
+    s = SessionState("s")
+    text = b"SELECT '\xff\xfe'".decode("utf-8", "surrogateescape")
+    e.apply([("open", s, {"client": text}, None, None, False),
+             ("event", s, "command", {"command": text, "big": 2**70}, None, False),
+             ("close", s, "done", {}, 1, False)])
+    e.close()
+    with StoreReader(tmp_path) as r:
+        [command] = [x for x in r.events("s") if x.get("event") == "command"]
+        assert command["fields"] == {"command": text, "big": 2**70}
+        assert verifyStore(r, r.verifier()).ok

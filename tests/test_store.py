@@ -416,9 +416,10 @@ def test_an_event_with_bytes_that_were_not_utf8_is_sealed_not_stuck(tmp_path):
     text = b"SELECT '\xff\xfe'".decode("utf-8", "surrogateescape")
     e.apply([("open", s, {"client": text}, None, None, False),
              ("event", s, "command", {"command": text, "big": 2**70}, None, False),
-             ("close", s, "done", {}, 1, False)])
+             ("close", s, f"backend said {text}", {}, 1, False)])
     e.close()
     with StoreReader(tmp_path) as r:
+        assert r.session("s")["reason"] == "backend said SELECT '\\udcff\\udcfe'"
         [command] = [x for x in r.events("s") if x.get("event") == "command"]
         assert command["fields"] == {"command": text, "big": 2**70}
         assert verifyStore(r, r.verifier()).ok

@@ -369,7 +369,7 @@ class Engine:
         s.sealedAt = now
         self.db.execute(
             "INSERT INTO sessions (id, opened, open_leaf, protocol, info) VALUES (?, ?, ?, ?, ?)",
-            (s.id, now, n, str(info.get("protocol", "")), fmt.canonicalJson(info).decode()),
+            (s.id, now, n, fmt.sqlText(str(info.get("protocol", ""))), fmt.canonicalJson(info).decode()),
         )
 
     def _seal(self, s: SessionState, kind: str, now: float, extra: dict) -> int:
@@ -388,7 +388,7 @@ class Engine:
         self._pending["closes"].append(s.id)
         self.db.execute(
             "UPDATE sessions SET closed = ?, close_leaf = ?, reason = ?, cutoff = ?, root = ? WHERE id = ?",
-            (now, n, reason, int(cutoff), s.tree.root(), s.id),
+            (now, n, fmt.sqlText(reason), int(cutoff), s.tree.root(), s.id),
         )
 
     def _logAppend(self, kind: str, sessionId, now: float, fields: dict) -> int:
@@ -493,7 +493,7 @@ class Engine:
             try:
                 self.db.execute("BEGIN")
                 self.db.execute("INSERT INTO redactions VALUES (?, ?, ?, ?, ?)",
-                                (sessionId, seq, now, reason, n))
+                                (sessionId, seq, now, fmt.sqlText(reason), n))
                 self.db.executemany("INSERT INTO log VALUES (?, ?, ?, ?)", self._pending["log"])
                 self.db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [
                     ("log_size", self.log.size), ("log_edge", self.log.pack()), ("log_last", self.logLast)])

@@ -189,6 +189,17 @@ def canonicalJson(obj) -> bytes:
         return _CANONICAL.encode(obj).encode("utf-8", "backslashreplace")
 
 
+def sqlText(text: str) -> str:
+    """C{text} as SQLite can store it: lone surrogates (bytes that were not UTF-8) as escapes."""
+    if text.isascii():
+        return text
+    try:
+        text.encode()
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode()
+
+
 def logLeaf(body: dict) -> bytes:
     """A log leaf: version and kind bytes, then canonical JSON."""
     return bytes([VERSION, KIND_LOG]) + canonicalJson(body)

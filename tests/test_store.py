@@ -388,7 +388,6 @@ async def test_a_dead_writer_process_fails_closed_and_nothing_hangs(tmp_path):
         assert verifyStore(r, r.verifier()).ok
 
 
-
 @pytest_twisted.ensureDeferred
 async def test_event_fields_the_pipe_cannot_carry_are_stored_as_text(tmp_path):
     import datetime

@@ -58,11 +58,13 @@ class Writer:
         """Turn one message's wire items into engine items and queue them."""
         states = self._states
         out = []
-        stop = False
+        stop = urgent = False  # urgent: someone waits on a close or a redaction
         for item in items:
             if len(item) == 5 and type(item[0]) is int:
-                out.append((states[item[0]], *item[1:]))
-                self._arrived += len(item[4])
+                state = states.get(item[0])
+                if state is not None:  # never after its close; a bug must not stop the store
+                    out.append((state, *item[1:]))
+                    self._arrived += len(item[4])
                 continue
             kind = item[0]
             if kind == "open":
@@ -71,12 +73,15 @@ class Writer:
                 out.append(("open", state, info, None, None, False, at))
             elif kind == "event":
                 _, sid, name, fields, at = item
-                out.append(("event", None if sid is None else states[sid], name, fields, None, False, at))
+                if sid is None or sid in states:
+                    out.append(("event", states.get(sid), name, fields, None, False, at))
             elif kind == "close":
                 _, sid, reason, stats, token, at = item
                 out.append(("close", states.pop(sid), reason, stats, token, False, at))
+                urgent = True
             elif kind == "redact":
                 out.append(("redact", None, tuple(item[1]), None, item[2], False))
+                urgent = True
             elif kind == "stop":
                 stop = True
             else:
@@ -86,8 +91,7 @@ class Writer:
             self.stopping = True  # after the items before it are queued
         # A bulk transfer is taken as it arrives: the gateway paces on what
         # the writer has taken, so waiting out the interval would stall it.
-        if stop or self._arrived >= WAKE_BYTES or any(
-                i[0] in ("close", "redact") for i in out if len(i) != 5):
+        if stop or urgent or self._arrived >= WAKE_BYTES:
             self.wake.set()
 
     # -- loop -----------------------------------------------------------------

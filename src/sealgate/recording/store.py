@@ -218,7 +218,7 @@ class SQLiteStore:
                 busy = False  # wait for the next shipment, do not spin
                 continue
             items = [queue.popleft() for _ in range(n)]
-            stop = items[-1] == ("stop",)
+            stop = ("stop",) in items
             busy = sum(len(i[4]) for i in items if type(i[0]) is int) >= BUSY_BYTES
             try:
                 buffers = _pipe.encode(items)

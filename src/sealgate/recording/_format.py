@@ -161,7 +161,10 @@ def scrub(fields):
     if kind in _PLAIN:
         return fields
     if isinstance(fields, (list, tuple)):
-        return [v if type(v) in _PLAIN else scrub(v) for v in fields]
+        for v in fields:
+            if type(v) not in _PLAIN:
+                return [v if type(v) in _PLAIN else scrub(v) for v in fields]
+        return fields  # plain items only: JSON writes a tuple as a list anyway
     if isinstance(fields, (str, int, bool)):
         return fields
     if isinstance(fields, float) and math.isfinite(fields):

@@ -355,6 +355,20 @@ async def test_bad_input_is_refused_at_the_call_and_never_stalls_the_writer(tmp_
 
 
 @pytest_twisted.ensureDeferred
+async def test_the_writer_process_inherits_no_secret_from_the_environment(tmp_path, monkeypatch):
+    from twisted.internet import reactor
+
+    monkeypatch.setenv("SEALGATE_TEST_BACKEND_PASSWORD", "hunter2-backend")
+    store = SQLiteStore(tmp_path, ORIGIN, reactor)
+    await store.start()
+    try:
+        environ = open(f"/proc/{store.writerPid}/environ", "rb").read()
+    finally:
+        await store.stop()
+    assert b"hunter2-backend" not in environ and b"PYTHONPATH=" in environ
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_dead_writer_process_fails_closed_and_nothing_hangs(tmp_path):
     import signal
 

@@ -27,6 +27,8 @@ MAX_BACKLOG = 2_000_000
 #: Payload bytes in one shipment above which the next is taken at once.
 BUSY_BYTES = 1 << 20
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+#: The environment variables the writer process inherits.
+_WRITER_ENV = frozenset({"PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "PYTHONHASHSEED"})
 
 
 @implementer(ISessionRecording)
@@ -124,7 +126,10 @@ class SQLiteStore:
         if self._proc is not None:
             raise RuntimeError("store already started")
         self._started = Deferred()
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+        # Only what Python needs: the gateway's environment holds backend
+        # secrets (password_env, token_env) the writer has no use for.
+        env = {k: v for k, v in os.environ.items() if k in _WRITER_ENV}
+        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
         try:
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "sealgate.recording._writer", str(self.stateDir), self.origin,

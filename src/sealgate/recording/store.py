@@ -317,17 +317,10 @@ def _writeAll(fd: int, buffers: list) -> None:
 
 
 def _marshalable(item: tuple) -> tuple:
-    """An item whose fields marshal cannot carry, with them made plain (as the log stores them)."""
+    """
+    An item whose fields marshal cannot carry, made plain the way the log
+    stores them anyway (L{fmt.scrub}: unknown values become their text).
+    """
     if len(item) == 5 and type(item[0]) is int:
         return item
-    return tuple(_plain(v) for v in item)
-
-
-def _plain(value):
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if value is None or isinstance(value, (str, int, float, bool, bytes)):
-        return value
-    return str(value)
+    return tuple(fmt.scrub(v) for v in item)

@@ -20,6 +20,7 @@ from sealgate.configtable import (  # noqa: F401  (re-exported: the plugin contr
     resolveSecret,
     unknownKeyFix,
 )
+from sealgate.logconfig import LoggingConfig, parseLogging
 
 
 @attrs.frozen
@@ -139,6 +140,7 @@ class GatewayConfig:
     #: Things that are valid but probably wrong (logged at start, printed by
     #: C{sealgate config check}).
     warnings: tuple[str, ...] = ()
+    logging: LoggingConfig = LoggingConfig()
 
     def connection(self, name: str) -> ConnectionConfig | None:
         for c in self.connections:
@@ -293,11 +295,14 @@ def parseConfig(raw: Mapping[str, Any], path: str, plugins: Mapping[str, Any]) -
     for n, t in enumerate(_array(top, "notify")):
         notify.append(_notify(Table(t, Where(path, f"notify[{n}]")), {x.name for x in notify}))
 
+    logging = parseLogging(Table(top._get("logging", {}, False), Where(path, "logging")))
+
     top.finish()
     _checkDistinctListeners(connections)
     return GatewayConfig(path, gateway, identity, tuple(roles), tuple(connections),
                          tuple(rules), masking, raw, admin, tuple(notify),
-                         warnings=_approverWarnings(path, rules, roles, admin, identity))
+                         warnings=_approverWarnings(path, rules, roles, admin, identity),
+                         logging=logging)
 
 
 def _approverWarnings(path, rules, roles, admin, identity) -> tuple[str, ...]:

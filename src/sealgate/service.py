@@ -8,7 +8,7 @@ from twisted.application.service import MultiService
 from twisted.internet import defer, endpoints
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger
 
 from sealgate.approvals import Approvals
 from sealgate.config import ConfigError, loadConfig
@@ -44,6 +44,15 @@ class GatewayService(MultiService):
         self.ports: dict[str, IListeningPort] = {}
         self.adminPort = None
         self.ready = False
+        #: Set by the tap: twistd's AppLogger logs to the application's
+        #: ILogObserver component, which is this ([logging] level/format).
+        self.logObserver = None
+
+    def setServiceParent(self, parent):
+        super().setServiceParent(parent)
+        setComponent = getattr(parent, "setComponent", None)
+        if self.logObserver is not None and setComponent is not None:
+            setComponent(ILogObserver, self.logObserver)
 
     @property
     def reactor(self):

@@ -141,6 +141,8 @@ class GatewayConfig:
     #: C{sealgate config check}).
     warnings: tuple[str, ...] = ()
     logging: LoggingConfig = LoggingConfig()
+    #: C{[[events]]}: L{sealgate.events.EventSink}s of the audit event stream.
+    events: tuple = ()
 
     def connection(self, name: str) -> ConnectionConfig | None:
         for c in self.connections:
@@ -296,13 +298,18 @@ def parseConfig(raw: Mapping[str, Any], path: str, plugins: Mapping[str, Any]) -
         notify.append(_notify(Table(t, Where(path, f"notify[{n}]")), {x.name for x in notify}))
 
     logging = parseLogging(Table(top._get("logging", {}, False), Where(path, "logging")))
+    from sealgate.events import parseSink
+
+    sinks: list = []
+    for n, t in enumerate(_array(top, "events")):
+        sinks.append(parseSink(Table(t, Where(path, f"events[{n}]")), {x.name for x in sinks}))
 
     top.finish()
     _checkDistinctListeners(connections)
     return GatewayConfig(path, gateway, identity, tuple(roles), tuple(connections),
                          tuple(rules), masking, raw, admin, tuple(notify),
                          warnings=_approverWarnings(path, rules, roles, admin, identity),
-                         logging=logging)
+                         logging=logging, events=tuple(sinks))
 
 
 def _approverWarnings(path, rules, roles, admin, identity) -> tuple[str, ...]:

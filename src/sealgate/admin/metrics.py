@@ -50,6 +50,9 @@ class Metrics:
         self.logSize = Gauge("sealgate_log_size", "Leaves in the sealed log", registry=r)
         self.notifications = Counter("sealgate_notifications", "Notification deliveries",
                                      ["target", "outcome"], registry=r)
+        self.eventsPending = Gauge("sealgate_events_pending",
+                                   "Sealed log leaves an [[events]] sink has not delivered yet",
+                                   ["sink"], registry=r)
         self._lock = threading.Lock()
         self._next = 0
         self._protocols: dict[str, str] = {}
@@ -73,6 +76,9 @@ class Metrics:
         self.liveBytes.labels("to_client").set(toClient)
         self.pending.set(len(svc.approvals.pending()))
         self.backlog.set(svc.store.backlog() if hasattr(svc.store, "backlog") else 0)
+        events = getattr(svc, "events", None)
+        for status in (events.status() if events is not None else ()):
+            self.eventsPending.labels(status["name"]).set(status["pending"])
 
     def scan(self) -> None:
         """Count the log leaves added since the last scan (thread)."""

@@ -157,3 +157,21 @@ def test_approvals_find_the_running_gateway_without_a_config(tmp_path):
         assert "no running gateway found" in r.stderr and "--admin-url" in r.stderr
     finally:
         assert gw.stop(signal.SIGTERM) == 0
+
+
+def _complete(script: str, line: str) -> list[str]:
+    words = line.split(" ")
+    program = (f"source {script}; COMP_WORDS=({' '.join(repr(w) for w in words)}); "
+               f"COMP_CWORD={len(words) - 1}; COMP_LINE={line!r}; COMP_POINT={len(line)}; "
+               "_shtab_sealgate; printf '%s\\n' \"${COMPREPLY[@]}\"")
+    r = subprocess.run(["bash", "-c", program], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.split()
+
+
+def test_bash_completion_completes_commands_and_their_actions(tmp_path):
+    script = tmp_path / "sealgate.bash"
+    script.write_text(runCLI("completion", "bash", env=noSecrets()).stdout)
+    assert "keys" in _complete(str(script), "sealgate ke")
+    assert set(_complete(str(script), "sealgate keys ")) >= {"create", "list", "revoke"}
+    assert "check" in _complete(str(script), "sealgate config ")

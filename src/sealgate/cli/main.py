@@ -15,6 +15,7 @@ COMMAND_MODULES = (
     "sealgate.cli.store",
     "sealgate.cli.sshkeys",
     "sealgate.cli.configcheck",
+    "sealgate.cli.completion",
 )
 
 
@@ -46,6 +47,7 @@ def buildParser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     parser = buildParser()
     args = parser.parse_args(argv)
+    args.parser = parser
     # A subcommand's own --config (keys, config check) wins over the global one.
     if getattr(args, "config", None) is None:
         args.config = args.global_config

@@ -60,7 +60,9 @@ def test_json_lines_carry_the_formatted_text_never_other_event_fields():
 
 
 def test_twistd_logs_json_lines_with_logging_format_json(tmp_path):
-    gw = GatewayProcess(tmp_path, sampleConfig() + '\n[logging]\nformat = "json"\n').start()
+    text = sampleConfig()
+    assert 'format = "text"' in text
+    gw = GatewayProcess(tmp_path, text.replace('format = "text"', 'format = "json"')).start()
     assert gw.stop(signal.SIGTERM) == 0
     lines = [line for line in gw.log().splitlines() if line.strip()]
     records = [json.loads(line) for line in lines]
@@ -81,7 +83,7 @@ def test_unknown_logging_format_is_a_config_error(tmp_path):
     from sealgate.config import ConfigError, loadConfig
 
     cfg = tmp_path / "c.toml"
-    cfg.write_text(sampleConfig() + '\n[logging]\nformat = "xml"\n')
+    cfg.write_text(sampleConfig().replace('format = "text"', 'format = "xml"'))
     try:
         loadConfig(cfg)
     except ConfigError as e:

@@ -8,6 +8,7 @@ import attrs
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from sealgate.chain.verdicts import CONTINUE, Continue, Deny, Hold, Rewrite, Verdict
 from sealgate.flow import (
@@ -20,6 +21,7 @@ from sealgate.flow import (
     OutputMasker,
     OutputRefused,
 )
+from sealgate.interfaces import ISession
 from sealgate.masking import MaskingFailed
 from sealgate.protocols._io import writeNow
 
@@ -45,6 +47,7 @@ def newSessionId() -> str:
     return f"{int(time.time() * 1000):012x}{uuid.uuid4().hex[:12]}"
 
 
+@implementer(ISession)
 @attrs.define(eq=False)
 class Session:
     """

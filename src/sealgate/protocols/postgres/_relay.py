@@ -7,8 +7,8 @@ from typing import Any
 
 from twisted.logger import Logger
 
-from sealgate.chain._chain import OutputRefused
 from sealgate.chain.verdicts import CONTINUE, Deny, Hold, Rewrite
+from sealgate.flow import OutputRefused
 from sealgate.protocols._io import writeNow
 from sealgate.protocols.postgres import _wire as w
 from sealgate.protocols.postgres.classify import classify

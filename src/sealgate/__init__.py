@@ -19,6 +19,7 @@ from sealgate.flow import (
     Leg,
     OutputMasker,
     OutputRefused,
+    Preamble,
     unmasked,
 )
 from sealgate.identity import AuthenticationFailed, Identity
@@ -32,7 +33,7 @@ __all__ = [
     "ALLOWED", "BACKPRESSURE", "CANNOT_REWRITE", "CONTINUE", "FROM_CLIENT", "HOLD", "STORE",
     "TO_CLIENT", "AuthenticationFailed", "Chain", "Command", "ConfigError", "Continue",
     "Decision", "Deny", "Hold", "Identity", "Leg", "Masker", "MaskingFailed", "Output",
-    "OutputMasker", "OutputRefused", "Rewrite", "Session", "SessionChain", "SessionEnd",
+    "OutputMasker", "OutputRefused", "Preamble", "Rewrite", "Session", "SessionChain", "SessionEnd",
     "SessionRefused", "SessionStart", "StreamMasker", "Table", "Verdict", "Where",
     "noDelay", "unmasked", "writeNow",
 ]

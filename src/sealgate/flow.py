@@ -7,6 +7,11 @@ import attrs
 from twisted.internet.defer import Deferred
 
 from sealgate.chain.verdicts import CONTINUE, Hold, Verdict
+from sealgate.protocols._io import writeNow
+
+#: Directions of a recorded frame.
+FROM_CLIENT = 0
+TO_CLIENT = 1
 
 #: Why a Rewrite became a Deny on a protocol that cannot apply one.
 CANNOT_REWRITE = "this protocol cannot apply a rewrite"
@@ -119,3 +124,33 @@ class Leg:
         stop = getattr(self.transport, "stopProducing", None)
         if stop is not None:
             stop()
+
+
+class Preamble:
+    """
+    What a protocol exchanges with its client before a session exists (its
+    login): written at once and kept, then recorded into the session as the
+    session's first frames (L{into}).  A protocol never hands it a secret
+    (the password message itself is left out).  A refusal before any
+    session (L{refuse}) has no session to be recorded in: the gateway
+    audits the failed login instead.
+    """
+
+    def __init__(self) -> None:
+        self.frames: list[tuple[int, bytes, int]] = []
+
+    def received(self, data: bytes, channel: int = 0) -> None:
+        self.frames.append((FROM_CLIENT, data, channel))
+
+    def send(self, transport: Any, data: bytes, channel: int = 0) -> None:
+        self.frames.append((TO_CLIENT, data, channel))
+        writeNow(transport, data)
+
+    def refuse(self, transport: Any, data: bytes) -> None:
+        writeNow(transport, data)
+
+    def into(self, session: Any) -> None:
+        """Record what was kept into C{session}, in order."""
+        for direction, data, channel in self.frames:
+            session.record(direction, data, channel)
+        self.frames = []

@@ -14,8 +14,10 @@ from sealgate.chain.verdicts import CONTINUE, Continue, Deny, Hold, Rewrite, Ver
 from sealgate.flow import (
     ALLOWED,
     CANNOT_REWRITE,
+    FROM_CLIENT,
     HOLD,
     STORE,
+    TO_CLIENT,
     Decision,
     Leg,
     OutputMasker,
@@ -24,10 +26,6 @@ from sealgate.flow import (
 from sealgate.interfaces import ISession
 from sealgate.masking import MaskingFailed
 from sealgate.protocols._io import writeNow
-
-#: Directions of a recorded frame.
-FROM_CLIENT = 0
-TO_CLIENT = 1
 
 
 class SessionRefused(Exception):

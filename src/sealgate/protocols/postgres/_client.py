@@ -321,10 +321,7 @@ class ListenerFactory(Factory):
         return ClientLeg(self)
 
     def _siblings(self):
-        cfg = self.gateway.config
-        same = [c for c in cfg.connections
-                if c.protocol == "postgres" and c.listen == self.connection.listen]
-        return same or [self.connection]
+        return self.gateway.connectionsSharing(self.connection)
 
     def names(self):
         return [c.name for c in self._siblings()]

@@ -384,10 +384,10 @@ class GatewaySSHFactory(factory.SSHFactory):
         self.users: set = set()
 
     def connectionNamed(self, name: str):
-        c = self.gateway.config.connection(name)
-        if c is None or c.protocol != "ssh" or c.listen != self.connection.listen:
-            return None
-        return c
+        for c in self.gateway.connectionsSharing(self.connection):
+            if c.name == name:
+                return c
+        return None
 
     def getPublicKeys(self):
         return {t: k.public() for t, k in self.hostKeys.items()}

@@ -116,7 +116,7 @@ def tamperLastLeaf(d):
 
 def tamperSessionRoot(d):
     _db(d).execute("UPDATE sessions SET root = zeroblob(32) WHERE id = 'bbb'")
-    return "session bbb: the session table's root or size differs from its sealed CLOSE"
+    return "session bbb: root in the sessions table differs from its sealed CLOSE leaf"
 
 
 def tamperLogLeaf(d):
@@ -223,18 +223,47 @@ def test_a_key_other_than_the_nodes_is_not_accepted(store):
     assert code == 1 and "carries no signature by the key" in out
 
 
-def test_a_saved_checkpoint_catches_a_log_cut_back_with_its_checkpoints(store, tmp_path):
-    db = _db(store)
-    code, note = cli("checkpoint", "--state-dir", str(store))
-    size = int(note.split("\n")[1])
-    saved = tmp_path / "checkpoint.txt"
-    saved.write_text(note)
-    # Cut the log back to the CLOSE of bbb and drop every checkpoint past it: consistent on its own.
+def _cutBack(d):
+    """Cut the log back to the CLOSE of bbb with every trace fixed up: consistent on its own."""
+    import hashlib
+
+    from sealgate.recording.merkle import CompactTree
+
+    db = _db(d)
     keep = db.execute("SELECT max(n) + 1 FROM log WHERE session = 'bbb'").fetchone()[0]
     db.execute("DELETE FROM log WHERE n >= ?", (keep,))
     db.execute("DELETE FROM checkpoints WHERE size > ?", (keep,))
     db.execute("DELETE FROM chunks WHERE session = 'ccc'")
     db.execute("DELETE FROM sessions WHERE id = 'ccc'")
-    assert cli("verify", "--state-dir", str(store))[0] == 0  # why an auditor keeps checkpoints
+    tree, last = CompactTree(), _format.NO_PREV
+    for (leaf,) in db.execute("SELECT leaf FROM log ORDER BY n"):
+        last = hashlib.sha256(b"\x00" + leaf).digest()
+        tree.appendHash(last)
+    db.executemany("UPDATE meta SET value = ? WHERE key = ?",
+                   [(tree.size, "log_size"), (tree.pack(), "log_edge"), (last, "log_last")])
+    return keep
+
+
+def test_a_checkpoint_the_auditor_kept_catches_a_log_cut_back_with_its_checkpoints(store, tmp_path):
+    code, note = cli("checkpoint", "--state-dir", str(store))
+    size = int(note.split("\n")[1])
+    saved = tmp_path / "checkpoint.txt"
+    saved.write_text(note)
+    keep = _cutBack(store)
+    code, out = cli("verify", "--checkpoint-dir", "none", "--state-dir", str(store))
+    assert code == 0, out  # why an auditor keeps checkpoints
     code, out = cli("verify", "--checkpoint", str(saved), "--state-dir", str(store))
     assert code == 1 and f"a signed checkpoint covers {size} leaves but only {keep} are stored" in out, out
+
+
+def test_verify_keeps_the_newest_checkpoint_and_catches_a_later_cut_back(store, tmp_path):
+    kept = tmp_path / "kept"
+    code, out = cli("verify", "--checkpoint-dir", str(kept), "--state-dir", str(store))
+    assert code == 0, out
+    (saved,) = kept.iterdir()
+    size = int(saved.read_text().split("\n")[1])
+    keep = _cutBack(store)
+    code, out = cli("verify", "--checkpoint-dir", str(kept), "--state-dir", str(store))
+    assert code == 1, out
+    assert f"a signed checkpoint covers {size} leaves but only {keep} are stored" in out, out
+    assert int(saved.read_text().split("\n")[1]) == size  # a failed run does not replace it

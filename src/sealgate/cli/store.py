@@ -193,6 +193,7 @@ def verifyCommand(args) -> int:
 
     from sealgate.cli import verifier
     from sealgate.cli.main import CommandError
+    from sealgate.recording._engine import dbPath
     from sealgate.recording.checkpoint import NoteError
     from sealgate.recording.verify import Report, trustedKey, verifyStore
 
@@ -207,14 +208,14 @@ def verifyCommand(args) -> int:
         r = _reader(args)
     except sqlite3.DatabaseError as e:
         # A database SQLite cannot even open: a verdict, not a usage error.
-        report.problem(f"the database in {_stateDir(args)} cannot be read: {e} (truncated or corrupted)")
+        report.problem(f"the database {dbPath(_stateDir(args))} cannot be read: {e} (truncated or corrupted)")
         return _printReport(report, str(_stateDir(args)))
     with r:
         try:
             key = trustedKey(report, r, args.key)
         except NoteError as e:
             raise CommandError(f"--key: {e} (pass a fingerprint SHA256:... or a verifier key NAME+HASH+KEY)")
-        saved = verifier.savedCheckpoint(args, r, key)
+        saved = verifier.savedCheckpoint(args, key)
         if saved is not None:
             witnessed.append(saved)
         verifyStore(r, key, args.session, witnessed, report)

@@ -26,11 +26,11 @@ def _path(args, origin: str, key: Verifier) -> Path | None:
     return d / f"{re.sub(r'[^A-Za-z0-9._-]', '_', origin)}+{key.keyId.hex()}.checkpoint"
 
 
-def savedCheckpoint(args, reader, key: Verifier | None):
+def savedCheckpoint(args, key: Verifier | None):
     """C{(label, note)} of the checkpoint an earlier verify of this log kept, or None."""
     if key is None:
         return None
-    path = _path(args, reader.origin, key)
+    path = _path(args, key.name, key)  # the key's name is the log's origin (verify checks it)
     if path is None:
         return None
     try:

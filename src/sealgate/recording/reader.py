@@ -127,16 +127,17 @@ class StoreReader:
                 except OSError as e:
                     raise fmt.FormatError(f"segment file {path}: frame {position} and later cannot be read "
                                           f"({e.strerror})")
-                if len(buf) != length:
-                    raise fmt.FormatError(f"segment file {path} is cut short at byte {offset + len(buf)}: "
-                                          f"frame {position} and later are missing")
                 try:
                     for leaf, salt, payload in fmt.iterRecords(buf):
                         yield position, leaf, salt, payload
                         position += 1
                 except fmt.FormatError as e:
-                    raise fmt.FormatError(f"segment file {path}: frame {position} does not parse "
-                                          f"({e} of the chunk at byte {offset}): altered or corrupted")
+                    if len(buf) == length:
+                        raise fmt.FormatError(f"segment file {path}: frame {position} does not parse "
+                                              f"({e} of the chunk at byte {offset}): altered or corrupted")
+                if len(buf) != length:
+                    raise fmt.FormatError(f"segment file {path} is cut short at byte {offset + len(buf)}: "
+                                          f"frame {position} and later are missing")
         finally:
             for f in files.values():
                 f.close()

@@ -154,12 +154,19 @@ def verifyFrames(report: Report, seals: SessionSeals, records) -> Recomputed:
     return Recomputed(tree, last, tuple(offsets))
 
 
-def _records(report: Report, seals: SessionSeals, records):
-    """C{records}, ending early (as a problem naming file and frame) where the stored bytes do not parse."""
-    try:
-        yield from records
-    except fmt.FormatError as e:
-        report.problem(f"session {seals.sessionId}: {e}")
+class _Readable:
+    """A session's stored records, ending early (a problem naming file and frame) where they do not parse."""
+
+    def __init__(self, report: Report, sessionId: str, records):
+        self.report, self.sessionId, self.records = report, sessionId, records
+        self.broken = False
+
+    def __iter__(self):
+        try:
+            yield from self.records
+        except fmt.FormatError as e:
+            self.broken = True
+            self.report.problem(f"session {self.sessionId}: {e}")
 
 
 def trustedKey(report: Report, reader, given: str | None = None) -> Verifier | None:
@@ -352,12 +359,13 @@ def _verifyStore(report: Report, reader, verifier, sessionId, witnessed) -> None
         report.sessions += 1
         if s.openLeaf is None:
             report.problem(f"session {sid}: its OPEN leaf is missing from the log")
-        got = verifyFrames(report, s, _records(report, s, reader.records(sid)))
+        stored = _Readable(report, sid, reader.records(sid))
+        got = verifyFrames(report, s, stored)
         row = rows.get(sid)
         if row is None:
             report.problem(f"session {sid} is in the log but its session table row was removed")
         else:
-            checkSessionRow(report, row, s, got)
+            checkSessionRow(report, row, s, None if stored.broken else got)
     checkRedactionRows(report, reader.allRedactions(), seals, wanted)
     checkSegments(report, reader)
 
@@ -374,11 +382,12 @@ def _differs(report: Report, sid: str, column: str, what: str) -> None:
     report.problem(f"session {sid}: {column} in the sessions table differs from {what}: the row was altered")
 
 
-def checkSessionRow(report: Report, row: dict, s: SessionSeals, got: Recomputed) -> None:
+def checkSessionRow(report: Report, row: dict, s: SessionSeals, got: Recomputed | None) -> None:
     """
     Every fact the sessions table holds about a session (what C{sessions
     list/show}, the console and the admin API print) against its sealed
-    leaves, or against its stored frames where no leaf seals it yet.
+    leaves, or against its stored frames where no leaf seals it yet
+    (C{got}: None when they could not all be read, a problem already named).
     """
     sid = s.sessionId
     if s.open is not None:
@@ -397,8 +406,8 @@ def checkSessionRow(report: Report, row: dict, s: SessionSeals, got: Recomputed)
     if s.close is None:
         if row["closed"] is not None or row["close_leaf"] is not None or row["cutoff"]:
             _differs(report, sid, "closed", "its log, which seals no CLOSE for it (the session is open)")
-        for column, want in (("size", got.tree.size), ("bytes_from_client", got.offsets[0]),
-                             ("bytes_to_client", got.offsets[1])):
+        for column, want in () if got is None else (
+                ("size", got.tree.size), ("bytes_from_client", got.offsets[0]), ("bytes_to_client", got.offsets[1])):
             if row[column] != want:
                 _differs(report, sid, column, f"its stored frames ({want})")
     else:
@@ -413,7 +422,7 @@ def checkSessionRow(report: Report, row: dict, s: SessionSeals, got: Recomputed)
                 _differs(report, sid, column, leaf)
         if (row["root"].hex() if row["root"] else None) != c.get("root"):
             _differs(report, sid, "root", leaf)
-    if (row["edge"], row["last"] or fmt.NO_PREV) != (got.tree.pack(), got.last):
+    if got is not None and (row["edge"], row["last"] or fmt.NO_PREV) != (got.tree.pack(), got.last):
         _differs(report, sid, "edge or last (the tree the writer appends to)", "its stored frames")
 
 

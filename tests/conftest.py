@@ -11,6 +11,20 @@ settings.register_profile("sealgate", deadline=None,
 settings.load_profile("sealgate")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _verifierCheckpointsOfTheRun(tmp_path_factory):
+    """`sealgate verify` keeps its checkpoints in the run's temporary directory, not in a home directory."""
+    import os
+
+    os.environ["SEALGATE_CHECKPOINT_DIR"] = str(tmp_path_factory.mktemp("verified"))
+
+
+@pytest.fixture(autouse=True)
+def _verifierCheckpoints(_verifierCheckpointsOfTheRun, tmp_path_factory, monkeypatch):
+    """...and one directory per test, so no test meets a checkpoint another kept."""
+    monkeypatch.setenv("SEALGATE_CHECKPOINT_DIR", str(tmp_path_factory.mktemp("verified")))
+
+
 @pytest.fixture(scope="session")
 def postgres():
     """PostgreSQL 15 on 127.0.0.1; see L{tests.harness.postgres.PostgresServer}."""

@@ -624,3 +624,43 @@ async def test_shutdown_drains_then_ends_open_sessions_with_57P01(tmp_path, post
     with StoreReader(g.stateDir) as reader:
         [session] = reader.sessions()
         assert session["state"] == "closed", session
+
+
+@pytest.mark.parametrize("message", [
+    b"B\x00\x00\x00\x0aportal",              # Bind, unterminated portal name
+    b"E\x00\x00\x00\x08abcd",                # Execute, unterminated portal name
+    b"C\x00\x00\x00\x09Sabcd",               # Close, unterminated statement name
+    b"B\x00\x00\x00\x08\x00\x00\x00\x05",    # Bind, parameter formats past the end
+], ids=["bind", "execute", "close", "bind-short"])
+@pytest_twisted.ensureDeferred
+async def test_malformed_extended_query_message_gets_08P01_and_a_recorded_close(tmp_path, postgres, message):
+    g, key = await _start(tmp_path, postgres)
+    try:
+        def go():
+            import socket
+
+            with psycopg.connect(_dsn(g, key), autocommit=True) as c:
+                s = socket.socket(fileno=os.dup(c.fileno()))
+                s.settimeout(30)
+                s.sendall(message)
+                data = b""
+                while chunk := s.recv(4096):
+                    data += chunk
+                s.close()
+            with psycopg.connect(_dsn(g, key)) as c2:
+                return data, c2.execute("select 9").fetchone()
+        data, after = await threads.deferToThread(go)
+        r = w.Reader(frontend=False)
+        r.receive_data(data)
+        err = w.decodeFrame(r.next_event(), False)
+        assert isinstance(err, w.ErrorResponse) and err.get("C") == "08P01", err
+        assert "malformed" in err.get("M"), err
+        assert after == (9,)
+    finally:
+        await g.stop()
+    sessions = _sessions(g)
+    broken = [(s, frames) for s, frames, _ in sessions if any(f.data == message for f in frames)]
+    assert len(broken) == 1
+    s, frames = broken[0]
+    assert s["state"] == "closed"
+    assert frames[-1].direction == 1 and b"08P01" in frames[-1].data

@@ -206,3 +206,71 @@ def test_fuzz_drain(data, frontend):
                 w.decodeFrame(x, frontend)
     except w.ProtocolError:
         pass
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(sorted(w.FRONTEND_TYPES) + sorted(w.BACKEND_TYPES)), st.booleans(),
+       st.binary(max_size=64))
+def test_any_body_decodes_as_a_message_or_is_a_protocol_error(typ, frontend, body):
+    table = w.FRONTEND if frontend else w.BACKEND
+    if typ not in table:
+        typ = next(iter(table))
+    try:
+        msg = w.decode(table, typ[0], body)
+    except w.ProtocolError:
+        return
+    assert isinstance(msg, table[typ])
+
+
+def _tagged(typ, body):
+    return typ + len(body + b"....").to_bytes(4, "big") + body
+
+
+#: One body per frontend type the relay reads, cut short or missing its terminator.
+_MALFORMED = {
+    "Bind, unterminated portal": _tagged(b"B", b"portal"),
+    "Bind, unterminated statement": _tagged(b"B", b"\x00stmt"),
+    "Bind, short parameter count": _tagged(b"B", b"\x00\x00\x00"),
+    "Bind, overlong parameter": _tagged(b"B", b"\x00\x00\x00\x00\x00\x01\x00\x00\x00\x09ab\x00\x00"),
+    "Execute, unterminated portal": _tagged(b"E", b"portal"),
+    "Execute, no row count": _tagged(b"E", b"\x00"),
+    "Close, unterminated name": _tagged(b"C", b"Sname"),
+    "Close, no kind": _tagged(b"C", b""),
+    "Parse, unterminated query": _tagged(b"P", b"\x00SELECT 1"),
+    "Query, unterminated": _tagged(b"Q", b"SELECT 1"),
+    "Query, embedded NUL": _tagged(b"Q", b"SELECT 1\x00DROP TABLE t\x00"),
+    "FunctionCall, short": _tagged(b"F", b"\x00\x00"),
+    "Sync, with a body": _tagged(b"S", b"x"),
+    "Terminate, with a body": _tagged(b"X", b"x"),
+}
+
+
+@pytest.mark.parametrize("raw", list(_MALFORMED.values()), ids=list(_MALFORMED))
+def test_drain_refuses_a_malformed_message_it_hands_back(raw):
+    r = w.Reader(frontend=True)
+    r.receive_data(w.Sync().encode() + raw)
+    with pytest.raises(w.ProtocolError, match="malformed"):
+        r.drain(w.makeTable(w.FRONTEND_TYPES, [raw[:1], b"S"]))
+
+
+def test_drain_refuses_a_malformed_backend_reply():
+    r = w.Reader(frontend=False)
+    r.receive_data(_tagged(b"Z", b""))
+    with pytest.raises(w.ProtocolError, match="malformed ReadyForQuery"):
+        r.drain(w.makeTable(w.BACKEND_TYPES, [b"Z"]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(sorted(w.FRONTEND_TYPES)), st.binary(max_size=24)),
+                max_size=6), st.booleans())
+def test_every_frame_drain_hands_back_decodes(messages, frontend):
+    table = w.FRONTEND if frontend else w.BACKEND
+    types = sorted(table)
+    r = w.Reader(frontend=frontend)
+    r.receive_data(b"".join(_tagged(types[t[0] % len(types)], body) for t, body in messages))
+    try:
+        out = r.drain(w.makeTable(types, types))
+    except w.ProtocolError:
+        return
+    for f in out:
+        w.decodeFrame(f, frontend)  # never raises: drain checked it

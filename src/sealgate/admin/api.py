@@ -1,12 +1,20 @@
 """The admin HTTP site: health, readiness, metrics, OpenAPI, the JSON API and the console."""
 
-import json
 from pathlib import Path
 
 from twisted.logger import Logger
 from twisted.web import resource, server, static
 
-from sealgate.admin._http import Authenticated, BadRequest, Leaf, NotFound, jsonBody
+from sealgate.admin._http import (
+    AdminRequest,
+    Authenticated,
+    BadRequest,
+    Leaf,
+    NotFound,
+    jsonBody,
+    jsonObject,
+    problem,
+)
 from sealgate.admin.roles import may, require, rolesOf
 
 STATIC = Path(__file__).parent / "static"
@@ -72,12 +80,7 @@ class ApprovalsAPI(Authenticated):
                 require(identity, config, "read")
             return jsonBody(request, 200, self.ticket(t))
         if method == "POST" and len(path) == 2 and path[1] in ("approve", "deny", "cancel"):
-            try:
-                body = json.loads(request.content.read() or b"{}")
-            except ValueError:
-                raise BadRequest("the body must be JSON")
-            if not isinstance(body, dict):
-                raise BadRequest("the body must be a JSON object")
+            body = jsonObject(request)
             reason = str(body.get("reason", ""))[:1000]
             t = approvals.get(path[0])
             mine = t.requester.subject == identity.subject
@@ -110,6 +113,28 @@ class NotificationsAPI(Authenticated):
             require(identity, config, "notify-test")
             return jsonBody(request, 202, {"deliveries": notifier.test(identity.subject)})
         raise NotFound("no such endpoint")
+
+
+class _Problem(resource.Resource):
+    isLeaf = True
+
+    def __init__(self, status: int, detail: str):
+        super().__init__()
+        self.status, self.detail = status, detail
+
+    def render(self, request):
+        return problem(request, self.status, self.detail)
+
+
+class _Files(static.File):
+    """The console's files; a path that is not UTF-8 is a 400 problem (static.File logs a traceback)."""
+
+    def getChild(self, path, request):
+        try:
+            path.decode()
+        except UnicodeDecodeError:
+            return _Problem(400, "the path is not valid UTF-8")
+        return super().getChild(path, request)
 
 
 class _Redirect(resource.Resource):
@@ -188,6 +213,7 @@ class _AdminSite(server.Site):
     """
 
     admin: Admin
+    requestFactory = AdminRequest
 
     def getResourceFor(self, request):
         request.setHeader(b"content-security-policy",
@@ -216,7 +242,7 @@ def makeAdminSite(service) -> server.Site:
     api.putChild(b"sessions", sessions.SessionsAPI(admin))
     api.putChild(b"log", logapi.LogAPI(admin))
     api.putChild(b"notifications", NotificationsAPI(admin))
-    files = static.File(str(STATIC))
+    files = _Files(str(STATIC))
     files.indexNames = ["index.html"]
     root.putChild(b"console", files)
     root.putChild(b"favicon.ico", static.File(str(STATIC / "favicon.svg"), defaultType="image/svg+xml"))

@@ -10,7 +10,7 @@ from twisted.logger import Logger
 from twisted.web import resource, server
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from sealgate.admin._http import LOGIN_COOKIE, jsonBody
+from sealgate.admin._http import LOGIN_COOKIE, jsonBody, pathSegments
 from sealgate.identity import AuthenticationFailed
 from sealgate.identity.oidcflow import CodeFlow, LoginError
 
@@ -98,7 +98,7 @@ class Login(resource.Resource):
         return self.admin.service.identity
 
     def render_GET(self, request):
-        path = [p.decode() for p in request.postpath if p]
+        path = pathSegments(request)
         if not path:
             from sealgate.admin.api import STATIC
 
@@ -116,7 +116,7 @@ class Login(resource.Resource):
         return b"not found\n"
 
     def render_POST(self, request):
-        path = [p.decode() for p in request.postpath if p]
+        path = pathSegments(request)
         if path != ["key"]:
             request.setResponseCode(404)
             return b"not found\n"
@@ -186,7 +186,7 @@ class Login(resource.Resource):
 
     def _callback(self, request):
         async def go():
-            args = {k.decode(): v[0].decode("utf-8", "replace") for k, v in request.args.items()}
+            args = {k.decode("utf-8", "replace"): v[0].decode("utf-8", "replace") for k, v in request.args.items()}
             flow = self._flow()
             state = args.get("state", "")
             pending = flow.take(state)

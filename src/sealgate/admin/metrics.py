@@ -1,6 +1,5 @@
 """GET /metrics: Prometheus metrics counted from the sealed log itself, plus live gauges."""
 
-import json
 import threading
 import time
 
@@ -9,7 +8,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from twisted.logger import Logger
 from twisted.web import resource, server
 
-from sealgate.admin._http import inThread
+from sealgate.admin._http import Reply, inThread, problem
 
 DECIDED = ("approved", "denied", "expired", "cancelled")
 
@@ -153,17 +152,15 @@ class _MetricsResource(resource.Resource):
         m = self.metrics
         m._live()
 
+        reply = Reply(request)  # a scraper that gives up early is no error of ours
+
         def done(body):
             request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
-            request.write(body)
-            request.finish()
+            reply.send(body)
 
         def failed(f):
             self._log.failure("Metrics scrape failed", f)
-            request.setResponseCode(500)
-            request.setHeader(b"content-type", b"text/plain")
-            request.write(json.dumps({"error": "metrics unavailable"}).encode())
-            request.finish()
+            reply.send(problem(request, 500, "metrics unavailable"))
 
         inThread(m.admin, lambda: (m.scan(), m.render())[1]).addCallbacks(done, failed)
         return server.NOT_DONE_YET

@@ -2,7 +2,6 @@
 
 import base64
 import io
-import json
 import time
 from typing import Any
 
@@ -13,6 +12,7 @@ from sealgate.admin._http import (
     intArg,
     inThread,
     jsonBody,
+    jsonObject,
     strArg,
 )
 from sealgate.admin.roles import require
@@ -160,11 +160,7 @@ class SessionsAPI(Authenticated):
         require(identity, self.admin.service.config, "redact")
         if not seq.isdigit():
             raise BadRequest("the frame number must be an integer")
-        try:
-            body = json.loads(request.content.read() or b"{}")
-        except ValueError:
-            raise BadRequest("the body must be JSON")
-        reason = str(body.get("reason", "")).strip() if isinstance(body, dict) else ""
+        reason = str(jsonObject(request).get("reason", "")).strip()
         if not reason:
             raise BadRequest("a redaction needs a reason")
         d = self.admin.service.store.redact(sid, int(seq), reason, actor=identity.subject)

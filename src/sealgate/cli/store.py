@@ -32,9 +32,14 @@ def register(subparsers) -> None:
     verify = subparsers.add_parser("verify", parents=[common],
                                    help="check every frame, session tree, log leaf and checkpoint")
     verify.add_argument("--session", help="check only this session (and the whole log)")
-    verify.add_argument("--key", help="the verifier key to trust (default: the store's own key)")
+    verify.add_argument("--key", help="the key you hold: its fingerprint (SHA256:...) or verifier key "
+                        "(NAME+HASH+KEY) (default: the key pinned at the store's first start)")
     verify.add_argument("--checkpoint", action="append", default=[], metavar="FILE",
                         help="a checkpoint note saved earlier; the log must still extend it (repeatable)")
+    verify.add_argument("--checkpoint-dir", metavar="DIR",
+                        help="where verify keeps the newest checkpoint it verified, one per log, and holds "
+                        "later runs to it (default: $SEALGATE_CHECKPOINT_DIR, else "
+                        "~/.local/state/sealgate/checkpoints; 'none' keeps nothing)")
     verify.set_defaults(handler=verifyCommand)
 
     export = subparsers.add_parser("export", parents=[common], help="write one session as a bundle")
@@ -62,7 +67,9 @@ def register(subparsers) -> None:
     key = subparsers.add_parser("key", help="the node's checkpoint signing key")
     ksub = key.add_subparsers(dest="key_command", metavar="ACTION")
     ksub.required = True
-    kshow = ksub.add_parser("show", parents=[common], help="print the public verifier key")
+    kshow = ksub.add_parser("show", parents=[common],
+                            help="print the public verifier key (stdout), its fingerprint and pin (stderr)")
+    kshow.add_argument("--fingerprint", action="store_true", help="print only the fingerprint")
     kshow.set_defaults(handler=keyShow)
 
     checkpoint = subparsers.add_parser("checkpoint", parents=[common],
@@ -172,26 +179,51 @@ def _printReport(report, subject: str) -> int:
     for p in report.problems:
         print(f"FAILED: {p}")
     if report.ok:
+        by = f" by key {report.key}" if report.key else ""
         print(f"OK: {subject}: {report.sessions} session(s), {report.frames} frames "
               f"({report.bytes} bytes, {report.redacted} redacted), log of {report.logSize} leaves, "
-              f"signed checkpoint at size {report.checkpoint}")
+              f"signed checkpoint at size {report.checkpoint}{by}")
         return 0
     print(f"verification FAILED: {len(report.problems)} problem(s) in {subject}")
     return 1
 
 
 def verifyCommand(args) -> int:
-    from sealgate.cli.main import CommandError
-    from sealgate.recording.verify import verifyStore
+    import sqlite3
 
+    from sealgate.cli import verifier
+    from sealgate.cli.main import CommandError
+    from sealgate.recording._engine import dbPath
+    from sealgate.recording.checkpoint import NoteError
+    from sealgate.recording.verify import Report, trustedKey, verifyStore
+
+    witnessed = []
+    for p in args.checkpoint:
+        try:
+            witnessed.append((f"the checkpoint in {p}", Path(p).read_text(errors="replace")))
+        except OSError as e:
+            raise CommandError(f"cannot read checkpoint {e.filename}: {e.strerror}")
+    report = Report()
     try:
-        witnessed = [Path(p).read_text() for p in args.checkpoint]
-    except OSError as e:
-        raise CommandError(f"cannot read checkpoint {e.filename}: {e.strerror}")
-    with _reader(args) as r:
-        report = verifyStore(r, _trusted(args, r), args.session, witnessed)
+        r = _reader(args)
+    except sqlite3.DatabaseError as e:
+        # A database SQLite cannot even open: a verdict, not a usage error.
+        report.problem(f"the database {dbPath(_stateDir(args))} cannot be read: {e} (truncated or corrupted)")
+        return _printReport(report, str(_stateDir(args)))
+    with r:
+        try:
+            key = trustedKey(report, r, args.key)
+        except NoteError as e:
+            raise CommandError(f"--key: {e} (pass a fingerprint SHA256:... or a verifier key NAME+HASH+KEY)")
+        saved = verifier.savedCheckpoint(args, key)
+        if saved is not None:
+            witnessed.append(saved)
+        verifyStore(r, key, args.session, witnessed, report)
         subject = str(r.stateDir)
-    return _printReport(report, subject)
+        code = _printReport(report, subject)
+        if report.ok:
+            verifier.saveCheckpoint(args, r, key)
+    return code
 
 
 def exportCommand(args) -> int:
@@ -301,8 +333,27 @@ def redactCommand(args) -> int:
 
 
 def keyShow(args) -> int:
+    from sealgate.cli.main import CommandError
+
     with _reader(args) as r:
-        print(_trusted(args, r).vkey())
+        v = _trusted(args, r)
+        try:
+            pinned = r.pinnedVerifier()
+        except StoreError as e:
+            raise CommandError(str(e))
+    if args.fingerprint:
+        print(v.fingerprint)
+        return 0
+    print(v.vkey())
+    print(f"fingerprint {v.fingerprint}", file=sys.stderr)
+    if pinned is None:
+        print("not pinned yet: the gateway pins the key at its next start", file=sys.stderr)
+    elif pinned == v:
+        print("pinned at the store's first start: this is the pinned key", file=sys.stderr)
+    else:
+        print(f"WARNING: THE SIGNING KEY CHANGED: {pinned.fingerprint} was pinned at the store's first start",
+              file=sys.stderr)
+        return 1
     return 0
 
 

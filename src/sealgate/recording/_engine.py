@@ -12,6 +12,7 @@ from sealgate.recording import _format as fmt
 from sealgate.recording._segments import SEGMENT_LIMIT, SegmentFile, segmentPath
 from sealgate.recording.checkpoint import Checkpoint, Signer, signCheckpoint
 from sealgate.recording.merkle import CompactTree
+from sealgate.recording.pin import pinKey
 
 __all__ = ["Engine", "SessionState", "StoreError", "StoreLocked", "SEGMENT_LIMIT", "segmentPath"]
 
@@ -131,6 +132,7 @@ class Engine:
         self._seg: Any = None
         self._pending: dict[str, Any] = {}
         self.sessions: dict[str, SessionState] = {}
+        self.pinnedNow = False
 
     # -- opening ------------------------------------------------------------
 
@@ -180,6 +182,7 @@ class Engine:
                 "set [gateway] node back or use a new state_dir"
             )
         self.signer = loadOrCreateKey(self.stateDir, self.origin)
+        self.pinnedNow = pinKey(self.stateDir, self.signer)
         if stored is None:
             self.db.execute("INSERT INTO meta VALUES ('origin', ?), ('format', 1)", (self.origin,))
         self.log = CompactTree.unpack(meta.get("log_size", 0), meta.get("log_edge", b""))

@@ -22,6 +22,7 @@ import time
 
 from sealgate.recording import _pipe
 from sealgate.recording._engine import Engine, SessionState, StoreError, StoreLocked
+from sealgate.recording.pin import keyNotice
 
 #: How long a batch gathers; frames reach the disk within about this.
 FLUSH_INTERVAL = 0.05
@@ -222,6 +223,7 @@ def main(argv: list[str]) -> int:
         send(("startFailed", f"cannot open the recording store in {stateDir}: {e}", False))
         return 1
     writer = Writer(engine, send, interval)
+    send(("log", *keyNotice(engine.stateDir, engine.signer.verifier, engine.pinnedNow)))
     send(("started", engine.signer.verifier.vkey(), cut))
 
     def read() -> None:

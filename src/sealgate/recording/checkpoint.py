@@ -49,6 +49,12 @@ class Verifier:
     def keyId(self) -> bytes:
         return keyId(self.name, self.publicKey)
 
+    @property
+    def fingerprint(self) -> str:
+        """C{SHA256:} and the unpadded base64 SHA-256 of the public key, as OpenSSH prints keys."""
+        digest = hashlib.sha256(bytes([ALG_ED25519]) + self.publicKey).digest()
+        return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
     def vkey(self) -> str:
         """The signed-note verifier key, C{name+hash+base64(0x01||key)}."""
         blob = base64.b64encode(bytes([ALG_ED25519]) + self.publicKey).decode()
@@ -78,6 +84,11 @@ class Verifier:
         except InvalidSignature:
             return False
         return True
+
+
+def isFingerprint(text: str) -> bool:
+    """Whether C{text} looks like a L{Verifier.fingerprint} rather than a verifier key."""
+    return text.strip().startswith("SHA256:")
 
 
 class Signer:

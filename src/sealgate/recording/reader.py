@@ -8,7 +8,8 @@ from pathlib import Path
 from sealgate.recording import Frame
 from sealgate.recording import _format as fmt
 from sealgate.recording._engine import StoreError, dbPath, keyPath, segmentPath
-from sealgate.recording.checkpoint import Signer, Verifier
+from sealgate.recording.checkpoint import NoteError, Signer, Verifier
+from sealgate.recording.pin import PinError, readPin
 
 _SESSION_COLUMNS = ("id", "opened", "closed", "open_leaf", "close_leaf", "size", "bytes_from_client",
                     "bytes_to_client", "protocol", "info", "reason", "cutoff", "root")
@@ -64,6 +65,16 @@ class StoreReader:
             return Signer.fromSkey(path.read_text()).verifier
         except OSError as e:
             raise StoreError(f"cannot read the signing key {path}: {e.strerror}")
+        except (UnicodeDecodeError, NoteError) as e:
+            why = e if isinstance(e, NoteError) else "it is not text"
+            raise StoreError(f"the signing key file {path} is malformed (truncated or altered): {why}")
+
+    def pinnedVerifier(self) -> Verifier | None:
+        """The key pinned at the store's first start, or None (a store from before pinning)."""
+        try:
+            return readPin(self.stateDir)
+        except PinError as e:
+            raise StoreError(str(e))
 
     # -- sessions -----------------------------------------------------------
 
@@ -106,16 +117,27 @@ class StoreReader:
         try:
             position = 0
             for _first, _count, segment, offset, length in self.chunks(sessionId):
+                path = segmentPath(self.stateDir, segment)
                 f = files.get(segment)
-                if f is None:
-                    f = files[segment] = open(segmentPath(self.stateDir, segment), "rb")
-                f.seek(offset)
-                buf = f.read(length)
+                try:
+                    if f is None:
+                        f = files[segment] = open(path, "rb")
+                    f.seek(offset)
+                    buf = f.read(length)
+                except OSError as e:
+                    raise fmt.FormatError(f"segment file {path}: frame {position} and later cannot be read "
+                                          f"({e.strerror})")
+                try:
+                    for leaf, salt, payload in fmt.iterRecords(buf):
+                        yield position, leaf, salt, payload
+                        position += 1
+                except fmt.FormatError as e:
+                    if len(buf) == length:
+                        raise fmt.FormatError(f"segment file {path}: frame {position} does not parse "
+                                              f"({e} of the chunk at byte {offset}): altered or corrupted")
                 if len(buf) != length:
-                    raise fmt.FormatError(f"segment {segment} is cut short at byte {offset + len(buf)}")
-                for leaf, salt, payload in fmt.iterRecords(buf):
-                    yield position, leaf, salt, payload
-                    position += 1
+                    raise fmt.FormatError(f"segment file {path} is cut short at byte {offset + len(buf)}: "
+                                          f"frame {position} and later are missing")
         finally:
             for f in files.values():
                 f.close()
@@ -153,6 +175,26 @@ class StoreReader:
     def checkpoints(self) -> list:
         """C{[(size, time, note)]}, oldest first."""
         return self.db.execute("SELECT size, time, note FROM checkpoints ORDER BY size").fetchall()
+
+    def meta(self) -> dict:
+        return dict(self.db.execute("SELECT key, value FROM meta"))
+
+    def rawSessions(self) -> dict:
+        """Every sessions-table row as stored, C{id -> {column: value}} (for verify)."""
+        cur = self.db.execute("SELECT * FROM sessions")
+        names = [d[0] for d in cur.description]
+        return {row[0]: dict(zip(names, row, strict=True)) for row in cur}
+
+    def allRedactions(self) -> list:
+        return self.db.execute("SELECT session, seq, leaf FROM redactions").fetchall()
+
+    def segmentLengths(self) -> list:
+        return self.db.execute("SELECT id, length FROM segments ORDER BY id").fetchall()
+
+    def integrityProblems(self) -> list:
+        """What SQLite's own check finds wrong in the database file (pages, indexes), if anything."""
+        rows = [r[0] for r in self.db.execute("PRAGMA integrity_check(20)")]
+        return [] if rows == ["ok"] else rows
 
     def latestCheckpoint(self):
         return self.db.execute(

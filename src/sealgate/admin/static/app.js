@@ -39,7 +39,7 @@
       throw new Error("not signed in");
     }
     const type = r.headers.get("content-type") || "";
-    const data = type.startsWith("application/json") ? await r.json() : await r.text();
+    const data = /^application\/(problem\+)?json/.test(type) ? await r.json() : await r.text();
     if (!r.ok) throw new Error((data && data.error) || ("HTTP " + r.status));
     return data;
   }

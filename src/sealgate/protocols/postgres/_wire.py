@@ -180,7 +180,11 @@ class Reader:
     def drain(self, table: bytes) -> list:
         """
         All complete tagged messages: runs of PASS types as one C{bytes}, STOP
-        types as L{Frame}s, in order.  Use only once startup is over.
+        types as L{Frame}s, in order.  Use only once startup is over.  Every
+        L{Frame} returned is well formed (L{checkFrame}): its consumer may
+        slice it without guarding each field; a malformed one is a
+        L{ProtocolError} (PASS runs are forwarded unread: their receiver
+        rejects what it cannot parse).
 
         @param table: from L{makeTable}; it must not make types valid that the
             direction does not have.
@@ -189,6 +193,8 @@ class Reader:
         if buf is None:
             return []
         n = len(buf)
+        check = checkFrame
+        frontend = self.frontend
         pos = run = 0
         out: list[bytes | Frame] = []
         maxMessage = self.maxMessage
@@ -206,7 +212,9 @@ class Reader:
             if action == STOP:
                 if pos > run:
                     out.append(buf[run:pos])
-                out.append(Frame(t, buf[pos:end]))
+                raw = buf[pos:end]
+                check(frontend, t, raw)
+                out.append(Frame(t, raw))
                 run = end
             pos = end
         else:
@@ -216,6 +224,45 @@ class Reader:
         self._buf = buf[pos:] if pos < n else b""
         self._have = len(self._buf)
         return out
+
+
+def _cstrLast(raw: bytes) -> bool:
+    """One string, filling the body: terminated by the last byte and by no earlier one."""
+    return raw.find(b"\0", 5) == len(raw) - 1
+
+
+def _empty(raw: bytes) -> bool:
+    return len(raw) == 5
+
+
+def _anything(raw: bytes) -> bool:
+    return True
+
+
+#: Well-formedness of the types a relay reads on every round trip, checked
+#: without building the message; every other type is checked by decoding it.
+_FAST_CHECKS = {
+    True: {ord("Q"): _cstrLast, ord("S"): _empty, ord("H"): _empty, ord("X"): _empty,
+           ord("c"): _empty, ord("d"): _anything},
+    False: {ord("C"): _cstrLast, ord("I"): _empty, ord("s"): _empty, ord("c"): _empty,
+            ord("Z"): lambda raw: len(raw) == 6 and raw[5] in b"IET", ord("d"): _anything},
+}
+
+
+def checkFrame(frontend: bool, t: int, raw: bytes) -> None:
+    """
+    Raise L{ProtocolError} unless C{raw}, a whole tagged message of type
+    C{t}, is well formed for its direction.
+    """
+    fast = _FAST_CHECKS[frontend].get(t)
+    if fast is None:
+        table = FRONTEND if frontend else BACKEND
+        try:
+            decode(table, t, raw[5:])
+        except ProtocolError as e:
+            raise ProtocolError(f"malformed {table[bytes((t,))].__name__} message: {e}")
+    elif not fast(raw):
+        raise ProtocolError(f"malformed {(FRONTEND if frontend else BACKEND)[bytes((t,))].__name__} message")
 
 
 def decodeFrame(frame: Frame, frontend: bool):

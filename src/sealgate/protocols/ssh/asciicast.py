@@ -5,6 +5,7 @@ import json
 import time
 from typing import Any
 
+from sealgate.export import textOut
 from sealgate.protocols.ssh import _wire
 from sealgate.protocols.ssh.relay import STREAM_CONTROL, STREAM_DATA, STREAM_STDERR
 from sealgate.session import FROM_CLIENT, TO_CLIENT
@@ -103,6 +104,18 @@ def writeAsciicast(frames, out, channel: int | None = None) -> int:
             out.write(json.dumps([rel, "o", text]) + "\n")
             count += 1
     return count
+
+
+def exportCast(session, out) -> str:
+    """The C{asciicast} export format's writer (L{sealgate.interfaces.IExportFormat})."""
+    with textOut(out) as text:
+        return f"asciicast v2, {writeAsciicast(session.frames(), text)} events"
+
+
+def exportTranscript(session, out) -> str:
+    """The C{transcript} export format's writer: terminal output, exec commands, sftp operations."""
+    replay(session.frames(), out, None)
+    return "SSH transcript"
 
 
 def replay(frames, out, speed: float | None = None, sleep=time.sleep) -> None:

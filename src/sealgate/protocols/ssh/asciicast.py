@@ -71,10 +71,11 @@ class _Newlines:
     def translate(self, text: str) -> str:
         if not text:
             return text
-        lead = "" if self.lastCR or text[0] != "\n" else "\r"
-        out = lead + _LONE_LF.sub("\r\n", text)
+        head, rest = "", text
+        if text[0] == "\n":  # the chunk before decides whether this LF had its CR
+            head, rest = ("\n" if self.lastCR else "\r\n"), text[1:]
         self.lastCR = text.endswith("\r")
-        return out
+        return head + _LONE_LF.sub("\r\n", rest)
 
 
 def writeAsciicast(frames, out, channel: int | None = None) -> int:

@@ -6,6 +6,7 @@ import re
 import time
 
 import pytest
+import pytest_twisted
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -304,3 +305,41 @@ def test_an_out_of_tree_format_exports_through_the_cli_and_the_admin_api(tmp_pat
                cwd=offline)
     assert r.stdout.encode() == exported
     assert key not in r.stdout + gw.log() and auditor not in gw.log()
+
+
+@pytest_twisted.ensureDeferred
+async def test_admin_api_searches_by_command_and_time_and_refuses_what_does_not_render(tmp_path):
+    from sealgate.config import ConnectionConfig
+    from sealgate.session import FROM_CLIENT, TO_CLIENT
+    from sealgate.testing import startGateway
+    from tests.test_admin_api import Admin
+
+    g = await startGateway('[admin]\nauditors = ["audit"]\n[[roles]]\nname = "eng"\ngroups = ["eng"]\n'
+                           'connections = ["*"]\n', tmp_path)
+    try:
+        api = Admin.__new__(Admin)
+        api.running, api.base = g, f"http://127.0.0.1:{g.adminPort}"
+        api.keys = {"alice": g.createKey("alice", ["eng"]), "audrey": g.createKey("audrey", ["audit"])}
+        identity = await g.gateway.identity.authenticate(api.keys["alice"])
+        web = ConnectionConfig("web", "http", "tcp:0", "tcp:host=127.0.0.1:port=1")
+        s = g.gateway.openSession(web, identity, "127.0.0.1:5000")
+        s.record(FROM_CLIENT, b"NOT HTTP AT ALL\r\n\r\n")
+        s.command("http", "GET /admin/users")
+        s.record(TO_CLIENT, b"nope")
+        await s.end("client closed")
+        await api.written(s.id)
+        for query, want in [("command=ADMIN/users", [s.id]), ("command=DELETE", []),
+                            ("since=2000-01-01T00:00:00Z", [s.id]), ("until=2000-01-01T00:00:00%2B01:00", []),
+                            ("until=9999999999", [s.id])]:
+            code, body = await api.call("audrey", "GET", f"/api/sessions?{query}")
+            assert code == 200 and [x["id"] for x in body["sessions"]] == want, query
+        assert (await api.call("audrey", "GET", "/api/sessions?until=soon"))[0] == 400
+        code, body = await api.call("audrey", "GET", f"/api/sessions/{s.id}/export/har")
+        assert code == 422 and "cannot be exported as har: it does not parse as HTTP/1.1" in body["error"]
+        code, body = await api.call("audrey", "GET", f"/api/sessions/{s.id}/export/nope")
+        assert code == 404 and "it has: bundle, frames, har, transcript" in body["error"]
+        code, text = await api.call("audrey", "GET", f"/api/sessions/{s.id}/export/frames", raw=True)
+        assert code == 200 and b"http> GET /admin/users" in text and b"NOT HTTP AT ALL" in text
+        assert (await api.call("alice", "GET", f"/api/sessions/{s.id}/export/frames"))[0] == 403
+    finally:
+        await g.stop()

@@ -5,6 +5,8 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from zope.interface.verify import verifyObject
 
 from sealgate.interfaces import IExportFormat, IProtocolPlugin, IRecordedSession, IRecordingReader
@@ -184,3 +186,19 @@ def test_admin_sessions_imports_neither_the_cli_nor_a_protocol_package():
     imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     assert not [m for m in imported if m.startswith(("sealgate.cli", "sealgate.protocols"))]
+
+
+@given(st.text(max_size=30), st.text(max_size=6))
+def test_the_command_prefilter_never_hides_a_match(text, needle):
+    from sealgate.recording import _format as fmt
+    from sealgate.recording.records import leafMayMatch
+
+    leaf = fmt.logLeaf({"n": 0, "prev": "", "type": "event", "session": "s", "event": "command",
+                        "fields": {"command": text}})
+    if needle.lower() in text.lower():
+        assert leafMayMatch(leaf, needle)
+    elif needle.isalnum() and needle.isascii() and text.isascii():
+        around = fmt.logLeaf({"n": 0, "prev": "", "type": "event", "session": "s", "event": "command",
+                              "fields": {"command": ""}}).lower()
+        if needle.lower().encode() not in around:
+            assert not leafMayMatch(leaf, needle)  # it does skip: a leaf without the text is not parsed

@@ -16,7 +16,13 @@ from sealgate.recording._engine import StoreError, dbPath, keyPath, segmentPath
 from sealgate.recording.bundle import exportBundle
 from sealgate.recording.checkpoint import Signer, Verifier
 from sealgate.recording.merkle import Levels, consistencyProof, rootOf
-from sealgate.recording.records import SessionQuery, SessionRecord, commandTexts, lastSeal
+from sealgate.recording.records import (
+    SessionQuery,
+    SessionRecord,
+    commandTexts,
+    lastSeal,
+    leafMayMatch,
+)
 
 _SESSION_COLUMNS = ("id", "opened", "closed", "open_leaf", "close_leaf", "size", "bytes_from_client",
                     "bytes_to_client", "protocol", "info", "reason", "cutoff", "root")
@@ -111,9 +117,20 @@ class StoreReader:
                                "ORDER BY n DESC LIMIT 1", (sessionId,))
         return lastSeal(b for (leaf,) in rows if (b := self._parsed(sessionId, leaf, ("progress", "close"))))
 
-    def _commands(self, sessionId: str) -> list[str]:
-        rows = self.db.execute("SELECT leaf FROM log WHERE session = ? AND type = 'event'", (sessionId,))
-        return commandTexts(b for (leaf,) in rows if (b := self._parsed(sessionId, leaf, ("event",))))
+    def _commanded(self, query: SessionQuery) -> set[str]:
+        """The sessions with a sealed command matching C{query.command}: one pass over the event leaves."""
+        found: set[str] = set()
+        for sid, leaf in self.db.execute("SELECT session, leaf FROM log WHERE type = 'event' "
+                                         "AND session IS NOT NULL"):
+            if sid in found:
+                continue
+            leaf = bytes(leaf)
+            if not leafMayMatch(leaf, query.command or ""):
+                continue
+            body = self._parsed(sid, leaf, ("event",))
+            if body is not None and query.matchesCommands(commandTexts((body,))):
+                found.add(sid)
+        return found
 
     def findSessions(self, query: SessionQuery | None = None) -> list[SessionRecord]:
         """Sessions matching C{query}, newest first, each described by its own sealed leaves."""
@@ -121,6 +138,7 @@ class StoreReader:
         found: list[SessionRecord] = []
         if query.limit is not None and query.limit <= 0:
             return found
+        commanded = None if query.command is None else self._commanded(query)
         for (leaf,) in self.db.execute("SELECT leaf FROM log WHERE type = 'open' ORDER BY n DESC"):
             try:
                 body = fmt.parseLogLeaf(leaf)
@@ -131,12 +149,10 @@ class StoreReader:
                 continue
             if query.since is not None and (body.get("time") or 0.0) < query.since:
                 break  # the log is in time order: everything older follows
-            if not query.matchesOpen(sid, body):
+            if not query.matchesOpen(sid, body) or (commanded is not None and sid not in commanded):
                 continue
             record = SessionRecord.fromLeaves(body, self._lastSeal(sid))
             if query.state is not None and record.state != query.state:
-                continue
-            if not query.matchesCommands(self._commands(sid) if query.command is not None else ()):
                 continue
             found.append(record)
             if query.limit is not None and len(found) >= query.limit:

@@ -132,6 +132,20 @@ def commandTexts(events) -> list[str]:
             if e.get("type") == "event" and e.get("event") == "command"]
 
 
+def leafMayMatch(leaf: bytes, needle: str) -> bool:
+    """
+    Whether a stored log leaf could hold a command containing C{needle}
+    (any case), without parsing it: False only when it surely does not.
+    An ASCII leaf holds an ASCII needle's text verbatim (canonical JSON
+    escapes only quotes, backslashes and controls), and ASCII text
+    lowercases bytewise; anything else is left to the parse.
+    """
+    needle = needle.lower()
+    if not (needle.isascii() and needle.isprintable()) or '"' in needle or "\\" in needle:
+        return True
+    return not leaf.isascii() or needle.encode() in leaf.lower()
+
+
 def lastSeal(leaves) -> dict | None:
     """The latest PROGRESS or CLOSE among parsed log leaves (a CLOSE wins: nothing seals after it)."""
     last = None

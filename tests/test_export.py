@@ -222,25 +222,11 @@ def test_sessions_list_json_and_filters(bundles):
     assert [s["id"] for s in json.loads(text)] == ["ssh1"]
 
 
-LINE_CONFIG = """
-[gateway]
-state_dir = "state"
-admin = "tcp:0:interface=127.0.0.1"
+def _lineConfig(backend: int) -> str:
+    """The plugin API test's gateway, with an auditor role for the admin API."""
+    from tests.test_plugin_api import CONFIG
 
-[admin]
-auditors = ["audit"]
-
-[[roles]]
-name = "eng"
-groups = ["eng"]
-connections = ["echo"]
-
-[[connections]]
-name = "echo"
-protocol = "line"
-listen = "tcp:0:interface=127.0.0.1"
-backend = "tcp:host=127.0.0.1:port={backend}"
-"""
+    return CONFIG.replace("{backend}", str(backend)) + '\n[admin]\nauditors = ["audit"]\n'
 
 
 def _get(url, key):
@@ -259,7 +245,7 @@ def test_an_out_of_tree_format_exports_through_the_cli_and_the_admin_api(tmp_pat
     from tests.harness.twistd import GatewayProcess
     from tests.test_plugin_api import PLUGIN_DIR, LineClient
 
-    gw = GatewayProcess(tmp_path, LINE_CONFIG.replace("{backend}", str(echoBackend)), [PLUGIN_DIR])
+    gw = GatewayProcess(tmp_path, _lineConfig(echoBackend), [PLUGIN_DIR])
     key = gw.cli("keys", "create", "--name", "ci", "--group", "eng").stdout.strip().splitlines()[-1]
     auditor = gw.cli("keys", "create", "--name", "audrey", "--group", "audit").stdout.strip().splitlines()[-1]
     gw.start()
@@ -313,9 +299,9 @@ async def test_admin_api_searches_by_command_and_time_and_refuses_what_does_not_
     from sealgate.session import FROM_CLIENT, TO_CLIENT
     from sealgate.testing import startGateway
     from tests.test_admin_api import Admin
+    from tests.test_console_sessions_e2e import CONFIG
 
-    g = await startGateway('[admin]\nauditors = ["audit"]\n[[roles]]\nname = "eng"\ngroups = ["eng"]\n'
-                           'connections = ["*"]\n', tmp_path)
+    g = await startGateway(CONFIG, tmp_path)
     try:
         api = Admin.__new__(Admin)
         api.running, api.base = g, f"http://127.0.0.1:{g.adminPort}"

@@ -102,6 +102,14 @@ async def test_console_searches_sessions_plays_and_downloads_their_plugin_format
         browser.waitText("#sessions tbody", dbId)
         byConnection = d.execute_script("return [...document.querySelectorAll('#sessions tbody a')]"
                                         ".map(a => a.textContent)")
+        # Times typed in the viewer's zone: before the sessions opened finds none, after finds them.
+        d.execute_script("document.querySelector('#filters input[name=until]').value = '2000-01-01T05:30:00'")
+        browser.wait("#search").click()
+        browser.waitText("#session-count", "0 session(s)")
+        d.execute_script("document.querySelector('#filters input[name=until]').value = '';"
+                         "document.querySelector('#filters input[name=since]').value = '2000-01-01T05:30:00'")
+        browser.wait("#search").click()
+        browser.waitText("#session-count", "1 session(s)")
         d.get(f"{base}/console/#session/{sshId}")
         browser.wait("#download-bundle")
         links = d.execute_script("return [...document.querySelectorAll('#downloads a')]"

@@ -268,7 +268,7 @@ async def test_cli_lists_shows_redacts_and_replays(tmp_path):
 
     code, out = cli("sessions", "list", "--json", "--state-dir", d)
     rows = json.loads(out)
-    assert code == 0 and [(x["id"], x["state"], x["size"]) for x in rows] == [("s1", "closed", 2)]
+    assert code == 0 and [(x["id"], x["state"], x["frames"]) for x in rows] == [("s1", "closed", 2)]
     code, out = cli("sessions", "show", "s1", "--state-dir", d)
     assert code == 0 and "a leaked key" in out and f"{n:>8}" in out
     code, out = cli("verify", "--state-dir", d)
@@ -285,7 +285,7 @@ async def test_cli_lists_shows_redacts_and_replays(tmp_path):
 
 
 def test_replay_falls_back_to_a_transcript():
-    from sealgate.cli.store import transcript
+    from sealgate.export import transcript
 
     out, slept = io.BytesIO(), []
     frames = [Frame(0, 10.0, 0, 0, 0, b"SELECT 1;\n"), Frame(1, 12.0, 0, 1, 0, b"\x00\xff"),

@@ -184,7 +184,14 @@ class GatewayService(MultiService):
         signal.signal(signal.SIGTERM, lambda *a: self.reactor.callFromThread(self._terminate))
 
     def _terminate(self):
-        self._log.info("SIGTERM: stop listening, drain sessions, exit")
+        live = list(self.gateway.sessions.values()) if self.gateway is not None else []
+        byConnection: dict[str, int] = {}
+        for s in live:
+            byConnection[s.connection.name] = byConnection.get(s.connection.name, 0) + 1
+        self._log.info("SIGTERM: stop listening, wait up to {t}s for {n} live session(s){where}, exit",
+                       t=self.config.gateway.drain_timeout, n=len(live),
+                       where=" (" + ", ".join(f"{c}: {k}" for c, k in sorted(byConnection.items())) + ")"
+                       if live else "")
         if self.reactor.running:
             self.reactor.stop()
 

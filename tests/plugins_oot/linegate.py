@@ -11,6 +11,8 @@ C{session.send} (masking, output hooks, recording), the login through a
 C{Preamble}; the core pauses the legs for holds and for the store.
 """
 
+import json
+
 from twisted.internet import endpoints, protocol
 from twisted.protocols.basic import LineReceiver
 from zope.interface import implementer
@@ -25,6 +27,7 @@ from sealgate import (
     SessionRefused,
     Table,
 )
+from sealgate.export import ExportFormat
 from sealgate.interfaces import IProtocolPlugin
 
 
@@ -140,9 +143,29 @@ class LineClient(LineReceiver):
             self.session.end("client closed")
 
 
+def exportLines(session, out) -> str:
+    """
+    The plugin's own export format: each recorded line as JSON with its
+    time and direction, after one header line naming the session.  Reads
+    the session only through sealgate.interfaces.IRecordedSession.
+    """
+    record = session.record
+    out.write(json.dumps({"session": record.id, "identity": record.identity, "connection": record.connection,
+                          "opened": record.opened}).encode() + b"\n")
+    count = 0
+    for frame in session.frames():
+        for line in (frame.data or b"").splitlines():
+            out.write(json.dumps({"time": frame.time, "from": "client" if frame.direction == FROM_CLIENT else
+                                  "server", "line": line.decode("utf-8", "replace")}).encode() + b"\n")
+            count += 1
+    return f"{count} lines"
+
+
 @implementer(IProtocolPlugin)
 class LinePlugin:
     name = "line"
+    exportFormats = (ExportFormat("lines", "application/x-ndjson", ".jsonl",
+                                  "one JSON object per line sent or received", exportLines),)
 
     def parseOptions(self, options, where):
         t = Table(options, where)

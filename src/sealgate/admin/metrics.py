@@ -87,8 +87,7 @@ class Metrics:
         from sealgate.recording.reader import StoreReader
 
         with self._lock, StoreReader(self.admin.service.config.gateway.state_dir) as r:
-            for n, session, kind, leaf in r.db.execute(
-                    "SELECT n, session, type, leaf FROM log WHERE n >= ? ORDER BY n", (self._next,)):
+            for n, session, kind, leaf in r.logLeaves(self._next):
                 self._next = n + 1
                 try:
                     body = fmt.parseLogLeaf(leaf)

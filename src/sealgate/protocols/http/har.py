@@ -282,6 +282,23 @@ def writeHar(frames, out, info: dict | None = None) -> int:
     return len(har["log"]["entries"])
 
 
+def exportHar(session, out) -> str:
+    """The C{har} export format's writer (L{sealgate.interfaces.IExportFormat})."""
+    try:
+        return f"HAR 1.2, {writeHar(session.frames(), out, session.record.info)} entries"
+    except _wire.ProtocolError as e:
+        raise ValueError(f"it does not parse as HTTP/1.1: {e}")
+
+
+def exportTranscript(session, out) -> str:
+    """The C{transcript} export format's writer: the exchanges as text."""
+    try:
+        replay(session.frames(), out)
+    except _wire.ProtocolError as e:
+        raise ValueError(f"it does not parse as HTTP/1.1: {e}")
+    return "HTTP exchanges as text"
+
+
 def _version() -> str:
     try:
         from importlib.metadata import version

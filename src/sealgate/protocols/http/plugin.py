@@ -8,6 +8,7 @@ import attrs
 from zope.interface import implementer
 
 from sealgate.config import Table, resolveSecret
+from sealgate.export import TEXT, ExportFormat
 from sealgate.interfaces import IProtocolPlugin
 
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
@@ -127,6 +128,12 @@ class HTTPPlugin:
 
     name = "http"
     ruleKeys = ("query",)
+    exportFormats = (
+        ExportFormat("har", "application/json", ".har", "HAR 1.2 (browser devtools, HAR viewers)",
+                     "sealgate.protocols.http.har:exportHar"),
+        ExportFormat("transcript", TEXT, ".txt", "the exchanges as text",
+                     "sealgate.protocols.http.har:exportTranscript", player="text"),
+    )
 
     def __init__(self):
         self._sites: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

@@ -5,6 +5,7 @@ from twisted.internet import endpoints, ssl
 from zope.interface import implementer
 
 from sealgate.config import Table, resolveSecret
+from sealgate.export import TEXT, ExportFormat
 from sealgate.interfaces import IProtocolPlugin
 from sealgate.protocols.postgres._wire import DEFAULT_MAX_MESSAGE
 
@@ -130,6 +131,11 @@ def backendTLSOptions(connection):
 class PostgresPlugin:
     name = "postgres"
     ruleKeys = ("statements", "relations", "sql_regex")
+    exportFormats = (
+        ExportFormat("transcript", TEXT, ".sql.txt",
+                     "SQL transcript: statements, parameters and results as the client saw them",
+                     "sealgate.protocols.postgres.replay:exportTranscript", player="text"),
+    )
 
     def parseOptions(self, options, where):
         return parseOptions(options, where)

@@ -8,6 +8,7 @@ import attrs
 from zope.interface import implementer
 
 from sealgate.config import Table, resolveSecret
+from sealgate.export import TEXT, ExportFormat
 from sealgate.interfaces import IProtocolPlugin
 
 
@@ -58,6 +59,12 @@ def knownHostsName(backend: str) -> bytes:
 class SSHPlugin:
     name = "ssh"
     ruleKeys = ("commands",)
+    exportFormats = (
+        ExportFormat("asciicast", "application/x-asciicast", ".cast", "asciicast v2 (asciinema play)",
+                     "sealgate.protocols.ssh.asciicast:exportCast", player="asciicast"),
+        ExportFormat("transcript", TEXT, ".txt", "terminal output, exec commands and sftp operations",
+                     "sealgate.protocols.ssh.asciicast:exportTranscript", player="text"),
+    )
 
     def parseOptions(self, options: dict, where) -> SSHOptions:
         from twisted.conch.ssh import keys

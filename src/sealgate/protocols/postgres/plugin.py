@@ -7,6 +7,8 @@ from zope.interface import implementer
 from sealgate.config import Table, resolveSecret
 from sealgate.interfaces import IProtocolPlugin
 from sealgate.protocols.postgres._wire import DEFAULT_MAX_MESSAGE
+from sealgate.protocols.postgres.classify import KINDS
+from sealgate.protocols.postgres.effects import EFFECTS, PRESETS
 
 BACKEND_TLS = ("disable", "require", "verify-full")
 
@@ -129,7 +131,9 @@ def backendTLSOptions(connection):
 @implementer(IProtocolPlugin)
 class PostgresPlugin:
     name = "postgres"
-    ruleKeys = ("statements", "relations", "sql_regex")
+    ruleKeys = ("statements", "effects", "relations", "sql_regex")
+    ruleVocabulary = {"statements": KINDS, "effects": tuple(EFFECTS)}
+    rulePresets = PRESETS
 
     def parseOptions(self, options, where):
         return parseOptions(options, where)

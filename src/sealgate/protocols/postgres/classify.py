@@ -118,6 +118,14 @@ def uncertain() -> Classification:
     return Classification((HIGH_RISK,), ("high-risk",), count=1)
 
 
+def fastpath(oid: int) -> Classification:
+    """A fastpath FunctionCall of the function with this OID."""
+    if oid in fx.FASTPATH_SAFE_OIDS:
+        return Classification(("FUNCTION CALL",), (), count=1)
+    return Classification(("FUNCTION CALL", HIGH_RISK), ("runs-server-code", "high-risk"),
+                          count=1, changesSettings=True)
+
+
 class _Walker:
     def __init__(self, shadowed: bool = False):
         self.kinds: dict[str, None] = {}

@@ -38,6 +38,14 @@ class SessionSettings:
             if k in _SHADOWING_STARTUP and (k != "options" or "search_path" in v):
                 self.shadowed = True
 
+    def observe(self, raw: bytes) -> None:
+        """A backend message; a ParameterStatus (C{S}) updates the settings."""
+        if raw[:1] != b"S":
+            return
+        name, _, rest = raw[5:].partition(b"\0")
+        value = rest.split(b"\0", 1)[0]
+        self.parameterStatus(name.decode("ascii", "replace"), value.decode("ascii", "replace"))
+
     def parameterStatus(self, name: str, value: str) -> None:
         if name == "standard_conforming_strings":
             self.standardStrings = value.lower() == "on"

@@ -37,7 +37,7 @@ _TRANSACTION = {0: "BEGIN", 1: "BEGIN", 2: "COMMIT", 3: "ROLLBACK", 4: "SAVEPOIN
 _WRITES = (ast.InsertStmt, ast.UpdateStmt, ast.DeleteStmt, ast.MergeStmt)
 #: Statements that install code the server later runs on its own (on an
 #: event, a cast, an operator): what it will do is not judged, so HIGH RISK.
-_HOOKS = ("CreateTrigStmt", "CreateEventTrigStmt", "CreatePLangStmt", "CreateExtensionStmt",
+_HOOKS = ("CreateTrigStmt", "CreateEventTrigStmt", "RuleStmt", "CreatePLangStmt", "CreateExtensionStmt",
           "AlterExtensionStmt", "AlterExtensionContentsStmt", "CreateCastStmt", "DefineStmt",
           "CreateTransformStmt", "CreateConversionStmt", "CreateOpClassStmt", "LoadStmt",
           "AlterEventTrigStmt", "CreateFdwStmt", "CreateForeignServerStmt")
@@ -327,7 +327,8 @@ class _Walker:
         if name == "search_path" and node.kind == VariableSetKind.VAR_SET_VALUE:
             path = [str(self.value(a)).lower() for a in node.args or ()]
             if "pg_catalog" in path and path[0] != "pg_catalog":
-                self.shadows = True
+                # Later statements of the same text resolve names under it.
+                self.shadows = self.shadowed = True
 
     def functionBody(self, node) -> None:
         if node.sql_body is not None:
@@ -365,7 +366,7 @@ class _Walker:
                 arg = (n.args or (None,))[0]
                 what = self.value(arg) if isinstance(arg, ast.A_Const) else None
                 if not isinstance(what, str) or what.lower() == "search_path":
-                    self.shadows = True
+                    self.shadows = self.shadowed = True
             return
         self.kind(HIGH_RISK)
         self.effect("runs-server-code", "high-risk")

@@ -484,7 +484,7 @@ columns = ["secret_*"]
                         buf += chunk
                 out["copy"] = bytes(buf)
                 c.execute("CREATE TABLE IF NOT EXISTS cards (c text PRIMARY KEY)")
-                c.execute("TRUNCATE cards") if False else c.execute("DELETE FROM cards WHERE true")
+                c.execute("DELETE FROM cards WHERE c > ''")  # a real predicate: the rule allows it
                 c.execute("INSERT INTO cards VALUES ('4111 1111 1111 1111')")
                 with pytest.raises(psycopg.errors.UniqueViolation) as e:
                     c.execute("INSERT INTO cards VALUES ('4111 1111 1111 1111')")

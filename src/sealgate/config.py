@@ -10,6 +10,7 @@ from typing import Any
 
 import attrs
 
+from sealgate.chain.policy import WORD_KEYS, normalWords
 from sealgate.configtable import (  # noqa: F401  (re-exported: the plugin contract)
     UNRESOLVED_SECRET,
     ConfigError,
@@ -272,9 +273,10 @@ def parseConfig(raw: Mapping[str, Any], path: str, plugins: Mapping[str, Any]) -
     ruleKeys = set(BASE_RULE_KEYS)
     for p in used.values():
         ruleKeys.update(getattr(p, "ruleKeys", ()))
+    words = RuleWords(tuple(used.values()))
     rules = []
     for n, r in enumerate(_array(top, "rules")):
-        rules.append(_rule(Table(r, Where(path, f"rules[{n}]")), names, ruleKeys))
+        rules.append(_rule(Table(r, Where(path, f"rules[{n}]")), names, ruleKeys, words))
 
     m = Table(top._get("masking", {}, False), Where(path, "masking"))
     from sealgate.masking import knownDetectors
@@ -379,7 +381,7 @@ def _notify(t: Table, names: set[str]) -> NotifyConfig:
     return cfg
 
 
-def _rule(t: Table, names: set[str], ruleKeys: set[str]) -> Rule:
+def _rule(t: Table, names: set[str], ruleKeys: set[str], words: "RuleWords | None" = None) -> Rule:
     name = t.str("name", required=True)
     t.where = Where(t.where.path, f"{t.where.table} ({name})")
     action = t.str("action", required=True)
@@ -405,6 +407,8 @@ def _rule(t: Table, names: set[str], ruleKeys: set[str]) -> Rule:
                     for rx in value:
                         _regex(t, key, rx)
             matchers[key] = value
+    if words is not None:
+        words.check(t, matchers)
     approvers = t.strings("approvers")
     needed = t.number("approvals_needed", 1, minimum=1)
     if action == "approve" and not approvers:
@@ -417,6 +421,42 @@ def _rule(t: Table, names: set[str], ruleKeys: set[str]) -> Rule:
     )
     t.finish(known=ruleKeys)
     return rule
+
+
+class RuleWords:
+    """
+    The vocabularies protocol plugins give rule keys (C{ruleVocabulary}:
+    key -> valid words) and their named presets (C{rulePresets}: name ->
+    matchers), so a misspelt word or preset is a config error.
+    """
+
+    def __init__(self, plugins):
+        self.vocabulary: dict[str, set[str]] = {}
+        self.presets: dict[str, Mapping[str, tuple[str, ...]]] = {}
+        for p in plugins:
+            for key, valid in getattr(p, "ruleVocabulary", {}).items():
+                self.vocabulary.setdefault(key, set()).update(normalWords(key, valid))
+            self.presets.update(getattr(p, "rulePresets", {}))
+
+    def check(self, t: Table, matchers: dict) -> None:
+        preset = t.str("preset")
+        if preset is not None:
+            if preset not in self.presets:
+                known = ", ".join(sorted(self.presets)) or "none: no protocol here has presets"
+                raise t.where.error("preset", f"unknown preset {preset!r}"
+                                    + _nearest(preset, self.presets), f"use one of: {known}")
+            for key, values in self.presets[preset].items():
+                matchers[key] = tuple(dict.fromkeys((*matchers.get(key, ()), *values)))
+        for key, valid in self.vocabulary.items():
+            for word in normalWords(key, matchers.get(key, ())) if key in WORD_KEYS else ():
+                if word not in valid:
+                    raise t.where.error(key, f"unknown word {word!r}" + _nearest(word, valid),
+                                        f"use any of: {', '.join(sorted(valid))}")
+
+
+def _nearest(word: str, valid) -> str:
+    close = difflib.get_close_matches(word, list(valid), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _regex(t: Table, key: str, rx: Any) -> None:

@@ -13,6 +13,7 @@ from sealgate.protocols._io import noDelay
 from sealgate.protocols.postgres import _wire as w
 from sealgate.protocols.postgres._backend import BackendLeg, CancelSender
 from sealgate.protocols.postgres._relay import Relay
+from sealgate.protocols.postgres.settings import SessionSettings
 from sealgate.session import SessionRefused
 
 #: Startup parameters the gateway decides; the rest go to the backend as sent.
@@ -48,6 +49,7 @@ class ClientLeg(Relay, Protocol):
         self.closed = False
         self.fakeKey = None
         self._early = Preamble()
+        self.sqlSettings = SessionSettings()
 
     @property
     def options(self):
@@ -114,6 +116,7 @@ class ClientLeg(Relay, Protocol):
 
     def _startupMessage(self, msg: w.StartupMessage, raw: bytes):
         self.startup = msg
+        self.sqlSettings.startup(msg.params)
         user = msg.get("user") or ""
         dbname = msg.get("database") or user
         if msg.get("replication") not in (None, "false", "0", "off", "no"):
@@ -200,10 +203,11 @@ class ClientLeg(Relay, Protocol):
         self.toClient(w.Authentication(w.AUTH_OK).encode())
 
     def backendStartupMessage(self, raw: bytes):
+        self.sqlSettings.observe(raw)
         self.toClient(raw)
 
     def backendReady(self, raw: bytes):
-        self.fakeKey = self.factory.register(self)
+        self.fakeKey = self.factory.register(self, self.backend.pid)
         self.toClient(w.BackendKeyData(*self.fakeKey).encode() + raw)
         self.startRelay()
         if self.closed:
@@ -335,9 +339,14 @@ class ListenerFactory(Factory):
             return sibs[0]
         return None
 
-    def register(self, leg) -> tuple[int, int]:
+    def register(self, leg, pid: int | None = None) -> tuple[int, int]:
+        """
+        The BackendKeyData to give C{leg}'s client: the real backend pid (so
+        notifications and pg_terminate_backend mean what they do directly)
+        with a secret of our own, so only this client can cancel its query.
+        """
         while True:
-            key = (secrets.randbits(31), secrets.randbits(32))
+            key = (secrets.randbits(31) if pid is None else pid, secrets.randbits(32))
             if key not in self._keys:
                 self._keys[key] = leg
                 return key

@@ -8,6 +8,8 @@ from sealgate.config import Table, resolveSecret
 from sealgate.export import TEXT, ExportFormat
 from sealgate.interfaces import IProtocolPlugin
 from sealgate.protocols.postgres._wire import DEFAULT_MAX_MESSAGE
+from sealgate.protocols.postgres.classify import KINDS
+from sealgate.protocols.postgres.effects import EFFECTS, PRESETS
 
 BACKEND_TLS = ("disable", "require", "verify-full")
 
@@ -130,7 +132,9 @@ def backendTLSOptions(connection):
 @implementer(IProtocolPlugin)
 class PostgresPlugin:
     name = "postgres"
-    ruleKeys = ("statements", "relations", "sql_regex")
+    ruleKeys = ("statements", "effects", "relations", "sql_regex")
+    ruleVocabulary = {"statements": KINDS, "effects": tuple(EFFECTS)}
+    rulePresets = PRESETS
     exportFormats = (
         ExportFormat("transcript", TEXT, ".sql.txt",
                      "SQL transcript: statements, parameters and results as the client saw them",

@@ -58,7 +58,7 @@ class _Factory:
         self.options = PostgresOptions("app", "app")
         self.tlsContext = None
 
-    def register(self, leg):
+    def register(self, leg, pid=None):
         return (1, 2)
 
     def unregister(self, leg):

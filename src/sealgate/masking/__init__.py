@@ -1,13 +1,21 @@
 """Detectors and the masking engine shared by every protocol (text, JSON, streams)."""
 
 from sealgate.masking._body import MAX_DECODED, bodyKind, decodeContent, encodeContent
-from sealgate.masking._detectors import DETECTORS, MAX_HOLD, Detector, ibanValid, luhnValid
+from sealgate.masking._detectors import (
+    DETECTORS,
+    MAX_HOLD,
+    Detector,
+    ibanValid,
+    issuerOk,
+    luhnValid,
+)
 from sealgate.masking._engine import REDACTED, Masker, MaskingFailed
 from sealgate.masking._stream import StreamMasker
 
 __all__ = [
     "DETECTORS", "MAX_DECODED", "MAX_HOLD", "REDACTED", "Detector", "Masker", "MaskingFailed",
     "StreamMasker", "bodyKind", "buildMasker", "decodeContent", "encodeContent", "ibanValid",
+    "issuerOk",
     "knownDetectors", "luhnValid",
 ]
 

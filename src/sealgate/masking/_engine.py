@@ -109,7 +109,7 @@ class Masker:
         probe = Probe(text, raw)
         for d in self.detectors:
             if d.prefilter(probe):
-                out.extend(d.scan(text, pos))
+                out.extend(d.scan(text, pos, probe))
         return out
 
     def maskText(self, text: str) -> str:
@@ -291,8 +291,14 @@ def _insideStrings(text: str, spans) -> bool:
     inside).  Masking only there keeps the document valid, unparsed.
     """
     count = text.count
-    for s, e, _r in spans:
-        if count('"', 0, s) % 2 == 0 or count('"', s, e):
+    # Quotes are counted once, from one span's start to the next (sorted),
+    # so the check is linear in the document, not in documents x spans.
+    quotes = 0
+    at = 0
+    for s, e, _r in sorted(spans):
+        quotes += count('"', at, s)
+        at = s
+        if quotes % 2 == 0 or count('"', s, e):
             return False
     return True
 

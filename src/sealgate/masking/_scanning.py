@@ -177,3 +177,32 @@ def prefixes(words) -> str:
         return alts[0] if len(alts) == 1 else "(?:" + "|".join(alts) + ")"
 
     return build(trie)
+
+
+def applySpans(text: str, spans: list[Span]) -> str:
+    """
+    Apply same-length replacements.  Where spans overlap, a position is
+    masked if any of them masks it (the union: failing closed).
+    """
+    if not spans:
+        return text
+    spans.sort()
+    out = []
+    last = 0
+    for s, e, r in spans:
+        if s < last:
+            return _applyOverlapping(text, spans)
+        out.append(text[last:s])
+        out.append(r)
+        last = e
+    out.append(text[last:])
+    return "".join(out)
+
+
+def _applyOverlapping(text: str, spans: list[Span]) -> str:
+    chars = list(text)
+    for s, _e, r in spans:
+        for i, c in enumerate(r):
+            if c != text[s + i]:
+                chars[s + i] = c
+    return "".join(chars)

@@ -14,6 +14,7 @@ from sealgate.masking._content import (
     isTextType,
     mediaType,
     sniffText,
+    textCodec,
 )
 from sealgate.masking._detectors import (
     DETECTORS,
@@ -31,7 +32,8 @@ __all__ = [
     "CODINGS", "DETECTORS", "MAX_DECODED", "MAX_HOLD", "REDACTED", "TEXT_TYPES", "UNKNOWN_CONTENT",
     "BodyStream", "ContentDecoder", "ContentTooLarge", "Detector", "Masker", "MaskingFailed",
     "MediaType", "StreamMasker", "buildMasker", "canDecode", "decodeContent", "encodeContent",
-    "ibanValid", "isTextType", "issuerOk", "maskPlain", "mediaType", "sniffText", "unknownPolicy",
+    "ibanValid", "isTextType", "issuerOk", "maskPlain", "mediaType", "sniffText", "textCodec",
+    "unknownPolicy",
     "knownDetectors", "luhnValid",
 ]
 

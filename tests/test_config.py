@@ -124,6 +124,13 @@ def test_unknown_detector(tmp_path):
     assert "masking.detectors: unknown detector 'dna'" in m and "email" in m
 
 
+def test_unknown_content_setting(tmp_path):
+    m = error(tmp_path, GOOD + 'unknown_content = "maybe"\n')
+    assert "masking.unknown_content: unknown value 'maybe'" in m and "mask, refuse, pass" in m
+    _, cfg = load(tmp_path, GOOD + 'unknown_content = "pass"\n')
+    assert cfg.masking.unknown_content == "pass"
+
+
 def test_toml_syntax_error(tmp_path):
     assert "not valid TOML" in error(tmp_path, GOOD + "\n[broken\n")
 

@@ -80,6 +80,9 @@ class MaskingConfig:
     json_fields: tuple[str, ...] = ()
     connections: tuple[str, ...] = ("*",)
     exempt_groups: tuple[str, ...] = ()
+    #: A body that is not text: "mask", "refuse" or "pass"; None is
+    #: "refuse" with detectors, else "pass" (docs/masking.md).
+    unknown_content: str | None = None
 
 
 @attrs.frozen
@@ -290,7 +293,8 @@ def parseConfig(raw: Mapping[str, Any], path: str, plugins: Mapping[str, Any]) -
     masking = MaskingConfig(detectors=detectors, columns=m.strings("columns"),
                             json_fields=m.strings("json_fields"),
                             connections=m.strings("connections", ("*",)),
-                            exempt_groups=m.strings("exempt_groups"))
+                            exempt_groups=m.strings("exempt_groups"),
+                            unknown_content=_unknownContent(m))
     _knownConnections(m, "connections", masking.connections, names)
     m.finish()
 
@@ -379,6 +383,16 @@ def _notify(t: Table, names: set[str]) -> NotifyConfig:
                        backoff=t.duration("backoff", 1.0), timeout=t.duration("timeout", 10.0))
     t.finish()
     return cfg
+
+
+def _unknownContent(m: Table) -> str | None:
+    from sealgate.masking import UNKNOWN_CONTENT
+
+    value = m.str("unknown_content")
+    if value is not None and value not in UNKNOWN_CONTENT:
+        raise m.where.error("unknown_content", f"unknown value {value!r}",
+                            f"use one of: {', '.join(UNKNOWN_CONTENT)}")
+    return value
 
 
 def _rule(t: Table, names: set[str], ruleKeys: set[str], words: "RuleWords | None" = None) -> Rule:

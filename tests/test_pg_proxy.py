@@ -118,7 +118,7 @@ async def test_psql_runs_queries_through_the_gateway(tmp_path, postgres):
     try:
         r = await _psql(postgres, g, key, "select current_user, current_setting('application_name')")
         assert r.returncode == 0, r.stderr
-        assert r.stdout.strip() == f"{SCRAM_USER}|sealgate:ci-bot (psql)"
+        assert r.stdout.strip() == f"{SCRAM_USER}|sealgate:apikey:ci-bot (psql)"
     finally:
         await g.stop()
 

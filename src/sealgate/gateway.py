@@ -115,7 +115,7 @@ class Gateway:
         session.gateway = self
         self.sessions[session.id] = session
         self._log.info("Session {session} opened: {subject} on {connection} from {client}",
-                       session=session.id, subject=identity.subject,
+                       session=session.id, subject=identity.id,
                        connection=connection.name, client=client)
         return session
 

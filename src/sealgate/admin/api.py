@@ -64,11 +64,11 @@ class ApprovalsAPI(Authenticated):
             tickets = approvals.tickets.values() if everything else approvals.pending()
             if not reader:
                 # Anyone may follow their own tickets.
-                tickets = [t for t in tickets if t.requester.subject == identity.subject]
+                tickets = [t for t in tickets if t.requester.id == identity.id]
             return jsonBody(request, 200, {"tickets": [self.ticket(t) for t in tickets]})
         if method == "GET" and len(path) == 1:
             t = approvals.get(path[0])
-            if not reader and t.requester.subject != identity.subject:
+            if not reader and t.requester.id != identity.id:
                 require(identity, config, "read")
             return jsonBody(request, 200, self.ticket(t))
         if method == "POST" and len(path) == 2 and path[1] in ("approve", "deny", "cancel"):
@@ -80,7 +80,7 @@ class ApprovalsAPI(Authenticated):
                 raise BadRequest("the body must be a JSON object")
             reason = str(body.get("reason", ""))[:1000]
             t = approvals.get(path[0])
-            mine = t.requester.subject == identity.subject
+            mine = t.requester.id == identity.id
             if path[1] == "cancel":
                 if not mine:
                     require(identity, config, "cancel-any")
@@ -108,7 +108,7 @@ class NotificationsAPI(Authenticated):
                                            "deliveries": notifier.recent()})
         if request.method == b"POST" and path == ["test"]:
             require(identity, config, "notify-test")
-            return jsonBody(request, 202, {"deliveries": notifier.test(identity.subject)})
+            return jsonBody(request, 202, {"deliveries": notifier.test(identity.id)})
         raise NotFound("no such endpoint")
 
 

@@ -155,7 +155,7 @@ class Login(resource.Resource):
         _cookie(request, LOGIN_COOKIE, login.token, int(self.admin.service.config.admin.login_lifetime))
         self.admin.service.store.auditEvent({"kind": "admin_login", "identity": identity.asDict(),
                                              "method": method})
-        self._log.info("Console login: {subject} ({method})", subject=identity.subject, method=method)
+        self._log.info("Console login: {subject} ({method})", subject=identity.id, method=method)
         request.redirect(b"/console/")
 
     # -- OIDC ----------------------------------------------------------------

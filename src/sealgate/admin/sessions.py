@@ -26,7 +26,8 @@ FILTERS = ("protocol", "connection", "identity", "state", "client")
 def _subject(info: dict) -> str:
     ident = info.get("identity")
     if isinstance(ident, dict):
-        return str(ident.get("subject") or ident.get("name") or "")
+        # Recordings from before namespaced ids carry only the bare subject.
+        return str(ident.get("id") or ident.get("subject") or ident.get("name") or "")
     return str(ident or "")
 
 
@@ -50,7 +51,8 @@ def _query(filters: dict, since, limit: int, live) -> tuple[str, list]:
         if key == "protocol":
             where.append("protocol = ?")
         elif key == "identity":
-            where.append("instr(lower(coalesce(json_extract(info, '$.identity.subject'), "
+            where.append("instr(lower(coalesce(json_extract(info, '$.identity.id'), "
+                         "json_extract(info, '$.identity.subject'), "
                          "json_extract(info, '$.identity.name'), '')), ?) > 0")
             want = want.lower()
         elif key == "state":
@@ -167,14 +169,14 @@ class SessionsAPI(Authenticated):
         reason = str(body.get("reason", "")).strip() if isinstance(body, dict) else ""
         if not reason:
             raise BadRequest("a redaction needs a reason")
-        d = self.admin.service.store.redact(sid, int(seq), reason, actor=identity.subject)
+        d = self.admin.service.store.redact(sid, int(seq), reason, actor=identity.id)
 
         def refused(f):
             f.trap(StoreError)
             raise BadRequest(str(f.value))
         return d.addCallbacks(
             lambda index: jsonBody(request, 200, {"session": sid, "frame": int(seq),
-                                                  "redacted_by": identity.subject, "log_index": index}),
+                                                  "redacted_by": identity.id, "log_index": index}),
             refused)
 
     def _reader(self):
@@ -216,7 +218,7 @@ class SessionsAPI(Authenticated):
             # Opened a moment ago: the store's writer has not committed it yet.
             return {"id": sid, "state": "live", "opened": live.started, "closed": None,
                     "protocol": live.protocol, "connection": live.connection.name,
-                    "identity": live.identity.subject, "client": live.client, "frames": 0,
+                    "identity": live.identity.id, "client": live.client, "frames": 0,
                     "bytes_from_client": live.bytesFromClient, "bytes_to_client": live.bytesToClient,
                     "reason": None, "root": None, "info": {}, "events": []}
         s = summary(row)

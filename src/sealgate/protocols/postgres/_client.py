@@ -175,7 +175,7 @@ class ClientLeg(Relay, Protocol):
         for direction, data in self._early:
             self.session.record(direction, data)
         self._early = []
-        name = f"sealgate:{identity.subject}" + (f" ({app})" if app else "")
+        name = f"sealgate:{identity.id}" + (f" ({app})" if app else "")
         params = [("user", self.options.username), ("database", self.options.database),
                   ("application_name", name.encode()[:63].decode("utf-8", "ignore"))]
         params += [(k, v) for k, v in self.startup.params if _passOn(k)]

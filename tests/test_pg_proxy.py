@@ -270,7 +270,7 @@ async def test_held_statement_runs_after_approval_and_fails_after_denial(tmp_pat
         notices, approved, denied, after = await d
         assert approved == (True,)
         assert any(t1.id in (m or "") + (h or "") for m, h in notices)
-        assert "denied by lead: no writes" in denied
+        assert "denied by oidc:sealgate#lead: no writes" in denied
         assert after == (1,)
     finally:
         await g.stop()

@@ -4,10 +4,11 @@ import json
 from pathlib import Path
 
 from twisted.logger import Logger
-from twisted.web import resource, server, static
+from twisted.web import http, resource, server, static
 
 from sealgate.admin._http import Authenticated, BadRequest, Leaf, NotFound, jsonBody
 from sealgate.admin.roles import may, require, rolesOf
+from sealgate.prelogin import GuardedChannel
 
 STATIC = Path(__file__).parent / "static"
 
@@ -180,6 +181,10 @@ class Admin:
         return self.notifier.stop()
 
 
+class _AdminChannel(GuardedChannel, http.HTTPChannel):
+    """HTTP/1.1 with the gateway's pre-login limits (login timeout, caps per address)."""
+
+
 class _AdminSite(server.Site):
     """
     Every answer forbids framing, sniffing and foreign scripts (the console
@@ -188,6 +193,9 @@ class _AdminSite(server.Site):
     """
 
     admin: Admin
+    protocol = _AdminChannel  # type: ignore[assignment]
+    #: The gateway's pre-login guard and this listener's name, for the channels.
+    prelogin: tuple
 
     def getResourceFor(self, request):
         request.setHeader(b"content-security-policy",
@@ -226,4 +234,5 @@ def makeAdminSite(service) -> server.Site:
     site.displayTracebacks = False
     site.noisy = False
     site.admin = admin
+    site.prelogin = (service.gateway.prelogin, "admin")
     return site

@@ -118,7 +118,7 @@ async def test_psql_runs_queries_through_the_gateway(tmp_path, postgres):
     try:
         r = await _psql(postgres, g, key, "select current_user, current_setting('application_name')")
         assert r.returncode == 0, r.stderr
-        assert r.stdout.strip() == f"{SCRAM_USER}|sealgate:ci-bot (psql)"
+        assert r.stdout.strip() == f"{SCRAM_USER}|sealgate:apikey:ci-bot (psql)"
     finally:
         await g.stop()
 
@@ -270,7 +270,7 @@ async def test_held_statement_runs_after_approval_and_fails_after_denial(tmp_pat
         notices, approved, denied, after = await d
         assert approved == (True,)
         assert any(t1.id in (m or "") + (h or "") for m, h in notices)
-        assert "denied by lead: no writes" in denied
+        assert "denied by oidc:sealgate#lead: no writes" in denied
         assert after == (1,)
     finally:
         await g.stop()

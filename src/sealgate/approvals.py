@@ -50,7 +50,7 @@ class Ticket:
     def asDict(self) -> dict:
         return {
             "id": self.id, "state": self.state,
-            "requester": self.requester.subject, "connection": self.connection,
+            "requester": self.requester.id, "connection": self.connection,
             "session": self.sessionId, "kind": self.kind, "command": self.command,
             "rule": self.rule, "approvers": list(self.approvers), "needed": self.needed,
             "approvals": [a["by"] for a in self.approvals],
@@ -89,7 +89,7 @@ class Approvals:
         ticket._owner = session
         ticket._timer = self._reactor.callLater(rule.expires, self._expire, ticket)
         self.tickets[ticket.id] = ticket
-        self._event(ticket, "requested", by=session.identity.subject)
+        self._event(ticket, "requested", by=session.identity.id)
         self._tell(self.listeners, ticket)
         self._trim()
         return ticket
@@ -117,30 +117,30 @@ class Approvals:
 
     def approve(self, ticketId: str, approver, reason: str = "") -> Ticket:
         t = self._decidable(ticketId, approver)
-        if any(a["by"] == approver.subject for a in t.approvals):
-            raise ApprovalError(f"{approver.subject} already approved ticket {t.id}", 409)
-        t.approvals.append({"by": approver.subject, "at": time.time(), "reason": reason})
-        self._event(t, "approval", by=approver.subject, reason=reason,
+        if any(a["by"] == approver.id for a in t.approvals):
+            raise ApprovalError(f"{approver.id} already approved ticket {t.id}", 409)
+        t.approvals.append({"by": approver.id, "at": time.time(), "reason": reason})
+        self._event(t, "approval", by=approver.id, reason=reason,
                     count=len(t.approvals), needed=t.needed)
         if len(t.approvals) >= t.needed:
-            self._finish(t, "approved", approver.subject, reason, CONTINUE)
+            self._finish(t, "approved", approver.id, reason, CONTINUE)
         return t
 
     def deny(self, ticketId: str, approver, reason: str = "") -> Ticket:
         t = self._decidable(ticketId, approver)
-        self._finish(t, "denied", approver.subject, reason,
-                     Deny(t.rule, f"denied by {approver.subject}" + (f": {reason}" if reason else "")))
+        self._finish(t, "denied", approver.id, reason,
+                     Deny(t.rule, f"denied by {approver.id}" + (f": {reason}" if reason else "")))
         return t
 
     def cancel(self, ticketId: str, requester, reason: str = "", anyone: bool = False) -> Ticket:
         """Cancel a ticket: its requester, or (C{anyone}, for admins) whoever calls."""
         t = self.get(ticketId)
-        mine = t.requester.subject == requester.subject
+        mine = t.requester.id == requester.id
         if not mine and not anyone:
             raise ApprovalError("only the requester can cancel a ticket")
         self._pending(t)
-        self._finish(t, "cancelled", requester.subject, reason,
-                     Deny(t.rule, "cancelled by the requester" if mine else f"cancelled by {requester.subject}"))
+        self._finish(t, "cancelled", requester.id, reason,
+                     Deny(t.rule, "cancelled by the requester" if mine else f"cancelled by {requester.id}"))
         return t
 
     def cancelSession(self, sessionId: str) -> None:
@@ -158,10 +158,10 @@ class Approvals:
     def _decidable(self, ticketId, approver) -> Ticket:
         t = self.get(ticketId)
         self._pending(t)
-        if approver.subject == t.requester.subject:
+        if approver.id == t.requester.id:
             raise ApprovalError("a requester cannot decide their own ticket")
         if not (set(t.approvers) & set(approver.groups)) and "*" not in t.approvers:
-            raise ApprovalError(f"{approver.subject} is not in the approver groups "
+            raise ApprovalError(f"{approver.id} is not in the approver groups "
                                 f"{', '.join(t.approvers)} of rule {t.rule}")
         return t
 
@@ -188,7 +188,7 @@ class Approvals:
 
     def _event(self, t: Ticket, what: str, **fields) -> None:
         event = {"ticket": t.id, "state": what, "rule": t.rule, "command": t.command,
-                 "requester": t.requester.subject, **fields}
+                 "requester": t.requester.id, **fields}
         if t._audit is not None and not getattr(t._owner, "ended", False):
             t._audit("approval", **event)
         elif self._store is not None:

@@ -249,6 +249,7 @@ class GatewayService(MultiService):
         d.addCallback(lambda _: self.approvals.stop())
         d.addCallback(lambda _: getattr(self._adminSite, "admin", None) and self._adminSite.admin.stop())
         d.addCallback(lambda _: defer.maybeDeferred(getattr(self.identity, "stop", lambda: None)))
+        d.addCallback(lambda _: self.gateway.throttle.stop())
         d.addCallback(lambda _: self.store.stop() if self.store is not None else None)
         d.addCallback(lambda _: self._adminFile().unlink(missing_ok=True))
         d.addErrback(lambda f: self._log.failure("Error while stopping", f))

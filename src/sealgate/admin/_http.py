@@ -158,6 +158,12 @@ class Leaf(resource.Resource):
         self.admin = admin
 
 
+def clientOf(request) -> str:
+    """C{host:port} of an admin request's client, as protocols write it."""
+    peer = request.getClientAddress()
+    return f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}"
+
+
 class Authenticated(Leaf):
     """
     Calls C{handle(request, identity, path)} (which may return a Deferred)
@@ -171,7 +177,9 @@ class Authenticated(Leaf):
     def identify(self, request) -> defer.Deferred:
         auth = (request.getHeader(b"authorization") or b"").decode("latin-1")
         if auth.lower().startswith("bearer "):
-            return defer.maybeDeferred(self.admin.service.identity.authenticate, auth[7:].strip())
+            # Through the gateway: the admin listener gets the same login backoff.
+            return self.admin.service.gateway.authenticate("admin", auth[7:].strip(),
+                                                           clientOf(request))
         login = self.admin.logins.get(request.getCookie(LOGIN_COOKIE))
         if login is None:
             return defer.fail(AuthenticationFailed(

@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from twisted.logger import Logger
-from twisted.web import resource, server, static
+from twisted.web import http, resource, server, static
 
 from sealgate.admin._http import (
     AdminRequest,
@@ -16,6 +16,7 @@ from sealgate.admin._http import (
     problem,
 )
 from sealgate.admin.roles import may, require, rolesOf
+from sealgate.prelogin import GuardedChannel
 
 STATIC = Path(__file__).parent / "static"
 
@@ -72,18 +73,18 @@ class ApprovalsAPI(Authenticated):
             tickets = approvals.tickets.values() if everything else approvals.pending()
             if not reader:
                 # Anyone may follow their own tickets.
-                tickets = [t for t in tickets if t.requester.subject == identity.subject]
+                tickets = [t for t in tickets if t.requester.id == identity.id]
             return jsonBody(request, 200, {"tickets": [self.ticket(t) for t in tickets]})
         if method == "GET" and len(path) == 1:
             t = approvals.get(path[0])
-            if not reader and t.requester.subject != identity.subject:
+            if not reader and t.requester.id != identity.id:
                 require(identity, config, "read")
             return jsonBody(request, 200, self.ticket(t))
         if method == "POST" and len(path) == 2 and path[1] in ("approve", "deny", "cancel"):
             body = jsonObject(request)
             reason = str(body.get("reason", ""))[:1000]
             t = approvals.get(path[0])
-            mine = t.requester.subject == identity.subject
+            mine = t.requester.id == identity.id
             if path[1] == "cancel":
                 if not mine:
                     require(identity, config, "cancel-any")
@@ -111,7 +112,7 @@ class NotificationsAPI(Authenticated):
                                            "deliveries": notifier.recent()})
         if request.method == b"POST" and path == ["test"]:
             require(identity, config, "notify-test")
-            return jsonBody(request, 202, {"deliveries": notifier.test(identity.subject)})
+            return jsonBody(request, 202, {"deliveries": notifier.test(identity.id)})
         raise NotFound("no such endpoint")
 
 
@@ -205,6 +206,10 @@ class Admin:
         return self.notifier.stop()
 
 
+class _AdminChannel(GuardedChannel, http.HTTPChannel):
+    """HTTP/1.1 with the gateway's pre-login limits (login timeout, caps per address)."""
+
+
 class _AdminSite(server.Site):
     """
     Every answer forbids framing, sniffing and foreign scripts (the console
@@ -214,6 +219,9 @@ class _AdminSite(server.Site):
 
     admin: Admin
     requestFactory = AdminRequest
+    protocol = _AdminChannel  # type: ignore[assignment]
+    #: The gateway's pre-login guard and this listener's name, for the channels.
+    prelogin: tuple
 
     def getResourceFor(self, request):
         request.setHeader(b"content-security-policy",
@@ -252,4 +260,5 @@ def makeAdminSite(service) -> server.Site:
     site.displayTracebacks = False
     site.noisy = False
     site.admin = admin
+    site.prelogin = (service.gateway.prelogin, "admin")
     return site

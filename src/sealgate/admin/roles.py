@@ -45,4 +45,4 @@ def may(identity, config, permission: str) -> bool:
 def require(identity, config, permission: str) -> None:
     if not may(identity, config, permission):
         need = " or ".join(PERMISSIONS[permission])
-        raise Forbidden(f"{identity.subject} needs the {need} role for this")
+        raise Forbidden(f"{identity.id} needs the {need} role for this")

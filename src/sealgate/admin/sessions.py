@@ -123,14 +123,14 @@ class SessionsAPI(Authenticated):
         reason = str(jsonObject(request).get("reason", "")).strip()
         if not reason:
             raise BadRequest("a redaction needs a reason")
-        d = self.admin.service.store.redact(sid, int(seq), reason, actor=identity.subject)
+        d = self.admin.service.store.redact(sid, int(seq), reason, actor=identity.id)
 
         def refused(f):
             f.trap(StoreError)
             raise BadRequest(str(f.value))
         return d.addCallbacks(
             lambda index: jsonBody(request, 200, {"session": sid, "frame": int(seq),
-                                                  "redacted_by": identity.subject, "log_index": index}),
+                                                  "redacted_by": identity.id, "log_index": index}),
             refused)
 
     def _reader(self):
@@ -178,7 +178,7 @@ class SessionsAPI(Authenticated):
             # Opened a moment ago: the store's writer has not committed it yet.
             return {"id": sid, "state": "live", "opened": live.started, "closed": None,
                     "protocol": live.protocol, "connection": live.connection.name,
-                    "identity": live.identity.subject, "client": live.client, "frames": 0,
+                    "identity": live.identity.id, "client": live.client, "frames": 0,
                     "bytes_from_client": live.bytesFromClient, "bytes_to_client": live.bytesToClient,
                     "reason": None, "root": None, "info": {}, "events": [], "formats": []}
         s = summary(record)

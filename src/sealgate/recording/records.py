@@ -8,7 +8,9 @@ STATES = ("open", "closed", "cut off")
 
 def _subject(identity) -> str:
     if isinstance(identity, dict):
-        return str(identity.get("subject") or identity.get("name") or "")
+        # Namespaced ids (apikey:..., oidc:issuer#sub); recordings from
+        # before them carry only the bare subject.
+        return str(identity.get("id") or identity.get("subject") or identity.get("name") or "")
     return "" if identity is None else str(identity)
 
 

@@ -15,6 +15,7 @@ from zope.interface import implementer
 
 from sealgate.chain.verdicts import CONTINUE, Deny, Hold
 from sealgate.identity import AuthenticationFailed
+from sealgate.prelogin import httpRefusal
 from sealgate.protocols._io import noDelay, writeNow
 from sealgate.protocols.http import _framing, _wire
 from sealgate.protocols.http._backend import BackendPool, Exchange
@@ -95,6 +96,7 @@ class ClientConnection(Protocol):
         self.clientText = f"{self.clientHost}:{getattr(peer, 'port', '?')}"
         self.idleSince = self.factory.reactor.seconds()
         self._idleCall = self.factory.reactor.callLater(self.factory.idleTimeout, self._checkIdle)
+        self.login = self.factory.gateway.prelogin.admit(self.factory.name, self.transport, self)
 
     def _checkIdle(self) -> None:
         """
@@ -118,6 +120,8 @@ class ClientConnection(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self.relay is not None:
             self.relay.fromClient(data)
+            return
+        if not self.login.dataReceived(len(data)):
             return
         if self.phase == "body":
             self._bodyData(data)
@@ -258,6 +262,12 @@ class ClientConnection(Protocol):
         if self.phase == "head" and not self.gone:
             self._readHead()
 
+    def refuseLogin(self, kind: str, message: str) -> None:
+        """The pre-login guard's refusal: a problem response, then close."""
+        self.phase = "closed"
+        writeNow(self.transport, httpRefusal(kind, message))
+        self.transport.loseConnection()
+
     def abort(self) -> None:
         if self.transport is not None:
             self.transport.abortConnection()
@@ -272,6 +282,7 @@ class ClientConnection(Protocol):
         if self._idleCall is not None and self._idleCall.active():
             self._idleCall.cancel()
         self._idleCall = None
+        self.login.connectionLost()
         if self.relay is not None:
             self.relay.clientLost(reason)
             return
@@ -300,6 +311,7 @@ class RelayFactory(Factory):
         self.pools = {id(b): BackendPool(self.reactor, b.connection.backend) for b in self.backends}
         self.pacer = StorePacer(getattr(gateway, "store", None), self.reactor)
         self.idleTimeout = max(c.options.idle_timeout for c in connections)
+        self.name = connections[0].name
 
     def buildProtocol(self, addr):
         p = ClientConnection(self)
@@ -344,7 +356,7 @@ class RelayFactory(Factory):
         except AuthenticationFailed as e:
             return client.problem(request, 401, "Authentication failed", str(e), headers=[
                 (b"WWW-Authenticate", b'Bearer realm="sealgate", error="invalid_token"')])
-        if client.gone:
+        if client.gone or client.phase == "closed":
             return None
         try:
             session = self.gateway.openSession(
@@ -354,6 +366,7 @@ class RelayFactory(Factory):
             return client.problem(request, 403 if e.code == "access" else 503,
                                   "Session refused", str(e))
         session.abort = lambda message: client.transport.loseConnection()
+        client.login.authenticated()
         client.session, client.credentialHash, client.backend = session, digest, backend
         self.proceed(client, request, backend)
 

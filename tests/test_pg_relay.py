@@ -57,6 +57,7 @@ class _Factory:
         self.gateway = gateway
         self.options = PostgresOptions("app", "app")
         self.tlsContext = None
+        self.connection = ConnectionConfig("db", "postgres", "tcp:0", "tcp:host=h:port=1", self.options)
 
     def register(self, leg, pid=None):
         return (1, 2)
@@ -83,6 +84,7 @@ def relay(interceptors=(), reactor=None):
                                       leg.factory.options)
     leg.session = fakeSession(gateway=gw, protocol="postgres", connection="db")
     leg.session.abort = leg._abort
+    leg.login.authenticated()  # past login: the pre-login guard's timer is done
     leg.startOutput()
     backend = _Backend()
     leg.backendConnected(backend)

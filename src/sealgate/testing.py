@@ -18,7 +18,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from zope.interface import implementer
 
 from sealgate.approvals import Approvals
-from sealgate.config import ConnectionConfig, loadConfig
+from sealgate.config import ConnectionConfig, Limits, loadConfig
 from sealgate.gateway import Gateway
 from sealgate.identity import AuthenticationFailed, Identity
 from sealgate.interfaces import IInterceptorPlugin, IRecordingStore, ISessionRecording
@@ -147,6 +147,7 @@ class _Given:
 class _Config:
     raw: dict = attrs.field(factory=dict)
     connections: tuple = ()
+    limits: Limits = Limits()
 
 
 def fakeGateway(interceptors=(), reactor=None, identities=None, store=None) -> Gateway:

@@ -383,7 +383,7 @@ def _rss(pid="self") -> int:
 @pytest_twisted.ensureDeferred
 async def test_large_download_and_upload_keep_gateway_memory_bounded(tmp_path, http_backend):
     size = int(os.environ.get("SEALGATE_TEST_HTTP_DOWNLOAD", 1 << 30))
-    g, key = await _start(tmp_path, http_backend)
+    g, key = await _start(tmp_path, http_backend, extra_options=f"max_body = {size}")
     writer = g.service.store.writerPid
     peak = [_rss(), _rss(writer)]
     baseline = peak[0]

@@ -1,17 +1,9 @@
-"""Response bodies from the backend to the client: streamed with backpressure, masked when needed."""
+"""Response bodies on their way to the client: how masking reads them (JSON, text, compressed), and pacing against the store."""
 
 import zlib
-from typing import Any
 
 import brotli
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IPushProducer
-from twisted.internet.protocol import Protocol, connectionDone
-from twisted.logger import Logger
-from twisted.python.failure import Failure
-from twisted.web.client import ResponseDone
-from twisted.web.http import PotentialDataLoss
-from zope.interface import implementer
 
 from sealgate.chain._chain import OutputRefused
 
@@ -225,104 +217,3 @@ class StorePacer:
 
         self._reactor.callLater(self.POLL, check)
         return d
-
-
-@implementer(IPushProducer)
-class ResponseRelay(Protocol):
-    """
-    Receives a backend response body (C{response.deliverBody}) and writes
-    it to the client's request, pausing the backend while the client is
-    slow.  With a L{BodyMasker} the output is masked; a JSON body is sent
-    in one write with its Content-Length set by the caller's C{onJson}.
-
-    @ivar done: called with None when the body ended cleanly, else with a
-        reason string (the client connection is then cut: a truncated
-        body is never presented as complete).
-    """
-
-    _log = Logger()
-
-    # deliverBody gives this protocol the response body's transport, an
-    # IPushProducer (pause/resume/stop) rather than an ITransport.
-    transport: Any
-
-    def __init__(self, request, masker: BodyMasker | None, done, onJson=None, pacer=None):
-        self._request = request
-        self._masker = masker
-        self._done = done
-        self._onJson = onJson
-        self._pacer = pacer
-        self._clientGone = False
-        self._clientPaused = False
-        self._storePaused = False
-
-    def connectionMade(self):
-        self._request.registerProducer(self, True)
-
-    def dataReceived(self, data: bytes) -> None:
-        if self._clientGone:
-            return
-        if self._masker is not None:
-            try:
-                data = self._masker.feed(data)
-            except MaskingFailed as e:
-                self._fail(str(e))
-                return
-            if not data:
-                return
-        self._request.write(data)
-        if self._pacer is not None and not self._storePaused and self._pacer.over():
-            self._storePaused = True
-            self.transport.pauseProducing()
-            self._pacer.drained().addCallback(self._storeDrained)
-
-    def _storeDrained(self, _):
-        self._storePaused = False
-        if not self._clientPaused and not self._clientGone and self.transport is not None:
-            self.transport.resumeProducing()
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        if self._clientGone:
-            return
-        if not reason.check(ResponseDone, PotentialDataLoss):
-            self._request.unregisterProducer()
-            self._done(f"backend body failed: {reason.getErrorMessage()}", False)
-            return
-        tail = b""
-        if self._masker is not None:
-            try:
-                tail = self._masker.finish()
-            except MaskingFailed as e:
-                self._request.unregisterProducer()
-                self._done(str(e), True)
-                return
-            if self._onJson is not None:
-                self._onJson(tail)
-                tail = b""
-        if tail:
-            self._request.write(tail)
-        self._request.unregisterProducer()
-        self._done(None, False)
-
-    def _fail(self, reason: str) -> None:
-        self._clientGone = True
-        self._request.unregisterProducer()
-        if self.transport is not None:
-            self.transport.stopProducing()
-        self._done(reason, True)
-
-    # IPushProducer, driven by the client's transport.
-    def pauseProducing(self):
-        self._clientPaused = True
-        if self.transport is not None:
-            self.transport.pauseProducing()
-
-    def resumeProducing(self):
-        self._clientPaused = False
-        if self.transport is not None and not self._storePaused:
-            self.transport.resumeProducing()
-
-    def stopProducing(self):
-        self._clientGone = True
-        if self.transport is not None:
-            self.transport.stopProducing()

@@ -1,4 +1,4 @@
-"""WebSocket upgrades: hand the client connection over to a raw, recorded byte relay."""
+"""WebSocket upgrades: the client connection turns into a raw, recorded byte relay to the backend."""
 
 from typing import Any
 
@@ -9,19 +9,6 @@ from twisted.logger import Logger
 from sealgate.protocols.http import _wire
 from sealgate.protocols.http._body import StorePacer
 from sealgate.session import FROM_CLIENT, TO_CLIENT
-
-
-class _ClientSide(Protocol):
-    """Takes the place of the HTTPChannel under the client connection."""
-
-    def __init__(self, relay):
-        self.relay = relay
-
-    def dataReceived(self, data):
-        self.relay.fromClient(data)
-
-    def connectionLost(self, reason):
-        self.relay.clientLost(reason)
 
 
 class _BackendSide(Protocol):
@@ -169,30 +156,6 @@ class Relay:
         if self.backend is not None:
             self.backend.loseConnection()
         self.client.loseConnection()
-
-
-def handOver(request, channel, backend, headers, session) -> None:
-    """
-    Replace the HTTP channel under the client connection by a L{Relay} and
-    connect it to the backend with the (rewritten) upgrade request.
-    """
-    pairs = [(n, v) for n, vs in headers.getAllRawHeaders() for v in vs]
-    head = _wire.serializeHead(request.method + b" " + request.uri + b" HTTP/1.1", pairs)
-    relay = Relay(channel, session, head, backend.options.secret_headers)
-    relay.pacer = channel.site.proxy.pacer
-    client = channel.transport
-    # The channel must stop reading and timing this connection: it is no
-    # longer HTTP/1.1 from here on.
-    channel.setTimeout(None)
-    client.unregisterProducer()
-    buffered = list(getattr(channel, "_dataBuffer", []))
-    channel._dataBuffer = []
-    channel.wrapper._channel = _ClientSide(relay)
-    client.resumeProducing()
-    for data in buffered:
-        relay.fromClient(data)
-
-    connectRelay(relay, channel.site.proxy.reactor, backend, session)
 
 
 def connectRelay(relay, reactor, backend, session) -> None:

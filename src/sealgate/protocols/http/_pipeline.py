@@ -1,0 +1,261 @@
+"""One HTTP request's way through the listener: login pages, routing, the credential, then its body, the decision and the backend."""
+
+import hashlib
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from sealgate.chain.verdicts import CONTINUE, Deny, Hold
+from sealgate.identity import AuthenticationFailed
+from sealgate.protocols.http import _login, _wire
+from sealgate.protocols.http._backend import Exchange
+from sealgate.protocols.http._state import ConnEvent
+from sealgate.protocols.http._upgrade import Relay, connectRelay
+from sealgate.session import FROM_CLIENT, SessionRefused
+
+_FORWARDED = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"})
+_WITH_BODY = frozenset({b"POST", b"PUT", b"PATCH"})
+_CHALLENGE = (b"WWW-Authenticate", b'Bearer realm="sealgate", Basic realm="sealgate"')
+
+
+class Pipeline:
+    """
+    The steps of one request, in order: the browser login's own pages
+    (before routing), routing on the normalized target, the credential
+    (the session is opened or reused) and the body limit, all before one
+    byte of the body is read; then, with the body in, the request is
+    recorded, decided by the chain and forwarded (or upgraded).  The
+    client connection (L{sealgate.protocols.http._relay.ClientConnection})
+    reads and writes; this object only decides what happens next.
+    """
+
+    _log = Logger()
+    #: The routed connection's L{sealgate.protocols.http._routing.Backend}, once routed.
+    backend: Any = None
+    maxBody = 0
+
+    def __init__(self, factory, client, request):
+        self.factory = factory
+        self.client = client
+        self.request = request
+
+    def _later(self, coroutine) -> None:
+        d = defer.ensureDeferred(coroutine)
+        d.addErrback(self.client._crashed, self.request)
+
+    # -- before the body -------------------------------------------------------------
+
+    def start(self) -> None:
+        f, client, request = self.factory, self.client, self.request
+        login = f.login
+        if login is not None and request.path.startswith(_login.PREFIX):
+            return self._later(self._loginPage())
+        backend = f.router.route(request.host, request.path)
+        if backend is None:
+            return client.problem(request, 404, "No such service",
+                                  "no connection on this listener serves this host and path")
+        if request.lenient is not None and not backend.options.lenient_targets:
+            return client.problem(request, 400, "Bad request", request.lenient)
+        self.backend = backend
+        self.maxBody = backend.options.max_body
+        credential = _wire.credentialFrom(request.get(b"authorization"))
+        if credential is None and backend.options.browser_login:
+            credential = login.credentialFor(request)
+            if credential is None and login.wantsLogin(request):
+                return self._later(self._loginStart(backend))
+        if credential is None:
+            return client.problem(request, 401, "Authentication required",
+                                  "send Authorization: Bearer <token or API key>", headers=[_CHALLENGE])
+        digest = hashlib.sha256(credential.encode()).digest()
+        if client.session is None or client.credentialHash != digest or client.backend is not backend:
+            return self._later(self._openSession(credential, digest))
+        self.authenticated()
+
+    async def _loginPage(self) -> None:
+        client = self.client
+        answer = await self.factory.login.page(self.request, self.factory.router, self.factory.secure,
+                                               client.clientText)
+        client.answer(self.request, answer.status, answer.headers, answer.body)
+
+    async def _loginStart(self, backend) -> None:
+        try:
+            answer = await self.factory.login.start(self.request, backend, self.factory.secure)
+        except _login.LoginFailed as e:
+            return self.client.problem(self.request, 502, "Login unavailable", str(e))
+        self.client.answer(self.request, answer.status, answer.headers, answer.body)
+
+    async def _openSession(self, credential: str, digest: bytes) -> None:
+        client, request, backend = self.client, self.request, self.backend
+        client.endSession("identity or connection changed")
+        try:
+            identity = await self.factory.gateway.authenticate(backend.connection, credential,
+                                                               client.clientText)
+        except AuthenticationFailed as e:
+            return client.problem(request, 401, "Authentication failed", str(e), headers=[
+                (b"WWW-Authenticate", b'Bearer realm="sealgate", error="invalid_token"')])
+        if client.gone:
+            return None
+        try:
+            session = self.factory.gateway.openSession(
+                backend.connection, identity, client.clientText,
+                {"tls": self.factory.secure, "host": request.host.decode("latin-1")})
+        except SessionRefused as e:
+            return client.problem(request, 403 if e.code == "access" else 503, "Session refused", str(e))
+        session.abort = lambda message: client.transport.loseConnection()
+        client.session, client.credentialHash, client.backend = session, digest, backend
+        self.authenticated()
+
+    def authenticated(self) -> None:
+        framing = self.request.framing
+        if framing is not None and framing.kind == "length" and framing.length > self.maxBody:
+            return self.tooLarge()
+        self.client.readBody()
+
+    def tooLarge(self) -> None:
+        """The body is over the connection's C{max_body}: refused, and the connection closes."""
+        self.client.problem(self.request, 413, "Request body too large",
+                            f"this connection takes request bodies up to {self.maxBody} bytes",
+                            max_body=self.maxBody)
+
+    # -- with the body in ------------------------------------------------------------
+
+    def whole(self) -> None:
+        """The request is whole: record it, then decide."""
+        session = self.client.session
+        if self.recordRequest(session):
+            d = defer.ensureDeferred(self.recordBody(session))
+            d.addCallback(lambda _: None if self.client.gone else self.decide(session))
+            d.addErrback(self.client._crashed, self.request)
+            return
+        self.decide(session)
+
+    def decide(self, session) -> None:
+        if not session.chain.wantsCommand:
+            return self.dispatch(CONTINUE)
+        request = self.request
+        method = request.method.decode("latin-1")
+        secret = self.backend.options.secret_headers
+        details = {
+            "method": method, "path": request.path.decode("latin-1"),
+            "query": (request.query or b"").decode("latin-1"),
+            "headers": {n.decode("latin-1"): b", ".join(vs).decode("latin-1")
+                        for n, vs in request.low.items() if n not in secret},
+            "body_size": request.bodySize,
+        }
+        upgrade = request.get(b"upgrade")
+        if upgrade:
+            details["upgrade"] = upgrade.lower().decode("latin-1")
+        verdict = session.command("http", f"{method} {request.target.decode('latin-1')}", details)
+        if isinstance(verdict, Hold):
+            self.holdNotice(verdict)
+            verdict.result.addCallback(self.dispatch)
+            verdict.result.addErrback(self.client._crashed, request)
+            return
+        self.dispatch(verdict)
+
+    def dispatch(self, verdict) -> None:
+        client, request = self.client, self.request
+        if client.gone:
+            return None
+        if isinstance(verdict, Deny):
+            return client.problem(request, 403, "Request denied by policy", verdict.reason,
+                                  rule=verdict.rule)
+        if (request.get(b"upgrade") or b"").lower() == b"websocket":
+            return self.upgrade()
+        f = self.factory
+        exchange = Exchange(client, request, self.backend, client.session, f.pools[id(self.backend)],
+                            f.pacer)
+        client.exchange = exchange
+        exchange.start(self.forwardHead(False))
+
+    # -- pieces ------------------------------------------------------------------
+
+    def forwardHead(self, upgrade: bool) -> bytes:
+        """The request head the backend gets: normalized target, its credential, one Host."""
+        request, backend, client = self.request, self.backend, self.client
+        low = request.low
+        drop = _wire.hopByHop(low.get(b"connection"))
+        if upgrade:
+            drop -= {b"upgrade", b"connection"}
+        options = backend.options
+        parts = [request.method + b" " + request.target + b" HTTP/1.1",
+                 b"Host: " + (request.host if options.preserve_host else backend.hostHeader)]
+        for (name, value), n in zip(request.headers, request.names, strict=True):
+            if n in drop or n in _wire.DROP_REQUEST or n in _FORWARDED:
+                continue
+            if n == b"cookie" and options.browser_login:
+                kept = _login.stripCookie([value])
+                if not kept:
+                    continue
+                value = kept[0]
+            parts.append(name + b": " + value)
+        forwarded = low.get(b"x-forwarded-for", [])
+        parts.append(b"X-Forwarded-For: " + b", ".join([*forwarded, client.clientHost.encode()]))
+        parts.append(b"X-Forwarded-Proto: " + (b"https" if self.factory.secure else b"http"))
+        parts.append(b"X-Forwarded-Host: " + request.host)
+        for name, value in options.inject:
+            parts.append(name + b": " + value)
+        if request.body is not None:
+            parts.append(b"Content-Length: %d" % request.bodySize)
+        elif request.method in _WITH_BODY:
+            parts.append(b"Content-Length: 0")
+        return b"\r\n".join(parts) + b"\r\n\r\n"
+
+    def recordRequest(self, session) -> bool:
+        """Record the head as the client sent it (secrets redacted); True when a body must follow."""
+        request = self.request
+        secret = self.backend.options.secret_headers
+        first = request.method + b" " + request.sent + b" " + request.version
+        if secret.isdisjoint(request.low):
+            pairs = request.headers
+        else:
+            pairs = [(n, _wire.REDACTED if ln in secret else v)
+                     for (n, v), ln in zip(request.headers, request.names, strict=True)]
+        session.record(FROM_CLIENT, _wire.serializeHead(first, pairs))
+        if request.body is None:
+            if request.chunked:
+                session.record(FROM_CLIENT, _wire.LAST_CHUNK)
+            return False
+        return True
+
+    async def recordBody(self, session) -> None:
+        # Read back from the spool in pieces so a large upload never sits in memory whole.
+        request, pacer = self.request, self.factory.pacer
+        content = request.body
+        content.seek(0)
+        while True:
+            data = content.read(65536)
+            if not data:
+                break
+            session.record(FROM_CLIENT, _wire.chunk(data) if request.chunked else data)
+            if pacer.over():
+                await pacer.drained()
+        if request.chunked:
+            session.record(FROM_CLIENT, _wire.LAST_CHUNK)
+        content.seek(0)
+
+    def holdNotice(self, hold: Hold) -> None:
+        """Tell the client at once that its request waits: a 1xx response clients skip, recorded."""
+        if self.request.version != b"HTTP/1.1" or self.client.gone:
+            return
+        message = hold.message.encode("utf-8", "replace").replace(b"\r", b" ").replace(b"\n", b" ")
+        self.client.send(b"HTTP/1.1 102 Processing\r\nSealgate-Ticket: "
+                         + hold.ticket.encode("ascii", "replace")
+                         + b"\r\nSealgate-Notice: " + message + b"\r\n\r\n")
+
+    def upgrade(self) -> None:
+        """Hand the client connection over to a raw, recorded WebSocket relay."""
+        client, backend = self.client, self.backend
+        relay = Relay(client, client.session, self.forwardHead(True), backend.options.secret_headers)
+        relay.pacer = self.factory.pacer
+        client.relay = relay
+        client._to(ConnEvent.UPGRADED)
+        buffered = bytes(client.buf)
+        del client.buf[:]
+        if client.readPaused:
+            client.readPaused = False
+            client.transport.resumeProducing()
+        if buffered:
+            relay.fromClient(buffered)
+        connectRelay(relay, self.factory.reactor, backend, client.session)

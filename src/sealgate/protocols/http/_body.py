@@ -5,7 +5,7 @@ import zlib
 import brotli
 from twisted.internet.defer import Deferred
 
-from sealgate.chain._chain import OutputRefused
+from sealgate.flow import OutputRefused
 
 #: Content types masked as a whole JSON document.
 _JSON = ("application/json", "application/problem+json")

@@ -9,8 +9,8 @@ from twisted.conch.ssh import connection
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from sealgate.chain._chain import OutputRefused
 from sealgate.chain.verdicts import CONTINUE, Deny, Hold, Rewrite
+from sealgate.flow import OutputRefused
 from sealgate.masking import StreamMasker
 from sealgate.protocols.ssh import _wire
 from sealgate.protocols.ssh.relay import (

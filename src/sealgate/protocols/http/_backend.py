@@ -1,16 +1,13 @@
 """Backend side of the relay: one request/response exchange at a time on a pooled connection."""
 
-from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.protocols.basic import FileSender
-from zope.interface import implementer
 
 from sealgate.protocols._io import writeNow
 from sealgate.protocols.http import _framing, _wire
 from sealgate.protocols.http._body import BodyMasker, MaskingFailed, bodyMode
 from sealgate.protocols.http._pool import BackendConnection
 from sealgate.protocols.http._state import Exch, ExchEvent, exchStep
-from sealgate.session import TO_CLIENT
 
 #: Methods a request may be sent again for when a kept-alive connection
 #: turned out to be closed before any answer (RFC 9110 section 9.2.2).
@@ -19,17 +16,18 @@ _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE
 _INLINE_BODY = 256 << 10
 
 
-@implementer(IPushProducer)
 class Exchange:
     """
     One request sent to the backend and its response relayed to the client
     connection (L{sealgate.protocols.http._relay.ClientConnection}).  Bodies
     that masking need not see pass as the backend's bytes, unparsed but for
     their framing; JSON is buffered and masked whole, text streamed through
-    the masker.  While relaying, the client transport pauses the backend
-    when it is full, and so does the recording store's backlog.  A backend
-    silent for C{backend_timeout} (not counting those pauses) gets the
-    client a 504, or, once part of the body is out, a cut connection.
+    the masker.  The backend connection is the session's backend leg while
+    the exchange lasts: the client transport pauses it when full, the core
+    for the store.  A backend silent for C{backend_timeout} (not counting
+    those pauses) gets the client a 504, or, once part of the body is out,
+    a cut connection.  Every byte to the client goes through the client
+    connection's C{send}, the session's output step.
     """
 
     _log = Logger()
@@ -50,20 +48,21 @@ class Exchange:
     rawPass = True
     chunkOut = False
     secretHead = False
-    registered = clientPaused = storePaused = False
+    registered = False
+    contentType = ""
 
-    def __init__(self, client, request, backend, session, pool, pacer):
+    def __init__(self, client, request, backend, session, pool):
         self.client = client
         self.request = request
         self.backend = backend
         self.session = session
         self.pool = pool
-        self.pacer = pacer
         self.closeAfter = not request.keepAlive
         self.timeout = backend.options.backend_timeout
 
     def _to(self, event: ExchEvent) -> None:
         self.state = exchStep(self.state, event)
+
     # -- sending ---------------------------------------------------------------
 
     def start(self, head: bytes) -> None:
@@ -93,6 +92,7 @@ class Exchange:
     def _send(self, conn: BackendConnection) -> None:
         self.conn = conn
         conn.exchange = self
+        self.session.attach(self.client.leg, conn.transport)
         self._to(ExchEvent.SENT)
         body = self.request.body
         transport = conn.transport
@@ -133,7 +133,8 @@ class Exchange:
         if self.state not in (Exch.CONNECT, Exch.HEAD, Exch.BODY):
             return
         reactor = self.pool.reactor
-        if self.uploading or self.clientPaused or self.storePaused:
+        leg = self.session.backendLeg
+        if self.uploading or (leg is not None and leg.paused):
             # Waiting on us or on the client, not on the backend.
             return self._heard()
         left = self.lastHeard + self.timeout - reactor.seconds()
@@ -224,10 +225,12 @@ class Exchange:
             # Chunked wins over a Content-Length beside it (RFC 9112 6.3);
             # passing both on would leave the client to guess.
             skip = drop | {b"content-length"}
+        self.contentType = (low.get(b"content-type") or [b""])[0].decode("latin-1")
         if mode in ("json", "text"):
+            # Its output hooks run in the session's output step, not here.
             self.masker = BodyMasker(self.session, mode, (low.get(b"content-encoding") or [None])[0],
                                      self.backend.options.max_masked_body,
-                                     (low.get(b"content-type") or [None])[0])
+                                     (low.get(b"content-type") or [None])[0], hooks=False)
             skip = drop | {b"content-encoding", b"content-length"}
         pairs = [pair for pair, n in zip(head.headers, names, strict=True) if n not in skip]
         self.secretHead = not self.backend.options.secret_headers.isdisjoint(low)
@@ -260,24 +263,28 @@ class Exchange:
         else:
             self.recordedHead = head
 
-    def _emit(self, data: bytes) -> None:
-        """Send bytes to the client (the head first), recording them as sent."""
+    def _emit(self, data: bytes) -> bool:
+        """
+        Send bytes to the client (the head first) through its output step;
+        False when it refused them (the exchange is then over).
+        """
         client = self.client
-        self.wrote = True
+        sent = True
         if self.pendingHead:
             head, self.pendingHead = self.pendingHead, b""
             if self.recordedHead is head:
-                data = head + data
-                client.send(data)
+                # One write for head and body: the usual small response.
+                sent = client.send(head + data, part="body", content_type=self.contentType)
+                data = b""
             else:
-                record = self.session.record
-                record(TO_CLIENT, self.recordedHead)
-                if data:
-                    record(TO_CLIENT, data)
-                client.send(head + data, record=False)
-            return
-        if data:
-            client.send(data)
+                sent = self.wrote = client.send(head, recorded=self.recordedHead, part="head")
+        if sent and data:
+            sent = client.send(data, part="body", content_type=self.contentType)
+        if not sent:
+            self._refused()
+            return False
+        self.wrote = True
+        return True
 
     def _body(self, data: bytes) -> None:
         # Phase "body" with no framing completes at once in _head.
@@ -291,29 +298,25 @@ class Exchange:
             self.reusable = False
         masker = self.masker
         if masker is None:
-            if self.rawPass:
-                self._emit(data if used == len(data) else data[:used])
-            else:
-                self._emit(b"".join(pieces))
+            if not self._emit((data if used == len(data) else data[:used]) if self.rawPass
+                              else b"".join(pieces)):
+                return
         else:
             try:
                 for piece in pieces:
                     out = masker.feed(piece)
-                    if out:
-                        self._emit(_wire.chunk(out) if self.chunkOut else out)
+                    if out and not self._emit(_wire.chunk(out) if self.chunkOut else out):
+                        return
             except MaskingFailed as e:
                 return self._maskFailed(str(e))
         if framing.done:
             self._complete()
             return
-        if not self.registered and self.state is Exch.BODY:
+        leg = self.session.backendLeg
+        if not self.registered and self.state is Exch.BODY and leg is not None:
+            # A full client transport pauses the backend leg (and only for that reason).
             self.registered = True
-            self.client.transport.registerProducer(self, True)
-        conn = self.conn
-        if self.pacer is not None and conn is not None and not self.storePaused and self.pacer.over():
-            self.storePaused = True
-            conn.transport.pauseProducing()
-            self.pacer.drained().addCallback(self._storeDrained)
+            self.client.transport.registerProducer(leg, True)
 
     def _complete(self) -> None:
         if self.masker is not None:
@@ -324,13 +327,15 @@ class Exchange:
             if self.mode == "json":
                 self.pairs.append((b"Content-Length", b"%d" % len(tail)))
                 self._setHead(self.pairs)
-                self._emit(tail)
+                sent = self._emit(tail)
             elif self.chunkOut:
-                self._emit((_wire.chunk(tail) if tail else b"") + _wire.LAST_CHUNK)
-            elif tail:
-                self._emit(tail)
-        if self.pendingHead:
-            self._emit(b"")
+                sent = self._emit((_wire.chunk(tail) if tail else b"") + _wire.LAST_CHUNK)
+            else:
+                sent = self._emit(tail) if tail else True
+            if not sent:
+                return
+        if self.pendingHead and not self._emit(b""):
+            return
         self._finishBackend()
         self.client.exchangeDone(self.closeAfter)
 
@@ -345,8 +350,14 @@ class Exchange:
         if conn is None:
             return
         conn.exchange = None
+        session = self.session
+        leg = session.backendLeg
+        paused = False
+        if leg is not None and leg.transport is conn.transport:
+            # The connection leaves the session: the next exchange attaches its own leg.
+            paused, session.backendLeg = leg.paused, None
         if self.reusable and not self.uploading and conn.alive:
-            if self.clientPaused or self.storePaused:
+            if paused:
                 conn.transport.resumeProducing()
             self.pool.put(conn)
         else:
@@ -395,6 +406,10 @@ class Exchange:
     def _maskFailed(self, why: str) -> None:
         self._cut(why, True)
 
+    def _refused(self) -> None:
+        """The output step refused what the backend sent (sealed there): answer otherwise, or cut."""
+        self._cut("the output step refused the response", True)
+
     def _cut(self, why: str, maskingFailed: bool) -> None:
         self._log.info("Response on session {session} not sent whole: {why}",
                        session=self.session.id, why=why)
@@ -418,23 +433,3 @@ class Exchange:
             self._stopTimer()
             return
         self._finishBackend()
-
-    # -- IPushProducer, driven by the client transport -------------------------------
-
-    def _storeDrained(self, _) -> None:
-        self.storePaused = False
-        if not self.clientPaused and self.conn is not None:
-            self.conn.transport.resumeProducing()
-
-    def pauseProducing(self):
-        self.clientPaused = True
-        if self.conn is not None:
-            self.conn.transport.pauseProducing()
-
-    def resumeProducing(self):
-        self.clientPaused = False
-        if self.conn is not None and not self.storePaused:
-            self.conn.transport.resumeProducing()
-
-    def stopProducing(self):
-        self.clientLost()

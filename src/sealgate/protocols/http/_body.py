@@ -1,9 +1,8 @@
-"""Response bodies on their way to the client: how masking reads them (JSON, text, compressed), and pacing against the store."""
+"""Response bodies on their way to the client: how masking reads them (JSON, text, compressed)."""
 
 import zlib
 
 import brotli
-from twisted.internet.defer import Deferred
 
 from sealgate.flow import OutputRefused
 
@@ -114,8 +113,11 @@ class BodyMasker:
     cannot be vetted (fail closed).
     """
 
-    def __init__(self, session, mode: str, contentEncoding: bytes | None, limit: int, contentType):
+    def __init__(self, session, mode: str, contentEncoding: bytes | None, limit: int, contentType,
+                 hooks: bool = True):
         self._chain = session.chain
+        # hooks=False: the caller sends through session.emit, which runs them.
+        self._hooks = hooks
         self._masker = session.chain.masker
         self._mode = mode
         self._decoder = decoderFor(contentEncoding)
@@ -169,7 +171,7 @@ class BodyMasker:
             raise MaskingFailed(f"the body could not be masked ({type(e).__name__})")
 
     def _output(self, data: bytes) -> bytes:
-        if self._chain.wantsOutput:
+        if self._hooks and self._chain.wantsOutput:
             try:
                 # masked=True: the masking interceptor skips what its own
                 # masker already did; other output hooks still see the body.
@@ -184,36 +186,3 @@ def _bytes(value) -> bytes:
     if isinstance(value, str):
         return value.encode("utf-8", "surrogateescape")
     return bytes(value or b"")
-
-
-class StorePacer:
-    """
-    Keeps a stream from outrunning the recording store: above C{high}
-    queued items the stream stops reading until the store's writer is back
-    under C{low}.  Memory then stays bounded however fast both ends are.
-    """
-
-    # Items are reads of up to 64 KiB: at most ~64 MiB wait for the writer,
-    # enough to keep it busy through a batch's fdatasync.
-    HIGH = 1024
-    LOW = 256
-    POLL = 0.005
-
-    def __init__(self, store, reactor):
-        self._backlog = getattr(store, "backlog", None)
-        self._reactor = reactor
-
-    def over(self) -> bool:
-        return self._backlog is not None and self._backlog() > self.HIGH
-
-    def drained(self) -> Deferred[None]:
-        d: Deferred[None] = Deferred()
-
-        def check():
-            if self._backlog() <= self.LOW:
-                d.callback(None)
-            else:
-                self._reactor.callLater(self.POLL, check)
-
-        self._reactor.callLater(self.POLL, check)
-        return d

@@ -8,15 +8,33 @@ from twisted.logger import Logger
 
 from sealgate.chain.verdicts import CONTINUE, Deny, Hold
 from sealgate.identity import AuthenticationFailed
+from sealgate.masking import MaskingFailed
 from sealgate.protocols.http import _login, _wire
 from sealgate.protocols.http._backend import Exchange
 from sealgate.protocols.http._state import ConnEvent
 from sealgate.protocols.http._upgrade import Relay, connectRelay
-from sealgate.session import FROM_CLIENT, SessionRefused
+from sealgate.session import SessionRefused
 
 _FORWARDED = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"})
 _WITH_BODY = frozenset({b"POST", b"PUT", b"PATCH"})
 _CHALLENGE = (b"WWW-Authenticate", b'Bearer realm="sealgate", Basic realm="sealgate"')
+#: What HTTP sends, as its output step's masker sees it: "response" (the
+#: gateway's own answers), "head" (response heads: never masked, secret
+#: values recorded redacted) and "body" (backend bodies, masked by type
+#: before they get here), "websocket" (frames, passed as they are).
+_PARTS = frozenset({"response", "head", "body", "websocket"})
+
+
+def outputMasker(data: bytes, context) -> bytes:
+    """
+    The session's output masker for HTTP: bodies are masked by content type
+    and coding (L{sealgate.protocols.http._body.BodyMasker}) before they reach
+    the output step, so this passes what is classified and refuses anything
+    else (fail closed: a send without a part is a bug, never a leak).
+    """
+    if context.get("part") in _PARTS:
+        return data
+    raise MaskingFailed("HTTP output of an unknown kind")
 
 
 class Pipeline:
@@ -102,7 +120,9 @@ class Pipeline:
                 {"tls": self.factory.secure, "host": request.host.decode("latin-1")})
         except SessionRefused as e:
             return client.problem(request, 403 if e.code == "access" else 503, "Session refused", str(e))
-        session.abort = lambda message: client.transport.loseConnection()
+        session.abort = client.abortSession
+        session.setOutputMasker(outputMasker)
+        session.attach(client.leg)
         client.session, client.credentialHash, client.backend = session, digest, backend
         self.authenticated()
 
@@ -121,16 +141,8 @@ class Pipeline:
     # -- with the body in ------------------------------------------------------------
 
     def whole(self) -> None:
-        """The request is whole: record it, then decide."""
+        """The request is whole (and recorded as it came): decide."""
         session = self.client.session
-        if self.recordRequest(session):
-            d = defer.ensureDeferred(self.recordBody(session))
-            d.addCallback(lambda _: None if self.client.gone else self.decide(session))
-            d.addErrback(self.client._crashed, self.request)
-            return
-        self.decide(session)
-
-    def decide(self, session) -> None:
         if not session.chain.wantsCommand:
             return self.dispatch(CONTINUE)
         request = self.request
@@ -146,13 +158,16 @@ class Pipeline:
         upgrade = request.get(b"upgrade")
         if upgrade:
             details["upgrade"] = upgrade.lower().decode("latin-1")
-        verdict = session.command("http", f"{method} {request.target.decode('latin-1')}", details)
-        if isinstance(verdict, Hold):
-            self.holdNotice(verdict)
-            verdict.result.addCallback(self.dispatch)
-            verdict.result.addErrback(self.client._crashed, request)
+        # HTTP forwards the request as the client framed it: a Rewrite is
+        # not applied, so the core turns it into an audited denial.
+        decision = session.decide("http", f"{method} {request.target.decode('latin-1')}", details,
+                                  rewritable=False)
+        if decision.held:
+            self.holdNotice(decision.verdict)
+            decision.pending.addCallback(self.dispatch)
+            decision.pending.addErrback(self.client._crashed, request)
             return
-        self.dispatch(verdict)
+        self.dispatch(decision.verdict)
 
     def dispatch(self, verdict) -> None:
         client, request = self.client, self.request
@@ -163,9 +178,8 @@ class Pipeline:
                                   rule=verdict.rule)
         if (request.get(b"upgrade") or b"").lower() == b"websocket":
             return self.upgrade()
-        f = self.factory
-        exchange = Exchange(client, request, self.backend, client.session, f.pools[id(self.backend)],
-                            f.pacer)
+        exchange = Exchange(client, request, self.backend, client.session,
+                            self.factory.pools[id(self.backend)])
         client.exchange = exchange
         exchange.start(self.forwardHead(False))
 
@@ -202,8 +216,8 @@ class Pipeline:
             parts.append(b"Content-Length: 0")
         return b"\r\n".join(parts) + b"\r\n\r\n"
 
-    def recordRequest(self, session) -> bool:
-        """Record the head as the client sent it (secrets redacted); True when a body must follow."""
+    def recordedHead(self) -> bytes:
+        """The request head as the client sent it, secret values redacted: what the recording keeps."""
         request = self.request
         secret = self.backend.options.secret_headers
         first = request.method + b" " + request.sent + b" " + request.version
@@ -212,50 +226,27 @@ class Pipeline:
         else:
             pairs = [(n, _wire.REDACTED if ln in secret else v)
                      for (n, v), ln in zip(request.headers, request.names, strict=True)]
-        session.record(FROM_CLIENT, _wire.serializeHead(first, pairs))
-        if request.body is None:
-            if request.chunked:
-                session.record(FROM_CLIENT, _wire.LAST_CHUNK)
-            return False
-        return True
-
-    async def recordBody(self, session) -> None:
-        # Read back from the spool in pieces so a large upload never sits in memory whole.
-        request, pacer = self.request, self.factory.pacer
-        content = request.body
-        content.seek(0)
-        while True:
-            data = content.read(65536)
-            if not data:
-                break
-            session.record(FROM_CLIENT, _wire.chunk(data) if request.chunked else data)
-            if pacer.over():
-                await pacer.drained()
-        if request.chunked:
-            session.record(FROM_CLIENT, _wire.LAST_CHUNK)
-        content.seek(0)
+        return _wire.serializeHead(first, pairs)
 
     def holdNotice(self, hold: Hold) -> None:
         """Tell the client at once that its request waits: a 1xx response clients skip, recorded."""
         if self.request.version != b"HTTP/1.1" or self.client.gone:
             return
         message = hold.message.encode("utf-8", "replace").replace(b"\r", b" ").replace(b"\n", b" ")
-        self.client.send(b"HTTP/1.1 102 Processing\r\nSealgate-Ticket: "
-                         + hold.ticket.encode("ascii", "replace")
-                         + b"\r\nSealgate-Notice: " + message + b"\r\n\r\n")
+        if not self.client.send(b"HTTP/1.1 102 Processing\r\nSealgate-Ticket: "
+                                + hold.ticket.encode("ascii", "replace")
+                                + b"\r\nSealgate-Notice: " + message + b"\r\n\r\n", part="head"):
+            self.client.abort()
 
     def upgrade(self) -> None:
         """Hand the client connection over to a raw, recorded WebSocket relay."""
         client, backend = self.client, self.backend
         relay = Relay(client, client.session, self.forwardHead(True), backend.options.secret_headers)
-        relay.pacer = self.factory.pacer
         client.relay = relay
         client._to(ConnEvent.UPGRADED)
         buffered = bytes(client.buf)
         del client.buf[:]
-        if client.readPaused:
-            client.readPaused = False
-            client.transport.resumeProducing()
+        client.resumeReading()
         if buffered:
             relay.fromClient(buffered)
-        connectRelay(relay, self.factory.reactor, backend, client.session)
+        connectRelay(relay, self.factory.reactor, backend)

@@ -13,22 +13,24 @@ from twisted.python.failure import Failure
 from twisted.web.http import RESPONSES
 from zope.interface import implementer
 
+from sealgate.flow import Leg, OutputRefused, Preamble
 from sealgate.protocols._io import noDelay, writeNow
 from sealgate.protocols.http import _framing, _wire
-from sealgate.protocols.http._body import StorePacer
+from sealgate.protocols.http._backlog import BacklogPressure
 from sealgate.protocols.http._login import BrowserLogin
 from sealgate.protocols.http._pipeline import Pipeline
 from sealgate.protocols.http._pool import BackendPool
 from sealgate.protocols.http._routing import Backend, Router
 from sealgate.protocols.http._state import Conn, ConnEvent, connStep
 from sealgate.protocols.http._target import TargetRefused, hostName, normalizeTarget
-from sealgate.session import TO_CLIENT
 
 _MAX_HEAD = 1 << 20
 #: Pipelined bytes held while a request is in flight before reading stops.
 _MAX_AHEAD = 256 << 10
 #: Request bodies above this spill from memory to a temporary file.
 _SPOOL_MEMORY = 1 << 20
+#: Why the relay itself stops reading a client (the core adds its own reasons).
+_AHEAD = "pipelined"
 #: After an answer sent before the body was read, the rest is read and
 #: dropped for this long (and up to this much) so that the client reads
 #: the answer instead of a connection reset; then the connection is cut.
@@ -105,8 +107,10 @@ def parseRequest(raw: bytes, lenientToo: bool = False) -> Request:
 class ClientConnection(Protocol):
     """
     One client connection: at most one live session (one identity on one
-    connection), one request at a time, each run by a L{Pipeline}; every
-    byte written to the client is recorded in the session.
+    connection), one request at a time, each run by a L{Pipeline}.  Every
+    byte to the client goes through L{send}: the session's output step
+    (masked, output hooks, recorded), or, before any session exists, a
+    refusal that has no session to be recorded in.
     """
 
     _log = Logger()
@@ -114,7 +118,8 @@ class ClientConnection(Protocol):
     # A TCP or TLS server transport: also a push producer (pause/resume)
     # with abortConnection, which no single Twisted interface names.
     transport: Any
-    session = None
+    #: The live L{sealgate.session.Session}, once a request logged in.
+    session: Any = None
     credentialHash: bytes | None = None
     backend: Backend | None = None
     relay = None
@@ -133,13 +138,15 @@ class ClientConnection(Protocol):
         self.state = Conn.HEAD
         self.request: Request | None = None
         self.gone = False
-        self.readPaused = False
 
     def _to(self, event: ConnEvent) -> None:
         self.state = connStep(self.state, event)
 
     def connectionMade(self):
         noDelay(self.transport)
+        # The client leg: the relay pauses it for its own reasons, the core
+        # (through the session's leg around this one) for holds and the store.
+        self.leg = Leg(self.transport)
         peer = self.transport.getPeer()
         self.clientHost = str(getattr(peer, "host", "unknown"))
         self.clientText = f"{self.clientHost}:{getattr(peer, 'port', '?')}"
@@ -184,11 +191,10 @@ class ClientConnection(Protocol):
         self.buf += data
         if state is Conn.HEAD:
             self._readHead()
-        elif len(self.buf) > _MAX_AHEAD and not self.readPaused:
+        elif len(self.buf) > _MAX_AHEAD and not self.leg.pausedFor(_AHEAD):
             # Bytes ahead of a request still being checked or run: hold them,
             # bounded (a body is read only once its sender is known).
-            self.readPaused = True
-            self.transport.pauseProducing()
+            self.leg.pause(_AHEAD)
 
     def _readHead(self) -> None:
         buf = self.buf
@@ -215,21 +221,24 @@ class ClientConnection(Protocol):
         self._run(pipeline.start)
 
     def readBody(self) -> None:
-        """The request's sender is known and allowed: read its body, then run the rest of its pipeline."""
-        request = self.request
-        assert request is not None and self.pipeline is not None
+        """
+        The request's sender is known and allowed: record its head, read
+        and record its body as it comes, then run the rest of its pipeline.
+        """
+        request, pipeline, session = self.request, self.pipeline, self.session
+        assert request is not None and pipeline is not None and session is not None
+        session.received(pipeline.recordedHead())
         if request.framing is None:
             self._to(ConnEvent.REQUEST_WHOLE)
-            return self._run(self.pipeline.whole)
+            return self._run(pipeline.whole)
         expect = request.get(b"expect")
         if expect is not None and expect.lower() == b"100-continue" and request.version == b"HTTP/1.1":
-            self.send(b"HTTP/1.1 100 Continue\r\n\r\n")
+            if not self.send(b"HTTP/1.1 100 Continue\r\n\r\n", part="head"):
+                return self.abort()
         request.body = tempfile.SpooledTemporaryFile(_SPOOL_MEMORY)
         self._to(ConnEvent.READ_BODY)
         self.idleSince = self.factory.reactor.seconds()
-        if self.readPaused:
-            self.readPaused = False
-            self.transport.resumeProducing()
+        self.resumeReading()
         if self.buf:
             data = bytes(self.buf)
             del self.buf[:]
@@ -245,6 +254,7 @@ class ClientConnection(Protocol):
             pieces, used = framing.feed(data)
         except _wire.ProtocolError as e:
             return self._badRequest(e)
+        self.session.received(data if used == len(data) else data[:used])
         write = request.body.write
         for piece in pieces:
             write(piece)
@@ -263,10 +273,12 @@ class ClientConnection(Protocol):
         status = getattr(error, "status", 400)
         self._log.info("Malformed HTTP request from {client}: {why}", client=self.clientText, why=error)
         body = _wire.problem(status, "Bad request" if status == 400 else "Not implemented", str(error))
-        self.send(_wire.serializeHead(b"HTTP/1.1 %d %s" % (status, RESPONSES[status]), [
-            (b"Content-Type", _wire.PROBLEM), (b"Content-Length", b"%d" % len(body)),
-            (b"Connection", b"close")]) + body)
-        self._close(unread=True)
+        if self.send(_wire.serializeHead(b"HTTP/1.1 %d %s" % (status, RESPONSES[status]), [
+                (b"Content-Type", _wire.PROBLEM), (b"Content-Length", b"%d" % len(body)),
+                (b"Connection", b"close")]) + body, part="response"):
+            self._close(unread=True)
+        else:
+            self.abort()
 
     def _run(self, step) -> None:
         try:
@@ -283,32 +295,79 @@ class ClientConnection(Protocol):
 
     # -- writing responses ---------------------------------------------------------
 
-    def send(self, data: bytes, record: bool = True) -> None:
-        """Write to the client and record it in the session."""
-        if record and self.session is not None:
-            self.session.record(TO_CLIENT, data)
-        writeNow(self.transport, data)
+    def send(self, data: bytes, *, recorded: bytes | None = None, **context) -> bool:
+        """
+        The one way bytes reach this client.  With a session, its output
+        step: C{data} is masked (HTTP bodies come masked already: the
+        session's masker for this protocol only checks that they did), run
+        through the output hooks, recorded and written.  Without one (a
+        refusal before any login), written unrecorded: there is no session
+        to record it in, and it carries nothing from a backend.
 
-    def answer(self, request: Request, status: int, headers, body: bytes) -> None:
+        @param recorded: C{data} with its secret header values replaced
+            (a response head with Set-Cookie): that is what the hooks see
+            and the recording keeps; the client gets C{data}, unless a hook
+            changed it, when it gets what the hook made of it.
+        @param context: for the output hooks (C{part}, C{content_type}).
+        @return: False when the output step refused the bytes: nothing was
+            sent and the refusal is sealed; the caller answers otherwise or
+            cuts the connection.
+        """
+        session = self.session
+        if session is None:
+            Preamble().refuse(self.transport, data)
+            return True
+        try:
+            if recorded is None:
+                session.send(self.transport, data, **context)
+                return True
+            out = session.emit(recorded, **context)
+        except OutputRefused as e:
+            self._log.info("Output to {client} refused: {why}", client=self.clientText, why=e)
+            return False
+        # The only bytes a client gets that differ from the recording:
+        # secret header values it may see and no recording may hold.
+        writeNow(self.transport, data if out == recorded else out)
+        return True
+
+    def answer(self, request: Request, status: int, headers, body: bytes, close: bool = False) -> None:
         """Answer a request here, instead of its backend, and end the exchange."""
         if self.gone or self.state not in (Conn.CHECK, Conn.BODY, Conn.WAIT):
             return
         # An answer before the body was read leaves the body unread: the
         # connection cannot carry another request.
-        close = not request.keepAlive or (self.state is not Conn.WAIT and request.framing is not None)
+        close = close or not request.keepAlive or (
+            self.state is not Conn.WAIT and request.framing is not None)
         pairs = [*headers, (b"Content-Length", b"%d" % len(body))]
         if close:
             pairs.append((b"Connection", b"close"))
         out = _wire.serializeHead(b"HTTP/1.1 %d %s" % (status, RESPONSES.get(status, b"Error")), pairs)
-        self.send(out if request.method == b"HEAD" else out + body)
-        self.exchangeDone(close)
+        if self.send(out if request.method == b"HEAD" else out + body, part="response"):
+            self.exchangeDone(close)
+        else:
+            self.abort()
 
     def problem(self, request: Request, status: int, title: str, detail: str,
-                headers=(), **extra) -> None:
+                headers=(), close: bool = False, **extra) -> None:
         """Answer with an RFC 9457 problem and end the exchange."""
         body = _wire.problem(status, title, detail, instance=request.target.decode("latin-1"), **extra)
         self.answer(request, status, [(b"Content-Type", _wire.PROBLEM), (b"Cache-Control", b"no-store"),
-                                      *headers], body)
+                                      *headers], body, close)
+
+    def abortSession(self, message: str) -> None:
+        """
+        The core ends the session (the store failed): a request still
+        unanswered gets a 503 problem, then the connection closes.
+        """
+        exchange, request = self.exchange, self.request
+        wrote = exchange is not None and exchange.wrote
+        if exchange is not None:
+            self.exchange = None
+            exchange.clientLost()
+        if request is not None and not wrote and self.state in (Conn.CHECK, Conn.BODY, Conn.WAIT):
+            self.problem(request, 503, "Recording unavailable", message, close=True)
+        if not self.gone and self.state is not Conn.CLOSED:
+            self.transport.loseConnection()
 
     def exchangeDone(self, close: bool) -> None:
         """The response is out: read the next request, or close."""
@@ -322,12 +381,14 @@ class ClientConnection(Protocol):
             return
         self._to(ConnEvent.ANSWERED)
         self.idleSince = self.factory.reactor.seconds()
-        if self.readPaused:
-            self.readPaused = False
-            self.transport.resumeProducing()
+        self.resumeReading()
         if self.buf:
             # Pipelined requests: one at a time, without growing the stack.
             self.factory.reactor.callLater(0, self._next)
+
+    def resumeReading(self) -> None:
+        """Read again what the relay held back (pipelined bytes)."""
+        self.leg.resume(_AHEAD)
 
     def _next(self) -> None:
         if self.state is Conn.HEAD and not self.gone:
@@ -337,9 +398,7 @@ class ClientConnection(Protocol):
         """Close after the last answer; bytes the client still sends are dropped, not read as requests."""
         self._to(ConnEvent.ANSWERED_CLOSE)
         del self.buf[:]
-        if self.readPaused:
-            self.readPaused = False
-            self.transport.resumeProducing()
+        self.resumeReading()
         if not unread or not isinstance(self.transport, tcp.Connection):
             self.transport.loseConnection()
             return
@@ -381,8 +440,7 @@ class RelayFactory(Factory):
     """
     The listening factory for the http connections sharing one listen
     string: what their requests share (routing, backend pools, the browser
-    login, pacing against the store); each request runs in its own
-    L{Pipeline}.
+    login); each request runs in its own L{Pipeline}.
     """
 
     _log = Logger()
@@ -395,11 +453,11 @@ class RelayFactory(Factory):
         self.backends = [Backend(c) for c in connections]
         self.router = Router(self.backends)
         self.pools = {id(b): BackendPool(self.reactor, b.connection.backend) for b in self.backends}
-        self.pacer = StorePacer(getattr(gateway, "store", None), self.reactor)
         self.idleTimeout = max(c.options.idle_timeout for c in connections)
         self.lenient = any(c.options.lenient_targets for c in connections)
         self.login = BrowserLogin(gateway, self.reactor) if any(
             c.options.browser_login for c in connections) else None
+        self.pressure = BacklogPressure(gateway, self.reactor)
 
     def buildProtocol(self, addr):
         return ClientConnection(self)
@@ -408,7 +466,11 @@ class RelayFactory(Factory):
         # ALPN over TLS: this listener speaks HTTP/1.1 only.
         return [b"http/1.1"]
 
+    def startFactory(self):
+        self.pressure.start()
+
     def stopFactory(self):
+        self.pressure.stop()
         for pool in self.pools.values():
             pool.close()
 

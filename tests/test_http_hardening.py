@@ -267,3 +267,33 @@ async def test_a_silent_backend_gets_504_and_one_stalling_mid_body_a_cut(tmp_pat
         cuts = [e for s in reader.sessions() for e in reader.events(s["id"])
                 if e.get("event") == "http_response_cut"]
     assert cuts
+
+
+class _Rewriter:
+    """An interceptor that rewrites one request (HTTP cannot apply it)."""
+
+    name = "rewriter"
+
+    def appliesTo(self, session):
+        return True
+
+    def command(self, hook):
+        from sealgate.chain.verdicts import Rewrite
+
+        return Rewrite("GET /echo/rewritten") if "/echo/original" in hook.text else None
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_rewrite_is_an_audited_deny_end_to_end_not_a_silent_pass(tmp_path, http_backend):
+    g, key = await _start(tmp_path, http_backend)
+    g.gateway.chain = type(g.gateway.chain)([_Rewriter(), *g.gateway.chain.interceptors])
+    try:
+        code, body = await _code("-H", f"Authorization: Bearer {key}",
+                                 f"http://127.0.0.1:{g.port('web')}/echo/original")
+    finally:
+        await g.stop()
+    assert code == 403 and json.loads(body)["rule"] == "rewriter"
+    with StoreReader(g.stateDir) as reader:
+        verdicts = [e["fields"]["verdict"] for s in reader.sessions() for e in reader.events(s["id"])
+                    if e.get("event") == "command"]
+    assert verdicts == ["deny"]

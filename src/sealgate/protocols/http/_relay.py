@@ -255,9 +255,9 @@ class ClientConnection(Protocol):
         except _wire.ProtocolError as e:
             return self._badRequest(e)
         self.session.received(data if used == len(data) else data[:used])
-        write = request.body.write
+        spool = request.body
         for piece in pieces:
-            write(piece)
+            spool.write(piece)
             request.bodySize += len(piece)
         if request.bodySize > pipeline.maxBody:
             return pipeline.tooLarge()

@@ -106,7 +106,7 @@ class Relay:
                 # The backend's own answer is not relayed: its body would
                 # bypass masking.  The client learns the status only.
                 status = first.status if isinstance(first, _wire.Head) else 0
-                self.refuse("Upgrade refused", f"the backend answered the upgrade with status {status}")
+                self.decline("Upgrade refused", f"the backend answered the upgrade with status {status}")
                 return
             if not self.channel.send(head, recorded=_wire.redactHead(head, self._secret), part="head"):
                 return self._close("the output step refused the upgrade response")
@@ -126,7 +126,7 @@ class Relay:
         if not self.channel.send(data, part="websocket"):
             self._close("the output step refused a frame")
 
-    def refuse(self, title: str, detail: str) -> None:
+    def decline(self, title: str, detail: str) -> None:
         """No upgrade: a 502 problem, and the connection closes."""
         self._state = Upgrade.REFUSED
         self.channel.send(_badGateway(title, detail), part="response")
@@ -159,6 +159,6 @@ def connectRelay(relay: Relay, reactor, backend) -> None:
     def failed(f):
         Relay._log.info("WebSocket backend of {connection} unreachable: {error}",
                         connection=backend.connection.name, error=f.getErrorMessage())
-        relay.refuse("Backend unavailable", "the backend could not be reached")
+        relay.decline("Backend unavailable", "the backend could not be reached")
 
     ep.connect(factory).addErrback(failed)

@@ -10,36 +10,22 @@ from hypothesis import strategies as st
 from twisted.internet.testing import MemoryReactorClock
 from zope.interface.verify import verifyObject
 
-from sealgate import CANNOT_REWRITE, Deny, Identity, Rewrite
+from sealgate import CANNOT_REWRITE, Identity, Rewrite
 from sealgate.chain.masking import MaskingInterceptor
 from sealgate.chain.rules import RulesInterceptor
-from sealgate.config import ConnectionConfig, MaskingConfig, Rule, Where
+from sealgate.config import ConnectionConfig, MaskingConfig, Where
 from sealgate.masking import Masker
 from sealgate.protocols.http import _wire
 from sealgate.protocols.http._relay import RelayFactory
 from sealgate.protocols.http._target import TargetRefused, normalizeTarget
 from sealgate.protocols.http.plugin import parseOptions
 from sealgate.testing import FakeIdentities, FakeTransport, fakeGateway
+from tests.test_flow import Sees
+from tests.test_pg_relay import rule
 
 CARD = b"4111 1111 1111 1111"
 KEY = "tok-alice"
 WHERE = Where("sealgate.toml", "connections[0] (web).options")
-
-
-@attrs.define
-class Sees:
-    """An output hook that keeps what it is shown, and may refuse."""
-
-    name: str = "sees"
-    seen: list = attrs.field(factory=list)
-    refuse: bool = False
-
-    def appliesTo(self, session):
-        return True
-
-    def output(self, hook):
-        self.seen.append((hook.data, dict(hook.context)))
-        return Deny(self.name, "not for you") if self.refuse else None
 
 
 @attrs.define
@@ -56,13 +42,6 @@ class Commands:
     def command(self, hook):
         self.seen.append((hook.text, dict(hook.details)))
         return Rewrite("GET /elsewhere") if self.rewrite and self.rewrite in hook.text else None
-
-
-def rule(name, action, **kw):
-    base = dict(connections=("*",), groups=("*",), matchers={}, approvers=("leads",),
-                approvals_needed=1, expires=30.0, reason="not here")
-    base.update(kw)
-    return Rule(name=name, action=action, **base)
 
 
 @attrs.define

@@ -9,8 +9,7 @@ from twisted.internet import threads
 from twisted.internet.protocol import Factory, Protocol
 
 from sealgate.recording.reader import StoreReader
-from sealgate.testing import startGateway
-from tests.test_http_proxy import _ENV, BACKEND_SECRET, _config, _curl, _start
+from tests.test_http_proxy import _curl, _sharedListener, _start
 
 _DENY_SECRET = """
 [[rules]]
@@ -114,34 +113,9 @@ async def test_encoded_slashes_dots_backslashes_and_controls_are_refused_unless_
 
 @pytest_twisted.ensureDeferred
 async def test_routing_uses_the_normalized_path_and_the_absolute_form_authority(tmp_path, http_backend):
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    extra = f"""
-[[connections]]
-name = "web-public"
-protocol = "http"
-listen = "tcp:0:interface=127.0.0.1"
-backend = "{http_backend.endpoint}"
-[connections.options]
-path_prefix = "/echo/public"
-backend_header = "X-Public-Key"
-backend_header_env = "{_ENV}"
-
-[[connections]]
-name = "web-host"
-protocol = "http"
-listen = "tcp:0:interface=127.0.0.1"
-backend = "{http_backend.endpoint}"
-[connections.options]
-hosts = ["admin.internal"]
-backend_header = "X-Host-Key"
-backend_header_env = "{_ENV}"
-"""
-    os.environ[_ENV] = BACKEND_SECRET
-    g = await startGateway(_config(http_backend, extra=extra).replace(
-        "tcp:0:interface=127.0.0.1", f"tcp:{port}:interface=127.0.0.1"), tmp_path)
+    g, port = await _sharedListener(tmp_path, http_backend, [
+        ("web-public", 'path_prefix = "/echo/public"', "X-Public-Key"),
+        ("web-host", 'hosts = ["admin.internal"]', "X-Host-Key")])
     key = g.createKey("ci-bot", ["eng"])
 
     def echo(target: str, host: str = "gw") -> dict:

@@ -97,3 +97,18 @@ def test_every_normalized_target_is_its_own_normal_form(raw):
     assert all(0x21 <= b < 0x7F for b in target.originForm)
     # Normalizing again changes nothing: routing, rules and the backend agree.
     assert normalizeTarget(target.originForm, b"GET") == target
+
+
+def test_a_request_has_one_host_and_an_absolute_target_routes_by_its_authority():
+    from sealgate.protocols.http._request import parseRequest
+
+    r = parseRequest(b"GET http://admin.internal/a/../b?x=%41 HTTP/1.1\r\nHost: gw")
+    assert (r.host, r.target, r.path, r.query, r.sent) == (
+        b"admin.internal", b"/b?x=A", b"/b", b"x=A", b"http://admin.internal/a/../b?x=%41")
+    for head in (b"GET / HTTP/1.1", b"GET / HTTP/1.1\r\nHost: a\r\nHost: b", b"GET / HTTP/1.1\r\nHost: a b"):
+        with pytest.raises(TargetRefused):
+            parseRequest(head)
+    # Refused strictly, taken leniently only when some connection allows it.
+    with pytest.raises(TargetRefused):
+        parseRequest(b"GET /a%2Fb HTTP/1.1\r\nHost: gw")
+    assert parseRequest(b"GET /a%2Fb HTTP/1.1\r\nHost: gw", lenientToo=True).lenient

@@ -320,3 +320,15 @@ def test_nothing_in_the_http_package_writes_to_a_client_outside_the_output_step(
                 if writes:
                     found.add((path.name, fn.name))
     assert found == _ALLOWED_WRITES
+
+
+def test_an_answer_on_a_live_session_is_recorded_after_the_request_it_answers():
+    r = relay(path_prefix="/app")
+    r.send(get("/app/x"))
+    r.connectBackend()
+    r.answer(response())
+    r.send(get("/elsewhere"))
+    recording = r.session.recording
+    assert status(r.sent().split(b"hello", 1)[1]) == 404
+    assert recording.frames[-2][:2] == (0, get("/elsewhere").replace(b"Bearer " + KEY.encode(), b"[redacted]"))
+    assert recording.frames[-1][0] == 1 and b" 404 " in recording.frames[-1][1]

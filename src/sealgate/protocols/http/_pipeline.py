@@ -42,8 +42,9 @@ class Pipeline:
     The steps of one request, in order: the browser login's own pages
     (before routing), routing on the normalized target, the credential
     (the session is opened or reused) and the body limit, all before one
-    byte of the body is read; then, with the body in, the request is
-    recorded, decided by the chain and forwarded (or upgraded).  The
+    byte of the body is read; then the body is read and recorded as it
+    comes, and the whole request decided by the chain and forwarded (or
+    upgraded).  The
     client connection (L{sealgate.protocols.http._relay.ClientConnection})
     reads and writes; this object only decides what happens next.
     """
@@ -52,6 +53,7 @@ class Pipeline:
     #: The routed connection's L{sealgate.protocols.http._routing.Backend}, once routed.
     backend: Any = None
     maxBody = 0
+    headRecorded = False
 
     def __init__(self, factory, client, request):
         self.factory = factory
@@ -216,10 +218,18 @@ class Pipeline:
             parts.append(b"Content-Length: 0")
         return b"\r\n".join(parts) + b"\r\n\r\n"
 
+    def recordHead(self) -> None:
+        """Record the request head in the session, once (before its body, or before an answer to it)."""
+        session = self.client.session
+        if session is not None and not self.headRecorded:
+            self.headRecorded = True
+            session.received(self.recordedHead())
+
     def recordedHead(self) -> bytes:
         """The request head as the client sent it, secret values redacted: what the recording keeps."""
         request = self.request
-        secret = self.backend.options.secret_headers
+        backend = self.backend
+        secret = backend.options.secret_headers if backend is not None else _wire.SECRET_HEADERS
         first = request.method + b" " + request.sent + b" " + request.version
         if secret.isdisjoint(request.low):
             pairs = request.headers

@@ -161,7 +161,7 @@ class ClientConnection(Protocol):
         """
         request, pipeline, session = self.request, self.pipeline, self.session
         assert request is not None and pipeline is not None and session is not None
-        session.received(pipeline.recordedHead())
+        pipeline.recordHead()
         if request.framing is None:
             self._to(ConnEvent.REQUEST_WHOLE)
             return self._run(pipeline.whole)
@@ -268,6 +268,8 @@ class ClientConnection(Protocol):
         """Answer a request here, instead of its backend, and end the exchange."""
         if self.gone or self.state not in (Conn.CHECK, Conn.BODY, Conn.WAIT):
             return
+        if self.pipeline is not None:
+            self.pipeline.recordHead()
         # An answer before the body was read leaves the body unread: the
         # connection cannot carry another request.
         close = close or not request.keepAlive or (

@@ -236,7 +236,8 @@ def test_a_body_cut_short_by_close_is_an_error_unless_close_delimited():
     ({b"content-length": [b"0"]}, None),
     ({b"content-length": [b"12"]}, ("length", 12)),
     ({b"content-length": [b"12, 12"]}, ("length", 12)),
-    ({b"transfer-encoding": [b"gzip, chunked"]}, ("chunked", 0)),
+    ({b"transfer-encoding": [b"chunked"]}, ("chunked", 0)),
+    ({b"transfer-encoding": [b"Chunked "]}, ("chunked", 0)),
 ])
 def test_request_framing(headers, framing):
     found = _framing.requestFraming(headers)
@@ -246,10 +247,39 @@ def test_request_framing(headers, framing):
 @pytest.mark.parametrize("headers", [
     {b"content-length": [b"12", b"13"]}, {b"content-length": [b"+12"]},
     {b"content-length": [b"-1"]}, {b"transfer-encoding": [b"chunked, gzip"]},
+    {b"transfer-encoding": [b"xchunked"]}, {b"transfer-encoding": [b"chunked, chunked"]},
+    {b"transfer-encoding": [b"chunked", b"chunked"]}, {b"transfer-encoding": [b""]},
+    {b"transfer-encoding": [b", chunked"]}, {b"transfer-encoding": [b"chunked-x"]},
+    {b"transfer-encoding": [b"chunked"], b"content-length": [b"3"]},
 ])
 def test_ambiguous_request_framing_is_refused(headers):
-    with pytest.raises(_wire.ProtocolError):
+    with pytest.raises(_wire.ProtocolError) as e:
         _framing.requestFraming(headers)
+    assert e.value.status == 400
+
+
+def test_a_transfer_coding_before_chunked_is_not_implemented():
+    with pytest.raises(_wire.NotImplementedCoding) as e:
+        _framing.requestFraming({b"transfer-encoding": [b"gzip, chunked"]})
+    assert e.value.status == 501
+
+
+def test_chunked_in_an_http10_request_is_refused():
+    with pytest.raises(_wire.ProtocolError):
+        _framing.requestFraming({b"transfer-encoding": [b"chunked"]}, b"HTTP/1.0")
+
+
+@pytest.mark.parametrize("line", [b"X-A: a\x00b", b"X-A: \x01", b"X-A: a\x7fb", b"X A: 1", b"X(A): 1",
+                                  b"X-\xffA: 1"])
+def test_strict_heads_refuse_control_characters_and_bad_names(line):
+    raw = b"GET / HTTP/1.1\r\nHost: gw\r\n" + line
+    with pytest.raises(_wire.ProtocolError):
+        _wire.parseHeadIndexed(raw, False, strict=True)
+
+
+def test_strict_heads_keep_tabs_and_obs_text_in_values():
+    head, low, _ = _wire.parseHeadIndexed(b"GET / HTTP/1.1\r\nX-A: a\tb \xe9", False, strict=True)
+    assert low[b"x-a"] == [b"a\tb \xe9"]
 
 
 def test_response_framing_by_status_method_and_headers():

@@ -1,15 +1,6 @@
-"""Response bodies from the backend to the client: streamed with backpressure, masked when needed."""
+"""Response bodies on their way to the client: how masking reads them (JSON, text, compressed)."""
 
-from typing import Any
 
-from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IPushProducer
-from twisted.internet.protocol import Protocol, connectionDone
-from twisted.logger import Logger
-from twisted.python.failure import Failure
-from twisted.web.client import ResponseDone
-from twisted.web.http import PotentialDataLoss
-from zope.interface import implementer
 
 from sealgate.flow import OutputRefused
 from sealgate.masking import (
@@ -67,8 +58,11 @@ class BodyMasker:
     package's L{sealgate.masking.BodyStream}.
     """
 
-    def __init__(self, session, mode: str, contentEncoding: bytes | None, limit: int, contentType):
+    def __init__(self, session, mode: str, contentEncoding: bytes | None, limit: int, contentType,
+                 hooks: bool = True):
         self._chain = session.chain
+        # hooks=False: the caller sends through session.emit, which runs them.
+        self._hooks = hooks
         self._masker = session.chain.masker
         self._mode = mode
         self._ctype = (contentType or b"").decode("latin-1")
@@ -87,7 +81,7 @@ class BodyMasker:
         return self._output(tail) if tail or self._mode == "json" else b""
 
     def _output(self, data: bytes) -> bytes:
-        if self._chain.wantsOutput:
+        if self._hooks and self._chain.wantsOutput:
             try:
                 # masked=True: the masking interceptor skips what its own
                 # masker already did; other output hooks still see the body.
@@ -102,137 +96,3 @@ def _bytes(value) -> bytes:
     if isinstance(value, str):
         return value.encode("utf-8", "surrogateescape")
     return bytes(value or b"")
-
-
-class StorePacer:
-    """
-    Keeps a stream from outrunning the recording store: above C{high}
-    queued items the stream stops reading until the store's writer is back
-    under C{low}.  Memory then stays bounded however fast both ends are.
-    """
-
-    # Items are reads of up to 64 KiB: at most ~64 MiB wait for the writer,
-    # enough to keep it busy through a batch's fdatasync.
-    HIGH = 1024
-    LOW = 256
-    POLL = 0.005
-
-    def __init__(self, store, reactor):
-        self._backlog = getattr(store, "backlog", None)
-        self._reactor = reactor
-
-    def over(self) -> bool:
-        return self._backlog is not None and self._backlog() > self.HIGH
-
-    def drained(self) -> Deferred[None]:
-        d: Deferred[None] = Deferred()
-
-        def check():
-            if self._backlog() <= self.LOW:
-                d.callback(None)
-            else:
-                self._reactor.callLater(self.POLL, check)
-
-        self._reactor.callLater(self.POLL, check)
-        return d
-
-
-@implementer(IPushProducer)
-class ResponseRelay(Protocol):
-    """
-    Receives a backend response body (C{response.deliverBody}) and writes
-    it to the client's request, pausing the backend while the client is
-    slow.  With a L{BodyMasker} the output is masked; a JSON body is sent
-    in one write with its Content-Length set by the caller's C{onJson}.
-
-    @ivar done: called with None when the body ended cleanly, else with a
-        reason string (the client connection is then cut: a truncated
-        body is never presented as complete).
-    """
-
-    _log = Logger()
-
-    # deliverBody gives this protocol the response body's transport, an
-    # IPushProducer (pause/resume/stop) rather than an ITransport.
-    transport: Any
-
-    def __init__(self, request, masker: BodyMasker | None, done, onJson=None, pacer=None):
-        self._request = request
-        self._masker = masker
-        self._done = done
-        self._onJson = onJson
-        self._pacer = pacer
-        self._clientGone = False
-        self._clientPaused = False
-        self._storePaused = False
-
-    def connectionMade(self):
-        self._request.registerProducer(self, True)
-
-    def dataReceived(self, data: bytes) -> None:
-        if self._clientGone:
-            return
-        if self._masker is not None:
-            try:
-                data = self._masker.feed(data)
-            except MaskingFailed as e:
-                self._fail(str(e))
-                return
-            if not data:
-                return
-        self._request.write(data)
-        if self._pacer is not None and not self._storePaused and self._pacer.over():
-            self._storePaused = True
-            self.transport.pauseProducing()
-            self._pacer.drained().addCallback(self._storeDrained)
-
-    def _storeDrained(self, _):
-        self._storePaused = False
-        if not self._clientPaused and not self._clientGone and self.transport is not None:
-            self.transport.resumeProducing()
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        if self._clientGone:
-            return
-        if not reason.check(ResponseDone, PotentialDataLoss):
-            self._request.unregisterProducer()
-            self._done(f"backend body failed: {reason.getErrorMessage()}", False)
-            return
-        tail = b""
-        if self._masker is not None:
-            try:
-                tail = self._masker.finish()
-            except MaskingFailed as e:
-                self._request.unregisterProducer()
-                self._done(str(e), True)
-                return
-            if self._onJson is not None:
-                self._onJson(tail)
-                tail = b""
-        if tail:
-            self._request.write(tail)
-        self._request.unregisterProducer()
-        self._done(None, False)
-
-    def _fail(self, reason: str) -> None:
-        self._clientGone = True
-        self._request.unregisterProducer()
-        if self.transport is not None:
-            self.transport.stopProducing()
-        self._done(reason, True)
-
-    # IPushProducer, driven by the client's transport.
-    def pauseProducing(self):
-        self._clientPaused = True
-        if self.transport is not None:
-            self.transport.pauseProducing()
-
-    def resumeProducing(self):
-        self._clientPaused = False
-        if self.transport is not None and not self._storePaused:
-            self.transport.resumeProducing()
-
-    def stopProducing(self):
-        self._clientGone = True
-        if self.transport is not None:
-            self.transport.stopProducing()

@@ -369,40 +369,6 @@ async def test_the_writer_process_inherits_no_secret_from_the_environment(tmp_pa
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_dead_writer_process_fails_closed_and_nothing_hangs(tmp_path):
-    import signal
-
-    from twisted.internet import reactor, task
-
-    store = SQLiteStore(tmp_path, ORIGIN, reactor)
-    await store.start()
-    rec = store.openSession("s", {})
-    rec.frame(FROM_CLIENT, b"x")
-
-    def opened():
-        with StoreReader(tmp_path) as r:
-            return r.session("s") is not None
-
-    while not opened():
-        await task.deferLater(reactor, 0.01, lambda: None)
-    os.kill(store.writerPid, signal.SIGKILL)
-    while store.healthy() is None or "writer process exited" not in store.healthy():
-        await task.deferLater(reactor, 0.01, lambda: None)
-    with pytest.raises(StoreError, match="stopped before session s closed"):
-        await rec.close("closed", {})
-    with pytest.raises(StoreError, match="not running"):
-        store.openSession("t", {})
-    await store.stop()
-    # The next start seals what the dead writer left open as cut off.
-    store = SQLiteStore(tmp_path, ORIGIN, reactor)
-    await store.start()
-    await store.stop()
-    with StoreReader(tmp_path) as r:
-        assert r.session("s")["state"] == "cut off"
-        assert verifyStore(r, r.verifier()).ok
-
-
-@pytest_twisted.ensureDeferred
 async def test_event_fields_the_pipe_cannot_carry_are_stored_as_text(tmp_path):
     import datetime
 

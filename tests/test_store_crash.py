@@ -175,7 +175,7 @@ def test_full_disk_makes_the_store_unhealthy_and_loses_nothing(tmp_path):
                          text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
-    assert lines[0] == "unhealthy: the recording store's disk is full; sessions cannot be recorded"
+    assert lines[0] == "unhealthy: the disk is full"
     sent = int(lines[1].split()[1])
     code, text = cli("verify", "--state-dir", str(tmp_path))
     assert code == 0, text

@@ -18,6 +18,7 @@ from sealgate.configtable import (  # noqa: F401  (re-exported: the plugin contr
     Where,
     _resolveSecrets,
     parseDuration,
+    parseSize,
     resolveSecret,
     unknownKeyFix,
 )
@@ -31,6 +32,12 @@ class GatewaySection:
     drain_timeout: float = 30.0
     node: str = "sealgate"
     checkpoint_interval: float = 1.0
+    #: Bytes (payload plus a fixed cost per item) that may wait for the store's
+    #: writer; past it every session's relaying pauses.
+    max_unsealed: int = 64 << 20
+    #: How long relaying may stay paused on a store that makes no progress
+    #: (writer restarting, disk full) before every session is closed.
+    store_timeout: float = 10.0
 
 
 @attrs.frozen
@@ -240,7 +247,13 @@ def parseConfig(raw: Mapping[str, Any], path: str, plugins: Mapping[str, Any]) -
         drain_timeout=g.duration("drain_timeout", 30.0),
         node=g.str("node", "sealgate"),
         checkpoint_interval=g.duration("checkpoint_interval", 1.0),
+        # Below a few frames' worth every session would pause on each read.
+        max_unsealed=g.size("max_unsealed", 64 << 20, minimum=1 << 20),
+        store_timeout=g.duration("store_timeout", 10.0),
     )
+    if gateway.store_timeout <= 0:
+        raise g.where.error("store_timeout", f"must be more than 0 s, not {gateway.store_timeout:g}",
+                            'write e.g. store_timeout = "10s"')
     g.finish()
 
     identity = _identity(Table(top._get("identity", {}, False), Where(path, "identity")))

@@ -381,6 +381,27 @@ class IRecordingStore(Interface):
             (e.g. the disk is full) as a string safe to show a client.
         """
 
+    def pressure():
+        """
+        The store's backpressure signal.
+
+        @return: C{None} while writes may flow; else why relaying must
+            pause (or stop), as a string safe to show a client: "the
+            recording store is restarting", "the disk is full", "the
+            recording backlog is over max_unsealed", or the failure.
+        """
+
+    def addPressureObserver(fn):
+        """
+        Call C{fn(state, reason)} on the reactor thread at every change of
+        L{pressure}: C{state} is C{"flowing"} (resume every leg), C{"paused"}
+        (pause every leg) or C{"failed"} (end every live session in its
+        protocol's words; they are sealed as "store failed").
+        """
+
+    def removePressureObserver(fn):
+        """Stop calling C{fn}."""
+
     def openSession(sessionId, info):
         """
         Queue the OPEN log leaf and start a session tree.

@@ -95,7 +95,9 @@ class GatewayService(MultiService):
                                "  fix: point it at a writable directory")
         self.store = SQLiteStore(cfg.gateway.state_dir, f"sealgate/{cfg.gateway.node}",
                                  reactor=self.reactor,
-                                 checkpointInterval=cfg.gateway.checkpoint_interval)
+                                 checkpointInterval=cfg.gateway.checkpoint_interval,
+                                 maxUnsealed=cfg.gateway.max_unsealed,
+                                 storeTimeout=cfg.gateway.store_timeout)
         self.identity = IdentityService(cfg.identity, cfg.gateway.state_dir, reactor=self.reactor)
         self.approvals = Approvals(self.reactor, self.store)
         try:

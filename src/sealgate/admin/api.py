@@ -24,8 +24,29 @@ STATIC = Path(__file__).parent / "static"
 _json = jsonBody
 
 
+def storeProblem(store) -> str | None:
+    """
+    Why the store cannot record as it must, or None: its writer is down,
+    its disk is full, its backlog is over max_unsealed, or it failed.
+    """
+    if store is None:
+        return None
+    status = getattr(store, "status", None)
+    if status is None:
+        return store.healthy()
+    s = status()
+    if not s["writer_up"]:
+        return s["reason"] or "the recording store's writer process is down"
+    return s["reason"]
+
+
 class Health(Leaf):
+    """Liveness: a gateway whose store cannot record is not alive as an audit gateway."""
+
     def render_GET(self, request):
+        problem = storeProblem(self.admin.service.store)
+        if problem:
+            return jsonBody(request, 503, {"status": "unhealthy", "reason": problem})
         return jsonBody(request, 200, {"status": "ok"})
 
 
@@ -33,8 +54,8 @@ class Ready(Leaf):
     def render_GET(self, request):
         svc = self.admin.service
         problem = None if svc.ready else "starting or stopping"
-        if problem is None and svc.store is not None:
-            problem = svc.store.healthy()
+        if problem is None:
+            problem = storeProblem(svc.store)
         if problem:
             return jsonBody(request, 503, {"status": "unavailable", "reason": problem})
         return jsonBody(request, 200, {"status": "ready"})

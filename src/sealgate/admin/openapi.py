@@ -29,7 +29,9 @@ READ = "admin, approver, auditor"
 
 def document() -> dict:
     paths = {
-        "/healthz": {"get": _op("Liveness", "public", tag="health")},
+        "/healthz": {"get": _op("Liveness (503 with the reason while the store's writer is down, "
+                                "its disk is full or its backlog is over max_unsealed)", "public",
+                                tag="health")},
         "/readyz": {"get": _op("Readiness (503 while starting, stopping or the store is unhealthy)",
                                "public", tag="health")},
         "/metrics": {"get": _op("Prometheus metrics (sealgate_*)", "public", ok="text exposition",

@@ -157,18 +157,18 @@ def _error(tmp_path, rule) -> str:
 
 def test_a_misspelt_kind_is_a_config_error_with_the_nearest_word(tmp_path):
     m = _error(tmp_path, 'statements = ["DROP TABLES"]\n')
-    assert "rules[0].statements: unknown word 'DROP TABLES' (did you mean 'DROP TABLE'?)" in m
+    assert "rules[0] (guard).statements: unknown word 'DROP TABLES' (did you mean 'DROP TABLE'?)" in m
     assert "fix: use any of:" in m and "DELETE WITHOUT WHERE" in m
 
 
 def test_a_misspelt_effect_is_a_config_error(tmp_path):
     m = _error(tmp_path, 'effects = ["drops-objects"]\n')
-    assert "rules[0].effects: unknown word 'drops-objects' (did you mean 'drops-object'?)" in m
+    assert "rules[0] (guard).effects: unknown word 'drops-objects' (did you mean 'drops-object'?)" in m
 
 
 def test_an_unknown_preset_lists_the_presets(tmp_path):
     m = _error(tmp_path, 'preset = "production-saf"\n')
-    assert "rules[0].preset: unknown preset 'production-saf' (did you mean 'production-safe'?)" in m
+    assert "rules[0] (guard).preset: unknown preset 'production-saf' (did you mean 'production-safe'?)" in m
     assert "read-only" in m
 
 

@@ -110,7 +110,7 @@ class AdminRequest(server.Request):
 
     def processingFailed(self, reason):
         if reason.check(*BAD_INPUT):
-            body = problem(self, 400, badInput(reason))
+            body = problem(self, getattr(reason.value, "status", 400), badInput(reason))
         else:
             self._log.failure("Admin site error on {path}", reason, path=self.path[:200])
             body = problem(self, 500, "internal error")
@@ -204,7 +204,8 @@ class Authenticated(Leaf):
             elif f.check(ApprovalError, Forbidden, NotFound):
                 body = problem(request, f.value.status, str(f.value))
             elif f.check(*BAD_INPUT):
-                body = problem(request, 400, badInput(f))
+                # A BadRequest may name its own 4xx (422: cannot be rendered).
+                body = problem(request, getattr(f.value, "status", 400), badInput(f))
             else:
                 self._log.failure("Admin API error", f)
                 body = problem(request, 500, "internal error")

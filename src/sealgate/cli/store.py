@@ -133,12 +133,10 @@ def _emitReport(args, report, subject: str, **extra) -> int:
 
 
 def verifyCommand(args) -> int:
-    import sqlite3
-
     from sealgate.cli import verifier
     from sealgate.cli.main import CommandError
-    from sealgate.recording._engine import dbPath
     from sealgate.recording.checkpoint import NoteError
+    from sealgate.recording.reader import StoreReader, StoreUnreadable
     from sealgate.recording.verify import Report, trustedKey, verifyStore
 
     witnessed = []
@@ -149,11 +147,13 @@ def verifyCommand(args) -> int:
             raise CommandError(f"cannot read checkpoint {e.filename}: {e.strerror}")
     report = Report()
     try:
-        r = _reader(args)
-    except sqlite3.DatabaseError as e:
+        r = StoreReader(_stateDir(args))
+    except StoreUnreadable as e:
         # A database SQLite cannot even open: a verdict, not a usage error.
-        report.problem(f"the database {dbPath(_stateDir(args))} cannot be read: {e} (truncated or corrupted)")
+        report.problem(str(e))
         return _emitReport(args, report, str(_stateDir(args)))
+    except StoreError as e:
+        raise CommandError(str(e))
     with r:
         try:
             key = trustedKey(report, r, args.key)

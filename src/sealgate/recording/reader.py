@@ -50,6 +50,10 @@ class RecordedSession:
         return exportBundle(self.reader, self.record.id, out)
 
 
+class StoreUnreadable(StoreError):
+    """The store's database exists but SQLite cannot open it: a verdict for verify."""
+
+
 @implementer(IRecordingReader)
 class StoreReader:
     """
@@ -64,8 +68,11 @@ class StoreReader:
         path = dbPath(self.stateDir)
         if not path.exists():
             raise StoreError(f"no recording store in {self.stateDir} (no {path.name})")
-        self.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        self.db.execute("PRAGMA query_only=1")
+        try:
+            self.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            self.db.execute("PRAGMA query_only=1")
+        except sqlite3.DatabaseError as e:
+            raise StoreUnreadable(f"the database {path} cannot be read: {e} (truncated or corrupted)")
 
     def close(self) -> None:
         self.db.close()

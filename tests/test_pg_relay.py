@@ -3,46 +3,24 @@
 import attrs
 from twisted.internet.testing import MemoryReactorClock
 
-from sealgate import Deny, Identity, Rewrite
+from sealgate import Identity, Rewrite
 from sealgate.chain.masking import MaskingInterceptor
 from sealgate.chain.rules import RulesInterceptor
-from sealgate.config import ConnectionConfig, MaskingConfig, Rule
+from sealgate.config import ConnectionConfig, MaskingConfig
 from sealgate.masking import Masker
 from sealgate.protocols.postgres import _wire as w
 from sealgate.protocols.postgres._client import ClientLeg
 from sealgate.protocols.postgres.plugin import PostgresOptions
-from sealgate.testing import FakeTransport, fakeGateway, fakeSession
+from sealgate.testing import (
+    CommandInterceptor,
+    FakeTransport,
+    OutputRecorder,
+    fakeGateway,
+    fakeSession,
+    rule,
+)
 
 CARD = "4111 1111 1111 1111"
-
-
-@attrs.define
-class Sees:
-    """An output hook that keeps every byte it is shown, and may refuse."""
-
-    name: str = "sees"
-    seen: list = attrs.field(factory=list)
-    contexts: list = attrs.field(factory=list)
-    refuse: bool = False
-
-    def appliesTo(self, session):
-        return True
-
-    def output(self, hook):
-        self.seen.append(hook.data)
-        self.contexts.append(dict(hook.context))
-        return Deny(self.name, "no") if self.refuse else None
-
-
-@attrs.define
-class Rewrites:
-    name: str = "rewriter"
-
-    def appliesTo(self, session):
-        return True
-
-    def command(self, hook):
-        return Rewrite("select 2") if hook.text == "select 1" else None
 
 
 @attrs.define
@@ -63,13 +41,6 @@ class _Factory:
 
     def unregister(self, leg):
         pass
-
-
-def rule(name, action, **kw):
-    base = dict(connections=("*",), groups=("*",), matchers={}, approvers=("leads",),
-                approvals_needed=1, expires=30.0, reason="not here")
-    base.update(kw)
-    return Rule(name=name, action=action, **base)
 
 
 def relay(interceptors=(), reactor=None):
@@ -103,22 +74,22 @@ def masking(gw=None):
 
 
 def test_output_hooks_see_every_byte_postgres_sends():
-    hook = Sees()
+    hook = OutputRecorder()
     leg, client, backend, s = relay([hook])
     leg.dataReceived(w.Query("select card from t").encode())
     leg.fromBackend(rows("a", "b"))
     notice = w.NoticeResponse.make("NOTICE", "00000", "hello").encode()
     leg.fromBackend(notice)
     login = w.BackendKeyData(1, 2).encode() + w.ReadyForQuery("I").encode()
-    assert b"".join(hook.seen) == s.recording.bytesTo() == login + client.value()
+    assert hook.shown() == s.recording.bytesTo() == login + client.value()
     assert client.value().endswith(notice)
 
 
 def test_the_login_replies_pass_the_output_step_too():
-    hook = Sees()
+    hook = OutputRecorder()
     leg, client, backend, s = relay([hook])
     ready = w.BackendKeyData(1, 2).encode() + w.ReadyForQuery("I").encode()
-    assert hook.seen == [ready] and s.recording.bytesTo() == ready
+    assert hook.shown() == ready and s.recording.bytesTo() == ready
 
 
 def test_denied_statement_is_swapped_for_the_servers_own_42501():
@@ -132,7 +103,8 @@ def test_denied_statement_is_swapped_for_the_servers_own_42501():
 
 
 def test_rewrite_is_what_the_backend_runs():
-    leg, client, backend, s = relay([Rewrites()])
+    leg, client, backend, s = relay([CommandInterceptor(
+        lambda hook: Rewrite("select 2") if hook.text == "select 1" else None)])
     leg.dataReceived(w.Query("select 1").encode())
     assert backend.value() == w.Query("select 2").encode()
 
@@ -166,13 +138,13 @@ def test_held_statement_that_expires_becomes_a_denial_and_the_session_goes_on():
 
 
 def test_rows_are_masked_before_hooks_recording_and_the_client():
-    hook = Sees()
+    hook = OutputRecorder()
     leg, client, backend, s = relay([masking(), hook])
     leg.dataReceived(w.Query("select card from t").encode())
     leg.fromBackend(rows(f"pay {CARD}"))
     assert CARD.encode() not in client.value() and b"pay " in client.value()
     assert CARD.encode() not in s.recording.bytesTo()
-    assert hook.seen[-1] == client.value() and hook.contexts[-1]["masked"] is True
+    assert hook.seen[-1] == (client.value(), {"channel": 0, "masked": True})
     # The masked reply still frames: the client's reader takes it whole.
     reader = w.Reader(frontend=False)
     reader.receive_data(client.value())
@@ -186,7 +158,7 @@ def _next(reader):
 
 
 def test_output_nobody_could_vet_ends_the_session_unsent():
-    hook = Sees()
+    hook = OutputRecorder()
     leg, client, backend, s = relay([hook])
     hook.refuse = True
     leg.fromBackend(rows("a"))

@@ -18,16 +18,23 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from zope.interface import implementer
 
 from sealgate.approvals import Approvals
-from sealgate.config import ConnectionConfig, loadConfig
+from sealgate.chain.verdicts import Deny
+from sealgate.config import ConnectionConfig, Rule, loadConfig
 from sealgate.gateway import Gateway
 from sealgate.identity import AuthenticationFailed, Identity
-from sealgate.interfaces import IInterceptorPlugin, IRecordingStore, ISessionRecording
+from sealgate.interfaces import (
+    ICommandHook,
+    IInterceptorPlugin,
+    IOutputHook,
+    IRecordingStore,
+    ISessionRecording,
+)
 from sealgate.service import GatewayService, StartupError
 from sealgate.session import TO_CLIENT, Session
 
 __all__ = [
-    "FakeIdentities", "FakeRecording", "FakeStore", "FakeTransport", "RunningGateway",
-    "fakeGateway", "fakeSession", "startGateway",
+    "CommandInterceptor", "FakeIdentities", "FakeRecording", "FakeStore", "FakeTransport",
+    "OutputRecorder", "RunningGateway", "fakeGateway", "fakeSession", "rule", "startGateway",
 ]
 
 
@@ -173,6 +180,63 @@ def fakeSession(interceptors=(), *, gateway=None, protocol="line", connection="t
     conn = ConnectionConfig(connection, protocol, "tcp:0:interface=127.0.0.1",
                             "tcp:host=127.0.0.1:port=1")
     return gw.openSession(conn, identity or Identity("alice", {"eng"}, "apikey"), client, meta)
+
+
+def rule(name: str, action: str, **kw) -> Rule:
+    """
+    A C{[[rules]]} entry for every connection and group: C{action} "deny",
+    "approve" (approvers "leads", 30 s to decide) or "allow"; C{matchers}
+    as the config has them (C{{"commands": ["^rm "]}}, C{{"statements": ["DROP"]}}).
+    """
+    base: dict[str, Any] = dict(connections=("*",), groups=("*",), matchers={},
+                                approvers=("leads",), approvals_needed=1, expires=30.0,
+                                reason="not here")
+    base.update(kw)
+    return Rule(name=name, action=action, **base)
+
+
+@implementer(ICommandHook)
+@attrs.define
+class CommandInterceptor:
+    """
+    A command hook with one answer: C{verdict} (None continues), or a
+    callable C{verdict(hook)}; C{seen} keeps the commands' texts.
+    """
+
+    verdict: Any = None
+    name: str = "commands"
+    seen: list = attrs.field(factory=list)
+
+    def appliesTo(self, session):
+        return True
+
+    def command(self, hook):
+        self.seen.append(hook.text)
+        return self.verdict(hook) if callable(self.verdict) else self.verdict
+
+
+@implementer(IOutputHook)
+@attrs.define
+class OutputRecorder:
+    """
+    An output hook that keeps what it is shown: C{seen} as C{(data,
+    context)}; with C{refuse} it denies everything (the core refuses it).
+    """
+
+    name: str = "output"
+    refuse: bool = False
+    seen: list = attrs.field(factory=list)
+
+    def appliesTo(self, session):
+        return True
+
+    def output(self, hook):
+        self.seen.append((hook.data, dict(hook.context)))
+        return Deny(self.name, "not for you") if self.refuse else None
+
+    def shown(self, channel: int | None = None) -> bytes:
+        """Every byte shown, on one channel or all."""
+        return b"".join(d for d, ctx in self.seen if channel is None or ctx.get("channel") == channel)
 
 
 class FakeTransport(StringTransport):

@@ -7,9 +7,9 @@ from twisted.internet import endpoints
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 
+from sealgate import noDelay
 from sealgate.flow import OutputRefused, Preamble
 from sealgate.identity import AuthenticationFailed
-from sealgate.protocols._io import noDelay
 from sealgate.protocols.postgres import _wire as w
 from sealgate.protocols.postgres._backend import BackendLeg, CancelSender
 from sealgate.protocols.postgres._relay import Relay

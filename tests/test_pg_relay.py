@@ -188,3 +188,21 @@ def test_store_failure_ends_the_session_with_fatal_58030_sealed_store_failed():
     assert "recording store failed" in err.get("M")
     assert client.disconnecting
     assert s.recording.closed[0] == "store failed"
+
+
+def test_the_legs_are_each_others_producers_through_the_core():
+    leg, client, backend, s = relay()
+    assert client.producer is s.backendLeg and backend.producer is s.clientLeg
+    client.producer.pauseProducing()  # the client reads slowly: the backend waits
+    assert backend.producerState == "paused"
+    client.producer.resumeProducing()
+    assert backend.producerState == "producing"
+
+
+def test_cancel_request_for_a_held_statement_withdraws_its_ticket():
+    leg, client, backend, s = _held(MemoryReactorClock())
+    leg.cancelQuery()
+    sent = backend.value()
+    assert b"delete from t" not in sent and b"cancelled" in sent
+    assert s.gateway.approvals.pending() == []
+    assert client.producerState == "producing"

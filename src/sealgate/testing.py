@@ -7,6 +7,8 @@ tests start a real gateway with L{startGateway}.
 """
 
 import re
+import socketserver
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +35,7 @@ from sealgate.service import GatewayService, StartupError
 from sealgate.session import TO_CLIENT, Session
 
 __all__ = [
-    "CommandInterceptor", "FakeIdentities", "FakeRecording", "FakeStore", "FakeTransport",
+    "CommandInterceptor", "EchoBackend", "FakeIdentities", "FakeRecording", "FakeStore", "FakeTransport",
     "OutputRecorder", "RunningGateway", "fakeGateway", "fakeSession", "rule", "startGateway",
 ]
 
@@ -237,6 +239,36 @@ class OutputRecorder:
     def shown(self, channel: int | None = None) -> bytes:
         """Every byte shown, on one channel or all."""
         return b"".join(d for d, ctx in self.seen if channel is None or ctx.get("channel") == channel)
+
+
+class _EchoLines(socketserver.StreamRequestHandler):
+    def handle(self):
+        for line in self.rfile:
+            self.wfile.write(line)
+
+
+class EchoBackend:
+    """
+    A real TCP backend for end-to-end tests of a line protocol: it listens
+    on 127.0.0.1 (a port the OS picks, L{port}) and sends back every line
+    it gets.  A context manager; it runs in threads, off the reactor.
+    """
+
+    def __init__(self) -> None:
+        self._server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _EchoLines)
+        self._server.daemon_threads = True
+        self.port: int = self._server.server_address[1]
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def __enter__(self) -> "EchoBackend":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 class FakeTransport(StringTransport):

@@ -243,8 +243,11 @@ class ClientSession(SFTPRelay, TerminalInput, RelayChannel):
         def reply(ok):
             # Conch cannot answer a request on a channel that is gone.
             if self.conn is not None and self.id in self.conn.localToRemoteChannel:
+                # The outcome Conch answers with (when the client wants a
+                # reply) passes the output step first, like every reply.
+                name = kind.decode("ascii", "replace")
                 if kind not in _NO_REPLY and not self._control(
-                        TO_CLIENT, type="reply", request=kind.decode("ascii", "replace"), ok=ok):
+                        TO_CLIENT, type="request-result", request=name, ok=ok):
                     return
                 result.callback(ok)
 

@@ -318,3 +318,20 @@ def test_a_leg_is_paused_exactly_while_some_reason_holds_it(steps):
 def test_the_fakes_provide_the_interfaces():
     assert verifyObject(IRecordingStore, FakeStore())
     assert verifyObject(ISessionRecording, FakeRecording("s"))
+
+
+def test_the_masking_interceptor_is_not_asked_again_about_output_the_core_masked():
+    calls = []
+
+    class Counting(MaskingInterceptor):
+        def output(self, hook):
+            calls.append(hook.data)
+            return super().output(hook)
+
+    hook = OutputRecorder()
+    s = fakeSession([Counting(masking().masker), hook])
+    out = s.emit(b"pay " + CARD)
+    assert calls == [] and hook.seen[0][0] == out
+    # A protocol still calling the chain itself with unmasked data is masked there.
+    assert CARD not in s.chain.output(CARD)
+    assert calls == [CARD]

@@ -309,9 +309,10 @@ class Session:
             if masker is not None:
                 fn = self._maskers.get(channel) or self._maskers.get(None)
                 data = fn(data, context) if fn is not None else masker.maskBytes(data)
-            if chain.wantsOutput and data:
-                context["masked"] = masker is not None
-                data = chain.output(data, channel=channel, **context)
+                if chain.wantsMaskedOutput and data:
+                    data = chain.output(data, channel=channel, masked=True, **context)
+            elif chain.wantsOutput and data:
+                data = chain.output(data, channel=channel, masked=False, **context)
         except OutputRefused as e:
             self._refused(channel, str(e))
             raise

@@ -335,3 +335,23 @@ def test_the_masking_interceptor_is_not_asked_again_about_output_the_core_masked
     # A protocol still calling the chain itself with unmasked data is masked there.
     assert CARD not in s.chain.output(CARD)
     assert calls == [CARD]
+
+
+@given(st.permutations(range(4)), st.lists(st.booleans(), min_size=4, max_size=4))
+def test_the_client_leg_is_paused_exactly_while_a_hold_is_pending(order, approve):
+    results = [Deferred() for _ in range(4)]
+    pick = iter(results)
+    s = fakeSession([CommandInterceptor(lambda hook: Hold("t", "wait", next(pick)))])
+    client, _ = attached(s)
+    s.gateway.store.setPressure("paused", "the disk is full")
+    finals = []
+    for _ in results:
+        s.decide("line", "deploy").pending.addCallback(finals.append)
+    for n, i in enumerate(order):
+        results[i].callback(CONTINUE if approve[i] else Deny("r", "no"))
+        assert client.producerState == "paused"  # the store still holds it
+        assert s.clientLeg.pausedFor("hold") == (n < 3)
+    s.gateway.store.setPressure("flowing")
+    assert client.producerState == "producing"
+    assert sorted(map(repr, finals)) == sorted(
+        repr(CONTINUE if a else Deny("r", "no")) for a in approve)

@@ -1,6 +1,8 @@
 """The postgres relay without sockets: both legs are StringTransports, the gateway a fake (deny, hold, rewrite, masking, hooks, pressure)."""
 
 import attrs
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.testing import MemoryReactorClock
 
 from sealgate import Identity, Rewrite
@@ -206,3 +208,26 @@ def test_cancel_request_for_a_held_statement_withdraws_its_ticket():
     assert b"delete from t" not in sent and b"cancelled" in sent
     assert s.gateway.approvals.pending() == []
     assert client.producerState == "producing"
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.text(max_size=40), st.booleans()), min_size=1, max_size=8),
+       st.lists(st.integers(min_value=1, max_value=64), max_size=20))
+def test_masked_replies_keep_their_framing_however_the_backend_splits_them(values, cuts):
+    leg, client, backend, s = relay([masking()])
+    leg.dataReceived(w.Query("select card from t").encode())
+    texts = [f"{v} {CARD} end" if card else v for v, card in values]
+    data = rows(*texts)
+    pos = 0
+    for n in cuts:
+        leg.fromBackend(data[pos:pos + n])
+        pos += n
+    leg.fromBackend(data[pos:])
+    out = client.value()
+    assert out == s.recording.bytesTo()[-len(out):]
+    reader = w.Reader(frontend=False)
+    reader.receive_data(out)
+    messages = list(iter(lambda: _next(reader), None))
+    assert [type(m).__name__ for m in messages] == (
+        ["RowDescription"] + ["DataRow"] * len(texts) + ["CommandComplete", "ReadyForQuery"])
+    assert CARD.encode() not in out

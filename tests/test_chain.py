@@ -5,9 +5,9 @@ import pytest
 from twisted.internet import task
 from zope.interface.verify import verifyObject
 
+from sealgate import Chain, OutputRefused
 from sealgate.approvals import Approvals
 from sealgate.chain import access, rules
-from sealgate.chain._chain import Chain, OutputRefused
 from sealgate.chain.hooks import Command
 from sealgate.chain.verdicts import CONTINUE, Deny, Hold, Rewrite
 from sealgate.config import ConnectionConfig, Role, Rule

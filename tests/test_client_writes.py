@@ -32,7 +32,7 @@ ALLOWED = {
         "channel-open failure: connection-layer, no session data",
     ("ssh/relay.py", "RelayChannel.sendRequestAfterData", "self.conn.sendRequest"):
         "sends a request whose control record already passed session.emit",
-    ("ssh/session.py", "_Stderr.write", "self.channel.writeExtended"):
+    ("ssh/terminal.py", "Stderr.write", "self.channel.writeExtended"):
         "the stderr transport that session.send writes to",
     ("ssh/server.py", "Realm.requestAvatar", "ctx.transport.sendDisconnect"):
         "session.abort: the session's end in SSH's words, sealed as its close reason",

@@ -8,10 +8,10 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from sealgate import noDelay
 from sealgate.flow import OutputRefused, Preamble
 from sealgate.identity import AuthenticationFailed
 from sealgate.prelogin import BUSY, SOURCE_BUSY, TIMEOUT, TOO_LARGE, IPreLoginClient
-from sealgate.protocols._io import noDelay
 from sealgate.protocols.postgres import _wire as w
 from sealgate.protocols.postgres._backend import BackendLeg, CancelSender
 from sealgate.protocols.postgres._relay import Relay

@@ -48,7 +48,7 @@ def _timeArg(request, name: str) -> float | None:
 
 
 class _Paper(io.RawIOBase):
-    """A bounded write target for a plugin's replay()."""
+    """A bounded write target for an export writer (the transcript shown in the console)."""
 
     def __init__(self, limit: int):
         self.parts: list[bytes] = []

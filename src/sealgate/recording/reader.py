@@ -299,6 +299,11 @@ class StoreReader:
         return {"first": first, "second": len(hashes), "first_root": rootOf(hashes[:first]),
                 "second_root": Levels(hashes).root(), "proof": consistencyProof(hashes, first)}
 
+    def logLeavesFrom(self, start: int, limit: int):
+        """C{(n, session, type, leaf)} of at most C{limit} leaves from index C{start} on."""
+        return self.db.execute("SELECT n, session, type, leaf FROM log WHERE n >= ? ORDER BY n "
+                               "LIMIT ?", (start, limit)).fetchall()
+
     def logSize(self) -> int:
         return self.db.execute("SELECT count(*) FROM log").fetchone()[0]
 

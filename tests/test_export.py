@@ -281,7 +281,7 @@ def test_an_out_of_tree_format_exports_through_the_cli_and_the_admin_api(tmp_pat
     exported = (tmp_path / "s.jsonl").read_bytes()
     assert exported == api
     rows = [json.loads(x) for x in exported.splitlines()]
-    assert rows[0]["session"] == sid and rows[0]["identity"] == "ci"
+    assert rows[0]["session"] == sid and rows[0]["identity"] in ("ci", "apikey:ci")  # ident namespaces API-key identities
     assert [(x["from"], x["line"]) for x in rows[1:]] == [("server", f"OK {sid}"), ("client", "hello"),
                                                            ("server", "hello")]
     (tmp_path / "s.bundle").write_bytes(bundle)

@@ -329,3 +329,22 @@ async def test_admin_api_searches_by_command_and_time_and_refuses_what_does_not_
         assert (await api.call("alice", "GET", f"/api/sessions/{s.id}/export/frames"))[0] == 403
     finally:
         await g.stop()
+
+
+def test_show_prints_a_long_transcript_only_so_far():
+    from sealgate.cli.sessions import _transcript
+    from sealgate.recording.records import SessionRecord
+
+    class Long:
+        record = SessionRecord("x", "closed", 0.0, 1.0, "no-such", None, "", None, 0, None, 0, 0, None, 0, None)
+
+        def events(self):
+            return []
+
+        def frames(self):
+            for i in range(10**9):  # never read to the end: show stops the writer
+                yield Frame(i, 0.0, 0, 1, 0, b"y" * 100)
+
+    text = _transcript(Long(), limit=4096)
+    assert text.startswith(b"(no commands)") and b"(cut at 4 KiB: sealgate replay --no-wait" in text
+    assert len(text) < 4096 + 200

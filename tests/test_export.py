@@ -196,7 +196,7 @@ def test_an_altered_bundle_is_refused_and_nothing_of_it_is_shown(bundles, tmp_pa
     other = tmp_path / "notes.txt"
     other.write_text("hello")
     r = runCLI("show", str(other), env=_noConfig(), cwd=tmp_path, check=False)
-    assert r.returncode == 2 and "is a file but not a sealgate bundle" in r.stderr
+    assert r.returncode == 2 and "is not a sealgate bundle" in r.stderr
 
 
 def test_verify_and_verify_bundle_print_json(bundles):

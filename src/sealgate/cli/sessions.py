@@ -90,7 +90,7 @@ def recordedSession(args):
         yield session
         return
     if Path(args.id).exists():
-        raise _error(f"{args.id} is a file but not a sealgate bundle")
+        raise _error(f"{args.id} is not a sealgate bundle (nor a session id: a path by that name exists)")
     with storeReader(args) as r:
         session = r.recorded(args.id)
         if session is None:

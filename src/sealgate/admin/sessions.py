@@ -150,7 +150,7 @@ class SessionsAPI(Authenticated):
         return inThread(self.admin, read).addCallback(lambda d: jsonBody(request, 200, d))
 
     def _detail(self, sid: str, live) -> dict:
-        with self._reader() as r:
+        with self._reader() as r, r.snapshot():
             record = r.sessionRecord(sid)
             events = r.events(sid) if record is not None else []
         if record is None and live is None:

@@ -91,7 +91,7 @@ def recordedSession(args):
         return
     if Path(args.id).exists():
         raise _error(f"{args.id} is not a sealgate bundle (nor a session id: a path by that name exists)")
-    with storeReader(args) as r:
+    with storeReader(args) as r, r.snapshot():
         session = r.recorded(args.id)
         if session is None:
             raise _error(f"no session {args.id!r} in {r.stateDir}")

@@ -348,3 +348,26 @@ def test_show_prints_a_long_transcript_only_so_far():
     text = _transcript(Long(), limit=4096)
     assert text.startswith(b"(no commands)") and b"(cut at 4 KiB: sealgate replay --no-wait" in text
     assert len(text) < 4096 + 200
+
+
+def test_a_plugin_tests_its_export_format_on_a_fake_recording():
+    from zope.interface.verify import verifyObject
+
+    from sealgate.interfaces import IRecordedSession
+    from sealgate.testing import FakeRecordedSession, FakeRecording
+    from tests.plugins_oot.linegate import plugin
+
+    rec = FakeRecording("s1", {"identity": {"subject": "alice"}, "connection": "echo", "protocol": "line"})
+    rec.frame(0, b"hello\n")
+    rec.frame(1, b"hello\n")
+    rec.close("client closed", {})
+    session = FakeRecordedSession(rec)
+    assert verifyObject(IRecordedSession, session)
+    assert session.record.bytesToClient == 6 and session.record.state == "closed"
+    out = io.BytesIO()
+    [lines] = plugin.exportFormats
+    assert lines.write(session, out) == "2 lines"
+    rows = [json.loads(x) for x in out.getvalue().splitlines()]
+    assert rows[0]["identity"] == "alice" and [r["from"] for r in rows[1:]] == ["client", "server"]
+    with pytest.raises(ValueError, match="no bundle"):
+        findFormat("line", "bundle", {}).write(session, io.BytesIO())

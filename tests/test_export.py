@@ -196,7 +196,7 @@ def test_an_altered_bundle_is_refused_and_nothing_of_it_is_shown(bundles, tmp_pa
     other = tmp_path / "notes.txt"
     other.write_text("hello")
     r = runCLI("show", str(other), env=_noConfig(), cwd=tmp_path, check=False)
-    assert r.returncode == 2 and "is a file but not a sealgate bundle" in r.stderr
+    assert r.returncode == 2 and "is not a sealgate bundle" in r.stderr
 
 
 def test_verify_and_verify_bundle_print_json(bundles):
@@ -329,3 +329,45 @@ async def test_admin_api_searches_by_command_and_time_and_refuses_what_does_not_
         assert (await api.call("alice", "GET", f"/api/sessions/{s.id}/export/frames"))[0] == 403
     finally:
         await g.stop()
+
+
+def test_show_prints_a_long_transcript_only_so_far():
+    from sealgate.cli.sessions import _transcript
+    from sealgate.recording.records import SessionRecord
+
+    class Long:
+        record = SessionRecord("x", "closed", 0.0, 1.0, "no-such", None, "", None, 0, None, 0, 0, None, 0, None)
+
+        def events(self):
+            return []
+
+        def frames(self):
+            for i in range(10**9):  # never read to the end: show stops the writer
+                yield Frame(i, 0.0, 0, 1, 0, b"y" * 100)
+
+    text = _transcript(Long(), limit=4096)
+    assert text.startswith(b"(no commands)") and b"(cut at 4 KiB: sealgate replay --no-wait" in text
+    assert len(text) < 4096 + 200
+
+
+def test_a_plugin_tests_its_export_format_on_a_fake_recording():
+    from zope.interface.verify import verifyObject
+
+    from sealgate.interfaces import IRecordedSession
+    from sealgate.testing import FakeRecordedSession, FakeRecording
+    from tests.plugins_oot.linegate import plugin
+
+    rec = FakeRecording("s1", {"identity": {"subject": "alice"}, "connection": "echo", "protocol": "line"})
+    rec.frame(0, b"hello\n")
+    rec.frame(1, b"hello\n")
+    rec.close("client closed", {})
+    session = FakeRecordedSession(rec)
+    assert verifyObject(IRecordedSession, session)
+    assert session.record.bytesToClient == 6 and session.record.state == "closed"
+    out = io.BytesIO()
+    [lines] = plugin.exportFormats
+    assert lines.write(session, out) == "2 lines"
+    rows = [json.loads(x) for x in out.getvalue().splitlines()]
+    assert rows[0]["identity"] == "alice" and [r["from"] for r in rows[1:]] == ["client", "server"]
+    with pytest.raises(ValueError, match="no bundle"):
+        findFormat("line", "bundle", {}).write(session, io.BytesIO())

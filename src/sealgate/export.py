@@ -55,6 +55,43 @@ def textOut(out):
         text.detach()
 
 
+class _Full(Exception):
+    """The bounded output is full: the writer is stopped there."""
+
+
+class _Bounded(io.RawIOBase):
+    def __init__(self, limit: int):
+        self.buf = bytearray()
+        self.limit = limit
+
+    def writable(self):
+        return True
+
+    def write(self, data):
+        room = self.limit - len(self.buf)
+        self.buf += bytes(data)[:room]
+        if len(data) > room:
+            raise _Full
+        return len(data)
+
+
+def writeBounded(fmt, session, limit: int) -> tuple[bytes, bool]:
+    """
+    At most C{limit} bytes of C{session} in format C{fmt}, the writer
+    stopped once they are written (a long session is not rendered whole to
+    show its start): C{(data, cut)}.  A recording that stops rendering
+    ends with a note saying why.
+    """
+    out = _Bounded(limit)
+    try:
+        fmt.write(session, out)
+    except _Full:
+        return bytes(out.buf), True
+    except ValueError as e:
+        out.buf += f"\n(the transcript stops here: {e})\n".encode()
+    return bytes(out.buf), False
+
+
 def _writeBundle(session, out) -> str:
     header = session.bundle(out)
     return (f"sealgate bundle, {len(header['leaves'])} log leaves with inclusion proofs, "

@@ -28,15 +28,19 @@ from sealgate.interfaces import (
     ICommandHook,
     IInterceptorPlugin,
     IOutputHook,
+    IRecordedSession,
     IRecordingStore,
     ISessionRecording,
 )
+from sealgate.recording import Frame
+from sealgate.recording.records import SessionRecord
 from sealgate.service import GatewayService, StartupError
 from sealgate.session import TO_CLIENT, Session
 
 __all__ = [
-    "CommandInterceptor", "EchoBackend", "FakeIdentities", "FakeRecording", "FakeStore", "FakeTransport",
-    "OutputRecorder", "RunningGateway", "fakeGateway", "fakeSession", "rule", "startGateway",
+    "CommandInterceptor", "EchoBackend", "FakeIdentities", "FakeRecordedSession", "FakeRecording",
+    "FakeStore", "FakeTransport", "OutputRecorder", "RunningGateway", "fakeGateway", "fakeSession",
+    "rule", "startGateway",
 ]
 
 
@@ -79,6 +83,49 @@ class FakeRecording:
 
     def eventsOf(self, kind: str) -> list[dict]:
         return [fields for k, fields in self.events if k == kind]
+
+
+@implementer(IRecordedSession)
+@attrs.frozen
+class FakeRecordedSession:
+    """
+    What a L{FakeRecording} kept, as an export writer reads a stored session
+    (L{IRecordedSession}): test a plugin's export formats on the frames its
+    relay recorded, without a store.  Frames are one millisecond apart.
+    """
+
+    recording: FakeRecording
+    opened: float = 0.0
+
+    @property
+    def record(self) -> SessionRecord:
+        info, closed = self.recording.info, self.recording.closed
+        sent = [len(d) for direction, d, _ in self.recording.frames if direction == TO_CLIENT]
+        got = [len(d) for direction, d, _ in self.recording.frames if direction != TO_CLIENT]
+        identity = info.get("identity")
+        return SessionRecord(
+            self.recording.sessionId, "open" if closed is None else "closed", self.opened,
+            None if closed is None else self.opened + len(self.recording.frames) / 1000,
+            info.get("protocol"), info.get("connection"),
+            str(identity.get("subject", "")) if isinstance(identity, dict) else str(identity or ""),
+            info.get("client"), len(self.recording.frames), None, sum(got), sum(sent),
+            None if closed is None else closed[0], 0, None, info)
+
+    def frames(self):
+        offsets = {0: 0, 1: 0}
+        for seq, (direction, data, channel) in enumerate(self.recording.frames):
+            yield Frame(seq, self.opened + seq / 1000, channel, direction, offsets[direction], data)
+            offsets[direction] += len(data)
+
+    def events(self) -> list:
+        return [{"n": i, "type": "event", "time": self.opened, "session": self.recording.sessionId,
+                 "event": kind, "fields": fields} for i, (kind, fields) in enumerate(self.recording.events)]
+
+    def redactions(self) -> dict:
+        return {}
+
+    def bundle(self, out) -> dict:
+        raise ValueError("a fake recording is not sealed, so it has no bundle")
 
 
 @implementer(IRecordingStore)

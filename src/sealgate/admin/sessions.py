@@ -1,7 +1,6 @@
 """GET /api/sessions...: recorded sessions, their audit events, frames, transcripts, exports, verification."""
 
 import base64
-import io
 import re
 import tempfile
 import time
@@ -21,7 +20,7 @@ from sealgate.admin._http import (
     strArg,
 )
 from sealgate.admin.roles import require
-from sealgate.export import UnknownFormat, describe, findFormat, formatsFor
+from sealgate.export import UnknownFormat, describe, findFormat, formatsFor, writeBounded
 from sealgate.recording._engine import StoreError
 from sealgate.recording.records import SessionQuery, parseTime
 
@@ -45,28 +44,6 @@ def _timeArg(request, name: str) -> float | None:
         return None if not raw else parseTime(raw)
     except ValueError as e:
         raise BadRequest(f"{name}: {e}")
-
-
-class _Paper(io.RawIOBase):
-    """A bounded write target for a plugin's replay()."""
-
-    def __init__(self, limit: int):
-        self.parts: list[bytes] = []
-        self.size = 0
-        self.limit = limit
-        self.cut = False
-
-    def writable(self):
-        return True
-
-    def write(self, data):
-        data = bytes(data)
-        if self.size + len(data) > self.limit:
-            self.cut = True
-            data = data[: max(0, self.limit - self.size)]
-        self.parts.append(data)
-        self.size += len(data)
-        return len(data)
 
 
 class Unrenderable(BadRequest):
@@ -169,7 +146,7 @@ class SessionsAPI(Authenticated):
         return inThread(self.admin, read).addCallback(lambda d: jsonBody(request, 200, d))
 
     def _detail(self, sid: str, live) -> dict:
-        with self._reader() as r:
+        with self._reader() as r, r.snapshot():
             record = r.sessionRecord(sid)
             events = r.events(sid) if record is not None else []
         if record is None and live is None:
@@ -211,16 +188,11 @@ class SessionsAPI(Authenticated):
 
     def _transcript(self, sid: str) -> tuple[bytes, bool]:
         """The session's transcript format (its plugin's, else the sealed commands and frames), bounded."""
-        paper = _Paper(TRANSCRIPT_LIMIT)
         with self._reader() as r:
             session = r.recorded(sid)
             if session is None:
                 raise NotFound(f"no session {sid!r}")
-            try:
-                formatsFor(session.record.protocol)["transcript"].write(session, paper)
-            except ValueError as e:
-                paper.write(f"\n(the transcript stops here: {e})\n".encode())
-        return b"".join(paper.parts), paper.cut
+            return writeBounded(formatsFor(session.record.protocol)["transcript"], session, TRANSCRIPT_LIMIT)
 
     def _render(self, sid: str, name: str):
         """Write one export to a spooled temporary file (thread); @return: (format, file at 0)."""
@@ -265,7 +237,7 @@ class SessionsAPI(Authenticated):
         request.setHeader(b"cache-control", b"no-store")
         request.setHeader(b"x-content-type-options", b"nosniff")
         if cut:
-            text += b"\n[transcript cut at 4 MiB: page through /frames for the rest]\n"
+            text += b"\n[transcript cut at 4 MiB: download it whole (export/transcript) or page through /frames]\n"
         return text
 
     def _verify(self, sid: str) -> dict:

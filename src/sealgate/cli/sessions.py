@@ -90,8 +90,8 @@ def recordedSession(args):
         yield session
         return
     if Path(args.id).exists():
-        raise _error(f"{args.id} is a file but not a sealgate bundle")
-    with storeReader(args) as r:
+        raise _error(f"{args.id} is not a sealgate bundle (nor a session id: a path by that name exists)")
+    with storeReader(args) as r, r.snapshot():
         session = r.recorded(args.id)
         if session is None:
             raise _error(f"no session {args.id!r} in {r.stateDir}")
@@ -120,17 +120,18 @@ def listSessions(args) -> int:
     return 0
 
 
-def _transcript(session) -> bytes:
-    import io
+#: `show` prints this much of a transcript; replay and export give all of it.
+SHOW_LIMIT = 256 * 1024
 
-    from sealgate.export import formatsFor
 
-    out = io.BytesIO()
-    try:
-        formatsFor(session.record.protocol)["transcript"].write(session, out)
-    except ValueError as e:
-        out.write(f"\n(the transcript stops here: {e})\n".encode())
-    return out.getvalue()
+def _transcript(session, limit: int = SHOW_LIMIT) -> bytes:
+    from sealgate.export import formatsFor, writeBounded
+
+    text, cut = writeBounded(formatsFor(session.record.protocol)["transcript"], session, limit)
+    if cut:
+        text += (f"\n(cut at {limit // 1024} KiB: sealgate replay --no-wait or "
+                 "export --format transcript prints all of it)\n").encode()
+    return text
 
 
 def showSession(args) -> int:

@@ -127,7 +127,7 @@ def _emitReport(args, report, subject: str, **extra) -> int:
     json.dump({"ok": report.ok, "subject": subject, "problems": report.problems, "warnings": report.warnings,
                "sessions": report.sessions, "frames": report.frames, "bytes": report.bytes,
                "redacted": report.redacted, "log_size": report.logSize, "checkpoint": report.checkpoint,
-               **extra}, sys.stdout, indent=1)
+               "key": getattr(report, "key", None), **extra}, sys.stdout, indent=1, default=str)
     print()
     return 0 if report.ok else 1
 

@@ -153,9 +153,15 @@ class StoreReader:
     def findSessions(self, query: SessionQuery | None = None) -> list[SessionRecord]:
         """Sessions matching C{query}, newest first, each described by its own sealed leaves."""
         query = query or SessionQuery()
-        found: list[SessionRecord] = []
         if query.limit is not None and query.limit <= 0:
-            return found
+            return []
+        with self.snapshot():  # one commit: a session's OPEN and its latest seal agree
+            return self._find(query)
+
+    def _find(self, query: SessionQuery) -> list[SessionRecord]:
+        # A leaf's time is when its event happened, so OPENs are only roughly
+        # in time order: every one is looked at, none skipped by position.
+        found: list[SessionRecord] = []
         commanded = None if query.command is None else self._commanded(query)
         for (leaf,) in self.db.execute("SELECT leaf FROM log WHERE type = 'open' ORDER BY n DESC"):
             try:
@@ -165,8 +171,6 @@ class StoreReader:
             sid = body.get("session")
             if body["type"] != "open" or not isinstance(sid, str):
                 continue
-            if query.since is not None and (body.get("time") or 0.0) < query.since:
-                break  # the log is in time order: everything older follows
             if not query.matchesOpen(sid, body) or (commanded is not None and sid not in commanded):
                 continue
             record = SessionRecord.fromLeaves(body, self._lastSeal(sid))
@@ -179,6 +183,10 @@ class StoreReader:
 
     def sessionRecord(self, sessionId: str) -> SessionRecord | None:
         """One session as its sealed OPEN and latest PROGRESS/CLOSE leaves tell it, or None."""
+        with self.snapshot():
+            return self._record(sessionId)
+
+    def _record(self, sessionId: str) -> SessionRecord | None:
         for (leaf,) in self.db.execute("SELECT leaf FROM log WHERE session = ? AND type = 'open' ORDER BY n",
                                        (sessionId,)):
             body = self._parsed(sessionId, leaf, ("open",))

@@ -15,7 +15,7 @@ from sealgate.admin._http import (
     jsonObject,
     problem,
 )
-from sealgate.admin.roles import may, require, rolesOf
+from sealgate.admin.roles import may, mayReveal, require, rolesOf
 from sealgate.prelogin import GuardedChannel
 
 STATIC = Path(__file__).parent / "static"
@@ -79,8 +79,8 @@ class ApprovalsAPI(Authenticated):
     POST /api/approvals/ID/approve|deny|cancel {"reason": ...}.
     """
 
-    def ticket(self, t) -> dict:
-        d = t.asDict()
+    def ticket(self, t, identity) -> dict:
+        d = t.asDict(reveal=mayReveal(identity, self.admin.service.config, t))
         d["notifications"] = self.admin.notifier.forTicket(t.id)
         return d
 
@@ -95,12 +95,12 @@ class ApprovalsAPI(Authenticated):
             if not reader:
                 # Anyone may follow their own tickets.
                 tickets = [t for t in tickets if t.requester.id == identity.id]
-            return jsonBody(request, 200, {"tickets": [self.ticket(t) for t in tickets]})
+            return jsonBody(request, 200, {"tickets": [self.ticket(t, identity) for t in tickets]})
         if method == "GET" and len(path) == 1:
             t = approvals.get(path[0])
             if not reader and t.requester.id != identity.id:
                 require(identity, config, "read")
-            return jsonBody(request, 200, self.ticket(t))
+            return jsonBody(request, 200, self.ticket(t, identity))
         if method == "POST" and len(path) == 2 and path[1] in ("approve", "deny", "cancel"):
             body = jsonObject(request)
             reason = str(body.get("reason", ""))[:1000]
@@ -110,14 +110,14 @@ class ApprovalsAPI(Authenticated):
                 if not mine:
                     require(identity, config, "cancel-any")
                 return jsonBody(request, 200, self.ticket(approvals.cancel(t.id, identity, reason,
-                                                                           anyone=not mine)))
+                                                                           anyone=not mine), identity))
             if path[1] == "deny" and not reason:
                 raise BadRequest("a denial needs a reason")
             if not mine:
                 # The requester gets the specific refusal from the tickets themselves.
                 require(identity, config, "decide")
             action = getattr(approvals, path[1])
-            return jsonBody(request, 200, self.ticket(action(t.id, identity, reason)))
+            return jsonBody(request, 200, self.ticket(action(t.id, identity, reason), identity))
         raise NotFound("no such endpoint")
 
 

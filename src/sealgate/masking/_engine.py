@@ -90,6 +90,13 @@ class Masker:
                 out.extend(d.scan(text, pos, probe))
         return out
 
+    def findings(self, text: str) -> list[tuple[int, int, str]]:
+        """Each detected value in C{text} as C{(start, end, detector name)}, in order."""
+        probe = Probe(text, None)
+        out = [(start, end, d.name) for d in self.detectors if d.prefilter(probe)
+               for start, end, _ in d.scan(text, 0, probe)]
+        return sorted(out)
+
     def maskText(self, text: str) -> str:
         """C{text} with every detected value masked, same length."""
         if not self.detectors:

@@ -81,18 +81,39 @@
     refreshQueue();
   }
 
+  // The exact command, with what a detector found marked; or, for a viewer
+  // who may not see those values, the masked form (the API decides).
+  function commandBlock(t) {
+    const pre = el("pre", {class: "command", id: "command-" + t.id});
+    let at = 0;
+    const marks = (t.revealed && t.marks) ? [...t.marks].sort((a, b) => a[0] - b[0]) : [];
+    for (const [start, end, detector] of marks) {
+      if (start < at) continue;
+      pre.append(t.command.slice(at, start),
+        el("mark", {class: "detected", title: "found by the " + detector + " detector", text: t.command.slice(start, end)}));
+      at = end;
+    }
+    pre.append(t.command.slice(at));
+    const note = t.revealed
+      ? (marks.length ? "Exactly what will run; marked values are sensitive (" + [...new Set(marks.map(m => m[2]))].join(", ") + ")." : "Exactly what will run.")
+      : "Sensitive values are masked for you; the ticket's approvers see them.";
+    return el("div", {class: "command-wrap"}, pre, el("p", {class: "hint", text: note}));
+  }
+
   function ticketCard(t) {
     const reasonId = "reason-" + t.id;
     const reason = el("textarea", {id: reasonId, rows: "2", maxlength: "1000"});
     const left = Math.max(0, Math.round(t.expires - Date.now() / 1000));
-    const mine = me && t.requester === me.subject;
+    const mine = me && t.requester === (me.id || me.subject);
     const card = el("article", {class: "ticket", id: "ticket-" + t.id, "aria-labelledby": "title-" + t.id},
       el("h2", {id: "title-" + t.id},
         el("span", {text: `${t.requester} on ${t.connection}`}), " ",
         el("code", {class: "tid", text: t.id})),
-      el("pre", {class: "command", text: t.command}),
+      el("p", {class: "summary", id: "summary-" + t.id, text: t.summary || ""}),
+      commandBlock(t),
       el("dl", {class: "meta"},
-        el("dt", {text: "Rule"}), el("dd", {text: t.rule}),
+        el("dt", {text: "Where"}), el("dd", {text: [t.protocol, t.target].filter(Boolean).join(" · ")}),
+        el("dt", {text: "Rule"}), el("dd", {text: t.rule + (t.rule_reason ? ": " + t.rule_reason : "")}),
         el("dt", {text: "Approvers"}), el("dd", {text: t.approvers.join(", ") + ` (${t.approvals.length}/${t.needed})`}),
         el("dt", {text: "Requested"}), el("dd", {text: when(t.created)}),
         el("dt", {text: "Expires in"}), el("dd", {text: `${Math.floor(left / 60)}m ${left % 60}s`}),

@@ -2,6 +2,7 @@
 
 import json
 import secrets
+from pathlib import Path
 
 from twisted.internet import defer
 from twisted.internet.threads import deferToThreadPool
@@ -11,6 +12,9 @@ from twisted.web import http, resource, server
 from sealgate.admin.roles import Forbidden
 from sealgate.approvals import ApprovalError
 from sealgate.identity import AuthenticationFailed
+
+#: The console's files (HTML, JS, CSS, the vendored player).
+STATIC = Path(__file__).parent / "static"
 
 LOGIN_COOKIE = b"sealgate_login"
 CSRF_HEADER = b"x-sealgate-csrf"

@@ -1,11 +1,11 @@
 """The admin HTTP site: health, readiness, metrics, OpenAPI, the JSON API and the console."""
 
-from pathlib import Path
 
 from twisted.logger import Logger
 from twisted.web import http, resource, server, static
 
 from sealgate.admin._http import (
+    STATIC,
     AdminRequest,
     Authenticated,
     BadRequest,
@@ -15,10 +15,11 @@ from sealgate.admin._http import (
     jsonObject,
     problem,
 )
+from sealgate.admin.console import Logins
+from sealgate.admin.metrics import Metrics
+from sealgate.admin.notify import Notifier
 from sealgate.admin.roles import may, mayReveal, require, rolesOf
 from sealgate.prelogin import GuardedChannel
-
-STATIC = Path(__file__).parent / "static"
 
 # Kept for older imports.
 _json = jsonBody
@@ -177,10 +178,6 @@ class Admin:
     _log = Logger()
 
     def __init__(self, service):
-        from sealgate.admin.console import Logins
-        from sealgate.admin.metrics import Metrics
-        from sealgate.admin.notify import Notifier
-
         self.service = service
         self.logins = Logins(self)
         self.metrics = Metrics(self)

@@ -10,7 +10,7 @@ from twisted.logger import Logger
 from twisted.web import resource, server
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from sealgate.admin._http import LOGIN_COOKIE, clientOf, jsonBody, pathSegments
+from sealgate.admin._http import LOGIN_COOKIE, STATIC, clientOf, jsonBody, pathSegments
 from sealgate.identity import AuthenticationFailed
 from sealgate.identity.oidcflow import CodeFlow, LoginError
 
@@ -100,8 +100,6 @@ class Login(resource.Resource):
     def render_GET(self, request):
         path = pathSegments(request)
         if not path:
-            from sealgate.admin.api import STATIC
-
             request.setHeader(b"content-type", b"text/html; charset=utf-8")
             request.setHeader(b"cache-control", b"no-store")
             return (STATIC / "login.html").read_bytes()

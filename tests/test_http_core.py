@@ -20,7 +20,7 @@ from sealgate.protocols.http._relay import RelayFactory
 from sealgate.protocols.http._target import TargetRefused, normalizeTarget
 from sealgate.protocols.http.plugin import parseOptions
 from sealgate.testing import FakeIdentities, FakeTransport, fakeGateway
-from tests.test_flow import Sees
+from sealgate.testing import OutputRecorder as Sees
 from tests.test_pg_relay import rule
 
 CARD = b"4111 1111 1111 1111"

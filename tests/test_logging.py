@@ -90,3 +90,41 @@ def test_unknown_logging_format_is_a_config_error(tmp_path):
         assert "logging.format: unknown format 'xml'" in str(e) and "text, json" in str(e)
     else:
         raise AssertionError("accepted format = 'xml'")
+
+
+def test_an_ssh_login_exec_and_logout_log_no_error_and_no_conch_chatter(tmp_path, sshd):
+    import subprocess
+
+    text = sampleConfig().replace('format = "text"', 'format = "json"') + f'''
+[[connections]]
+name = "web-1"
+protocol = "ssh"
+listen = "tcp:0:interface=127.0.0.1"
+backend = "{sshd.endpoint}"
+[connections.options]
+username = "{sshd.user}"
+private_key_file = "{sshd.clientKey}"
+known_hosts = "{sshd.knownHosts}"
+'''
+    gw = GatewayProcess(tmp_path, text)
+    userKey = tmp_path / "alice"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(userKey)], check=True)
+    gw.cli("ssh-keys", "add", "alice", f"{userKey}.pub", "--group", "eng")
+    gw.start()
+    try:
+        state = tmp_path / "var" / "sealgate"
+        pub = (state / "ssh" / "ssh_host_ed25519_key.pub").read_text().split()[:2]
+        known = tmp_path / "known_hosts"
+        known.write_text(f"[127.0.0.1]:{gw.port('web-1')} {' '.join(pub)}\n")
+        r = subprocess.run(["ssh", "-F", "/dev/null", "-p", str(gw.port("web-1")), "-i", str(userKey),
+                            "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
+                            "-o", f"UserKnownHostsFile={known}", "web-1@127.0.0.1", "echo logged-in"],
+                           capture_output=True, timeout=60, stdin=subprocess.DEVNULL)
+        assert b"logged-in" in r.stdout, r.stderr
+    finally:
+        assert gw.stop(signal.SIGTERM) == 0
+    records = [json.loads(line) for line in gw.log().splitlines() if line.strip()]
+    assert [r for r in records if r["level"] in ("error", "critical")] == []
+    assert not [r for r in records if (r["namespace"] or "").startswith("twisted.conch")
+                or "kex alg" in r["text"]]
+    assert any("web-1" in r["text"] for r in records)

@@ -391,6 +391,19 @@ class ServerTransport(transport.SSHServerTransport):
             self.login.connectionLost()
         super().connectionLost(reason)
 
+    def receiveError(self, reasonCode, description):
+        """
+        The client sent a disconnect.  Conch logs every one as an error; a
+        client that logs out (DISCONNECT_BY_APPLICATION: "disconnected by
+        user") has done nothing wrong, so that one is an info line.
+        """
+        text = description.decode("utf-8", "replace") if isinstance(description, bytes) else description
+        if reasonCode == transport.DISCONNECT_BY_APPLICATION:
+            self._log.info("Client {peer} disconnected: {why}", peer=self.transport.getPeer(), why=text)
+        else:
+            self._log.warn("Client {peer} disconnected with code {code}: {why}",
+                           peer=self.transport.getPeer(), code=reasonCode, why=text)
+
 
 class GatewaySSHFactory(factory.SSHFactory):
     """

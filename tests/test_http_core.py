@@ -332,3 +332,20 @@ def test_an_answer_on_a_live_session_is_recorded_after_the_request_it_answers():
     assert status(r.sent().split(b"hello", 1)[1]) == 404
     assert recording.frames[-2][:2] == (0, get("/elsewhere").replace(b"Bearer " + KEY.encode(), b"[redacted]"))
     assert recording.frames[-1][0] == 1 and b" 404 " in recording.frames[-1][1]
+
+
+def test_what_a_client_claims_about_its_origin_is_replaced_not_passed_on():
+    r = relay()
+    r.send(get("/x", extra="Forwarded: for=10.0.0.1;host=admin.internal\r\nX-Real-IP: 10.0.0.1\r\n"
+                           "X-Forwarded-Host: admin.internal\r\nX-Forwarded-Port: 443\r\n"))
+    head = r.connectBackend().value().lower()
+    assert b"forwarded: for" not in head and b"x-real-ip" not in head and b"x-forwarded-port" not in head
+    assert b"x-forwarded-host: gw\r\n" in head and b"admin.internal" not in head
+
+
+def test_chunk_framing_and_trailers_count_toward_max_body():
+    r = relay(max_body=1024)
+    r.send(get("/x", "POST", "Transfer-Encoding: chunked\r\n") + b"1\r\na\r\n0\r\n")
+    for _ in range(40):
+        r.send(b"X-Trailer: " + b"t" * 2000 + b"\r\n")
+    assert status(r.sent()) == 413 and r.reactor.tcpClients == []

@@ -29,6 +29,8 @@ _MAX_HEAD = 1 << 20
 _MAX_AHEAD = 256 << 10
 #: Request bodies above this spill from memory to a temporary file.
 _SPOOL_MEMORY = 1 << 20
+#: Chunk lines and trailers a body may carry beyond C{max_body}.
+_FRAMING_MARGIN = 64 << 10
 #: Why the relay itself stops reading a client (the core adds its own reasons).
 _AHEAD = "pipelined"
 #: After an answer sent before the body was read, the rest is read and
@@ -193,7 +195,9 @@ class ClientConnection(Protocol):
         for piece in pieces:
             spool.write(piece)
             request.bodySize += len(piece)
-        if request.bodySize > pipeline.maxBody:
+        request.wireSize += used
+        # Chunk framing and trailers count too, past a margin for them.
+        if request.bodySize > pipeline.maxBody or request.wireSize > pipeline.maxBody + _FRAMING_MARGIN:
             return pipeline.tooLarge()
         if framing.done:
             if used < len(data):

@@ -1,5 +1,7 @@
 """Backend side of the relay: one request/response exchange at a time on a pooled connection."""
 
+from typing import Any
+
 from twisted.logger import Logger
 from twisted.protocols.basic import FileSender
 
@@ -50,6 +52,8 @@ class Exchange:
     secretHead = False
     registered = False
     contentType = ""
+    #: The transport attached as the session's backend leg.
+    legTransport: Any = None
 
     def __init__(self, client, request, backend, session, pool):
         self.client = client
@@ -92,6 +96,7 @@ class Exchange:
     def _send(self, conn: BackendConnection) -> None:
         self.conn = conn
         conn.exchange = self
+        self.legTransport = conn.transport
         self.session.attach(self.client.leg, conn.transport)
         self._to(ExchEvent.SENT)
         body = self.request.body
@@ -346,16 +351,17 @@ class Exchange:
         if self.registered:
             self.registered = False
             self.client.transport.unregisterProducer()
+        session = self.session
+        leg = session.backendLeg
+        paused = False
+        if leg is not None and leg.transport is self.legTransport:
+            # The connection leaves the session (even one already lost):
+            # the next exchange attaches its own leg.
+            paused, session.backendLeg = leg.paused, None
         conn, self.conn = self.conn, None
         if conn is None:
             return
         conn.exchange = None
-        session = self.session
-        leg = session.backendLeg
-        paused = False
-        if leg is not None and leg.transport is conn.transport:
-            # The connection leaves the session: the next exchange attaches its own leg.
-            paused, session.backendLeg = leg.paused, None
         if self.reusable and not self.uploading and conn.alive:
             if paused:
                 conn.transport.resumeProducing()

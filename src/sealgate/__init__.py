@@ -8,7 +8,7 @@ built-ins use the same names.
 from sealgate.chain import Chain, SessionChain
 from sealgate.chain.hooks import Command, Output, SessionEnd, SessionStart
 from sealgate.chain.verdicts import CONTINUE, Continue, Deny, Hold, Rewrite, Verdict
-from sealgate.config import ConfigError, Table, Where
+from sealgate.config import ConfigError, Table, Where, resolveSecret
 from sealgate.flow import (
     ALLOWED,
     BACKPRESSURE,
@@ -35,5 +35,5 @@ __all__ = [
     "Decision", "Deny", "Hold", "Identity", "Leg", "Masker", "MaskingFailed", "Output",
     "OutputMasker", "OutputRefused", "Preamble", "Rewrite", "Session", "SessionChain", "SessionEnd",
     "SessionRefused", "SessionStart", "StreamMasker", "Table", "Verdict", "Where",
-    "noDelay", "unmasked", "writeNow",
+    "noDelay", "resolveSecret", "unmasked", "writeNow",
 ]

@@ -97,6 +97,16 @@ class Gateway:
         self.chain = Chain(interceptors)
         self.policyHash = policyHash(config)
 
+    def connectionsSharing(self, connection) -> list:
+        """
+        The connections one listener serves: C{connection}'s protocol and
+        listen endpoint, in file order (the service builds one factory for
+        them, with the first; the protocol picks one per client).
+        """
+        same = [c for c in self.config.connections
+                if c.protocol == connection.protocol and c.listen == connection.listen]
+        return same or [connection]
+
     def authenticate(self, connection, credential, client, claimed=None):
         d = defer.maybeDeferred(self.identity.authenticate, credential)
 

@@ -87,6 +87,14 @@ class IGateway(Interface):
             cannot record (message safe for the client).
         """
 
+    def connectionsSharing(connection):
+        """
+        Listener sharing: the connections served by C{connection}'s
+        listener (same protocol and listen endpoint, in file order, under
+        the current config).  A protocol picks one per client (postgres by
+        database name, ssh by user name).
+        """
+
     def sessionEnded(session, reason):
         """Called by L{ISession.end}: the session leaves C{sessions}, its tickets are cancelled."""
 

@@ -185,8 +185,9 @@ class Session:
             C{pauseProducing}/C{resumeProducing}, e.g. one SSH channel);
             by default the session's client leg.
         @return: a L{Decision}; for a hold, C{.pending} fires with the final
-            verdict, audited again with C{decided=True}, and the paused leg
-            resumes just after.
+            verdict, audited again with C{decided=True}, just after the
+            paused leg resumed (no byte is read in between: the reactor
+            is not re-entered).
         """
         verdict = self.chain.command(kind, text, details)
         if verdict is CONTINUE:
@@ -230,10 +231,10 @@ class Session:
             return  # already settled (the session ended first)
         resume, kind, text, details = held
         self._auditVerdict(kind, text, details, final, decided=True)
-        try:
-            pending.callback(final)
-        finally:
-            resume()
+        # Resume first: if what the protocol runs next is held again, that
+        # hold's pause is the one left standing (a target may not count).
+        resume()
+        pending.callback(final)
 
     def command(self, kind: str, text: str, details: dict | None = None,
                 reported: bool = False) -> Verdict:
@@ -308,9 +309,10 @@ class Session:
             if masker is not None:
                 fn = self._maskers.get(channel) or self._maskers.get(None)
                 data = fn(data, context) if fn is not None else masker.maskBytes(data)
-            if chain.wantsOutput and data:
-                context["masked"] = masker is not None
-                data = chain.output(data, channel=channel, **context)
+                if chain.wantsMaskedOutput and data:
+                    data = chain.output(data, channel=channel, masked=True, **context)
+            elif chain.wantsOutput and data:
+                data = chain.output(data, channel=channel, masked=False, **context)
         except OutputRefused as e:
             self._refused(channel, str(e))
             raise

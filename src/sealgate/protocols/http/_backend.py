@@ -5,7 +5,7 @@ from typing import Any
 from twisted.logger import Logger
 from twisted.protocols.basic import FileSender
 
-from sealgate.protocols._io import writeNow
+from sealgate import writeNow
 from sealgate.protocols.http import _framing, _wire
 from sealgate.protocols.http._body import BodyMasker, MaskingFailed, bodyMode
 from sealgate.protocols.http._pool import BackendConnection

@@ -6,7 +6,7 @@ from typing import Any
 from twisted.internet import endpoints
 from twisted.internet.protocol import Factory, Protocol
 
-from sealgate.protocols._io import noDelay
+from sealgate import noDelay
 
 #: An idle backend connection older than this is closed rather than reused:
 #: servers drop idle connections, and a request sent on one would fail.

@@ -7,9 +7,9 @@ from twisted.internet import endpoints
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 
+from sealgate import noDelay
 from sealgate.flow import OutputRefused, Preamble
 from sealgate.identity import AuthenticationFailed
-from sealgate.protocols._io import noDelay
 from sealgate.protocols.postgres import _wire as w
 from sealgate.protocols.postgres._backend import BackendLeg, CancelSender
 from sealgate.protocols.postgres._relay import Relay
@@ -321,10 +321,7 @@ class ListenerFactory(Factory):
         return ClientLeg(self)
 
     def _siblings(self):
-        cfg = self.gateway.config
-        same = [c for c in cfg.connections
-                if c.protocol == "postgres" and c.listen == self.connection.listen]
-        return same or [self.connection]
+        return self.gateway.connectionsSharing(self.connection)
 
     def names(self):
         return [c.name for c in self._siblings()]

@@ -6,14 +6,11 @@ from typing import Any
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from sealgate.chain.verdicts import CONTINUE, Deny, Hold
-from sealgate.identity import AuthenticationFailed
-from sealgate.masking import MaskingFailed
+from sealgate import CONTINUE, AuthenticationFailed, Deny, Hold, MaskingFailed, SessionRefused
 from sealgate.protocols.http import _login, _wire
 from sealgate.protocols.http._backend import Exchange
 from sealgate.protocols.http._state import ConnEvent
 from sealgate.protocols.http._upgrade import Relay, connectRelay
-from sealgate.session import SessionRefused
 
 #: What a client may say about where it came from: the gateway says it
 #: instead (X-Forwarded-For is appended to; the others would go unchecked).

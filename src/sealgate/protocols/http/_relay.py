@@ -12,8 +12,7 @@ from twisted.python.failure import Failure
 from twisted.web.http import RESPONSES
 from zope.interface import implementer
 
-from sealgate import noDelay, writeNow
-from sealgate.flow import Leg, OutputRefused, Preamble
+from sealgate import Leg, OutputRefused, Preamble, noDelay, writeNow
 from sealgate.protocols.http import _wire
 from sealgate.protocols.http._backlog import BacklogPressure
 from sealgate.protocols.http._login import BrowserLogin

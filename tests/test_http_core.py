@@ -3,7 +3,7 @@
 import json
 
 import attrs
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from twisted.internet.testing import MemoryReactorClock
 from zope.interface.verify import verifyObject
@@ -13,6 +13,7 @@ from sealgate.chain.masking import MaskingInterceptor
 from sealgate.chain.rules import RulesInterceptor
 from sealgate.config import ConnectionConfig, MaskingConfig, Where
 from sealgate.masking import Masker
+from sealgate.protocols.http import _wire
 from sealgate.protocols.http._relay import RelayFactory
 from sealgate.protocols.http._target import TargetRefused, normalizeTarget
 from sealgate.protocols.http.plugin import parseOptions
@@ -309,3 +310,43 @@ def test_chunk_framing_and_trailers_count_toward_max_body():
     for _ in range(40):
         r.send(b"X-Trailer: " + b"t" * 2000 + b"\r\n")
     assert status(r.sent()) == 413 and r.reactor.tcpClients == []
+
+
+def _oneOf(good, *bad):
+    """Mostly C{good}, sometimes one of the bad variants."""
+    return st.one_of(st.just(good), st.just(good), st.sampled_from(bad)) if bad else st.just(good)
+
+
+_REQUESTS = st.builds(
+    lambda method, target, version, host, auth, framing, extra, end: (
+        method + b" " + target + b" " + version + b"\r\n" + host + auth + framing + extra + end),
+    _oneOf(b"GET", b"POST", b"G(T", b"", b"GET /"),
+    st.sampled_from([b"/x", b"/a/../b", b"/%2e%2e/x", b"/a%2Fb", b"http://gw/a", b"//x", b"/%", b"x",
+                     b"/a\\b", b"*"]),
+    _oneOf(b"HTTP/1.1", b"HTTP/1.0", b"HTTP/2"),
+    _oneOf(b"Host: gw\r\n", b"", b"Host: gw\r\nHost: gx\r\n", b"Host: a b\r\n"),
+    _oneOf(b"Authorization: Bearer " + KEY.encode() + b"\r\n", b"", b"Authorization: Bearer nope\r\n"),
+    st.sampled_from([b"", b"Content-Length: 5\r\n", b"Transfer-Encoding: chunked\r\n",
+                     b"Transfer-Encoding: xchunked\r\n", b"Content-Length: 5\r\nContent-Length: 6\r\n",
+                     b"Transfer-Encoding: chunked\r\nContent-Length: 5\r\n"]),
+    _oneOf(b"", b"X-A: \x00\r\n", b" folded\r\n", b"X-A: 1\nX-B: 2\r\n", b"Bad Name: 1\r\n"),
+    st.sampled_from([b"\r\n", b"\r\nhello", b"\r\n5\r\nhello\r\n0\r\n\r\n", b"\r\nzz\r\n", b""]),
+)
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow], deadline=None, max_examples=200)
+@given(_REQUESTS, st.integers(min_value=1, max_value=64))
+def test_any_bytes_get_a_response_or_a_wait_never_a_gateway_error(data, step):
+    r = relay()
+    for i in range(0, len(data), step):
+        r.send(data[i:i + step])    # must not raise: a bad request is the client's problem only
+    out = r.sent()
+    assert out == b"" or out.startswith(b"HTTP/1.1 ")
+    event("forwarded" if r.reactor.tcpClients else "answered" if out else "waiting")
+    if r.reactor.tcpClients:
+        # What reaches a backend is one strict, normalized head.
+        head = r.connectBackend().value().split(b"\r\n\r\n", 1)[0]
+        parsed = _wire.parseHeadIndexed(head, False, strict=True)[0]
+        assert normalizeTarget(parsed.target, parsed.method).originForm == parsed.target
+    for status_ in (int(line.split(b" ")[1]) for line in out.split(b"\r\n") if line.startswith(b"HTTP/1.1 ")):
+        assert status_ != 500

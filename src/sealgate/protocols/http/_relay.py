@@ -198,13 +198,15 @@ class ClientConnection(Protocol):
         # Chunk framing and trailers count too, past a margin for them.
         if request.bodySize > pipeline.maxBody or request.wireSize > pipeline.maxBody + _FRAMING_MARGIN:
             return pipeline.tooLarge()
-        if framing.done:
-            if used < len(data):
-                self.buf += data[used:]
-            self.idleSince = None
-            self._to(ConnEvent.REQUEST_WHOLE)
-            request.body.seek(0)
-            self._run(pipeline.whole)
+        if not framing.done:
+            self.factory.pressure.check()
+            return
+        if used < len(data):
+            self.buf += data[used:]
+        self.idleSince = None
+        self._to(ConnEvent.REQUEST_WHOLE)
+        request.body.seek(0)
+        self._run(pipeline.whole)
 
     def _badRequest(self, error: Exception) -> None:
         status = getattr(error, "status", 400)
@@ -391,7 +393,8 @@ class RelayFactory(Factory):
         self.secure = secure
         self.backends = [Backend(c) for c in connections]
         self.router = Router(self.backends)
-        self.pools = {id(b): BackendPool(self.reactor, b.connection.backend) for b in self.backends}
+        self.pools = {id(b): BackendPool(self.reactor, b.connection.backend, b.options.backend_timeout)
+                      for b in self.backends}
         self.idleTimeout = max(c.options.idle_timeout for c in connections)
         self.lenient = any(c.options.lenient_targets for c in connections)
         self.login = BrowserLogin(gateway, self.reactor) if any(
@@ -404,9 +407,6 @@ class RelayFactory(Factory):
     def acceptableProtocols(self):
         # ALPN over TLS: this listener speaks HTTP/1.1 only.
         return [b"http/1.1"]
-
-    def startFactory(self):
-        self.pressure.start()
 
     def stopFactory(self):
         self.pressure.stop()

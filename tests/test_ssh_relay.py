@@ -271,3 +271,23 @@ def test_store_pressure_pauses_both_tcp_legs_and_failure_disconnects():
     s.gateway.store.setPressure("failed", "the recording store is restarting")
     assert said and "recording store failed" in said[0]
     assert s.recording.closed[0] == "store failed"
+
+
+def test_forwarded_channel_bytes_pass_the_output_step_unmasked_and_are_recorded():
+    from sealgate.protocols.ssh.relay import ForwardChannel
+
+    hook = OutputRecorder()
+    s = fakeSession([masking(), hook], protocol="ssh")
+    client, backend = ForwardChannel(), ForwardChannel()
+    client.peer, backend.peer = backend, client
+    client.session = backend.session = s
+    client.clientSide = True
+    client.recordId = backend.recordId = recordChannel(3, STREAM_DATA)
+    sent, upstream = [], []
+    client.write, backend.write = sent.append, upstream.append
+    client.dataReceived(b"GET / HTTP/1.0\r\n\r\n")
+    backend.dataReceived(b"card " + CARD)  # a forwarded stream is binary: not masked
+    assert upstream == [b"GET / HTTP/1.0\r\n\r\n"] and sent == [b"card " + CARD]
+    assert s.recording.bytesTo(client.recordId) == b"card " + CARD
+    assert s.recording.bytesFrom(client.recordId) == b"GET / HTTP/1.0\r\n\r\n"
+    assert hook.shown(client.recordId) == b"card " + CARD

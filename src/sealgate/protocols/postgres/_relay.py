@@ -49,6 +49,8 @@ def denyStatement(message: str) -> str:
 #: Reply types the output masker decodes (the rest pass as bytes).
 _MASKED_REPLIES = [b"T", b"D", b"N", b"A", b"E"]
 _COPY_REPLIES = [b"H", b"d", b"c"]
+#: The types the row masker itself looks at (errors are masked here).
+_ROW_TYPES = frozenset(ord(c) for c in "TDNAHdc")
 
 
 class ReplyMasker:
@@ -82,12 +84,14 @@ class ReplyMasker:
         for item in replies:
             if item.__class__ is bytes:
                 out.append(item)
+            elif item.type in _ROW_TYPES:
+                out.append(rows.frame(item))
             elif item.type == _ERR:
                 err = w.decodeFrame(item, False)
                 fields = rows.fields(err.fields)
                 out.append(item.raw if fields is err.fields else w.ErrorResponse(fields).encode())
             else:
-                out.append(rows.frame(item))
+                out.append(item.raw)  # CommandComplete, ReadyForQuery...: nothing to mask
         return b"".join(out) if len(out) != 1 else out[0]
 
 
@@ -115,7 +119,8 @@ class Relay:
         masker = self.session.chain.masker
         self._rows = RowMasker(masker) if masker is not None else None
         if self._rows is not None:
-            self.session.setOutputMasker(ReplyMasker(self._rows, self.factory.options.max_message))
+            # Channel 0 is all a postgres session has.
+            self.session.setOutputMasker(ReplyMasker(self._rows, self.factory.options.max_message), 0)
 
     def startRelay(self):
         s = self.session
@@ -307,7 +312,7 @@ class Relay:
             return
         # Masking: the reply masker gets the replies already split.
         replies = [item if item.__class__ is bytes else self._backendFrame(item) for item in items]
-        self.toClient(b"".join(x if isinstance(x, bytes) else x.raw for x in replies), replies)
+        self.toClient(b"".join([x if isinstance(x, bytes) else x.raw for x in replies]), replies)
 
     def toClient(self, data: bytes, replies=None) -> None:
         """The output step for every reply; what cannot be vetted ends the session."""

@@ -13,6 +13,7 @@ CLIENT_SIDE = [
     SRC / "postgres" / "_client.py",
     SRC / "postgres" / "_relay.py",
     *sorted((SRC / "ssh").glob("*.py")),
+    *sorted((SRC / "http").glob("*.py")),
     *sorted(OOT.rglob("*.py")),
 ]
 CLIENT_SIDE = [p for p in CLIENT_SIDE if p.name != "backend.py"]
@@ -44,6 +45,17 @@ ALLOWED = {
         "login, before any session exists",
     ("ssh/server.py", "UserAuthServer.auth_keyboard_interactive", "self.transport.sendPacket"):
         "login, before any session exists",
+    ("http/_backend.py", "Exchange._send", "writeNow(transport)"):
+        "the request to the backend connection (conn.transport), never the client",
+    ("http/_backend.py", "Exchange._send", "transport.write"):
+        "the request head to the backend connection before its streamed body",
+    ("http/_upgrade.py", "Relay.backendUp", "transport.write"):
+        "the upgrade request to the backend connection",
+    ("http/_relay.py", "ClientConnection._bodyData", "spool.write"):
+        "a request body into its spool file",
+    ("http/_relay.py", "ClientConnection.send", "writeNow(self.transport)"):
+        "HTTP's one send: a head whose secret header values (Set-Cookie) went through "
+        "session.emit redacted; the client gets them, the recording and hooks do not",
 }
 
 

@@ -269,6 +269,12 @@ def test_chunked_in_an_http10_request_is_refused():
         _framing.requestFraming({b"transfer-encoding": [b"chunked"]}, b"HTTP/1.0")
 
 
+def test_strict_request_lines_need_a_token_method():
+    with pytest.raises(_wire.ProtocolError):
+        _wire.parseHeadIndexed(b"GE(T / HTTP/1.1\r\nHost: gw", False, strict=True)
+    assert _wire.parseHeadIndexed(b"M-SEARCH * HTTP/1.1\r\nHost: gw", False, strict=True)[0].method == b"M-SEARCH"
+
+
 @pytest.mark.parametrize("line", [b"X-A: a\x00b", b"X-A: \x01", b"X-A: a\x7fb", b"X A: 1", b"X(A): 1",
                                   b"X-\xffA: 1"])
 def test_strict_heads_refuse_control_characters_and_bad_names(line):

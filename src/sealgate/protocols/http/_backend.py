@@ -1,5 +1,7 @@
 """Backend side of the relay: one request/response exchange at a time on a pooled connection."""
 
+from typing import Any
+
 from twisted.logger import Logger
 from twisted.protocols.basic import FileSender
 
@@ -36,7 +38,6 @@ class Exchange:
     conn: BackendConnection | None = None
     state = Exch.CONNECT
     lastHeard = 0.0
-    _timer = None
     retried = reused = received = uploading = False
     reusable = True
     buf = b""
@@ -50,6 +51,8 @@ class Exchange:
     secretHead = False
     registered = False
     contentType = ""
+    #: The transport attached as the session's backend leg.
+    legTransport: Any = None
 
     def __init__(self, client, request, backend, session, pool):
         self.client = client
@@ -68,6 +71,7 @@ class Exchange:
     def start(self, head: bytes) -> None:
         self.head = head
         self._heard()
+        self.pool.silence.watch(self)
         conn = self.pool.take()
         if conn is not None:
             self.reused = True
@@ -92,6 +96,7 @@ class Exchange:
     def _send(self, conn: BackendConnection) -> None:
         self.conn = conn
         conn.exchange = self
+        self.legTransport = conn.transport
         self.session.attach(self.client.leg, conn.transport)
         self._to(ExchEvent.SENT)
         body = self.request.body
@@ -115,31 +120,20 @@ class Exchange:
     # -- the backend's silence -----------------------------------------------------
 
     def _heard(self) -> None:
-        """The backend showed life (or the wait for it starts): the timeout counts from now."""
-        reactor = self.pool.reactor
-        self.lastHeard = reactor.seconds()
-        if self._timer is None:
-            self._timer = reactor.callLater(self.timeout, self._checkTimeout)
+        """The backend showed life (or the wait for it starts): its silence counts from now."""
+        self.lastHeard = self.pool.reactor.seconds()
 
-    def _stopTimer(self) -> None:
-        if self._timer is not None:
-            if self._timer.active():
-                self._timer.cancel()
-            self._timer = None
-
-    def _checkTimeout(self) -> None:
-        # One timer per exchange, re-armed lazily: no timer churn per read.
-        self._timer = None
+    def checkSilence(self, now: float) -> None:
+        """Asked by the pool's L{SilenceWatch} on each tick while this exchange waits on the backend."""
         if self.state not in (Exch.CONNECT, Exch.HEAD, Exch.BODY):
+            self.pool.silence.unwatch(self)
             return
-        reactor = self.pool.reactor
         leg = self.session.backendLeg
         if self.uploading or (leg is not None and leg.paused):
             # Waiting on us or on the client, not on the backend.
-            return self._heard()
-        left = self.lastHeard + self.timeout - reactor.seconds()
-        if left > 0:
-            self._timer = reactor.callLater(left, self._checkTimeout)
+            self.lastHeard = now
+            return
+        if now - self.lastHeard < self.timeout:
             return
         self._log.info("Backend of {connection} silent for {timeout} s",
                        connection=self.backend.connection.name, timeout=self.timeout)
@@ -312,6 +306,7 @@ class Exchange:
         if framing.done:
             self._complete()
             return
+        self.client.factory.pressure.check()
         leg = self.session.backendLeg
         if not self.registered and self.state is Exch.BODY and leg is not None:
             # A full client transport pauses the backend leg (and only for that reason).
@@ -342,20 +337,21 @@ class Exchange:
     def _finishBackend(self) -> None:
         """Release the backend connection: back to the pool when it can carry another request."""
         self._to(ExchEvent.FINISHED)
-        self._stopTimer()
+        self.pool.silence.unwatch(self)
         if self.registered:
             self.registered = False
             self.client.transport.unregisterProducer()
+        session = self.session
+        leg = session.backendLeg
+        paused = False
+        if leg is not None and leg.transport is self.legTransport:
+            # The connection leaves the session (even one already lost):
+            # the next exchange attaches its own leg.
+            paused, session.backendLeg = leg.paused, None
         conn, self.conn = self.conn, None
         if conn is None:
             return
         conn.exchange = None
-        session = self.session
-        leg = session.backendLeg
-        paused = False
-        if leg is not None and leg.transport is conn.transport:
-            # The connection leaves the session: the next exchange attaches its own leg.
-            paused, session.backendLeg = leg.paused, None
         if self.reusable and not self.uploading and conn.alive:
             if paused:
                 conn.transport.resumeProducing()
@@ -430,6 +426,6 @@ class Exchange:
         self.reusable = False
         if self.state is Exch.CONNECT:
             self._to(ExchEvent.CLIENT_LEFT)
-            self._stopTimer()
+            self.pool.silence.unwatch(self)
             return
         self._finishBackend()

@@ -6,16 +6,16 @@ from typing import Any
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from sealgate.chain.verdicts import CONTINUE, Deny, Hold
-from sealgate.identity import AuthenticationFailed
-from sealgate.masking import MaskingFailed
+from sealgate import CONTINUE, AuthenticationFailed, Deny, Hold, MaskingFailed, SessionRefused
 from sealgate.protocols.http import _login, _wire
 from sealgate.protocols.http._backend import Exchange
 from sealgate.protocols.http._state import Conn, ConnEvent
 from sealgate.protocols.http._upgrade import Relay, connectRelay
-from sealgate.session import SessionRefused
 
-_FORWARDED = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"})
+#: What a client may say about where it came from: the gateway says it
+#: instead (X-Forwarded-For is appended to; the others would go unchecked).
+_FORWARDED = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded",
+                        b"x-forwarded-port", b"x-forwarded-prefix", b"x-real-ip"})
 _WITH_BODY = frozenset({b"POST", b"PUT", b"PATCH"})
 _CHALLENGE = (b"WWW-Authenticate", b'Bearer realm="sealgate", Basic realm="sealgate"')
 #: What HTTP sends, as its output step's masker sees it: "response" (the

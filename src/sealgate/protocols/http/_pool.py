@@ -1,9 +1,9 @@
-"""Backend connections of the HTTP relay: persistent ones per endpoint, reused newest first."""
+"""Backend connections of the HTTP relay: persistent ones per endpoint, reused newest first, watched for silence."""
 
 import time
 from typing import Any
 
-from twisted.internet import endpoints
+from twisted.internet import endpoints, task
 from twisted.internet.protocol import Factory, Protocol
 
 from sealgate import noDelay
@@ -46,16 +46,53 @@ class BackendConnection(Protocol):
             exchange.backendLost(reason)
 
 
+class SilenceWatch:
+    """
+    One timer for every exchange waiting on one backend, not one per
+    request: each tick asks the exchanges watched how long their backend
+    has been silent (C{checkSilence(now)}).  A timeout fires at most one
+    tick late; the tick is a tenth of it (0.05 to 1 s).
+    """
+
+    def __init__(self, reactor, timeout: float):
+        self.reactor = reactor
+        self.watched: set = set()
+        self._loop = task.LoopingCall(self._tick)
+        self._loop.clock = reactor
+        self._interval = min(1.0, max(0.05, timeout / 10))
+
+    def watch(self, exchange) -> None:
+        self.watched.add(exchange)
+        if not self._loop.running:
+            self._loop.start(self._interval, now=False)
+
+    def unwatch(self, exchange) -> None:
+        self.watched.discard(exchange)
+
+    def _tick(self) -> None:
+        now = self.reactor.seconds()
+        for exchange in list(self.watched):
+            exchange.checkSilence(now)
+        if not self.watched:
+            self._loop.stop()
+
+    def stop(self) -> None:
+        self.watched.clear()
+        if self._loop.running:
+            self._loop.stop()
+
+
 class BackendPool:
     """Persistent connections to one backend endpoint; idle ones are reused newest first."""
 
     MAX_IDLE = 64
 
-    def __init__(self, reactor, description: str):
+    def __init__(self, reactor, description: str, timeout: float = 60.0):
         self.reactor = reactor
         self._endpoint = endpoints.clientFromString(reactor, description)
         self._factory = Factory.forProtocol(lambda: BackendConnection(self))
         self._idle: list[BackendConnection] = []
+        self.silence = SilenceWatch(reactor, timeout)
 
     def take(self) -> BackendConnection | None:
         now = time.monotonic()
@@ -81,6 +118,7 @@ class BackendPool:
             self._idle.remove(conn)
 
     def close(self) -> None:
+        self.silence.stop()
         idle, self._idle = self._idle, []
         for conn in idle:
             conn.transport.loseConnection()

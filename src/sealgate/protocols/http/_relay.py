@@ -12,8 +12,7 @@ from twisted.python.failure import Failure
 from twisted.web.http import RESPONSES
 from zope.interface import implementer
 
-from sealgate import noDelay, writeNow
-from sealgate.flow import Leg, OutputRefused, Preamble
+from sealgate import Leg, OutputRefused, Preamble, noDelay, writeNow
 from sealgate.prelogin import httpRefusal
 from sealgate.protocols.http import _wire
 from sealgate.protocols.http._backlog import BacklogPressure
@@ -30,6 +29,8 @@ _MAX_HEAD = 1 << 20
 _MAX_AHEAD = 256 << 10
 #: Request bodies above this spill from memory to a temporary file.
 _SPOOL_MEMORY = 1 << 20
+#: Chunk lines and trailers a body may carry beyond C{max_body}.
+_FRAMING_MARGIN = 64 << 10
 #: Why the relay itself stops reading a client (the core adds its own reasons).
 _AHEAD = "pipelined"
 #: After an answer sent before the body was read, the rest is read and
@@ -201,15 +202,19 @@ class ClientConnection(Protocol):
         for piece in pieces:
             spool.write(piece)
             request.bodySize += len(piece)
-        if request.bodySize > pipeline.maxBody:
+        request.wireSize += used
+        # Chunk framing and trailers count too, past a margin for them.
+        if request.bodySize > pipeline.maxBody or request.wireSize > pipeline.maxBody + _FRAMING_MARGIN:
             return pipeline.tooLarge()
-        if framing.done:
-            if used < len(data):
-                self.buf += data[used:]
-            self.idleSince = None
-            self._to(ConnEvent.REQUEST_WHOLE)
-            request.body.seek(0)
-            self._run(pipeline.whole)
+        if not framing.done:
+            self.factory.pressure.check()
+            return
+        if used < len(data):
+            self.buf += data[used:]
+        self.idleSince = None
+        self._to(ConnEvent.REQUEST_WHOLE)
+        request.body.seek(0)
+        self._run(pipeline.whole)
 
     def _badRequest(self, error: Exception) -> None:
         status = getattr(error, "status", 400)
@@ -403,7 +408,8 @@ class RelayFactory(Factory):
         self.secure = secure
         self.backends = [Backend(c) for c in connections]
         self.router = Router(self.backends)
-        self.pools = {id(b): BackendPool(self.reactor, b.connection.backend) for b in self.backends}
+        self.pools = {id(b): BackendPool(self.reactor, b.connection.backend, b.options.backend_timeout)
+                      for b in self.backends}
         self.idleTimeout = max(c.options.idle_timeout for c in connections)
         self.lenient = any(c.options.lenient_targets for c in connections)
         self.login = BrowserLogin(gateway, self.reactor) if any(
@@ -417,9 +423,6 @@ class RelayFactory(Factory):
     def acceptableProtocols(self):
         # ALPN over TLS: this listener speaks HTTP/1.1 only.
         return [b"http/1.1"]
-
-    def startFactory(self):
-        self.pressure.start()
 
     def stopFactory(self):
         self.pressure.stop()

@@ -33,6 +33,8 @@ class Request:
     lenient: str | None = None
     body: Any = None
     bodySize: int = 0
+    #: Bytes of the body as framed (chunk lines and trailers too).
+    wireSize: int = 0
 
     @property
     def chunked(self) -> bool:

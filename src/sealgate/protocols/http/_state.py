@@ -7,7 +7,13 @@ class LocalProtocolError(Exception):
     """A transition the table does not allow: a bug in the relay, never the peer's fault."""
 
 
-class Conn(enum.Enum):
+class _Fast(enum.Enum):
+    # Members are singletons: identity hashing is exact, and C-fast (Enum's
+    # own __hash__ is Python code, paid on every table lookup).
+    __hash__ = object.__hash__
+
+
+class Conn(_Fast):
     """Where a client connection is."""
 
     #: Reading a request head (or idle between requests).
@@ -25,7 +31,7 @@ class Conn(enum.Enum):
     CLOSED = "closed"
 
 
-class ConnEvent(enum.Enum):
+class ConnEvent(_Fast):
     GOT_HEAD = "got head"
     READ_BODY = "read body"
     REQUEST_WHOLE = "request whole"
@@ -51,7 +57,7 @@ for _conn in Conn:
     _CONN[_conn, ConnEvent.LOST] = Conn.CLOSED
 
 
-class Exch(enum.Enum):
+class Exch(_Fast):
     """Where one request's backend exchange is."""
 
     #: Waiting for a backend connection (new or from the pool).
@@ -66,7 +72,7 @@ class Exch(enum.Enum):
     GONE = "gone"
 
 
-class ExchEvent(enum.Enum):
+class ExchEvent(_Fast):
     SENT = "request sent"
     GOT_HEAD = "got response head"
     FINISHED = "finished"
@@ -86,17 +92,21 @@ for _exch in (Exch.CONNECT, Exch.HEAD, Exch.BODY, Exch.DONE):
     _EXCH[_exch, ExchEvent.FINISHED] = Exch.DONE
 
 
-def step(table: dict, state, event):
-    """The state after C{event}; a transition the table lacks is a relay bug."""
-    try:
-        return table[state, event]
-    except KeyError:
-        raise LocalProtocolError(f"{event.value!r} cannot happen in state {state.value!r}") from None
+def _refused(state, event) -> LocalProtocolError:
+    return LocalProtocolError(f"{event.value!r} cannot happen in state {state.value!r}")
 
 
 def connStep(state: Conn, event: ConnEvent) -> Conn:
-    return step(_CONN, state, event)
+    """The connection's state after C{event}; a transition the table lacks is a relay bug."""
+    try:
+        return _CONN[state, event]
+    except KeyError:
+        raise _refused(state, event) from None
 
 
 def exchStep(state: Exch, event: ExchEvent) -> Exch:
-    return step(_EXCH, state, event)
+    """The exchange's state after C{event}; a transition the table lacks is a relay bug."""
+    try:
+        return _EXCH[state, event]
+    except KeyError:
+        raise _refused(state, event) from None

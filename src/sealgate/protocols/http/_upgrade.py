@@ -74,6 +74,7 @@ class Relay:
         if self._state is Upgrade.OPEN:
             self.session.received(data)
             self.backend.write(data)
+            self.channel.factory.pressure.check()
         elif self._state is Upgrade.HEAD:
             self._pending.append(data)
             if sum(map(len, self._pending)) > self.MAX_PENDING:
@@ -124,7 +125,8 @@ class Relay:
         if self._state is not Upgrade.OPEN:
             return
         if not self.channel.send(data, part="websocket"):
-            self._close("the output step refused a frame")
+            return self._close("the output step refused a frame")
+        self.channel.factory.pressure.check()
 
     def decline(self, title: str, detail: str) -> None:
         """No upgrade: a 502 problem, and the connection closes."""

@@ -383,6 +383,8 @@ def parseHeadIndexed(raw: bytes, responses: bool, strict: bool = False) -> tuple
                     reason=parts[2] if len(parts) > 2 else b"", version=parts[0]), low, names
     if len(parts) != 3 or not parts[1] or parts[2] not in (b"HTTP/1.1", b"HTTP/1.0"):
         raise ProtocolError("bad request line")
+    if strict and parts[0] not in _goodNames and _TOKEN.fullmatch(parts[0]) is None:
+        raise ProtocolError("a request method that is not a token")
     return Head(first, tuple(headers), method=parts[0], target=parts[1], version=parts[2]), low, names
 
 

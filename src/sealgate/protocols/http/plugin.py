@@ -164,8 +164,7 @@ class HTTPPlugin:
         key = (connection.listen, id(gateway.config))
         factory = sites.get(key)
         if factory is None:
-            shared = [c for c in gateway.config.connections
-                      if c.protocol == "http" and c.listen == connection.listen]
+            shared = list(gateway.connectionsSharing(connection))
             if connection not in shared:
                 shared.append(connection)
             factory = sites[key] = buildListener(shared, gateway)

@@ -78,7 +78,7 @@ class Relay:
         self._ctable = w.makeTable(w.FRONTEND_TYPES, [b"Q", b"P", b"B", b"E", b"S", b"C", b"X", b"F"])
         stop = [b"C", b"E", b"Z", b"I", b"s"]
         if self._rows is not None:
-            stop += [b"T", b"D", b"N", b"A"]
+            stop += [b"T", b"D", b"N", b"A", b"S", b"V"]
             if masker.detectors:
                 # COPY rows carry no column names: only detectors apply.
                 stop += [b"H", b"d", b"c"]

@@ -8,6 +8,7 @@ import attrs
 from twisted.logger import Logger
 
 from sealgate.chain.verdicts import CONTINUE, Deny, Hold, Verdict
+from sealgate.masking import maskEvent
 
 #: Directions of a recorded frame.
 FROM_CLIENT = 0
@@ -78,8 +79,9 @@ class Session:
         self.recording.frame(direction, data, channel)
 
     def audit(self, kind: str, /, **fields: Any) -> None:
-        """Seal an audit event for this session in the log."""
-        self.recording.event(kind, fields)
+        """Seal an audit event for this session in the log, client input masked (issue 15.5)."""
+        masker = getattr(self.chain, "masker", None)
+        self.recording.event(kind, fields if masker is None else maskEvent(masker, fields))
 
     def command(self, kind: str, text: str, details: dict | None = None,
                 reported: bool = False) -> Verdict:

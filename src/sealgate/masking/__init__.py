@@ -1,5 +1,6 @@
 """Detectors and the masking engine shared by every protocol (text, JSON, streams)."""
 
+from sealgate.masking._audit import maskEvent
 from sealgate.masking._body import UNKNOWN_CONTENT, BodyStream, maskPlain, unknownPolicy
 from sealgate.masking._content import (
     CODINGS,
@@ -32,7 +33,7 @@ __all__ = [
     "CODINGS", "DETECTORS", "MAX_DECODED", "MAX_HOLD", "REDACTED", "TEXT_TYPES", "UNKNOWN_CONTENT",
     "BodyStream", "ContentDecoder", "ContentTooLarge", "Detector", "Masker", "MaskingFailed",
     "MediaType", "StreamMasker", "buildMasker", "canDecode", "decodeContent", "encodeContent",
-    "ibanValid", "isTextType", "issuerOk", "maskPlain", "mediaType", "sniffText", "textCodec",
+    "ibanValid", "isTextType", "issuerOk", "maskEvent", "maskPlain", "mediaType", "sniffText", "textCodec",
     "unknownPolicy",
     "knownDetectors", "luhnValid",
 ]

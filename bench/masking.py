@@ -108,7 +108,7 @@ def main() -> None:
         s = m.streamMasker()
         for i in range(0, len(data), chunk):
             s.feed(data[i:i + chunk])
-        s.flush()
+        s.flush(atEnd=True)
 
     show("streamMasker, clean, 32 KiB feeds", lambda: stream(cleanB), len(cleanB))
     show("streamMasker, hits, 32 KiB feeds", lambda: stream(hitsB), len(hitsB))

@@ -234,7 +234,7 @@ class BodyStream:
             self._held = []
             return out + maskPlain(self.masker, body, self.media)
         if self.state == "stream" and self._stream is not None:
-            return out + self._stream.flush()
+            return out + self._stream.flush(atEnd=True)
         return out
 
     def _take(self, data: bytes, final: bool) -> bytes:

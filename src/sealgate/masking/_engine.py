@@ -3,7 +3,7 @@
 import fnmatch
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import orjson
@@ -233,18 +233,18 @@ class Masker:
                 return None     # a number was masked: it must become a string
         return result
 
-    def _namedKeys(self, text: str):
+    def _namedKeys(self, text: str) -> Iterator[re.Match[str]]:
         """The keys of an escape-free document that a redacted name may match, in order."""
         if self._keyRe is None:
-            for m in _PLAIN_STRING.finditer(text):
-                if m.group(2):
-                    yield m
+            for key in _PLAIN_STRING.finditer(text):
+                if key.group(2):
+                    yield key
             return
         search = self._keyRe.search
         count = text.count
         quotes = 0
         at = 0
-        m = search(text)
+        m: re.Match[str] | None = search(text)
         while m is not None:
             s = m.start()
             quotes += count('"', at, s)

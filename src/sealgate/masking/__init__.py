@@ -27,13 +27,14 @@ from sealgate.masking._detectors import (
 )
 from sealgate.masking._engine import REDACTED, Masker
 from sealgate.masking._errors import MaskingFailed
+from sealgate.masking._http import STRUCTURAL_HEADERS, maskHeaders, maskReason, maskWebSocket
 from sealgate.masking._stream import StreamMasker
 
 __all__ = [
-    "CODINGS", "DETECTORS", "MAX_DECODED", "MAX_HOLD", "REDACTED", "TEXT_TYPES", "UNKNOWN_CONTENT",
+    "CODINGS", "DETECTORS", "STRUCTURAL_HEADERS", "MAX_DECODED", "MAX_HOLD", "REDACTED", "TEXT_TYPES", "UNKNOWN_CONTENT",
     "BodyStream", "ContentDecoder", "ContentTooLarge", "Detector", "Masker", "MaskingFailed",
     "MediaType", "StreamMasker", "buildMasker", "canDecode", "decodeContent", "encodeContent",
-    "ibanValid", "isTextType", "issuerOk", "maskEvent", "maskPlain", "mediaType", "sniffText", "textCodec",
+    "ibanValid", "isTextType", "issuerOk", "maskEvent", "maskHeaders", "maskPlain", "maskReason", "maskWebSocket", "mediaType", "sniffText", "textCodec",
     "unknownPolicy",
     "knownDetectors", "luhnValid",
 ]

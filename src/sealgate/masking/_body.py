@@ -34,7 +34,7 @@ def unknownPolicy(masker) -> str:
     return "refuse" if masker.detectors else "pass"
 
 
-def _notText(masker, media: MediaType, data: bytes) -> bytes:
+def notText(masker, media: MediaType, data: bytes) -> bytes:
     """A body that is not text, by C{unknown_content}."""
     policy = unknownPolicy(masker)
     if policy == "pass":
@@ -93,7 +93,7 @@ def maskPlain(masker, data: bytes, media: MediaType, depth: int = 0) -> bytes:
         return maskMultipart(masker, data, media.boundary or "", depth + 1)
     sniffed = sniffText(data)
     if sniffed is None:
-        return _notText(masker, media, data)
+        return notText(masker, media, data)
     return maskText(masker, data, *sniffed)
 
 
@@ -272,5 +272,5 @@ class BodyStream:
             return "stream" if asciiSafe(sniffed[1]) else "whole"
         policy = unknownPolicy(masker)
         if policy == "refuse":
-            _notText(masker, self.media, head)
+            notText(masker, self.media, head)
         return "pass" if policy == "pass" else "stream"

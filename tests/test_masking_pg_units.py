@@ -186,3 +186,8 @@ def test_named_composites_and_their_arrays_are_masked_in_place_in_binary():
     # A card in an int8 field cannot be masked and stay an int8: refused.
     with pytest.raises(MaskingFailed, match="cannot stay binary"):
         maskRow(M, desc, w.DataRow((_record((20, struct.pack("!q", CARD))), None)))
+
+
+def test_a_replication_stream_is_refused_on_a_masked_session():
+    with pytest.raises(MaskingFailed, match="replication"):
+        RowMasker(M).frame(_frame(w.CopyBothResponse(1, ())))

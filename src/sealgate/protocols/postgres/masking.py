@@ -39,7 +39,7 @@ TEXT_OID = 25
 #: Error and notice fields that are protocol, not data: severity (twice) and SQLSTATE.
 _STRUCTURAL_FIELDS = "SVC"
 
-_T, _D, _H, _d, _c, _N, _A, _S, _V = (ord(c) for c in "TDHdcNASV")
+_T, _D, _H, _d, _c, _N, _A, _S, _V, _W = (ord(c) for c in "TDHdcNASVW")
 
 # Per-column plans (what maskValues does with a value of that column).
 SKIP, TEXT, JSON, JSONB, BYTEA, BYTEA_HEX, AS_TEXT, RENDER, REDACT, UNKNOWN = range(10)
@@ -264,6 +264,9 @@ class RowMasker:
         if t == _c:
             self.copyOut = False
             return f.raw
+        if t == _W and (self.detectors or self.masker.names):
+            # Streaming replication: WAL records carry row data in binary.
+            raise MaskingFailed("a replication stream cannot be vetted on a masked session")
         if not self.detectors:
             return f.raw
         if t == _N:

@@ -1,7 +1,7 @@
 """Detectors and the masking engine shared by every protocol (text, JSON, streams)."""
 
 from sealgate.masking._audit import maskEvent
-from sealgate.masking._body import UNKNOWN_CONTENT, BodyStream, maskPlain, unknownPolicy
+from sealgate.masking._body import UNKNOWN_CONTENT, BodyStream, maskPlain, notText, unknownPolicy
 from sealgate.masking._content import (
     CODINGS,
     MAX_DECODED,
@@ -31,12 +31,12 @@ from sealgate.masking._http import STRUCTURAL_HEADERS, maskHeaders, maskReason, 
 from sealgate.masking._stream import StreamMasker
 
 __all__ = [
-    "CODINGS", "DETECTORS", "STRUCTURAL_HEADERS", "MAX_DECODED", "MAX_HOLD", "REDACTED", "TEXT_TYPES", "UNKNOWN_CONTENT",
-    "BodyStream", "ContentDecoder", "ContentTooLarge", "Detector", "Masker", "MaskingFailed",
-    "MediaType", "StreamMasker", "buildMasker", "canDecode", "decodeContent", "encodeContent",
-    "ibanValid", "isTextType", "issuerOk", "maskEvent", "maskHeaders", "maskPlain", "maskReason", "maskWebSocket", "mediaType", "sniffText", "textCodec",
-    "unknownPolicy",
-    "knownDetectors", "luhnValid",
+    "CODINGS", "DETECTORS", "MAX_DECODED", "MAX_HOLD", "REDACTED", "STRUCTURAL_HEADERS",
+    "TEXT_TYPES", "UNKNOWN_CONTENT", "BodyStream", "ContentDecoder", "ContentTooLarge", "Detector",
+    "Masker", "MaskingFailed", "MediaType", "StreamMasker", "buildMasker", "canDecode",
+    "decodeContent", "encodeContent", "ibanValid", "isTextType", "issuerOk", "knownDetectors",
+    "luhnValid", "maskEvent", "maskHeaders", "maskPlain", "maskReason", "maskWebSocket",
+    "mediaType", "notText", "sniffText", "textCodec", "unknownPolicy",
 ]
 
 

@@ -1,7 +1,7 @@
 """Masking the parts of HTTP messages around bodies: header values, reason phrases, WebSocket messages."""
 
 from sealgate.masking._body import notText
-from sealgate.masking._content import MediaType, sniffText
+from sealgate.masking._content import sniffText
 
 #: Response headers that are framing or protocol state, never data: they are
 #: passed as they are (a mask there would break the exchange, and none can
@@ -65,5 +65,5 @@ def maskWebSocket(masker, opcode: int, payload: bytes) -> bytes:
     if sniffText(payload) is not None:
         masked = masker.maskBytes(payload)
         return payload if masked == payload else masked
-    return notText(masker, MediaType("websocket binary message", "other"), payload)
+    return notText(masker, "a binary WebSocket message", payload)
 

@@ -168,20 +168,10 @@ def _looksLikeRecord(data: bytes) -> bool:
 
 
 def _record(data: bytes) -> str:
-    (n,) = _I32.unpack_from(data)
-    p = 4
-    fields = []
-    for _ in range(n):
-        oid, size = struct.unpack_from("!Ii", data, p)
-        p += 8
-        if size < 0:
-            fields.append("")
-            continue
-        fields.append(_quoteField(toText(oid, data[p:p + size])))
-        p += size
-    if p != len(data):
-        raise Unknown("record with bytes after its last field")
-    return "(" + ",".join(fields) + ")"
+    fields = splitRecord(data)
+    if fields is None:
+        raise Unknown("not a binary record")
+    return "(" + ",".join("" if v is None else _quoteField(toText(oid, v)) for oid, v in fields) + ")"
 
 
 def _quoteField(s: str) -> str:

@@ -31,7 +31,7 @@ values, NotificationResponse channels and payloads, and
 FunctionCallResponse results are masked by the detectors.
 """
 
-from sealgate.masking import REDACTED, MaskingFailed, unknownPolicy
+from sealgate.masking import REDACTED, MaskingFailed, notText, unknownPolicy
 from sealgate.protocols.postgres import _binary as b
 from sealgate.protocols.postgres import _wire as w
 
@@ -173,13 +173,7 @@ def _maskUnknown(masker, oid: int, v: bytes, depth: int) -> bytes:
             head, elem, items = arr
             out = [None if x is None else _maskLeaf(masker, elem, x, depth) for x in items]
             return v if all(x is y for x, y in zip(items, out, strict=True)) else b.joinArray(head, out)
-    policy = unknownPolicy(masker)
-    if policy == "pass":
-        return v
-    if policy == "mask":
-        return masker.maskBytes(v)
-    raise MaskingFailed(f"a binary value of type {oid} that is not text cannot be vetted "
-                        "(set [masking] unknown_content, or ask for text format)")
+    return notText(masker, f"a binary value of type {oid}", v)
 
 
 def _maskLeaf(masker, oid: int, v: bytes, depth: int) -> bytes:

@@ -1,6 +1,8 @@
 """Masking a byte stream (terminal output) whose values may be split across packets and escape sequences."""
 
+import bisect
 import codecs
+import itertools
 import re
 
 from sealgate.masking._detectors import MAX_HOLD
@@ -20,6 +22,8 @@ ESCAPE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)"
                     # The two-character escapes end in anything but what opens
                     # a CSI, OSC or string ([, ], P, X, ^, _).
                     r"|[PX^_][^\x1b]*\x1b\\|[ -/]+[0-~]|[0-OQ-WYZ\\`-~])")
+#: The start of an escape sequence the buffer ends inside of.
+_PARTIAL = re.compile(r"\x1b(?:\[[0-?]*[ -/]*|\][^\x07\x1b]*\x1b?|[PX^_][^\x1b]*\x1b?|[ -/]*)\Z")
 #: An escape sequence longer than this is not waited for (it is text then).
 _MAX_ESCAPE = 4096
 
@@ -142,6 +146,11 @@ class StreamMasker:
 
 def _mask(masker, buf: str, start: int) -> tuple[str, int]:
     """C{buf} masked from C{start}, and where an unfinished candidate begins (C{len(buf)}: none)."""
+    spans, p = _spansAndHold(masker, buf, start)
+    return applySpans(buf, spans), p
+
+
+def _spansAndHold(masker, buf: str, start: int) -> tuple[list, int]:
     spans = masker.spans(buf, start)
     n = len(buf)
     p = n
@@ -154,70 +163,93 @@ def _mask(masker, buf: str, start: int) -> tuple[str, int]:
         for s, e, _r in reversed(spans):
             if s < p < e:
                 p = s
-    return applySpans(buf, spans), p
+    return spans, p
 
 
 class _Rendered:
-    """A buffer with escape sequences: the detectors see the text between them, joined."""
+    """
+    A buffer with escape sequences: the detectors see the text between
+    them, joined (found at C speed with one C{re.sub}); positions map back
+    by bisection over the escapes, so the cost is per value, not per escape.
+    """
 
     def __init__(self, buf: str):
         self.buf = buf
-        runs = []       # (start in buf, start in plain, length) of each run of text
-        escapes = []    # (start, end) of each escape sequence
-        plain = []
-        last = 0
-        at = 0
-        for m in ESCAPE.finditer(buf):
-            runs.append((last, at, m.start() - last))
-            plain.append(buf[last:m.start()])
-            at += m.start() - last
-            escapes.append((m.start(), m.end()))
-            last = m.end()
         # An escape sequence not finished yet: held until it is (or is too long to be one).
-        esc = buf.find("\x1b", last)
-        self.partial = esc if esc >= 0 and len(buf) - esc <= _MAX_ESCAPE else -1
-        tail = len(buf) if self.partial < 0 else self.partial
-        runs.append((last, at, tail - last))
-        plain.append(buf[last:tail])
-        self.runs = runs
-        self.escapes = escapes
-        self.plain = "".join(plain)
+        m = _PARTIAL.search(buf, max(0, len(buf) - _MAX_ESCAPE)) if "\x1b" in buf[-_MAX_ESCAPE:] else None
+        self.partial = -1 if m is None else m.start()
+        self.tail = len(buf) if self.partial < 0 else self.partial
+        self.plain = ESCAPE.sub("", buf[:self.tail])
+        self._index: tuple[list[int], list[int], list[int], list[int]] | None = None
+
+    def index(self) -> tuple[list[int], list[int], list[int], list[int]]:
+        """Escape starts, ends, where each sits in the text, and the lengths removed before each."""
+        if self._index is None:
+            found = [m.span() for m in ESCAPE.finditer(self.buf, 0, self.tail)]
+            starts = [a for a, _b in found]
+            ends = [b for _a, b in found]
+            removed = [0, *itertools.accumulate(b - a for a, b in found)]
+            plainAt = [a - r for a, r in zip(starts, removed, strict=False)]
+            self._index = starts, ends, plainAt, removed
+        return self._index
 
     def toPlain(self, i: int) -> int:
-        for o, p, n in self.runs:
-            if i <= o + n:
-                return p + max(0, i - o)
-        return len(self.plain)
+        # Scan starts sit on a character, never inside an escape sequence.
+        return min(len(ESCAPE.sub("", self.buf[:i])), len(self.plain))
 
     def toBuf(self, j: int) -> int:
-        for o, p, n in self.runs:
-            if j < p + n:
-                return o + (j - p)
-        return self.partial if self.partial >= 0 else len(self.buf)
+        """Where rendered character C{j} is in the buffer (escapes before it counted)."""
+        if j >= len(self.plain):
+            return self.partial if self.partial >= 0 else len(self.buf)
+        _starts, _ends, plainAt, removed = self.index()
+        return j + removed[bisect.bisect_right(plainAt, j)]
+
+    def _unsplit(self, cut: int) -> int:
+        """C{cut}, moved back to the start of an escape sequence it would split."""
+        k = self.buf.rfind("\x1b", max(0, cut - _MAX_ESCAPE), cut)
+        if k >= 0:
+            m = ESCAPE.match(self.buf, k)
+            if m is not None and m.end() > cut:
+                return k
+        return cut
 
     def mask(self, masker, start: int, final: bool) -> tuple[str, int, int]:
         plain = self.plain
-        masked, p = _mask(masker, plain, self.toPlain(start))
+        spans, p = _spansAndHold(masker, plain, self.toPlain(start))
         hold = self.toBuf(p) if p < len(plain) else len(self.buf)
         if self.partial >= 0 and not final:
             hold = min(hold, self.partial)
         out = self.buf
-        if masked is not plain:
-            # Masks land on rendered characters only: run by run, escapes kept.
+        if spans:
+            # Masks land on rendered characters only: each masked range is
+            # copied piece by piece between the escapes inside it.
+            masked = applySpans(plain, spans)
+            _starts, _ends, plainAt, removed = self.index()
             parts = []
             last = 0
-            for o, q, n in self.runs:
-                if masked[q:q + n] != plain[q:q + n]:
+            for s, e in _merged(spans):
+                j = s
+                while j < e:
+                    k = bisect.bisect_right(plainAt, j)
+                    stop = min(e, plainAt[k]) if k < len(plainAt) else e
+                    o = j + removed[k]
                     parts.append(self.buf[last:o])
-                    parts.append(masked[q:q + n])
-                    last = o + n
+                    parts.append(masked[j:stop])
+                    last = o + (stop - j)
+                    j = stop
             parts.append(self.buf[last:])
             out = "".join(parts)
-        cut = max(0, hold - _CONTEXT)
-        for s, e in self.escapes:
-            if s < cut < e:
-                cut = s     # never keep half an escape sequence for the next scan
-        return out, hold, cut
+        return out, hold, self._unsplit(max(0, hold - _CONTEXT))
+
+
+def _merged(spans) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for s, e, _r in sorted(spans):
+        if out and s <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], e))
+        else:
+            out.append((s, e))
+    return out
 
 
 def _outsideEscapes(text: str) -> str:

@@ -23,15 +23,16 @@ DO $$ BEGIN
   CREATE TYPE mood AS ENUM ('{MAIL}', 'calm');
   CREATE TYPE pair AS (label text, n int8);
 EXCEPTION WHEN duplicate_object THEN NULL; END $$;
-CREATE TABLE IF NOT EXISTS typed (
+DROP TABLE IF EXISTS typed;
+CREATE TABLE typed (
   id int PRIMARY KEY, i8 int8, num numeric, i8s int8[], txts text[], j jsonb, js json,
-  raw bytea, ci citext, m mood, p pair, ps pair[], plain int4, at timestamptz, u uuid);
+  raw bytea, ci citext, m mood, p pair, ps pair[], plain int4, at timestamptz, u uuid, hs hstore);
 GRANT ALL ON ALL TABLES IN SCHEMA public TO PUBLIC;
-DELETE FROM typed;
 INSERT INTO typed VALUES (1, {CARD}, {CARD}.25, ARRAY[{CARD}, 7], ARRAY['card {CARD}', 'x'],
   '{{"n": {CARD}, "mail": "{MAIL}"}}', '{{"n": {CARD}}}', convert_to('raw {CARD}', 'UTF8'),
   '{MAIL}', '{MAIL}', ROW('{MAIL}', 7), ARRAY[ROW('{MAIL}', 7)::pair], 7,
-  '2026-12-02 07:00:00+00', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11');
+  '2026-12-02 07:00:00+00', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11',
+  hstore(ARRAY['card', '{MAIL}'], ARRAY['{CARD}', NULL]));
 """
 
 # Values of every type the renderer knows, as the server prints them in text.
@@ -87,7 +88,7 @@ async def test_typed_drivers_load_every_masked_row_in_text_and_binary(tmp_path, 
 detectors = ["credit_card", "email"]
 unknown_content = "refuse"
 """)
-    columns = "i8, num, i8s, txts, j, js, raw, ci, m, p, ps, plain, at, u"
+    columns = "i8, num, i8s, txts, j, js, raw, ci, m, p, ps, plain, at, u, hs"
     try:
         def go():
             out = {}
@@ -122,6 +123,8 @@ unknown_content = "refuse"
     assert binary[7] == b"********@example.com" and binary[8] == b"********@example.com"
     assert text[7] == text[8] == "********@example.com" and binary[11] == 7 and text[11] == 7
     assert str(binary[12]).startswith("2026-12-02") and str(binary[13]).startswith("a0eebc99")
+    # hstore: masked in place in binary (still an hstore), as text in text format.
+    assert b"************1111" in binary[14] and "************1111" in text[14]
     assert out["prepared"] == [("************1111", b"********@example.com")]
     assert out["appname"] == "********@example.com"
     assert out["notify"] == [("********@example.com", "card ************1111")]

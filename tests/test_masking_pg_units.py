@@ -126,7 +126,7 @@ def test_unknown_binary_types_text_like_masked_else_by_unknown_content():
     desc = _desc(("e", 70001, 1), ("h", 70002, 1))
     sent, row = maskRow(M, desc, w.DataRow((b"jane@example.com", None)))
     assert row.values == (b"****@example.com", None) and sent is desc
-    blob = b"\x00\x00\x00\x01\x00\x00\x00\x03key\x00\x00\x00\x104111111111111111"
+    blob = b"\x00\x00\x00\x02\x00\x01geometry\x00\x00\x00\x104111111111111111"
     with pytest.raises(MaskingFailed, match="unknown_content"):
         maskRow(M, desc, w.DataRow((None, blob)))
     assert maskRow(Masker(["credit_card"], unknownContent="pass"), desc,
@@ -191,3 +191,15 @@ def test_named_composites_and_their_arrays_are_masked_in_place_in_binary():
 def test_a_replication_stream_is_refused_on_a_masked_session():
     with pytest.raises(MaskingFailed, match="replication"):
         RowMasker(M).frame(_frame(w.CopyBothResponse(1, ())))
+
+
+def test_hstore_in_binary_is_masked_key_by_key_and_stays_hstore():
+    def hstore(*pairs):
+        out = struct.pack("!i", len(pairs))
+        for k, v in pairs:
+            out += struct.pack("!i", len(k)) + k
+            out += struct.pack("!i", -1) if v is None else struct.pack("!i", len(v)) + v
+        return out
+    value = hstore((b"card", b"4111111111111111"), (b"jane@example.com", None))
+    sent, row = maskRow(M, _desc(("h", 70010, 1)), w.DataRow((value,)))
+    assert row.values[0] == hstore((b"card", b"************1111"), (b"****@example.com", None))

@@ -282,3 +282,39 @@ def joinArray(head: bytes, items: list[bytes | None]) -> bytes:
     for v in items:
         out.append(_I32.pack(-1) if v is None else _I32.pack(len(v)) + v)
     return b"".join(out)
+
+
+def splitHstore(data: bytes) -> list[bytes | None] | None:
+    """
+    A binary hstore's keys and values in order (a NULL value as None), or
+    None when C{data} is not one exactly (hstore's OID is the extension's own).
+    """
+    try:
+        (n,) = _I32.unpack_from(data)
+        if n < 0:
+            return None
+        p = 4
+        out: list[bytes | None] = []
+        for _ in range(n):
+            for isKey in (True, False):
+                (size,) = _I32.unpack_from(data, p)
+                p += 4
+                if size < 0:
+                    if isKey:
+                        return None
+                    out.append(None)
+                    continue
+                if p + size > len(data):
+                    return None
+                out.append(data[p:p + size])
+                p += size
+    except struct.error:
+        return None
+    return out if p == len(data) else None
+
+
+def joinHstore(items: list[bytes | None]) -> bytes:
+    out = [_I32.pack(len(items) // 2)]
+    for v in items:
+        out.append(_I32.pack(-1) if v is None else _I32.pack(len(v)) + v)
+    return b"".join(out)

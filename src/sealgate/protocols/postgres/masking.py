@@ -21,8 +21,9 @@ function of (RowDescription, DataRow) -> (RowDescription', DataRow').
   scanned.
 - Any other binary value (an extension type, an enum, a named composite)
   is masked in place when it reads as UTF-8 text (citext, enums and
-  domains over text do); else C{unknown_content} decides (refuse by
-  default with detectors: the reply is refused, sealed as such).
+  domains over text do), or leaf by leaf when it is a record, an array or
+  an hstore; else C{unknown_content} decides (refuse by default with
+  detectors: the reply is refused, sealed as such).
 
 COPY OUT in text or CSV is masked as text; binary COPY goes by
 C{unknown_content}.  Every field of ErrorResponse and NoticeResponse but
@@ -152,7 +153,8 @@ def _maskUnknown(masker, oid: int, v: bytes, depth: int) -> bytes:
     A binary value of a type only known by its bytes: UTF-8 text (citext,
     enums, domains over text) masked as text; a record or array (named
     composites and their arrays) masked leaf by leaf, in place, so the
-    value keeps its type; anything else by C{unknown_content}.
+    value keeps its type; an hstore's keys and values as text; anything
+    else by C{unknown_content}.
     """
     if b"\x00" not in v:
         try:
@@ -173,6 +175,11 @@ def _maskUnknown(masker, oid: int, v: bytes, depth: int) -> bytes:
             head, elem, items = arr
             out = [None if x is None else _maskLeaf(masker, elem, x, depth) for x in items]
             return v if all(x is y for x, y in zip(items, out, strict=True)) else b.joinArray(head, out)
+        pairs = b.splitHstore(v)
+        if pairs is not None:
+            # hstore: keys and values are text, masked in place.
+            masked = [None if x is None else masker.maskBytes(x) for x in pairs]
+            return v if masked == pairs else b.joinHstore(masked)
     return notText(masker, f"a binary value of type {oid}", v)
 
 

@@ -96,6 +96,7 @@ def test_a_flush_at_the_holdback_bound_shows_no_more_than_the_masked_form(card, 
 
 def test_flushed_tokens_keep_only_what_their_masked_form_keeps():
     for held, expected in [(b"AKIAIOSFOD", b"AKIA******"), (b"eyJhbGci.eyJz", b"********.****"),
+                           (b"123-45", b"***-**"), (b"123-45-67", b"***-**-**"), (b"45", b"45"),
                            (b"DE89 3704", b"DE** ****"), (b"jane.doe@exam", b"********@exam")]:
         s = M.streamMasker()
         assert s.feed(b"x " + held) + s.flush() == b"x " + expected, held

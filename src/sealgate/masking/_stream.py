@@ -34,6 +34,8 @@ _JWT_RUN = re.compile(r"()(eyJ[A-Za-z0-9_.-]*)")
 _AWS_RUN = re.compile(r"(A[A-Z0-9]{3})([A-Z0-9]+)")
 _IBAN_RUN = re.compile(r"([A-Z]{2})(\d\d[A-Z0-9 ]*)")
 _PEM_RUN = re.compile(r"(-----BEGIN [A-Z0-9 ]{0,40}PRIVATE KEY-----)([A-Za-z0-9+/=\s:,.-]*)")
+_DIGIT_STAR = str.maketrans("0123456789", "*" * 10)
+_SSN_START = re.compile(r"(?<![\d-])\d{3}-\d{0,2}(?:-\d{0,4})?(?![\d])")
 _LOCAL_PART = re.compile(r"[A-Za-z0-9._%+-]+(?=@)")
 _STAR_RUN = str.maketrans({c: "*" for c in "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
                                            "abcdefghijklmnopqrstuvwxyz_+/=-%"})
@@ -77,6 +79,9 @@ class StreamMasker:
         self._start = 0      # where the next scan starts (a point no value straddles)
         self._emitted = 0    # how much of _buf was already sent
         self._smother = False
+        # An SSN's masked form shows none of its digits: with the detector
+        # on, a held run shaped like one's start is flushed wholly masked.
+        self._ssn = any(d.name == "us_ssn" for d in masker.detectors)
 
     @property
     def pending(self) -> int:
@@ -134,7 +139,7 @@ class StreamMasker:
         if upto > emitted:
             if conservative and p < n:
                 out.append(masked[emitted:max(p, emitted)])
-                out.append(_conservative(masked[max(p, emitted):]))
+                out.append(_conservative(masked[max(p, emitted):], self._ssn))
             else:
                 out.append(masked[emitted:upto])
             emitted = upto
@@ -279,19 +284,20 @@ def _smotherEnd(text: str) -> int:
         return m.start()
 
 
-def _conservative(held: str) -> str:
+def _conservative(held: str, ssn: bool) -> str:
     """
     An unfinished candidate sent at the holdback bound: never more than its
-    masked form would show (the first six digits of a run; a token's
-    prefix; no local part before an '@'), escape sequences untouched.
+    masked form would show (the first six digits of a run - none of a run
+    shaped like an SSN's start when that detector is on -, a token's
+    prefix, no local part before an '@'), escape sequences untouched.
     """
     out = []
     last = 0
     for m in ESCAPE.finditer(held):
-        out.append(_conservativeText(held[last:m.start()]))
+        out.append(_conservativeText(held[last:m.start()], ssn))
         out.append(m.group())
         last = m.end()
-    out.append(_conservativeText(held[last:]))
+    out.append(_conservativeText(held[last:], ssn))
     return "".join(out)
 
 
@@ -299,7 +305,9 @@ def _keepFirst(m: re.Match) -> str:
     return m.group(1) + m.group(2).translate(_STAR_RUN)
 
 
-def _conservativeText(text: str) -> str:
+def _conservativeText(text: str, ssn: bool) -> str:
+    if ssn:
+        text = _SSN_START.sub(lambda m: m.group().translate(_DIGIT_STAR), text)
     for rx in (_PEM_RUN, _JWT_RUN, _DIGIT_RUN, _AWS_RUN, _IBAN_RUN):
         text = rx.sub(_keepFirst, text)
     return _LOCAL_PART.sub(lambda m: "*" * len(m.group()), text)

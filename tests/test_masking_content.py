@@ -301,3 +301,37 @@ def test_async_failures_and_small_bodies():
     small = MASKER.maskBodyAsync(CARD.encode(), None, "text/plain", reactor=reactor, threadpool=pool)
     small.addCallback(results.append)
     assert results[-1] == (MASKED.encode(), "") and len(pool.work) == 1
+
+
+# -- headers, reason phrases, WebSocket messages -------------------------------------------
+
+
+def test_header_values_masked_but_framing_headers_kept():
+    from sealgate.masking import maskHeaders, maskReason
+
+    headers = [(b"Content-Length", b"4111111111111111"), (b"Set-Cookie", b"u=jane@example.com; Path=/"),
+               (b"Location", b"/cards/4111111111111111"), (b"X-Owner", b"jane@example.com"),
+               (b"Content-Disposition", b'attachment; filename="4111111111111111.pdf"')]
+    out = maskHeaders(MASKER, headers)
+    assert out[0] == headers[0]
+    assert out[1] == (b"Set-Cookie", b"u=****@example.com; Path=/")
+    assert out[2] == (b"Location", b"/cards/" + MASKED.encode())
+    assert b"4111111111111111" not in b"".join(v for _n, v in out[1:])
+    clean = [(b"Server", b"x")]
+    assert maskHeaders(MASKER, clean) is clean
+    assert maskReason(MASKER, b"card 4111111111111111 not found") == b"card " + MASKED.encode() + \
+        b" not found"
+
+
+def test_websocket_messages_and_close_reasons():
+    from sealgate.masking import maskWebSocket
+
+    text = f"card {CARD} für".encode()
+    out = maskWebSocket(MASKER, 1, text)
+    assert out == f"card {MASKED} für".encode() and out.decode("utf-8")
+    close = b"\x03\xe8" + f"bye {CARD}".encode()
+    assert maskWebSocket(MASKER, 8, close) == b"\x03\xe8" + f"bye {MASKED}".encode()
+    assert maskWebSocket(MASKER, 2, CARD.encode()) == MASKED.encode()
+    with pytest.raises(MaskingFailed, match="unknown_content"):
+        maskWebSocket(MASKER, 2, b"\x00\x01" + CARD.encode())
+    assert maskWebSocket(MASKER, 9, b"ping " + CARD.encode()) == b"ping " + MASKED.encode()

@@ -24,7 +24,7 @@ from sealgate.flow import (
     OutputRefused,
 )
 from sealgate.interfaces import ISession
-from sealgate.masking import MaskingFailed
+from sealgate.masking import MaskingFailed, maskEvent
 from sealgate.protocols._io import writeNow
 
 
@@ -164,8 +164,9 @@ class Session:
         self.recording.frame(direction, data, channel)
 
     def audit(self, kind: str, /, **fields: Any) -> None:
-        """Seal an audit event for this session in the log."""
-        self.recording.event(kind, fields)
+        """Seal an audit event for this session in the log, client input masked (issue 15.5)."""
+        masker = getattr(self.chain, "masker", None)
+        self.recording.event(kind, fields if masker is None else maskEvent(masker, fields))
 
     # -- the decision step ------------------------------------------------------------
 

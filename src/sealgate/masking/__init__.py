@@ -1,6 +1,7 @@
 """Detectors and the masking engine shared by every protocol (text, JSON, streams)."""
 
-from sealgate.masking._body import UNKNOWN_CONTENT, BodyStream, maskPlain, unknownPolicy
+from sealgate.masking._audit import maskEvent
+from sealgate.masking._body import UNKNOWN_CONTENT, BodyStream, maskPlain, notText, unknownPolicy
 from sealgate.masking._content import (
     CODINGS,
     MAX_DECODED,
@@ -26,15 +27,16 @@ from sealgate.masking._detectors import (
 )
 from sealgate.masking._engine import REDACTED, Masker
 from sealgate.masking._errors import MaskingFailed
+from sealgate.masking._http import STRUCTURAL_HEADERS, maskHeaders, maskReason, maskWebSocket
 from sealgate.masking._stream import StreamMasker
 
 __all__ = [
-    "CODINGS", "DETECTORS", "MAX_DECODED", "MAX_HOLD", "REDACTED", "TEXT_TYPES", "UNKNOWN_CONTENT",
-    "BodyStream", "ContentDecoder", "ContentTooLarge", "Detector", "Masker", "MaskingFailed",
-    "MediaType", "StreamMasker", "buildMasker", "canDecode", "decodeContent", "encodeContent",
-    "ibanValid", "isTextType", "issuerOk", "maskPlain", "mediaType", "sniffText", "textCodec",
-    "unknownPolicy",
-    "knownDetectors", "luhnValid",
+    "CODINGS", "DETECTORS", "MAX_DECODED", "MAX_HOLD", "REDACTED", "STRUCTURAL_HEADERS",
+    "TEXT_TYPES", "UNKNOWN_CONTENT", "BodyStream", "ContentDecoder", "ContentTooLarge", "Detector",
+    "Masker", "MaskingFailed", "MediaType", "StreamMasker", "buildMasker", "canDecode",
+    "decodeContent", "encodeContent", "ibanValid", "isTextType", "issuerOk", "knownDetectors",
+    "luhnValid", "maskEvent", "maskHeaders", "maskPlain", "maskReason", "maskWebSocket",
+    "mediaType", "notText", "sniffText", "textCodec", "unknownPolicy",
 ]
 
 

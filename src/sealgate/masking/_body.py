@@ -34,14 +34,14 @@ def unknownPolicy(masker) -> str:
     return "refuse" if masker.detectors else "pass"
 
 
-def _notText(masker, media: MediaType, data: bytes) -> bytes:
-    """A body that is not text, by C{unknown_content}."""
+def notText(masker, what: str, data: bytes) -> bytes:
+    """Data that is not text (C{what} names it in the refusal), by C{unknown_content}."""
     policy = unknownPolicy(masker)
     if policy == "pass":
         return data
     if policy == "mask":
         return masker.maskBytes(data)
-    raise MaskingFailed(f"a {media.mime or 'untyped'} body that is not text cannot be vetted "
+    raise MaskingFailed(f"{what} that is not text cannot be vetted "
                         f"(set [masking] unknown_content = \"pass\" or \"mask\" to send it)")
 
 
@@ -93,7 +93,7 @@ def maskPlain(masker, data: bytes, media: MediaType, depth: int = 0) -> bytes:
         return maskMultipart(masker, data, media.boundary or "", depth + 1)
     sniffed = sniffText(data)
     if sniffed is None:
-        return _notText(masker, media, data)
+        return notText(masker, f"a {media.mime or 'untyped'} body", data)
     return maskText(masker, data, *sniffed)
 
 
@@ -234,7 +234,7 @@ class BodyStream:
             self._held = []
             return out + maskPlain(self.masker, body, self.media)
         if self.state == "stream" and self._stream is not None:
-            return out + self._stream.flush()
+            return out + self._stream.flush(atEnd=True)
         return out
 
     def _take(self, data: bytes, final: bool) -> bytes:
@@ -272,5 +272,5 @@ class BodyStream:
             return "stream" if asciiSafe(sniffed[1]) else "whole"
         policy = unknownPolicy(masker)
         if policy == "refuse":
-            _notText(masker, self.media, head)
+            notText(masker, f"a {self.media.mime or 'untyped'} body", head)
         return "pass" if policy == "pass" else "stream"

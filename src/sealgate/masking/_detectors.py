@@ -53,25 +53,6 @@ class Detector:
     prefilter: Callable[["Probe"], bool]
 
 
-def _cardShape(probe: Probe) -> bool:
-    sk = probe.skeleton
-    return b"0000000000000" in sk or (
-        b"0000s000" in sk and (b"0000s0000s0000" in sk or b"0000s000000s0000" in sk))
-
-
-def _ssnShape(probe: Probe) -> bool:
-    return b"000s00s0000" in probe.skeleton
-
-
-def _phoneShape(probe: Probe) -> bool:
-    sk = probe.skeleton
-    return b"+0" in sk or b"(000)" in sk or b"000s000s0000" in sk
-
-
-def _ibanShape(probe: Probe) -> bool:
-    return b"AA00" in probe.skeleton
-
-
 # -- credit cards (Luhn) ------------------------------------------------------
 
 # Patterns start with what they consume, lookbehinds after it, so the
@@ -154,15 +135,21 @@ def issuerOk(digits: str) -> bool:
     docs/masking.md for the table.
     """
     n = len(digits)
-    for lo, hi, lengths in _BY_FIRST.get(digits[:1], ()):
-        if n in lengths and lo <= digits[:len(lo)] <= hi:
+    get = _LENGTHS.get
+    for k in (1, 2, 3, 4):
+        lengths = get(digits[:k])
+        if lengths is not None and n in lengths:
             return True
     return False
 
 
-_BY_FIRST: dict[str, list[tuple[str, str, tuple[int, ...]]]] = {}
-for _issuer in _ISSUERS:
-    _BY_FIRST.setdefault(_issuer[0][0], []).append(_issuer)
+# Every prefix of the table spelled out (a few hundred): four dict looks
+# per candidate instead of a walk over the ranges.
+_LENGTHS: dict[str, frozenset[int]] = {}
+for _lo, _hi, _lens in _ISSUERS:
+    for _p in range(int(_lo), int(_hi) + 1):
+        _key = str(_p).zfill(len(_lo))
+        _LENGTHS[_key] = _LENGTHS.get(_key, frozenset()) | frozenset(_lens)
 
 
 _NOT_DIGIT = re.compile(r"[^0-9]")
@@ -180,9 +167,12 @@ def _cardResume(text: str, j: int) -> int:
     return -1
 
 
+_NO_SEPARATORS = str.maketrans("", "", " -")
+
+
 def _fixCard(m: re.Match) -> str | None:
     s = m.group()
-    digits = s.replace(" ", "").replace("-", "")
+    digits = s.translate(_NO_SEPARATORS)
     if issuerOk(digits) and luhnValid(digits):
         return _maskCardDigits(s)
     if len(digits) == 19 and not s.isdigit() and issuerOk(digits[:16]) and luhnValid(digits[:16]):
@@ -470,6 +460,14 @@ def suspect(text: str, pos: int) -> bool:
 
 
 _NUMERIC = _DIGITS + " -"
+
+
+def _anchoredPrefilter(probe: Probe) -> bool:
+    # An anchored scan's first step is the same bytes.find a prefilter
+    # would do: looking twice only costs a second pass where values are.
+    return True
+
+
 DETECTORS: dict[str, Detector] = {
     d.name: d
     for d in (
@@ -477,20 +475,19 @@ DETECTORS: dict[str, Detector] = {
                  _anchoredScan(_CARD, _fixCard,
                                (b"0" * 13, b"0000s0000s0000", b"0000s000000s0000"),
                                resume=_cardResume),
-                 _regexTail(_CARD_TAIL, 40, _NUMERIC),
-                 _cardShape),
+                 _regexTail(_CARD_TAIL, 40, _NUMERIC), _anchoredPrefilter),
         Detector("email", _scanEmail, _regexTail(_EMAIL_TAIL, 610, _LETTERS + _DIGITS + "._%+-@"),
                  lambda p: "@" in p.text),
         Detector("us_ssn", _anchoredScan(_SSN, _fixSsn, (b"000s00s0000",)),
-                 _regexTail(_SSN_TAIL, 12, _DIGITS + "-"),
-                 _ssnShape),
+                 _regexTail(_SSN_TAIL, 12, _DIGITS + "-"), _anchoredPrefilter),
         Detector("iban", _anchoredScan(_IBAN, _fixIban, (b"AA00",)),
-                 _regexTail(_IBAN_TAIL, 70, _UPPER + _DIGITS + " "), _ibanShape),
-        Detector("phone", _anchoredScan(_PHONE, _fixPhone, (b"+0", b"(000)", b"000s000s0000")),
-                 _regexTail(_PHONE_TAIL, 40, _DIGITS + " .()-+"), _phoneShape),
+                 _regexTail(_IBAN_TAIL, 70, _UPPER + _DIGITS + " "), _anchoredPrefilter),
+        # One-byte anchors are found with memchr; the regex checks the rest.
+        Detector("phone", _anchoredScan(_PHONE, _fixPhone, (b"+", b"(", b"000s000s0000")),
+                 _regexTail(_PHONE_TAIL, 40, _DIGITS + " .()-+"), _anchoredPrefilter),
         Detector("aws_key", _awsScan, _awsTail, _awsPrefilter),
         Detector("jwt", _anchoredScan(_JWT, _fixJwt, ("eyJ",), onText=True),  # type: ignore[arg-type]
-                 _jwtTail, lambda p: "eyJ" in p.text),
+                 _jwtTail, _anchoredPrefilter),
         Detector("private_key", _regexScan(_PEM, _fixPem), _pemTail,
                  lambda p: "PRIVATE KEY" in p.text),
     )

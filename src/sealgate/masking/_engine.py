@@ -3,7 +3,7 @@
 import fnmatch
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import orjson
@@ -68,6 +68,11 @@ class Masker:
                 break
             hints.append(max(runs, key=len))
         self._nameHints: tuple[str, ...] | None = tuple(hints) if hintable else None
+        # Keys under a redacted name, found directly in an escape-free
+        # document ("name" then a colon; a glob's * never crosses a quote),
+        # so only those keys cost a Python step, not every string.
+        self._keyRe = (re.compile('"(%s)"\\s*:' % "|".join(_globRegex(p) for p in self.names), re.I)
+                       if self.names and hintable else None)
 
     @classmethod
     def fromConfig(cls, config) -> "Masker":
@@ -209,8 +214,8 @@ class Masker:
         if self._namesRe is not None and (hints is None or any(
                 h in lowered for lowered in (text.lower(),) for h in hints)):
             decode = _DECODER.raw_decode
-            for m in _PLAIN_STRING.finditer(text):
-                if not m.group(2) or m.start() < last or not self.columnMasked(m.group(1)):
+            for m in self._namedKeys(text):
+                if m.start() < last or not self.columnMasked(m.group(1)):
                     continue
                 space = _SPACE.match(text, m.end())
                 assert space is not None  # \s* matches even the empty string
@@ -234,6 +239,29 @@ class Masker:
             except MaskingFailed:
                 return None     # a number was masked: it must become a string
         return result
+
+    def _namedKeys(self, text: str) -> Iterator[re.Match[str]]:
+        """The keys of an escape-free document that a redacted name may match, in order."""
+        if self._keyRe is None:
+            for key in _PLAIN_STRING.finditer(text):
+                if key.group(2):
+                    yield key
+            return
+        search = self._keyRe.search
+        count = text.count
+        quotes = 0
+        at = 0
+        m: re.Match[str] | None = search(text)
+        while m is not None:
+            s = m.start()
+            quotes += count('"', at, s)
+            at = s
+            if quotes % 2 == 0:
+                # An opening quote (quotes pair up without escapes): a real key.
+                yield m
+                m = search(text, m.end())
+            else:
+                m = search(text, s + 1)
 
     # -- streams and bodies --------------------------------------------------------
 
@@ -269,6 +297,11 @@ class Masker:
             threadpool = reactor.getThreadPool()
         return deferToThreadPool(reactor, threadpool, self.maskEncodedBody, body, content_encoding,
                                  content_type, reencode)
+
+
+def _globRegex(pattern: str) -> str:
+    """A name glob (no brackets) as a regex that matches inside one JSON string."""
+    return "".join('[^"]*' if c == "*" else '[^"]' if c == "?" else re.escape(c) for c in pattern)
 
 
 def _checkJson(text: str) -> None:

@@ -49,10 +49,12 @@ def denyStatement(message: str) -> str:
 
 
 #: Reply types the output masker decodes (the rest pass as bytes).
-_MASKED_REPLIES = [b"T", b"D", b"N", b"A", b"E"]
+#: ParameterStatus (S), FunctionCallResponse (V) and CopyBothResponse (W)
+#: carry values too (set_config, fastpath results, replication).
+_MASKED_REPLIES = [b"T", b"D", b"N", b"A", b"E", b"S", b"V", b"W"]
 _COPY_REPLIES = [b"H", b"d", b"c"]
 #: The types the row masker itself looks at (errors are masked here).
-_ROW_TYPES = frozenset(ord(c) for c in "TDNAHdc")
+_ROW_TYPES = frozenset(ord(c) for c in "TDNAHdcSVW")
 
 
 class ReplyMasker:

@@ -129,13 +129,27 @@ def test_readme_run_command_with_the_sample_postgres_block_logs_in_with_psql(tmp
                            capture_output=True, text=True, env=env, timeout=60)
         assert r.returncode == 0, r.stderr
         assert r.stdout.strip() == f"{user}|3"
-        # And the store commands read the state dir without the secret too.
-        listed = runCLI("--config", str(gw.config), "sessions", "list", env=noSecrets(),
-                        cwd=tmp_path, check=False)
-        assert listed.returncode == 0, listed.stderr
     finally:
         assert gw.stop(signal.SIGTERM) == 0
     assert postgres.password(user) not in gw.log()
+
+    # Every command that reads only the state directory runs with no backend
+    # secret in the environment (the config names APP_DB_PASSWORD).
+    def cli(*args):
+        r = runCLI("--config", str(gw.config), *args, env=noSecrets(), cwd=tmp_path, check=False)
+        assert r.returncode == 0, f"{args}: {r.stderr}"
+        return r.stdout
+
+    [session] = json.loads(cli("sessions", "list", "--json"))
+    assert json.loads(cli("keys", "list", "--json"))[0]["name"] == "me"
+    pub = tmp_path / "op.pub"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(pub)[:-4]], check=True)
+    bound = json.loads(cli("ssh-keys", "add", "op", str(pub), "--group", "eng", "--json"))
+    assert [k["fingerprint"] for k in json.loads(cli("ssh-keys", "list", "--json"))] == [bound["fingerprint"]]
+    assert json.loads(cli("verify", "--json"))["ok"] is True
+    cli("export", session["id"], "--out", str(tmp_path / "s.bundle"))
+    assert json.loads(cli("verify-bundle", str(tmp_path / "s.bundle"), "--json"))["ok"] is True
+    assert json.loads(cli("keys", "revoke", "me", "--json")) == {"name": "me", "revoked": 1}
 
 
 def test_approvals_find_the_running_gateway_without_a_config(tmp_path):

@@ -439,6 +439,8 @@ async def test_cleartext_token_refused_without_tls_unless_loopback_allowed(tmp_p
     try:
         r = await _psql(postgres, g, key, "select 1")
         assert r.returncode == 2 and "accepted only over TLS" in r.stderr
+        # The message names the settings that would let this client in.
+        assert "tls_cert and tls_key" in r.stderr and "allow_cleartext_on_loopback = true" in r.stderr
     finally:
         await g.stop()
 

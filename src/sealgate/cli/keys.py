@@ -26,6 +26,8 @@ def register(subparsers) -> None:
     create.add_argument("--group", action="append", required=True, dest="groups",
                         help="a group the identity is in (repeat for more)")
     create.add_argument("--expires", help='lifetime, e.g. "30d", "12h" (default: never)')
+    create.add_argument("--json", action="store_true",
+                        help='print {"key": ..., ...} as JSON (the key is still shown only once)')
     create.set_defaults(handler=createKey)
 
     listing = sub.add_parser("list", parents=[common], help="list keys (never the keys themselves)")
@@ -34,6 +36,7 @@ def register(subparsers) -> None:
 
     revoke = sub.add_parser("revoke", parents=[common], help="revoke a key by name")
     revoke.add_argument("name")
+    revoke.add_argument("--json", action="store_true", help="print the revoked key as JSON")
     revoke.set_defaults(handler=revokeKey)
 
 
@@ -51,7 +54,6 @@ def _when(t: float | None) -> str:
 
 
 def createKey(args) -> int:
-
     expires = None
     if args.expires:
         try:
@@ -65,6 +67,9 @@ def createKey(args) -> int:
     except APIKeyError as e:
         raise CommandError(str(e))
     info = next(k for k in store.list() if key.startswith(f"sgk_{k.keyId}_"))
+    if args.json:
+        print(json.dumps({**info.asDict(time.time()), "key": key}, indent=2))
+        return 0
     print(f"Created API key {info.name!r} (id {info.keyId}) for groups "
           f"{', '.join(info.groups)}; expires {_when(info.expires) if expires else 'never'}.")
     print("It is shown only this once: store it in your secret manager now.")
@@ -89,10 +94,12 @@ def listKeys(args) -> int:
 
 
 def revokeKey(args) -> int:
-
     try:
         count = _store(args).revoke(args.name)
     except APIKeyError as e:
         raise CommandError(str(e))
+    if args.json:
+        print(json.dumps({"name": args.name, "revoked": count}))
+        return 0
     print(f"Revoked {count} key(s) named {args.name!r}.")
     return 0

@@ -1,5 +1,6 @@
 """`sealgate ssh-keys add|list|revoke`: bind SSH public keys to identities."""
 
+import json
 import time
 from pathlib import Path
 
@@ -19,15 +20,29 @@ def register(subparsers) -> None:
                      help="a group of the identity (repeat for several); roles match on groups")
     add.add_argument("--expires", metavar="DURATION",
                      help="lifetime such as 30d, 12h (default: no expiry)")
+    add.add_argument("--json", action="store_true", help="print the bound key as JSON")
     add.set_defaults(handler=addKey)
 
     ls = sub.add_parser("list", help="list bound keys")
     ls.add_argument("identity", nargs="?", metavar="IDENTITY")
+    ls.add_argument("--json", action="store_true", help="print JSON")
     ls.set_defaults(handler=listKeys)
 
     rv = sub.add_parser("revoke", help="revoke a key by fingerprint, or all keys of an identity")
     rv.add_argument("which", metavar="FINGERPRINT|IDENTITY")
+    rv.add_argument("--json", action="store_true", help="print the revoked keys as JSON")
     rv.set_defaults(handler=revokeKeys)
+
+
+def _asDict(r, now: float) -> dict:
+    return {"fingerprint": r.fingerprint, "identity": r.identity, "groups": list(r.groups),
+            "type": r.keyType, "comment": r.comment, "created": r.created, "expires": r.expires,
+            "revoked": r.revoked, "state": r.state(now)}
+
+
+def _json(value) -> int:
+    print(json.dumps(value, indent=2))
+    return 0
 
 
 def _store(args):
@@ -53,6 +68,8 @@ def addKey(args) -> int:
         rec = _store(args).add(args.identity, text, args.groups, expires)
     except SSHKeyError as e:
         raise CommandError(f"{args.keyfile}: {e}")
+    if args.json:
+        return _json(_asDict(rec, time.time()))
     until = _when(rec.expires) if rec.expires else "never"
     print(f"{rec.fingerprint} bound to {rec.identity} "
           f"(groups: {', '.join(rec.groups) or '-'}; expires: {until})")
@@ -62,6 +79,8 @@ def addKey(args) -> int:
 def listKeys(args) -> int:
     now = time.time()
     records = _store(args).listKeys(args.identity)
+    if args.json:
+        return _json([_asDict(r, now) for r in records])
     for r in records:
         print(f"{r.fingerprint}  {r.identity}  {','.join(r.groups) or '-'}  {r.keyType}  "
               f"{r.state(now)}  expires={_when(r.expires) if r.expires else 'never'}  {r.comment}")
@@ -75,6 +94,8 @@ def revokeKeys(args) -> int:
     revoked = _store(args).revoke(args.which)
     if not revoked:
         raise CommandError(f"no active key with fingerprint or identity {args.which!r}")
+    if args.json:
+        return _json([_asDict(r, time.time()) for r in revoked])
     for r in revoked:
         print(f"revoked {r.fingerprint} ({r.identity})")
     return 0

@@ -149,8 +149,8 @@ class ClientLeg(Relay, Protocol):
                               "connect with sslmode=require or stricter")
         if not self.tls and not (opts.allow_cleartext_on_loopback and isLoopback(self.peer)
                                  and self.factory.loopbackOnly):
-            return self.fatal("28000", "sealgate: the password (your token or API key) is "
-                              "accepted only over TLS; connect with sslmode=require")
+            return self.fatal("28000", _cleartextRefusal(conn.name, self.factory.tlsContext is not None,
+                                                         opts.allow_cleartext_on_loopback))
         self.claimed = user
         self._early.received(raw)
         ask = w.Authentication(w.AUTH_CLEARTEXT).encode()
@@ -415,3 +415,17 @@ def _loopbackListen(listen: str) -> bool:
     if kind == "UNIX":
         return True
     return isLoopback(kw.get("interface", ""))
+
+
+def _cleartextRefusal(name: str, hasTLS: bool, loopbackAllowed: bool) -> str:
+    """Why a password without TLS is refused, naming what would fix it: the client's or the operator's setting."""
+    head = "sealgate: the password (your token or API key) is accepted only over TLS"
+    if hasTLS:
+        return f"{head}; connect with sslmode=require"
+    if loopbackAllowed:
+        return (f"{head}, or from loopback to a loopback-only listener; connection {name} has no "
+                "certificate, so connect from this host (or the operator sets tls_cert and tls_key "
+                f"in the [connections.options] of {name})")
+    return (f"{head}, and connection {name} has no certificate: the operator sets tls_cert and "
+            f"tls_key in its [connections.options], or, for a listener on loopback only, "
+            "allow_cleartext_on_loopback = true")

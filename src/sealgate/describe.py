@@ -2,6 +2,8 @@
 
 from typing import Any
 
+from sealgate.endpoint import hostPort
+
 #: One phrase per SQL effect word (L{sealgate.protocols.postgres.effects.EFFECTS}),
 #: most severe first; C{{rel}} is the relations the statement touches.
 SQL_PHRASES: dict[str, str] = {
@@ -70,12 +72,6 @@ def _short(text: str, limit: int = 120) -> str:
 def targetOf(connection) -> str:
     """A connection as an approver knows it: its name and where its backend is."""
     backend = str(getattr(connection, "backend", "") or "")
-    host = port = ""
-    for part in backend.split(":")[1:]:
-        key, _, value = part.partition("=")
-        if key == "host":
-            host = value
-        elif key == "port":
-            port = value
-    where = f"{host}:{port}" if host else backend
+    host, port = hostPort(backend)
+    where = f"{host}:{port}" if host and port else (host or backend)
     return f"{connection.name} ({where})" if where else str(connection.name)

@@ -1,16 +1,12 @@
 """Routing on one HTTP listener: which connection (and backend) serves a request, by Host and path prefix."""
 
-import re
+from sealgate.endpoint import hostPort
 
 
 def endpointHostPort(description: str) -> tuple[str, int]:
     """Host and port named by a client endpoint string, for the Host header sent to the backend."""
-    parts = re.split(r"(?<!\\):", description)
-    kw = dict(p.split("=", 1) for p in parts[1:] if "=" in p)
-    positional = [p for p in parts[1:] if "=" not in p]
-    host = kw.get("host") or (positional[0] if positional else "localhost")
-    port = kw.get("port") or (positional[1] if len(positional) > 1 else "80")
-    return host.replace("\\:", ":"), int(port)
+    host, port = hostPort(description, 80)
+    return host or "localhost", port or 80
 
 
 class Backend:

@@ -9,6 +9,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from sealgate import noDelay
+from sealgate.endpoint import listensOnLoopbackOnly
 from sealgate.flow import OutputRefused, Preamble
 from sealgate.identity import AuthenticationFailed
 from sealgate.prelogin import BUSY, SOURCE_BUSY, TIMEOUT, TOO_LARGE, IPreLoginClient
@@ -408,13 +409,7 @@ class ListenerFactory(Factory):
 
 
 def _loopbackListen(listen: str) -> bool:
-    try:
-        kind, args, kw = endpoints._parseServer(listen, None)
-    except Exception:
-        return False
-    if kind == "UNIX":
-        return True
-    return isLoopback(kw.get("interface", ""))
+    return listensOnLoopbackOnly(listen)
 
 
 def _cleartextRefusal(name: str, hasTLS: bool, loopbackAllowed: bool) -> str:

@@ -1,10 +1,11 @@
 """The postgres protocol plugin: options, TLS contexts, the listener factory, replay."""
 
 import attrs
-from twisted.internet import endpoints, ssl
+from twisted.internet import ssl
 from zope.interface import implementer
 
 from sealgate.config import Table, resolveSecret
+from sealgate.endpoint import hostPort
 from sealgate.export import TEXT, ExportFormat
 from sealgate.interfaces import IProtocolPlugin
 from sealgate.protocols.postgres._wire import DEFAULT_MAX_MESSAGE
@@ -113,8 +114,7 @@ def clientTLSContext(opts: PostgresOptions):
 
 
 def backendHost(backend: str) -> str:
-    args, kw = endpoints._parse(backend)
-    return kw.get("host") or (args[1] if len(args) > 1 else "")
+    return hostPort(backend)[0]
 
 
 def backendTLSOptions(connection):

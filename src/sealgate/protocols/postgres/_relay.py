@@ -192,7 +192,7 @@ class Relay:
             if reported:
                 # Sealed once, with its outcome, when the statement completes.
                 self._pending[-1].append(details)
-            self._allowed(c, parsedAs)
+            self._allowed(c, f.type != _P, parsedAs)
             out.append(f.raw)
             return None
         if isinstance(verdict, Deny):
@@ -202,15 +202,15 @@ class Relay:
             out.append((rewrite or (lambda s: w.Query(s).encode()))(str(verdict.value)))
             return None
         if isinstance(verdict, Hold):
-            return (verdict, f, replace, lambda: self._allowed(c, parsedAs))
+            return (verdict, f, replace, lambda: self._allowed(c, f.type != _P, parsedAs))
         out.append(replace(denyStatement("the statement could not be judged")))
         return None
 
-    def _allowed(self, c, parsedAs=None) -> None:
+    def _allowed(self, c, ownReady: bool, parsedAs=None) -> None:
         """A judged statement goes to the server: what it changes for the next ones."""
         self._prepared.allowed(c, parsedAs)
         if c.changesSettings:
-            self.sqlSettings.mayChange()
+            self.sqlSettings.mayChange(ownReady)
 
     def _startHold(self, hold, rest) -> None:
         verdict, f, replace, onAllowed = hold

@@ -61,11 +61,14 @@ class SessionSettings:
     def ready(self) -> None:
         self._ready += 1
 
-    def mayChange(self) -> None:
-        """A statement that may change the settings goes out now."""
-        # Its effect is known at the ReadyForQuery that follows it: the one
-        # for the next Query, Sync or FunctionCall sent, counting this one's.
-        self._settledAt = self._sent + 1
+    def mayChange(self, ownReady: bool) -> None:
+        """
+        A statement that may change the settings goes out now.  C{ownReady}:
+        it came in a Query or FunctionCall, already counted by L{sent};
+        otherwise (Parse, Execute) the next Sync ends it.
+        """
+        # Its effect is known at the ReadyForQuery that ends it.
+        self._settledAt = self._sent if ownReady else self._sent + 1
 
     @property
     def settled(self) -> bool:

@@ -3,6 +3,7 @@ direct vs pgbouncer (session mode) vs a bare Twisted forwarder vs sealgate.
 
 Run from the repository root:  .venv/bin/python bench/postgres.py [--seconds 15] [--clients 8]
                                [--copy-rows 2000000] [--profile out.prof]
+                               [--preset production-safe]
 
 PostgreSQL is started with initdb in a temp dir (tests/harness/postgres.py).
 pgbouncer is used when /usr/sbin/pgbouncer (Debian package) is installed.
@@ -11,6 +12,8 @@ rule, a masking rule on a column of another table, recording on.  The bare
 forwarder (bench/_forwarder.py) parses and records nothing: the floor the
 issue's targets were calibrated against.
 --profile runs the sealgate process under cProfile and writes the stats.
+--preset makes the guardrail rule a named preset (docs/protocols/postgres.md)
+instead of its kind words.
 """
 
 import argparse
@@ -66,7 +69,7 @@ logfile = {d}/pgbouncer.log
     return proc, port
 
 
-def startSealgate(pg: PostgresServer, work: Path, profile: str | None):
+def startSealgate(pg: PostgresServer, work: Path, profile: str | None, preset: str | None = None):
     port = freePort()
     state = work / "state"
     os.environ["BENCH_PG_PASSWORD"] = pg.password(SCRAM_USER)
@@ -95,7 +98,7 @@ allow_cleartext_on_loopback = true
 [[rules]]
 name = "no-drop"
 action = "deny"
-statements = ["DROP", "TRUNCATE", "DELETE WITHOUT WHERE"]
+{f'preset = "{preset}"' if preset else 'statements = ["DROP", "TRUNCATE", "DELETE WITHOUT WHERE"]'}
 reason = "no destructive statements"
 
 [masking]
@@ -168,6 +171,7 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--copy-rows", type=int, default=2_000_000)
     ap.add_argument("--profile", help="write cProfile stats of the sealgate process here")
+    ap.add_argument("--preset", help="guard with this rule preset (e.g. production-safe)")
     args = ap.parse_args()
     if args.profile:
         args.profile = str(Path(args.profile).resolve())
@@ -185,7 +189,7 @@ def main() -> None:
         procs.append(bouncer)
         fwd, fport = startForwarder(pg.port)
         procs.append(fwd)
-        sg, sport, key = startSealgate(pg, work, args.profile)
+        sg, sport, key = startSealgate(pg, work, args.profile, args.preset)
         procs.append(sg)
         targets = [("direct", pg.port, pw, SCRAM_USER)]
         if bouncer is not None:

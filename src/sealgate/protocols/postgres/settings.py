@@ -31,6 +31,7 @@ class SessionSettings:
     _sent: int = 0
     _ready: int = 0
     _settledAt: int = 0
+    _described: dict | None = None
 
     def startup(self, params) -> None:
         """The client's startup parameters (name, value) pairs."""
@@ -47,6 +48,7 @@ class SessionSettings:
         self.parameterStatus(name.decode("ascii", "replace"), value.decode("ascii", "replace"))
 
     def parameterStatus(self, name: str, value: str) -> None:
+        self._described = None
         if name == "standard_conforming_strings":
             self.standardStrings = value.lower() == "on"
         elif name == "client_encoding":
@@ -75,10 +77,15 @@ class SessionSettings:
         return self._ready >= self._settledAt
 
     def describe(self) -> dict:
-        """The settings a statement is parsed under, for its audit event."""
-        return {"standard_conforming_strings": "on" if self.standardStrings else "off",
-                "client_encoding": self.encoding,
-                "settled": self.settled}
+        """The settings a statement is parsed under, for its audit event (do not change it)."""
+        settled = self.settled
+        d = self._described
+        if d is None or d["settled"] is not settled:
+            # One dict while nothing changes: this runs for every statement.
+            d = self._described = {
+                "standard_conforming_strings": "on" if self.standardStrings else "off",
+                "client_encoding": self.encoding, "settled": settled}
+        return d
 
     def judge(self, raw: bytes) -> tuple[str, Classification]:
         """

@@ -69,7 +69,31 @@ logfile = {d}/pgbouncer.log
     return proc, port
 
 
-def startSealgate(pg: PostgresServer, work: Path, profile: str | None, preset: str | None = None):
+#: The benchmark's policy: a guardrail rule and a masking rule on a column of
+#: another table.
+POLICY = """
+[[rules]]
+name = "no-drop"
+action = "deny"
+{matcher}
+reason = "no destructive statements"
+
+[masking]
+columns = ["card"]
+"""
+
+
+def startSealgate(pg: PostgresServer, work: Path, profile: str | None, preset: str | None = None,
+                  policy: str | None = None):
+    """
+    sealgate under twistd in front of C{pg}: C{(process, port, API key)}.
+    C{policy}: the rules and masking tables (default L{POLICY}, its rule
+    guarding with C{preset} or with kind words).
+    """
+    if policy is None:
+        matcher = (f'preset = "{preset}"' if preset
+                   else 'statements = ["DROP", "TRUNCATE", "DELETE WITHOUT WHERE"]')
+        policy = POLICY.replace("{matcher}", matcher)
     port = freePort()
     state = work / "state"
     os.environ["BENCH_PG_PASSWORD"] = pg.password(SCRAM_USER)
@@ -94,15 +118,7 @@ database = "app"
 username = "{SCRAM_USER}"
 password_env = "BENCH_PG_PASSWORD"
 allow_cleartext_on_loopback = true
-
-[[rules]]
-name = "no-drop"
-action = "deny"
-{f'preset = "{preset}"' if preset else 'statements = ["DROP", "TRUNCATE", "DELETE WITHOUT WHERE"]'}
-reason = "no destructive statements"
-
-[masking]
-columns = ["card"]
+{policy}
 """)
     from sealgate.identity.apikeys import APIKeyStore
 

@@ -130,5 +130,5 @@ def _union(cs: list[Classification]) -> Classification:
     return attrs.evolve(cs[0], statements=statements, effects=effects,
                         relations=merged("relations"), calls=merged("calls"),
                         prepares=merged("prepares"), executes=merged("executes"),
-                        changesSettings=any(c.changesSettings for c in cs),
+                        changesSettings=any(c.changesSettings for c in cs), risky=True,
                         shadows=any(c.shadows for c in cs))

@@ -107,7 +107,7 @@ def runSuite(deps: Path, suite: Path, dsn: str, extra: list[str], log: Path) -> 
     with open(log, "w") as f:
         subprocess.run(argv, cwd=suite, env=env, stdout=f, stderr=subprocess.STDOUT, timeout=7200)
     text = log.read_text()
-    summary = re.findall(r"=+ (.*(?:passed|failed|error).*) in [\d.]+s", text)
+    summary = re.findall(r"^=*\s*(\d+ (?:passed|failed|error).*?) in [\d.]+s", text, re.M)
     failed = sorted(set(re.findall(r"^(?:FAILED|ERROR) (\S+)", text, re.M)))
     return {"summary": summary[-1] if summary else "(no summary: see the log)", "failed": failed}
 
@@ -132,7 +132,8 @@ def main() -> None:
                    "sslmode=disable")
         results = {}
         for name, dsn in (("direct", direct), ("sealgate", through)):
-            results[name] = runSuite(deps, work / "suite", dsn, args.pytest, work / f"{name}.log")
+            results[name] = runSuite(deps, work / "suite", dsn, args.pytest,
+                                     work / f"pytest-{name}.log")
         print(f"psycopg suite from {source}; markers: {MARKERS}")
         for name, r in results.items():
             print(f"{name:>9}: {r['summary']}")
@@ -140,7 +141,7 @@ def main() -> None:
         print(f"failing through sealgate only ({len(only)}):")
         for t in only:
             print(f"  {t}")
-        print(f"logs: {work}/direct.log, {work}/sealgate.log" if args.keep else "")
+        print(f"logs: {work}/pytest-direct.log, {work}/pytest-sealgate.log" if args.keep else "")
     finally:
         stop(gateway)
         pg.stop()

@@ -11,6 +11,7 @@ from sealgate.chain._chain import OutputRefused
 from sealgate.chain.verdicts import CONTINUE, Deny, Hold, Rewrite
 from sealgate.protocols._io import writeNow
 from sealgate.protocols.postgres import _wire as w
+from sealgate.protocols.postgres.catalog import catalogFor
 from sealgate.protocols.postgres.classify import fastpath
 from sealgate.protocols.postgres.masking import RowMasker
 from sealgate.protocols.postgres.prepared import PreparedStatements
@@ -68,6 +69,7 @@ class Relay:
     session: Session
     closed: bool
     sqlSettings: Any
+    connection: Any
     _log: Logger
     fatal: Callable[[str, str], None]
 
@@ -91,6 +93,10 @@ class Relay:
         self._portals: dict[str, str] = {}
         self._denied: set[str] = set()
         self._prepared = PreparedStatements()
+        self._catalog = catalogFor(self.factory, self.connection) if self._wantsCommand else None
+        self._rereadCatalog = False
+        if self._catalog is not None:
+            self._catalog.ensure()
         self._held = None
         self._txStatus = "I"
         self._terminating = False
@@ -184,6 +190,7 @@ class Relay:
         return None
 
     def _judge(self, f, text, out, replace, rewrite=None, *, c, parsedAs=None):
+        c = self._catalog.refine(c)
         details = self._prepared.details(c)
         details["settings"] = self.sqlSettings.describe()
         reported = f.type != _P
@@ -209,6 +216,10 @@ class Relay:
     def _allowed(self, c, ownReady: bool, parsedAs=None) -> None:
         """A judged statement goes to the server: what it changes for the next ones."""
         self._prepared.allowed(c, parsedAs)
+        if "defines-objects" in c.effects or "drops-object" in c.effects:
+            # It may change what a function runs: not known until read again.
+            self._catalog.invalidate()
+            self._rereadCatalog = True
         if c.changesSettings:
             self.sqlSettings.mayChange(ownReady)
 
@@ -287,6 +298,10 @@ class Relay:
         elif t == _Z:
             self._txStatus = chr(f.raw[5])
             self.sqlSettings.ready()
+            if self._rereadCatalog and self._txStatus == "I" and self._catalog is not None:
+                # Idle: what the session defined is committed, visible to a read.
+                self._rereadCatalog = False
+                self._catalog.ensure()
             self._ready()
         elif t == _PSTATUS:
             self.sqlSettings.observe(f.raw)

@@ -1,6 +1,5 @@
 """Calls of user-defined functions judged by their bodies, read from the server's catalog."""
 
-import os
 import time
 
 import psycopg
@@ -11,6 +10,7 @@ from twisted.internet import defer, threads
 from sealgate.protocols.postgres.catalog import FunctionCatalog
 from sealgate.protocols.postgres.classify import HIGH_RISK, classify
 from sealgate.testing import startGateway
+from tests.harness.pggateway import clientDSN, gatewayConfig
 from tests.harness.postgres import SCRAM_USER
 
 _ROWS = [
@@ -81,7 +81,6 @@ def test_until_read_and_after_invalidation_calls_stay_high_risk():
     assert HIGH_RISK not in cat.refine(classify("SELECT ok_fn()")).statements
 
 
-_ENV = "SEALGATE_TEST_PG_PASSWORD"
 _PLANT = """
 DROP TABLE IF EXISTS cat_victim CASCADE;
 CREATE TABLE cat_victim (id int);
@@ -108,32 +107,14 @@ def _until(fn, what: str, timeout: float = 30.0):
 async def test_calls_through_a_real_gateway_are_judged_by_the_catalog(tmp_path, postgres):
     with psycopg.connect(postgres.dsn(SCRAM_USER), autocommit=True) as c:
         c.execute(_PLANT)
-    os.environ[_ENV] = postgres.password(SCRAM_USER)
-    g = await startGateway(f"""
-[[roles]]
-name = "eng"
-groups = ["eng"]
-connections = ["*"]
-
-[[connections]]
-name = "app"
-protocol = "postgres"
-listen = "tcp:0:interface=127.0.0.1"
-backend = "tcp:host=127.0.0.1:port={postgres.port}"
-[connections.options]
-database = "app"
-username = "{SCRAM_USER}"
-password_env = "{_ENV}"
-allow_cleartext_on_loopback = true
-
+    g = await startGateway(gatewayConfig(postgres, """
 [[rules]]
 name = "issue-13"
 action = "deny"
 statements = ["DROP", "TRUNCATE", "DELETE WITHOUT WHERE", "ALTER", "HIGH RISK"]
-""", tmp_path)
+"""), tmp_path)
     key = g.createKey("ci-bot", ["eng"])
-    dsn = (f"host=127.0.0.1 port={g.port('app')} user=ci-bot dbname=app password={key} "
-           "sslmode=disable connect_timeout=20")
+    dsn = clientDSN(g, key)
     try:
         def go():
             out = {}

@@ -1,6 +1,5 @@
 """A PostgreSQL session through the gateway behaves as a direct one: backend pid, cancel keys, sealed statement events."""
 
-import os
 import socket
 
 import psycopg
@@ -11,29 +10,10 @@ from twisted.internet import threads
 from sealgate.protocols.postgres import _wire as w
 from sealgate.recording.reader import StoreReader
 from sealgate.testing import startGateway
+from tests.harness.pggateway import clientDSN, gatewayConfig
 from tests.harness.postgres import SCRAM_USER
 
-_ENV = "SEALGATE_TEST_PG_PASSWORD"
-
-
-def _config(postgres) -> str:
-    return f"""
-[[roles]]
-name = "eng"
-groups = ["eng"]
-connections = ["*"]
-
-[[connections]]
-name = "app"
-protocol = "postgres"
-listen = "tcp:0:interface=127.0.0.1"
-backend = "tcp:host=127.0.0.1:port={postgres.port}"
-[connections.options]
-database = "app"
-username = "{SCRAM_USER}"
-password_env = "{_ENV}"
-allow_cleartext_on_loopback = true
-
+_POLICY = """
 [[rules]]
 name = "safe"
 action = "deny"
@@ -42,14 +22,12 @@ preset = "production-safe"
 
 
 async def _start(tmp_path, postgres):
-    os.environ[_ENV] = postgres.password(SCRAM_USER)
-    g = await startGateway(_config(postgres), tmp_path)
+    g = await startGateway(gatewayConfig(postgres, _POLICY), tmp_path)
     return g, g.createKey("ci-bot", ["eng"])
 
 
 def _dsn(g, key) -> str:
-    return (f"host=127.0.0.1 port={g.port('app')} user=ci-bot dbname=app password={key} "
-            "sslmode=disable connect_timeout=20")
+    return clientDSN(g, key)
 
 
 @pytest_twisted.ensureDeferred

@@ -7,7 +7,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, threads
 
-from sealgate.protocols.postgres.catalog import FunctionCatalog
+from sealgate.protocols.postgres.catalog import FunctionCatalog, mayRedefineFunctions
 from sealgate.protocols.postgres.classify import HIGH_RISK, classify
 from sealgate.testing import startGateway
 from tests.harness.pggateway import clientDSN, gatewayConfig
@@ -79,6 +79,18 @@ def test_until_read_and_after_invalidation_calls_stay_high_risk():
     cat.ensure()
     reads[2].callback(_ROWS)
     assert HIGH_RISK not in cat.refine(classify("SELECT ok_fn()")).statements
+
+
+@pytest.mark.parametrize("sql, redefines", [
+    ("CREATE OR REPLACE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 1'", True),
+    ("DROP FUNCTION f", True), ("ALTER FUNCTION f() RENAME TO g", True),
+    ("ALTER FUNCTION f() SET SCHEMA s", True), ("DROP SCHEMA s CASCADE", True),
+    ("CREATE EXTENSION hstore", True), ("DROP OWNED BY bob", True),
+    ("DO $$BEGIN EXECUTE 'CREATE FUNCTION g() ...'; END$$", True),
+    ("CREATE TABLE t (a int)", False), ("CREATE INDEX ON t (a)", False), ("SELECT 1", False),
+])
+def test_statements_that_may_change_a_function_are_told_apart(sql, redefines):
+    assert mayRedefineFunctions(classify(sql)) is redefines
 
 
 _PLANT = """

@@ -11,7 +11,7 @@ from sealgate.chain._chain import OutputRefused
 from sealgate.chain.verdicts import CONTINUE, Deny, Hold, Rewrite
 from sealgate.protocols._io import writeNow
 from sealgate.protocols.postgres import _wire as w
-from sealgate.protocols.postgres.catalog import catalogFor
+from sealgate.protocols.postgres.catalog import catalogFor, mayRedefineFunctions
 from sealgate.protocols.postgres.classify import fastpath
 from sealgate.protocols.postgres.masking import RowMasker
 from sealgate.protocols.postgres.prepared import PreparedStatements
@@ -216,8 +216,8 @@ class Relay:
     def _allowed(self, c, ownReady: bool, parsedAs=None) -> None:
         """A judged statement goes to the server: what it changes for the next ones."""
         self._prepared.allowed(c, parsedAs)
-        if "defines-objects" in c.effects or "drops-object" in c.effects:
-            # It may change what a function runs: not known until read again.
+        if mayRedefineFunctions(c):
+            # What a function runs is not known until the catalog is read again.
             self._catalog.invalidate()
             self._rereadCatalog = True
         if c.changesSettings:

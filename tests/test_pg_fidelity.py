@@ -126,6 +126,6 @@ async def test_each_statement_event_names_effects_rule_and_settings(tmp_path, po
     assert allowed and denied, text
     a, d = repr(allowed[0]), repr(denied[0])
     assert "'effects': ['defines-objects']" in a, a
-    assert "'standard_conforming_strings': 'off'" in a, a
+    assert "standard_conforming_strings=off client_encoding=UTF8" in a, a
     assert "'rule': 'safe'" in d and "deletes-all-rows" in d and "'deny'" in d, d
-    assert "'standard_conforming_strings': 'off'" in d, d
+    assert "standard_conforming_strings=off" in d, d

@@ -58,8 +58,9 @@ def test_settings_follow_parameter_status_and_judge_under_them():
     s.observe(_status("client_encoding", "SJIS"))
     text, c = s.judge("SELECT '表'; DROP TABLE t; --'".encode("cp932"))
     assert "DROP" in c.statements and text.startswith("SELECT '表'")
-    assert s.describe() == {"standard_conforming_strings": "off", "client_encoding": "SJIS",
-                            "settled": True}
+    assert s.describe() == "standard_conforming_strings=off client_encoding=SJIS"
+    s.mayChange(False)
+    assert s.describe() == "standard_conforming_strings=off client_encoding=SJIS (changing)"
 
 
 def test_a_setting_in_flight_makes_a_text_it_would_change_high_risk():

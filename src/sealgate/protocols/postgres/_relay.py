@@ -360,7 +360,7 @@ class Relay:
             extra = {"verdict": "allow", "statements": list(details.get("statements", ())),
                      "effects": list(details.get("effects", ())),
                      "relations": list(details.get("relations", ())),
-                     "settings": details.get("settings", {})}
+                     "settings": details.get("settings", "")}
         self.session.audit("statement", text=text,
                            duration=round(time.monotonic() - entry[2], 6),
                            rows=rows, sqlstate=sqlstate or "00000", outcome=outcome, **extra)

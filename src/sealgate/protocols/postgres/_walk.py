@@ -34,6 +34,9 @@ _NAMES = {
 _TRANSACTION = {0: "BEGIN", 1: "BEGIN", 2: "COMMIT", 3: "ROLLBACK", 4: "SAVEPOINT",
                 5: "RELEASE", 6: "ROLLBACK", 7: "PREPARE TRANSACTION",
                 8: "COMMIT PREPARED", 9: "ROLLBACK PREPARED"}
+#: Kind words of statements that may change what a function name runs.
+_REDEFINES = ("FUNCTION", "PROCEDURE", "ROUTINE", "SCHEMA", "EXTENSION", "OWNED", "LANGUAGE",
+              "DEFINE", "RENAME")
 _WRITES = (ast.InsertStmt, ast.UpdateStmt, ast.DeleteStmt, ast.MergeStmt)
 #: Statements that install code the server later runs on its own (on an
 #: event, a cast, an operator): what it will do is not judged, so HIGH RISK.
@@ -99,6 +102,8 @@ class Classification:
         function of the same name elsewhere may be what runs: L{catalog}).
     @ivar risky: HIGH RISK for a reason other than calling user functions,
         so knowing their bodies cannot lift it.
+    @ivar redefines: once run, it may have changed what a function name
+        runs (L{catalog}).
     """
 
     statements: tuple[str, ...] = ()
@@ -114,6 +119,7 @@ class Classification:
     shadows: bool = False
     builtinCalls: tuple[str, ...] = ()
     risky: bool = False
+    redefines: bool = False
 
     def details(self) -> dict:
         return {"statements": self.statements, "effects": self.effects, "relations": self.relations}
@@ -121,7 +127,7 @@ class Classification:
 
 def uncertain() -> Classification:
     """What the gateway says of a text it cannot be sure about."""
-    return Classification((HIGH_RISK,), ("high-risk",), count=1, risky=True)
+    return Classification((HIGH_RISK,), ("high-risk",), count=1, risky=True, redefines=True)
 
 
 class _Walker:
@@ -451,7 +457,8 @@ class _Walker:
         return Classification(tuple(self.kinds), tuple(self.effects), tuple(self.relations),
                               tuple(self.prepares), tuple(self.executes), tuple(self.deallocates),
                               tuple(self.calls), count, self.sensitive, self.changesSettings,
-                              self.shadows, tuple(self.builtins), self.risky)
+                              self.shadows, tuple(self.builtins), self.risky,
+                              self.risky or any(w in k for k in self.kinds for w in _REDEFINES))
 
 
 def _bodyWalker(text: str, shadowed: bool) -> _Walker:

@@ -20,16 +20,9 @@ QUERY = ("SELECT p.proname, CASE WHEN p.prokind IN ('f', 'p') THEN pg_catalog.pg
 MAX_AGE = 60.0
 
 
-#: Kind words of statements that may change what a function name runs.
-_REDEFINES = ("FUNCTION", "PROCEDURE", "ROUTINE", "SCHEMA", "EXTENSION", "OWNED", "LANGUAGE",
-              "DEFINE", "RENAME")
-
-
 def mayRedefineFunctions(c: Classification) -> bool:
     """Whether, once it has run, a statement may have changed what a function runs."""
-    if c.risky:
-        return True  # DO, CALL, dynamic SQL: anything
-    return any(word in kind for kind in c.statements for word in _REDEFINES)
+    return c.redefines
 
 
 def _base(name: str) -> str:

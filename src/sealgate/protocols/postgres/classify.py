@@ -18,7 +18,7 @@ def fastpath(oid: int) -> Classification:
     if oid in fx.FASTPATH_SAFE_OIDS:
         return Classification(("FUNCTION CALL",), (), count=1)
     return Classification(("FUNCTION CALL", HIGH_RISK), ("runs-server-code", "high-risk"),
-                          count=1, changesSettings=True, risky=True)
+                          count=1, changesSettings=True, risky=True, redefines=True)
 
 
 KINDS = _vocabulary()

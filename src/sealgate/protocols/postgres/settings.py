@@ -31,7 +31,7 @@ class SessionSettings:
     _sent: int = 0
     _ready: int = 0
     _settledAt: int = 0
-    _described: dict | None = None
+    _described: tuple[bool, str] | None = None
 
     def startup(self, params) -> None:
         """The client's startup parameters (name, value) pairs."""
@@ -76,23 +76,35 @@ class SessionSettings:
     def settled(self) -> bool:
         return self._ready >= self._settledAt
 
-    def describe(self) -> dict:
-        """The settings a statement is parsed under, for its audit event (do not change it)."""
+    def describe(self) -> str:
+        """
+        The settings a statement is parsed under, for its audit event:
+        C{"standard_conforming_strings=on client_encoding=UTF8"}, with
+        C{" (changing)"} while a change may be in flight.
+        """
         settled = self.settled
         d = self._described
-        if d is None or d["settled"] is not settled:
-            # One dict while nothing changes: this runs for every statement.
-            d = self._described = {
-                "standard_conforming_strings": "on" if self.standardStrings else "off",
-                "client_encoding": self.encoding, "settled": settled}
-        return d
+        if d is None or d[0] is not settled:
+            # One string while nothing changes: this runs for every statement.
+            text = (f"standard_conforming_strings={'on' if self.standardStrings else 'off'} "
+                    f"client_encoding={self.encoding}" + ("" if settled else " (changing)"))
+            d = self._described = (settled, text)
+        return d[1]
 
     def judge(self, raw: bytes) -> tuple[str, Classification]:
         """
         The text the server will parse from C{raw} and what it does, read
         under every value the settings may have.
         """
-        settled = self.settled
+        settled = self._ready >= self._settledAt
+        if settled and raw.isascii():
+            # The common case, kept short: it runs for every statement.
+            text = raw.decode("ascii")
+            if "\\" not in text:
+                c = classify(text, self.shadowed)
+                if c.shadows:
+                    self.shadowed = True
+                return text, c
         try:
             if not settled and not raw.isascii():
                 raise Uncertain("client_encoding may be changing")
@@ -130,5 +142,5 @@ def _union(cs: list[Classification]) -> Classification:
     return attrs.evolve(cs[0], statements=statements, effects=effects,
                         relations=merged("relations"), calls=merged("calls"),
                         prepares=merged("prepares"), executes=merged("executes"),
-                        changesSettings=any(c.changesSettings for c in cs), risky=True,
+                        changesSettings=any(c.changesSettings for c in cs), risky=True, redefines=True,
                         shadows=any(c.shadows for c in cs))

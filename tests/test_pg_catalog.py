@@ -50,6 +50,13 @@ def test_a_user_function_sharing_a_builtin_name_is_judged_too():
     assert cat.refine(classify("SELECT upper('a')")).statements == ("SELECT",)
 
 
+def test_a_shared_builtin_name_stays_suspect_while_the_catalog_is_read_again():
+    cat = _loaded()
+    cat.invalidate()
+    assert HIGH_RISK in cat.refine(classify("SELECT lower(1)")).statements
+    assert cat.refine(classify("SELECT upper('a')")).statements == ("SELECT",)
+
+
 def test_other_risk_is_never_lifted_by_a_benign_body():
     cat = _loaded()
     c = cat.refine(classify("SELECT ok_fn(); COPY t TO PROGRAM 'sh'"))

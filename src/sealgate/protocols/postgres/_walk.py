@@ -438,6 +438,9 @@ class _Walker:
                 continue
             elif isinstance(n, ast.FuncCall):
                 self.call(n)
+            elif n is not node and isinstance(n, ast.ExecuteStmt):
+                # CREATE TABLE ... AS EXECUTE p runs p too.
+                self.executes.append(n.name or "")
             if isinstance(n, _WRITES):
                 self.dml(n)
             elif isinstance(n, ast.SelectStmt) and n.intoClause is not None and n is not node:

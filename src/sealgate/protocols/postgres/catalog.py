@@ -46,6 +46,9 @@ class FunctionCatalog:
     read: Callable[[], defer.Deferred] | None = None
     clock: Callable[[], float] | None = None
     _functions: dict[str, tuple[Classification, ...]] | None = None
+    #: The names of the last snapshot, kept through an invalidation: a call
+    #: of a built-in name a user function shares stays suspect meanwhile.
+    _names: frozenset[str] = frozenset()
     _readAt: float = 0.0
     #: Bumped by L{invalidate}: a read started before is stale when it ends.
     _generation: int = 0
@@ -58,6 +61,7 @@ class FunctionCatalog:
             body = functionBody(definition) if definition else uncertain()
             functions.setdefault(name, []).append(body)
         self._functions = {k: tuple(v) for k, v in functions.items()}
+        self._names = frozenset(self._functions)
 
     def invalidate(self) -> None:
         self._functions = None
@@ -93,10 +97,13 @@ class FunctionCatalog:
         is not in the snapshot, or whose body cannot be judged, is HIGH RISK.
         """
         functions = self._functions
-        if functions is None or not (c.calls or c.builtinCalls):
+        if not (c.calls or c.builtinCalls):
             return c
         shadowed = [_base(n) for n in c.builtinCalls
-                    if not n.startswith("pg_catalog.") and _base(n) in functions]
+                    if not n.startswith("pg_catalog.") and _base(n) in self._names]
+        if functions is None:
+            # Not read (again) yet: user calls are HIGH RISK already.
+            return _highRisk(c) if shadowed else c
         if not c.calls and not shadowed:
             return c
         statements = [s for s in c.statements if s != HIGH_RISK or c.risky or not c.calls]
@@ -117,6 +124,13 @@ class FunctionCatalog:
             statements += [HIGH_RISK] if HIGH_RISK not in statements else []
             effects += ["high-risk"] if "high-risk" not in effects else []
         return attrs.evolve(c, statements=tuple(statements), effects=tuple(effects))
+
+
+def _highRisk(c: Classification) -> Classification:
+    if HIGH_RISK in c.statements:
+        return c
+    extra = tuple(e for e in ("runs-server-code", "high-risk") if e not in c.effects)
+    return attrs.evolve(c, statements=c.statements + (HIGH_RISK,), effects=c.effects + extra)
 
 
 class _CatalogReader:

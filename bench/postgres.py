@@ -3,6 +3,7 @@ direct vs pgbouncer (session mode) vs a bare Twisted forwarder vs sealgate.
 
 Run from the repository root:  .venv/bin/python bench/postgres.py [--seconds 15] [--clients 8]
                                [--copy-rows 2000000] [--profile out.prof]
+                               [--preset production-safe]
 
 PostgreSQL is started with initdb in a temp dir (tests/harness/postgres.py).
 pgbouncer is used when /usr/sbin/pgbouncer (Debian package) is installed.
@@ -11,6 +12,8 @@ rule, a masking rule on a column of another table, recording on.  The bare
 forwarder (bench/_forwarder.py) parses and records nothing: the floor the
 issue's targets were calibrated against.
 --profile runs the sealgate process under cProfile and writes the stats.
+--preset makes the guardrail rule a named preset (docs/protocols/postgres.md)
+instead of its kind words.
 """
 
 import argparse
@@ -66,7 +69,31 @@ logfile = {d}/pgbouncer.log
     return proc, port
 
 
-def startSealgate(pg: PostgresServer, work: Path, profile: str | None):
+#: The benchmark's policy: a guardrail rule and a masking rule on a column of
+#: another table.
+POLICY = """
+[[rules]]
+name = "no-drop"
+action = "deny"
+{matcher}
+reason = "no destructive statements"
+
+[masking]
+columns = ["card"]
+"""
+
+
+def startSealgate(pg: PostgresServer, work: Path, profile: str | None, preset: str | None = None,
+                  policy: str | None = None):
+    """
+    sealgate under twistd in front of C{pg}: C{(process, port, API key)}.
+    C{policy}: the rules and masking tables (default L{POLICY}, its rule
+    guarding with C{preset} or with kind words).
+    """
+    if policy is None:
+        matcher = (f'preset = "{preset}"' if preset
+                   else 'statements = ["DROP", "TRUNCATE", "DELETE WITHOUT WHERE"]')
+        policy = POLICY.replace("{matcher}", matcher)
     port = freePort()
     state = work / "state"
     os.environ["BENCH_PG_PASSWORD"] = pg.password(SCRAM_USER)
@@ -91,15 +118,7 @@ database = "app"
 username = "{SCRAM_USER}"
 password_env = "BENCH_PG_PASSWORD"
 allow_cleartext_on_loopback = true
-
-[[rules]]
-name = "no-drop"
-action = "deny"
-statements = ["DROP", "TRUNCATE", "DELETE WITHOUT WHERE"]
-reason = "no destructive statements"
-
-[masking]
-columns = ["card"]
+{policy}
 """)
     from sealgate.identity.apikeys import APIKeyStore
 
@@ -168,6 +187,7 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--copy-rows", type=int, default=2_000_000)
     ap.add_argument("--profile", help="write cProfile stats of the sealgate process here")
+    ap.add_argument("--preset", help="guard with this rule preset (e.g. production-safe)")
     args = ap.parse_args()
     if args.profile:
         args.profile = str(Path(args.profile).resolve())
@@ -185,7 +205,7 @@ def main() -> None:
         procs.append(bouncer)
         fwd, fport = startForwarder(pg.port)
         procs.append(fwd)
-        sg, sport, key = startSealgate(pg, work, args.profile)
+        sg, sport, key = startSealgate(pg, work, args.profile, args.preset)
         procs.append(sg)
         targets = [("direct", pg.port, pw, SCRAM_USER)]
         if bouncer is not None:

@@ -1,6 +1,5 @@
 """Attempts to destroy or move a table past the SQL guardrails, through a real gateway and a real PostgreSQL."""
 
-import os
 import socket
 
 import attrs
@@ -11,39 +10,12 @@ from twisted.internet import defer, threads
 
 from sealgate.protocols.postgres import _wire as w
 from sealgate.testing import startGateway
+from tests.harness.pggateway import clientDSN, gatewayConfig
 from tests.harness.postgres import SCRAM_USER
 
-_ENV = "SEALGATE_TEST_PG_PASSWORD"
 _DB = "bypass"
 
-_CONFIG = f"""
-[[roles]]
-name = "eng"
-groups = ["eng"]
-connections = ["*"]
-
-[[connections]]
-name = "words"
-protocol = "postgres"
-listen = "tcp:0:interface=127.0.0.1"
-backend = "tcp:host=127.0.0.1:port={{port}}"
-[connections.options]
-database = "{_DB}"
-username = "{SCRAM_USER}"
-password_env = "{_ENV}"
-allow_cleartext_on_loopback = true
-
-[[connections]]
-name = "preset"
-protocol = "postgres"
-listen = "tcp:0:interface=127.0.0.1"
-backend = "tcp:host=127.0.0.1:port={{port}}"
-[connections.options]
-database = "{_DB}"
-username = "{SCRAM_USER}"
-password_env = "{_ENV}"
-allow_cleartext_on_loopback = true
-
+_POLICY = """
 [[rules]]
 name = "issue-13"
 connections = ["words"]
@@ -268,9 +240,9 @@ def _params():
 @pytest.fixture(scope="module")
 def gateway(postgres, tmp_path_factory):
     postgres.psql(f"CREATE DATABASE {_DB} OWNER {SCRAM_USER}", database="postgres", check=False)
-    os.environ[_ENV] = postgres.password(SCRAM_USER)
+    config = gatewayConfig(postgres, _POLICY, connections=("words", "preset"), database=_DB)
     g = pytest_twisted.blockon(defer.ensureDeferred(startGateway(
-        _CONFIG.replace("{port}", str(postgres.port)), tmp_path_factory.mktemp("bypass"))))
+        config, tmp_path_factory.mktemp("bypass"))))
     key = g.createKey("ci-bot", ["eng"])
     yield g, key
     pytest_twisted.blockon(defer.ensureDeferred(g.stop()))
@@ -286,11 +258,6 @@ def _intact(postgres) -> tuple:
         owner = c.execute("SELECT tableowner FROM pg_tables WHERE schemaname = 'public' "
                           "AND tablename = 'victim'").fetchone()
     return rows, owner
-
-
-def _dsn(g, key, conn) -> str:
-    return (f"host=127.0.0.1 port={g.port(conn)} user=ci-bot dbname={conn} password={key} "
-            "sslmode=disable connect_timeout=20")
 
 
 def _isDenial(e: psycopg.Error) -> bool:
@@ -372,7 +339,7 @@ async def test_bypass_attempt_is_denied_and_the_table_survives(gateway, postgres
             oid = c.execute("SELECT 'evil'::regproc::oid").fetchone()[0]
         if case.mode == "fastpath":
             return _fastpath(g.port(conn), key, conn, oid)
-        return _run(case, _dsn(g, key, conn))
+        return _run(case, clientDSN(g, key, conn))
 
     denials, after = await threads.deferToThread(go)
     rows, owner = await threads.deferToThread(_intact, postgres)

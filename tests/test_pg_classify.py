@@ -65,6 +65,12 @@ def test_prepare_and_execute_are_linked_by_name():
     assert c.count == 2
 
 
+def test_an_execute_inside_another_statement_is_linked_too():
+    assert classify("CREATE TABLE x AS EXECUTE p(1)").executes == ("p",)
+    assert classify("EXPLAIN ANALYZE EXECUTE q").executes == ("q",)
+    assert classify("EXPLAIN EXECUTE q").executes == ()
+
+
 def test_results_are_cached_by_text():
     assert classify("SELECT 42 FROM t") is classify("SELECT 42 FROM t")
     assert classify("SELECT 42 FROM t").details() == {"statements": ("SELECT",), "effects": (),

@@ -9,6 +9,7 @@ from twisted.logger import Logger
 
 from sealgate import CONTINUE, Deny, MaskingFailed, OutputRefused, Rewrite, Session, writeNow
 from sealgate.protocols.postgres import _wire as w
+from sealgate.protocols.postgres.catalog import catalogFor, mayRedefineFunctions
 from sealgate.protocols.postgres.classify import fastpath
 from sealgate.protocols.postgres.masking import RowMasker
 from sealgate.protocols.postgres.prepared import PreparedStatements
@@ -116,6 +117,7 @@ class Relay:
     session: Session
     closed: bool
     sqlSettings: Any
+    connection: Any
     _log: Logger
     fatal: Callable[[str, str], None]
 
@@ -146,6 +148,10 @@ class Relay:
         self._portals: dict[str, str] = {}
         self._denied: set[str] = set()
         self._prepared = PreparedStatements()
+        self._catalog = catalogFor(self.factory, self.connection) if self._wantsCommand else None
+        self._rereadCatalog = False
+        if self._catalog is not None:
+            self._catalog.ensure()
         self._held = None
         self._txStatus = "I"
         self._terminating = False
@@ -239,6 +245,7 @@ class Relay:
         return None
 
     def _judge(self, f, text, out, replace, rewrite=None, *, c, parsedAs=None):
+        c = self._catalog.refine(c)
         details = self._prepared.details(c)
         details["settings"] = self.sqlSettings.describe()
         reported = f.type != _P
@@ -248,7 +255,7 @@ class Relay:
             if reported:
                 # Sealed once, with its outcome, when the statement completes.
                 self._pending[-1].append(details)
-            self._allowed(c, parsedAs)
+            self._allowed(c, f.type != _P, parsedAs)
             out.append(f.raw)
             return None
         if isinstance(verdict, Deny):
@@ -259,15 +266,19 @@ class Relay:
             out.append(rewrite(str(verdict.value)))
             return None
         if decision.held:
-            return (decision, f, replace, rewrite, lambda: self._allowed(c, parsedAs))
+            return (decision, f, replace, rewrite, lambda: self._allowed(c, f.type != _P, parsedAs))
         out.append(replace(denyStatement("the statement could not be judged")))
         return None
 
-    def _allowed(self, c, parsedAs=None) -> None:
+    def _allowed(self, c, ownReady: bool, parsedAs=None) -> None:
         """A judged statement goes to the server: what it changes for the next ones."""
         self._prepared.allowed(c, parsedAs)
+        if mayRedefineFunctions(c):
+            # What a function runs is not known until the catalog is read again.
+            self._catalog.invalidate()
+            self._rereadCatalog = True
         if c.changesSettings:
-            self.sqlSettings.mayChange()
+            self.sqlSettings.mayChange(ownReady)
 
     def _startHold(self, hold, rest) -> None:
         # The core keeps the client leg paused until the decision.
@@ -348,6 +359,10 @@ class Relay:
         elif t == _Z:
             self._txStatus = chr(f.raw[5])
             self.sqlSettings.ready()
+            if self._rereadCatalog and self._txStatus == "I" and self._catalog is not None:
+                # Idle: what the session defined is committed, visible to a read.
+                self._rereadCatalog = False
+                self._catalog.ensure()
             self._ready()
         elif t == _PSTATUS:
             self.sqlSettings.observe(f.raw)
@@ -402,7 +417,7 @@ class Relay:
             extra = {"verdict": "allow", "statements": list(details.get("statements", ())),
                      "effects": list(details.get("effects", ())),
                      "relations": list(details.get("relations", ())),
-                     "settings": details.get("settings", {})}
+                     "settings": details.get("settings", "")}
         self.session.audit("statement", text=text,
                            duration=round(time.monotonic() - entry[2], 6),
                            rows=rows, sqlstate=sqlstate or "00000", outcome=outcome, **extra)

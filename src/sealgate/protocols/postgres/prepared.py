@@ -42,6 +42,8 @@ class PreparedStatements:
 
     def allowed(self, c: Classification, parsedAs: str | None = None) -> None:
         """C{c} goes to the server; C{parsedAs}: the name of the Parse that carries it."""
+        if not (c.deallocates or c.prepares or parsedAs) and "DISCARD" not in c.statements:
+            return
         for name in c.deallocates:
             if name:
                 self._known.pop(name, None)

@@ -31,6 +31,7 @@ class SessionSettings:
     _sent: int = 0
     _ready: int = 0
     _settledAt: int = 0
+    _described: tuple[bool, str] | None = None
 
     def startup(self, params) -> None:
         """The client's startup parameters (name, value) pairs."""
@@ -47,6 +48,7 @@ class SessionSettings:
         self.parameterStatus(name.decode("ascii", "replace"), value.decode("ascii", "replace"))
 
     def parameterStatus(self, name: str, value: str) -> None:
+        self._described = None
         if name == "standard_conforming_strings":
             self.standardStrings = value.lower() == "on"
         elif name == "client_encoding":
@@ -61,28 +63,48 @@ class SessionSettings:
     def ready(self) -> None:
         self._ready += 1
 
-    def mayChange(self) -> None:
-        """A statement that may change the settings goes out now."""
-        # Its effect is known at the ReadyForQuery that follows it: the one
-        # for the next Query, Sync or FunctionCall sent, counting this one's.
-        self._settledAt = self._sent + 1
+    def mayChange(self, ownReady: bool) -> None:
+        """
+        A statement that may change the settings goes out now.  C{ownReady}:
+        it came in a Query or FunctionCall, already counted by L{sent};
+        otherwise (Parse, Execute) the next Sync ends it.
+        """
+        # Its effect is known at the ReadyForQuery that ends it.
+        self._settledAt = self._sent if ownReady else self._sent + 1
 
     @property
     def settled(self) -> bool:
         return self._ready >= self._settledAt
 
-    def describe(self) -> dict:
-        """The settings a statement is parsed under, for its audit event."""
-        return {"standard_conforming_strings": "on" if self.standardStrings else "off",
-                "client_encoding": self.encoding,
-                "settled": self.settled}
+    def describe(self) -> str:
+        """
+        The settings a statement is parsed under, for its audit event:
+        C{"standard_conforming_strings=on client_encoding=UTF8"}, with
+        C{" (changing)"} while a change may be in flight.
+        """
+        settled = self.settled
+        d = self._described
+        if d is None or d[0] is not settled:
+            # One string while nothing changes: this runs for every statement.
+            text = (f"standard_conforming_strings={'on' if self.standardStrings else 'off'} "
+                    f"client_encoding={self.encoding}" + ("" if settled else " (changing)"))
+            d = self._described = (settled, text)
+        return d[1]
 
     def judge(self, raw: bytes) -> tuple[str, Classification]:
         """
         The text the server will parse from C{raw} and what it does, read
         under every value the settings may have.
         """
-        settled = self.settled
+        settled = self._ready >= self._settledAt
+        if settled and raw.isascii():
+            # The common case, kept short: it runs for every statement.
+            text = raw.decode("ascii")
+            if "\\" not in text:
+                c = classify(text, self.shadowed)
+                if c.shadows:
+                    self.shadowed = True
+                return text, c
         try:
             if not settled and not raw.isascii():
                 raise Uncertain("client_encoding may be changing")
@@ -120,5 +142,5 @@ def _union(cs: list[Classification]) -> Classification:
     return attrs.evolve(cs[0], statements=statements, effects=effects,
                         relations=merged("relations"), calls=merged("calls"),
                         prepares=merged("prepares"), executes=merged("executes"),
-                        changesSettings=any(c.changesSettings for c in cs),
+                        changesSettings=any(c.changesSettings for c in cs), risky=True, redefines=True,
                         shadows=any(c.shadows for c in cs))

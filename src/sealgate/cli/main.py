@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "sealgate.cli.sshkeys",
     "sealgate.cli.configcheck",
     "sealgate.cli.completion",
+    "sealgate.cli.witness",
 )
 
 

@@ -1,0 +1,65 @@
+"""The witness's HTTP face: POST /add-checkpoint (tlog-witness), decided in a thread."""
+
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.web import resource, server
+
+from sealgate.witness._decide import OK, Outcome
+
+
+class AddCheckpointResource(resource.Resource):
+    """One request at a time per origin is the store's job; this only moves bytes and never blocks."""
+
+    isLeaf = True
+    _log = Logger()
+
+    def __init__(self, store, config, reactor, threadpool):
+        super().__init__()
+        self.store = store
+        self.config = config
+        self.reactor = reactor
+        self.threadpool = threadpool
+
+    def render_POST(self, request):
+        body = request.content.read(self.config.max_body + 1)
+        if len(body) > self.config.max_body:
+            return self._answer(request, Outcome(413, "request too large", b"request too large\n"))
+        d = deferToThreadPool(self.reactor, self.threadpool, self.store.submit, body,
+                              self.config.logs, self.config.cosigner)
+        d.addCallback(lambda outcome: self._finish(request, outcome))
+        d.addErrback(self._failed, request)
+        return server.NOT_DONE_YET
+
+    def render_GET(self, request):
+        request.setResponseCode(405)
+        request.setHeader(b"Allow", b"POST")
+        return b"add-checkpoint takes POST\n"
+
+    def _answer(self, request, outcome: Outcome) -> bytes:
+        request.setResponseCode(outcome.status)
+        request.setHeader(b"Content-Type", outcome.contentType.encode())
+        if outcome.status != OK:
+            self._log.info("Refused a checkpoint: {status} {reason}", status=outcome.status, reason=outcome.reason)
+        return outcome.body
+
+    def _finish(self, request, outcome: Outcome) -> None:
+        body = self._answer(request, outcome)
+        if outcome.status == OK and outcome.checkpoint is not None:
+            self._log.info("Cosigned {origin} at size {size}", origin=outcome.checkpoint.origin,
+                           size=outcome.checkpoint.size)
+        if not request._disconnected:
+            request.write(body)
+            request.finish()
+
+    def _failed(self, failure, request) -> None:
+        self._log.failure("add-checkpoint failed", failure)
+        if not request._disconnected:
+            request.setResponseCode(500)
+            request.write(b"internal error\n")
+            request.finish()
+
+
+def makeSite(store, config, reactor, threadpool) -> server.Site:
+    root = resource.Resource()
+    root.putChild(b"add-checkpoint", AddCheckpointResource(store, config, reactor, threadpool))
+    return server.Site(root)

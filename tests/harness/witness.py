@@ -17,6 +17,7 @@ class WitnessProcess:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.cosigner = Cosigner.generate(name)
+        self.listen = listen
         keyFile = self.directory / "witness.key"
         keyFile.write_text(self.cosigner.skey() + "\n")
         keyFile.chmod(0o600)
@@ -40,6 +41,11 @@ class WitnessProcess:
         return self.logPath.read_text(errors="replace") if self.logPath.exists() else ""
 
     def start(self, timeout: float = 60) -> "WitnessProcess":
+        if self.port:
+            # Restarted on the port the gateway was configured with.
+            text = self.config.read_text()
+            self.config.write_text(text.replace(self.listen, f"tcp:port={self.port}:interface=127.0.0.1"))
+            self.listen = f"tcp:port={self.port}:interface=127.0.0.1"
         self._out = open(self.logPath, "ab")
         mark = len(self.log())
         self.process = subprocess.Popen(

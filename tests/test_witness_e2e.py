@@ -1,0 +1,100 @@
+"""A gateway under twistd with two witness processes: cosigned checkpoints, a witness down, a log cut back."""
+
+import os
+import shutil
+import signal
+
+from sealgate.recording.checkpoint import Signer
+from sealgate.recording.cosignature import cosignatures
+from sealgate.recording.reader import StoreReader
+from sealgate.recording.witnessclient import witnessedNote
+from sealgate.witness.store import WitnessStore
+from tests.harness.siem import waitFor
+from tests.harness.twistd import GatewayProcess
+from tests.harness.witness import WitnessProcess
+from tests.test_events import _session
+from tests.test_plugin_api import CONFIG, PLUGIN_DIR, echoBackend  # noqa: F401
+
+ORIGIN = "sealgate/node1"
+
+
+def _latest(state):
+    with StoreReader(state) as r:
+        size, _, note = r.latestCheckpoint()
+    return size, witnessedNote(state, size, note)
+
+
+def _cosigners(state, witnesses) -> set[str]:
+    _, note = _latest(state)
+    return {c.name for c in cosignatures(note, [w.cosigner.verifier for w in witnesses])}
+
+
+def _witnessSize(w) -> int:
+    store = WitnessStore(w.directory / "state" / "witness.sqlite")
+    try:
+        latest = store.latest(ORIGIN)
+        return latest[0] if latest else 0
+    finally:
+        store.close()
+
+
+def test_two_witnesses_cosign_survive_an_outage_and_refuse_a_log_cut_back(tmp_path, echoBackend):  # noqa: F811
+    state = tmp_path / "gw" / "state"
+    state.mkdir(parents=True, mode=0o700)
+    # The node key exists before the witnesses start, as an operator would pin it in their config.
+    signer = Signer.generate(ORIGIN)
+    fd = os.open(state / "signing.key", os.O_WRONLY | os.O_CREAT, 0o600)
+    os.write(fd, (signer.skey() + "\n").encode())
+    os.close(fd)
+    logs = {ORIGIN: signer.verifier.vkey()}
+    ws = [WitnessProcess(tmp_path / f"w{i}", f"witness.test/w{i}", logs).start() for i in (1, 2)]
+    entries = "".join(f'\n[[witnesses]]\nurl = "{w.url}"\nvkey = "{w.vkey}"\nbackoff = "0.1s"\n'
+                      f'max_backoff = "0.5s"\n' for w in ws)
+    config = CONFIG.replace("{backend}", str(echoBackend)).replace(
+        'state_dir = "state"', 'state_dir = "state"\nnode = "node1"\nwitness_quorum = 2') + entries
+    gw = GatewayProcess(tmp_path / "gw", config, [PLUGIN_DIR])
+    key = gw.cli("keys", "create", "--name", "ci", "--group", "eng").stdout.splitlines()[-1]
+    names = {"witness.test/w1", "witness.test/w2"}
+    gw.start()
+    try:
+        _session(gw, key, ["hello"])
+        waitFor(lambda: _cosigners(state, ws) == names, what="both cosignatures on the latest checkpoint")
+        # A witness goes down: sessions go on, the other keeps cosigning, the lag shows.
+        ws[1].stop()
+        before = _witnessSize(ws[1])
+        _session(gw, key, ["while w2 is down"])
+        waitFor(lambda: _latest(state)[0] > before and _cosigners(state, ws) == {"witness.test/w1"},
+                what="w1 to cosign alone")
+        waitFor(lambda: "Witness witness.test/w2:" in gw.log(), what="the gateway to report w2's failure")
+        ws[1].start()
+        waitFor(lambda: _cosigners(state, ws) == names, what="w2 to catch up after its restart")
+        waitFor(lambda: _witnessSize(ws[1]) == _latest(state)[0], what="w2's own record to catch up")
+    finally:
+        gw.stop(signal.SIGTERM)
+    cosignedSize = _witnessSize(ws[0])
+    snapshot = tmp_path / "snapshot"
+    shutil.copytree(state, snapshot)
+    gw.start()
+    try:
+        _session(gw, key, ["more history", "and more"])
+        waitFor(lambda: _cosigners(state, ws) == names and _witnessSize(ws[0]) > cosignedSize,
+                what="the later history to be cosigned")
+    finally:
+        gw.stop(signal.SIGTERM)
+    witnessed = [_witnessSize(w) for w in ws]
+
+    # The operator cuts the log back to the snapshot and goes on signing with the node's own key.
+    shutil.rmtree(state)
+    shutil.copytree(snapshot, state)
+    mark = len(gw.log())
+    gw.start()
+    try:
+        _session(gw, key, ["a rewritten history"])
+        waitFor(lambda: gw.log()[mark:].count("cut back or forked") >= 2, what="both witnesses to refuse")
+        assert _cosigners(state, ws) == set()
+    finally:
+        gw.stop(signal.SIGTERM)
+        for w in ws:
+            w.stop()
+    assert [_witnessSize(w) for w in ws] == witnessed  # neither witness was rolled back
+    assert key not in gw.log()

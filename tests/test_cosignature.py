@@ -72,7 +72,7 @@ def test_key_id_uses_signature_type_0x04():
     w = Cosigner.generate("witness.example.com/w1").verifier
     expected = hashlib.sha256(b"witness.example.com/w1\n\x04" + w.publicKey).digest()[:4]
     assert w.keyId == expected
-    assert base64.b64decode(w.vkey().split("+")[2])[0] == 0x04
+    assert base64.b64decode(w.vkey().split("+", 2)[2])[0] == 0x04
     assert CosignatureVerifier.fromVkey(w.vkey()) == w
 
 
@@ -84,7 +84,7 @@ def test_a_note_key_is_not_a_witness_key():
 
 def test_vkey_with_wrong_hash_is_refused():
     w = Cosigner.generate("w1").verifier
-    name, _, blob = w.vkey().split("+")
+    name, _, blob = w.vkey().split("+", 2)
     with pytest.raises(NoteError, match="does not match"):
         CosignatureVerifier.fromVkey(f"{name}+00000000+{blob}")
 

@@ -1,16 +1,18 @@
 """A gateway under twistd with two witness processes: cosigned checkpoints, a witness down, a log cut back."""
 
+import json
 import os
 import shutil
 import signal
 
+from sealgate.recording.bundle import readBundle
 from sealgate.recording.checkpoint import Signer
-from sealgate.recording.cosignature import cosignatures
+from sealgate.recording.cosignature import Cosigner, cosignatures
+from sealgate.recording.cosigned import witnessedNote
 from sealgate.recording.reader import StoreReader
-from sealgate.recording.witnessclient import witnessedNote
 from sealgate.witness.store import WitnessStore
 from tests.harness.siem import waitFor
-from tests.harness.twistd import GatewayProcess
+from tests.harness.twistd import GatewayProcess, runCLI
 from tests.harness.witness import WitnessProcess
 from tests.test_events import _session
 from tests.test_plugin_api import CONFIG, PLUGIN_DIR, echoBackend  # noqa: F401
@@ -82,6 +84,24 @@ def test_two_witnesses_cosign_survive_an_outage_and_refuse_a_log_cut_back(tmp_pa
     finally:
         gw.stop(signal.SIGTERM)
     witnessed = [_witnessSize(w) for w in ws]
+    # An auditor's copy of the published, cosigned checkpoint (what `monitor` or the log API hands out).
+    audited = tmp_path / "audited.note"
+    audited.write_text(_latest(state)[1])
+
+    # The newest session's bundle carries a checkpoint both witnesses cosigned, verifiable offline.
+    listed = json.loads(gw.cli("sessions", "list", "--json").stdout)
+    sid = (listed if isinstance(listed, list) else listed["sessions"])[0]["id"]
+    bundle = tmp_path / "s.bundle"
+    gw.cli("export", sid, "--out", str(bundle))
+    header, _ = readBundle(bundle.read_bytes())
+    assert header["witnessed"] is True
+    both = ["--witness", ws[0].vkey, "--witness", ws[1].vkey]
+    ok = runCLI("verify-bundle", str(bundle), "--key", signer.verifier.vkey(), *both, "--quorum", "2", check=False)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    stranger = Cosigner.generate("witness.test/w1").verifier.vkey()
+    bad = runCLI("verify-bundle", str(bundle), "--key", signer.verifier.vkey(), "--witness", ws[0].vkey,
+                 "--witness", stranger, "--quorum", "2", check=False)
+    assert bad.returncode == 1 and "1 valid cosignature(s)" in bad.stdout and "the quorum is 2" in bad.stdout
 
     # The operator cuts the log back to the snapshot and goes on signing with the node's own key.
     shutil.rmtree(state)
@@ -97,4 +117,9 @@ def test_two_witnesses_cosign_survive_an_outage_and_refuse_a_log_cut_back(tmp_pa
         for w in ws:
             w.stop()
     assert [_witnessSize(w) for w in ws] == witnessed  # neither witness was rolled back
+    # The auditor holding the cosigned checkpoint: verify names the cut-back log.
+    r = gw.cli("verify", "--key", signer.verifier.vkey(), *both, "--quorum", "2", "--checkpoint", str(audited),
+               "--checkpoint-dir", "none", check=False)
+    assert r.returncode == 1, r.stdout
+    assert "the log is truncated" in r.stdout or "split view" in r.stdout, r.stdout
     assert key not in gw.log()

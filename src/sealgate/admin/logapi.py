@@ -6,7 +6,7 @@ import hashlib
 from sealgate.admin._http import Authenticated, BadRequest, NotFound, intArg, inThread, jsonBody
 from sealgate.admin.roles import require
 from sealgate.recording._engine import StoreError
-from sealgate.recording.witnessclient import witnessedNote
+from sealgate.recording.cosigned import witnessedNote
 
 MAX_LEAVES = 1000
 

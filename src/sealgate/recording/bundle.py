@@ -7,6 +7,8 @@ import struct
 from sealgate.recording import _format as fmt
 from sealgate.recording._engine import StoreError
 from sealgate.recording.checkpoint import NoteError, Verifier, openCheckpoint
+from sealgate.recording.cosignature import quorumProblem
+from sealgate.recording.cosigned import cosignedCheckpoint
 from sealgate.recording.merkle import Levels, ProofError, leafHash, verifyInclusion
 from sealgate.recording.verify import Report, SessionSeals, noteSessionLeaf, verifyFrames
 
@@ -49,9 +51,15 @@ def _exportBundle(reader, sessionId: str, out) -> dict:
     if len(hashes) != size:
         raise StoreError(f"the log holds {len(hashes)} leaves but its latest checkpoint covers {size}; "
                          "run `sealgate verify`")
-    if not any(fmt.parseLogLeaf(leaf)["type"] == "close" for _, leaf in mine):
+    closes = [n for n, leaf in mine if fmt.parseLogLeaf(leaf)["type"] == "close"]
+    if not closes:
         raise StoreError(f"session {sessionId} is not closed (or its CLOSE is not signed yet); "
                          "export it when it has ended")
+    # The checkpoint witnesses cosigned that covers the CLOSE, when there is one (else the latest, unwitnessed).
+    cosigned = cosignedCheckpoint(reader.stateDir, reader.checkpoints(), closes[-1] + 1)
+    if cosigned is not None:
+        size, note = cosigned
+        hashes, mine = hashes[:size], [(n, leaf) for n, leaf in mine if n < size]
     levels = Levels(hashes)
     redacted = reader.redactions(sessionId)
     header = {
@@ -60,6 +68,7 @@ def _exportBundle(reader, sessionId: str, out) -> dict:
         "vkey": reader.verifier().vkey(),
         "session": sessionId,
         "checkpoint": note,
+        "witnessed": cosigned is not None,
         "leaves": [{"n": n, "leaf": _b64(leaf), "proof": [_b64(p) for p in levels.inclusionProof(n)]}
                    for n, leaf in mine],
         "redacted": sorted(redacted),
@@ -94,7 +103,7 @@ def readBundle(data: bytes) -> tuple:
     return header, at + n
 
 
-def verifyBundle(data: bytes, trusted: Verifier | None = None) -> tuple:
+def verifyBundle(data: bytes, trusted: Verifier | None = None, witnesses=(), quorum: int = 0) -> tuple:
     """
     Check a bundle offline.
 
@@ -132,6 +141,9 @@ def verifyBundle(data: bytes, trusted: Verifier | None = None) -> tuple:
         report.problem(f"the checkpoint: {e}")
         return report, header
     report.checkpoint = report.logSize = cp.size
+    problem = quorumProblem(str(header.get("checkpoint", "")), witnesses, quorum)
+    if problem:
+        report.problem(problem)
     seals: dict = {}
     for entry in header.get("leaves") or []:
         try:

@@ -219,3 +219,18 @@ def parseSizeBody(body: bytes) -> int:
     if not text.endswith("\n") or not _DECIMAL.match(text[:-1]):
         raise NoteError(f"a {SIZE_CONTENT_TYPE} body is a decimal size and a newline, not {text[:30]!r}")
     return int(text[:-1])
+
+
+def quorumProblem(note: str, witnesses, quorum: int) -> str | None:
+    """Why C{note} does not carry C{quorum} valid cosignatures by distinct C{witnesses}, or None when it does."""
+    if quorum <= 0:
+        return None
+    try:
+        found = cosignatures(note, witnesses)
+    except NoteError as e:
+        return f"the checkpoint's signatures cannot be read: {e}"
+    if len(found) >= quorum:
+        return None
+    by = ", ".join(sorted(c.name for c in found)) or "none"
+    return (f"the checkpoint carries {len(found)} valid cosignature(s) of the {len(list(witnesses))} witnesses "
+            f"given (by: {by}); the quorum is {quorum}")

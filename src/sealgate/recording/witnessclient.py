@@ -1,6 +1,5 @@
 """The gateway's side of tlog-witness: [[witnesses]], each new checkpoint submitted off the write path, cosignatures kept."""
 
-import sqlite3
 from io import BytesIO
 from pathlib import Path
 
@@ -19,63 +18,8 @@ from sealgate.recording.cosignature import (
     parseSizeBody,
     signatureLines,
 )
+from sealgate.recording.cosigned import Cosignatures
 from sealgate.recording.witnessconfig import WitnessEndpoint, WitnessPolicy
-
-DB_NAME = "witness.sqlite"
-
-
-class Cosignatures:
-    """The cosignatures the gateway collected, in its own SQLite beside the store (never the writer's file); blocking."""
-
-    def __init__(self, stateDir: Path, readOnly: bool = False):
-        path = Path(stateDir) / DB_NAME
-        if readOnly:
-            self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True) if path.exists() else None
-            return
-        self._db = sqlite3.connect(str(path), timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS cosignatures (size INTEGER NOT NULL, witness TEXT NOT NULL,"
-                         " line TEXT NOT NULL, timestamp INTEGER NOT NULL, PRIMARY KEY (size, witness))")
-        self._db.commit()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        if self._db is not None:
-            self._db.close()
-
-    def add(self, size: int, witness: str, line: str, timestamp: int) -> None:
-        assert self._db is not None
-        self._db.execute("INSERT OR REPLACE INTO cosignatures VALUES (?,?,?,?)", (size, witness, line, timestamp))
-        self._db.commit()
-
-    def latest(self, witness: str) -> int | None:
-        """The largest size C{witness} cosigned, or None."""
-        if self._db is None:
-            return None
-        return self._db.execute("SELECT max(size) FROM cosignatures WHERE witness=?", (witness,)).fetchone()[0]
-
-    def lines(self, size: int) -> list[str]:
-        if self._db is None:
-            return []
-        return [r[0] for r in self._db.execute("SELECT line FROM cosignatures WHERE size=? ORDER BY witness", (size,))]
-
-    def witnessedSize(self, names, quorum: int) -> int:
-        """The largest size at least C{quorum} of the named witnesses cosigned (0 if none)."""
-        if self._db is None or quorum <= 0:
-            return 0
-        names = list(names)
-        marks = ",".join("?" * len(names))
-        row = self._db.execute(f"SELECT max(size) FROM (SELECT size FROM cosignatures WHERE witness IN ({marks})"
-                               " GROUP BY size HAVING count(*) >= ?)", (*names, quorum)).fetchone()
-        return row[0] or 0
-
-
-def witnessedNote(stateDir: Path, size: int, note: str) -> str:
-    """A stored checkpoint note with the cosignatures collected for its size appended (blocking)."""
-    with Cosignatures(stateDir, readOnly=True) as c:
-        return addSignatures(note, c.lines(size))
 
 
 def _prepare(stateDir: Path, witness: str, known: int | None):

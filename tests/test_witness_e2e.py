@@ -2,8 +2,10 @@
 
 import json
 import os
+import re
 import shutil
 import signal
+import urllib.request
 
 from sealgate.recording.bundle import readBundle
 from sealgate.recording.checkpoint import Signer
@@ -40,6 +42,17 @@ def _witnessSize(w) -> int:
         store.close()
 
 
+def _get(gw, path):
+    with urllib.request.urlopen(f"http://127.0.0.1:{gw.adminPort}{path}", timeout=30) as r:
+        body = r.read().decode()
+    return json.loads(body) if path != "/metrics" else body
+
+
+def _metric(gw, name: str, witness: str) -> float:
+    m = re.search(rf'^{name}{{witness="{re.escape(witness)}"}} (\S+)$', _get(gw, "/metrics"), re.M)
+    return float(m.group(1)) if m else -1.0
+
+
 def test_two_witnesses_cosign_survive_an_outage_and_refuse_a_log_cut_back(tmp_path, echoBackend):  # noqa: F811
     state = tmp_path / "gw" / "state"
     state.mkdir(parents=True, mode=0o700)
@@ -68,9 +81,17 @@ def test_two_witnesses_cosign_survive_an_outage_and_refuse_a_log_cut_back(tmp_pa
         waitFor(lambda: _latest(state)[0] > before and _cosigners(state, ws) == {"witness.test/w1"},
                 what="w1 to cosign alone")
         waitFor(lambda: "Witness witness.test/w2:" in gw.log(), what="the gateway to report w2's failure")
+        # Still ready (sessions go on); the lag of w2 and of the quorum shows in readiness and metrics.
+        waitFor(lambda: _metric(gw, "sealgate_witness_lag_leaves", "witness.test/w2") > 0
+                and _metric(gw, "sealgate_witness_lag_leaves", "quorum") > 0, what="the lag in the metrics")
+        ready = _get(gw, "/readyz")
+        assert ready["status"] == "ready" and ready["witnessing"]["lag_leaves"] > 0
+        assert ready["witnessing"]["witnessed_size"] < ready["witnessing"]["checkpoint_size"]
         ws[1].start()
         waitFor(lambda: _cosigners(state, ws) == names, what="w2 to catch up after its restart")
         waitFor(lambda: _witnessSize(ws[1]) == _latest(state)[0], what="w2's own record to catch up")
+        waitFor(lambda: _metric(gw, "sealgate_witness_lag_leaves", "quorum") == 0, what="the quorum lag to clear")
+        assert _metric(gw, "sealgate_witness_size", "quorum") == _latest(state)[0]
     finally:
         gw.stop(signal.SIGTERM)
     cosignedSize = _witnessSize(ws[0])

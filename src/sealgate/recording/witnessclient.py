@@ -24,25 +24,27 @@ from sealgate.recording.witnessconfig import WitnessEndpoint, WitnessPolicy
 
 def _prepare(stateDir: Path, witness: str, known: int | None):
     """
-    In a thread: C{(size, note, request)} for the latest checkpoint this
-    witness has not cosigned, C{None} when there is none, or C{("ahead", n)}.
+    In a thread: C{(latest size, largest size this witness's cosignature is
+    kept for, work)}, the work being C{(size, note,
+    request)} for the latest checkpoint this witness has not cosigned,
+    C{None} when there is none, or C{("ahead", n)} when the witness is past the log.
     """
     from sealgate.recording.reader import StoreReader
 
     with StoreReader(stateDir) as r, r.snapshot():
         latest = r.latestCheckpoint()
         if latest is None:
-            return None
+            return 0, None, None
         size, _, note = latest
         with Cosignatures(stateDir) as c:
-            if known is None:
-                known = c.latest(witness) or 0
-            if c.latest(witness) == size:
-                return None
+            mine = c.latest(witness)
+        if mine == size:
+            return size, mine, None
+        known = (mine or 0) if known is None else known
         if known > size:
-            return ("ahead", known)
+            return size, mine, ("ahead", known)
         proof = r.consistencyProof(known, size)["proof"] if 0 < known < size else []
-        return size, note, AddCheckpoint(known, tuple(proof), note)
+        return size, mine, (size, note, AddCheckpoint(known, tuple(proof), note))
 
 
 class WitnessPump:
@@ -59,6 +61,8 @@ class WitnessPump:
                                     pool=HTTPConnectionPool(reactor, persistent=True))
         self.poll = poll
         self.known: int | None = None   # the witness's latest cosigned size, as it last told us
+        self.cosigned = 0                # the largest size we hold its cosignature for
+        self.logCheckpoint = 0           # the log's latest checkpoint size, as last read
         self.failures = 0
         self.lastError: str | None = None
         self._stopped = False
@@ -71,7 +75,9 @@ class WitnessPump:
     def run(self):
         while not self._stopped:
             try:
-                work = yield self._thread(_prepare, self.stateDir, self.witness.name, self.known)
+                self.logCheckpoint, mine, work = yield self._thread(
+                    _prepare, self.stateDir, self.witness.name, self.known)
+                self.cosigned = max(self.cosigned, mine or 0)
                 if work is None:
                     yield self._sleep(self.poll)
                     continue
@@ -113,7 +119,7 @@ class WitnessPump:
             raise RuntimeError("the witness answered 200 without a valid cosignature by its key")
         mine = [line for line in lines if _cosignedBy(note, line, self.witness.verifier)]
         yield self._thread(_keep, self.stateDir, size, self.witness.name, mine[0], found[0].timestamp)
-        self.known = size
+        self.known = self.cosigned = size
 
     def _sleep(self, seconds: float) -> defer.Deferred:
         d: defer.Deferred = defer.Deferred()
@@ -126,7 +132,8 @@ class WitnessPump:
             self._wake.cancel()
 
     def status(self) -> dict:
-        return {"name": self.witness.name, "size": self.known, "failures": self.failures, "error": self.lastError}
+        return {"name": self.witness.name, "size": self.cosigned, "lag_leaves": max(0, self.logCheckpoint - self.cosigned),
+                "failures": self.failures, "error": self.lastError}
 
 
 def _cosignedBy(note: str, line: str, verifier: CosignatureVerifier) -> bool:
@@ -156,10 +163,15 @@ class Witnessing(Service):
             p.stop()
         return super().stopService()
 
-    def witnessedSize(self) -> int:
-        """Blocking: the largest size a quorum cosigned."""
-        with Cosignatures(self.stateDir, readOnly=True) as c:
-            return c.witnessedSize([w.name for w in self.policy.witnesses], self.policy.quorum)
-
-    def status(self) -> list:
-        return [p.status() for p in self.pumps]
+    def status(self) -> dict:
+        """
+        In memory (safe on the reactor): each witness's cosigned size and lag,
+        and the size a quorum has cosigned (lag behind the log's latest checkpoint).
+        """
+        witnesses = [p.status() for p in self.pumps]
+        sizes = sorted((w["size"] for w in witnesses), reverse=True)
+        quorum = self.policy.quorum
+        witnessed = sizes[quorum - 1] if 0 < quorum <= len(sizes) else 0
+        latest = max((p.logCheckpoint for p in self.pumps), default=0)
+        return {"quorum": quorum, "witnessed_size": witnessed, "checkpoint_size": latest,
+                "lag_leaves": max(0, latest - witnessed) if quorum else 0, "witnesses": witnesses}

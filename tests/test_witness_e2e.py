@@ -66,7 +66,9 @@ def test_two_witnesses_cosign_survive_an_outage_and_refuse_a_log_cut_back(tmp_pa
     entries = "".join(f'\n[[witnesses]]\nurl = "{w.url}"\nvkey = "{w.vkey}"\nbackoff = "0.1s"\n'
                       f'max_backoff = "0.5s"\n' for w in ws)
     config = CONFIG.replace("{backend}", str(echoBackend)).replace(
-        'state_dir = "state"', 'state_dir = "state"\nnode = "node1"\nwitness_quorum = 2') + entries
+        'state_dir = "state"', 'state_dir = "state"\nnode = "node1"\nwitness_quorum = 2') + entries + \
+        '\n[admin]\nauditors = ["eng"]\n'
+
     gw = GatewayProcess(tmp_path / "gw", config, [PLUGIN_DIR])
     key = gw.cli("keys", "create", "--name", "ci", "--group", "eng").stdout.splitlines()[-1]
     names = {"witness.test/w1", "witness.test/w2"}
@@ -102,6 +104,14 @@ def test_two_witnesses_cosign_survive_an_outage_and_refuse_a_log_cut_back(tmp_pa
         _session(gw, key, ["more history", "and more"])
         waitFor(lambda: _cosigners(state, ws) == names and _witnessSize(ws[0]) > cosignedSize,
                 what="the later history to be cosigned")
+        # A monitor follows the gateway (with an auditor's token) and a witness, and keeps what it saw.
+        both = ["--witness", ws[0].vkey, "--witness", ws[1].vkey]
+        monitor = ["--key", signer.verifier.vkey(), *both, "--quorum", "2", "--state", str(tmp_path / "monitor.json")]
+        r = runCLI("monitor", f"http://127.0.0.1:{gw.adminPort}", *monitor, token=key, check=False)
+        assert r.returncode == 0 and r.stdout.startswith(f"sealgate monitor: OK {ORIGIN} at size"), r.stdout
+        r = runCLI("monitor", ws[0].url, "--key", signer.verifier.vkey(), "--witness", ws[0].vkey,
+                   "--state", str(tmp_path / "monitor-w1.json"), check=False)
+        assert r.returncode == 0 and "OK" in r.stdout, r.stdout
     finally:
         gw.stop(signal.SIGTERM)
     witnessed = [_witnessSize(w) for w in ws]
@@ -116,7 +126,6 @@ def test_two_witnesses_cosign_survive_an_outage_and_refuse_a_log_cut_back(tmp_pa
     gw.cli("export", sid, "--out", str(bundle))
     header, _ = readBundle(bundle.read_bytes())
     assert header["witnessed"] is True
-    both = ["--witness", ws[0].vkey, "--witness", ws[1].vkey]
     ok = runCLI("verify-bundle", str(bundle), "--key", signer.verifier.vkey(), *both, "--quorum", "2", check=False)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     stranger = Cosigner.generate("witness.test/w1").verifier.vkey()
@@ -133,6 +142,12 @@ def test_two_witnesses_cosign_survive_an_outage_and_refuse_a_log_cut_back(tmp_pa
         _session(gw, key, ["a rewritten history"])
         waitFor(lambda: gw.log()[mark:].count("cut back or forked") >= 2, what="both witnesses to refuse")
         assert _cosigners(state, ws) == set()
+        # The monitor that saw the cosigned log names the cut-back with both checkpoints as evidence.
+        r = runCLI("monitor", f"http://127.0.0.1:{gw.adminPort}", *monitor, token=key, check=False)
+        assert r.returncode in (3, 4), r.stdout
+        first = r.stdout.splitlines()[0]
+        assert first.startswith((f"sealgate monitor: ROLLBACK {ORIGIN}", f"sealgate monitor: FORK {ORIGIN}")), first
+        assert r.stdout.count(ORIGIN + "\n") >= 2 and audited.read_text().split("\n\n")[0] in r.stdout
     finally:
         gw.stop(signal.SIGTERM)
         for w in ws:

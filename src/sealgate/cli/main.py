@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "sealgate.cli.configcheck",
     "sealgate.cli.completion",
     "sealgate.cli.witness",
+    "sealgate.cli.monitor",
 )
 
 

@@ -1,10 +1,20 @@
-"""The witness's HTTP face: POST /add-checkpoint (tlog-witness), decided in a thread."""
+"""The witness's HTTP face: POST /add-checkpoint (tlog-witness) and GET /checkpoint for monitors, in a thread."""
 
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.web import resource, server
 
 from sealgate.witness._decide import OK, Outcome
+
+_log = Logger()
+
+
+def _internalError(failure, request) -> None:
+    _log.failure("witness request failed", failure)
+    if not request._disconnected:
+        request.setResponseCode(500)
+        request.write(b"internal error\n")
+        request.finish()
 
 
 class AddCheckpointResource(resource.Resource):
@@ -27,7 +37,7 @@ class AddCheckpointResource(resource.Resource):
         d = deferToThreadPool(self.reactor, self.threadpool, self.store.submit, body,
                               self.config.logs, self.config.cosigner)
         d.addCallback(lambda outcome: self._finish(request, outcome))
-        d.addErrback(self._failed, request)
+        d.addErrback(_internalError, request)
         return server.NOT_DONE_YET
 
     def render_GET(self, request):
@@ -51,15 +61,45 @@ class AddCheckpointResource(resource.Resource):
             request.write(body)
             request.finish()
 
-    def _failed(self, failure, request) -> None:
-        self._log.failure("add-checkpoint failed", failure)
-        if not request._disconnected:
-            request.setResponseCode(500)
-            request.write(b"internal error\n")
+
+
+class CheckpointResource(resource.Resource):
+    """
+    GET /checkpoint?origin=O: the latest checkpoint this witness cosigned for
+    O, with its cosignature, for monitors (tlog-witness leaves monitor
+    retrieval open; this is ours, on the same prefix).
+    """
+
+    isLeaf = True
+
+    def __init__(self, store, reactor, threadpool):
+        super().__init__()
+        self.store = store
+        self.reactor = reactor
+        self.threadpool = threadpool
+
+    def render_GET(self, request):
+        origin = (request.args.get(b"origin") or [b""])[0].decode("utf-8", "replace")
+        d = deferToThreadPool(self.reactor, self.threadpool, self.store.latest, origin)
+
+        def answer(latest):
+            if request._disconnected:
+                return
+            request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+            if latest is None:
+                request.setResponseCode(404)
+                request.write(f"no checkpoint cosigned for origin {origin!r}\n".encode())
+            else:
+                request.write(latest[2].encode())
             request.finish()
+
+        d.addCallback(answer)
+        d.addErrback(_internalError, request)
+        return server.NOT_DONE_YET
 
 
 def makeSite(store, config, reactor, threadpool) -> server.Site:
     root = resource.Resource()
     root.putChild(b"add-checkpoint", AddCheckpointResource(store, config, reactor, threadpool))
+    root.putChild(b"checkpoint", CheckpointResource(store, reactor, threadpool))
     return server.Site(root)

@@ -98,20 +98,15 @@ class WitnessPump:
 
     @defer.inlineCallbacks
     def _submit(self, size: int, note: str, request: AddCheckpoint):
-        d = self.agent.request(b"POST", (self.witness.url + "/add-checkpoint").encode(),
-                               Headers({b"User-Agent": [b"sealgate"]}),
-                               FileBodyProducer(BytesIO(request.encode())))
-        d.addTimeout(self.witness.timeout, self.reactor)
-        response = yield d
-        body = yield readBody(response)
-        if response.code == 409:
+        code, body = yield self._post(request.encode())
+        if code == 409:
             theirs = parseSizeBody(body)
             if theirs == request.oldSize:
                 raise RuntimeError(f"the witness holds another root for size {theirs} (409): a fork")
             self.known = theirs
             return
-        if response.code != 200:
-            raise RuntimeError(f"the witness refused size {size} from {request.oldSize}: HTTP {response.code} "
+        if code != 200:
+            raise RuntimeError(f"the witness refused size {size} from {request.oldSize}: HTTP {code} "
                                f"{body[:200].decode('utf-8', 'replace').strip()}")
         lines = signatureLines(body.decode("utf-8"))
         found = cosignatures(addSignatures(note, lines), [self.witness.verifier])
@@ -120,6 +115,16 @@ class WitnessPump:
         mine = [line for line in lines if _cosignedBy(note, line, self.witness.verifier)]
         yield self._thread(_keep, self.stateDir, size, self.witness.name, mine[0], found[0].timestamp)
         self.known = self.cosigned = size
+
+    @defer.inlineCallbacks
+    def _post(self, body: bytes):
+        """C{(status, body)} of one add-checkpoint request, or a failure after the timeout."""
+        d = self.agent.request(b"POST", (self.witness.url + "/add-checkpoint").encode(),
+                               Headers({b"User-Agent": [b"sealgate"]}), FileBodyProducer(BytesIO(body)))
+        d.addTimeout(self.witness.timeout, self.reactor)
+        response = yield d
+        answer = yield readBody(response)
+        return response.code, answer
 
     def _sleep(self, seconds: float) -> defer.Deferred:
         d: defer.Deferred = defer.Deferred()

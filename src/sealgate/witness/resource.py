@@ -9,9 +9,21 @@ from sealgate.witness._decide import OK, Outcome
 _log = Logger()
 
 
+def _gone(request) -> bool:
+    """Whether the client went away while the answer was being decided (it is then not written)."""
+    return getattr(request, "sealgateGone", False)
+
+
+def _watch(request) -> None:
+    def lost(_):
+        request.sealgateGone = True
+
+    request.notifyFinish().addErrback(lost)
+
+
 def _internalError(failure, request) -> None:
     _log.failure("witness request failed", failure)
-    if not request._disconnected:
+    if not _gone(request):
         request.setResponseCode(500)
         request.write(b"internal error\n")
         request.finish()
@@ -34,6 +46,7 @@ class AddCheckpointResource(resource.Resource):
         body = request.content.read(self.config.max_body + 1)
         if len(body) > self.config.max_body:
             return self._answer(request, Outcome(413, "request too large", b"request too large\n"))
+        _watch(request)
         d = deferToThreadPool(self.reactor, self.threadpool, self.store.submit, body,
                               self.config.logs, self.config.cosigner)
         d.addCallback(lambda outcome: self._finish(request, outcome))
@@ -57,7 +70,7 @@ class AddCheckpointResource(resource.Resource):
         if outcome.status == OK and outcome.checkpoint is not None:
             self._log.info("Cosigned {origin} at size {size}", origin=outcome.checkpoint.origin,
                            size=outcome.checkpoint.size)
-        if not request._disconnected:
+        if not _gone(request):
             request.write(body)
             request.finish()
 
@@ -80,10 +93,11 @@ class CheckpointResource(resource.Resource):
 
     def render_GET(self, request):
         origin = (request.args.get(b"origin") or [b""])[0].decode("utf-8", "replace")
+        _watch(request)
         d = deferToThreadPool(self.reactor, self.threadpool, self.store.latest, origin)
 
         def answer(latest):
-            if request._disconnected:
+            if _gone(request):
                 return
             request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
             if latest is None:

@@ -23,6 +23,7 @@ from sealgate.configtable import (  # noqa: F401  (re-exported: the plugin contr
     unknownKeyFix,
 )
 from sealgate.logconfig import LoggingConfig, parseLogging
+from sealgate.recording.witnessconfig import WitnessPolicy, parseWitnesses
 
 
 @attrs.frozen
@@ -179,6 +180,8 @@ class GatewayConfig:
     #: C{[[events]]}: L{sealgate.events.EventSink}s of the audit event stream.
     events: tuple = ()
     limits: Limits = Limits()
+    #: C{[[witnesses]]} and C{[gateway] witness_quorum}.
+    witnesses: WitnessPolicy = WitnessPolicy()
 
     def connection(self, name: str) -> ConnectionConfig | None:
         for c in self.connections:
@@ -254,6 +257,7 @@ def parseConfig(raw: Mapping[str, Any], path: str, plugins: Mapping[str, Any]) -
     if gateway.store_timeout <= 0:
         raise g.where.error("store_timeout", f"must be more than 0 s, not {gateway.store_timeout:g}",
                             'write e.g. store_timeout = "10s"')
+    witnesses = parseWitnesses(top, g, path)
     g.finish()
 
     identity = _identity(Table(top._get("identity", {}, False), Where(path, "identity")))
@@ -342,7 +346,7 @@ def parseConfig(raw: Mapping[str, Any], path: str, plugins: Mapping[str, Any]) -
     return GatewayConfig(path, gateway, identity, tuple(roles), tuple(connections),
                          tuple(rules), masking, raw, admin, tuple(notify),
                          warnings=_approverWarnings(path, rules, roles, admin, identity),
-                         logging=logging, events=tuple(sinks), limits=limits)
+                         logging=logging, events=tuple(sinks), limits=limits, witnesses=witnesses)
 
 
 def _approverWarnings(path, rules, roles, admin, identity) -> tuple[str, ...]:

@@ -95,7 +95,8 @@ def writeBounded(fmt, session, limit: int) -> tuple[bytes, bool]:
 def _writeBundle(session, out) -> str:
     header = session.bundle(out)
     return (f"sealgate bundle, {len(header['leaves'])} log leaves with inclusion proofs, "
-            f"checkpoint at size {header['checkpoint'].split(chr(10))[1]}")
+            f"checkpoint at size {header['checkpoint'].split(chr(10))[1]}"
+            f"{'' if header.get('witnessed', True) else ' (NOT YET WITNESSED: no cosigned checkpoint covers its close)'}")
 
 
 def _writeFrames(session, out) -> str:

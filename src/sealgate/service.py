@@ -48,6 +48,7 @@ class GatewayService(MultiService):
         #: ILogObserver component, which is this ([logging] level/format).
         self.logObserver = None
         self.events = None
+        self.witnessing = None
 
     def setServiceParent(self, parent):
         super().setServiceParent(parent)
@@ -152,6 +153,7 @@ class GatewayService(MultiService):
                            address=port.getHost())
         self._writeAdminAddress()
         self._startEvents()
+        self._startWitnessing()
         self._log.info("Admin API on {address}", address=self.adminPort.getHost())
         return self
 
@@ -163,6 +165,15 @@ class GatewayService(MultiService):
                                   self.reactor, self.reactor.getThreadPool())
         self.events.setServiceParent(self)
         self.events.startStreaming()
+
+    def _startWitnessing(self):
+        """Witnesses ([[witnesses]]) are sent each new checkpoint, off the writer's path."""
+        from sealgate.recording.witnessclient import Witnessing
+
+        self.witnessing = Witnessing(self.config.witnesses, self.config.gateway.state_dir,
+                                     self.reactor, self.reactor.getThreadPool())
+        self.witnessing.setServiceParent(self)
+        self.witnessing.startWitnessing()
 
     def _adminFile(self):
         return self.config.gateway.state_dir / "admin.json"

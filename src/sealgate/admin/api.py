@@ -57,9 +57,12 @@ class Ready(Leaf):
         problem = None if svc.ready else "starting or stopping"
         if problem is None:
             problem = storeProblem(svc.store)
+        witnessing = getattr(svc, "witnessing", None)
+        # Shown, never failing readiness: sessions go on while a witness is down (the lag says so).
+        extra = {"witnessing": witnessing.status()} if witnessing is not None and witnessing.pumps else {}
         if problem:
-            return jsonBody(request, 503, {"status": "unavailable", "reason": problem})
-        return jsonBody(request, 200, {"status": "ready"})
+            return jsonBody(request, 503, {"status": "unavailable", "reason": problem, **extra})
+        return jsonBody(request, 200, {"status": "ready", **extra})
 
 
 class Me(Authenticated):

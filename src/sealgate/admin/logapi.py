@@ -6,6 +6,7 @@ import hashlib
 from sealgate.admin._http import Authenticated, BadRequest, NotFound, intArg, inThread, jsonBody
 from sealgate.admin.roles import require
 from sealgate.recording._engine import StoreError
+from sealgate.recording.cosigned import witnessedNote
 
 MAX_LEAVES = 1000
 
@@ -56,8 +57,10 @@ class LogAPI(Authenticated):
             if latest is None:
                 raise NotFound("the store has no signed checkpoint yet")
             size, when, note = latest
-            return {"origin": r.origin, "size": size, "time": when, "note": note,
-                    "key": r.verifier().vkey(), "log_size": r.logSize()}
+            policy = self.admin.service.config.witnesses
+            return {"origin": r.origin, "size": size, "time": when, "note": witnessedNote(r.stateDir, size, note),
+                    "key": r.verifier().vkey(), "log_size": r.logSize(),
+                    "witnesses": [w.verifier.vkey() for w in policy.witnesses], "witness_quorum": policy.quorum}
 
     def _leaves(self, start: int, end: int) -> dict:
         with self._reader() as r:

@@ -66,6 +66,12 @@ class Metrics:
         self.eventsPending = Gauge("sealgate_events_pending",
                                    "Sealed log leaves an [[events]] sink has not delivered yet",
                                    ["sink"], registry=r)
+        self.witnessSize = Gauge("sealgate_witness_size",
+                                 "Largest log size a witness cosigned (witness=\"quorum\": that witness_quorum did)",
+                                 ["witness"], registry=r)
+        self.witnessLag = Gauge("sealgate_witness_lag_leaves",
+                                "Leaves of the latest checkpoint a witness (or the quorum) has not cosigned yet",
+                                ["witness"], registry=r)
         self._lock = threading.Lock()
         self._next = 0
         self._protocols: dict[str, str] = {}
@@ -92,6 +98,12 @@ class Metrics:
         events = getattr(svc, "events", None)
         for status in (events.status() if events is not None else ()):
             self.eventsPending.labels(status["name"]).set(status["pending"])
+        witnessing = getattr(svc, "witnessing", None)
+        if witnessing is not None and witnessing.pumps:
+            w = witnessing.status()
+            for one in w["witnesses"] + [{"name": "quorum", "size": w["witnessed_size"], "lag_leaves": w["lag_leaves"]}]:
+                self.witnessSize.labels(one["name"]).set(one["size"])
+                self.witnessLag.labels(one["name"]).set(one["lag_leaves"])
         status = getattr(svc.store, "status", None)
         if status is not None:
             st = status()

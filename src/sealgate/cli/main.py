@@ -17,6 +17,8 @@ COMMAND_MODULES = (
     "sealgate.cli.sshkeys",
     "sealgate.cli.configcheck",
     "sealgate.cli.completion",
+    "sealgate.cli.witness",
+    "sealgate.cli.monitor",
 )
 
 

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sealgate.cli.quorum import addWitnessOptions, quorumCheckpoints, witnessPolicy
 from sealgate.recording._engine import StoreError
 
 
@@ -64,6 +65,7 @@ def register(subparsers) -> None:
     for parser in (verify, vb):
         parser.add_argument("--json", action="store_true",
                             help="print the result as JSON (ok, problems, warnings, counts; docs/audit.md)")
+        addWitnessOptions(parser)
 
 
 def _stateDir(args) -> Path:
@@ -145,6 +147,7 @@ def verifyCommand(args) -> int:
             witnessed.append((f"the checkpoint in {p}", Path(p).read_text(errors="replace")))
         except OSError as e:
             raise CommandError(f"cannot read checkpoint {e.filename}: {e.strerror}")
+    witnesses, quorum = witnessPolicy(args)
     report = Report()
     try:
         r = StoreReader(_stateDir(args))
@@ -162,6 +165,8 @@ def verifyCommand(args) -> int:
         saved = verifier.savedCheckpoint(args, key)
         if saved is not None:
             witnessed.append(saved)
+        if witnesses:
+            witnessed += quorumCheckpoints(report, r, witnessed, witnesses, quorum)
         verifyStore(r, key, args.session, witnessed, report)
         subject = str(r.stateDir)
         code = _emitReport(args, report, subject)
@@ -175,6 +180,7 @@ def verifyBundleCommand(args) -> int:
     from sealgate.recording.bundle import verifyBundle
 
     trusted = _trusted(args)
+    witnesses, quorum = witnessPolicy(args)
     try:
         with open(args.file, "rb") as f:
             data: Any
@@ -182,7 +188,7 @@ def verifyBundleCommand(args) -> int:
                 data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
             except ValueError:
                 data = b""
-            report, header = verifyBundle(data, trusted)
+            report, header = verifyBundle(data, trusted, witnesses, quorum)
     except OSError as e:
         raise CommandError(f"cannot read {args.file}: {e.strerror}")
     sid = header.get("session") if header else "?"

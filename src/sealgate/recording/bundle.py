@@ -3,10 +3,13 @@
 import base64
 import json
 import struct
+import time
 
 from sealgate.recording import _format as fmt
 from sealgate.recording._engine import StoreError
 from sealgate.recording.checkpoint import NoteError, Verifier, openCheckpoint
+from sealgate.recording.cosignature import quorumProblem
+from sealgate.recording.cosigned import DB_NAME, cosignedCheckpoint
 from sealgate.recording.merkle import Levels, ProofError, leafHash, verifyInclusion
 from sealgate.recording.verify import Report, SessionSeals, noteSessionLeaf, verifyFrames
 
@@ -18,10 +21,36 @@ def _b64(b) -> str:
     return base64.b64encode(bytes(b)).decode()
 
 
-def exportBundle(reader, sessionId: str, out) -> dict:
-    """See L{_exportBundle}; everything is read as of one commit."""
-    with reader.snapshot():
-        return _exportBundle(reader, sessionId, out)
+#: How long an export waits for witnesses to cosign a checkpoint covering the session's close.
+WITNESS_WAIT = 10.0
+
+
+def exportBundle(reader, sessionId: str, out, witnessWait: float = WITNESS_WAIT) -> dict:
+    """
+    See L{_exportBundle}; everything is read as of one commit.  When this
+    node has witnesses, wait up to C{witnessWait} seconds for a cosigned
+    checkpoint covering the session's CLOSE; past that the bundle carries
+    the latest checkpoint and says it is not witnessed (C{witnessed: false}).
+    """
+    deadline = time.monotonic() + witnessWait
+    while True:
+        with reader.snapshot():
+            if time.monotonic() >= deadline or not _awaitsWitnesses(reader, sessionId):
+                return _exportBundle(reader, sessionId, out)
+        time.sleep(0.2)  # a blocking export (CLI, admin thread): the witnesses answer within seconds
+
+
+def _awaitsWitnesses(reader, sessionId: str) -> bool:
+    """Whether this node collects cosignatures and none yet covers the session's (signed) CLOSE."""
+    if not (reader.stateDir / DB_NAME).exists():
+        return False
+    latest = reader.latestCheckpoint()
+    closes = [n for n, session, _k, leaf in reader.logLeaves()
+              if session == sessionId and (latest is None or n < latest[0])
+              and fmt.parseLogLeaf(bytes(leaf))["type"] == "close"]
+    if not closes:
+        return False  # still open (or its CLOSE unsigned): the export says so at once
+    return cosignedCheckpoint(reader.stateDir, reader.checkpoints(), closes[-1] + 1) is None
 
 
 def _exportBundle(reader, sessionId: str, out) -> dict:
@@ -49,9 +78,15 @@ def _exportBundle(reader, sessionId: str, out) -> dict:
     if len(hashes) != size:
         raise StoreError(f"the log holds {len(hashes)} leaves but its latest checkpoint covers {size}; "
                          "run `sealgate verify`")
-    if not any(fmt.parseLogLeaf(leaf)["type"] == "close" for _, leaf in mine):
+    closes = [n for n, leaf in mine if fmt.parseLogLeaf(leaf)["type"] == "close"]
+    if not closes:
         raise StoreError(f"session {sessionId} is not closed (or its CLOSE is not signed yet); "
                          "export it when it has ended")
+    # The checkpoint witnesses cosigned that covers the CLOSE, when there is one (else the latest, unwitnessed).
+    cosigned = cosignedCheckpoint(reader.stateDir, reader.checkpoints(), closes[-1] + 1)
+    if cosigned is not None:
+        size, note = cosigned
+        hashes, mine = hashes[:size], [(n, leaf) for n, leaf in mine if n < size]
     levels = Levels(hashes)
     redacted = reader.redactions(sessionId)
     header = {
@@ -64,6 +99,8 @@ def _exportBundle(reader, sessionId: str, out) -> dict:
                    for n, leaf in mine],
         "redacted": sorted(redacted),
     }
+    if (reader.stateDir / DB_NAME).exists():
+        header["witnessed"] = cosigned is not None  # only a node with witnesses says
     blob = json.dumps(header, indent=1).encode()
     out.write(MAGIC + _LEN.pack(len(blob)) + blob)
     for position, leaf, salt, payload in reader.records(sessionId):
@@ -94,7 +131,7 @@ def readBundle(data: bytes) -> tuple:
     return header, at + n
 
 
-def verifyBundle(data: bytes, trusted: Verifier | None = None) -> tuple:
+def verifyBundle(data: bytes, trusted: Verifier | None = None, witnesses=(), quorum: int = 0) -> tuple:
     """
     Check a bundle offline.
 
@@ -132,6 +169,9 @@ def verifyBundle(data: bytes, trusted: Verifier | None = None) -> tuple:
         report.problem(f"the checkpoint: {e}")
         return report, header
     report.checkpoint = report.logSize = cp.size
+    problem = quorumProblem(str(header.get("checkpoint", "")), witnesses, quorum)
+    if problem:
+        report.problem(problem)
     seals: dict = {}
     for entry in header.get("leaves") or []:
         try:

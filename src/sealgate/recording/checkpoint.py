@@ -24,9 +24,9 @@ class NoteError(ValueError):
     """A key, note or checkpoint is malformed or its signature does not verify."""
 
 
-def keyId(name: str, publicKey: bytes) -> bytes:
-    """The 4-byte key id: SHA-256(name || 0x0A || 0x01 || public key)[:4]."""
-    return hashlib.sha256(name.encode() + b"\n" + bytes([ALG_ED25519]) + publicKey).digest()[:4]
+def keyId(name: str, publicKey: bytes, alg: int = ALG_ED25519) -> bytes:
+    """The 4-byte key id: SHA-256(name || 0x0A || alg || public key)[:4] (alg 0x01 for note keys)."""
+    return hashlib.sha256(name.encode() + b"\n" + bytes([alg]) + publicKey).digest()[:4]
 
 
 def _checkName(name: str) -> None:
@@ -135,17 +135,17 @@ class Signer:
         return f"{text}\n{SIG_PREFIX}{self.name} {blob}\n"
 
 
-def openNote(note: str, verifier: Verifier) -> str:
+def splitNote(note: str) -> tuple[str, list[tuple[str, bytes]]]:
     """
-    Check a signed note against one verifier and return its text.
+    A signed note's text (with its final newline) and its signatures as
+    C{(key name, key id || signature)}, unverified.
 
-    @raise NoteError: naming what is wrong (format, unknown key, bad signature).
+    @raise NoteError: when the note or a signature line is malformed.
     """
     text, sep, sigs = note.rpartition("\n\n")
     if not sep or not sigs.endswith("\n"):
         raise NoteError("the note has no signature block")
-    text += "\n"
-    found = False
+    found = []
     for line in sigs[:-1].split("\n"):
         if not line.startswith(SIG_PREFIX):
             raise NoteError(f"malformed signature line {line[:40]!r}")
@@ -160,6 +160,19 @@ def openNote(note: str, verifier: Verifier) -> str:
             # Unused low bits of the last base64 digit: the same signature
             # written differently is still a changed note.
             raise NoteError(f"signature by {name} is not canonical base64 (altered)")
+        found.append((name, raw))
+    return text + "\n", found
+
+
+def openNote(note: str, verifier: Verifier) -> str:
+    """
+    Check a signed note against one verifier and return its text.
+
+    @raise NoteError: naming what is wrong (format, unknown key, bad signature).
+    """
+    text, sigs = splitNote(note)
+    found = False
+    for name, raw in sigs:
         if name != verifier.name or raw[:4] != verifier.keyId:
             continue
         if not verifier.verify(text.encode(), raw[4:]):

@@ -1,41 +1,27 @@
 """TOML configuration parsed into attrs classes, validated with errors for people."""
 
-import builtins
+import difflib
 import os
 import re
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import attrs
 
-
-class ConfigError(Exception):
-    """
-    A configuration problem.  C{str(exc)} is one message naming the file, the
-    key and the fix; it is printed without a traceback.
-    """
-
-
-@attrs.frozen
-class Where:
-    """A place in a config file, to build L{ConfigError}s from."""
-
-    path: str
-    table: str
-
-    def key(self, key: str) -> str:
-        return f"{self.table}.{key}" if self.table else key
-
-    def error(self, key: str, message: str, fix: str = "") -> ConfigError:
-        text = f"{self.path}: {self.key(key)}: {message}"
-        if fix:
-            text += f"\n  fix: {fix}"
-        return ConfigError(text)
-
-    def sub(self, name: str) -> "Where":
-        return Where(self.path, self.key(name))
+from sealgate.configlimits import Limits, issuerTransport, parseLimits
+from sealgate.configtable import (  # noqa: F401  (re-exported: the plugin contract)
+    UNRESOLVED_SECRET,
+    ConfigError,
+    Table,
+    Where,
+    _resolveSecrets,
+    parseDuration,
+    resolveSecret,
+    unknownKeyFix,
+)
+from sealgate.logconfig import LoggingConfig, parseLogging
 
 
 @attrs.frozen
@@ -45,26 +31,6 @@ class GatewaySection:
     drain_timeout: float = 30.0
     node: str = "sealgate"
     checkpoint_interval: float = 1.0
-
-
-@attrs.frozen
-class Limits:
-    """
-    The C{[limits]} table: what a client may do before it logs in, how
-    failed logins are slowed, and how often live credentials are re-checked.
-    Every key and its default is listed in docs/operations.md.
-    """
-
-    login_timeout: float = 10.0
-    max_prelogin_bytes: int = 64 * 1024
-    max_unauthenticated: int = 512
-    max_unauthenticated_per_source: int = 32
-    refusal_log_interval: float = 60.0
-    login_backoff_base: float = 0.1
-    login_backoff_max: float = 5.0
-    failed_login_interval: float = 60.0
-    recheck_interval: float = 60.0
-    credential_cache: float = 5.0
 
 
 @attrs.frozen
@@ -176,6 +142,12 @@ class GatewayConfig:
     raw: Mapping[str, Any] = attrs.field(eq=False, repr=False, factory=dict)
     admin: AdminConfig = AdminConfig()
     notify: tuple[NotifyConfig, ...] = ()
+    #: Things that are valid but probably wrong (logged at start, printed by
+    #: C{sealgate config check}).
+    warnings: tuple[str, ...] = ()
+    logging: LoggingConfig = LoggingConfig()
+    #: C{[[events]]}: L{sealgate.events.EventSink}s of the audit event stream.
+    events: tuple = ()
     limits: Limits = Limits()
 
     def connection(self, name: str) -> ConnectionConfig | None:
@@ -191,126 +163,29 @@ BASE_RULE_KEYS = frozenset(
     {"statements", "relations", "sql_regex", "commands", "methods", "paths", "headers", "kinds"}
 )
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
-
-
-def parseDuration(text: str | int | float) -> float:
-    """'5m' -> 300.0; raises ValueError."""
-    if isinstance(text, (int, float)) and not isinstance(text, bool):
-        return float(text)
-    m = _DURATION.match(str(text))
-    if not m:
-        raise ValueError(text)
-    return float(m.group(1)) * _UNITS[m.group(2)]
-
-
-# -- small typed getters ---------------------------------------------------
-
-
-class Table:
-    """Reads one TOML table, tracking which keys were used."""
-
-    def __init__(self, data: Any, where: Where):
-        if not isinstance(data, dict):
-            raise where.error("", "must be a table", f"write it as [{where.table}]")
-        self.data = data
-        self.where = where
-        self.used: set[str] = set()
-
-    def _get(self, key, default, required):
-        self.used.add(key)
-        if key not in self.data:
-            if required:
-                raise self.where.error(key, "is missing", f"add {key} = ... to [{self.where.table}]")
-            return default
-        return self.data[key]
-
-    def str(self, key, default=None, required=False) -> Any:
-        v = self._get(key, default, required)
-        if v is not default and not isinstance(v, str):
-            raise self.where.error(key, f"must be a string, not {type(v).__name__}",
-                                   f'write it in quotes: {key} = "..."')
-        return v
-
-    def bool(self, key, default=False) -> bool:
-        v = self._get(key, default, False)
-        if not isinstance(v, bool):
-            raise self.where.error(key, f"must be true or false, not {v!r}")
-        return v
-
-    def number(self, key, default=None, minimum=None) -> Any:
-        v = self._get(key, default, False)
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise self.where.error(key, f"must be a number, not {v!r}")
-        if minimum is not None and v < minimum:
-            raise self.where.error(key, f"must be at least {minimum}, not {v}")
-        return v
-
-    def duration(self, key, default) -> float:
-        v = self._get(key, default, False)
-        try:
-            return parseDuration(v)
-        except ValueError:
-            raise self.where.error(key, f"is not a duration: {v!r}",
-                                   'write a number of seconds or e.g. "30s", "5m", "2h", "30d"')
-
-    # builtins.*: inside Table the bare names are its str/bool methods.
-    def strings(self, key, default=(), required=False) -> tuple[builtins.str, ...]:
-        v = self._get(key, default, required)
-        if isinstance(v, str):
-            v = [v]
-        if not isinstance(v, (list, tuple)) or not all(isinstance(s, str) for s in v):
-            raise self.where.error(key, "must be a list of strings", f'write {key} = ["...", "..."]')
-        return tuple(v)
-
-    def finish(self, extra_ok: Callable[[builtins.str], builtins.bool] = lambda k: False) -> None:
-        for key in self.data:
-            if key not in self.used and not extra_ok(key):
-                known = ", ".join(sorted(self.used))
-                raise self.where.error(key, "unknown key",
-                                       f"remove it or use one of: {known}")
-
-
-def resolveSecret(table: Table, base: str, required: bool = True) -> str | None:
-    """
-    Resolve C{<base>_env} or C{<base>_file} in a table to the secret value.
-    The value never appears in an error.
-    """
-    env = table.str(f"{base}_env")
-    path = table.str(f"{base}_file")
-    if env and path:
-        raise table.where.error(f"{base}_env", f"both {base}_env and {base}_file are set",
-                                "keep one of them")
-    if env:
-        value = os.environ.get(env)
-        if value is None:
-            raise table.where.error(f"{base}_env", f"environment variable {env} is not set",
-                                    f"export {env}=... before starting sealgate")
-        return value
-    if path:
-        try:
-            return Path(path).read_text().rstrip("\r\n")
-        except OSError as e:
-            raise table.where.error(f"{base}_file", f"cannot read {path}: {e.strerror}",
-                                    "point it at a readable file holding only the secret")
-    if required:
-        raise table.where.error(f"{base}_env", "no secret configured",
-                                f"set {base}_env = \"VAR\" or {base}_file = \"/path\"")
-    return None
-
-
 # -- the whole file ----------------------------------------------------------
 
 
-def loadConfig(path: str | os.PathLike, plugins: Mapping[str, Any] | None = None) -> GatewayConfig:
+def loadConfig(path: str | os.PathLike, plugins: Mapping[str, Any] | None = None,
+               secrets: bool = True) -> GatewayConfig:
     """
     Read and validate a config file.
 
     @param plugins: protocol name -> L{sealgate.interfaces.IProtocolPlugin};
         None to discover them with twisted.plugin.
+    @param secrets: False for commands that never reach a backend (keys,
+        approvals, the store): secrets must be configured but are not read,
+        so the operator running them needs none in the environment.
     @raise ConfigError: with one message for people.
     """
+    token = _resolveSecrets.set(secrets)
+    try:
+        return _loadConfig(path, plugins)
+    finally:
+        _resolveSecrets.reset(token)
+
+
+def _loadConfig(path: str | os.PathLike, plugins: Mapping[str, Any] | None) -> GatewayConfig:
     path = str(path)
     try:
         with open(path, "rb") as f:
@@ -345,8 +220,24 @@ def parseConfig(raw: Mapping[str, Any], path: str, plugins: Mapping[str, Any]) -
     )
     g.finish()
 
-    identity = _identity(Table(top._get("identity", {}, False), Where(path, "identity")))
-    limits = _limits(Table(top._get("limits", {}, False), Where(path, "limits")))
+    i = Table(top._get("identity", {}, False), Where(path, "identity"))
+    issuer = i.str("oidc_issuer")
+    if issuer is not None and not re.match(r"^https?://", issuer):
+        raise i.where.error("oidc_issuer", f"{issuer!r} is not an http(s) URL",
+                            'write the issuer URL, e.g. "https://login.example.com/"')
+    ca, insecure = issuerTransport(i, issuer)
+    identity = IdentityConfig(
+        oidc_issuer=issuer,
+        oidc_audience=i.str("oidc_audience", "sealgate"),
+        groups_claim=i.str("groups_claim", "groups"),
+        subject_claim=i.str("subject_claim", "sub"),
+        leeway=i.duration("leeway", 60.0),
+        jwks_min_refresh=i.duration("jwks_min_refresh", 30.0),
+        admins=i.strings("admins"),
+        oidc_ca_file=ca, allow_insecure_issuer=insecure,
+    )
+    i.finish()
+    limits = parseLimits(Table(top._get("limits", {}, False), Where(path, "limits")))
 
     connections = []
     names: set[str] = set()
@@ -417,84 +308,39 @@ def parseConfig(raw: Mapping[str, Any], path: str, plugins: Mapping[str, Any]) -
     for n, t in enumerate(_array(top, "notify")):
         notify.append(_notify(Table(t, Where(path, f"notify[{n}]")), {x.name for x in notify}))
 
+    logging = parseLogging(Table(top._get("logging", {}, False), Where(path, "logging")))
+    from sealgate.events import parseSink
+
+    sinks: list = []
+    for n, t in enumerate(_array(top, "events")):
+        sinks.append(parseSink(Table(t, Where(path, f"events[{n}]")), {x.name for x in sinks}))
+
     top.finish()
     _checkDistinctListeners(connections)
     return GatewayConfig(path, gateway, identity, tuple(roles), tuple(connections),
-                         tuple(rules), masking, raw, admin, tuple(notify), limits)
+                         tuple(rules), masking, raw, admin, tuple(notify),
+                         warnings=_approverWarnings(path, rules, roles, admin, identity),
+                         logging=logging, events=tuple(sinks), limits=limits)
 
 
-_LOOPBACK_HOST = re.compile(r"^http://(127\.\d+\.\d+\.\d+|\[::1\]|localhost)(:\d+)?(/|$)",
-                            re.I)
-
-
-def _identity(i: Table) -> IdentityConfig:
-    issuer = i.str("oidc_issuer")
-    if issuer is not None and not re.match(r"^https?://", issuer):
-        raise i.where.error("oidc_issuer", f"{issuer!r} is not an http(s) URL",
-                            'write the issuer URL, e.g. "https://login.example.com/"')
-    insecure = i.bool("allow_insecure_issuer", False)
-    if issuer is not None and issuer.startswith("http://") and not insecure \
-            and not _LOOPBACK_HOST.match(issuer):
-        # Keys fetched over plain HTTP can be swapped by anyone on the path,
-        # and with them every identity.
-        raise i.where.error("oidc_issuer", f"{issuer!r} is plain http on a non-loopback host",
-                            "use the issuer's https:// URL (and oidc_ca_file for a private CA), "
-                            "or set allow_insecure_issuer = true for a lab")
-    ca = i.str("oidc_ca_file")
-    if ca is not None:
-        try:
-            pem = Path(ca).read_bytes()
-        except OSError as e:
-            raise i.where.error("oidc_ca_file", f"cannot read {ca}: {e.strerror}",
-                                "point it at a readable PEM file of the issuer's CA")
-        if b"-----BEGIN CERTIFICATE-----" not in pem:
-            raise i.where.error("oidc_ca_file", f"{ca} holds no PEM certificate",
-                                "give the PEM-encoded CA certificate(s) that signed the issuer's")
-    identity = IdentityConfig(
-        oidc_issuer=issuer,
-        oidc_audience=i.str("oidc_audience", "sealgate"),
-        groups_claim=i.str("groups_claim", "groups"),
-        subject_claim=i.str("subject_claim", "sub"),
-        leeway=i.duration("leeway", 60.0),
-        jwks_min_refresh=i.duration("jwks_min_refresh", 30.0),
-        admins=i.strings("admins"),
-        oidc_ca_file=ca, allow_insecure_issuer=insecure,
-    )
-    i.finish()
-    return identity
-
-
-def _limits(t: Table) -> Limits:
-    d = Limits()
-    limits = Limits(
-        login_timeout=t.duration("login_timeout", d.login_timeout),
-        max_prelogin_bytes=int(t.number("max_prelogin_bytes", d.max_prelogin_bytes, minimum=1024)),
-        max_unauthenticated=int(t.number("max_unauthenticated", d.max_unauthenticated, minimum=1)),
-        max_unauthenticated_per_source=int(t.number(
-            "max_unauthenticated_per_source", d.max_unauthenticated_per_source, minimum=1)),
-        refusal_log_interval=t.duration("refusal_log_interval", d.refusal_log_interval),
-        login_backoff_base=t.duration("login_backoff_base", d.login_backoff_base),
-        login_backoff_max=t.duration("login_backoff_max", d.login_backoff_max),
-        failed_login_interval=t.duration("failed_login_interval", d.failed_login_interval),
-        recheck_interval=t.duration("recheck_interval", d.recheck_interval),
-        credential_cache=t.duration("credential_cache", d.credential_cache),
-    )
-    if limits.login_timeout <= 0:
-        raise t.where.error("login_timeout", "must be more than 0",
-                            'give the seconds a client has to log in, e.g. "10s"')
-    if limits.login_backoff_max >= limits.login_timeout:
-        raise t.where.error("login_backoff_max", f"{limits.login_backoff_max:g}s is not below "
-                            f"login_timeout ({limits.login_timeout:g}s)",
-                            "keep the longest backoff shorter than the login timeout, or every "
-                            "throttled login times out")
-    for key in ("recheck_interval", "failed_login_interval", "refusal_log_interval"):
-        if getattr(limits, key) <= 0:
-            raise t.where.error(key, "must be more than 0", 'give a duration, e.g. "60s"')
-    if limits.credential_cache > limits.recheck_interval:
-        raise t.where.error("credential_cache", "is longer than recheck_interval",
-                            "keep the per-request cache short (default 5s)")
-    t.finish()
-    return limits
+def _approverWarnings(path, rules, roles, admin, identity) -> tuple[str, ...]:
+    """
+    Approver groups nothing in the file gives anyone.  Only a warning: API
+    keys, SSH keys and the OIDC issuer's group claim may still carry them,
+    but a misspelt group leaves every ticket of its rule to expire.
+    """
+    known = {g for r in roles for g in r.groups}
+    known.update(admin.approvers, admin.admins, identity.admins)
+    out = []
+    for n, rule in enumerate(rules):
+        for g in rule.approvers:
+            if g not in known:
+                near = difflib.get_close_matches(g, sorted(known), n=1)
+                hint = f" (did you mean {near[0]!r}?)" if near else ""
+                out.append(f"{path}: rules[{n}] ({rule.name}).approvers: no role or [admin] list "
+                           f"names the group {g!r}{hint}; unless an API key, SSH key or the OIDC "
+                           f"groups claim carries it, this rule's tickets can only expire")
+    return tuple(out)
 
 
 def _admin(t: Table) -> AdminConfig:
@@ -546,6 +392,7 @@ def _notify(t: Table, names: set[str]) -> NotifyConfig:
 
 def _rule(t: Table, names: set[str], ruleKeys: set[str]) -> Rule:
     name = t.str("name", required=True)
+    t.where = Where(t.where.path, f"{t.where.table} ({name})")
     action = t.str("action", required=True)
     if action not in ("deny", "approve", "allow"):
         raise t.where.error("action", f"unknown action {action!r}", "use deny, approve or allow")
@@ -579,7 +426,7 @@ def _rule(t: Table, names: set[str], ruleKeys: set[str]) -> Rule:
         matchers=matchers, reason=t.str("reason", ""), approvers=approvers,
         approvals_needed=int(needed), expires=t.duration("expires", 300.0),
     )
-    t.finish()
+    t.finish(known=ruleKeys)
     return rule
 
 

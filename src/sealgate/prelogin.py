@@ -11,7 +11,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
-from sealgate.config import Limits
+from sealgate.configlimits import Limits
 
 #: Why a connection was refused before it logged in.
 TIMEOUT = "timeout"

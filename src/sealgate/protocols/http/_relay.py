@@ -121,8 +121,12 @@ class ClientConnection(Protocol):
         if self.relay is not None:
             self.relay.fromClient(data)
             return
-        if not self.login.dataReceived(len(data)):
-            return
+        if self.phase == "head" and not self.login.done:
+            # Before login only request heads count: a body is read once
+            # its request's credential is being checked.
+            end = data.find(b"\r\n\r\n")
+            if not self.login.dataReceived(len(data) if end < 0 else end + 4):
+                return
         if self.phase == "body":
             self._bodyData(data)
             return

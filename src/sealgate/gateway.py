@@ -13,6 +13,7 @@ from sealgate.flow import STORE
 from sealgate.identity import AuthenticationFailed
 from sealgate.identity.service import claimHint
 from sealgate.interfaces import IGateway
+from sealgate.lifetime import CredentialLifetime
 from sealgate.prelogin import PreLoginGuard
 from sealgate.session import Session, SessionRefused, newSessionId
 from sealgate.throttle import LoginThrottle, sourceOfClient
@@ -53,6 +54,7 @@ class Gateway:
         # Limits are the process's (fds, memory): fixed at start, not reloaded.
         self.prelogin = PreLoginGuard(config.limits, reactor)
         self.throttle = LoginThrottle(config.limits, reactor, store)
+        self.lifetime = CredentialLifetime(self, config.limits, reactor)
         #: True while the store asks relaying to wait (every leg is paused).
         self.storePaused = False
         self.setConfig(config)
@@ -148,6 +150,11 @@ class Gateway:
                        client=client, claimed=claimed or fields.get("protocol_user"),
                        reason=reason)
 
+    def stop(self) -> None:
+        """At shutdown: no more re-checks; pending failed-login aggregates are sealed."""
+        self.lifetime.stop()
+        self.throttle.stop()
+
     def openSession(self, connection, identity, client, meta=None) -> Session:
         if not self.accepting:
             raise SessionRefused("the gateway is shutting down", "shutdown")
@@ -174,6 +181,7 @@ class Gateway:
         session.recording = self.store.openSession(session.id, info)
         session.gateway = self
         self.sessions[session.id] = session
+        self.lifetime.opened(session)
         self._log.info("Session {session} opened: {subject} on {connection} from {client}",
                        session=session.id, subject=identity.id,
                        connection=connection.name, client=client)
@@ -181,6 +189,7 @@ class Gateway:
 
     def sessionEnded(self, session: Session, reason: str) -> None:
         self.sessions.pop(session.id, None)
+        self.lifetime.ended(session)
         self.approvals.cancelSession(session.id)
         if not self.sessions and self.drained is not None and not self.drained.called:
             self.drained.callback(None)

@@ -57,6 +57,7 @@ class IdentityService:
         self.config = config
         self._reactor = reactor
         self.keys = APIKeyStore(Path(stateDir) / KEYS_FILE)
+        self._stateDir = Path(stateDir)
         self.oidc: OIDCVerifier | None = None
         self.warmed: defer.Deferred = defer.succeed(None)
         if config.oidc_issuer:
@@ -81,6 +82,26 @@ class IdentityService:
     def stop(self) -> defer.Deferred:
         self.keys.close()
         return defer.succeed(None)
+
+    def statuses(self, credentials) -> dict[tuple[str, str], str]:
+        """
+        Where each C{(method, id)} of a live session's API key (key id) or
+        SSH key (fingerprint) stands now: "active", "revoked", "expired" or
+        "unknown".  Synchronous (SQLite): call it in a thread.
+        """
+        # Conch (under SSHKeyStore) is loaded only when an SSH session is live.
+        from sealgate.identity.sshkeys import SSHKeyStore
+
+        sshKeys = None
+        out = {}
+        for method, ident in credentials:
+            if method == "apikey":
+                out[(method, ident)] = self.keys.status(ident)
+            elif method == "sshkey":
+                if sshKeys is None:
+                    sshKeys = SSHKeyStore.forStateDir(self._stateDir)
+                out[(method, ident)] = sshKeys.status(ident)
+        return out
 
     def authenticate(self, credential: str) -> defer.Deferred:
         """

@@ -15,6 +15,7 @@ from zope.interface import implementer
 
 from sealgate.chain.verdicts import Deny, Hold
 from sealgate.identity import AuthenticationFailed
+from sealgate.lifetime import closeReasonFor
 from sealgate.protocols.http import _login, _wire
 from sealgate.protocols.http._body import BodyMasker, ResponseRelay, StorePacer, bodyMode
 from sealgate.session import FROM_CLIENT, TO_CLIENT, SessionRefused
@@ -224,6 +225,12 @@ class Proxy:
                 return self.problem(request, status, "Session refused", str(e))
             session.abort = lambda message: channel.transport.loseConnection()
             channel.session, channel.credentialHash, channel.backend = session, digest, backend
+        elif not self.gateway.lifetime.fresh(channel.session):
+            try:
+                await self.gateway.lifetime.recheck(channel.session, credential, clientText)
+            except AuthenticationFailed as e:
+                channel.endSession(closeReasonFor(e))
+                return self.problem(request, 401, "Authentication failed", str(e))
         session = channel.session
         await self.recordRequest(request, session, backend)
         if request._disconnected:

@@ -15,6 +15,7 @@ from zope.interface import implementer
 
 from sealgate.chain.verdicts import CONTINUE, Deny, Hold
 from sealgate.identity import AuthenticationFailed
+from sealgate.lifetime import closeReasonFor
 from sealgate.prelogin import httpRefusal
 from sealgate.protocols._io import noDelay, writeNow
 from sealgate.protocols.http import _framing, _wire
@@ -347,13 +348,23 @@ class RelayFactory(Factory):
                                   headers=[(b"WWW-Authenticate",
                                             b'Bearer realm="sealgate", Basic realm="sealgate"')])
         digest = hashlib.sha256(credential.encode()).digest()
-        if client.session is None or client.credentialHash != digest or client.backend is not backend:
+        if client.session is None or client.credentialHash != digest or client.backend is not backend \
+                or not self.gateway.lifetime.fresh(client.session):
             d = defer.ensureDeferred(self.login(client, request, backend, credential, digest))
             d.addErrback(client._crashed, request)
             return None
         self.proceed(client, request, backend)
 
     async def login(self, client, request: Request, backend: Backend, credential: str, digest: bytes):
+        if client.session is not None and client.credentialHash == digest and client.backend is backend:
+            # Kept alive past the credential cache: is the key still valid?
+            try:
+                await self.gateway.lifetime.recheck(client.session, credential, client.clientText)
+            except AuthenticationFailed as e:
+                client.endSession(closeReasonFor(e))
+                return client.problem(request, 401, "Authentication failed", str(e), headers=[
+                    (b"WWW-Authenticate", b'Bearer realm="sealgate", error="invalid_token"')])
+            return None if client.gone else self.proceed(client, request, backend)
         client.endSession("identity or connection changed")
         try:
             identity = await self.gateway.authenticate(backend.connection, credential, client.clientText)

@@ -4,10 +4,10 @@ import secrets
 import time
 
 from twisted.logger import Logger
-from twisted.web.client import Agent
 
 from sealgate.identity import AuthenticationFailed
 from sealgate.identity.oidcflow import CodeFlow, LoginError, b64url
+from sealgate.identity.service import issuerAgent
 
 COOKIE = b"sealgate_session"
 PREFIX = b"/.sealgate/"
@@ -34,7 +34,7 @@ class BrowserLogin:
     def __init__(self, gateway, reactor):
         self.gateway = gateway
         self.reactor = reactor
-        self._agent = Agent(reactor)
+        self._agent = issuerAgent(gateway.config.identity, reactor)
         self._flow: CodeFlow | None = None
         self._sessions: dict[str, tuple[str, float]] = {}
 

@@ -248,3 +248,14 @@ def test_stop_seals_what_is_pending_and_many_claims_are_listed_bounded():
     assert len(store.events) == 2 and store.events[1]["count"] == 49
     assert len(store.events[1]["claimed"]) == 11 and store.events[1]["claimed"]["(others)"] == 39
     assert not clock.getDelayedCalls()
+
+
+def test_every_limit_is_documented_with_its_key_and_in_the_sample_config():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    docs = (root / "docs" / "operations.md").read_text()
+    sample = (root / "config" / "sealgate.toml").read_text()
+    for field in attrs.fields(Limits):
+        assert f"| `{field.name}` |" in docs, field.name
+        assert f"\n{field.name} = " in sample, field.name

@@ -101,7 +101,7 @@ def test_out_of_tree_plugin_proxies_with_identity_chain_and_recording(tmp_path, 
 
         nogrant = LineClient(port)
         nogrant.send(f"AUTH {outsider}")
-        assert nogrant.read() == "ERR sales-eve has no role that grants connection echo"
+        assert nogrant.read() == "ERR apikey:sales-eve has no role that grants connection echo"
         nogrant.close()
 
         c = LineClient(port)

@@ -9,12 +9,12 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from sealgate.config import Limits
+from sealgate.interfaces import IPreLoginClient
 from sealgate.prelogin import (
     BUSY,
     SOURCE_BUSY,
     TIMEOUT,
     TOO_LARGE,
-    IPreLoginClient,
     OncePer,
     PreLoginGuard,
     httpRefusal,
@@ -47,8 +47,17 @@ def guard(**kw):
     return PreLoginGuard(Limits(**kw), clock), clock
 
 
-def test_the_hook_is_the_interface_protocols_implement():
-    verifyObject(IPreLoginClient, Client())
+def test_every_built_in_listener_provides_the_hook():
+    from sealgate.admin.api import _AdminChannel
+    from sealgate.protocols.http._relay import ClientConnection
+    from sealgate.protocols.postgres._client import ClientLeg
+    from sealgate.protocols.ssh.server import ServerTransport
+    from sealgate.testing import fakeGateway
+
+    factory = attrs.make_class("Factory", {"gateway": attrs.field()})(fakeGateway())
+    for client in (Client(), ClientLeg(factory), ServerTransport(), ClientConnection(factory),
+                   _AdminChannel()):
+        assert verifyObject(IPreLoginClient, client)
 
 
 def test_a_silent_client_is_refused_at_the_login_timeout_and_its_socket_cut_later():

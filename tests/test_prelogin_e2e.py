@@ -217,3 +217,33 @@ async def test_a_silent_admin_client_gets_a_408_and_the_api_still_answers(gatewa
         "curl", "-sS", "--max-time", "20", f"http://127.0.0.1:{gateway.adminPort}/healthz"],
         capture_output=True, text=True, timeout=60)
     assert r.stdout.strip() == '{"status": "ok"}'
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_browser_login_listener_is_guarded_too(tmp_path, http_backend, oidc_issuer):
+    g = await startGateway(f"""
+[identity]
+oidc_issuer = "{oidc_issuer.issuer}"
+
+[limits]
+login_timeout = "2s"
+login_backoff_max = "1s"
+
+[[roles]]
+name = "eng"
+groups = ["eng"]
+connections = ["*"]
+
+[[connections]]
+name = "web"
+protocol = "http"
+listen = "tcp:0:interface=127.0.0.1"
+backend = "{http_backend.endpoint}"
+[connections.options]
+browser_login = true
+""", tmp_path)
+    try:
+        data, took = await threads.deferToThread(silent, g.port("web"))
+    finally:
+        await g.stop()
+    assert data.startswith(b"HTTP/1.1 408 Request Timeout\r\n") and 1.5 < took < 20

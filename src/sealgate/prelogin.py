@@ -9,9 +9,10 @@ import attrs
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import Interface, implementer
+from zope.interface import implementer
 
 from sealgate.configlimits import Limits
+from sealgate.interfaces import IPreLoginClient
 
 #: Why a connection was refused before it logged in.
 TIMEOUT = "timeout"
@@ -56,13 +57,6 @@ def httpRefusal(kind: str, message: str) -> bytes:
     return (b"HTTP/1.1 %d %s\r\nContent-Type: application/problem+json\r\n"
             b"Content-Length: %d\r\nCache-Control: no-store\r\n%sConnection: close\r\n\r\n"
             % (status, title, len(body), extra)) + body
-
-
-class IPreLoginClient(Interface):
-    """A connection under the guard: the one hook a protocol implements."""
-
-    def refuseLogin(kind: str, message: str) -> None:  # type: ignore[misc]
-        """Tell the client why in the protocol's own words, then close."""
 
 
 class OncePer:

@@ -16,6 +16,7 @@ from zope.interface import implementer
 from sealgate.chain.verdicts import Deny, Hold
 from sealgate.identity import AuthenticationFailed
 from sealgate.lifetime import closeReasonFor
+from sealgate.prelogin import GuardedChannel
 from sealgate.protocols.http import _login, _wire
 from sealgate.protocols.http._body import BodyMasker, ResponseRelay, StorePacer, bodyMode
 from sealgate.session import FROM_CLIENT, TO_CLIENT, SessionRefused
@@ -93,7 +94,7 @@ class Router:
         return None
 
 
-class ProxyChannel(http.HTTPChannel):
+class ProxyChannel(GuardedChannel, http.HTTPChannel):
     """
     One client TCP connection: at most one live session (one identity on
     one connection); every byte written to the client is recorded in it.
@@ -152,6 +153,8 @@ class ProxyRequest(server.Request):
 class ProxySite(server.Site):
     protocol = _channelFactory
     noisy = False
+    #: The gateway's pre-login guard and this listener's name, for the channels.
+    prelogin: tuple
 
     def __init__(self, proxy, reactor, idleTimeout: float):
         # An idle kept-alive connection holds its session open: close it.
@@ -483,6 +486,7 @@ def buildListener(connections, gateway):
         # The browser login's redirects, cookies and pages use twisted.web.
         proxy = Proxy(connections, gateway)
         site = ProxySite(proxy, gateway.reactor, max(c.options.idle_timeout for c in connections))
+        site.prelogin = (gateway.prelogin, connections[0].name)
     else:
         from sealgate.protocols.http._relay import RelayFactory
 

@@ -15,6 +15,7 @@ from zope.interface import implementer
 
 from sealgate.chain.verdicts import CONTINUE, Deny, Hold
 from sealgate.identity import AuthenticationFailed
+from sealgate.interfaces import IPreLoginClient
 from sealgate.lifetime import closeReasonFor
 from sealgate.prelogin import httpRefusal
 from sealgate.protocols._io import noDelay, writeNow
@@ -59,6 +60,7 @@ class Request:
         return values[0] if values else None
 
 
+@implementer(IPreLoginClient)
 class ClientConnection(Protocol):
     """
     One client connection: at most one live session (one identity on one

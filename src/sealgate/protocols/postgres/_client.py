@@ -10,7 +10,8 @@ from zope.interface import implementer
 
 from sealgate.flow import OutputRefused, Preamble
 from sealgate.identity import AuthenticationFailed
-from sealgate.prelogin import BUSY, SOURCE_BUSY, TIMEOUT, TOO_LARGE, IPreLoginClient
+from sealgate.interfaces import IPreLoginClient
+from sealgate.prelogin import BUSY, SOURCE_BUSY, TIMEOUT, TOO_LARGE
 from sealgate.protocols._io import noDelay
 from sealgate.protocols.postgres import _wire as w
 from sealgate.protocols.postgres._backend import BackendLeg, CancelSender

@@ -14,7 +14,8 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from sealgate.identity import AuthenticationFailed
-from sealgate.prelogin import BUSY, SOURCE_BUSY, TOO_LARGE, IPreLoginClient
+from sealgate.interfaces import IPreLoginClient
+from sealgate.prelogin import BUSY, SOURCE_BUSY, TOO_LARGE
 from sealgate.protocols.ssh import _wire
 from sealgate.protocols.ssh.backend import BackendError, connectBackend, preferFastCiphers
 from sealgate.protocols.ssh.relay import FlowConnection, ForwardChannel

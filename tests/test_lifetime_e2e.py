@@ -15,56 +15,35 @@ from sealgate.identity.apikeys import APIKeyStore
 from sealgate.identity.sshkeys import SSHKeyStore
 from sealgate.recording.reader import StoreReader
 from sealgate.testing import startGateway
-from tests.harness.postgres import TRUST_USER
+from tests.test_prelogin_e2e import config as listeners
 
 
-def config(postgres, sshd, http_backend, issuer) -> str:
-    return f"""
+def config(postgres, sshd, http_backend, issuer, recheck="1s") -> str:
+    """The listeners of the pre-login tests, re-checked every C{recheck}, no HTTP cache."""
+    return listeners(postgres, sshd, http_backend, f"""
 [identity]
 oidc_issuer = "{issuer.issuer}"
 leeway = "0s"
 
 [limits]
-recheck_interval = "1s"
+recheck_interval = "{recheck}"
 credential_cache = "0s"
-
-[[roles]]
-name = "eng"
-groups = ["eng"]
-connections = ["*"]
-
-[[connections]]
-name = "app"
-protocol = "postgres"
-listen = "tcp:0:interface=127.0.0.1"
-backend = "tcp:host=127.0.0.1:port={postgres.port}"
-[connections.options]
-database = "app"
-username = "{TRUST_USER}"
-allow_cleartext_on_loopback = true
-
-[[connections]]
-name = "web-1"
-protocol = "ssh"
-listen = "tcp:port=0:interface=127.0.0.1"
-backend = "{sshd.endpoint}"
-[connections.options]
-username = "{sshd.user}"
-private_key_file = "{sshd.clientKey}"
-known_hosts = "{sshd.knownHosts}"
-
-[[connections]]
-name = "api"
-protocol = "http"
-listen = "tcp:interface=127.0.0.1:port=0"
-backend = "{http_backend.endpoint}"
-"""
+""")
 
 
 @pytest.fixture
 def gateway(tmp_path, postgres, sshd, http_backend, oidc_issuer):
     g = pytest_twisted.blockon(defer.ensureDeferred(
         startGateway(config(postgres, sshd, http_backend, oidc_issuer), tmp_path)))
+    yield g
+    pytest_twisted.blockon(g.stop())
+
+
+@pytest.fixture
+def perRequest(tmp_path, postgres, sshd, http_backend, oidc_issuer):
+    """The periodic pass far off: what the HTTP tests see is the per-request check alone."""
+    g = pytest_twisted.blockon(defer.ensureDeferred(
+        startGateway(config(postgres, sshd, http_backend, oidc_issuer, "1h"), tmp_path)))
     yield g
     pytest_twisted.blockon(g.stop())
 
@@ -91,7 +70,8 @@ def get(conn: http.client.HTTPConnection, credential: str) -> tuple[int, dict]:
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_key_revoked_mid_connection_gets_401_on_the_next_kept_alive_request(gateway):
+async def test_a_key_revoked_mid_connection_gets_401_on_the_next_kept_alive_request(perRequest):
+    gateway = perRequest
     key = gateway.createKey("ci", ["eng"])
     conn = http.client.HTTPConnection("127.0.0.1", gateway.port("api"), timeout=30)
     try:
@@ -107,7 +87,9 @@ async def test_a_key_revoked_mid_connection_gets_401_on_the_next_kept_alive_requ
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_token_that_expires_mid_connection_gets_401_on_the_next_request(gateway, oidc_issuer):
+async def test_a_token_that_expires_mid_connection_gets_401_on_the_next_request(perRequest,
+                                                                                oidc_issuer):
+    gateway = perRequest
     expires = int(time.time()) + 2
     token = oidc_issuer.mint(sub="alice", groups=["eng"], exp=expires)
     conn = http.client.HTTPConnection("127.0.0.1", gateway.port("api"), timeout=30)

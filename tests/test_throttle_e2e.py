@@ -9,28 +9,14 @@ from twisted.internet import defer, threads
 from sealgate.protocols.postgres import _wire as w
 from sealgate.recording.reader import StoreReader
 from sealgate.testing import startGateway
+from tests.test_prelogin_memory import LISTENER
 
 CONFIG = """
 [limits]
 login_backoff_base = "1ms"
 login_backoff_max = "10ms"
 failed_login_interval = "60s"
-
-[[roles]]
-name = "eng"
-groups = ["eng"]
-connections = ["*"]
-
-[[connections]]
-name = "app"
-protocol = "postgres"
-listen = "tcp:0:interface=127.0.0.1"
-backend = "tcp:host=127.0.0.1:port=9"
-[connections.options]
-database = "app"
-username = "app"
-allow_cleartext_on_loopback = true
-"""
+""" + LISTENER
 
 BAD_KEY = "sgk_00000000000000ff_" + "A" * 43
 

@@ -77,7 +77,7 @@
     const reasonId = "reason-" + t.id;
     const reason = el("textarea", {id: reasonId, rows: "2", maxlength: "1000"});
     const left = Math.max(0, Math.round(t.expires - Date.now() / 1000));
-    const mine = me && t.requester === me.subject;
+    const mine = me && t.requester === (me.id || me.subject);
     const card = el("article", {class: "ticket", id: "ticket-" + t.id, "aria-labelledby": "title-" + t.id},
       el("h2", {id: "title-" + t.id},
         el("span", {text: `${t.requester} on ${t.connection}`}), " ",
@@ -241,7 +241,7 @@
 
   async function start() {
     me = await api("/api/me");
-    $("#whoami").textContent = `${me.subject}` + (me.roles.length ? ` (${me.roles.join(", ")})` : "");
+    $("#whoami").textContent = `${me.id || me.subject}` + (me.roles.length ? ` (${me.roles.join(", ")})` : "");
     $("#logout").addEventListener("click", async () => {
       await api("/logout", {method: "POST", body: {}}).catch(() => {});
       location.href = "/login";

@@ -102,7 +102,7 @@ def _when(t) -> str:
 def _who(info: dict) -> str:
     ident = info.get("identity")
     if isinstance(ident, dict):
-        return str(ident.get("name") or ident.get("subject") or "?")
+        return str(ident.get("id") or ident.get("name") or ident.get("subject") or "?")
     return str(ident or "?")
 
 

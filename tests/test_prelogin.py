@@ -3,7 +3,7 @@
 import attrs
 from hypothesis import given
 from hypothesis import strategies as st
-from twisted.internet.address import IPv4Address
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
@@ -182,10 +182,24 @@ def fired(d):
     return bool(out)
 
 
-def test_the_source_is_the_address_without_the_port():
+def test_the_source_is_the_address_without_the_port_and_ipv6_counts_by_its_64():
     assert sourceOfClient("192.0.2.1:5432") == "192.0.2.1"
-    assert sourceOfClient("::1:5432") == "::1" and sourceOfClient("[2001:db8::1]:22") == "2001:db8::1"
+    assert sourceOfClient("::1:5432") == "::/64"
+    assert sourceOfClient("[2001:db8:1:2::7]:22") == "2001:db8:1:2::/64"
+    assert sourceOfClient("::ffff:192.0.2.9:22") == "192.0.2.9"
     assert sourceOfClient("unix") == "unix"
+
+
+def test_addresses_of_one_ipv6_64_share_the_per_source_cap():
+    g, clock = guard(max_unauthenticated_per_source=2)
+    for n in (1, 2):
+        g.admit("db", Transport(peerAddress=IPv6Address("TCP", f"2001:db8::{n}", 1)), Client())
+    third = Client()
+    g.admit("db", Transport(peerAddress=IPv6Address("TCP", "2001:db8::ffff:3", 1)), third)
+    assert [k for k, _ in third.refused] == [SOURCE_BUSY]
+    other = Client()
+    g.admit("db", Transport(peerAddress=IPv6Address("TCP", "2001:db8:0:1::1", 1)), other)
+    assert other.refused == []
 
 
 def test_backoff_doubles_per_failure_up_to_the_cap_and_spaces_parallel_attempts():

@@ -1,5 +1,6 @@
 """The pre-authentication guard every listener shares: login timeout, pre-login byte cap, connection caps."""
 
+import ipaddress
 import json
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
@@ -42,10 +43,27 @@ def messageFor(kind: str, limits: Limits) -> str:
     return "too many connections are logging in; try again shortly"
 
 
+def sourceKey(host: str) -> str:
+    """
+    What the per-source limits and the login backoff count a client as: its
+    IPv4 address, or the /64 of an IPv6 one (one host usually owns a whole
+    /64, so counting single addresses would give it 2^64 budgets).
+    """
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host or "unix"
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
+
+
 def sourceOf(transport) -> str:
-    """The client's address (no port): what the per-source limits count."""
+    """The client's source (see L{sourceKey}) from its transport."""
     peer = transport.getPeer()
-    return str(getattr(peer, "host", None) or "unix")
+    return sourceKey(str(getattr(peer, "host", None) or ""))
 
 
 def httpRefusal(kind: str, message: str) -> bytes:

@@ -8,16 +8,19 @@ import attrs
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
-from sealgate.prelogin import MAX_TRACKED, Limits
+from sealgate.prelogin import MAX_TRACKED, Limits, sourceKey
 
 #: At most this many distinct claims and reasons are listed in one aggregated event.
 MAX_LISTED = 10
 
 
 def sourceOfClient(client: str) -> str:
-    """C{"203.0.113.9:51234"} -> C{"203.0.113.9"} (IPv6 too: the port is after the last colon)."""
+    """
+    C{"203.0.113.9:51234"} -> C{"203.0.113.9"}; an IPv6 client counts as its
+    /64 (L{sourceKey}).  The port is after the last colon.
+    """
     host, sep, port = client.rpartition(":")
-    return host.strip("[]") if sep and port.isdigit() else client
+    return sourceKey(host.strip("[]") if sep and port.isdigit() else client)
 
 
 @attrs.define

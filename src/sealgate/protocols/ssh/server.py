@@ -78,7 +78,10 @@ class KeyChecker:
             raise UnauthorizedLogin(reason)
         if c.signature is None:
             raise error.ValidPublicKey()
-        return Authenticated(conn, rec.asIdentity())
+        identity = rec.asIdentity()
+        self.ctx.factory.gateway.throttle.succeeded([c.username.decode("utf-8", "replace"),
+                                                     identity.id])
+        return Authenticated(conn, identity)
 
 
 @implementer(ICredentialsChecker)

@@ -282,3 +282,18 @@ def test_every_limit_is_documented_with_its_key_and_in_the_sample_config():
     for field in attrs.fields(Limits):
         assert f"| `{field.name}` |" in docs, field.name
         assert f"\n{field.name} = " in sample, field.name
+
+
+@given(st.lists(st.tuples(st.sampled_from(["192.0.2.1", "192.0.2.2", "198.51.100.3"]),
+                          st.floats(0, 30)), max_size=200))
+def test_every_failure_is_counted_once_in_a_bounded_number_of_sealed_events(failures):
+    t, clock, store = throttle(failed_login_interval=60.0)
+    for source, wait in failures:
+        clock.advance(wait)
+        t.failed(source, ["x"], {"kind": "login_failed", "reason": "bad"})
+        assert t.delay(t._backoff[("source", source)].failures) <= t.limits.login_backoff_max
+    t.stop()
+    assert sum(e["count"] for e in store.events) == len(failures)
+    intervals = clock.seconds() / 60.0 + 1
+    # Per source: one event as it happens and one aggregate per interval at most.
+    assert len(store.events) <= 3 * (2 * intervals + 1)

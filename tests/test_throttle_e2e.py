@@ -41,7 +41,7 @@ def failedLogins(port: int, n: int) -> list[str]:
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_thousand_failed_logins_are_slowed_and_sealed_as_a_few_leaves(tmp_path):
+async def test_a_thousand_failed_logins_are_slowed_and_sealed_as_a_few_leaves(tmp_path, logs):
     g = await startGateway(CONFIG, tmp_path)
     try:
         port = g.port("app")
@@ -62,3 +62,6 @@ async def test_a_thousand_failed_logins_are_slowed_and_sealed_as_a_few_leaves(tm
     assert sum(f["count"] for f in failed) == 1000
     assert failed[0]["reason"] == "unknown API key" and failed[0]["source"] == "127.0.0.1"
     assert failed[-1]["aggregated"] and failed[-1]["reasons"] == {"unknown API key": failed[-1]["count"]}
+    # Logged like they are sealed: the first one, then a count per interval.
+    assert sum("Login refused on app" in line for line in logs) == 1
+    assert sum("more failed login(s) from 127.0.0.1" in line for line in logs) <= 2

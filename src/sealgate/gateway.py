@@ -144,11 +144,12 @@ class Gateway:
         event = {"kind": "login_failed", "connection": name, "protocol": protocol,
                  "client": client, "claimed": claimed, "reason": reason}
         event.update(fields)
-        self.throttle.failed(sourceOfClient(client), [claimed, *claims], event)
-        self._log.info("Login refused on {connection} from {client} "
-                       "(claimed {claimed}): {reason}", connection=name,
-                       client=client, claimed=claimed or fields.get("protocol_user"),
-                       reason=reason)
+        if self.throttle.failed(sourceOfClient(client), [claimed, *claims], event):
+            # Later ones from this address are logged (and sealed) as one count per interval.
+            self._log.info("Login refused on {connection} from {client} "
+                           "(claimed {claimed}): {reason}", connection=name,
+                           client=client, claimed=claimed or fields.get("protocol_user"),
+                           reason=reason)
 
     def stop(self) -> None:
         """At shutdown: no more re-checks; pending failed-login aggregates are sealed."""

@@ -122,8 +122,12 @@ class LoginThrottle:
 
     # -- failures ------------------------------------------------------------
 
-    def failed(self, source: str, claims, event: dict) -> None:
-        """Count a failed login for backoff and seal it (or fold it into the next event)."""
+    def failed(self, source: str, claims, event: dict) -> bool:
+        """
+        Count a failed login for backoff and seal it (or fold it into the
+        next event).  @return: whether it was sealed as it is (the first of
+        its source in the interval), so callers log it only then.
+        """
         now = self._reactor.seconds()
         self.failures += 1
         for key in self._keys(source, claims):
@@ -131,7 +135,8 @@ class LoginThrottle:
             entry.failures += 1
             entry.last = now
             entry.nextAt = max(entry.nextAt, now + self.delay(entry.failures))
-        if source not in self._windows:
+        first = source not in self._windows
+        if first:
             # The first failure of a source in an interval is sealed as it is.
             self._seal(dict(event, count=1, source=source))
             self._windows[source] = None
@@ -153,6 +158,7 @@ class LoginThrottle:
         while len(self._windows) > MAX_TRACKED:
             old, agg = self._windows.popitem(last=False)
             self._sealAggregate(old, agg)
+        return first
 
     def _scheduleFlush(self) -> None:
         if self._flushCall is None or not self._flushCall.active():

@@ -279,9 +279,13 @@ def test_every_limit_is_documented_with_its_key_and_in_the_sample_config():
     root = Path(__file__).resolve().parents[1]
     docs = (root / "docs" / "operations.md").read_text()
     sample = (root / "config" / "sealgate.toml").read_text()
+    defaults = Limits()
     for field in attrs.fields(Limits):
-        assert f"| `{field.name}` |" in docs, field.name
-        assert f"\n{field.name} = " in sample, field.name
+        value = getattr(defaults, field.name)
+        shown = f"{value:g}s" if isinstance(value, float) else str(value)
+        assert f"| `{field.name}` | `{shown}` |" in docs, field.name
+        written = f'"{shown}"' if isinstance(value, float) else shown
+        assert f"\n{field.name} = {written}\n" in sample, field.name
 
 
 @given(st.lists(st.tuples(st.sampled_from(["192.0.2.1", "192.0.2.2", "198.51.100.3"]),

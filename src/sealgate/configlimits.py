@@ -19,7 +19,7 @@ class Limits:
     login_timeout: float = 10.0
     max_prelogin_bytes: int = 64 * 1024
     max_unauthenticated: int = 512
-    max_unauthenticated_per_source: int = 32
+    max_unauthenticated_per_source: int = 64
     refusal_log_interval: float = 60.0
     login_backoff_base: float = 0.1
     login_backoff_max: float = 5.0

@@ -122,6 +122,9 @@ class Realm:
 
     def requestAvatar(self, avatarId, mind, *interfaces_):
         ctx = self.ctx
+        if ctx.transport.login.refused:
+            # Timed out (or cut) while the credential was checked: no session.
+            raise UnauthorizedLogin("the login took too long")
         try:
             session = ctx.factory.gateway.openSession(
                 avatarId.connection, avatarId.identity, _client(ctx.transport),

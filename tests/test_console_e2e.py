@@ -148,7 +148,7 @@ async def test_psql_drop_waits_for_the_console_approve_deny_and_expiry(tmp_path,
     browser = await threads.deferToThread(Browser)
     try:
         who = await threads.deferToThread(browser.login, base)
-        assert who.startswith("bob (approver")
+        assert who.startswith(f"oidc:{oidc_issuer.issuer}#bob (approver")
         a, b = (f"e2e_{n}_{secrets.token_hex(4)}" for n in "ab")
 
         async def held(statement):

@@ -74,7 +74,7 @@ async def test_terminal_session_plays_in_the_console(tmp_path, sshd):
         browser = await threads.deferToThread(Browser)
 
         def watch():
-            assert keyLogin(browser, base, key) == "audrey (auditor)"
+            assert keyLogin(browser, base, key) == "apikey:audrey (auditor)"
             browser.driver.get(f"{base}/console/#session/{sid}")
             browser.wait("#player .ap-player")
             browser.wait("#player .ap-play-button").click()

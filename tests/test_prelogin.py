@@ -3,18 +3,18 @@
 import attrs
 from hypothesis import given
 from hypothesis import strategies as st
-from twisted.internet.address import IPv4Address
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from sealgate.config import Limits
+from sealgate.interfaces import IPreLoginClient
 from sealgate.prelogin import (
     BUSY,
     SOURCE_BUSY,
     TIMEOUT,
     TOO_LARGE,
-    IPreLoginClient,
     OncePer,
     PreLoginGuard,
     httpRefusal,
@@ -47,8 +47,17 @@ def guard(**kw):
     return PreLoginGuard(Limits(**kw), clock), clock
 
 
-def test_the_hook_is_the_interface_protocols_implement():
-    verifyObject(IPreLoginClient, Client())
+def test_every_built_in_listener_provides_the_hook():
+    from sealgate.admin.api import _AdminChannel
+    from sealgate.protocols.http._relay import ClientConnection
+    from sealgate.protocols.postgres._client import ClientLeg
+    from sealgate.protocols.ssh.server import ServerTransport
+    from sealgate.testing import fakeGateway
+
+    factory = attrs.make_class("Factory", {"gateway": attrs.field()})(fakeGateway())
+    for client in (Client(), ClientLeg(factory), ServerTransport(), ClientConnection(factory),
+                   _AdminChannel()):
+        assert verifyObject(IPreLoginClient, client)
 
 
 def test_a_silent_client_is_refused_at_the_login_timeout_and_its_socket_cut_later():
@@ -173,10 +182,24 @@ def fired(d):
     return bool(out)
 
 
-def test_the_source_is_the_address_without_the_port():
+def test_the_source_is_the_address_without_the_port_and_ipv6_counts_by_its_64():
     assert sourceOfClient("192.0.2.1:5432") == "192.0.2.1"
-    assert sourceOfClient("::1:5432") == "::1" and sourceOfClient("[2001:db8::1]:22") == "2001:db8::1"
+    assert sourceOfClient("::1:5432") == "::/64"
+    assert sourceOfClient("[2001:db8:1:2::7]:22") == "2001:db8:1:2::/64"
+    assert sourceOfClient("::ffff:192.0.2.9:22") == "192.0.2.9"
     assert sourceOfClient("unix") == "unix"
+
+
+def test_addresses_of_one_ipv6_64_share_the_per_source_cap():
+    g, clock = guard(max_unauthenticated_per_source=2)
+    for n in (1, 2):
+        g.admit("db", Transport(peerAddress=IPv6Address("TCP", f"2001:db8::{n}", 1)), Client())
+    third = Client()
+    g.admit("db", Transport(peerAddress=IPv6Address("TCP", "2001:db8::ffff:3", 1)), third)
+    assert [k for k, _ in third.refused] == [SOURCE_BUSY]
+    other = Client()
+    g.admit("db", Transport(peerAddress=IPv6Address("TCP", "2001:db8:0:1::1", 1)), other)
+    assert other.refused == []
 
 
 def test_backoff_doubles_per_failure_up_to_the_cap_and_spaces_parallel_attempts():
@@ -248,3 +271,33 @@ def test_stop_seals_what_is_pending_and_many_claims_are_listed_bounded():
     assert len(store.events) == 2 and store.events[1]["count"] == 49
     assert len(store.events[1]["claimed"]) == 11 and store.events[1]["claimed"]["(others)"] == 39
     assert not clock.getDelayedCalls()
+
+
+def test_every_limit_is_documented_with_its_key_and_in_the_sample_config():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    docs = (root / "docs" / "operations.md").read_text()
+    sample = (root / "config" / "sealgate.toml").read_text()
+    defaults = Limits()
+    for field in attrs.fields(Limits):
+        value = getattr(defaults, field.name)
+        shown = f"{value:g}s" if isinstance(value, float) else str(value)
+        assert f"| `{field.name}` | `{shown}` |" in docs, field.name
+        written = f'"{shown}"' if isinstance(value, float) else shown
+        assert f"\n{field.name} = {written}\n" in sample, field.name
+
+
+@given(st.lists(st.tuples(st.sampled_from(["192.0.2.1", "192.0.2.2", "198.51.100.3"]),
+                          st.floats(0, 30)), max_size=200))
+def test_every_failure_is_counted_once_in_a_bounded_number_of_sealed_events(failures):
+    t, clock, store = throttle(failed_login_interval=60.0)
+    for source, wait in failures:
+        clock.advance(wait)
+        t.failed(source, ["x"], {"kind": "login_failed", "reason": "bad"})
+        assert t.delay(t._backoff[("source", source)].failures) <= t.limits.login_backoff_max
+    t.stop()
+    assert sum(e["count"] for e in store.events) == len(failures)
+    intervals = clock.seconds() / 60.0 + 1
+    # Per source: one event as it happens and one aggregate per interval at most.
+    assert len(store.events) <= 3 * (2 * intervals + 1)

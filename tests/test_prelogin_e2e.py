@@ -217,3 +217,70 @@ async def test_a_silent_admin_client_gets_a_408_and_the_api_still_answers(gatewa
         "curl", "-sS", "--max-time", "20", f"http://127.0.0.1:{gateway.adminPort}/healthz"],
         capture_output=True, text=True, timeout=60)
     assert r.stdout.strip() == '{"status": "ok"}'
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_browser_login_listener_is_guarded_too(tmp_path, http_backend, oidc_issuer):
+    g = await startGateway(f"""
+[identity]
+oidc_issuer = "{oidc_issuer.issuer}"
+
+[limits]
+login_timeout = "2s"
+login_backoff_max = "1s"
+
+[[roles]]
+name = "eng"
+groups = ["eng"]
+connections = ["*"]
+
+[[connections]]
+name = "web"
+protocol = "http"
+listen = "tcp:0:interface=127.0.0.1"
+backend = "{http_backend.endpoint}"
+[connections.options]
+browser_login = true
+""", tmp_path)
+    try:
+        data, took = await threads.deferToThread(silent, g.port("web"))
+    finally:
+        await g.stop()
+    assert data.startswith(b"HTTP/1.1 408 Request Timeout\r\n") and 1.5 < took < 20
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_flood_from_one_address_leaves_other_addresses_and_the_admin_api_served(gateway):
+    key = gateway.createKey("ci", ["eng"])
+    port = gateway.port("app")
+
+    def flood():
+        return [connect(port) for _ in range(200)]
+
+    def loginFrom(host):
+        s = socket.create_connection(("127.0.0.1", port), timeout=30, source_address=(host, 0))
+        s.sendall(w.StartupMessage((("user", "ci"), ("database", "app"))).encode()
+                  + w.PasswordMessage.cleartext(key).encode())
+        seen, r = [], w.Reader(frontend=False)
+        while not any(isinstance(m, (w.ReadyForQuery, w.ErrorResponse)) for m in seen):
+            r.receive_data(s.recv(65536))
+            while (f := r.next_event()) is not w.NEED_DATA:
+                seen.append(w.decodeFrame(f, False))
+        s.close()
+        return seen
+
+    held = await threads.deferToThread(flood)
+    try:
+        seen = await threads.deferToThread(loginFrom, "127.0.0.2")
+        assert isinstance(seen[-1], w.ReadyForQuery), seen
+        r = await threads.deferToThread(subprocess.run, [
+            "curl", "-sS", "--max-time", "20", "--interface", "127.0.0.2",
+            f"http://127.0.0.1:{gateway.adminPort}/healthz"], capture_output=True, text=True,
+            timeout=60)
+        assert r.stdout.strip() == '{"status": "ok"}'
+        # The flooding address holds its four slots; the rest were refused at once.
+        assert gateway.gateway.prelogin.perSource.get("127.0.0.1") == 4
+        assert gateway.gateway.prelogin.refusals["source_busy"] > 0
+    finally:
+        for s in held:
+            s.close()

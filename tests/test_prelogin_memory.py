@@ -8,15 +8,8 @@ from pathlib import Path
 from sealgate.protocols.postgres import _wire as w
 from tests.harness.twistd import GatewayProcess
 
-CONFIG = """
-[gateway]
-admin = "tcp:0:interface=127.0.0.1"
-
-[limits]
-login_timeout = "6s"
-max_unauthenticated = 1000
-max_unauthenticated_per_source = 1000
-
+#: One postgres listener whose backend is never reached: the clients here never log in.
+LISTENER = """
 [[roles]]
 name = "eng"
 groups = ["eng"]
@@ -32,6 +25,16 @@ database = "app"
 username = "app"
 allow_cleartext_on_loopback = true
 """
+
+CONFIG = """
+[gateway]
+admin = "tcp:0:interface=127.0.0.1"
+
+[limits]
+login_timeout = "6s"
+max_unauthenticated = 1000
+max_unauthenticated_per_source = 1000
+""" + LISTENER
 
 #: What each oversized client pushes: on today's main all of it is buffered.
 PUSH = 64 << 20

@@ -13,6 +13,7 @@ from sealgate.flow import STORE
 from sealgate.identity import AuthenticationFailed
 from sealgate.identity.service import claimHint
 from sealgate.interfaces import IGateway
+from sealgate.lifetime import CredentialLifetime
 from sealgate.prelogin import PreLoginGuard
 from sealgate.session import Session, SessionRefused, newSessionId
 from sealgate.throttle import LoginThrottle, sourceOfClient
@@ -50,11 +51,12 @@ class Gateway:
         self.accepting = True
         #: Set by the service while draining; fires when the last session ends.
         self.drained = None
-        #: True while the store asks relaying to wait (every leg is paused).
-        self.storePaused = False
         # Limits are the process's (fds, memory): fixed at start, not reloaded.
         self.prelogin = PreLoginGuard(config.limits, reactor)
         self.throttle = LoginThrottle(config.limits, reactor, store)
+        self.lifetime = CredentialLifetime(self, config.limits, reactor)
+        #: True while the store asks relaying to wait (every leg is paused).
+        self.storePaused = False
         self.setConfig(config)
         observe = getattr(store, "addPressureObserver", None)
         if observe is not None:
@@ -152,11 +154,17 @@ class Gateway:
         event = {"kind": "login_failed", "connection": name, "protocol": protocol,
                  "client": client, "claimed": claimed, "reason": reason}
         event.update(fields)
-        self.throttle.failed(sourceOfClient(client), [claimed, *claims], event)
-        self._log.info("Login refused on {connection} from {client} "
-                       "(claimed {claimed}): {reason}", connection=name,
-                       client=client, claimed=claimed or fields.get("protocol_user"),
-                       reason=reason)
+        if self.throttle.failed(sourceOfClient(client), [claimed, *claims], event):
+            # Later ones from this address are logged (and sealed) as one count per interval.
+            self._log.info("Login refused on {connection} from {client} "
+                           "(claimed {claimed}): {reason}", connection=name,
+                           client=client, claimed=claimed or fields.get("protocol_user"),
+                           reason=reason)
+
+    def stop(self) -> None:
+        """At shutdown: no more re-checks; pending failed-login aggregates are sealed."""
+        self.lifetime.stop()
+        self.throttle.stop()
 
     def openSession(self, connection, identity, client, meta=None) -> Session:
         if not self.accepting:
@@ -184,6 +192,7 @@ class Gateway:
         session.recording = self.store.openSession(session.id, info)
         session.gateway = self
         self.sessions[session.id] = session
+        self.lifetime.opened(session)
         self._log.info("Session {session} opened: {subject} on {connection} from {client}",
                        session=session.id, subject=identity.id,
                        connection=connection.name, client=client)
@@ -191,6 +200,7 @@ class Gateway:
 
     def sessionEnded(self, session: Session, reason: str) -> None:
         self.sessions.pop(session.id, None)
+        self.lifetime.ended(session)
         self.approvals.cancelSession(session.id)
         if not self.sessions and self.drained is not None and not self.drained.called:
             self.drained.callback(None)

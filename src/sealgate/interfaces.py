@@ -172,15 +172,32 @@ class IGateway(Interface):
     chain = Attribute("The current L{sealgate.chain.Chain}.")
     sessions = Attribute("Live sessions by id (a dict the gateway owns: read it, do not change it).")
     storePaused = Attribute("True while the store asks relaying to wait.")
+    prelogin = Attribute("The L{sealgate.prelogin.PreLoginGuard} every listener uses: a "
+                         "protocol calls C{prelogin.admit(listener, transport, client)} when a "
+                         "connection is made (C{client} provides L{IPreLoginClient}), then the "
+                         "ticket's C{dataReceived(n)}, C{authenticated()}, C{connectionLost()}.")
+    throttle = Attribute("The L{sealgate.throttle.LoginThrottle}: C{wait(source, claims)} before "
+                         "checking a credential the gateway does not check itself.")
+    lifetime = Attribute("The L{sealgate.lifetime.CredentialLifetime}: C{fresh(session)} and "
+                         "C{recheck(session, credential, client)} for per-request protocols.")
 
     def authenticate(connection, credential, client, claimed=None):
         """
-        Check a credential (OIDC token or API key) for a connection.
+        Check a credential (OIDC token or API key) for a connection, after
+        the login backoff of the client's address and claimed identities.
 
+        @param connection: the connection, or a listener's name (C{"admin"}).
         @return: L{Deferred} firing with a L{sealgate.identity.Identity}, or
             failing with L{sealgate.identity.AuthenticationFailed} (whose
-            message is safe to show the client).  Failures are audited with
-            the reason and the claimed identity, never the credential.
+            message is safe to show the client).  Failures are sealed with
+            the reason and the claimed identity, never the credential
+            (repeated ones from one address as one event per interval).
+        """
+
+    def loginFailed(connection, client, reason, claimed=None, claims=(), **fields):
+        """
+        A login the protocol refused itself (e.g. an unknown SSH key): seal it
+        as C{authenticate} does a failure, and count it for the backoff.
         """
 
     def openSession(connection, identity, client, meta=None):
@@ -208,6 +225,17 @@ class IGateway(Interface):
         """
         The store's pressure observer: "paused" pauses every live session's
         legs, "flowing" resumes them, "failed" ends each (L{ISession.fail}).
+        """
+
+
+class IPreLoginClient(Interface):
+    """A connection under the pre-login guard: the one hook a protocol implements."""
+
+    def refuseLogin(kind, message):
+        """
+        Tell the client why in the protocol's own words, then close: C{kind}
+        is C{"timeout"}, C{"too_large"}, C{"busy"} or C{"source_busy"}
+        (L{sealgate.prelogin}), C{message} is safe to show.
         """
 
 

@@ -1,5 +1,6 @@
 """The pre-authentication guard every listener shares: login timeout, pre-login byte cap, connection caps."""
 
+import ipaddress
 import json
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
@@ -9,9 +10,10 @@ import attrs
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import Interface, implementer
+from zope.interface import implementer
 
-from sealgate.config import Limits
+from sealgate.configlimits import Limits
+from sealgate.interfaces import IPreLoginClient
 
 #: Why a connection was refused before it logged in.
 TIMEOUT = "timeout"
@@ -41,10 +43,27 @@ def messageFor(kind: str, limits: Limits) -> str:
     return "too many connections are logging in; try again shortly"
 
 
+def sourceKey(host: str) -> str:
+    """
+    What the per-source limits and the login backoff count a client as: its
+    IPv4 address, or the /64 of an IPv6 one (one host usually owns a whole
+    /64, so counting single addresses would give it 2^64 budgets).
+    """
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host or "unix"
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
+
+
 def sourceOf(transport) -> str:
-    """The client's address (no port): what the per-source limits count."""
+    """The client's source (see L{sourceKey}) from its transport."""
     peer = transport.getPeer()
-    return str(getattr(peer, "host", None) or "unix")
+    return sourceKey(str(getattr(peer, "host", None) or ""))
 
 
 def httpRefusal(kind: str, message: str) -> bytes:
@@ -56,13 +75,6 @@ def httpRefusal(kind: str, message: str) -> bytes:
     return (b"HTTP/1.1 %d %s\r\nContent-Type: application/problem+json\r\n"
             b"Content-Length: %d\r\nCache-Control: no-store\r\n%sConnection: close\r\n\r\n"
             % (status, title, len(body), extra)) + body
-
-
-class IPreLoginClient(Interface):
-    """A connection under the guard: the one hook a protocol implements."""
-
-    def refuseLogin(kind: str, message: str) -> None:  # type: ignore[misc]
-        """Tell the client why in the protocol's own words, then close."""
 
 
 class OncePer:

@@ -144,6 +144,7 @@ class GatewayService(MultiService):
 
     def _started(self, _):
         self.ready = True
+        self.gateway.lifetime.start()
         for port in {id(p): p for p in self.ports.values()}.values():
             getattr(port, "startReading", lambda: None)()
         if self._installSignals:
@@ -262,7 +263,7 @@ class GatewayService(MultiService):
         d.addCallback(lambda _: self.approvals.stop())
         d.addCallback(lambda _: getattr(self._adminSite, "admin", None) and self._adminSite.admin.stop())
         d.addCallback(lambda _: defer.maybeDeferred(getattr(self.identity, "stop", lambda: None)))
-        d.addCallback(lambda _: self.gateway.throttle.stop())
+        d.addCallback(lambda _: self.gateway.stop())
         d.addCallback(lambda _: self.store.stop() if self.store is not None else None)
         d.addCallback(lambda _: self._adminFile().unlink(missing_ok=True))
         d.addErrback(lambda f: self._log.failure("Error while stopping", f))

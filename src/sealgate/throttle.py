@@ -8,16 +8,19 @@ import attrs
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
-from sealgate.prelogin import MAX_TRACKED, Limits
+from sealgate.prelogin import MAX_TRACKED, Limits, sourceKey
 
 #: At most this many distinct claims and reasons are listed in one aggregated event.
 MAX_LISTED = 10
 
 
 def sourceOfClient(client: str) -> str:
-    """C{"203.0.113.9:51234"} -> C{"203.0.113.9"} (IPv6 too: the port is after the last colon)."""
+    """
+    C{"203.0.113.9:51234"} -> C{"203.0.113.9"}; an IPv6 client counts as its
+    /64 (L{sourceKey}).  The port is after the last colon.
+    """
     host, sep, port = client.rpartition(":")
-    return host.strip("[]") if sep and port.isdigit() else client
+    return sourceKey(host.strip("[]") if sep and port.isdigit() else client)
 
 
 @attrs.define
@@ -119,8 +122,12 @@ class LoginThrottle:
 
     # -- failures ------------------------------------------------------------
 
-    def failed(self, source: str, claims, event: dict) -> None:
-        """Count a failed login for backoff and seal it (or fold it into the next event)."""
+    def failed(self, source: str, claims, event: dict) -> bool:
+        """
+        Count a failed login for backoff and seal it (or fold it into the
+        next event).  @return: whether it was sealed as it is (the first of
+        its source in the interval), so callers log it only then.
+        """
         now = self._reactor.seconds()
         self.failures += 1
         for key in self._keys(source, claims):
@@ -128,7 +135,8 @@ class LoginThrottle:
             entry.failures += 1
             entry.last = now
             entry.nextAt = max(entry.nextAt, now + self.delay(entry.failures))
-        if source not in self._windows:
+        first = source not in self._windows
+        if first:
             # The first failure of a source in an interval is sealed as it is.
             self._seal(dict(event, count=1, source=source))
             self._windows[source] = None
@@ -150,6 +158,7 @@ class LoginThrottle:
         while len(self._windows) > MAX_TRACKED:
             old, agg = self._windows.popitem(last=False)
             self._sealAggregate(old, agg)
+        return first
 
     def _scheduleFlush(self) -> None:
         if self._flushCall is None or not self._flushCall.active():

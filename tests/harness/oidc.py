@@ -81,7 +81,12 @@ class OIDCIssuer:
     @ivar requests: paths fetched, in order (to count JWKS fetches).
     """
 
-    def __init__(self, reactor=None, path: str = "/realms/test", audience: str = "sealgate"):
+    def __init__(self, reactor=None, path: str = "/realms/test", audience: str = "sealgate",
+                 tlsDirectory=None):
+        """
+        @param tlsDirectory: serve HTTPS with a throwaway CA written there
+            (L{tests.harness.certs}); C{self.tls.caFile} is the CA to trust.
+        """
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
@@ -95,6 +100,13 @@ class OIDCIssuer:
         #: (C{None}: it refuses with C{error=access_denied}).
         self.loginAs: tuple[str, tuple[str, ...]] | None = ("alice", ("eng",))
         self._codes: dict[str, dict] = {}
+        self.tls = None
+        if tlsDirectory is not None:
+            from pathlib import Path
+
+            from tests.harness.certs import makeServerCert
+
+            self.tls = makeServerCert(Path(tlsDirectory))
         for kind in ("RSA", "EC", "OKP"):
             self.addKey(kind)
 
@@ -103,7 +115,14 @@ class OIDCIssuer:
     def start(self) -> "OIDCIssuer":
         site = server.Site(_Issuer(self))
         site.noisy = False
-        self._port = self.reactor.listenTCP(0, site, interface="127.0.0.1")
+        if self.tls is None:
+            self._port = self.reactor.listenTCP(0, site, interface="127.0.0.1")
+            return self
+        from twisted.internet import ssl
+
+        cert = ssl.PrivateCertificate.loadPEM(self.tls.keyFile.read_bytes()
+                                              + self.tls.certFile.read_bytes())
+        self._port = self.reactor.listenSSL(0, site, cert.options(), interface="127.0.0.1")
         return self
 
     def stop(self):
@@ -117,7 +136,8 @@ class OIDCIssuer:
 
     @property
     def issuer(self) -> str:
-        return f"http://127.0.0.1:{self.port}{self.path}"
+        scheme = "http" if self.tls is None else "https"
+        return f"{scheme}://127.0.0.1:{self.port}{self.path}"
 
     @property
     def jwksFetches(self) -> int:

@@ -8,11 +8,12 @@ import attrs
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web import resource, server
-from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.client import HTTPConnectionPool
 
 from sealgate.admin._http import LOGIN_COOKIE, STATIC, clientOf, jsonBody, pathSegments
 from sealgate.identity import AuthenticationFailed
 from sealgate.identity.oidcflow import CodeFlow, LoginError
+from sealgate.identity.service import issuerAgent
 
 STATE_COOKIE = b"sealgate_oidc"
 PENDING_LIFETIME = 600.0
@@ -167,7 +168,8 @@ class Login(resource.Resource):
             raise LoginError("no OIDC issuer is configured; log in with an API key")
         if self._codeFlow is None or self._codeFlow.issuer != issuer:
             reactor = self.admin.reactor
-            agent = Agent(reactor, connectTimeout=10, pool=HTTPConnectionPool(reactor, persistent=False))
+            agent = issuerAgent(self.admin.service.config.identity, reactor, connectTimeout=10,
+                                pool=HTTPConnectionPool(reactor, persistent=False))
             self._codeFlow = CodeFlow(issuer, agent, reactor, PENDING_LIFETIME, MAX_PENDING)
         return self._codeFlow
 

@@ -188,7 +188,9 @@ class OIDCVerifier:
             raise AuthenticationFailed(
                 f"token claim {self.groupsClaim!r} must be a list of strings", claimed)
         exp = claims.get("exp")
-        expires = float(exp) if isinstance(exp, (int, float)) and not isinstance(exp, bool) else None
+        # Valid until exp plus the leeway, as the check above judged it.
+        expires = (float(exp) + self.leeway
+                   if isinstance(exp, (int, float)) and not isinstance(exp, bool) else None)
         return Identity(subject, frozenset(groups), "oidc", self.issuer, expires=expires)
 
     # -- keys ----------------------------------------------------------------

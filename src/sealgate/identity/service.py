@@ -4,9 +4,12 @@ import base64
 import json
 from pathlib import Path
 
-from twisted.internet import defer
+from cryptography import x509
+from OpenSSL import crypto
+from twisted.internet import defer, ssl
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.web.client import Agent, BrowserLikePolicyForHTTPS
 
 from sealgate.config import IdentityConfig
 from sealgate.identity._types import AuthenticationFailed, Identity
@@ -15,6 +18,21 @@ from sealgate.identity.oidc import OIDCVerifier
 
 #: The API key store's file in the state directory.
 KEYS_FILE = "identity.sqlite"
+
+
+def issuerAgent(config: IdentityConfig, reactor, **kw) -> Agent:
+    """
+    An Agent for talking to the OIDC issuer (discovery, JWKS, token
+    endpoint): it trusts only C{oidc_ca_file} when that is set (a private
+    CA), else the system's roots; hostnames are always verified.
+    """
+    if not config.oidc_ca_file:
+        return Agent(reactor, **kw)
+    with open(config.oidc_ca_file, "rb") as f:
+        certs = x509.load_pem_x509_certificates(f.read())
+    roots = ssl.trustRootFromCertificates(
+        [ssl.Certificate(crypto.X509.from_cryptography(c)) for c in certs])
+    return Agent(reactor, contextFactory=BrowserLikePolicyForHTTPS(trustRoot=roots), **kw)
 
 
 def claimHint(credential) -> str | None:
@@ -57,13 +75,18 @@ class IdentityService:
         self.config = config
         self._reactor = reactor
         self.keys = APIKeyStore(Path(stateDir) / KEYS_FILE)
+        self._stateDir = Path(stateDir)
         self.oidc: OIDCVerifier | None = None
         self.warmed: defer.Deferred = defer.succeed(None)
         if config.oidc_issuer:
+            if config.allow_insecure_issuer and config.oidc_issuer.startswith("http://"):
+                self._log.warn("OIDC issuer {issuer} is plain http (allow_insecure_issuer): "
+                               "anyone on the path can swap its keys and sign in as anyone",
+                               issuer=config.oidc_issuer)
             self.oidc = OIDCVerifier(
                 config.oidc_issuer, config.oidc_audience, config.groups_claim,
                 config.subject_claim, config.leeway, config.jwks_min_refresh,
-                reactor=reactor, agent=agent)
+                reactor=reactor, agent=agent if agent is not None else issuerAgent(config, reactor))
 
     def start(self) -> defer.Deferred:
         """
@@ -81,6 +104,26 @@ class IdentityService:
     def stop(self) -> defer.Deferred:
         self.keys.close()
         return defer.succeed(None)
+
+    def statuses(self, credentials) -> dict[tuple[str, str], str]:
+        """
+        Where each C{(method, id)} of a live session's API key (key id) or
+        SSH key (fingerprint) stands now: "active", "revoked", "expired" or
+        "unknown".  Synchronous (SQLite): call it in a thread.
+        """
+        # Conch (under SSHKeyStore) is loaded only when an SSH session is live.
+        from sealgate.identity.sshkeys import SSHKeyStore
+
+        sshKeys = None
+        out = {}
+        for method, ident in credentials:
+            if method == "apikey":
+                out[(method, ident)] = self.keys.status(ident)
+            elif method == "sshkey":
+                if sshKeys is None:
+                    sshKeys = SSHKeyStore.forStateDir(self._stateDir)
+                out[(method, ident)] = sshKeys.status(ident)
+        return out
 
     def authenticate(self, credential: str) -> defer.Deferred:
         """

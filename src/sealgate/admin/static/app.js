@@ -283,7 +283,7 @@
 
   async function start() {
     me = await api("/api/me");
-    $("#whoami").textContent = `${me.subject}` + (me.roles.length ? ` (${me.roles.join(", ")})` : "");
+    $("#whoami").textContent = `${me.id || me.subject}` + (me.roles.length ? ` (${me.roles.join(", ")})` : "");
     $("#logout").addEventListener("click", async () => {
       await api("/logout", {method: "POST", body: {}}).catch(() => {});
       location.href = "/login";

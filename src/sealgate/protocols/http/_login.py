@@ -6,10 +6,10 @@ from urllib.parse import parse_qsl
 
 import attrs
 from twisted.logger import Logger
-from twisted.web.client import Agent
 
 from sealgate.identity import AuthenticationFailed
 from sealgate.identity.oidcflow import CodeFlow, LoginError, b64url
+from sealgate.identity.service import issuerAgent
 from sealgate.protocols.http._wire import PROBLEM, problem
 
 COOKIE = b"sealgate_session"
@@ -71,7 +71,7 @@ class BrowserLogin:
     def __init__(self, gateway, reactor):
         self.gateway = gateway
         self.reactor = reactor
-        self._agent = Agent(reactor)
+        self._agent = issuerAgent(gateway.config.identity, reactor)
         self._flow: CodeFlow | None = None
         self._sessions: dict[bytes, tuple[str, float]] = {}
 

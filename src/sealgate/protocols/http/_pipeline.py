@@ -7,6 +7,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from sealgate import CONTINUE, AuthenticationFailed, Deny, Hold, MaskingFailed, SessionRefused
+from sealgate.lifetime import closeReasonFor
 from sealgate.protocols.http import _login, _wire
 from sealgate.protocols.http._backend import Exchange
 from sealgate.protocols.http._state import Conn, ConnEvent
@@ -90,7 +91,21 @@ class Pipeline:
         digest = hashlib.sha256(credential.encode()).digest()
         if client.session is None or client.credentialHash != digest or client.backend is not backend:
             return self._later(self._openSession(credential, digest))
+        if not self.factory.gateway.lifetime.fresh(client.session):
+            # Kept alive past the credential cache: is the key still valid?
+            return self._later(self._recheck(credential))
         self.authenticated()
+
+    async def _recheck(self, credential: str) -> None:
+        client, request = self.client, self.request
+        try:
+            await self.factory.gateway.lifetime.recheck(client.session, credential, client.clientText)
+        except AuthenticationFailed as e:
+            client.endSession(closeReasonFor(e))
+            return client.problem(request, 401, "Authentication failed", str(e), headers=[
+                (b"WWW-Authenticate", b'Bearer realm="sealgate", error="invalid_token"')])
+        if not client.gone:
+            self.authenticated()
 
     async def _loginPage(self) -> None:
         client = self.client

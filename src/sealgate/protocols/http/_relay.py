@@ -13,6 +13,7 @@ from twisted.web.http import RESPONSES
 from zope.interface import implementer
 
 from sealgate import Leg, OutputRefused, Preamble, noDelay, writeNow
+from sealgate.interfaces import IPreLoginClient
 from sealgate.prelogin import httpRefusal
 from sealgate.protocols.http import _wire
 from sealgate.protocols.http._backlog import BacklogPressure
@@ -40,6 +41,7 @@ _LINGER = 2.0
 _LINGER_BYTES = 1 << 20
 
 
+@implementer(IPreLoginClient)
 class ClientConnection(Protocol):
     """
     One client connection: at most one live session (one identity on one

@@ -259,7 +259,7 @@ def toHar(frames, info: dict | None = None) -> dict:
         entries.append(entry)
     comment = ""
     if info.get("identity"):
-        comment = f"sealgate session of {info['identity'].get('subject')}"
+        comment = f"sealgate session of {info['identity'].get('id') or info['identity'].get('subject')}"
     return {"log": {"version": "1.2", "creator": {"name": "sealgate", "version": _version()},
                     "pages": [], "entries": entries, "comment": comment}}
 

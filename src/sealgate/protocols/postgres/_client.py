@@ -12,7 +12,8 @@ from sealgate import noDelay
 from sealgate.endpoint import listensOnLoopbackOnly
 from sealgate.flow import OutputRefused, Preamble
 from sealgate.identity import AuthenticationFailed
-from sealgate.prelogin import BUSY, SOURCE_BUSY, TIMEOUT, TOO_LARGE, IPreLoginClient
+from sealgate.interfaces import IPreLoginClient
+from sealgate.prelogin import BUSY, SOURCE_BUSY, TIMEOUT, TOO_LARGE
 from sealgate.protocols.postgres import _wire as w
 from sealgate.protocols.postgres._backend import BackendLeg, CancelSender
 from sealgate.protocols.postgres._relay import Relay
@@ -29,6 +30,10 @@ _STARTUP, _PASSWORD, _LOGIN, _READY, _CLOSED = range(5)
 
 #: SQLSTATEs of the pre-login refusals: what PostgreSQL itself sends for an
 #: authentication timeout, too many connections, and an oversized message.
+#: SQLSTATEs of a session the core ends, by close reason (else 57P01, shutdown).
+_ABORT_CODES = {"store failed": "58030", "credential revoked": "28000",
+                "credential expired": "28000"}
+
 _REFUSAL_CODES = {TIMEOUT: "57014", BUSY: "53300", SOURCE_BUSY: "53300", TOO_LARGE: "08P01"}
 
 
@@ -277,8 +282,8 @@ class ClientLeg(Relay, Protocol):
     def _abort(self, message: str) -> None:
         # The errors PostgreSQL itself sends: an I/O error when the store
         # cannot record, the shutdown error at drain timeout.
-        failed = self.session is not None and self.session.closeReason == "store failed"
-        self.fatal("58030" if failed else "57P01", f"sealgate: {message}")
+        reason = self.session.closeReason if self.session is not None else None
+        self.fatal(_ABORT_CODES.get(reason or "", "57P01"), f"sealgate: {message}")
 
     def fatal(self, code: str, message: str):
         """Tell the client why with a FATAL ErrorResponse, then hang up."""
@@ -315,7 +320,7 @@ class ClientLeg(Relay, Protocol):
                 if ev is w.NEED_DATA:
                     return
                 if isinstance(w.decodeFrame(ev, True), (w.SSLRequest, w.GSSENCRequest)):
-                    self.transport.write(b"N")
+                    self._early.send(self.transport, b"N")
                     self.reader.expectStartup()
                 else:
                     self.fatal(*self._refusal)

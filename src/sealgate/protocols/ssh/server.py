@@ -14,7 +14,8 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from sealgate.identity import AuthenticationFailed
-from sealgate.prelogin import BUSY, SOURCE_BUSY, TOO_LARGE, IPreLoginClient
+from sealgate.interfaces import IPreLoginClient
+from sealgate.prelogin import BUSY, SOURCE_BUSY, TOO_LARGE
 from sealgate.protocols.ssh import _wire
 from sealgate.protocols.ssh.backend import BackendError, connectBackend, preferFastCiphers
 from sealgate.protocols.ssh.relay import FlowConnection, ForwardChannel
@@ -77,7 +78,10 @@ class KeyChecker:
             raise UnauthorizedLogin(reason)
         if c.signature is None:
             raise error.ValidPublicKey()
-        return Authenticated(conn, rec.asIdentity())
+        identity = rec.asIdentity()
+        self.ctx.factory.gateway.throttle.succeeded([c.username.decode("utf-8", "replace"),
+                                                     identity.id])
+        return Authenticated(conn, identity)
 
 
 @implementer(ICredentialsChecker)
@@ -118,6 +122,9 @@ class Realm:
 
     def requestAvatar(self, avatarId, mind, *interfaces_):
         ctx = self.ctx
+        if ctx.transport.login.refused:
+            # Timed out (or cut) while the credential was checked: no session.
+            raise UnauthorizedLogin("the login took too long")
         try:
             session = ctx.factory.gateway.openSession(
                 avatarId.connection, avatarId.identity, _client(ctx.transport),

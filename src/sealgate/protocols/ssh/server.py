@@ -356,9 +356,26 @@ class ServerConnection(FlowConnection, connection.SSHConnection):
 
 
 class ServerTransport(transport.SSHServerTransport):
+    #: No software version: a banner naming Twisted's tells a scanner which CVEs to try.
+    ourVersionString = b"SSH-2.0-sealgate"
+    _log = Logger()
+
     def connectionMade(self):
         preferFastCiphers(self)
         super().connectionMade()
+
+    def dispatchMessage(self, messageNum, payload):
+        # Conch parses messages where it handles them, so a malformed one
+        # (a KEXINIT with a string past its end, say) raises from deep in
+        # the transport: one line and a protocol-error disconnect, not a
+        # traceback per connection in the log.
+        try:
+            super().dispatchMessage(messageNum, payload)
+        except (struct.error, ValueError, IndexError) as e:
+            name = transport.messages.get(messageNum, f"message {messageNum}")
+            self._log.warn("SSH client {client} sent a malformed {message} ({error}); disconnected",
+                           client=_client(self), message=name.removeprefix("MSG_"), error=str(e) or type(e).__name__)
+            self.sendDisconnect(transport.DISCONNECT_PROTOCOL_ERROR, f"malformed {name}".encode())
 
 
 class GatewaySSHFactory(factory.SSHFactory):

@@ -44,6 +44,7 @@ class GatewayService(MultiService):
         self.ports: dict[str, IListeningPort] = {}
         self.adminPort = None
         self.ready = False
+        self._terminating = False
 
     @property
     def reactor(self):
@@ -57,6 +58,11 @@ class GatewayService(MultiService):
 
     def startService(self):
         super().startService()
+        if self._installSignals:
+            # From now on, not only once started: a SIGTERM during start-up
+            # is a clean stop too (twistd's own handler exits by the signal).
+            self._installSignalHandlers()
+            self.reactor.callWhenRunning(self._installSignalHandlers)
         try:
             self._build()
             self._listen()
@@ -113,6 +119,8 @@ class GatewayService(MultiService):
             # backlog instead of being refused a recorded session.
             getattr(port, "stopReading", lambda: None)()
         self.adminPort = self._bind(self.config.gateway.admin, self._adminSite, "gateway.admin")
+        # /healthz answers once the gateway has started, not while the store is still opening.
+        getattr(self.adminPort, "stopReading", lambda: None)()
 
     def _bind(self, description, factory, what):
         ep = endpoints.serverFromString(self.reactor, description)
@@ -130,16 +138,18 @@ class GatewayService(MultiService):
         return port
 
     def _started(self, _):
+        if not self.running:
+            # Stopped while starting: the ports are closed already.
+            self._log.info("Start-up finished after the stop began; not accepting connections")
+            return self
         self.ready = True
-        for port in {id(p): p for p in self.ports.values()}.values():
-            getattr(port, "startReading", lambda: None)()
-        if self._installSignals:
-            self.reactor.callWhenRunning(self._installSignalHandlers)
         for name, port in self.ports.items():
             self._log.info("Connection {name} listening on {address}", name=name,
                            address=port.getHost())
         self._writeAdminAddress()
         self._log.info("Admin API on {address}", address=self.adminPort.getHost())
+        for port in {id(p): p for p in [*self.ports.values(), self.adminPort]}.values():
+            getattr(port, "startReading", lambda: None)()
         return self
 
     def _adminFile(self):
@@ -164,12 +174,21 @@ class GatewayService(MultiService):
         signal.signal(signal.SIGTERM, lambda *a: self.reactor.callFromThread(self._terminate))
 
     def _terminate(self):
+        if self._terminating:
+            return  # a second SIGTERM while draining: the first one's stop goes on
+        self._terminating = True
         self._log.info("SIGTERM: stop listening, drain sessions, exit")
         if self.reactor.running:
             self.reactor.stop()
+        else:
+            self.reactor.callWhenRunning(self.reactor.stop)
 
     def _startFailed(self, f):
         self._closePorts()
+        if not self.running:
+            # Whatever start-up step was cut short by the stop, this is a stop, not a failed start.
+            self._log.info("Start-up ended by the stop: {why}", why=f.getErrorMessage())
+            return
         self._onFatal(f"sealgate cannot start: {f.getErrorMessage()}")
 
     def _closePorts(self):

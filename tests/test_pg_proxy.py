@@ -664,3 +664,46 @@ async def test_malformed_extended_query_message_gets_08P01_and_a_recorded_close(
     s, frames = broken[0]
     assert s["state"] == "closed"
     assert frames[-1].direction == 1 and b"08P01" in frames[-1].data
+
+
+@pytest_twisted.ensureDeferred
+async def test_malformed_message_sent_while_a_statement_is_held_gets_08P01_once_it_is_decided(
+        tmp_path, postgres, logs):
+    import socket
+
+    g, key = await _start(tmp_path, postgres)
+    try:
+        c = await threads.deferToThread(psycopg.connect, _dsn(g, key), autocommit=True)
+        await threads.deferToThread(c.execute, "CREATE TABLE IF NOT EXISTS heldbad (id int)")
+        s = socket.socket(fileno=os.dup(c.fileno()))
+        s.settimeout(30)
+
+        def hold():
+            s.sendall(w.Query("GRANT SELECT ON heldbad TO PUBLIC").encode())
+            data = b""
+            while b"NOTICE" not in data:
+                data += s.recv(4096)
+            s.sendall(b"E\x00\x00\x00\x08abcd")  # Execute, unterminated portal name: read after the hold
+        await threads.deferToThread(hold)
+        ticket = await _waitTicket(g)
+        g.gateway.approvals.approve(ticket.id, _lead(), "ok")
+
+        def rest():
+            data = b""
+            while chunk := s.recv(4096):
+                data += chunk
+            return data
+        data = await threads.deferToThread(rest)
+        s.close()
+        c.close()
+        r = w.Reader(frontend=False)
+        r.receive_data(data)
+        errors = []
+        while (f := r.next_event()) is not w.NEED_DATA:
+            m = w.decodeFrame(f, False)
+            if isinstance(m, w.ErrorResponse):
+                errors.append(m.get("C"))
+        assert errors[-1:] == ["08P01"], data
+        assert not [line for line in logs if "Unhandled" in line or "Traceback" in line], logs
+    finally:
+        await g.stop()

@@ -10,7 +10,7 @@ from twisted.logger import Logger
 from twisted.web import resource, server
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from sealgate.admin._http import LOGIN_COOKIE, jsonBody, pathSegments
+from sealgate.admin._http import LOGIN_COOKIE, Reply, jsonBody, pathSegments
 from sealgate.identity import AuthenticationFailed
 from sealgate.identity.oidcflow import CodeFlow, LoginError
 
@@ -132,6 +132,8 @@ class Login(resource.Resource):
     # -- common --------------------------------------------------------------
 
     def _go(self, request, d):
+        reply = Reply(request)
+
         def failed(f):
             if f.check(AuthenticationFailed, LoginError):
                 reason = f.value.reason if f.check(AuthenticationFailed) else str(f.value)
@@ -143,11 +145,7 @@ class Login(resource.Resource):
                 self._log.failure("Console login error", f)
                 request.redirect(b"/login?" + urlencode({"error": "login is unavailable"}).encode())
 
-        def finish(_):
-            if not request.finished:
-                request.finish()
-
-        d.addErrback(failed).addBoth(finish)
+        d.addErrback(failed).addBoth(lambda _: reply.send())
         return server.NOT_DONE_YET
 
     def _loggedIn(self, identity, request, method: str) -> None:

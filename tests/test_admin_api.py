@@ -246,11 +246,16 @@ async def test_metrics_count_what_the_sealed_log_says(admin):
     await s.end("closed")
     from twisted.internet import reactor
 
+    from sealgate.identity import AuthenticationFailed
+
+    with pytest.raises(AuthenticationFailed):
+        await admin.running.gateway.authenticate(DB, "not-a-key", "127.0.0.1:5001")
     text = ""
     for _ in range(100):
         code, raw = await admin.call(None, "GET", "/metrics", raw=True)
         text = raw.decode()
-        if 'sealgate_tickets_total{state="denied"} 1.0' in text:
+        if ('sealgate_tickets_total{state="denied"} 1.0' in text
+                and 'sealgate_login_failures_total{protocol="line"} 1.0' in text):
             break
         await task.deferLater(reactor, 0.05, lambda: None)
     assert 'sealgate_sessions_total{protocol="line"} 1.0' in text
@@ -260,6 +265,8 @@ async def test_metrics_count_what_the_sealed_log_says(admin):
     assert 'sealgate_ticket_decision_seconds_count{outcome="denied"} 1.0' in text
     assert 'sealgate_session_bytes_total{direction="from_client",protocol="line"} 9.0' in text
     assert "sealgate_store_unsealed_leaves" in text and "sealgate_store_checkpoint_age_seconds" in text
+    assert 'sealgate_login_failures_total{protocol="line"} 1.0' in text
+    assert "sealgate_log_leaves" in text and "sealgate_session_live_bytes" in text
 
 
 @pytest_twisted.ensureDeferred

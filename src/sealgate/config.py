@@ -1,41 +1,26 @@
 """TOML configuration parsed into attrs classes, validated with errors for people."""
 
-import builtins
+import difflib
 import os
 import re
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import attrs
 
-
-class ConfigError(Exception):
-    """
-    A configuration problem.  C{str(exc)} is one message naming the file, the
-    key and the fix; it is printed without a traceback.
-    """
-
-
-@attrs.frozen
-class Where:
-    """A place in a config file, to build L{ConfigError}s from."""
-
-    path: str
-    table: str
-
-    def key(self, key: str) -> str:
-        return f"{self.table}.{key}" if self.table else key
-
-    def error(self, key: str, message: str, fix: str = "") -> ConfigError:
-        text = f"{self.path}: {self.key(key)}: {message}"
-        if fix:
-            text += f"\n  fix: {fix}"
-        return ConfigError(text)
-
-    def sub(self, name: str) -> "Where":
-        return Where(self.path, self.key(name))
+from sealgate.configtable import (  # noqa: F401  (re-exported: the plugin contract)
+    UNRESOLVED_SECRET,
+    ConfigError,
+    Table,
+    Where,
+    _resolveSecrets,
+    parseDuration,
+    resolveSecret,
+    unknownKeyFix,
+)
+from sealgate.logconfig import LoggingConfig, parseLogging
 
 
 @attrs.frozen
@@ -152,6 +137,12 @@ class GatewayConfig:
     raw: Mapping[str, Any] = attrs.field(eq=False, repr=False, factory=dict)
     admin: AdminConfig = AdminConfig()
     notify: tuple[NotifyConfig, ...] = ()
+    #: Things that are valid but probably wrong (logged at start, printed by
+    #: C{sealgate config check}).
+    warnings: tuple[str, ...] = ()
+    logging: LoggingConfig = LoggingConfig()
+    #: C{[[events]]}: L{sealgate.events.EventSink}s of the audit event stream.
+    events: tuple = ()
 
     def connection(self, name: str) -> ConnectionConfig | None:
         for c in self.connections:
@@ -166,126 +157,29 @@ BASE_RULE_KEYS = frozenset(
     {"statements", "relations", "sql_regex", "commands", "methods", "paths", "headers", "kinds"}
 )
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
-
-
-def parseDuration(text: str | int | float) -> float:
-    """'5m' -> 300.0; raises ValueError."""
-    if isinstance(text, (int, float)) and not isinstance(text, bool):
-        return float(text)
-    m = _DURATION.match(str(text))
-    if not m:
-        raise ValueError(text)
-    return float(m.group(1)) * _UNITS[m.group(2)]
-
-
-# -- small typed getters ---------------------------------------------------
-
-
-class Table:
-    """Reads one TOML table, tracking which keys were used."""
-
-    def __init__(self, data: Any, where: Where):
-        if not isinstance(data, dict):
-            raise where.error("", "must be a table", f"write it as [{where.table}]")
-        self.data = data
-        self.where = where
-        self.used: set[str] = set()
-
-    def _get(self, key, default, required):
-        self.used.add(key)
-        if key not in self.data:
-            if required:
-                raise self.where.error(key, "is missing", f"add {key} = ... to [{self.where.table}]")
-            return default
-        return self.data[key]
-
-    def str(self, key, default=None, required=False) -> Any:
-        v = self._get(key, default, required)
-        if v is not default and not isinstance(v, str):
-            raise self.where.error(key, f"must be a string, not {type(v).__name__}",
-                                   f'write it in quotes: {key} = "..."')
-        return v
-
-    def bool(self, key, default=False) -> bool:
-        v = self._get(key, default, False)
-        if not isinstance(v, bool):
-            raise self.where.error(key, f"must be true or false, not {v!r}")
-        return v
-
-    def number(self, key, default=None, minimum=None) -> Any:
-        v = self._get(key, default, False)
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise self.where.error(key, f"must be a number, not {v!r}")
-        if minimum is not None and v < minimum:
-            raise self.where.error(key, f"must be at least {minimum}, not {v}")
-        return v
-
-    def duration(self, key, default) -> float:
-        v = self._get(key, default, False)
-        try:
-            return parseDuration(v)
-        except ValueError:
-            raise self.where.error(key, f"is not a duration: {v!r}",
-                                   'write a number of seconds or e.g. "30s", "5m", "2h", "30d"')
-
-    # builtins.*: inside Table the bare names are its str/bool methods.
-    def strings(self, key, default=(), required=False) -> tuple[builtins.str, ...]:
-        v = self._get(key, default, required)
-        if isinstance(v, str):
-            v = [v]
-        if not isinstance(v, (list, tuple)) or not all(isinstance(s, str) for s in v):
-            raise self.where.error(key, "must be a list of strings", f'write {key} = ["...", "..."]')
-        return tuple(v)
-
-    def finish(self, extra_ok: Callable[[builtins.str], builtins.bool] = lambda k: False) -> None:
-        for key in self.data:
-            if key not in self.used and not extra_ok(key):
-                known = ", ".join(sorted(self.used))
-                raise self.where.error(key, "unknown key",
-                                       f"remove it or use one of: {known}")
-
-
-def resolveSecret(table: Table, base: str, required: bool = True) -> str | None:
-    """
-    Resolve C{<base>_env} or C{<base>_file} in a table to the secret value.
-    The value never appears in an error.
-    """
-    env = table.str(f"{base}_env")
-    path = table.str(f"{base}_file")
-    if env and path:
-        raise table.where.error(f"{base}_env", f"both {base}_env and {base}_file are set",
-                                "keep one of them")
-    if env:
-        value = os.environ.get(env)
-        if value is None:
-            raise table.where.error(f"{base}_env", f"environment variable {env} is not set",
-                                    f"export {env}=... before starting sealgate")
-        return value
-    if path:
-        try:
-            return Path(path).read_text().rstrip("\r\n")
-        except OSError as e:
-            raise table.where.error(f"{base}_file", f"cannot read {path}: {e.strerror}",
-                                    "point it at a readable file holding only the secret")
-    if required:
-        raise table.where.error(f"{base}_env", "no secret configured",
-                                f"set {base}_env = \"VAR\" or {base}_file = \"/path\"")
-    return None
-
-
 # -- the whole file ----------------------------------------------------------
 
 
-def loadConfig(path: str | os.PathLike, plugins: Mapping[str, Any] | None = None) -> GatewayConfig:
+def loadConfig(path: str | os.PathLike, plugins: Mapping[str, Any] | None = None,
+               secrets: bool = True) -> GatewayConfig:
     """
     Read and validate a config file.
 
     @param plugins: protocol name -> L{sealgate.interfaces.IProtocolPlugin};
         None to discover them with twisted.plugin.
+    @param secrets: False for commands that never reach a backend (keys,
+        approvals, the store): secrets must be configured but are not read,
+        so the operator running them needs none in the environment.
     @raise ConfigError: with one message for people.
     """
+    token = _resolveSecrets.set(secrets)
+    try:
+        return _loadConfig(path, plugins)
+    finally:
+        _resolveSecrets.reset(token)
+
+
+def _loadConfig(path: str | os.PathLike, plugins: Mapping[str, Any] | None) -> GatewayConfig:
     path = str(path)
     try:
         with open(path, "rb") as f:
@@ -403,10 +297,39 @@ def parseConfig(raw: Mapping[str, Any], path: str, plugins: Mapping[str, Any]) -
     for n, t in enumerate(_array(top, "notify")):
         notify.append(_notify(Table(t, Where(path, f"notify[{n}]")), {x.name for x in notify}))
 
+    logging = parseLogging(Table(top._get("logging", {}, False), Where(path, "logging")))
+    from sealgate.events import parseSink
+
+    sinks: list = []
+    for n, t in enumerate(_array(top, "events")):
+        sinks.append(parseSink(Table(t, Where(path, f"events[{n}]")), {x.name for x in sinks}))
+
     top.finish()
     _checkDistinctListeners(connections)
     return GatewayConfig(path, gateway, identity, tuple(roles), tuple(connections),
-                         tuple(rules), masking, raw, admin, tuple(notify))
+                         tuple(rules), masking, raw, admin, tuple(notify),
+                         warnings=_approverWarnings(path, rules, roles, admin, identity),
+                         logging=logging, events=tuple(sinks))
+
+
+def _approverWarnings(path, rules, roles, admin, identity) -> tuple[str, ...]:
+    """
+    Approver groups nothing in the file gives anyone.  Only a warning: API
+    keys, SSH keys and the OIDC issuer's group claim may still carry them,
+    but a misspelt group leaves every ticket of its rule to expire.
+    """
+    known = {g for r in roles for g in r.groups}
+    known.update(admin.approvers, admin.admins, identity.admins)
+    out = []
+    for n, rule in enumerate(rules):
+        for g in rule.approvers:
+            if g not in known:
+                near = difflib.get_close_matches(g, sorted(known), n=1)
+                hint = f" (did you mean {near[0]!r}?)" if near else ""
+                out.append(f"{path}: rules[{n}] ({rule.name}).approvers: no role or [admin] list "
+                           f"names the group {g!r}{hint}; unless an API key, SSH key or the OIDC "
+                           f"groups claim carries it, this rule's tickets can only expire")
+    return tuple(out)
 
 
 def _admin(t: Table) -> AdminConfig:
@@ -458,6 +381,7 @@ def _notify(t: Table, names: set[str]) -> NotifyConfig:
 
 def _rule(t: Table, names: set[str], ruleKeys: set[str]) -> Rule:
     name = t.str("name", required=True)
+    t.where = Where(t.where.path, f"{t.where.table} ({name})")
     action = t.str("action", required=True)
     if action not in ("deny", "approve", "allow"):
         raise t.where.error("action", f"unknown action {action!r}", "use deny, approve or allow")
@@ -491,7 +415,7 @@ def _rule(t: Table, names: set[str], ruleKeys: set[str]) -> Rule:
         matchers=matchers, reason=t.str("reason", ""), approvers=approvers,
         approvals_needed=int(needed), expires=t.duration("expires", 300.0),
     )
-    t.finish()
+    t.finish(known=ruleKeys)
     return rule
 
 

@@ -8,7 +8,7 @@ from twisted.application.service import MultiService
 from twisted.internet import defer, endpoints
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger
 
 from sealgate.approvals import Approvals
 from sealgate.config import ConfigError, loadConfig
@@ -45,6 +45,16 @@ class GatewayService(MultiService):
         self.adminPort = None
         self.ready = False
         self._terminating = False
+        #: Set by the tap: twistd's AppLogger logs to the application's
+        #: ILogObserver component, which is this ([logging] level/format).
+        self.logObserver = None
+        self.events = None
+
+    def setServiceParent(self, parent):
+        super().setServiceParent(parent)
+        setComponent = getattr(parent, "setComponent", None)
+        if self.logObserver is not None and setComponent is not None:
+            setComponent(ILogObserver, self.logObserver)
 
     @property
     def reactor(self):
@@ -147,10 +157,20 @@ class GatewayService(MultiService):
             self._log.info("Connection {name} listening on {address}", name=name,
                            address=port.getHost())
         self._writeAdminAddress()
+        self._startEvents()
         self._log.info("Admin API on {address}", address=self.adminPort.getHost())
         for port in {id(p): p for p in [*self.ports.values(), self.adminPort]}.values():
             getattr(port, "startReading", lambda: None)()
         return self
+
+    def _startEvents(self):
+        """The audit event stream ([[events]]) follows the sealed log once the store is up."""
+        from sealgate.events import EventStream
+
+        self.events = EventStream(self.config.events, self.config.gateway.state_dir,
+                                  self.reactor, self.reactor.getThreadPool())
+        self.events.setServiceParent(self)
+        self.events.startStreaming()
 
     def _adminFile(self):
         return self.config.gateway.state_dir / "admin.json"

@@ -29,4 +29,9 @@ def makeService(options):
         # One message for people, no traceback, a non-zero exit.
         sys.stderr.write(f"sealgate: bad config: {e}\n")
         raise SystemExit(1)
-    return GatewayService(config)
+    from sealgate.logconfig import makeObserver
+
+    service = GatewayService(config)
+    # twistd logs to what the application offers as its ILogObserver.
+    service.logObserver = makeObserver(config.logging, getattr(options, "parent", None))
+    return service

@@ -37,7 +37,7 @@ class Metrics:
                                  buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 14400),
                                  registry=r)
         self.active = Gauge("sealgate_sessions_active", "Sessions open now", ["protocol"], registry=r)
-        self.liveBytes = Gauge("sealgate_session_bytes_live", "Bytes of the sessions open now",
+        self.liveBytes = Gauge("sealgate_session_live_bytes", "Bytes of the sessions open now",
                                ["direction"], registry=r)
         self.pending = Gauge("sealgate_tickets_pending", "Approval tickets waiting", registry=r)
         self.backlog = Gauge("sealgate_store_backlog_items",
@@ -46,9 +46,14 @@ class Metrics:
                               "Log leaves not yet covered by a signed checkpoint", registry=r)
         self.checkpointAge = Gauge("sealgate_store_checkpoint_age_seconds",
                                    "Age of the latest signed checkpoint", registry=r)
-        self.logSize = Gauge("sealgate_log_size", "Leaves in the sealed log", registry=r)
+        self.logSize = Gauge("sealgate_log_leaves", "Leaves in the sealed log", registry=r)
+        self.loginFailures = Counter("sealgate_login_failures", "Failed logins (sealed)",
+                                     ["protocol"], registry=r)
         self.notifications = Counter("sealgate_notifications", "Notification deliveries",
                                      ["target", "outcome"], registry=r)
+        self.eventsPending = Gauge("sealgate_events_pending",
+                                   "Sealed log leaves an [[events]] sink has not delivered yet",
+                                   ["sink"], registry=r)
         self._lock = threading.Lock()
         self._next = 0
         self._protocols: dict[str, str] = {}
@@ -72,6 +77,9 @@ class Metrics:
         self.liveBytes.labels("to_client").set(toClient)
         self.pending.set(len(svc.approvals.pending()))
         self.backlog.set(svc.store.backlog() if hasattr(svc.store, "backlog") else 0)
+        events = getattr(svc, "events", None)
+        for status in (events.status() if events is not None else ()):
+            self.eventsPending.labels(status["name"]).set(status["pending"])
 
     def scan(self) -> None:
         """Count the log leaves added since the last scan (thread)."""
@@ -115,6 +123,9 @@ class Metrics:
                 # The decision of a held command, counted under what it became.
                 self.verdicts.labels(str(fields.get("verdict")) + "_after_hold",
                                      str(fields.get("kind"))).inc()
+            elif what == "login_failed":
+                self.loginFailures.labels(str(fields.get("protocol") or "unknown")).inc(
+                    _count(fields))
             elif what == "approval":
                 state = str(fields.get("state"))
                 ticket = str(fields.get("ticket"))
@@ -153,3 +164,9 @@ class _MetricsResource(resource.Resource):
 
         inThread(m.admin, lambda: (m.scan(), m.render())[1]).addCallbacks(done, failed)
         return server.NOT_DONE_YET
+
+
+def _count(fields: dict) -> int:
+    """Failed logins one event stands for (aggregated events carry a count)."""
+    n = fields.get("count", 1)
+    return n if isinstance(n, int) and n > 0 else 1

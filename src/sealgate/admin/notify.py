@@ -1,27 +1,18 @@
 """Ticket notifications: signed JSON webhooks and Slack incoming webhooks, retried with backoff."""
 
-import hashlib
-import hmac
 import json
 import secrets
 import time
-from io import BytesIO
 from typing import Any
 
 import attrs
-from twisted.internet import defer, protocol
+from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
-from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool
-from twisted.web.http_headers import Headers
 
-SIGNATURE_HEADER = "X-Sealgate-Signature"
+from sealgate.webhook import SIGNATURE_HEADER, makeAgent, postJSON, sign
+
 KEEP = 500
-
-
-def sign(secret: str, body: bytes) -> str:
-    """The signature header's value: C{sha256=<hex HMAC-SHA256 of the body>}."""
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
 def _slackEscape(text: str) -> str:
@@ -76,18 +67,6 @@ class Delivery:
                 "created": self.created, "finished": self.finished, "next_attempt": self.nextAttempt}
 
 
-class _Discard(protocol.Protocol):
-    def __init__(self, done):
-        self.done = done
-
-    def dataReceived(self, data):
-        pass
-
-    def connectionLost(self, reason):
-        if not self.done.called:
-            self.done.callback(None)
-
-
 class Notifier:
     """
     Listens to the gateway's tickets and tells the configured targets.
@@ -115,8 +94,8 @@ class Notifier:
             reactor = self.admin.reactor
             # No kept-alive connections: a notification is rare, and an idle
             # socket to a chat service is nothing to hold on to.
-            self._pool = HTTPConnectionPool(reactor, persistent=False)
-            self._agent = Agent(reactor, connectTimeout=10, pool=self._pool)
+            self._agent = makeAgent(reactor)
+            self._pool = self._agent._pool
         return self._agent
 
     def targets(self) -> list:
@@ -174,20 +153,7 @@ class Notifier:
         delivery.nextAttempt = None
         body, headers = self._body(target, delivery, ticketDict)
         reactor = self.admin.reactor
-        try:
-            d = self.agent.request(b"POST", target.url.encode(),
-                                   Headers({k: [v] for k, v in headers.items()}),
-                                   FileBodyProducer(BytesIO(body)))
-        except Exception as e:  # a malformed URL fails here, synchronously
-            d = defer.fail(e)
-        d.addTimeout(target.timeout, reactor)
-
-        def answered(response):
-            done = defer.Deferred()
-            response.deliverBody(_Discard(done))
-            if not 200 <= response.code < 300:
-                raise RuntimeError(f"HTTP {response.code}")
-            return done
+        d = postJSON(self.agent, reactor, target.url, body, headers, target.timeout)
 
         def sent(_):
             delivery.state, delivery.error, delivery.finished = "sent", None, time.time()
@@ -222,7 +188,7 @@ class Notifier:
                                                   event=delivery.event, reason=delivery.error,
                                                   attempts=delivery.attempts)
 
-        d.addCallback(answered).addCallbacks(sent, failed)
+        d.addCallbacks(sent, failed)
         d.addErrback(lambda f: self._log.failure("Notification bookkeeping failed", f))
 
     def stop(self) -> defer.Deferred:

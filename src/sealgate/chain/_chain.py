@@ -6,8 +6,7 @@ from twisted.logger import Logger
 
 from sealgate.chain.hooks import _EMPTY, Command, Output, SessionEnd, SessionStart
 from sealgate.chain.verdicts import CONTINUE, Deny, Hold, Rewrite, Verdict
-
-HOOKS = ("sessionStart", "command", "output", "sessionEnd")
+from sealgate.flow import OutputRefused
 
 
 class Chain:
@@ -105,7 +104,7 @@ class SessionChain:
             if v is CONTINUE:
                 continue
             if isinstance(v, Rewrite):
-                rewritten = v
+                rewritten = v if v.rule else Rewrite(v.value, name)
                 hook = Command(self.session, kind, v.value, details)
             elif isinstance(v, (Deny, Hold)):
                 return v
@@ -141,10 +140,6 @@ class SessionChain:
                 return CONTINUE
             return Deny(name, f"interceptor {name} failed; refused")
         return CONTINUE if v is None else v
-
-
-class OutputRefused(Exception):
-    """Output an interceptor could not vet; the protocol must not send it."""
 
 
 def _bound(interceptors, hook):

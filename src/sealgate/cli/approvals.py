@@ -6,21 +6,41 @@ import re
 import sys
 import urllib.error
 import urllib.request
+from pathlib import Path
 
-from sealgate.cli.main import CommandError, loadConfigFor
+from sealgate.cli._common import CommandError, hasConfig, loadConfigFor
+
+#: Where a gateway started with the sample config keeps its state, relative
+#: to the directory it runs in (the README's run command).
+DEFAULT_STATE_DIR = Path("var/sealgate")
 
 
 def adminURL(args) -> str:
-    """The admin API base URL: --admin-url, else the config's [gateway] admin endpoint."""
-    if getattr(args, "admin_url", None):
-        return args.admin_url.rstrip("/")
-    config = loadConfigFor(args)
-    running = config.gateway.state_dir / "admin.json"
+    """
+    The admin API base URL: --admin-url or $SEALGATE_ADMIN_URL; else what the
+    running gateway wrote into its state directory (from --state-dir, the
+    config, or ./var/sealgate); else the config's [gateway] admin endpoint.
+    No config is needed when the gateway runs from this directory.
+    """
+    explicit = getattr(args, "admin_url", None) or os.environ.get("SEALGATE_ADMIN_URL")
+    if explicit:
+        return explicit.rstrip("/")
+    config = loadConfigFor(args) if hasConfig(args) else None
+    if getattr(args, "state_dir", None):
+        stateDir = Path(args.state_dir)
+    elif config is not None:
+        stateDir = config.gateway.state_dir
+    else:
+        stateDir = DEFAULT_STATE_DIR
     try:
         # Written by the running gateway: right even when the config says port 0.
-        return json.loads(running.read_text())["url"]
+        return json.loads((stateDir / "admin.json").read_text())["url"]
     except (OSError, ValueError, KeyError):
         pass
+    if config is None:
+        raise CommandError(f"no running gateway found in {stateDir}: pass --admin-url URL "
+                           "(the gateway logs it at start: 'Admin API on ...'), --state-dir DIR "
+                           "or --config PATH")
     desc = config.gateway.admin
     m = re.match(r"^(tcp6?|ssl):(\d+)(.*)$", desc)
     if not m:
@@ -81,7 +101,10 @@ def _decide(action):
 def register(sub) -> None:
     p = sub.add_parser("approvals", help="list and decide approval tickets")
     p.add_argument("--token", help="API key or OIDC token (default: $SEALGATE_TOKEN)")
-    p.add_argument("--admin-url", help="admin API URL (default: from the config)")
+    p.add_argument("--admin-url", help="admin API URL (default: $SEALGATE_ADMIN_URL, else "
+                   "found in the running gateway's state directory)")
+    p.add_argument("--state-dir", help="the running gateway's state directory "
+                   "(default: from --config, else ./var/sealgate)")
     s = p.add_subparsers(dest="action", metavar="ACTION")
     s.required = True
     ls = s.add_parser("list", help="pending tickets")

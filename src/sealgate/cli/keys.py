@@ -6,6 +6,7 @@ import sys
 import time
 from pathlib import Path
 
+from sealgate.cli._common import CommandError, loadConfigFor
 from sealgate.config import parseDuration
 from sealgate.identity.apikeys import APIKeyError, APIKeyStore
 
@@ -37,7 +38,6 @@ def register(subparsers) -> None:
 
 
 def _store(args) -> APIKeyStore:
-    from sealgate.cli.main import loadConfigFor
     from sealgate.identity.service import KEYS_FILE
 
     stateDir = Path(args.state_dir) if args.state_dir else loadConfigFor(args).gateway.state_dir
@@ -51,7 +51,6 @@ def _when(t: float | None) -> str:
 
 
 def createKey(args) -> int:
-    from sealgate.cli.main import CommandError
 
     expires = None
     if args.expires:
@@ -90,7 +89,6 @@ def listKeys(args) -> int:
 
 
 def revokeKey(args) -> int:
-    from sealgate.cli.main import CommandError
 
     try:
         count = _store(args).revoke(args.name)

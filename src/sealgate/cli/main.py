@@ -2,10 +2,10 @@
 
 import argparse
 import importlib
-import os
 import sys
+from importlib import metadata
 
-from sealgate.config import ConfigError, GatewayConfig, loadConfig
+from sealgate.cli._common import CommandError, configPath, loadConfigFor  # noqa: F401 (API)
 
 #: Each module has C{register(subparsers)}; its handlers take the parsed
 #: arguments and return an exit code.
@@ -14,31 +14,23 @@ COMMAND_MODULES = (
     "sealgate.cli.approvals",
     "sealgate.cli.store",
     "sealgate.cli.sshkeys",
+    "sealgate.cli.configcheck",
+    "sealgate.cli.completion",
 )
 
 
-class CommandError(Exception):
-    """A failure to report in one line, without a traceback."""
-
-
-def configPath(args) -> str:
-    path = getattr(args, "config", None) or os.environ.get("SEALGATE_CONFIG")
-    if not path:
-        raise CommandError("no config: pass --config PATH or set SEALGATE_CONFIG")
-    return path
-
-
-def loadConfigFor(args) -> GatewayConfig:
-    """The config named by --config or SEALGATE_CONFIG; errors become CommandError."""
+def version() -> str:
     try:
-        return loadConfig(configPath(args))
-    except ConfigError as e:
-        raise CommandError(str(e))
+        return metadata.version("sealgate")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def buildParser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sealgate", description="sealgate access gateway")
-    parser.add_argument("--config", help="config file (default: $SEALGATE_CONFIG)")
+    parser.add_argument("--config", dest="global_config",
+                        help="config file (default: $SEALGATE_CONFIG)")
+    parser.add_argument("--version", action="version", version=f"sealgate {version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in COMMAND_MODULES:
@@ -55,6 +47,10 @@ def buildParser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     parser = buildParser()
     args = parser.parse_args(argv)
+    args.parser = parser
+    # A subcommand's own --config (keys, config check) wins over the global one.
+    if getattr(args, "config", None) is None:
+        args.config = args.global_config
     try:
         code = args.handler(args)
     except CommandError as e:

@@ -3,6 +3,7 @@
 import time
 from pathlib import Path
 
+from sealgate.cli._common import CommandError, loadConfigFor
 from sealgate.config import parseDuration
 
 
@@ -30,14 +31,12 @@ def register(subparsers) -> None:
 
 
 def _store(args):
-    from sealgate.cli.main import loadConfigFor
     from sealgate.identity.sshkeys import SSHKeyStore
 
     return SSHKeyStore.forStateDir(loadConfigFor(args).gateway.state_dir)
 
 
 def addKey(args) -> int:
-    from sealgate.cli.main import CommandError
     from sealgate.identity.sshkeys import SSHKeyError
 
     expires = None
@@ -72,7 +71,6 @@ def listKeys(args) -> int:
 
 
 def revokeKeys(args) -> int:
-    from sealgate.cli.main import CommandError
 
     revoked = _store(args).revoke(args.which)
     if not revoked:

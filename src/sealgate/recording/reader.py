@@ -168,6 +168,11 @@ class StoreReader:
         """Yield C{(n, session, type, leaf)} in stored order."""
         yield from self.db.execute("SELECT n, session, type, leaf FROM log ORDER BY n")
 
+    def logLeavesFrom(self, start: int, limit: int):
+        """C{(n, session, type, leaf)} of at most C{limit} leaves from index C{start} on."""
+        return self.db.execute("SELECT n, session, type, leaf FROM log WHERE n >= ? ORDER BY n "
+                               "LIMIT ?", (start, limit)).fetchall()
+
     def logSize(self) -> int:
         return self.db.execute("SELECT count(*) FROM log").fetchone()[0]
 

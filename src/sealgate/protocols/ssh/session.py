@@ -9,9 +9,16 @@ from twisted.conch.ssh import connection
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from sealgate.chain._chain import OutputRefused
-from sealgate.chain.verdicts import CONTINUE, Deny, Hold, Rewrite
-from sealgate.masking import StreamMasker
+from sealgate import (
+    CONTINUE,
+    FROM_CLIENT,
+    TO_CLIENT,
+    Deny,
+    OutputRefused,
+    Rewrite,
+    StreamMasker,
+    unmasked,
+)
 from sealgate.protocols.ssh import _wire
 from sealgate.protocols.ssh.relay import (
     STREAM_CONTROL,
@@ -21,7 +28,6 @@ from sealgate.protocols.ssh.relay import (
     recordChannel,
 )
 from sealgate.protocols.ssh.sftpaudit import SFTPTransfers
-from sealgate.session import FROM_CLIENT, TO_CLIENT
 
 _STDERR = connection.EXTENDED_DATA_STDERR
 #: Requests relayed without asking the backend for a reply (clients send
@@ -31,6 +37,36 @@ _NO_REPLY = {b"window-change", b"signal", b"eow@openssh.com"}
 #: (legacy scp, rsync): masking would corrupt the files, so, like sftp,
 #: their streams pass unmasked (rules can still deny or hold them).
 _TRANSFER = re.compile(r"^\s*(\S*/)?(scp\s+(-\S+\s+)*-[a-zA-Z]*[tf]|rsync\s+--server|\S*sftp-server)\b")
+
+
+class _Stderr:
+    """A channel's stderr as a transport, for C{session.send}."""
+
+    __slots__ = ("channel",)
+
+    def __init__(self, channel):
+        self.channel = channel
+
+    def write(self, data: bytes) -> None:
+        self.channel.writeExtended(_STDERR, data)
+
+
+class StreamOutput:
+    """
+    The output masker of one stream of a terminal channel: a
+    L{StreamMasker} holds back what may be the start of a value (bounded
+    by C{mask_holdback}); the echo of what the user just typed (C{echo})
+    and a C{flush} go out whole.
+    """
+
+    def __init__(self, masker: StreamMasker):
+        self.masker = masker
+
+    def __call__(self, data: bytes, context) -> bytes:
+        m = self.masker
+        if context.get("flush") or context.get("echo"):
+            return (m.feed(data) if data else b"") + m.flush()
+        return m.feed(data)
 
 
 class BackendSession(RelayChannel):
@@ -81,9 +117,9 @@ class ClientSession(RelayChannel):
         self._outTail = b""
         self._secretInput = False
         self._maskers: dict[int, StreamMasker] | None = None
+        self._stderr = _Stderr(self)
         self._flushCall = None
         self.exitStatus: int | None = None
-        self._wantsOutput = bool(self.session.chain.wantsOutput)
         self._passthrough = False
         self._typed = b""
         self._wantsCommand = bool(self.session.chain.wantsCommand)
@@ -91,10 +127,37 @@ class ClientSession(RelayChannel):
 
     # -- recording ------------------------------------------------------------
 
-    def _control(self, direction: int, **fields) -> None:
+    def _control(self, direction: int, **fields) -> bool:
+        """
+        Record a control event.  One to the client passes the output step
+        (its hooks see it) before the protocol message it stands for is
+        sent; False means it was refused and must not be.
+        """
         fields["t"] = round(time.time(), 6)
-        self.session.record(direction, json.dumps(fields).encode(),
-                            recordChannel(self.id, STREAM_CONTROL))
+        data = json.dumps(fields).encode()
+        channel = recordChannel(self.id, STREAM_CONTROL)
+        if direction == FROM_CLIENT:
+            self.session.received(data, channel)
+            return True
+        try:
+            self.session.emit(data, channel=channel, control=fields["type"])
+        except OutputRefused:
+            self.loseConnection()
+            return False
+        return True
+
+    def channelOpen(self, specificData):
+        # Control records are the gateway's own JSON: masking would only
+        # corrupt them.
+        self.session.setOutputMasker(unmasked, recordChannel(self.id, STREAM_CONTROL))
+        super().channelOpen(specificData)
+
+    # The core pauses a held channel (not the whole connection) through these.
+    def pauseProducing(self) -> None:
+        self.pauseInput("hold")
+
+    def resumeProducing(self) -> None:
+        self.resumeInput("hold")
 
     # -- client -> backend -------------------------------------------------
 
@@ -111,7 +174,7 @@ class ClientSession(RelayChannel):
         if self.pty is not None or self._lines is not None:
             self._terminalInput(data)
         else:
-            self.session.record(FROM_CLIENT, data, recordChannel(self.id, STREAM_DATA))
+            self.session.received(data, recordChannel(self.id, STREAM_DATA))
         if self._sftp is not None:
             self._sftp.receive_data(data)
             self._sftpPump()
@@ -125,7 +188,7 @@ class ClientSession(RelayChannel):
             peer.write(data)
 
     def extReceived(self, dataType, data):
-        self.session.record(FROM_CLIENT, data, recordChannel(self.id, STREAM_STDERR))
+        self.session.received(data, recordChannel(self.id, STREAM_STDERR))
         if self.peer is not None:
             peer = self.peer
             self._toBackend(lambda: peer.writeExtended(dataType, data))
@@ -195,6 +258,7 @@ class ClientSession(RelayChannel):
             self._boundary = _wire.SFTPResponses()
             self._sftp = _wire.SFTPRequests()
             self._transfers = SFTPTransfers(self._auditTransfer)
+            self._setUpMasking(unmaskedOutput=True)
             return self._forward(kind, data)
         return False
 
@@ -208,6 +272,9 @@ class ClientSession(RelayChannel):
         def reply(ok):
             # Conch cannot answer a request on a channel that is gone.
             if self.conn is not None and self.id in self.conn.localToRemoteChannel:
+                if kind not in _NO_REPLY and not self._control(
+                        TO_CLIENT, type="reply", request=kind.decode("ascii", "replace"), ok=ok):
+                    return
                 result.callback(ok)
 
         def send():
@@ -230,34 +297,37 @@ class ClientSession(RelayChannel):
         text = raw.decode("utf-8", "replace")
         if self.pty is None and _TRANSFER.match(text):
             self._passthrough = True
+            self._setUpMasking(unmaskedOutput=True)
         else:
             self._setUpMasking()
         self._control(FROM_CLIENT, type="exec", command=text)
         if not self.session.chain.wantsCommand:
             return self._forward(b"exec", _wire.NS(raw))
-        verdict = self.session.command("exec", text, {"command": text})
-        return self._execVerdict(verdict, raw)
+        decision = self.session.decide("exec", text, {"command": text}, hold=self)
+        if decision.held:
+            # The core keeps this channel's input paused; what the client
+            # sends meanwhile waits in the queue.
+            self._queue = []
+            self._stderrNote(decision.verdict.message)
+            decision.pending.addCallback(self._execDecided, raw)
+            return True
+        return self._execVerdict(decision.verdict, raw)
 
     def _execVerdict(self, verdict, raw: bytes):
         if verdict is CONTINUE:
             return self._forward(b"exec", _wire.NS(raw))
         if isinstance(verdict, Rewrite):
             return self._forward(b"exec", _wire.NS(str(verdict.value).encode()))
-        if isinstance(verdict, Deny):
-            self._refuse(f"denied by rule {verdict.rule}: {verdict.reason}")
-            return True
-        if isinstance(verdict, Hold):
-            self._stderrNote(verdict.message)
-            self._hold()
-            verdict.result.addCallback(self._execDecided, raw)
-            return True
-        return False
+        self._refuse(f"denied by rule {verdict.rule}: {verdict.reason}")
+        return True
 
     def _execDecided(self, verdict, raw: bytes):
         if self.localClosed:
             return
-        if verdict is CONTINUE:
+        if verdict is CONTINUE or isinstance(verdict, Rewrite):
             self._stderrNote("approved; running")
+            if isinstance(verdict, Rewrite):
+                raw = str(verdict.value).encode()
             d = defer.maybeDeferred(self._forward, b"exec", _wire.NS(raw))
             self._release()
 
@@ -270,15 +340,10 @@ class ClientSession(RelayChannel):
         else:
             self._refuse(f"denied: {getattr(verdict, 'reason', 'not approved')}")
 
-    def _hold(self) -> None:
-        self._queue = []
-        self.pauseInput("hold")
-
     def _release(self) -> None:
         queue, self._queue = self._queue or [], None
         for action in queue:
             action()
-        self.resumeInput("hold")
 
     def _eol(self) -> str:
         return "\r\n" if self.pty is not None else "\n"
@@ -286,18 +351,17 @@ class ClientSession(RelayChannel):
     def _stderrNote(self, message: str) -> None:
         if not message.startswith("sealgate:"):
             message = f"sealgate: {message}"
-        data = f"{message}{self._eol()}".encode()
-        self.session.record(TO_CLIENT, data, recordChannel(self.id, STREAM_STDERR))
-        self.writeExtended(_STDERR, data)
+        # A note goes out whole: nothing of it is held back with the stream.
+        self._send(f"{message}{self._eol()}".encode(), STREAM_STDERR, note=True, flush=True)
 
     def _refuse(self, message: str) -> None:
         """The command does not run: say why on stderr, exit status 1, close."""
         self._queue = []
         self._stderrNote(message)
         self.exitStatus = 1
-        self._control(TO_CLIENT, type="exit", status=1)
-        self.sendRequestAfterData(b"exit-status", _wire.exitStatus(1))
-        self.sendEOFAfterData()
+        if self._control(TO_CLIENT, type="exit", status=1):
+            self.sendRequestAfterData(b"exit-status", _wire.exitStatus(1))
+            self.sendEOFAfterData()
         peer, self.peer = self.peer, None
         if peer is not None:
             peer.peer = None
@@ -330,14 +394,14 @@ class ClientSession(RelayChannel):
                        "direction": op.direction}
             if op.target is not None:
                 details["target"] = op.target
-            verdict = chain.command("sftp", op.text, details)
-            if isinstance(verdict, Hold):
-                self._stderrNote(verdict.message)
+            # The packet is forwarded as it came: a rewrite cannot apply.
+            decision = chain.decide("sftp", op.text, details, rewritable=False, hold=self)
+            if decision.held:
+                self._stderrNote(decision.verdict.message)
                 self._sftpHeld = True
-                self.pauseInput("hold")
-                verdict.result.addCallback(self._sftpDecided, packet, op)
+                decision.pending.addCallback(self._sftpDecided, packet, op)
                 return
-            self._sftpVerdict(verdict, packet, op)
+            self._sftpVerdict(decision.verdict, packet, op)
 
     def _sftpVerdict(self, verdict, packet: bytes, op) -> None:
         if isinstance(verdict, Deny):
@@ -363,7 +427,6 @@ class ClientSession(RelayChannel):
             return
         self._sftpHeld = False
         self._sftpVerdict(verdict, packet, op)
-        self.resumeInput("hold")
         self._sftpPump()
 
     def _injectReply(self, packet: bytes) -> None:
@@ -374,10 +437,9 @@ class ClientSession(RelayChannel):
             self._flushInjected()
 
     def _flushInjected(self) -> None:
-        for packet in self._inject:
-            self.session.record(TO_CLIENT, packet, recordChannel(self.id, STREAM_DATA))
-            self.write(packet)
-        self._inject = []
+        inject, self._inject = self._inject, []
+        for packet in inject:
+            self._send(packet, STREAM_DATA, injected=True)
 
     # -- shell input audit ----------------------------------------------------
 
@@ -401,7 +463,7 @@ class ClientSession(RelayChannel):
                     self._outTail = b""
                     hidden += 1
             recorded = bytes(out)
-        self.session.record(FROM_CLIENT, recorded, recordChannel(self.id, STREAM_DATA))
+        self.session.received(recorded, recordChannel(self.id, STREAM_DATA))
         if self._lines is None:
             return
         for line in self._lines.receive_data(data):
@@ -414,11 +476,24 @@ class ClientSession(RelayChannel):
 
     # -- backend -> client -------------------------------------------------------
 
-    def _setUpMasking(self) -> None:
-        masker = self.session.chain.masker
-        if masker is not None:
-            self._maskers = {STREAM_DATA: masker.streamMasker(),
-                             STREAM_STDERR: masker.streamMasker()}
+    def _setUpMasking(self, unmaskedOutput: bool = False) -> None:
+        """
+        Register this channel's output maskers with the session: a stream
+        masker per stream, or (a file transfer, whose bytes masking would
+        corrupt) L{unmasked}, on purpose.
+        """
+        session = self.session
+        masker = session.chain.masker
+        if masker is None:
+            return
+        if unmaskedOutput:
+            for stream in (STREAM_DATA, STREAM_STDERR):
+                session.setOutputMasker(unmasked, recordChannel(self.id, stream))
+            return
+        self._maskers = {STREAM_DATA: masker.streamMasker(),
+                         STREAM_STDERR: masker.streamMasker()}
+        for stream, m in self._maskers.items():
+            session.setOutputMasker(StreamOutput(m), recordChannel(self.id, stream))
 
     def fromBackend(self, data: bytes, stream: int) -> None:
         if self._boundary is not None:
@@ -438,48 +513,44 @@ class ClientSession(RelayChannel):
         if self.pty is not None:
             self._outTail = (self._outTail + data)[-96:]
         maskers = self._maskers
-        masked = maskers is not None
-        if maskers is not None:
-            m = maskers[stream]
-            if data and self._typed.startswith(data):
-                # The terminal echoing what the user just typed: nothing the
-                # client does not already have, so it is not held back.
-                self._typed = self._typed[len(data):]
-                data = m.feed(data) + m.flush()
-            else:
-                self._typed = b""
-                data = m.feed(data)
-            if self._flushCall is None and m.pending:
-                # Bound how long a possible start of a value is held back.
-                self._flushCall = self.user.reactor.callLater(
-                    self.user.options.mask_holdback, self._flushMaskers)
-        if self._wantsOutput and data:
-            try:
-                data = self.session.chain.output(data, protocol="ssh", stream=stream,
-                                                 masked=masked)
-            except OutputRefused as e:
-                self._stderrNote(f"output withheld: {e}")
-                self.loseConnection()
-                return
-        if data:
+        if maskers is None:
             self._send(data, stream)
+            return
+        echo = bool(data) and self._typed.startswith(data)
+        # The terminal echoing what the user just typed is nothing the client
+        # does not already have, so it is not held back.
+        self._typed = self._typed[len(data):] if echo else b""
+        self._send(data, stream, echo=echo)
+        if self._flushCall is None and self._maskers is not None and maskers[stream].pending:
+            # Bound how long a possible start of a value is held back.
+            self._flushCall = self.user.reactor.callLater(
+                self.user.options.mask_holdback, self._flushMaskers)
 
-    def _send(self, data: bytes, stream: int) -> None:
-        self.session.record(TO_CLIENT, data, recordChannel(self.id, stream))
-        if stream == STREAM_DATA:
-            self.write(data)
-        else:
-            self.writeExtended(_STDERR, data)
+    def _send(self, data: bytes, stream: int, **context) -> bool:
+        """
+        The output step for this channel: masked (by the stream's masker),
+        shown to the output hooks, recorded, then written.  What cannot be
+        vetted is withheld and the channel closes; False then.
+        """
+        transport = self if stream == STREAM_DATA else self._stderr
+        try:
+            self.session.send(transport, data, channel=recordChannel(self.id, stream),
+                              protocol="ssh", stream=stream, **context)
+        except OutputRefused as e:
+            if not context.get("note"):
+                self._stderrNote(f"output withheld: {e}")
+            self.loseConnection()
+            return False
+        return True
 
     def _flushMaskers(self) -> None:
-        """Send what the stream maskers held back (bounded by mask_holdback)."""
+        """Send what the stream maskers held back (bounded by mask_holdback), through the output step."""
         self._flushCall = None
         if self._maskers is None:
             return
-        for stream, m in self._maskers.items():
-            rest = m.flush()
-            if rest:
-                self._send(rest, stream)
+        for stream, m in list(self._maskers.items()):
+            if m.pending and not self._send(b"", stream, flush=True):
+                return
 
     def _flushNow(self) -> None:
         if self._flushCall is not None:
@@ -489,22 +560,25 @@ class ClientSession(RelayChannel):
 
     def backendEOF(self) -> None:
         self._flushNow()
-        self._control(TO_CLIENT, type="eof")
-        self.sendEOFAfterData()
+        if self._control(TO_CLIENT, type="eof"):
+            self.sendEOFAfterData()
 
     def backendRequest(self, kind: bytes, data: bytes):
         if kind == b"exit-status":
             self._flushNow()
             self.exitStatus = _wire.parseExitStatus(data)
-            self._control(TO_CLIENT, type="exit", status=self.exitStatus)
+            sent = self._control(TO_CLIENT, type="exit", status=self.exitStatus)
         elif kind == b"exit-signal":
             self._flushNow()
             name, core, msg = _wire.parseExitSignal(data)
-            self._control(TO_CLIENT, type="exit", signal=name, core=core)
-        elif kind not in (b"eow@openssh.com",):
+            sent = self._control(TO_CLIENT, type="exit", signal=name, core=core)
+        elif kind == b"eow@openssh.com":
+            sent = self._control(TO_CLIENT, type="eow")
+        else:
             return False
-        self.sendRequestAfterData(kind, data)
-        return True
+        if sent:
+            self.sendRequestAfterData(kind, data)
+        return sent
 
     def closeAfterData(self) -> None:
         self._flushNow()
@@ -515,6 +589,9 @@ class ClientSession(RelayChannel):
             self._flushCall.cancel()
             self._flushCall = None
         self._maskers = None
+        if self.id is not None:
+            for stream in (STREAM_DATA, STREAM_STDERR, STREAM_CONTROL):
+                self.session.setOutputMasker(None, recordChannel(self.id, stream))
         if self._transfers is not None:
             self._transfers.finish()
         self.session.audit("channel_closed", channel=self.id, mode=self.mode,

@@ -45,6 +45,11 @@ class GatewayService(MultiService):
         self.adminPort = None
         self.ready = False
         self._terminating = False
+        if installSignals:
+            # From the moment twistd builds the service, not once started: a
+            # SIGTERM during start-up is a clean stop too (twistd's own
+            # handler would exit by the signal, or stop a half-started gateway).
+            self._installSignalHandlers()
         #: Set by the tap: twistd's AppLogger logs to the application's
         #: ILogObserver component, which is this ([logging] level/format).
         self.logObserver = None
@@ -69,9 +74,7 @@ class GatewayService(MultiService):
     def startService(self):
         super().startService()
         if self._installSignals:
-            # From now on, not only once started: a SIGTERM during start-up
-            # is a clean stop too (twistd's own handler exits by the signal).
-            self._installSignalHandlers()
+            # Again once the reactor runs: it installs twistd's handler over ours.
             self.reactor.callWhenRunning(self._installSignalHandlers)
         try:
             self._build()
@@ -224,6 +227,9 @@ class GatewayService(MultiService):
         from twisted.internet.threads import deferToThreadPool
 
         path = self.config.path
+        if self.gateway is None or self._terminating:
+            self._log.warn("SIGHUP ignored: the gateway is still starting or already stopping")
+            return defer.succeed(None)
         d = deferToThreadPool(self.reactor, self.reactor.getThreadPool(), loadConfig, path)
 
         def apply(new):

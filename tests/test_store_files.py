@@ -248,3 +248,19 @@ def test_any_byte_flipped_or_cut_anywhere_gives_a_verdict_never_a_crash(pristine
         # Every committed byte of a segment is a record header, a leaf, a salt or a payload.
         assert code == 1 and "FAILED: session" in out, out
     shutil.rmtree(d)
+
+
+def test_a_wal_cut_short_while_a_writer_holds_the_store_is_a_warning(walStore, capsys):
+    import fcntl
+    import os
+
+    wal = walStore / "recordings.sqlite-wal"
+    _truncate(wal, wal.stat().st_size - 100)  # what an append in flight looks like to a reader
+    fd = os.open(walStore / "store.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # as the writer process does
+    try:
+        code, out = _verify(walStore)
+    finally:
+        os.close(fd)
+    assert "WAL" not in out, out
+    assert f"warning: the WAL file {wal} is cut short in frame" in capsys.readouterr().err

@@ -656,6 +656,7 @@ async def test_malformed_extended_query_message_gets_08P01_and_a_recorded_close(
     assert len(broken) == 1
     s, frames = broken[0]
     assert s["state"] == "closed"
+    assert s["reason"].startswith("08P01: sealgate: protocol violation: malformed"), s["reason"]
     assert frames[-1].direction == 1 and b"08P01" in frames[-1].data
 
 

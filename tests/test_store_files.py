@@ -2,6 +2,7 @@
 
 import shutil
 import sqlite3
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -33,25 +34,27 @@ def _write(e, t0=1000.0):
         t += 100
 
 
-@pytest.fixture(scope="module")
-def pristine(tmp_path_factory):
-    d = tmp_path_factory.mktemp("files")
+def _written(d):
+    """An engine left open on a store holding L{_write}'s sessions."""
     e = Engine(d, ORIGIN)
     e.open()
     _write(e)
-    e.close()
+    return e
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory):
+    d = tmp_path_factory.mktemp("files")
+    _written(d).close()
     return d
 
 
 @pytest.fixture(scope="module")
 def withWal(tmp_path_factory):
     """A copy taken while the writer had the store open: its commits are still in the WAL."""
-    d = tmp_path_factory.mktemp("live")
-    e = Engine(d, ORIGIN)
-    e.open()
-    _write(e)
+    e = _written(tmp_path_factory.mktemp("live"))
     copy = tmp_path_factory.mktemp("walcopy") / "store"
-    shutil.copytree(d, copy, ignore=shutil.ignore_patterns("store.lock"))
+    shutil.copytree(e.stateDir, copy, ignore=shutil.ignore_patterns("store.lock"))
     e.close()
     assert (copy / "recordings.sqlite-wal").stat().st_size > 0
     return copy
@@ -59,16 +62,12 @@ def withWal(tmp_path_factory):
 
 @pytest.fixture
 def store(pristine, tmp_path):
-    d = tmp_path / "store"
-    shutil.copytree(pristine, d)
-    return d
+    return Path(shutil.copytree(pristine, tmp_path / "store"))
 
 
 @pytest.fixture
 def walStore(withWal, tmp_path):
-    d = tmp_path / "walstore"
-    shutil.copytree(withWal, d)
-    return d
+    return Path(shutil.copytree(withWal, tmp_path / "walstore"))
 
 
 def _verify(d, *extra):

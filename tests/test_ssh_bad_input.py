@@ -65,3 +65,35 @@ async def test_malformed_kexinits_each_log_one_line_and_get_a_protocol_error(gat
 async def test_the_banner_names_no_software_version(gateway):
     banner, _ = await threads.deferToThread(_talk, gateway.port("web-1"), _KEXINITS["no name lists"])
     assert banner == b"SSH-2.0-sealgate\r\n"
+
+
+def _send(port, payload):
+    s = socket.create_connection(("127.0.0.1", port), timeout=60)
+    try:
+        seen = b""
+        while b"\r\n" not in seen:
+            seen += s.recv(4096)
+        s.sendall(b"SSH-2.0-OpenSSH_9.6\r\n" + _packet(payload))
+        s.shutdown(socket.SHUT_WR)  # then the gateway sees the end and hangs up
+        while s.recv(65536):
+            pass
+    except ConnectionResetError:
+        pass
+    finally:
+        s.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_any_pre_auth_transport_message_is_handled_or_refused_without_a_traceback(gateway, logs):
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    port = gateway.port("web-1")
+
+    @settings(max_examples=80, deadline=None)
+    @given(st.sampled_from([1, 2, 3, 4, 5, 6, 7, 20, 21, 30, 31, 50, 80, 90, 94]), st.binary(max_size=60))
+    def fuzz(number, body):
+        _send(port, bytes([number]) + body)
+
+    await threads.deferToThread(fuzz)
+    assert not [line for line in logs if "Traceback" in line or "Unhandled" in line], logs

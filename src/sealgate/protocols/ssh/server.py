@@ -359,6 +359,13 @@ class ServerConnection(FlowConnection, connection.SSHConnection):
             self.transport.loseConnection()
 
 
+#: What parsing a malformed message raises in Conch.
+_MALFORMED = (struct.error, ValueError, IndexError)
+#: What Conch's transport-layer handlers raise for a message before the one it depends on.
+_OUT_OF_ORDER = (AttributeError, KeyError, TypeError)
+_TRANSPORT_ERRORS = _MALFORMED + _OUT_OF_ORDER
+
+
 class ServerTransport(transport.SSHServerTransport):
     #: No software version: a banner naming Twisted's tells a scanner which CVEs to try.
     ourVersionString = b"SSH-2.0-sealgate"
@@ -371,15 +378,20 @@ class ServerTransport(transport.SSHServerTransport):
     def dispatchMessage(self, messageNum, payload):
         # Conch parses messages where it handles them, so a malformed one
         # (a KEXINIT with a string past its end, say) raises from deep in
-        # the transport: one line and a protocol-error disconnect, not a
+        # the transport, and its key exchange handlers assume the messages
+        # came in order (a KEXDH_INIT before any KEXINIT finds no
+        # algorithm): one line and a protocol-error disconnect, not a
         # traceback per connection in the log.
+        refused = _TRANSPORT_ERRORS if messageNum < 50 else _MALFORMED
         try:
             super().dispatchMessage(messageNum, payload)
-        except (struct.error, ValueError, IndexError) as e:
+        except refused as e:
             name = transport.messages.get(messageNum, f"message {messageNum}")
-            self._log.warn("SSH client {client} sent a malformed {message} ({error}); disconnected",
-                           client=_client(self), message=name.removeprefix("MSG_"), error=str(e) or type(e).__name__)
-            self.sendDisconnect(transport.DISCONNECT_PROTOCOL_ERROR, f"malformed {name}".encode())
+            what = "malformed" if isinstance(e, _MALFORMED) else "out-of-order"
+            self._log.warn("SSH client {client} sent a {what} {message} ({error}); disconnected",
+                           client=_client(self), what=what, message=name.removeprefix("MSG_"),
+                           error=f"{type(e).__name__}: {e}")
+            self.sendDisconnect(transport.DISCONNECT_PROTOCOL_ERROR, f"{what} {name}".encode())
 
 
 class GatewaySSHFactory(factory.SSHFactory):

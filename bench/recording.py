@@ -81,6 +81,8 @@ def run(base, gib):
     class _Store:
         _queue = q
         _wake = None
+        _cost = 0  # what waits, counted on every call against max_unsealed
+        _pauseAt = float("inf")
 
     rec = SessionRecording(_Store(), 1, "hot")  # type: ignore[arg-type]
     data = b"x" * 64

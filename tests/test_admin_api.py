@@ -160,7 +160,7 @@ async def test_each_role_is_allowed_and_refused_what_the_docs_say(admin):
     assert not held.result.called
 
     code, body = await admin.call("bob", "POST", f"/api/approvals/{tid}/approve", {"reason": "backup taken"})
-    assert code == 200 and body["state"] == "approved" and body["decided_by"] == "bob"
+    assert code == 200 and body["state"] == "approved" and body["decided_by"] == "apikey:bob"
     assert held.result.result is CONTINUE
     code, body = await admin.call("carol", "POST", f"/api/approvals/{tid}/approve", {})
     assert code == 409 and "already approved" in body["error"]
@@ -171,15 +171,15 @@ async def test_each_role_is_allowed_and_refused_what_the_docs_say(admin):
     theirs = admin.hold(s, "DROP TABLE b")
     assert (await admin.call("bob", "POST", f"/api/approvals/{theirs.ticket}/cancel", {}))[0] == 403
     code, body = await admin.call("root", "POST", f"/api/approvals/{theirs.ticket}/cancel", {"reason": "stuck"})
-    assert code == 200 and body["state"] == "cancelled" and body["decided_by"] == "root"
-    assert theirs.result.result == Deny("drops-need-a-lead", "cancelled by root")
+    assert code == 200 and body["state"] == "cancelled" and body["decided_by"] == "apikey:root"
+    assert theirs.result.result == Deny("drops-need-a-lead", "cancelled by apikey:root")
     await s.end("client closed")
 
     code, body = await admin.call("audrey", "GET", f"/api/sessions/{s.id}")
     states = [e["fields"]["state"] for e in body["events"] if e.get("event") == "approval"]
     assert states.count("requested") == 3 and "approved" in states and states.count("cancelled") == 2
     assert [e["fields"]["by"] for e in body["events"]
-            if e.get("event") == "approval" and e["fields"]["state"] == "approved"] == ["bob"]
+            if e.get("event") == "approval" and e["fields"]["state"] == "approved"] == ["apikey:bob"]
 
 
 @pytest_twisted.ensureDeferred
@@ -303,7 +303,7 @@ async def test_admin_redacts_a_frame_while_running_and_proofs_still_verify(admin
     code, body = await admin.call("root", "POST", f"/api/sessions/{s.id}/frames/99/redact", {"reason": "x"})
     assert code == 400 and "has no frame 99" in body["error"]
     code, body = await admin.call("root", "POST", path, {"reason": "leaked secret"})
-    assert code == 200 and body["redacted_by"] == "root" and body["frame"] == 0
+    assert code == 200 and body["redacted_by"] == "apikey:root" and body["frame"] == 0
     code, frames = await admin.call("audrey", "GET", f"/api/sessions/{s.id}/frames")
     first = frames["frames"][0]
     assert first.get("data") in (None, "") and base64.b64decode(frames["frames"][1]["data"]) == b"1 row"
@@ -311,4 +311,4 @@ async def test_admin_redacts_a_frame_while_running_and_proofs_still_verify(admin
     assert code == 200 and verified["ok"] is True, verified
     code, detail = await admin.call("audrey", "GET", f"/api/sessions/{s.id}")
     redactions = [e["fields"] for e in detail["events"] if e.get("event") == "redaction"]
-    assert redactions == [{"frame": 0, "reason": "leaked secret", "by": "root"}]
+    assert redactions == [{"frame": 0, "reason": "leaked secret", "by": "apikey:root"}]

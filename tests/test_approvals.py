@@ -25,7 +25,7 @@ def test_approval_lets_the_command_run():
     a = Approvals(task.Clock())
     s, t, results = ticketFor(a)
     a.approve(t.id, LEAD, "looks fine")
-    assert results == [CONTINUE] and t.state == "approved" and t.decidedBy == "bob"
+    assert results == [CONTINUE] and t.state == "approved" and t.decidedBy == "oidc:sealgate#bob"
     states = [f["state"] for kind, f in s.recording.events if kind == "approval"]
     assert states == ["requested", "approval", "approved"]
 
@@ -34,7 +34,7 @@ def test_denial_carries_the_approver_and_reason():
     a = Approvals(task.Clock())
     _, t, results = ticketFor(a)
     a.deny(t.id, LEAD, "not during the freeze")
-    assert results == [Deny("jit", "denied by bob: not during the freeze")]
+    assert results == [Deny("jit", "denied by oidc:sealgate#bob: not during the freeze")]
 
 
 def test_requester_cannot_approve_own_ticket():

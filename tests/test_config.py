@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sealgate.config import ConfigError, loadConfig, parseDuration
+from sealgate.config import ConfigError, loadConfig, parseDuration, parseSize
 
 sys.path.insert(0, str(Path(__file__).parent / "plugins_oot"))
 import linegate  # noqa: E402
@@ -124,6 +124,13 @@ def test_unknown_detector(tmp_path):
     assert "masking.detectors: unknown detector 'dna'" in m and "email" in m
 
 
+def test_unknown_content_setting(tmp_path):
+    m = error(tmp_path, GOOD + 'unknown_content = "maybe"\n')
+    assert "masking.unknown_content: unknown value 'maybe'" in m and "mask, refuse, pass" in m
+    _, cfg = load(tmp_path, GOOD + 'unknown_content = "pass"\n')
+    assert cfg.masking.unknown_content == "pass"
+
+
 def test_toml_syntax_error(tmp_path):
     assert "not valid TOML" in error(tmp_path, GOOD + "\n[broken\n")
 
@@ -142,3 +149,29 @@ def test_durations(text, seconds):
 def test_bad_duration(tmp_path):
     m = error(tmp_path, GOOD.replace('admin = "tcp', 'drain_timeout = "soon"\nadmin = "tcp'))
     assert "gateway.drain_timeout: is not a duration" in m
+
+
+@pytest.mark.parametrize("text,size", [("64MiB", 64 << 20), ("512KiB", 512 << 10), ("1GiB", 1 << 30),
+                                       ("2MB", 2_000_000), (1048576, 1 << 20), ("1.5 MiB", 3 << 19)])
+def test_sizes(text, size):
+    assert parseSize(text) == size
+
+
+def test_store_bounds_default_and_are_read(tmp_path):
+    _, cfg = load(tmp_path, GOOD)
+    assert (cfg.gateway.max_unsealed, cfg.gateway.store_timeout) == (64 << 20, 10.0)
+    _, cfg = load(tmp_path, GOOD.replace('admin = "tcp', 'max_unsealed = "8MiB"\nstore_timeout = "30s"\nadmin = "tcp'))
+    assert (cfg.gateway.max_unsealed, cfg.gateway.store_timeout) == (8 << 20, 30.0)
+
+
+@pytest.mark.parametrize("line,says", [
+    ('max_unsealed = "lots"', ["gateway.max_unsealed: is not a size: 'lots'", 'fix: write a number of bytes or e.g. "64MiB"']),
+    ('max_unsealed = "10KiB"', ["gateway.max_unsealed: must be at least 1,048,576 bytes, not 10,240", "fix: raise it"]),
+    ("max_unsealed = true", ["gateway.max_unsealed: is not a size: True"]),
+    ('store_timeout = "0s"', ["gateway.store_timeout: must be more than 0 s, not 0", "fix:"]),
+    ('store_timeout = "whenever"', ["gateway.store_timeout: is not a duration"]),
+])
+def test_bad_store_bounds_name_the_file_the_key_and_the_fix(tmp_path, line, says):
+    m = error(tmp_path, GOOD.replace('admin = "tcp', f'{line}\nadmin = "tcp'))
+    for text in says:
+        assert text in m

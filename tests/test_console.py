@@ -68,7 +68,7 @@ async def test_api_key_login_sets_a_cookie_and_changes_need_the_csrf_token(admin
     assert r.code == 403 and not held.result.called
     r = await treq.post(url, json={"reason": "ok"}, cookies=jar, persistent=False,
                         headers={"x-sealgate-csrf": me["csrf"]})
-    assert r.code == 200 and (await r.json())["decided_by"] == "bob"
+    assert r.code == 200 and (await r.json())["decided_by"] == "apikey:bob"
 
     r = await treq.post(admin.base + "/logout", cookies=jar, headers={"x-sealgate-csrf": me["csrf"]},
                         persistent=False)

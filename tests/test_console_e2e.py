@@ -191,7 +191,7 @@ async def test_psql_drop_waits_for_the_console_approve_deny_and_expiry(tmp_path,
         status = await threads.deferToThread(browser.decide, ticket2.id, "deny", "not during the freeze")
         assert status == f"Ticket {ticket2.id}: denied"
         r = await running
-        assert r.returncode != 0 and "denied by bob: not during the freeze" in r.stderr
+        assert r.returncode != 0 and f"denied by oidc:{oidc_issuer.issuer}#bob: not during the freeze" in r.stderr
         still = await psql(postgres, port, key, f"select to_regclass('{b}') is not null")
         assert still.stdout.strip() == "t"
 
@@ -233,7 +233,7 @@ async def test_psql_drop_waits_for_the_console_approve_deny_and_expiry(tmp_path,
         events = [e["fields"] for s in reader.sessions() for e in reader.events(s["id"])
                   if e.get("event") == "approval"]
     decided = {(e["ticket"], e["state"]): e for e in events}
-    assert decided[(ticket.id, "approved")]["by"] == "bob"
+    assert decided[(ticket.id, "approved")]["by"] == f"oidc:{oidc_issuer.issuer}#bob"
     assert decided[(ticket.id, "approved")]["reason"] == "backup verified"
     assert decided[(ticket.id, "notified")]["by"] == "ops"
     assert decided[(ticket2.id, "denied")]["reason"] == "not during the freeze"

@@ -1,6 +1,5 @@
 """The core's decision and output steps, reactor-free: verdicts, holds, masking, hooks, recording, pressure."""
 
-import attrs
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -24,51 +23,21 @@ from sealgate import (
 )
 from sealgate.chain.masking import MaskingInterceptor
 from sealgate.chain.rules import RulesInterceptor
-from sealgate.config import MaskingConfig, Rule
+from sealgate.config import MaskingConfig
 from sealgate.interfaces import IRecordingStore, ISessionRecording
 from sealgate.masking import Masker, MaskingFailed
-from sealgate.testing import FakeRecording, FakeStore, FakeTransport, fakeGateway, fakeSession
+from sealgate.testing import (
+    CommandInterceptor,
+    FakeRecording,
+    FakeStore,
+    FakeTransport,
+    OutputRecorder,
+    fakeGateway,
+    fakeSession,
+    rule,
+)
 
 CARD = b"4111 1111 1111 1111"
-
-
-def rule(name, action, **kw):
-    base = dict(connections=("*",), groups=("*",), matchers={}, approvers=("leads",),
-                approvals_needed=1, expires=60.0, reason="")
-    base.update(kw)
-    return Rule(name=name, action=action, **base)
-
-
-@attrs.define
-class Says:
-    """An interceptor with one verdict for every command and a fixed output rewrite."""
-
-    verdict: object = None
-    name: str = "says"
-    seen: list = attrs.field(factory=list)
-    output_: object = None
-
-    def appliesTo(self, session):
-        return True
-
-    def command(self, hook):
-        return self.verdict
-
-
-@attrs.define
-class Sees:
-    """An output hook that keeps what it saw, and may refuse."""
-
-    name: str = "sees"
-    seen: list = attrs.field(factory=list)
-    refuse: bool = False
-
-    def appliesTo(self, session):
-        return True
-
-    def output(self, hook):
-        self.seen.append((hook.data, dict(hook.context)))
-        return Deny(self.name, "not for you") if self.refuse else None
 
 
 def masking():
@@ -89,30 +58,30 @@ def commands(s):
 
 
 def test_allowed_command_is_one_shared_decision_audited_once():
-    s = fakeSession([Says(None)])
+    s = fakeSession([CommandInterceptor(None)])
     d = s.decide("line", "hello")
     assert d is ALLOWED and d.allowed and d.pending is None
     assert [(e["verdict"], e["command"]) for e in commands(s)] == [("allow", "hello")]
 
 
 def test_reported_allow_leaves_the_audit_to_the_protocol_but_not_a_deny():
-    s = fakeSession([Says(None)])
+    s = fakeSession([CommandInterceptor(None)])
     assert s.decide("sql", "select 1", reported=True) is ALLOWED
     assert commands(s) == []
-    s2 = fakeSession([Says(Deny("r", "no"))])
+    s2 = fakeSession([CommandInterceptor(Deny("r", "no"))])
     assert s2.decide("sql", "drop", reported=True).verdict == Deny("r", "no")
     assert [e["verdict"] for e in commands(s2)] == ["deny"]
 
 
 def test_rewrite_is_applied_where_the_protocol_can():
-    s = fakeSession([Says(Rewrite("select 2"), name="rewriter")])
+    s = fakeSession([CommandInterceptor(Rewrite("select 2"), name="rewriter")])
     d = s.decide("sql", "select 1")
     assert d.verdict == Rewrite("select 2") and d.verdict.rule == "rewriter"
     assert [(e["verdict"], e["rule"]) for e in commands(s)] == [("rewrite", "rewriter")]
 
 
 def test_rewrite_where_the_protocol_cannot_is_an_audited_deny():
-    s = fakeSession([Says(Rewrite("get /other"), name="rewriter")])
+    s = fakeSession([CommandInterceptor(Rewrite("get /other"), name="rewriter")])
     d = s.decide("sftp", "get /etc/passwd", rewritable=False)
     assert d.verdict == Deny("rewriter", CANNOT_REWRITE)
     [event] = commands(s)
@@ -159,7 +128,7 @@ def test_an_approval_that_fails_or_decides_nonsense_is_a_deny():
     for outcome in (lambda d: d.errback(RuntimeError("approver service down")),
                     lambda d: d.callback("yes please")):
         result: Deferred = Deferred()
-        s = fakeSession([Says(Hold("t1", "wait", result))])
+        s = fakeSession([CommandInterceptor(Hold("t1", "wait", result))])
         client, _ = attached(s)
         got = []
         s.decide("line", "deploy").pending.addCallback(got.append)
@@ -171,7 +140,7 @@ def test_an_approval_that_fails_or_decides_nonsense_is_a_deny():
 
 def test_approved_rewrite_on_a_protocol_that_cannot_is_a_deny():
     result: Deferred = Deferred()
-    s = fakeSession([Says(Hold("t1", "wait", result))])
+    s = fakeSession([CommandInterceptor(Hold("t1", "wait", result))])
     got = []
     s.decide("sftp", "put x", rewritable=False).pending.addCallback(got.append)
     result.callback(Rewrite("put y", "approver"))
@@ -180,7 +149,7 @@ def test_approved_rewrite_on_a_protocol_that_cannot_is_a_deny():
 
 def test_session_end_settles_a_pending_hold_as_a_deny():
     result: Deferred = Deferred()
-    s = fakeSession([Says(Hold("t1", "wait", result))])
+    s = fakeSession([CommandInterceptor(Hold("t1", "wait", result))])
     got = []
     s.decide("line", "deploy").pending.addCallback(got.append)
     s.end("client closed")
@@ -191,7 +160,7 @@ def test_session_end_settles_a_pending_hold_as_a_deny():
 
 def test_hold_pauses_what_the_protocol_names_instead_of_the_client_leg():
     result: Deferred = Deferred()
-    s = fakeSession([Says(Hold("t1", "wait", result))])
+    s = fakeSession([CommandInterceptor(Hold("t1", "wait", result))])
     client, _ = attached(s)
     channel = FakeTransport()
     s.decide("exec", "deploy", hold=channel)
@@ -204,7 +173,7 @@ def test_hold_pauses_what_the_protocol_names_instead_of_the_client_leg():
 
 
 def test_emit_masks_then_runs_output_hooks_then_records():
-    hook = Sees()
+    hook = OutputRecorder()
     s = fakeSession([masking(), hook])
     out = s.emit(b"pay " + CARD, channel=3, stream="data")
     assert CARD not in out and out.startswith(b"pay ")
@@ -214,7 +183,7 @@ def test_emit_masks_then_runs_output_hooks_then_records():
 
 
 def test_emit_without_masking_passes_bytes_and_hooks_see_them_unmasked_flagged():
-    hook = Sees()
+    hook = OutputRecorder()
     s = fakeSession([hook])
     assert s.emit(CARD) == CARD
     assert hook.seen == [(CARD, {"channel": 0, "masked": False})]
@@ -230,7 +199,7 @@ def test_registered_output_masker_handles_its_channel_only():
 
 
 def test_refused_output_is_not_recorded_and_the_refusal_is_sealed():
-    s = fakeSession([Sees(refuse=True)])
+    s = fakeSession([OutputRecorder(refuse=True)])
     with pytest.raises(OutputRefused, match="not for you"):
         s.emit(b"secret", channel=5)
     assert s.recording.bytesTo() == b""
@@ -349,3 +318,40 @@ def test_a_leg_is_paused_exactly_while_some_reason_holds_it(steps):
 def test_the_fakes_provide_the_interfaces():
     assert verifyObject(IRecordingStore, FakeStore())
     assert verifyObject(ISessionRecording, FakeRecording("s"))
+
+
+def test_the_masking_interceptor_is_not_asked_again_about_output_the_core_masked():
+    calls = []
+
+    class Counting(MaskingInterceptor):
+        def output(self, hook):
+            calls.append(hook.data)
+            return super().output(hook)
+
+    hook = OutputRecorder()
+    s = fakeSession([Counting(masking().masker), hook])
+    out = s.emit(b"pay " + CARD)
+    assert calls == [] and hook.seen[0][0] == out
+    # A protocol still calling the chain itself with unmasked data is masked there.
+    assert CARD not in s.chain.output(CARD)
+    assert calls == [CARD]
+
+
+@given(st.permutations(range(4)), st.lists(st.booleans(), min_size=4, max_size=4))
+def test_the_client_leg_is_paused_exactly_while_a_hold_is_pending(order, approve):
+    results = [Deferred() for _ in range(4)]
+    pick = iter(results)
+    s = fakeSession([CommandInterceptor(lambda hook: Hold("t", "wait", next(pick)))])
+    client, _ = attached(s)
+    s.gateway.store.setPressure("paused", "the disk is full")
+    finals = []
+    for _ in results:
+        s.decide("line", "deploy").pending.addCallback(finals.append)
+    for n, i in enumerate(order):
+        results[i].callback(CONTINUE if approve[i] else Deny("r", "no"))
+        assert client.producerState == "paused"  # the store still holds it
+        assert s.clientLeg.pausedFor("hold") == (n < 3)
+    s.gateway.store.setPressure("flowing")
+    assert client.producerState == "producing"
+    assert sorted(map(repr, finals)) == sorted(
+        repr(CONTINUE if a else Deny("r", "no")) for a in approve)

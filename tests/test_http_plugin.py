@@ -9,7 +9,7 @@ from zope.interface.verify import verifyObject
 from sealgate.config import ConfigError, Where
 from sealgate.interfaces import IProtocolPlugin
 from sealgate.protocols.http import _wire
-from sealgate.protocols.http._proxy import Router, _endpointHostPort
+from sealgate.protocols.http._routing import Router, endpointHostPort
 from sealgate.protocols.http.plugin import parseOptions, plugin
 
 WHERE = Where("sealgate.toml", "connections[0] (web).options")
@@ -60,9 +60,9 @@ def test_bad_options_name_the_key_and_the_fix(options, key, monkeypatch):
 
 
 def test_endpoint_strings_give_host_and_port():
-    assert _endpointHostPort("tcp:host=10.0.0.5:port=8080") == ("10.0.0.5", 8080)
-    assert _endpointHostPort("tcp:app.internal:443") == ("app.internal", 443)
-    assert _endpointHostPort("tls:host=api.example:port=8443:trustRoots=/etc/ca") == ("api.example", 8443)
+    assert endpointHostPort("tcp:host=10.0.0.5:port=8080") == ("10.0.0.5", 8080)
+    assert endpointHostPort("tcp:app.internal:443") == ("app.internal", 443)
+    assert endpointHostPort("tls:host=api.example:port=8443:trustRoots=/etc/ca") == ("api.example", 8443)
 
 
 @attrs.frozen

@@ -316,39 +316,9 @@ async def test_websocket_upgrade_is_relayed_and_recorded(tmp_path, http_backend)
 
 @pytest_twisted.ensureDeferred
 async def test_routing_by_host_and_path_prefix_on_one_listener(tmp_path, http_backend):
-    import socket
-
-    # Connections share a listener by sharing the listen string, so it needs
-    # a fixed port: take one the OS hands out.
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    extra = f"""
-[[connections]]
-name = "web-prefixed"
-protocol = "http"
-listen = "tcp:0:interface=127.0.0.1"
-backend = "{http_backend.endpoint}"
-[connections.options]
-path_prefix = "/echo/prefixed"
-backend_header = "X-Prefix-Key"
-backend_header_env = "{_ENV}"
-
-[[connections]]
-name = "web-host"
-protocol = "http"
-listen = "tcp:0:interface=127.0.0.1"
-backend = "{http_backend.endpoint}"
-[connections.options]
-hosts = ["admin.internal"]
-backend_header = "X-Host-Key"
-backend_header_env = "{_ENV}"
-"""
-    text = _config(http_backend, extra=extra).replace("tcp:0:interface=127.0.0.1",
-                                                      f"tcp:{port}:interface=127.0.0.1")
-    os.environ[_ENV] = BACKEND_SECRET
-    g = await startGateway(text, tmp_path)
+    g, port = await _sharedListener(tmp_path, http_backend, [
+        ("web-prefixed", 'path_prefix = "/echo/prefixed"', "X-Prefix-Key"),
+        ("web-host", 'hosts = ["admin.internal"]', "X-Host-Key")])
     key = g.createKey("ci-bot", ["eng"])
 
     async def seen(path, host=None):
@@ -374,6 +344,36 @@ backend_header_env = "{_ENV}"
     assert names == ["web", "web-host", "web-prefixed"]
 
 
+async def _sharedListener(tmp_path, backend, connections):
+    """
+    A gateway whose "web" connection shares its listener with more: each
+    C{(name, routing option line, the header carrying the backend secret)}.
+    """
+    import socket
+
+    # Connections share a listener by sharing the listen string, so it needs
+    # a fixed port: take one the OS hands out.
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    extra = "".join(f"""
+[[connections]]
+name = "{name}"
+protocol = "http"
+listen = "tcp:0:interface=127.0.0.1"
+backend = "{backend.endpoint}"
+[connections.options]
+{routing}
+backend_header = "{header}"
+backend_header_env = "{_ENV}"
+""" for name, routing, header in connections)
+    text = _config(backend, extra=extra).replace("tcp:0:interface=127.0.0.1",
+                                                 f"tcp:{port}:interface=127.0.0.1")
+    os.environ[_ENV] = BACKEND_SECRET
+    return await startGateway(text, tmp_path), port
+
+
 def _rss(pid="self") -> int:
     with open(f"/proc/{pid}/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -383,7 +383,9 @@ def _rss(pid="self") -> int:
 @pytest_twisted.ensureDeferred
 async def test_large_download_and_upload_keep_gateway_memory_bounded(tmp_path, http_backend):
     size = int(os.environ.get("SEALGATE_TEST_HTTP_DOWNLOAD", 1 << 30))
-    g, key = await _start(tmp_path, http_backend)
+    # Binary downloads on a masked connection are refused unless unknown_content says pass.
+    g, key = await _start(tmp_path, http_backend, extra='unknown_content = "pass"',
+                          extra_options=f"max_body = {size}")
     writer = g.service.store.writerPid
     peak = [_rss(), _rss(writer)]
     baseline = peak[0]

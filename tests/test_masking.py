@@ -245,13 +245,23 @@ def test_text_body_in_latin1(masker):
     assert body == "caf\xe9 ************1111".encode("latin-1")
 
 
-def test_unmasked_types_pass_untouched(masker):
-    png = b"\x89PNG 4111111111111111"
+def test_binary_bodies_go_by_unknown_content():
+    png = b"\x89PNG\x00 4111111111111111"
     gz = gzip.compress(png)
-    assert masker.maskEncodedBody(gz, "gzip", "image/png") == (gz, "gzip")
-    assert masker.maskEncodedBody(b"\xff\x00 4111111111111111", None, None)[0] == \
-        b"\xff\x00 4111111111111111"
-    # Unchanged bodies come back as the very same bytes (no re-compression).
+    with pytest.raises(MaskingFailed, match="unknown_content"):
+        Masker(ALL).maskEncodedBody(gz, "gzip", "image/png")
+    with pytest.raises(MaskingFailed, match="unknown_content"):
+        Masker(ALL).maskEncodedBody(b"\xff\x00 4111111111111111", None, None)
+    passing = Masker(ALL, unknownContent="pass")
+    assert passing.maskEncodedBody(gz, "gzip", "image/png") == (gz, "gzip")
+    assert passing.maskEncodedBody(b"x", "zstd", "image/png") == (b"x", "zstd")
+    masking = Masker(ALL, unknownContent="mask")
+    assert masking.maskEncodedBody(png, None, "image/png")[0] == b"\x89PNG\x00 ************1111"
+    # Names alone find nothing in a body that is not JSON: it passes.
+    assert Masker(columns=["ssn"]).maskEncodedBody(png, None, "image/png")[0] is png
+
+
+def test_unchanged_bodies_come_back_as_the_same_bytes(masker):
     clean = gzip.compress(b'{"a": 1}')
     assert masker.maskEncodedBody(clean, "gzip", "application/json")[0] is clean
 

@@ -99,7 +99,7 @@ async def test_webhook_signed_retried_slack_shaped_and_failures_never_approve(tm
         assert headers["x-sealgate-event"] == "requested"
         doc = json.loads(body)
         assert doc["ticket"]["id"] == held.ticket and doc["ticket"]["command"] == "DROP TABLE accounts"
-        assert doc["ticket"]["requester"] == "alice" and doc["event"] == "requested"
+        assert doc["ticket"]["requester"] == "apikey:alice" and doc["event"] == "requested"
         assert doc["console"] == f"https://sealgate.example.com:8700/console/#ticket/{held.ticket}"
         assert hooks[0][2] != body or hooks[0][1]["x-sealgate-delivery"] == headers["x-sealgate-delivery"]
 
@@ -199,7 +199,7 @@ def test_backoff_doubles_and_giving_up_decides_nothing():
     assert t.state == "pending" and results == []
     failed = [f for kind, f in s.recording.events if kind == "approval" and f["state"] == "notify_failed"]
     assert failed == [{"ticket": t.id, "state": "notify_failed", "rule": t.rule, "command": t.command,
-                       "requester": "alice", "by": "hook", "event": "requested", "attempts": 4,
+                       "requester": "oidc:sealgate#alice", "by": "hook", "event": "requested", "attempts": 4,
                        "reason": d["error"]}]
     clock.advance(3600)
     assert len(agent.attempts) == 4

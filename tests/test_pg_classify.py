@@ -19,10 +19,10 @@ from sealgate.protocols.postgres.classify import HIGH_RISK, classify
     ("EXPLAIN (ANALYZE off) DELETE FROM t", {"EXPLAIN"}),
     ("PREPARE p AS DELETE FROM t", {"PREPARE", "DELETE", "DELETE WITHOUT WHERE"}),
     ("dRoP TaBlE a.b, c", {"DROP", "DROP TABLE"}),
-    ("DROP DATABASE x", {"DROP DATABASE"}),
+    ("DROP DATABASE x", {"DROP", "DROP DATABASE"}),
     ("truncate t", {"TRUNCATE"}),
-    ("ALTER ROLE bob SUPERUSER", {"ALTER ROLE"}),
-    ("ALTER USER bob SET search_path = x", {"ALTER ROLE"}),
+    ("ALTER ROLE bob SUPERUSER", {"ALTER", "ALTER ROLE"}),
+    ("ALTER USER bob SET search_path = x", {"ALTER", "ALTER ROLE"}),
     ("GRANT SELECT ON t TO bob", {"GRANT"}),
     ("REVOKE admin FROM bob", {"REVOKE"}),
     ("DO $$ BEGIN DELETE FROM t; END $$", {"DO", HIGH_RISK}),
@@ -30,11 +30,14 @@ from sealgate.protocols.postgres.classify import HIGH_RISK, classify
     ("COPY t TO PROGRAM 'rm -rf /'", {"COPY", "COPY TO", "COPY PROGRAM", HIGH_RISK}),
     ("COPY t FROM STDIN", {"COPY", "COPY FROM"}),
     ("begin; commit", {"BEGIN", "COMMIT"}),
-    ("CREATE TABLE x (a int)", {"CREATE TABLE"}),
-    ("CREATE EXTENSION hstore", {"CREATE EXTENSION"}),
+    ("CREATE TABLE x (a int)", {"CREATE", "CREATE TABLE"}),
+    ("CREATE EXTENSION hstore", {"CREATE", "CREATE EXTENSION", HIGH_RISK}),
     ("INSERT INTO t SELECT * FROM u", {"INSERT"}),
     ("SELECT * INTO newt FROM t", {"SELECT", "SELECT INTO"}),
-    ("MERGE INTO t USING u ON t.id = u.id WHEN MATCHED THEN DELETE", {"MERGE"}),
+    ("MERGE INTO t USING u ON t.id = u.id WHEN MATCHED THEN DELETE",
+     {"MERGE", "DELETE", "MERGE DELETE", "DELETE WITHOUT WHERE"}),
+    ("MERGE INTO t USING u ON t.id = u.id WHEN MATCHED AND t.a > 1 THEN DELETE",
+     {"MERGE", "DELETE", "MERGE DELETE"}),
     ("LISTEN ch", {"LISTEN"}),
     ("", set()),
 ])
@@ -57,14 +60,15 @@ def test_plain_explain_runs_nothing_but_names_relations():
 
 def test_prepare_and_execute_are_linked_by_name():
     c = classify("PREPARE p(int) AS DELETE FROM t WHERE id = $1; EXECUTE p(1)")
-    assert c.prepares == (("p", ("DELETE",)),)
+    assert c.prepares == (("p", ("DELETE",), ("writes-rows",)),)
     assert c.executes == ("p",)
     assert c.count == 2
 
 
 def test_results_are_cached_by_text():
     assert classify("SELECT 42 FROM t") is classify("SELECT 42 FROM t")
-    assert classify("SELECT 42 FROM t").details() == {"statements": ("SELECT",), "relations": ("t",)}
+    assert classify("SELECT 42 FROM t").details() == {"statements": ("SELECT",), "effects": (),
+                                                      "relations": ("t",)}
 
 
 def test_literals_share_a_cache_entry():

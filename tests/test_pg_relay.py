@@ -1,48 +1,28 @@
 """The postgres relay without sockets: both legs are StringTransports, the gateway a fake (deny, hold, rewrite, masking, hooks, pressure)."""
 
 import attrs
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.testing import MemoryReactorClock
 
-from sealgate import Deny, Identity, Rewrite
+from sealgate import Identity, Rewrite
 from sealgate.chain.masking import MaskingInterceptor
 from sealgate.chain.rules import RulesInterceptor
-from sealgate.config import ConnectionConfig, MaskingConfig, Rule
+from sealgate.config import ConnectionConfig, MaskingConfig
 from sealgate.masking import Masker
 from sealgate.protocols.postgres import _wire as w
 from sealgate.protocols.postgres._client import ClientLeg
 from sealgate.protocols.postgres.plugin import PostgresOptions
-from sealgate.testing import FakeTransport, fakeGateway, fakeSession
+from sealgate.testing import (
+    CommandInterceptor,
+    FakeTransport,
+    OutputRecorder,
+    fakeGateway,
+    fakeSession,
+    rule,
+)
 
 CARD = "4111 1111 1111 1111"
-
-
-@attrs.define
-class Sees:
-    """An output hook that keeps every byte it is shown, and may refuse."""
-
-    name: str = "sees"
-    seen: list = attrs.field(factory=list)
-    contexts: list = attrs.field(factory=list)
-    refuse: bool = False
-
-    def appliesTo(self, session):
-        return True
-
-    def output(self, hook):
-        self.seen.append(hook.data)
-        self.contexts.append(dict(hook.context))
-        return Deny(self.name, "no") if self.refuse else None
-
-
-@attrs.define
-class Rewrites:
-    name: str = "rewriter"
-
-    def appliesTo(self, session):
-        return True
-
-    def command(self, hook):
-        return Rewrite("select 2") if hook.text == "select 1" else None
 
 
 @attrs.define
@@ -57,19 +37,13 @@ class _Factory:
         self.gateway = gateway
         self.options = PostgresOptions("app", "app")
         self.tlsContext = None
+        self.connection = ConnectionConfig("db", "postgres", "tcp:0", "tcp:host=h:port=1", self.options)
 
-    def register(self, leg):
+    def register(self, leg, pid=None):
         return (1, 2)
 
     def unregister(self, leg):
         pass
-
-
-def rule(name, action, **kw):
-    base = dict(connections=("*",), groups=("*",), matchers={}, approvers=("leads",),
-                approvals_needed=1, expires=30.0, reason="not here")
-    base.update(kw)
-    return Rule(name=name, action=action, **base)
 
 
 def relay(interceptors=(), reactor=None):
@@ -83,6 +57,7 @@ def relay(interceptors=(), reactor=None):
                                       leg.factory.options)
     leg.session = fakeSession(gateway=gw, protocol="postgres", connection="db")
     leg.session.abort = leg._abort
+    leg.login.authenticated()  # past login: the pre-login guard's timer is done
     leg.startOutput()
     backend = _Backend()
     leg.backendConnected(backend)
@@ -103,22 +78,22 @@ def masking(gw=None):
 
 
 def test_output_hooks_see_every_byte_postgres_sends():
-    hook = Sees()
+    hook = OutputRecorder()
     leg, client, backend, s = relay([hook])
     leg.dataReceived(w.Query("select card from t").encode())
     leg.fromBackend(rows("a", "b"))
     notice = w.NoticeResponse.make("NOTICE", "00000", "hello").encode()
     leg.fromBackend(notice)
     login = w.BackendKeyData(1, 2).encode() + w.ReadyForQuery("I").encode()
-    assert b"".join(hook.seen) == s.recording.bytesTo() == login + client.value()
+    assert hook.shown() == s.recording.bytesTo() == login + client.value()
     assert client.value().endswith(notice)
 
 
 def test_the_login_replies_pass_the_output_step_too():
-    hook = Sees()
+    hook = OutputRecorder()
     leg, client, backend, s = relay([hook])
     ready = w.BackendKeyData(1, 2).encode() + w.ReadyForQuery("I").encode()
-    assert hook.seen == [ready] and s.recording.bytesTo() == ready
+    assert hook.shown() == ready and s.recording.bytesTo() == ready
 
 
 def test_denied_statement_is_swapped_for_the_servers_own_42501():
@@ -132,7 +107,8 @@ def test_denied_statement_is_swapped_for_the_servers_own_42501():
 
 
 def test_rewrite_is_what_the_backend_runs():
-    leg, client, backend, s = relay([Rewrites()])
+    leg, client, backend, s = relay([CommandInterceptor(
+        lambda hook: Rewrite("select 2") if hook.text == "select 1" else None)])
     leg.dataReceived(w.Query("select 1").encode())
     assert backend.value() == w.Query("select 2").encode()
 
@@ -166,13 +142,13 @@ def test_held_statement_that_expires_becomes_a_denial_and_the_session_goes_on():
 
 
 def test_rows_are_masked_before_hooks_recording_and_the_client():
-    hook = Sees()
+    hook = OutputRecorder()
     leg, client, backend, s = relay([masking(), hook])
     leg.dataReceived(w.Query("select card from t").encode())
     leg.fromBackend(rows(f"pay {CARD}"))
     assert CARD.encode() not in client.value() and b"pay " in client.value()
     assert CARD.encode() not in s.recording.bytesTo()
-    assert hook.seen[-1] == client.value() and hook.contexts[-1]["masked"] is True
+    assert hook.seen[-1] == (client.value(), {"channel": 0, "masked": True})
     # The masked reply still frames: the client's reader takes it whole.
     reader = w.Reader(frontend=False)
     reader.receive_data(client.value())
@@ -186,7 +162,7 @@ def _next(reader):
 
 
 def test_output_nobody_could_vet_ends_the_session_unsent():
-    hook = Sees()
+    hook = OutputRecorder()
     leg, client, backend, s = relay([hook])
     hook.refuse = True
     leg.fromBackend(rows("a"))
@@ -216,6 +192,47 @@ def test_store_failure_ends_the_session_with_fatal_58030_sealed_store_failed():
     assert "recording store failed" in err.get("M")
     assert client.disconnecting
     assert s.recording.closed[0] == "store failed"
+
+
+def test_the_legs_are_each_others_producers_through_the_core():
+    leg, client, backend, s = relay()
+    assert client.producer is s.backendLeg and backend.producer is s.clientLeg
+    client.producer.pauseProducing()  # the client reads slowly: the backend waits
+    assert backend.producerState == "paused"
+    client.producer.resumeProducing()
+    assert backend.producerState == "producing"
+
+
+def test_cancel_request_for_a_held_statement_withdraws_its_ticket():
+    leg, client, backend, s = _held(MemoryReactorClock())
+    leg.cancelQuery()
+    sent = backend.value()
+    assert b"delete from t" not in sent and b"cancelled" in sent
+    assert s.gateway.approvals.pending() == []
+    assert client.producerState == "producing"
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.text(max_size=40), st.booleans()), min_size=1, max_size=8),
+       st.lists(st.integers(min_value=1, max_value=64), max_size=20))
+def test_masked_replies_keep_their_framing_however_the_backend_splits_them(values, cuts):
+    leg, client, backend, s = relay([masking()])
+    leg.dataReceived(w.Query("select card from t").encode())
+    texts = [f"{v} {CARD} end" if card else v for v, card in values]
+    data = rows(*texts)
+    pos = 0
+    for n in cuts:
+        leg.fromBackend(data[pos:pos + n])
+        pos += n
+    leg.fromBackend(data[pos:])
+    out = client.value()
+    assert out == s.recording.bytesTo()[-len(out):]
+    reader = w.Reader(frontend=False)
+    reader.receive_data(out)
+    messages = list(iter(lambda: _next(reader), None))
+    assert [type(m).__name__ for m in messages] == (
+        ["RowDescription"] + ["DataRow"] * len(texts) + ["CommandComplete", "ReadyForQuery"])
+    assert CARD.encode() not in out
 
 
 def test_a_malformed_message_read_during_a_hold_ends_the_session_with_08P01_once_decided():

@@ -3,6 +3,7 @@
 import ast
 from pathlib import Path
 
+import attrs
 from zope.interface.verify import verifyObject
 
 import sealgate
@@ -74,10 +75,26 @@ def test_the_out_of_tree_plugin_imports_nothing_private():
 
 def test_built_in_protocols_do_not_import_the_cores_private_modules():
     # A built-in that needs a core internal means a plugin author would too.
-    core = ("sealgate.chain._", "sealgate.session._", "sealgate.gateway._")
+    core = ("sealgate.chain._", "sealgate.session._", "sealgate.gateway._", "sealgate.protocols._io")
     found = []
     for f in (ROOT / "src" / "sealgate" / "protocols").rglob("*.py"):
         for module, _ in _imports(f):
             if module.startswith(core):
                 found.append((str(f.relative_to(ROOT)), module))
     assert found == []
+
+
+def test_listener_sharing_is_the_same_protocol_on_the_same_endpoint():
+    from sealgate.config import ConnectionConfig
+
+    def conn(name, protocol, listen):
+        return ConnectionConfig(name, protocol, listen, "tcp:host=h:port=1")
+
+    a, b = conn("a", "postgres", "tcp:5432"), conn("b", "postgres", "tcp:5432")
+    other, ssh = conn("c", "postgres", "tcp:5433"), conn("d", "ssh", "tcp:5432")
+    gw = fakeGateway()
+    gw.config = attrs.evolve(gw.config, connections=(a, other, ssh, b))
+    assert gw.connectionsSharing(b) == [a, b]
+    assert gw.connectionsSharing(ssh) == [ssh]
+    lone = conn("e", "line", "tcp:1")
+    assert gw.connectionsSharing(lone) == [lone]

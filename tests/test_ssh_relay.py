@@ -9,12 +9,19 @@ from twisted.internet.testing import MemoryReactorClock
 from sealgate import CANNOT_REWRITE, Deny, Identity, Rewrite
 from sealgate.chain.masking import MaskingInterceptor
 from sealgate.chain.rules import RulesInterceptor
-from sealgate.config import MaskingConfig, Rule
+from sealgate.config import MaskingConfig
 from sealgate.masking import Masker
 from sealgate.protocols.ssh import _wire
 from sealgate.protocols.ssh.relay import STREAM_CONTROL, STREAM_DATA, STREAM_STDERR, recordChannel
 from sealgate.protocols.ssh.session import ClientSession
-from sealgate.testing import FakeTransport, fakeGateway, fakeSession
+from sealgate.testing import (
+    CommandInterceptor,
+    FakeTransport,
+    OutputRecorder,
+    fakeGateway,
+    fakeSession,
+    rule,
+)
 
 CARD = b"4111 1111 1111 1111"
 
@@ -84,34 +91,9 @@ class User:
     agentForwarding: bool = False
 
 
-@attrs.define
-class Sees:
-    name: str = "sees"
-    seen: list = attrs.field(factory=list)
-
-    def appliesTo(self, session):
-        return True
-
-    def output(self, hook):
-        self.seen.append((hook.context.get("channel"), hook.data))
-
-
-@attrs.define
-class RewritesEverything:
-    name: str = "rewriter"
-
-    def appliesTo(self, session):
-        return True
-
-    def command(self, hook):
-        return Rewrite(hook.text.replace("/etc/passwd", "/tmp/x").replace("uptime", "id"))
-
-
-def rule(name, action, **kw):
-    base = dict(connections=("*",), groups=("*",), matchers={}, approvers=("leads",),
-                approvals_needed=1, expires=30.0, reason="not here")
-    base.update(kw)
-    return Rule(name=name, action=action, **base)
+REWRITER = CommandInterceptor(
+    lambda hook: Rewrite(hook.text.replace("/etc/passwd", "/tmp/x").replace("uptime", "id")),
+    name="rewriter")
 
 
 def masking():
@@ -143,7 +125,7 @@ def sftpPacket(kind: int, rid: int, *strings: bytes) -> bytes:
 
 
 def test_sftp_rewrite_is_an_audited_deny_not_a_silent_pass():
-    chan, s = channel([RewritesEverything()])
+    chan, s = channel([REWRITER])
     chan.requestReceived(b"subsystem", _wire.NS(b"sftp"))
     chan.dataReceived(sftpPacket(_wire.FXP_REMOVE, 7, b"/etc/passwd"))
     # The backend never saw the request, rewritten or not; the client got a refusal.
@@ -154,7 +136,7 @@ def test_sftp_rewrite_is_an_audited_deny_not_a_silent_pass():
 
 
 def test_exec_rewrite_runs_the_rewritten_command():
-    chan, s = channel([RewritesEverything()])
+    chan, s = channel([REWRITER])
     chan.requestReceived(b"exec", _wire.NS(b"uptime"))
     assert chan.peer.conn.requests == [(b"exec", _wire.NS(b"id"))]
 
@@ -195,7 +177,7 @@ def test_held_exec_that_expires_is_refused():
 
 
 def test_output_hooks_see_the_held_back_masked_tail_too():
-    hook = Sees()
+    hook = OutputRecorder()
     reactor = MemoryReactorClock()
     chan, s = channel([masking(), hook], reactor=reactor)
     chan.requestReceived(b"shell", b"")
@@ -203,7 +185,7 @@ def test_output_hooks_see_the_held_back_masked_tail_too():
     reactor.advance(0.01)
     sent = b"".join(chan.out)
     data = recordChannel(0, STREAM_DATA)
-    assert sent == b"".join(d for c, d in hook.seen if c == data) == s.recording.bytesTo(data)
+    assert sent == hook.shown(data) == s.recording.bytesTo(data)
     assert sent.endswith(b"4111 1111")
 
 
@@ -248,12 +230,12 @@ def test_sftp_and_scp_streams_pass_unmasked_on_purpose():
 
 
 def test_exit_status_passes_the_output_step_before_it_is_sent():
-    hook = Sees()
+    hook = OutputRecorder()
     chan, s = channel([hook])
     chan.requestReceived(b"exec", _wire.NS(b"true"))
     chan.backendRequest(b"exit-status", _wire.exitStatus(0))
     control = recordChannel(0, STREAM_CONTROL)
-    assert any(c == control and b'"exit"' in d for c, d in hook.seen)
+    assert b'"exit"' in hook.shown(control)
     assert (b"exit-status", _wire.exitStatus(0)) in chan.conn.requests
 
 
@@ -289,3 +271,23 @@ def test_store_pressure_pauses_both_tcp_legs_and_failure_disconnects():
     s.gateway.store.setPressure("failed", "the recording store is restarting")
     assert said and "recording store failed" in said[0]
     assert s.recording.closed[0] == "store failed"
+
+
+def test_forwarded_channel_bytes_pass_the_output_step_unmasked_and_are_recorded():
+    from sealgate.protocols.ssh.relay import ForwardChannel
+
+    hook = OutputRecorder()
+    s = fakeSession([masking(), hook], protocol="ssh")
+    client, backend = ForwardChannel(), ForwardChannel()
+    client.peer, backend.peer = backend, client
+    client.session = backend.session = s
+    client.clientSide = True
+    client.recordId = backend.recordId = recordChannel(3, STREAM_DATA)
+    sent, upstream = [], []
+    client.write, backend.write = sent.append, upstream.append
+    client.dataReceived(b"GET / HTTP/1.0\r\n\r\n")
+    backend.dataReceived(b"card " + CARD)  # a forwarded stream is binary: not masked
+    assert upstream == [b"GET / HTTP/1.0\r\n\r\n"] and sent == [b"card " + CARD]
+    assert s.recording.bytesTo(client.recordId) == b"card " + CARD
+    assert s.recording.bytesFrom(client.recordId) == b"GET / HTTP/1.0\r\n\r\n"
+    assert hook.shown(client.recordId) == b"card " + CARD

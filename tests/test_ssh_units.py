@@ -12,7 +12,8 @@ from zope.interface.verify import verifyObject
 
 from sealgate.config import ConfigError, Where
 from sealgate.interfaces import IProtocolPlugin
-from sealgate.protocols.ssh.plugin import knownHostsName, plugin
+from sealgate.protocols.ssh.hostkeys import knownHostsName
+from sealgate.protocols.ssh.plugin import plugin
 
 
 def _keygen(path: Path) -> Path:

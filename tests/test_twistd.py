@@ -129,6 +129,7 @@ def test_sigterm_drains_then_closes_open_sessions_and_exits_0(tmp_path, echoBack
     assert gw.stop(signal.SIGTERM) == 0
     assert c.read() == "ERR the gateway is shutting down"
     assert "Closing session" in gw.log()
+    assert "SIGTERM: stop listening, wait up to 2.0s for 1 live session(s) (echo: 1), exit" in gw.log()
     sessions = json.loads(gw.cli("sessions", "list", "--json").stdout)
     assert len(sessions if isinstance(sessions, list) else sessions["sessions"]) == 1
     gw.cli("verify")

@@ -8,7 +8,8 @@ built-ins use the same names.
 from sealgate.chain import Chain, SessionChain
 from sealgate.chain.hooks import Command, Output, SessionEnd, SessionStart
 from sealgate.chain.verdicts import CONTINUE, Continue, Deny, Hold, Rewrite, Verdict
-from sealgate.config import ConfigError, Table, Where
+from sealgate.config import ConfigError, Table, Where, resolveSecret
+from sealgate.export import ExportFormat
 from sealgate.flow import (
     ALLOWED,
     BACKPRESSURE,
@@ -32,8 +33,8 @@ __version__ = "0.1.0"
 __all__ = [
     "ALLOWED", "BACKPRESSURE", "CANNOT_REWRITE", "CONTINUE", "FROM_CLIENT", "HOLD", "STORE",
     "TO_CLIENT", "AuthenticationFailed", "Chain", "Command", "ConfigError", "Continue",
-    "Decision", "Deny", "Hold", "Identity", "Leg", "Masker", "MaskingFailed", "Output",
+    "Decision", "Deny", "ExportFormat", "Hold", "Identity", "Leg", "Masker", "MaskingFailed", "Output",
     "OutputMasker", "OutputRefused", "Preamble", "Rewrite", "Session", "SessionChain", "SessionEnd",
     "SessionRefused", "SessionStart", "StreamMasker", "Table", "Verdict", "Where",
-    "noDelay", "unmasked", "writeNow",
+    "noDelay", "resolveSecret", "unmasked", "writeNow",
 ]

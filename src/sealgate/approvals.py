@@ -2,13 +2,14 @@
 
 import secrets
 import time
-from typing import Any
+from typing import Any, cast
 
 import attrs
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from sealgate.chain.verdicts import CONTINUE, Deny
+from sealgate.describe import summarize, targetOf
 
 
 class ApprovalError(Exception):
@@ -46,13 +47,36 @@ class Ticket:
     _timer: Any = attrs.field(default=None, repr=False)
     _audit: Any = attrs.field(default=None, repr=False)
     _owner: Any = attrs.field(default=None, repr=False)
+    #: The context an approver decides on: protocol, where it runs, why the
+    #: rule holds it, what it does (L{sealgate.describe.summarize}).
+    protocol: str = ""
+    target: str = ""
+    ruleReason: str = ""
+    summary: str = ""
+    effects: tuple[str, ...] = ()
+    relations: tuple[str, ...] = ()
+    #: C{command} with every detector hit masked, and the hits' spans
+    #: C{[start, end, detector]} in C{command}.
+    masked: str = ""
+    marks: tuple = ()
 
-    def asDict(self) -> dict:
+    def asDict(self, reveal: bool = False) -> dict:
+        """
+        The ticket as the API shows it.  C{command} is the exact command only
+        when C{reveal} (the caller may decide this ticket, or asked for it);
+        otherwise it is the masked form, and C{marks} is empty.
+        """
+        exact = reveal or not self.marks
         return {
             "id": self.id, "state": self.state,
-            "requester": self.requester.subject, "connection": self.connection,
-            "session": self.sessionId, "kind": self.kind, "command": self.command,
-            "rule": self.rule, "approvers": list(self.approvers), "needed": self.needed,
+            "requester": self.requester.id, "connection": self.connection,
+            "session": self.sessionId, "kind": self.kind,
+            "command": self.command if exact else (self.masked or self.command),
+            "revealed": exact, "marks": [list(m) for m in self.marks] if exact else [],
+            "protocol": self.protocol, "target": self.target, "summary": self.summary,
+            "effects": list(self.effects), "relations": list(self.relations),
+            "rule": self.rule, "rule_reason": self.ruleReason,
+            "approvers": list(self.approvers), "needed": self.needed,
             "approvals": [a["by"] for a in self.approvals],
             "created": self.created, "expires": self.expires,
             "decided_by": self.decidedBy, "reason": self.reason, "decided": self.decided,
@@ -77,19 +101,40 @@ class Approvals:
         self.listeners: list = []
         self.changeListeners: list = []
 
-    def request(self, session, rule, kind: str, command: str) -> Ticket:
-        """Open a ticket for a held command; its C{result} fires with the verdict."""
+    def request(self, session, rule, kind: str, command: str, details=None,
+                masker=None) -> Ticket:
+        """
+        Open a ticket for a held command; its C{result} fires with the verdict.
+
+        @param details: the command hook's details (effects, relations...),
+            for the summary an approver reads.
+        @param masker: the session's masker: detector hits in the command are
+            marked, and the sealed log and anyone who may not see them get
+            the masked form.
+        """
+        details = dict(details or {})
+        masked, marks = command, cast(tuple, ())
+        if masker is not None:
+            marks = tuple(masker.findings(command))
+            if marks:
+                masked = masker.maskText(command)
         ticket = Ticket(
             id=secrets.token_hex(4), requester=session.identity,
             connection=session.connection.name, sessionId=session.id, command=command,
             kind=kind, rule=rule.name, approvers=tuple(rule.approvers),
             needed=rule.approvals_needed, created=time.time(), expires=time.time() + rule.expires,
+            protocol=str(getattr(session, "protocol", "") or ""),
+            target=targetOf(session.connection), ruleReason=rule.reason or "",
+            summary=summarize(kind, command if not marks else masked, details),
+            effects=tuple(str(e) for e in details.get("effects") or ()),
+            relations=tuple(str(r) for r in details.get("relations") or ()),
+            masked=masked, marks=marks,
         )
         ticket._audit = getattr(session, "audit", None)
         ticket._owner = session
         ticket._timer = self._reactor.callLater(rule.expires, self._expire, ticket)
         self.tickets[ticket.id] = ticket
-        self._event(ticket, "requested", by=session.identity.subject)
+        self._event(ticket, "requested", by=session.identity.id)
         self._tell(self.listeners, ticket)
         self._trim()
         return ticket
@@ -117,30 +162,30 @@ class Approvals:
 
     def approve(self, ticketId: str, approver, reason: str = "") -> Ticket:
         t = self._decidable(ticketId, approver)
-        if any(a["by"] == approver.subject for a in t.approvals):
-            raise ApprovalError(f"{approver.subject} already approved ticket {t.id}", 409)
-        t.approvals.append({"by": approver.subject, "at": time.time(), "reason": reason})
-        self._event(t, "approval", by=approver.subject, reason=reason,
+        if any(a["by"] == approver.id for a in t.approvals):
+            raise ApprovalError(f"{approver.id} already approved ticket {t.id}", 409)
+        t.approvals.append({"by": approver.id, "at": time.time(), "reason": reason})
+        self._event(t, "approval", by=approver.id, reason=reason,
                     count=len(t.approvals), needed=t.needed)
         if len(t.approvals) >= t.needed:
-            self._finish(t, "approved", approver.subject, reason, CONTINUE)
+            self._finish(t, "approved", approver.id, reason, CONTINUE)
         return t
 
     def deny(self, ticketId: str, approver, reason: str = "") -> Ticket:
         t = self._decidable(ticketId, approver)
-        self._finish(t, "denied", approver.subject, reason,
-                     Deny(t.rule, f"denied by {approver.subject}" + (f": {reason}" if reason else "")))
+        self._finish(t, "denied", approver.id, reason,
+                     Deny(t.rule, f"denied by {approver.id}" + (f": {reason}" if reason else "")))
         return t
 
     def cancel(self, ticketId: str, requester, reason: str = "", anyone: bool = False) -> Ticket:
         """Cancel a ticket: its requester, or (C{anyone}, for admins) whoever calls."""
         t = self.get(ticketId)
-        mine = t.requester.subject == requester.subject
+        mine = t.requester.id == requester.id
         if not mine and not anyone:
             raise ApprovalError("only the requester can cancel a ticket")
         self._pending(t)
-        self._finish(t, "cancelled", requester.subject, reason,
-                     Deny(t.rule, "cancelled by the requester" if mine else f"cancelled by {requester.subject}"))
+        self._finish(t, "cancelled", requester.id, reason,
+                     Deny(t.rule, "cancelled by the requester" if mine else f"cancelled by {requester.id}"))
         return t
 
     def cancelSession(self, sessionId: str) -> None:
@@ -158,10 +203,10 @@ class Approvals:
     def _decidable(self, ticketId, approver) -> Ticket:
         t = self.get(ticketId)
         self._pending(t)
-        if approver.subject == t.requester.subject:
+        if approver.id == t.requester.id:
             raise ApprovalError("a requester cannot decide their own ticket")
         if not (set(t.approvers) & set(approver.groups)) and "*" not in t.approvers:
-            raise ApprovalError(f"{approver.subject} is not in the approver groups "
+            raise ApprovalError(f"{approver.id} is not in the approver groups "
                                 f"{', '.join(t.approvers)} of rule {t.rule}")
         return t
 
@@ -187,8 +232,12 @@ class Approvals:
         self._tell(self.changeListeners, t)
 
     def _event(self, t: Ticket, what: str, **fields) -> None:
-        event = {"ticket": t.id, "state": what, "rule": t.rule, "command": t.command,
-                 "requester": t.requester.subject, **fields}
+        # The sealed log keeps the masked form: a detector hit in a held
+        # command is no more sealed in clear than in any other event.
+        event = {"ticket": t.id, "state": what, "rule": t.rule, "command": t.masked or t.command,
+                 "requester": t.requester.id, **fields}
+        if what == "requested":
+            event.update(summary=t.summary, protocol=t.protocol, target=t.target)
         if t._audit is not None and not getattr(t._owner, "ended", False):
             t._audit("approval", **event)
         elif self._store is not None:

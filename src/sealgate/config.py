@@ -10,6 +10,7 @@ from typing import Any
 
 import attrs
 
+from sealgate.chain.policy import WORD_KEYS, normalWords
 from sealgate.configtable import (  # noqa: F401  (re-exported: the plugin contract)
     UNRESOLVED_SECRET,
     ConfigError,
@@ -17,6 +18,7 @@ from sealgate.configtable import (  # noqa: F401  (re-exported: the plugin contr
     Where,
     _resolveSecrets,
     parseDuration,
+    parseSize,
     resolveSecret,
     unknownKeyFix,
 )
@@ -30,6 +32,32 @@ class GatewaySection:
     drain_timeout: float = 30.0
     node: str = "sealgate"
     checkpoint_interval: float = 1.0
+    #: Bytes (payload plus a fixed cost per item) that may wait for the store's
+    #: writer; past it every session's relaying pauses.
+    max_unsealed: int = 64 << 20
+    #: How long relaying may stay paused on a store that makes no progress
+    #: (writer restarting, disk full) before every session is closed.
+    store_timeout: float = 10.0
+
+
+@attrs.frozen
+class Limits:
+    """
+    The C{[limits]} table: what a client may do before it logs in, how
+    failed logins are slowed, and how often live credentials are re-checked.
+    Every key and its default is listed in docs/operations.md.
+    """
+
+    login_timeout: float = 10.0
+    max_prelogin_bytes: int = 64 * 1024
+    max_unauthenticated: int = 512
+    max_unauthenticated_per_source: int = 32
+    refusal_log_interval: float = 60.0
+    login_backoff_base: float = 0.1
+    login_backoff_max: float = 5.0
+    failed_login_interval: float = 60.0
+    recheck_interval: float = 60.0
+    credential_cache: float = 5.0
 
 
 @attrs.frozen
@@ -41,6 +69,8 @@ class IdentityConfig:
     leeway: float = 60.0
     jwks_min_refresh: float = 30.0
     admins: tuple[str, ...] = ()
+    oidc_ca_file: str | None = None
+    allow_insecure_issuer: bool = False
 
 
 @attrs.frozen
@@ -79,6 +109,9 @@ class MaskingConfig:
     json_fields: tuple[str, ...] = ()
     connections: tuple[str, ...] = ("*",)
     exempt_groups: tuple[str, ...] = ()
+    #: A body that is not text: "mask", "refuse" or "pass"; None is
+    #: "refuse" with detectors, else "pass" (docs/masking.md).
+    unknown_content: str | None = None
 
 
 @attrs.frozen
@@ -123,6 +156,8 @@ class ConnectionConfig:
     backend: str
     options: Any = None
     where: Where | None = attrs.field(default=None, eq=False, repr=False)
+    #: False: live sessions are not ended when their credential is revoked or expires.
+    recheck: bool = True
 
 
 @attrs.frozen
@@ -143,6 +178,7 @@ class GatewayConfig:
     logging: LoggingConfig = LoggingConfig()
     #: C{[[events]]}: L{sealgate.events.EventSink}s of the audit event stream.
     events: tuple = ()
+    limits: Limits = Limits()
 
     def connection(self, name: str) -> ConnectionConfig | None:
         for c in self.connections:
@@ -211,24 +247,17 @@ def parseConfig(raw: Mapping[str, Any], path: str, plugins: Mapping[str, Any]) -
         drain_timeout=g.duration("drain_timeout", 30.0),
         node=g.str("node", "sealgate"),
         checkpoint_interval=g.duration("checkpoint_interval", 1.0),
+        # Below a few frames' worth every session would pause on each read.
+        max_unsealed=g.size("max_unsealed", 64 << 20, minimum=1 << 20),
+        store_timeout=g.duration("store_timeout", 10.0),
     )
+    if gateway.store_timeout <= 0:
+        raise g.where.error("store_timeout", f"must be more than 0 s, not {gateway.store_timeout:g}",
+                            'write e.g. store_timeout = "10s"')
     g.finish()
 
-    i = Table(top._get("identity", {}, False), Where(path, "identity"))
-    issuer = i.str("oidc_issuer")
-    if issuer is not None and not re.match(r"^https?://", issuer):
-        raise i.where.error("oidc_issuer", f"{issuer!r} is not an http(s) URL",
-                            'write the issuer URL, e.g. "https://login.example.com/"')
-    identity = IdentityConfig(
-        oidc_issuer=issuer,
-        oidc_audience=i.str("oidc_audience", "sealgate"),
-        groups_claim=i.str("groups_claim", "groups"),
-        subject_claim=i.str("subject_claim", "sub"),
-        leeway=i.duration("leeway", 60.0),
-        jwks_min_refresh=i.duration("jwks_min_refresh", 30.0),
-        admins=i.strings("admins"),
-    )
-    i.finish()
+    identity = _identity(Table(top._get("identity", {}, False), Where(path, "identity")))
+    limits = _limits(Table(top._get("limits", {}, False), Where(path, "limits")))
 
     connections = []
     names: set[str] = set()
@@ -257,8 +286,10 @@ def parseConfig(raw: Mapping[str, Any], path: str, plugins: Mapping[str, Any]) -
                                 "reinstall sealgate or the package that provides the plugin")
         options = parse(dict(t._get("options", {}, False)), where)
         used[protocol] = plugin
+        recheck = t.bool("recheck_credentials", True)
         t.finish()
-        connections.append(ConnectionConfig(name, protocol, listen, backend, options, where))
+        connections.append(ConnectionConfig(name, protocol, listen, backend, options, where,
+                                            recheck))
 
     roles = []
     for n, r in enumerate(_array(top, "roles")):
@@ -272,9 +303,10 @@ def parseConfig(raw: Mapping[str, Any], path: str, plugins: Mapping[str, Any]) -
     ruleKeys = set(BASE_RULE_KEYS)
     for p in used.values():
         ruleKeys.update(getattr(p, "ruleKeys", ()))
+    words = RuleWords(tuple(used.values()))
     rules = []
     for n, r in enumerate(_array(top, "rules")):
-        rules.append(_rule(Table(r, Where(path, f"rules[{n}]")), names, ruleKeys))
+        rules.append(_rule(Table(r, Where(path, f"rules[{n}]")), names, ruleKeys, words))
 
     m = Table(top._get("masking", {}, False), Where(path, "masking"))
     from sealgate.masking import knownDetectors
@@ -288,7 +320,8 @@ def parseConfig(raw: Mapping[str, Any], path: str, plugins: Mapping[str, Any]) -
     masking = MaskingConfig(detectors=detectors, columns=m.strings("columns"),
                             json_fields=m.strings("json_fields"),
                             connections=m.strings("connections", ("*",)),
-                            exempt_groups=m.strings("exempt_groups"))
+                            exempt_groups=m.strings("exempt_groups"),
+                            unknown_content=_unknownContent(m))
     _knownConnections(m, "connections", masking.connections, names)
     m.finish()
 
@@ -309,7 +342,7 @@ def parseConfig(raw: Mapping[str, Any], path: str, plugins: Mapping[str, Any]) -
     return GatewayConfig(path, gateway, identity, tuple(roles), tuple(connections),
                          tuple(rules), masking, raw, admin, tuple(notify),
                          warnings=_approverWarnings(path, rules, roles, admin, identity),
-                         logging=logging, events=tuple(sinks))
+                         logging=logging, events=tuple(sinks), limits=limits)
 
 
 def _approverWarnings(path, rules, roles, admin, identity) -> tuple[str, ...]:
@@ -330,6 +363,79 @@ def _approverWarnings(path, rules, roles, admin, identity) -> tuple[str, ...]:
                            f"names the group {g!r}{hint}; unless an API key, SSH key or the OIDC "
                            f"groups claim carries it, this rule's tickets can only expire")
     return tuple(out)
+
+_LOOPBACK_HOST = re.compile(r"^http://(127\.\d+\.\d+\.\d+|\[::1\]|localhost)(:\d+)?(/|$)",
+                            re.I)
+
+
+def _identity(i: Table) -> IdentityConfig:
+    issuer = i.str("oidc_issuer")
+    if issuer is not None and not re.match(r"^https?://", issuer):
+        raise i.where.error("oidc_issuer", f"{issuer!r} is not an http(s) URL",
+                            'write the issuer URL, e.g. "https://login.example.com/"')
+    insecure = i.bool("allow_insecure_issuer", False)
+    if issuer is not None and issuer.startswith("http://") and not insecure \
+            and not _LOOPBACK_HOST.match(issuer):
+        # Keys fetched over plain HTTP can be swapped by anyone on the path,
+        # and with them every identity.
+        raise i.where.error("oidc_issuer", f"{issuer!r} is plain http on a non-loopback host",
+                            "use the issuer's https:// URL (and oidc_ca_file for a private CA), "
+                            "or set allow_insecure_issuer = true for a lab")
+    ca = i.str("oidc_ca_file")
+    if ca is not None:
+        try:
+            pem = Path(ca).read_bytes()
+        except OSError as e:
+            raise i.where.error("oidc_ca_file", f"cannot read {ca}: {e.strerror}",
+                                "point it at a readable PEM file of the issuer's CA")
+        if b"-----BEGIN CERTIFICATE-----" not in pem:
+            raise i.where.error("oidc_ca_file", f"{ca} holds no PEM certificate",
+                                "give the PEM-encoded CA certificate(s) that signed the issuer's")
+    identity = IdentityConfig(
+        oidc_issuer=issuer,
+        oidc_audience=i.str("oidc_audience", "sealgate"),
+        groups_claim=i.str("groups_claim", "groups"),
+        subject_claim=i.str("subject_claim", "sub"),
+        leeway=i.duration("leeway", 60.0),
+        jwks_min_refresh=i.duration("jwks_min_refresh", 30.0),
+        admins=i.strings("admins"),
+        oidc_ca_file=ca, allow_insecure_issuer=insecure,
+    )
+    i.finish()
+    return identity
+
+
+def _limits(t: Table) -> Limits:
+    d = Limits()
+    limits = Limits(
+        login_timeout=t.duration("login_timeout", d.login_timeout),
+        max_prelogin_bytes=int(t.number("max_prelogin_bytes", d.max_prelogin_bytes, minimum=1024)),
+        max_unauthenticated=int(t.number("max_unauthenticated", d.max_unauthenticated, minimum=1)),
+        max_unauthenticated_per_source=int(t.number(
+            "max_unauthenticated_per_source", d.max_unauthenticated_per_source, minimum=1)),
+        refusal_log_interval=t.duration("refusal_log_interval", d.refusal_log_interval),
+        login_backoff_base=t.duration("login_backoff_base", d.login_backoff_base),
+        login_backoff_max=t.duration("login_backoff_max", d.login_backoff_max),
+        failed_login_interval=t.duration("failed_login_interval", d.failed_login_interval),
+        recheck_interval=t.duration("recheck_interval", d.recheck_interval),
+        credential_cache=t.duration("credential_cache", d.credential_cache),
+    )
+    if limits.login_timeout <= 0:
+        raise t.where.error("login_timeout", "must be more than 0",
+                            'give the seconds a client has to log in, e.g. "10s"')
+    if limits.login_backoff_max >= limits.login_timeout:
+        raise t.where.error("login_backoff_max", f"{limits.login_backoff_max:g}s is not below "
+                            f"login_timeout ({limits.login_timeout:g}s)",
+                            "keep the longest backoff shorter than the login timeout, or every "
+                            "throttled login times out")
+    for key in ("recheck_interval", "failed_login_interval", "refusal_log_interval"):
+        if getattr(limits, key) <= 0:
+            raise t.where.error(key, "must be more than 0", 'give a duration, e.g. "60s"')
+    if limits.credential_cache > limits.recheck_interval:
+        raise t.where.error("credential_cache", "is longer than recheck_interval",
+                            "keep the per-request cache short (default 5s)")
+    t.finish()
+    return limits
 
 
 def _admin(t: Table) -> AdminConfig:
@@ -379,7 +485,17 @@ def _notify(t: Table, names: set[str]) -> NotifyConfig:
     return cfg
 
 
-def _rule(t: Table, names: set[str], ruleKeys: set[str]) -> Rule:
+def _unknownContent(m: Table) -> str | None:
+    from sealgate.masking import UNKNOWN_CONTENT
+
+    value = m.str("unknown_content")
+    if value is not None and value not in UNKNOWN_CONTENT:
+        raise m.where.error("unknown_content", f"unknown value {value!r}",
+                            f"use one of: {', '.join(UNKNOWN_CONTENT)}")
+    return value
+
+
+def _rule(t: Table, names: set[str], ruleKeys: set[str], words: "RuleWords | None" = None) -> Rule:
     name = t.str("name", required=True)
     t.where = Where(t.where.path, f"{t.where.table} ({name})")
     action = t.str("action", required=True)
@@ -405,6 +521,8 @@ def _rule(t: Table, names: set[str], ruleKeys: set[str]) -> Rule:
                     for rx in value:
                         _regex(t, key, rx)
             matchers[key] = value
+    if words is not None:
+        words.check(t, matchers)
     approvers = t.strings("approvers")
     needed = t.number("approvals_needed", 1, minimum=1)
     if action == "approve" and not approvers:
@@ -417,6 +535,42 @@ def _rule(t: Table, names: set[str], ruleKeys: set[str]) -> Rule:
     )
     t.finish(known=ruleKeys)
     return rule
+
+
+class RuleWords:
+    """
+    The vocabularies protocol plugins give rule keys (C{ruleVocabulary}:
+    key -> valid words) and their named presets (C{rulePresets}: name ->
+    matchers), so a misspelt word or preset is a config error.
+    """
+
+    def __init__(self, plugins):
+        self.vocabulary: dict[str, set[str]] = {}
+        self.presets: dict[str, Mapping[str, tuple[str, ...]]] = {}
+        for p in plugins:
+            for key, valid in getattr(p, "ruleVocabulary", {}).items():
+                self.vocabulary.setdefault(key, set()).update(normalWords(key, valid))
+            self.presets.update(getattr(p, "rulePresets", {}))
+
+    def check(self, t: Table, matchers: dict) -> None:
+        preset = t.str("preset")
+        if preset is not None:
+            if preset not in self.presets:
+                known = ", ".join(sorted(self.presets)) or "none: no protocol here has presets"
+                raise t.where.error("preset", f"unknown preset {preset!r}"
+                                    + _nearest(preset, self.presets), f"use one of: {known}")
+            for key, values in self.presets[preset].items():
+                matchers[key] = tuple(dict.fromkeys((*matchers.get(key, ()), *values)))
+        for key, valid in self.vocabulary.items():
+            for word in normalWords(key, matchers.get(key, ())) if key in WORD_KEYS else ():
+                if word not in valid:
+                    raise t.where.error(key, f"unknown word {word!r}" + _nearest(word, valid),
+                                        f"use any of: {', '.join(sorted(valid))}")
+
+
+def _nearest(word: str, valid) -> str:
+    close = difflib.get_close_matches(word, list(valid), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _regex(t: Table, key: str, rx: Any) -> None:

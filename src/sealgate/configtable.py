@@ -47,6 +47,21 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 
 
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|KiB|MiB|GiB)?\s*$")
+_SIZE_UNITS = {None: 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9,
+               "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}
+
+
+def parseSize(text: str | int) -> int:
+    """'64MiB' -> 67108864; a bare number is bytes; raises ValueError."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        return text
+    m = _SIZE.match(str(text)) if isinstance(text, str) else None
+    if not m:
+        raise ValueError(text)
+    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2)])
+
+
 def parseDuration(text: str | int | float) -> float:
     """'5m' -> 300.0; raises ValueError."""
     if isinstance(text, (int, float)) and not isinstance(text, bool):
@@ -98,6 +113,18 @@ class Table:
         if minimum is not None and v < minimum:
             raise self.where.error(key, f"must be at least {minimum}, not {v}")
         return v
+
+    def size(self, key, default: int, minimum: int = 0) -> int:
+        v = self._get(key, default, False)
+        try:
+            n = parseSize(v)
+        except ValueError:
+            raise self.where.error(key, f"is not a size: {v!r}",
+                                   'write a number of bytes or e.g. "64MiB", "512KiB", "1GiB"')
+        if n < minimum:
+            raise self.where.error(key, f"must be at least {minimum:,} bytes, not {n:,}",
+                                   f'raise it, e.g. {key} = "64MiB"')
+        return n
 
     def duration(self, key, default) -> float:
         v = self._get(key, default, False)

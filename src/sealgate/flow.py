@@ -1,4 +1,4 @@
-"""The core's decision and output steps' parts: decisions, refusals, and legs paused for named reasons."""
+"""Parts of the core's decision and output steps: decisions, refusals, legs paused for named reasons, the login preamble."""
 
 from collections.abc import Callable, Mapping
 from typing import Any

@@ -4,7 +4,6 @@ import hashlib
 import json
 from typing import Any
 
-from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -12,8 +11,11 @@ from sealgate.chain import Chain
 from sealgate.chain.verdicts import Deny
 from sealgate.flow import STORE
 from sealgate.identity import AuthenticationFailed
+from sealgate.identity.service import claimHint
 from sealgate.interfaces import IGateway
+from sealgate.prelogin import PreLoginGuard
 from sealgate.session import Session, SessionRefused, newSessionId
+from sealgate.throttle import LoginThrottle, sourceOfClient
 
 
 class PluginError(Exception):
@@ -50,6 +52,9 @@ class Gateway:
         self.drained = None
         #: True while the store asks relaying to wait (every leg is paused).
         self.storePaused = False
+        # Limits are the process's (fds, memory): fixed at start, not reloaded.
+        self.prelogin = PreLoginGuard(config.limits, reactor)
+        self.throttle = LoginThrottle(config.limits, reactor, store)
         self.setConfig(config)
         observe = getattr(store, "addPressureObserver", None)
         if observe is not None:
@@ -97,8 +102,33 @@ class Gateway:
         self.chain = Chain(interceptors)
         self.policyHash = policyHash(config)
 
+    def connectionsSharing(self, connection) -> list:
+        """
+        The connections one listener serves: C{connection}'s protocol and
+        listen endpoint, in file order (the service builds one factory for
+        them, with the first; the protocol picks one per client).
+        """
+        same = [c for c in self.config.connections
+                if c.protocol == connection.protocol and c.listen == connection.listen]
+        return same or [connection]
+
     def authenticate(self, connection, credential, client, claimed=None):
-        d = defer.maybeDeferred(self.identity.authenticate, credential)
+        """
+        Check a credential, after the login backoff of the client's address
+        and of the identities it claims; a failure is sealed (aggregated per
+        source and interval by L{LoginThrottle}).
+
+        @param connection: the L{ConnectionConfig}, or a listener's name
+            (e.g. C{"admin"}) for logins that open no proxied session.
+        """
+        source = sourceOfClient(client)
+        claims = [claimed, claimHint(credential)]
+        d = self.throttle.wait(source, claims)
+        d.addCallback(lambda _: self.identity.authenticate(credential))
+
+        def ok(identity):
+            self.throttle.succeeded([*claims, identity.id])
+            return identity
 
         def failed(f):
             if f.check(AuthenticationFailed):
@@ -108,18 +138,25 @@ class Gateway:
                 reason, who = "authentication is unavailable", None
             # Both claims: the one inside the credential (a key's name, a
             # token's sub) and the user name the client's protocol gave.
-            self.store.auditEvent({
-                "kind": "login_failed", "connection": connection.name,
-                "protocol": connection.protocol, "client": client,
-                "claimed": who, "protocol_user": claimed, "reason": reason,
-            })
-            who = who or claimed
-            self._log.info("Login refused on {connection} from {client} "
-                           "(claimed {claimed}): {reason}", connection=connection.name,
-                           client=client, claimed=who, reason=reason)
-            raise AuthenticationFailed(reason, who)
+            self.loginFailed(connection, client, reason, claimed=who, protocol_user=claimed,
+                             claims=claims)
+            raise AuthenticationFailed(reason, who or claimed)
 
-        return d.addErrback(failed)
+        return d.addCallbacks(ok, failed)
+
+    def loginFailed(self, connection, client: str, reason: str, claimed=None, claims=(),
+                    **fields) -> None:
+        """Seal (or fold into the next aggregate) one failed login, and slow the next."""
+        name = getattr(connection, "name", connection)
+        protocol = getattr(connection, "protocol", name)
+        event = {"kind": "login_failed", "connection": name, "protocol": protocol,
+                 "client": client, "claimed": claimed, "reason": reason}
+        event.update(fields)
+        self.throttle.failed(sourceOfClient(client), [claimed, *claims], event)
+        self._log.info("Login refused on {connection} from {client} "
+                       "(claimed {claimed}): {reason}", connection=name,
+                       client=client, claimed=claimed or fields.get("protocol_user"),
+                       reason=reason)
 
     def openSession(self, connection, identity, client, meta=None) -> Session:
         if not self.accepting:
@@ -148,7 +185,7 @@ class Gateway:
         session.gateway = self
         self.sessions[session.id] = session
         self._log.info("Session {session} opened: {subject} on {connection} from {client}",
-                       session=session.id, subject=identity.subject,
+                       session=session.id, subject=identity.id,
                        connection=connection.name, client=client)
         return session
 

@@ -39,6 +39,12 @@ class IProtocolPlugin(Interface):
         @return: an L{twisted.internet.interfaces.IProtocolFactory}.
         """
 
+    exportFormats = Attribute(
+        "A sequence of L{IExportFormat}: the forms this protocol's recordings "
+        "export to (sealgate export --format NAME, the admin API's "
+        "/api/sessions/ID/export/NAME, the console's downloads and player). "
+        "One named 'transcript' is what sealgate show prints.")
+
     def replay(frames, out, speed):
         """
         Render a recorded session for C{sealgate replay}.
@@ -47,6 +53,106 @@ class IProtocolPlugin(Interface):
         @param out: a binary file to write to.
         @param speed: None for no waiting, else a playback speed factor.
         """
+
+
+class IExportFormat(Interface):
+    """
+    One export format a protocol plugin declares (L{sealgate.export.ExportFormat}
+    builds one).  Writers read a session only through L{IRecordedSession},
+    so the same writer serves a live store and an offline bundle.
+    """
+
+    name = Attribute("Short name for --format and URLs, e.g. 'har'.")
+    mediaType = Attribute("The media type of what the writer writes, e.g. 'application/json'.")
+    extension = Attribute("The file name suffix for downloads, e.g. '.har'.")
+    title = Attribute("A few words for people, e.g. 'HAR 1.2 (browser devtools)'.")
+    player = Attribute("None, or how the console plays it: 'asciicast' (a terminal player) or "
+                       "'text' (shown as a transcript).")
+
+    def write(session, out):
+        """
+        Write one recorded session.
+
+        @param session: an L{IRecordedSession}.
+        @param out: a binary file.
+        @return: a short summary for people, e.g. "HAR 1.2, 12 entries".
+        @raise ValueError: the recording does not render in this format (the
+            message says why; it is shown, never a traceback).
+        """
+
+
+class IRecordedSession(Interface):
+    """One recorded session as export writers see it: from the store or from a verified bundle."""
+
+    record = Attribute("The session's L{sealgate.recording.records.SessionRecord}, from its sealed leaves.")
+
+    def frames():
+        """@return: an iterable of L{sealgate.recording.Frame} in order (redacted ones with data None)."""
+
+    def events():
+        """@return: the session's parsed log leaves (open, progress, event, close), in log order."""
+
+    def redactions():
+        """@return: C{{seq: details}} of the frames erased since recording (their data is None)."""
+
+    def bundle(out):
+        """Write the session as an offline evidence bundle to the binary file C{out}; @return: its header."""
+
+
+class IRecordingReader(Interface):
+    """
+    The store's read side: what the admin API, the console, the CLI and
+    exporters use instead of SQL.  Calls block (files, SQLite): run them in
+    a thread off the reactor.  Every fact about a session comes from its
+    sealed log leaves.
+    """
+
+    origin = Attribute("The log's origin line (the checkpoint's first line).")
+
+    def findSessions(query=None):
+        """@return: L{SessionRecord}s matching a L{sealgate.recording.records.SessionQuery}, newest first."""
+
+    def sessionRecord(sessionId):
+        """@return: one L{SessionRecord}, or None."""
+
+    def recorded(sessionId):
+        """@return: the session as an L{IRecordedSession}, or None."""
+
+    def frames(sessionId):
+        """@return: the session's L{sealgate.recording.Frame}s in order."""
+
+    def events(sessionId):
+        """@return: the session's parsed log leaves (node-level ones for None)."""
+
+    def redactions(sessionId):
+        """@return: C{{seq: {time, reason, leaf}}} of the session's redacted frames."""
+
+    def logSize():
+        """@return: the number of leaves in the log."""
+
+    def logLeaves(start=0, end=None):
+        """@return: an iterator of C{(n, session, type, leaf bytes)} in log order."""
+
+    def inclusionProof(index, size=None):
+        """@return: the RFC 9162 audit path of a log leaf (see L{sealgate.recording.reader})."""
+
+    def consistencyProof(first, second=None):
+        """@return: the RFC 9162 consistency proof between two log sizes."""
+
+    def checkpoints():
+        """@return: C{[(size, time, note)]} of the signed checkpoints, oldest first."""
+
+    def latestCheckpoint():
+        """@return: the newest C{(size, time, note)}, or None."""
+
+    def verifier():
+        """@return: the node's L{sealgate.recording.checkpoint.Verifier}."""
+
+    def snapshot():
+        """A context manager: everything read inside sees one commit."""
+
+    def close():
+        """Release the store's files."""
 
 
 class IGateway(Interface):
@@ -85,6 +191,14 @@ class IGateway(Interface):
         @return: an L{ISession}.
         @raise sealgate.session.SessionRefused: access denied or the store
             cannot record (message safe for the client).
+        """
+
+    def connectionsSharing(connection):
+        """
+        Listener sharing: the connections served by C{connection}'s
+        listener (same protocol and listen endpoint, in file order, under
+        the current config).  A protocol picks one per client (postgres by
+        database name, ssh by user name).
         """
 
     def sessionEnded(session, reason):
@@ -266,6 +380,27 @@ class IRecordingStore(Interface):
         @return: C{None} when new sessions may be recorded, else a reason
             (e.g. the disk is full) as a string safe to show a client.
         """
+
+    def pressure():
+        """
+        The store's backpressure signal.
+
+        @return: C{None} while writes may flow; else why relaying must
+            pause (or stop), as a string safe to show a client: "the
+            recording store is restarting", "the disk is full", "the
+            recording backlog is over max_unsealed", or the failure.
+        """
+
+    def addPressureObserver(fn):
+        """
+        Call C{fn(state, reason)} on the reactor thread at every change of
+        L{pressure}: C{state} is C{"flowing"} (resume every leg), C{"paused"}
+        (pause every leg) or C{"failed"} (end every live session in its
+        protocol's words; they are sealed as "store failed").
+        """
+
+    def removePressureObserver(fn):
+        """Stop calling C{fn}."""
 
     def openSession(sessionId, info):
         """

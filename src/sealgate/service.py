@@ -104,7 +104,9 @@ class GatewayService(MultiService):
                                "  fix: point it at a writable directory")
         self.store = SQLiteStore(cfg.gateway.state_dir, f"sealgate/{cfg.gateway.node}",
                                  reactor=self.reactor,
-                                 checkpointInterval=cfg.gateway.checkpoint_interval)
+                                 checkpointInterval=cfg.gateway.checkpoint_interval,
+                                 maxUnsealed=cfg.gateway.max_unsealed,
+                                 storeTimeout=cfg.gateway.store_timeout)
         self.identity = IdentityService(cfg.identity, cfg.gateway.state_dir, reactor=self.reactor)
         self.approvals = Approvals(self.reactor, self.store)
         try:
@@ -200,7 +202,14 @@ class GatewayService(MultiService):
         if self._terminating:
             return  # a second SIGTERM while draining: the first one's stop goes on
         self._terminating = True
-        self._log.info("SIGTERM: stop listening, drain sessions, exit")
+        live = list(self.gateway.sessions.values()) if self.gateway is not None else []
+        byConnection: dict[str, int] = {}
+        for s in live:
+            byConnection[s.connection.name] = byConnection.get(s.connection.name, 0) + 1
+        self._log.info("SIGTERM: stop listening, wait up to {t}s for {n} live session(s){where}, exit",
+                       t=self.config.gateway.drain_timeout, n=len(live),
+                       where=" (" + ", ".join(f"{c}: {k}" for c, k in sorted(byConnection.items())) + ")"
+                       if live else "")
         if self.reactor.running:
             self.reactor.stop()
         else:
@@ -267,6 +276,7 @@ class GatewayService(MultiService):
         d.addCallback(lambda _: self.approvals.stop())
         d.addCallback(lambda _: getattr(self._adminSite, "admin", None) and self._adminSite.admin.stop())
         d.addCallback(lambda _: defer.maybeDeferred(getattr(self.identity, "stop", lambda: None)))
+        d.addCallback(lambda _: self.gateway.throttle.stop())
         d.addCallback(lambda _: self.store.stop() if self.store is not None else None)
         d.addCallback(lambda _: self._adminFile().unlink(missing_ok=True))
         d.addErrback(lambda f: self._log.failure("Error while stopping", f))

@@ -301,6 +301,21 @@ class Session:
             C{column}, C{content_type}...); C{masked} is set by the core.
         @raise OutputRefused: nothing may be sent; the refusal is sealed.
         """
+        return self._emit(data, channel, context)
+
+    def send(self, transport, data: bytes, *, channel: int = 0, **context: Any) -> None:
+        """
+        L{emit}, then write what it returned to C{transport} at once (a
+        plain TCP socket is written without waiting for the next reactor
+        turn).  The one way a protocol writes to a client transport.
+
+        @raise OutputRefused: as L{emit}; nothing was written.
+        """
+        out = self._emit(data, channel, context)
+        if out:
+            writeNow(transport, out)
+
+    def _emit(self, data: bytes, channel: int, context: dict) -> bytes:
         chain = self.chain
         try:
             if self.ended:
@@ -309,9 +324,10 @@ class Session:
             if masker is not None:
                 fn = self._maskers.get(channel) or self._maskers.get(None)
                 data = fn(data, context) if fn is not None else masker.maskBytes(data)
-            if chain.wantsOutput and data:
-                context["masked"] = masker is not None
-                data = chain.output(data, channel=channel, **context)
+                if chain.wantsMaskedOutput and data:
+                    data = chain.output(data, channel=channel, masked=True, **context)
+            elif chain.wantsOutput and data:
+                data = chain.output(data, channel=channel, masked=False, **context)
         except OutputRefused as e:
             self._refused(channel, str(e))
             raise
@@ -325,18 +341,6 @@ class Session:
             self.bytesToClient += len(data)
             self.recording.frame(TO_CLIENT, data, channel)
         return data
-
-    def send(self, transport, data: bytes, *, channel: int = 0, **context: Any) -> None:
-        """
-        L{emit}, then write what it returned to C{transport} at once (a
-        plain TCP socket is written without waiting for the next reactor
-        turn).  The one way a protocol writes to a client transport.
-
-        @raise OutputRefused: as L{emit}; nothing was written.
-        """
-        out = self.emit(data, channel=channel, **context)
-        if out:
-            writeNow(transport, out)
 
     def _refused(self, channel: int, reason: str) -> None:
         if not self.ended:

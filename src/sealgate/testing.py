@@ -7,6 +7,8 @@ tests start a real gateway with L{startGateway}.
 """
 
 import re
+import socketserver
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -18,16 +20,27 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from zope.interface import implementer
 
 from sealgate.approvals import Approvals
-from sealgate.config import ConnectionConfig, loadConfig
+from sealgate.chain.verdicts import Deny
+from sealgate.config import ConnectionConfig, Limits, Rule, loadConfig
 from sealgate.gateway import Gateway
 from sealgate.identity import AuthenticationFailed, Identity
-from sealgate.interfaces import IInterceptorPlugin, IRecordingStore, ISessionRecording
+from sealgate.interfaces import (
+    ICommandHook,
+    IInterceptorPlugin,
+    IOutputHook,
+    IRecordedSession,
+    IRecordingStore,
+    ISessionRecording,
+)
+from sealgate.recording import Frame
+from sealgate.recording.records import SessionRecord
 from sealgate.service import GatewayService, StartupError
 from sealgate.session import TO_CLIENT, Session
 
 __all__ = [
-    "FakeIdentities", "FakeRecording", "FakeStore", "FakeTransport", "RunningGateway",
-    "fakeGateway", "fakeSession", "startGateway",
+    "CommandInterceptor", "EchoBackend", "FakeIdentities", "FakeRecordedSession", "FakeRecording",
+    "FakeStore", "FakeTransport", "OutputRecorder", "RunningGateway", "fakeGateway", "fakeSession",
+    "rule", "startGateway",
 ]
 
 
@@ -70,6 +83,49 @@ class FakeRecording:
 
     def eventsOf(self, kind: str) -> list[dict]:
         return [fields for k, fields in self.events if k == kind]
+
+
+@implementer(IRecordedSession)
+@attrs.frozen
+class FakeRecordedSession:
+    """
+    What a L{FakeRecording} kept, as an export writer reads a stored session
+    (L{IRecordedSession}): test a plugin's export formats on the frames its
+    relay recorded, without a store.  Frames are one millisecond apart.
+    """
+
+    recording: FakeRecording
+    opened: float = 0.0
+
+    @property
+    def record(self) -> SessionRecord:
+        info, closed = self.recording.info, self.recording.closed
+        sent = [len(d) for direction, d, _ in self.recording.frames if direction == TO_CLIENT]
+        got = [len(d) for direction, d, _ in self.recording.frames if direction != TO_CLIENT]
+        identity = info.get("identity")
+        return SessionRecord(
+            self.recording.sessionId, "open" if closed is None else "closed", self.opened,
+            None if closed is None else self.opened + len(self.recording.frames) / 1000,
+            info.get("protocol"), info.get("connection"),
+            str(identity.get("subject", "")) if isinstance(identity, dict) else str(identity or ""),
+            info.get("client"), len(self.recording.frames), None, sum(got), sum(sent),
+            None if closed is None else closed[0], 0, None, info)
+
+    def frames(self):
+        offsets = {0: 0, 1: 0}
+        for seq, (direction, data, channel) in enumerate(self.recording.frames):
+            yield Frame(seq, self.opened + seq / 1000, channel, direction, offsets[direction], data)
+            offsets[direction] += len(data)
+
+    def events(self) -> list:
+        return [{"n": i, "type": "event", "time": self.opened, "session": self.recording.sessionId,
+                 "event": kind, "fields": fields} for i, (kind, fields) in enumerate(self.recording.events)]
+
+    def redactions(self) -> dict:
+        return {}
+
+    def bundle(self, out) -> dict:
+        raise ValueError("a fake recording is not sealed, so it has no bundle")
 
 
 @implementer(IRecordingStore)
@@ -147,6 +203,7 @@ class _Given:
 class _Config:
     raw: dict = attrs.field(factory=dict)
     connections: tuple = ()
+    limits: Limits = Limits()
 
 
 def fakeGateway(interceptors=(), reactor=None, identities=None, store=None) -> Gateway:
@@ -173,6 +230,93 @@ def fakeSession(interceptors=(), *, gateway=None, protocol="line", connection="t
     conn = ConnectionConfig(connection, protocol, "tcp:0:interface=127.0.0.1",
                             "tcp:host=127.0.0.1:port=1")
     return gw.openSession(conn, identity or Identity("alice", {"eng"}, "apikey"), client, meta)
+
+
+def rule(name: str, action: str, **kw) -> Rule:
+    """
+    A C{[[rules]]} entry for every connection and group: C{action} "deny",
+    "approve" (approvers "leads", 30 s to decide) or "allow"; C{matchers}
+    as the config has them (C{{"commands": ["^rm "]}}, C{{"statements": ["DROP"]}}).
+    """
+    base: dict[str, Any] = dict(connections=("*",), groups=("*",), matchers={},
+                                approvers=("leads",), approvals_needed=1, expires=30.0,
+                                reason="not here")
+    base.update(kw)
+    return Rule(name=name, action=action, **base)
+
+
+@implementer(ICommandHook)
+@attrs.define
+class CommandInterceptor:
+    """
+    A command hook with one answer: C{verdict} (None continues), or a
+    callable C{verdict(hook)}; C{seen} keeps the commands' texts.
+    """
+
+    verdict: Any = None
+    name: str = "commands"
+    seen: list = attrs.field(factory=list)
+
+    def appliesTo(self, session):
+        return True
+
+    def command(self, hook):
+        self.seen.append(hook.text)
+        return self.verdict(hook) if callable(self.verdict) else self.verdict
+
+
+@implementer(IOutputHook)
+@attrs.define
+class OutputRecorder:
+    """
+    An output hook that keeps what it is shown: C{seen} as C{(data,
+    context)}; with C{refuse} it denies everything (the core refuses it).
+    """
+
+    name: str = "output"
+    refuse: bool = False
+    seen: list = attrs.field(factory=list)
+
+    def appliesTo(self, session):
+        return True
+
+    def output(self, hook):
+        self.seen.append((hook.data, dict(hook.context)))
+        return Deny(self.name, "not for you") if self.refuse else None
+
+    def shown(self, channel: int | None = None) -> bytes:
+        """Every byte shown, on one channel or all."""
+        return b"".join(d for d, ctx in self.seen if channel is None or ctx.get("channel") == channel)
+
+
+class _EchoLines(socketserver.StreamRequestHandler):
+    def handle(self):
+        for line in self.rfile:
+            self.wfile.write(line)
+
+
+class EchoBackend:
+    """
+    A real TCP backend for end-to-end tests of a line protocol: it listens
+    on 127.0.0.1 (a port the OS picks, L{port}) and sends back every line
+    it gets.  A context manager; it runs in threads, off the reactor.
+    """
+
+    def __init__(self) -> None:
+        self._server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _EchoLines)
+        self._server.daemon_threads = True
+        self.port: int = self._server.server_address[1]
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def __enter__(self) -> "EchoBackend":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 class FakeTransport(StringTransport):

@@ -227,7 +227,8 @@ class OIDCIssuer:
             "aud": self.audience if aud is None else aud,
             "iat": now,
             "exp": int(now + 300 if exp is None else exp),
-            "groups": list(groups),
+            # A bare string is sent as such: some issuers do, for one group.
+            "groups": groups if isinstance(groups, str) else list(groups),
         }
         claims.update(extra)
         return claims

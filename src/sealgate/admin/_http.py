@@ -2,6 +2,7 @@
 
 import json
 import secrets
+from pathlib import Path
 
 from twisted.internet import defer
 from twisted.internet.threads import deferToThreadPool
@@ -11,6 +12,9 @@ from twisted.web import http, resource, server
 from sealgate.admin.roles import Forbidden
 from sealgate.approvals import ApprovalError
 from sealgate.identity import AuthenticationFailed
+
+#: The console's files (HTML, JS, CSS, the vendored player).
+STATIC = Path(__file__).parent / "static"
 
 LOGIN_COOKIE = b"sealgate_login"
 CSRF_HEADER = b"x-sealgate-csrf"
@@ -111,7 +115,7 @@ class AdminRequest(server.Request):
 
     def processingFailed(self, reason):
         if reason.check(*BAD_INPUT):
-            body = problem(self, 400, badInput(reason))
+            body = problem(self, getattr(reason.value, "status", 400), badInput(reason))
         else:
             self._log.failure("Admin site error on {path}", reason, path=self.path[:200])
             body = problem(self, 500, "internal error")
@@ -159,6 +163,12 @@ class Leaf(resource.Resource):
         self.admin = admin
 
 
+def clientOf(request) -> str:
+    """C{host:port} of an admin request's client, as protocols write it."""
+    peer = request.getClientAddress()
+    return f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}"
+
+
 class Authenticated(Leaf):
     """
     Calls C{handle(request, identity, path)} (which may return a Deferred)
@@ -172,7 +182,9 @@ class Authenticated(Leaf):
     def identify(self, request) -> defer.Deferred:
         auth = (request.getHeader(b"authorization") or b"").decode("latin-1")
         if auth.lower().startswith("bearer "):
-            return defer.maybeDeferred(self.admin.service.identity.authenticate, auth[7:].strip())
+            # Through the gateway: the admin listener gets the same login backoff.
+            return self.admin.service.gateway.authenticate("admin", auth[7:].strip(),
+                                                           clientOf(request))
         login = self.admin.logins.get(request.getCookie(LOGIN_COOKIE))
         if login is None:
             return defer.fail(AuthenticationFailed(
@@ -197,7 +209,8 @@ class Authenticated(Leaf):
             elif f.check(ApprovalError, Forbidden, NotFound):
                 body = problem(request, f.value.status, str(f.value))
             elif f.check(*BAD_INPUT):
-                body = problem(request, 400, badInput(f))
+                # A BadRequest may name its own 4xx (422: cannot be rendered).
+                body = problem(request, getattr(f.value, "status", 400), badInput(f))
             else:
                 self._log.failure("Admin API error", f)
                 body = problem(request, 500, "internal error")

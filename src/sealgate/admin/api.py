@@ -1,11 +1,11 @@
 """The admin HTTP site: health, readiness, metrics, OpenAPI, the JSON API and the console."""
 
-from pathlib import Path
 
 from twisted.logger import Logger
-from twisted.web import resource, server, static
+from twisted.web import http, resource, server, static
 
 from sealgate.admin._http import (
+    STATIC,
     AdminRequest,
     Authenticated,
     BadRequest,
@@ -15,16 +15,39 @@ from sealgate.admin._http import (
     jsonObject,
     problem,
 )
-from sealgate.admin.roles import may, require, rolesOf
-
-STATIC = Path(__file__).parent / "static"
+from sealgate.admin.console import Logins
+from sealgate.admin.metrics import Metrics
+from sealgate.admin.notify import Notifier
+from sealgate.admin.roles import may, mayReveal, require, rolesOf
+from sealgate.prelogin import GuardedChannel
 
 # Kept for older imports.
 _json = jsonBody
 
 
+def storeProblem(store) -> str | None:
+    """
+    Why the store cannot record as it must, or None: its writer is down,
+    its disk is full, its backlog is over max_unsealed, or it failed.
+    """
+    if store is None:
+        return None
+    status = getattr(store, "status", None)
+    if status is None:
+        return store.healthy()
+    s = status()
+    if not s["writer_up"]:
+        return s["reason"] or "the recording store's writer process is down"
+    return s["reason"]
+
+
 class Health(Leaf):
+    """Liveness: a gateway whose store cannot record is not alive as an audit gateway."""
+
     def render_GET(self, request):
+        problem = storeProblem(self.admin.service.store)
+        if problem:
+            return jsonBody(request, 503, {"status": "unhealthy", "reason": problem})
         return jsonBody(request, 200, {"status": "ok"})
 
 
@@ -32,8 +55,8 @@ class Ready(Leaf):
     def render_GET(self, request):
         svc = self.admin.service
         problem = None if svc.ready else "starting or stopping"
-        if problem is None and svc.store is not None:
-            problem = svc.store.healthy()
+        if problem is None:
+            problem = storeProblem(svc.store)
         if problem:
             return jsonBody(request, 503, {"status": "unavailable", "reason": problem})
         return jsonBody(request, 200, {"status": "ready"})
@@ -57,8 +80,8 @@ class ApprovalsAPI(Authenticated):
     POST /api/approvals/ID/approve|deny|cancel {"reason": ...}.
     """
 
-    def ticket(self, t) -> dict:
-        d = t.asDict()
+    def ticket(self, t, identity) -> dict:
+        d = t.asDict(reveal=mayReveal(identity, self.admin.service.config, t))
         d["notifications"] = self.admin.notifier.forTicket(t.id)
         return d
 
@@ -72,30 +95,30 @@ class ApprovalsAPI(Authenticated):
             tickets = approvals.tickets.values() if everything else approvals.pending()
             if not reader:
                 # Anyone may follow their own tickets.
-                tickets = [t for t in tickets if t.requester.subject == identity.subject]
-            return jsonBody(request, 200, {"tickets": [self.ticket(t) for t in tickets]})
+                tickets = [t for t in tickets if t.requester.id == identity.id]
+            return jsonBody(request, 200, {"tickets": [self.ticket(t, identity) for t in tickets]})
         if method == "GET" and len(path) == 1:
             t = approvals.get(path[0])
-            if not reader and t.requester.subject != identity.subject:
+            if not reader and t.requester.id != identity.id:
                 require(identity, config, "read")
-            return jsonBody(request, 200, self.ticket(t))
+            return jsonBody(request, 200, self.ticket(t, identity))
         if method == "POST" and len(path) == 2 and path[1] in ("approve", "deny", "cancel"):
             body = jsonObject(request)
             reason = str(body.get("reason", ""))[:1000]
             t = approvals.get(path[0])
-            mine = t.requester.subject == identity.subject
+            mine = t.requester.id == identity.id
             if path[1] == "cancel":
                 if not mine:
                     require(identity, config, "cancel-any")
                 return jsonBody(request, 200, self.ticket(approvals.cancel(t.id, identity, reason,
-                                                                           anyone=not mine)))
+                                                                           anyone=not mine), identity))
             if path[1] == "deny" and not reason:
                 raise BadRequest("a denial needs a reason")
             if not mine:
                 # The requester gets the specific refusal from the tickets themselves.
                 require(identity, config, "decide")
             action = getattr(approvals, path[1])
-            return jsonBody(request, 200, self.ticket(action(t.id, identity, reason)))
+            return jsonBody(request, 200, self.ticket(action(t.id, identity, reason), identity))
         raise NotFound("no such endpoint")
 
 
@@ -111,7 +134,7 @@ class NotificationsAPI(Authenticated):
                                            "deliveries": notifier.recent()})
         if request.method == b"POST" and path == ["test"]:
             require(identity, config, "notify-test")
-            return jsonBody(request, 202, {"deliveries": notifier.test(identity.subject)})
+            return jsonBody(request, 202, {"deliveries": notifier.test(identity.id)})
         raise NotFound("no such endpoint")
 
 
@@ -155,10 +178,6 @@ class Admin:
     _log = Logger()
 
     def __init__(self, service):
-        from sealgate.admin.console import Logins
-        from sealgate.admin.metrics import Metrics
-        from sealgate.admin.notify import Notifier
-
         self.service = service
         self.logins = Logins(self)
         self.metrics = Metrics(self)
@@ -205,6 +224,10 @@ class Admin:
         return self.notifier.stop()
 
 
+class _AdminChannel(GuardedChannel, http.HTTPChannel):
+    """HTTP/1.1 with the gateway's pre-login limits (login timeout, caps per address)."""
+
+
 class _AdminSite(server.Site):
     """
     Every answer forbids framing, sniffing and foreign scripts (the console
@@ -214,6 +237,9 @@ class _AdminSite(server.Site):
 
     admin: Admin
     requestFactory = AdminRequest
+    protocol = _AdminChannel  # type: ignore[assignment]
+    #: The gateway's pre-login guard and this listener's name, for the channels.
+    prelogin: tuple
 
     def getResourceFor(self, request):
         request.setHeader(b"content-security-policy",
@@ -252,4 +278,5 @@ def makeAdminSite(service) -> server.Site:
     site.displayTracebacks = False
     site.noisy = False
     site.admin = admin
+    site.prelogin = (service.gateway.prelogin, "admin")
     return site

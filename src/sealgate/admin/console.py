@@ -10,7 +10,7 @@ from twisted.logger import Logger
 from twisted.web import resource, server
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from sealgate.admin._http import LOGIN_COOKIE, Reply, jsonBody, pathSegments
+from sealgate.admin._http import LOGIN_COOKIE, STATIC, Reply, clientOf, jsonBody, pathSegments
 from sealgate.identity import AuthenticationFailed
 from sealgate.identity.oidcflow import CodeFlow, LoginError
 
@@ -100,8 +100,6 @@ class Login(resource.Resource):
     def render_GET(self, request):
         path = pathSegments(request)
         if not path:
-            from sealgate.admin.api import STATIC
-
             request.setHeader(b"content-type", b"text/html; charset=utf-8")
             request.setHeader(b"cache-control", b"no-store")
             return (STATIC / "login.html").read_bytes()
@@ -125,7 +123,9 @@ class Login(resource.Resource):
             request.setResponseCode(403)
             return b"cross-site login refused\n"
         key = (request.args.get(b"key") or [b""])[0].decode("ascii", "replace").strip()
-        d = defer.maybeDeferred(self.identity.authenticate, key)
+        # Through the gateway: backoff per address and key, failures sealed there.
+        d = self.admin.service.gateway.authenticate("admin", key, clientOf(request))
+        d.addErrback(_sealedAlready)
         d.addCallback(self._loggedIn, request, "apikey")
         return self._go(request, d)
 
@@ -137,9 +137,10 @@ class Login(resource.Resource):
         def failed(f):
             if f.check(AuthenticationFailed, LoginError):
                 reason = f.value.reason if f.check(AuthenticationFailed) else str(f.value)
-                self.admin.service.store.auditEvent({"kind": "login_failed", "connection": "admin",
-                                                     "protocol": "console", "claimed": getattr(
-                                                         f.value, "claimed", None), "reason": reason})
+                if not f.check(_SealedFailure):
+                    self.admin.service.gateway.loginFailed(
+                        "admin", clientOf(request), reason,
+                        claimed=getattr(f.value, "claimed", None), protocol="console")
                 request.redirect(b"/login?" + urlencode({"error": reason}).encode())
             else:
                 self._log.failure("Console login error", f)
@@ -153,7 +154,7 @@ class Login(resource.Resource):
         _cookie(request, LOGIN_COOKIE, login.token, int(self.admin.service.config.admin.login_lifetime))
         self.admin.service.store.auditEvent({"kind": "admin_login", "identity": identity.asDict(),
                                              "method": method})
-        self._log.info("Console login: {subject} ({method})", subject=identity.subject, method=method)
+        self._log.info("Console login: {subject} ({method})", subject=identity.id, method=method)
         request.redirect(b"/console/")
 
     # -- OIDC ----------------------------------------------------------------
@@ -231,3 +232,12 @@ class Logout(resource.Resource):
             self.admin.logins.drop(token)
         _cookie(request, LOGIN_COOKIE, "", 0)
         return jsonBody(request, 200, {"status": "logged out"})
+
+
+class _SealedFailure(AuthenticationFailed):
+    """A refused login the gateway has already sealed (and counted for backoff)."""
+
+
+def _sealedAlready(f):
+    f.trap(AuthenticationFailed)
+    raise _SealedFailure(f.value.reason, f.value.claimed)

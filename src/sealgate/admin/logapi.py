@@ -5,6 +5,7 @@ import hashlib
 
 from sealgate.admin._http import Authenticated, BadRequest, NotFound, intArg, inThread, jsonBody
 from sealgate.admin.roles import require
+from sealgate.recording._engine import StoreError
 
 MAX_LEAVES = 1000
 
@@ -60,41 +61,24 @@ class LogAPI(Authenticated):
 
     def _leaves(self, start: int, end: int) -> dict:
         with self._reader() as r:
-            rows = r.db.execute("SELECT n, leaf FROM log WHERE n >= ? AND n < ? ORDER BY n",
-                                (start, end)).fetchall()
-        return {"leaves": [{"index": n, "leaf": _b64(bytes(leaf)),
-                            "hash": _b64(hashlib.sha256(b"\x00" + bytes(leaf)).digest())}
+            rows = [(n, bytes(leaf)) for n, _session, _kind, leaf in r.logLeaves(start, end)]
+        return {"leaves": [{"index": n, "leaf": _b64(leaf), "hash": _b64(hashlib.sha256(b"\x00" + leaf).digest())}
                            for n, leaf in rows]}
 
-    def _hashes(self, r, size: int) -> list:
-        if size == 0:
-            latest = r.latestCheckpoint()
-            if latest is None:
-                raise NotFound("the store has no signed checkpoint yet")
-            size = latest[0]
-        rows = r.db.execute("SELECT leaf FROM log WHERE n < ? ORDER BY n", (size,)).fetchall()
-        if len(rows) < size:
-            raise BadRequest(f"the log has only {len(rows)} leaves, not {size}")
-        return [hashlib.sha256(b"\x00" + bytes(leaf)).digest() for (leaf,) in rows]
+    def _proof(self, make, *args) -> dict:
+        """A proof from the reader, its hashes in base64; a size outside the log is the caller's error."""
+        with self._reader() as r:
+            try:
+                proof = make(r, *args)
+            except StoreError as e:
+                raise NotFound(str(e))
+            except ValueError as e:
+                raise BadRequest(str(e))
+        return {k: [_b64(h) for h in v] if isinstance(v, list) else _b64(v) if isinstance(v, bytes) else v
+                for k, v in proof.items()}
 
     def _inclusion(self, index: int, size: int) -> dict:
-        from sealgate.recording.merkle import Levels
-
-        with self._reader() as r:
-            hashes = self._hashes(r, size)
-        if index >= len(hashes):
-            raise BadRequest(f"leaf {index} is outside a tree of size {len(hashes)}")
-        levels = Levels(hashes)
-        return {"index": index, "size": len(hashes), "leaf_hash": _b64(hashes[index]),
-                "root": _b64(levels.root()), "proof": [_b64(h) for h in levels.inclusionProof(index)]}
+        return self._proof(lambda r, i, n: r.inclusionProof(i, n or None), index, size)
 
     def _consistency(self, first: int, second: int) -> dict:
-        from sealgate.recording.merkle import Levels, consistencyProof, rootOf
-
-        with self._reader() as r:
-            hashes = self._hashes(r, second)
-        if first > len(hashes):
-            raise BadRequest(f"first ({first}) is larger than the tree ({len(hashes)})")
-        return {"first": first, "second": len(hashes), "first_root": _b64(rootOf(hashes[:first])),
-                "second_root": _b64(Levels(hashes).root()),
-                "proof": [_b64(h) for h in consistencyProof(hashes, first)]}
+        return self._proof(lambda r, a, b: r.consistencyProof(a, b or None), first, second)

@@ -42,6 +42,18 @@ class Metrics:
         self.pending = Gauge("sealgate_tickets_pending", "Approval tickets waiting", registry=r)
         self.backlog = Gauge("sealgate_store_backlog_items",
                              "Items queued for the store's writer process", registry=r)
+        self.writerUp = Gauge("sealgate_store_writer_up",
+                              "1 while the store's writer process runs and takes items", registry=r)
+        self.diskFull = Gauge("sealgate_store_disk_full",
+                              "1 while the store's writer cannot write (disk full or I/O error)", registry=r)
+        self.unsealedBytes = Gauge("sealgate_store_unsealed_bytes",
+                                   "Bytes waiting to be made durable (payload plus a fixed cost per item)",
+                                   registry=r)
+        self.maxUnsealed = Gauge("sealgate_store_max_unsealed_bytes",
+                                 "The configured bound on unsealed bytes ([gateway] max_unsealed)", registry=r)
+        self.relaying = Gauge("sealgate_store_relaying",
+                              "1 for the store's relaying state now: flowing, paused or failed",
+                              ["state"], registry=r)
         self.unsealed = Gauge("sealgate_store_unsealed_leaves",
                               "Log leaves not yet covered by a signed checkpoint", registry=r)
         self.checkpointAge = Gauge("sealgate_store_checkpoint_age_seconds",
@@ -80,6 +92,15 @@ class Metrics:
         events = getattr(svc, "events", None)
         for status in (events.status() if events is not None else ()):
             self.eventsPending.labels(status["name"]).set(status["pending"])
+        status = getattr(svc.store, "status", None)
+        if status is not None:
+            st = status()
+            self.writerUp.set(int(st["writer_up"]))
+            self.diskFull.set(int(st["disk_full"]))
+            self.unsealedBytes.set(st["unsealed_bytes"])
+            self.maxUnsealed.set(st["max_unsealed"])
+            for state in ("flowing", "paused", "failed"):
+                self.relaying.labels(state).set(int(st["state"] == state))
 
     def scan(self) -> None:
         """Count the log leaves added since the last scan (thread)."""
@@ -87,8 +108,7 @@ class Metrics:
         from sealgate.recording.reader import StoreReader
 
         with self._lock, StoreReader(self.admin.service.config.gateway.state_dir) as r:
-            for n, session, kind, leaf in r.db.execute(
-                    "SELECT n, session, type, leaf FROM log WHERE n >= ? ORDER BY n", (self._next,)):
+            for n, session, kind, leaf in r.logLeaves(self._next):
                 self._next = n + 1
                 try:
                     body = fmt.parseLogLeaf(leaf)

@@ -36,10 +36,21 @@ def slackBody(ticket: dict, event: str, link: str) -> dict:
               f"{', '.join(ticket['approvers'])} · {len(ticket['approvals'])}/{ticket['needed']} approvals")
     if ticket.get("reason"):
         detail += f" · reason: {_slackEscape(ticket['reason'])}"
+    # What an approver needs at a glance; the command itself is the masked
+    # form (a channel is no role decision), the console shows it exactly.
+    what = ticket.get("summary") or ""
+    where = " · ".join(x for x in (ticket.get("protocol"), ticket.get("target")) if x)
+    why = ticket.get("rule_reason") or ""
+    context = "\n".join(line for line in (
+        f"*What it does:* {_slackEscape(what)}" if what else "",
+        f"*Where:* {_slackEscape(where)}" if where else "",
+        f"*Why it is held:* {_slackEscape(why)}" if why else "") if line)
     return {
-        "text": f"sealgate ticket {ticket['id']} {event}: {ticket['requester']} on {ticket['connection']}",
+        "text": f"sealgate ticket {ticket['id']} {event}: {ticket['requester']} on {ticket['connection']}"
+                + (f": {ticket['summary']}" if ticket.get("summary") else ""),
         "blocks": [
             {"type": "section", "text": {"type": "mrkdwn", "text": _slackEscape(head)}},
+            *([{"type": "section", "text": {"type": "mrkdwn", "text": context}}] if context else []),
             {"type": "section", "text": {"type": "mrkdwn", "text": f"```{command}```"}},
             {"type": "context", "elements": [{"type": "mrkdwn", "text": detail}]},
             {"type": "actions", "elements": [{"type": "button", "url": link,

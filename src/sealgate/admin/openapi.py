@@ -29,7 +29,9 @@ READ = "admin, approver, auditor"
 
 def document() -> dict:
     paths = {
-        "/healthz": {"get": _op("Liveness", "public", tag="health")},
+        "/healthz": {"get": _op("Liveness (503 with the reason while the store's writer is down, "
+                                "its disk is full or its backlog is over max_unsealed)", "public",
+                                tag="health")},
         "/readyz": {"get": _op("Readiness (503 while starting, stopping or the store is unhealthy)",
                                "public", tag="health")},
         "/metrics": {"get": _op("Prometheus metrics (sealgate_*)", "public", ok="text exposition",
@@ -55,9 +57,17 @@ def document() -> dict:
             ("identity", "query", "string", "substring of the subject"),
             ("state", "query", "string", "live, open, closed or cut off"),
             ("client", "query", "string", "exact client address"),
-            ("since", "query", "number", "opened at or after (Unix time)"),
+            ("command", "query", "string", "substring (any case) of a command sealed in the session"),
+            ("since", "query", "string", "opened at or after (Unix time or ISO 8601)"),
+            ("until", "query", "string", "opened before (Unix time or ISO 8601)"),
             ("limit", "query", "integer", "at most (default 100, max 1000)")])},
-        "/api/sessions/{id}": {"get": _op("A session and its sealed audit events", READ, [_ID])},
+        "/api/sessions/{id}": {"get": _op("A session (from its sealed leaves), its audit events and its "
+                                          "export formats", READ, [_ID])},
+        "/api/sessions/{id}/export/{format}": {"get": _op(
+            "Download the session in one of its formats: bundle, frames, or its protocol plugin's "
+            "(har, asciicast, transcript...)", READ,
+            [_ID, ("format", "path", "string", "a name from the session's formats")],
+            ok="application/octet-stream")},
         "/api/sessions/{id}/frames": {"get": _op(
             "Recorded frames for replay (data base64; null when redacted)", READ,
             [_ID, ("after", "query", "integer", "frames after this seq"),

@@ -45,4 +45,17 @@ def may(identity, config, permission: str) -> bool:
 def require(identity, config, permission: str) -> None:
     if not may(identity, config, permission):
         need = " or ".join(PERMISSIONS[permission])
-        raise Forbidden(f"{identity.subject} needs the {need} role for this")
+        raise Forbidden(f"{identity.id} needs the {need} role for this")
+
+
+def mayReveal(identity, config, ticket) -> bool:
+    """
+    Whether C{identity} sees a held command exactly, detector hits in clear:
+    its requester (who typed it), an admin, or a member of the ticket's own
+    approver groups (who must know what they approve).  Everyone else
+    (auditors, other approvers) sees it masked.
+    """
+    if ticket.requester.id == identity.id or ADMIN in rolesOf(identity, config):
+        return True
+    approvers = set(ticket.approvers)
+    return "*" in approvers or bool(set(identity.groups) & approvers)

@@ -1,9 +1,13 @@
-"""GET /api/sessions...: recorded sessions, their audit events, frames for replay, transcripts, verification."""
+"""GET /api/sessions...: recorded sessions, their audit events, frames, transcripts, exports, verification."""
 
 import base64
-import io
+import re
+import tempfile
 import time
 from typing import Any
+from urllib.parse import quote
+
+from twisted.protocols.basic import FileSender
 
 from sealgate.admin._http import (
     Authenticated,
@@ -16,113 +20,44 @@ from sealgate.admin._http import (
     strArg,
 )
 from sealgate.admin.roles import require
+from sealgate.export import UnknownFormat, describe, findFormat, formatsFor, writeBounded
 from sealgate.recording._engine import StoreError
+from sealgate.recording.records import SessionQuery, parseTime
 
 #: A transcript stops here; the frames endpoint pages through anything longer.
 TRANSCRIPT_LIMIT = 4 * 1024 * 1024
-FILTERS = ("protocol", "connection", "identity", "state", "client")
+#: An export download is written to a temporary file this size before it spills to disk.
+SPOOL = 4 * 1024 * 1024
+FILTERS = ("protocol", "connection", "identity", "state", "client", "command")
 
 
-def _subject(info: dict) -> str:
-    ident = info.get("identity")
-    if isinstance(ident, dict):
-        return str(ident.get("subject") or ident.get("name") or "")
-    return str(ident or "")
+def summary(record) -> dict:
+    """A L{SessionRecord} as the API lists it."""
+    s = record.asJSON()
+    del s["info"], s["open_leaf"], s["seal_leaf"]
+    return s
 
 
-def summary(row: dict) -> dict:
-    info = row.get("info") or {}
-    return {
-        "id": row["id"], "state": row["state"], "opened": row["opened"], "closed": row["closed"],
-        "protocol": row["protocol"] or info.get("protocol"), "connection": info.get("connection"),
-        "identity": _subject(info), "client": info.get("client"), "frames": row["size"],
-        "bytes_from_client": row["bytes_from_client"], "bytes_to_client": row["bytes_to_client"],
-        "reason": row["reason"], "root": row["root"],
-    }
+def _timeArg(request, name: str) -> float | None:
+    raw = strArg(request, name)
+    try:
+        return None if not raw else parseTime(raw)
+    except ValueError as e:
+        raise BadRequest(f"{name}: {e}")
 
 
-def _query(filters: dict, since, limit: int, live) -> tuple[str, list]:
-    """The filters as SQL over the store's session table (newest first), so a big store is not read whole."""
-    from sealgate.recording.reader import _SESSION_COLUMNS
+class Unrenderable(BadRequest):
+    """The recording does not render in the format asked for (the writer says why)."""
 
-    where, params = [], []
-    for key, want in filters.items():
-        if key == "protocol":
-            where.append("protocol = ?")
-        elif key == "identity":
-            where.append("instr(lower(coalesce(json_extract(info, '$.identity.subject'), "
-                         "json_extract(info, '$.identity.name'), '')), ?) > 0")
-            want = want.lower()
-        elif key == "state":
-            states = {"open": "closed IS NULL", "closed": "closed IS NOT NULL AND cutoff = 0",
-                      "cut off": "cutoff = 1"}
-            if want == "live":
-                where.append(f"id IN ({', '.join('?' * len(live))})")
-                params.extend(live)
-            else:
-                where.append(states.get(want, "0"))
-            continue
-        else:
-            where.append(f"json_extract(info, '$.{key}') = ?")
-        params.append(want)
-    if since is not None:
-        where.append("opened >= ?")
-        params.append(since)
-    sql = f"SELECT {', '.join(_SESSION_COLUMNS)} FROM sessions"
-    if where:
-        sql += " WHERE " + " AND ".join(f"({w})" for w in where)
-    return sql + " ORDER BY opened DESC LIMIT ?", [*params, limit]
-
-
-def commandsTranscript(events, start: float) -> bytes:
-    """The session's sealed commands, verdicts and ticket decisions as text lines."""
-    lines = []
-    for e in events:
-        if e.get("type") != "event":
-            continue
-        f = e.get("fields") or {}
-        at = f"[+{(e.get('time') or start) - start:9.3f}s]"
-        if e.get("event") == "command":
-            verdict = str(f.get("verdict"))
-            if f.get("decided"):
-                verdict += " (after approval)" if verdict == "allow" else " (decided)"
-            extra = "".join(f" {k}={f[k]}" for k in ("rule", "ticket", "reason") if f.get(k))
-            lines.append(f"{at} {f.get('kind')}> {f.get('command')}\n{' ' * len(at)}   -- {verdict}{extra}")
-        elif e.get("event") == "approval":
-            by = f" by {f['by']}" if f.get("by") else ""
-            why = f": {f['reason']}" if f.get("reason") else ""
-            lines.append(f"{at} ticket {f.get('ticket')} {f.get('state')}{by}{why}")
-        elif e.get("event") not in (None, "progress"):
-            lines.append(f"{at} {e.get('event')} {f}")
-    return ("\n".join(lines) + "\n").encode() if lines else b"(no commands)\n"
-
-
-class _Paper(io.RawIOBase):
-    """A bounded write target for a plugin's replay()."""
-
-    def __init__(self, limit: int):
-        self.parts: list[bytes] = []
-        self.size = 0
-        self.limit = limit
-        self.cut = False
-
-    def writable(self):
-        return True
-
-    def write(self, data):
-        data = bytes(data)
-        if self.size + len(data) > self.limit:
-            self.cut = True
-            data = data[: max(0, self.limit - self.size)]
-        self.parts.append(data)
-        self.size += len(data)
-        return len(data)
+    status = 422
 
 
 class SessionsAPI(Authenticated):
     """
-    GET /api/sessions[?protocol=&connection=&identity=&state=&client=&since=&limit=];
-    GET /api/sessions/ID; /ID/frames?after=SEQ&limit=N; /ID/transcript; /ID/verify.
+    GET /api/sessions[?protocol=&connection=&identity=&state=&client=&command=&since=&until=&limit=];
+    GET /api/sessions/ID (with its export formats); /ID/frames?after=SEQ&limit=N; /ID/transcript;
+    /ID/asciicast; /ID/export/FORMAT (a download); /ID/verify.
+    Everything is read through the store's read interface, in the admin site's threads.
     """
 
     def handle(self, request, identity, path):
@@ -146,7 +81,9 @@ class SessionsAPI(Authenticated):
         if path[1:] == ["transcript"]:
             return inThread(self.admin, self._transcript, sid).addCallback(self._text, request)
         if path[1:] == ["asciicast"]:
-            return inThread(self.admin, self._asciicast, sid).addCallback(self._cast, request)
+            return self._export(request, sid, "asciicast", attachment=False)
+        if len(path) == 3 and path[1] == "export":
+            return self._export(request, sid, path[2], attachment=True)
         if path[1:] == ["verify"]:
             return inThread(self.admin, self._verify, sid).addCallback(lambda d: jsonBody(request, 200, d))
         raise NotFound("no such endpoint")
@@ -163,14 +100,14 @@ class SessionsAPI(Authenticated):
         reason = str(jsonObject(request).get("reason", "")).strip()
         if not reason:
             raise BadRequest("a redaction needs a reason")
-        d = self.admin.service.store.redact(sid, int(seq), reason, actor=identity.subject)
+        d = self.admin.service.store.redact(sid, int(seq), reason, actor=identity.id)
 
         def refused(f):
             f.trap(StoreError)
             raise BadRequest(str(f.value))
         return d.addCallbacks(
             lambda index: jsonBody(request, 200, {"session": sid, "frame": int(seq),
-                                                  "redacted_by": identity.subject, "log_index": index}),
+                                                  "redacted_by": identity.id, "log_index": index}),
             refused)
 
     def _reader(self):
@@ -178,22 +115,28 @@ class SessionsAPI(Authenticated):
 
         return StoreReader(self.admin.service.config.gateway.state_dir)
 
-    def _list(self, request):
-        filters = {k: v for k in FILTERS if (v := strArg(request, k))}
-        since = request.args.get(b"since")
-        try:
-            since = float(since[0]) if since else None
-        except ValueError:
-            raise BadRequest("since must be a Unix time")
+    def _query(self, request, live: dict) -> SessionQuery:
+        filters: dict[str, Any] = {k: v for k in FILTERS if (v := strArg(request, k))}
+        if filters.get("state") == "live":
+            filters["state"] = "open"
+            filters["ids"] = frozenset(live)
         limit = min(intArg(request, "limit", 100, minimum=1), 1000)
+        try:
+            return SessionQuery(since=_timeArg(request, "since"), until=_timeArg(request, "until"),
+                                limit=limit, **filters)
+        except ValueError as e:
+            raise BadRequest(str(e))
+
+    def _list(self, request):
         live = {s.id: (s.bytesFromClient, s.bytesToClient)
                 for s in self.admin.service.gateway.sessions.values()}
-        if filters.get("state") == "live" and not live:
+        query = self._query(request, live)
+        if query.ids is not None and not query.ids:
             return jsonBody(request, 200, {"sessions": []})
 
         def read():
             with self._reader() as r:
-                rows = [summary(r._session(row)) for row in r.db.execute(*_query(filters, since, limit, live))]
+                rows = [summary(record) for record in r.findSessions(query)]
             for s in rows:
                 if s["id"] in live:
                     s["state"] = "live"
@@ -203,31 +146,33 @@ class SessionsAPI(Authenticated):
         return inThread(self.admin, read).addCallback(lambda d: jsonBody(request, 200, d))
 
     def _detail(self, sid: str, live) -> dict:
-        with self._reader() as r:
-            row = r.session(sid)
-            events = r.events(sid) if row is not None else []
-        if row is None and live is None:
+        with self._reader() as r, r.snapshot():
+            record = r.sessionRecord(sid)
+            events = r.events(sid) if record is not None else []
+        if record is None and live is None:
             raise NotFound(f"no session {sid!r}")
-        if row is None:
+        if record is None:
             # Opened a moment ago: the store's writer has not committed it yet.
             return {"id": sid, "state": "live", "opened": live.started, "closed": None,
                     "protocol": live.protocol, "connection": live.connection.name,
-                    "identity": live.identity.subject, "client": live.client, "frames": 0,
+                    "identity": live.identity.id, "client": live.client, "frames": 0,
                     "bytes_from_client": live.bytesFromClient, "bytes_to_client": live.bytesToClient,
-                    "reason": None, "root": None, "info": {}, "events": []}
-        s = summary(row)
+                    "reason": None, "root": None, "info": {}, "events": [], "formats": []}
+        s = summary(record)
         if live is not None:
             s["state"] = "live"
             s["bytes_from_client"], s["bytes_to_client"] = live.bytesFromClient, live.bytesToClient
-        s["info"] = row["info"]
+        s["info"] = record.info
         s["events"] = events
+        s["formats"] = [{**f, "url": f"/api/sessions/{quote(sid)}/export/{quote(f['name'])}"}
+                        for f in describe(formatsFor(record.protocol))]
         return s
 
     def _frames(self, sid: str, after: int, limit: int) -> dict:
         frames: list[dict[str, Any]] = []
         more = False
         with self._reader() as r:
-            if r.session(sid) is None:
+            if r.sessionRecord(sid) is None:
                 raise NotFound(f"no session {sid!r}")
             for f in r.frames(sid):
                 if f.seq <= after:
@@ -242,50 +187,49 @@ class SessionsAPI(Authenticated):
                 "next": frames[-1]["seq"] if frames else after}
 
     def _transcript(self, sid: str) -> tuple[bytes, bool]:
-        from sealgate.cli.store import transcript
-        from sealgate.plugins import protocolPlugins
-
-        paper = _Paper(TRANSCRIPT_LIMIT)
+        """The session's transcript format (its plugin's, else the sealed commands and frames), bounded."""
         with self._reader() as r:
-            row = r.session(sid)
-            if row is None:
+            session = r.recorded(sid)
+            if session is None:
                 raise NotFound(f"no session {sid!r}")
-            plugin = protocolPlugins().get(row["protocol"] or "")
-            try:
-                render = plugin.replay if plugin is not None else None
-                if render is None:
-                    raise NotImplementedError
-                render(r.frames(sid), paper, None)
-            except (NotImplementedError, ImportError, AttributeError):
-                # No replay from the plugin: the sealed commands and decisions
-                # tell the story, then every frame as text or hex.
-                paper = _Paper(TRANSCRIPT_LIMIT)
-                paper.write(commandsTranscript(r.events(sid), row["opened"] or 0))
-                paper.write(b"\n---- frames ----\n")
-                transcript(r.frames(sid), paper, None)
-        return b"".join(paper.parts), paper.cut
+            return writeBounded(formatsFor(session.record.protocol)["transcript"], session, TRANSCRIPT_LIMIT)
 
-    def _asciicast(self, sid: str) -> bytes:
-        """A terminal session as asciicast v2, for the console's player."""
+    def _render(self, sid: str, name: str):
+        """Write one export to a spooled temporary file (thread); @return: (format, file at 0)."""
         with self._reader() as r:
-            row = r.session(sid)
-            if row is None:
+            session = r.recorded(sid)
+            if session is None:
                 raise NotFound(f"no session {sid!r}")
-            if row["protocol"] != "ssh":
-                raise NotFound(f"session {sid} is {row['protocol']}, not a terminal session")
-            from sealgate.protocols.ssh.asciicast import writeAsciicast
-
-            out = io.StringIO()
             try:
-                writeAsciicast(r.frames(sid), out)
-            except ValueError as e:
-                raise NotFound(f"session {sid}: {e}")
-        return out.getvalue().encode()
+                fmt = findFormat(session.record.protocol, name)
+            except UnknownFormat as e:
+                raise NotFound(str(e))
+            spool = tempfile.SpooledTemporaryFile(SPOOL)
+            try:
+                fmt.write(session, spool)
+            except (ValueError, StoreError) as e:
+                spool.close()
+                raise Unrenderable(f"session {sid} cannot be exported as {name}: {e}")
+        spool.seek(0)
+        return fmt, spool
 
-    def _cast(self, body: bytes, request) -> bytes:
-        request.setHeader(b"content-type", b"application/x-asciicast")
-        request.setHeader(b"cache-control", b"no-store")
-        return body
+    def _export(self, request, sid: str, name: str, attachment: bool):
+        def send(result):
+            fmt, spool = result
+            request.setHeader(b"content-type", fmt.mediaType.encode())
+            request.setHeader(b"cache-control", b"no-store")
+            request.setHeader(b"x-content-type-options", b"nosniff")
+            if attachment:
+                filename = re.sub(r"[^A-Za-z0-9._-]", "_", sid) + fmt.extension
+                request.setHeader(b"content-disposition", f'attachment; filename="{filename}"'.encode())
+            d = FileSender().beginFileTransfer(spool, request)
+
+            def sent(result):
+                spool.close()
+                return b""  # the body went out already; a client gone midway just stops it
+            return d.addBoth(sent)
+
+        return inThread(self.admin, self._render, sid, name).addCallback(send)
 
     def _text(self, result, request) -> bytes:
         text, cut = result
@@ -293,7 +237,7 @@ class SessionsAPI(Authenticated):
         request.setHeader(b"cache-control", b"no-store")
         request.setHeader(b"x-content-type-options", b"nosniff")
         if cut:
-            text += b"\n[transcript cut at 4 MiB: page through /frames for the rest]\n"
+            text += b"\n[transcript cut at 4 MiB: download it whole (export/transcript) or page through /frames]\n"
         return text
 
     def _verify(self, sid: str) -> dict:
@@ -301,7 +245,7 @@ class SessionsAPI(Authenticated):
 
         started = time.monotonic()
         with self._reader() as r:
-            if r.session(sid) is None:
+            if r.sessionRecord(sid) is None:
                 raise NotFound(f"no session {sid!r}")
             # Checked afresh every time (no cache): a segment file altered
             # after an earlier check must show up as altered now.

@@ -26,7 +26,7 @@ class AccessInterceptor:
                 role.connections, session.connection.name
             ):
                 return None
-        return Deny("access", f"{session.identity.subject} has no role that grants "
+        return Deny("access", f"{session.identity.id} has no role that grants "
                               f"connection {session.connection.name}")
 
 

@@ -22,6 +22,17 @@ def _words(values: Iterable[str]) -> frozenset[str]:
     return frozenset(" ".join(v.upper().split()) for v in values)
 
 
+#: Matcher keys whose values are words from a protocol's vocabulary, and
+#: the case that vocabulary is written in.
+WORD_KEYS = {"statements": str.upper, "effects": str.lower}
+
+
+def normalWords(key: str, values: Iterable[str]) -> frozenset[str]:
+    """A rule's words for C{key} as protocols report them: one case, single spaces."""
+    case = WORD_KEYS[key]
+    return frozenset(" ".join(case(v).split()) for v in values)
+
+
 def _asTuple(value: Any) -> tuple:
     if value is None:
         return ()
@@ -45,17 +56,18 @@ class RuleMatcher:
             self._checks.append(self._compile(key, value))
 
     def _compile(self, key: str, value: Any):
-        if key == "statements":
+        if key in WORD_KEYS:
             # Protocols report statement kinds as upper-case words with single
-            # spaces ("DELETE WITHOUT WHERE"), so a set lookup is enough.
-            wanted = _words(value)
+            # spaces ("DELETE WITHOUT WHERE") and effects in lower case
+            # ("drops-object"), so a set lookup is enough.
+            wanted = normalWords(key, value)
 
-            def statements(h):
-                for kind in h.details.get("statements", ()):
-                    if kind in wanted:
+            def words(h):
+                for word in h.details.get(key, ()):
+                    if word in wanted:
                         return True
                 return False
-            return statements
+            return words
         if key == "methods":
             wanted = _words(value)
             return lambda h: str(h.details.get("method", "")).upper() in wanted

@@ -65,12 +65,12 @@ class _SessionRules:
     def _hold(self, hook, rule):
         if self.approvals is None:
             return Deny(rule.name, "approval is required but no approver service runs")
-        text = hook.text
+        # The ticket keeps the exact command (what will run) with the
+        # detector hits marked; who sees it unmasked is the admin API's
+        # decision (docs/operations.md, "Approval tickets").
         masker = getattr(hook.session.chain, "masker", None)
-        if masker is not None:
-            # Approvers see the command as the client would: masked.
-            text = masker.maskText(text)
-        ticket = self.approvals.request(hook.session, rule, hook.kind, text)
+        ticket = self.approvals.request(hook.session, rule, hook.kind, hook.text,
+                                        details=hook.details, masker=masker)
         who = ", ".join(rule.approvers)
         message = (f"sealgate: rule {rule.name} holds this {hook.kind} for approval: "
                    f"ticket {ticket.id} waits for {who} "

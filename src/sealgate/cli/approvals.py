@@ -85,6 +85,9 @@ def _list(args) -> int:
     for t in tickets:
         print(f"{t['id']}  {t['state']:9}  {t['requester']:20}  {t['connection']:12}  "
               f"rule={t['rule']}  {t['command'][:80]}")
+        if t.get("summary"):
+            why = f"  (held: {t['rule_reason']})" if t.get("rule_reason") else ""
+            print(f"          {t['summary']}{why}")
     return 0
 
 

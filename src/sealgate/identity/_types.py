@@ -20,15 +20,37 @@ class Identity:
     @ivar groups: the groups roles and rules match on.
     @ivar method: how it was verified: "oidc", "apikey", "sshkey".
     @ivar issuer: OIDC issuer, or "sealgate" for local credentials.
+    @ivar expires: when the credential stops being valid (a token's C{exp},
+        a key's expiry), or None; the gateway ends sessions past it.
+    @ivar credential: what names the credential itself for a later
+        revocation check (an API key's id, an SSH key's fingerprint).
     """
 
     subject: str
     groups: frozenset[str] = attrs.field(converter=_groups, factory=frozenset)
     method: str = "oidc"
     issuer: str = "sealgate"
+    expires: float | None = attrs.field(default=None, eq=False)
+    credential: str | None = attrs.field(default=None, eq=False, repr=False)
+
+    @property
+    def id(self) -> str:
+        """
+        The identity namespaced by its source, as it is compared and shown:
+        C{apikey:eng-ci}, C{sshkey:alice}, C{oidc:https://issuer#sub}.  Two
+        sources can hand out the same bare subject; they are never the same
+        identity.
+        """
+        if self.method == "oidc":
+            return f"oidc:{self.issuer}#{self.subject}"
+        return f"{self.method}:{self.subject}"
+
+    def __str__(self) -> str:
+        return self.id
 
     def asDict(self) -> dict:
         return {
+            "id": self.id,
             "subject": self.subject,
             "groups": sorted(self.groups),
             "method": self.method,

@@ -199,4 +199,18 @@ class APIKeyStore:
             # A CI job may authenticate many times a minute; one write a minute is enough.
             if lastUsed is None or not (0 <= now - lastUsed < LAST_USED_RESOLUTION):
                 db.execute("UPDATE api_keys SET last_used = ? WHERE key_id = ?", (now, keyId))
-        return Identity(name, frozenset(groups.split(",")), "apikey", "sealgate")
+        return Identity(name, frozenset(groups.split(",")), "apikey", "sealgate",
+                        expires=expires, credential=keyId)
+
+    def status(self, keyId: str) -> str:
+        """C{"active"}, C{"expired"}, C{"revoked"} or C{"unknown"}: for re-checking live sessions."""
+        with self._db() as db:
+            row = db.execute("SELECT expires, revoked FROM api_keys WHERE key_id = ?",
+                             (keyId,)).fetchone()
+        if row is None:
+            return "unknown"
+        if row[1] is not None:
+            return "revoked"
+        if row[0] is not None and self.clock() >= row[0]:
+            return "expired"
+        return "active"

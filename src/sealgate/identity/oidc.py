@@ -180,11 +180,16 @@ class OIDCVerifier:
             raise AuthenticationFailed(f"token has no {self.subjectClaim!r} claim", claimed)
         groups = claims.get(self.groupsClaim, [])
         if isinstance(groups, str):
-            groups = groups.split()
+            # Some issuers send a single group as a bare string.  It is that
+            # ONE group: splitting it would turn "Platform leads" into the
+            # approver group "leads".
+            groups = [groups]
         if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
             raise AuthenticationFailed(
                 f"token claim {self.groupsClaim!r} must be a list of strings", claimed)
-        return Identity(subject, frozenset(groups), "oidc", self.issuer)
+        exp = claims.get("exp")
+        expires = float(exp) if isinstance(exp, (int, float)) and not isinstance(exp, bool) else None
+        return Identity(subject, frozenset(groups), "oidc", self.issuer, expires=expires)
 
     # -- keys ----------------------------------------------------------------
 

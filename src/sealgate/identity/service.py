@@ -1,5 +1,7 @@
 """One entry point that turns a credential (API key or OIDC token) into an Identity."""
 
+import base64
+import json
 from pathlib import Path
 
 from twisted.internet import defer
@@ -13,6 +15,31 @@ from sealgate.identity.oidc import OIDCVerifier
 
 #: The API key store's file in the state directory.
 KEYS_FILE = "identity.sqlite"
+
+
+def claimHint(credential) -> str | None:
+    """
+    Who a credential says it is, read without checking it, for the login
+    backoff of that identity before the (costlier) check: an API key's id,
+    or an unverified token's C{sub}.  Never the secret part.
+    """
+    if not isinstance(credential, str):
+        return None
+    credential = credential.strip()
+    if credential.lower().startswith("bearer "):
+        credential = credential[7:].strip()
+    if credential.startswith(PREFIX):
+        keyId = credential[len(PREFIX):].split("_", 1)[0]
+        return f"apikey-id:{keyId[:16]}" if keyId else None
+    parts = credential.split(".")
+    if len(parts) != 3 or len(parts[1]) > 8192:
+        return None
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (ValueError, TypeError):
+        return None
+    sub = claims.get("sub") if isinstance(claims, dict) else None
+    return f"sub:{sub[:200]}" if isinstance(sub, str) and sub else None
 
 
 class IdentityService:

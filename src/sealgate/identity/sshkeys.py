@@ -50,7 +50,8 @@ class SSHKeyRecord:
         return "active"
 
     def asIdentity(self) -> Identity:
-        return Identity(self.identity, frozenset(self.groups), "sshkey", "sealgate")
+        return Identity(self.identity, frozenset(self.groups), "sshkey", "sealgate",
+                        expires=self.expires, credential=self.fingerprint)
 
 
 def fingerprintOf(blob: bytes) -> str:
@@ -129,6 +130,13 @@ class SSHKeyStore:
             db.execute("UPDATE ssh_keys SET revoked = ? WHERE (fingerprint = ? OR identity = ?) "
                        "AND revoked IS NULL", (now, which, which))
         return [_record(r) for r in rows]
+
+    def status(self, fingerprint: str) -> str:
+        """C{"active"}, C{"expired"}, C{"revoked"} or C{"unknown"}: for re-checking live sessions."""
+        with self._db() as db:
+            row = db.execute("SELECT * FROM ssh_keys WHERE fingerprint = ?",
+                             (fingerprint,)).fetchone()
+        return "unknown" if row is None else _record(row).state()
 
     def lookup(self, blob: bytes) -> SSHKeyRecord | None:
         """The binding of a public key blob (in any state), or None."""

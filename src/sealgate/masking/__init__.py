@@ -1,13 +1,39 @@
 """Detectors and the masking engine shared by every protocol (text, JSON, streams)."""
 
-from sealgate.masking._body import MAX_DECODED, bodyKind, decodeContent, encodeContent
-from sealgate.masking._detectors import DETECTORS, MAX_HOLD, Detector, ibanValid, luhnValid
-from sealgate.masking._engine import REDACTED, Masker, MaskingFailed
+from sealgate.masking._body import UNKNOWN_CONTENT, BodyStream, maskPlain, unknownPolicy
+from sealgate.masking._content import (
+    CODINGS,
+    MAX_DECODED,
+    TEXT_TYPES,
+    ContentDecoder,
+    ContentTooLarge,
+    MediaType,
+    canDecode,
+    decodeContent,
+    encodeContent,
+    isTextType,
+    mediaType,
+    sniffText,
+    textCodec,
+)
+from sealgate.masking._detectors import (
+    DETECTORS,
+    MAX_HOLD,
+    Detector,
+    ibanValid,
+    issuerOk,
+    luhnValid,
+)
+from sealgate.masking._engine import REDACTED, Masker
+from sealgate.masking._errors import MaskingFailed
 from sealgate.masking._stream import StreamMasker
 
 __all__ = [
-    "DETECTORS", "MAX_DECODED", "MAX_HOLD", "REDACTED", "Detector", "Masker", "MaskingFailed",
-    "StreamMasker", "bodyKind", "buildMasker", "decodeContent", "encodeContent", "ibanValid",
+    "CODINGS", "DETECTORS", "MAX_DECODED", "MAX_HOLD", "REDACTED", "TEXT_TYPES", "UNKNOWN_CONTENT",
+    "BodyStream", "ContentDecoder", "ContentTooLarge", "Detector", "Masker", "MaskingFailed",
+    "MediaType", "StreamMasker", "buildMasker", "canDecode", "decodeContent", "encodeContent",
+    "ibanValid", "isTextType", "issuerOk", "maskPlain", "mediaType", "sniffText", "textCodec",
+    "unknownPolicy",
     "knownDetectors", "luhnValid",
 ]
 

@@ -19,11 +19,20 @@ from collections.abc import Callable, Iterator
 
 import attrs
 
+from sealgate.masking._scanning import DIGITS as _DIGITS
+from sealgate.masking._scanning import LETTERS as _LETTERS
+from sealgate.masking._scanning import SKELETON as _SKELETON
+from sealgate.masking._scanning import UPPER as _UPPER
+from sealgate.masking._scanning import Probe, Span
+from sealgate.masking._scanning import anchoredScan as _anchoredScan
+from sealgate.masking._scanning import prefixes as _prefixes
+from sealgate.masking._scanning import regexScan as _regexScan
+from sealgate.masking._scanning import regexTail as _regexTail
+
 #: The most a stream masker holds back for one unfinished candidate (PEM
 #: blocks and JWTs are the long ones); see L{sealgate.masking.StreamMasker}.
 MAX_HOLD = 16384
 
-Span = tuple[int, int, str]
 
 
 @attrs.frozen
@@ -32,61 +41,16 @@ class Detector:
     One kind of sensitive value.
 
     @ivar name: the name used in C{[masking] detectors}.
-    @ivar scan: C{(text, pos) -> iterator of (start, end, replacement)}.
+    @ivar scan: C{(text, pos, probe=None) -> iterator of (start, end, replacement)}.
     @ivar tail: C{(text, lo) -> int | None}, see the module docstring.
     @ivar prefilter: C{Probe -> bool}, a cheap test that is true for any
         text holding a value (C{bytes.find} speed, no regex).
     """
 
     name: str
-    scan: Callable[[str, int], Iterator[Span]]
+    scan: Callable[..., Iterator[Span]]
     tail: Callable[[str, int], int | None]
     prefilter: Callable[["Probe"], bool]
-
-
-# Each byte's class: digits -> 0, letters -> A or a, separators -> s, the
-# brackets and + stay, everything else -> _.  Shapes are then found with
-# bytes.find, a few passes at memory speed instead of a regex per position.
-_SKELETON = bytes(
-    ord("0") if 48 <= b <= 57 else
-    ord("A") if 65 <= b <= 90 else
-    ord("a") if 97 <= b <= 122 else
-    ord("s") if chr(b) in " -." else
-    b if chr(b) in "+()" else ord("_")
-    for b in range(256)
-)
-
-
-class Probe:
-    """Views of one text for the prefilters, each computed once when first asked."""
-
-    __slots__ = ("text", "_raw", "_sk", "_low")
-
-    def __init__(self, text: str, raw: bytes | None = None):
-        self.text = text
-        self._raw = raw
-        self._sk: bytes | None = None
-        self._low: bytes | None = None
-
-    @property
-    def raw(self) -> bytes:
-        if self._raw is None:
-            # Any lone surrogate (a JSON "\ud800" decodes to one) must not fail
-            # here; only the ASCII bytes matter to the prefilters.
-            self._raw = self.text.encode("utf-8", "surrogatepass")
-        return self._raw
-
-    @property
-    def skeleton(self) -> bytes:
-        if self._sk is None:
-            self._sk = self.raw.translate(_SKELETON)
-        return self._sk
-
-    @property
-    def lower(self) -> bytes:
-        if self._low is None:
-            self._low = self.raw.lower()
-        return self._low
 
 
 def _cardShape(probe: Probe) -> bool:
@@ -106,70 +70,6 @@ def _phoneShape(probe: Probe) -> bool:
 
 def _ibanShape(probe: Probe) -> bool:
     return b"AA00" in probe.skeleton
-
-
-def _regexScan(rx: re.Pattern, fix: Callable[[re.Match], str | None]):
-    """Scan with C{rx}; C{fix} returns the replacement or None for a false candidate."""
-    search = rx.search
-
-    def scan(text: str, pos: int) -> Iterator[Span]:
-        m = search(text, pos)
-        while m is not None:
-            r = fix(m)
-            if r is None:
-                m = search(text, m.start() + 1)
-            else:
-                yield m.start(), m.end(), r
-                m = search(text, m.end())
-
-    return scan
-
-
-_DIGITS = "0123456789"
-_UPPER = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
-_LETTERS = _UPPER + _UPPER.lower()
-
-
-def _regexTail(rx: re.Pattern, span: int, chars: str):
-    """
-    A tail from a regex ending in C{\\Z} whose characters all come from
-    C{chars}: a candidate lies in the trailing run of those, which C{rstrip}
-    finds at C speed, so the regex is tried from there only.
-    """
-    search = rx.search
-
-    def tail(text: str, lo: int) -> int | None:
-        n = len(text)
-        lo = max(lo, n - span)
-        r = lo + len(text[lo:].rstrip(chars))
-        if r == n:
-            return None
-        m = search(text, r)
-        return None if m is None else m.start()
-
-    return tail
-
-
-def _star(s: str, keep: Callable[[int, str], bool] = lambda i, c: False) -> str:
-    return "".join(c if keep(i, c) else "*" for i, c in enumerate(s))
-
-
-def _prefixes(words) -> str:
-    """A regex matching any non-empty prefix of any of C{words} (built as a trie)."""
-    trie: dict = {}
-    for w in words:
-        node = trie
-        for c in w:
-            node = node.setdefault(c, {})
-
-    def build(node) -> str:
-        alts = []
-        for c, child in sorted(node.items()):
-            rest = build(child) if child else ""
-            alts.append(re.escape(c) + (f"(?:{rest})?" if rest else ""))
-        return alts[0] if len(alts) == 1 else "(?:" + "|".join(alts) + ")"
-
-    return build(trie)
 
 
 # -- credit cards (Luhn) ------------------------------------------------------
@@ -208,45 +108,84 @@ def luhnValid(digits: str) -> bool:
     return total % 10 == 0
 
 
+def _lastStart(s: str, k: int, counted: str) -> int:
+    """Where the last C{k} characters of C{s} that are in C{counted} begin."""
+    pos, seen = len(s), 0
+    while pos and seen < k:
+        pos -= 1
+        if s[pos] in counted:
+            seen += 1
+    return pos
+
+
 def _maskCardDigits(s: str) -> str:
     """Every digit but the last four becomes C{*}; separators stay (PCI DSS display)."""
-    if s.isascii():
-        pos, seen = len(s), 0
-        while pos and seen < 4:
-            pos -= 1
-            if s[pos].isdigit():
-                seen += 1
-        return s[:pos].translate(_STARS) + s[pos:]
-    ndigits = sum(c.isdigit() for c in s)
-    seen = 0
-    out = []
-    for c in s:
-        if c.isdigit():
-            seen += 1
-            out.append(c if seen > ndigits - 4 else "*")
-        else:
-            out.append(c)
-    return "".join(out)
+    # Matches are ASCII (re.A): a translate, not a loop per character.
+    pos = _lastStart(s, 4, _DIGITS)
+    return s[:pos].translate(_STARS) + s[pos:]
 
 
-def _issuerOk(digits: str) -> bool:
+# Card networks' issuer ranges (IIN prefixes, compared as same-width digit
+# strings) and the lengths each issues: Luhn alone passes one number in ten,
+# so a 13-19 digit id, timestamp or counter needs a real prefix AND length.
+_ANY = tuple(range(16, 20))
+_ISSUERS: tuple[tuple[str, str, tuple[int, ...]], ...] = (
+    ("4", "4", (13, 16, 19)),                          # Visa
+    ("51", "55", (16,)), ("2221", "2720", (16,)),      # Mastercard
+    ("34", "34", (15,)), ("37", "37", (15,)),          # American Express
+    ("300", "305", (14,) + _ANY), ("3095", "3095", (14,) + _ANY),
+    ("36", "36", (14,) + _ANY), ("38", "39", _ANY),    # Diners Club
+    ("3528", "3589", _ANY),                            # JCB
+    ("6011", "6011", _ANY), ("644", "649", _ANY), ("65", "65", _ANY),   # Discover
+    ("62", "62", _ANY),                                # UnionPay
+    ("2200", "2204", _ANY),                            # Mir
+    ("60", "60", (16,)), ("508", "508", (16,)),        # RuPay
+    ("5018", "5018", tuple(range(13, 20))), ("5020", "5020", tuple(range(13, 20))),
+    ("5038", "5038", tuple(range(13, 20))), ("5893", "5893", tuple(range(13, 20))),
+    ("6304", "6304", tuple(range(13, 20))), ("6759", "6759", tuple(range(13, 20))),
+    ("6761", "6763", tuple(range(13, 20))),            # Maestro
+)
+
+
+def issuerOk(digits: str) -> bool:
     """
-    Card networks' number ranges (Visa 4, Mastercard 51-55 and 2221-2720,
-    Amex/Diners/JCB 3, Maestro/Discover/UnionPay 5 and 6): keeps 13-digit
-    millisecond timestamps (17...) and such from passing as cards.
+    Whether C{digits} (a whole candidate number) starts with a card
+    network's issuer prefix and has a length that network issues; see
+    docs/masking.md for the table.
     """
-    d = digits[0]
-    return d in "3456" or (d == "2" and 2221 <= int(digits[:4]) <= 2720)
+    n = len(digits)
+    for lo, hi, lengths in _BY_FIRST.get(digits[:1], ()):
+        if n in lengths and lo <= digits[:len(lo)] <= hi:
+            return True
+    return False
+
+
+_BY_FIRST: dict[str, list[tuple[str, str, tuple[int, ...]]]] = {}
+for _issuer in _ISSUERS:
+    _BY_FIRST.setdefault(_issuer[0][0], []).append(_issuer)
+
+
+_NOT_DIGIT = re.compile(r"[^0-9]")
+
+
+def _cardResume(text: str, j: int) -> int:
+    """What the card pattern's lookbehinds ask, without a regex: not inside a number."""
+    if j == 0:
+        return -1
+    c = text[j - 1]
+    if "0" <= c <= "9" or (c == "." and j > 1 and "0" <= text[j - 2] <= "9"):
+        # Inside a longer number or its decimals: no card starts before it ends.
+        m = _NOT_DIGIT.search(text, j)
+        return len(text) if m is None else m.start()
+    return -1
 
 
 def _fixCard(m: re.Match) -> str | None:
     s = m.group()
     digits = s.replace(" ", "").replace("-", "")
-    if not _issuerOk(digits):
-        return None
-    if luhnValid(digits):
+    if issuerOk(digits) and luhnValid(digits):
         return _maskCardDigits(s)
-    if len(digits) == 19 and not s.isdigit() and luhnValid(digits[:16]):
+    if len(digits) == 19 and not s.isdigit() and issuerOk(digits[:16]) and luhnValid(digits[:16]):
         # 4-4-4-4 followed by three more digits: the card is the first 16.
         return _maskCardDigits(s[:19]) + s[19:]
     return None
@@ -261,7 +200,7 @@ _DOMAIN = re.compile(
 _EMAIL_TAIL = re.compile(r"[A-Za-z0-9._%+-]{1,64}(?:@[A-Za-z0-9.-]{0,540})?\Z", re.A)
 
 
-def _scanEmail(text: str, pos: int) -> Iterator[Span]:
+def _scanEmail(text: str, pos: int, probe: "Probe | None" = None) -> Iterator[Span]:
     # Same result as searching [local]{1,64}@domain left to right, but
     # driven by the '@' signs so text without one costs a single find().
     find = text.find
@@ -312,28 +251,24 @@ PL PS PT QA RO RS RU SA SC SD SE SI SK SM SO ST SV TL TN TR UA VA VG XK YE
 """.split())
 
 
+# ISO 13616 mod 97: each letter counts as its base-36 value (A = 10).
+_BASE36 = str.maketrans({c: str(10 + i) for i, c in enumerate(_UPPER)})
+
+
 def ibanValid(compact: str) -> bool:
     if not 15 <= len(compact) <= 34 or compact[:2] not in _IBAN_COUNTRIES:
         return False
-    s = compact[4:] + compact[:4]
-    try:
-        return int("".join(str(int(c, 36)) for c in s)) % 97 == 1
-    except ValueError:
-        return False
+    s = (compact[4:] + compact[:4]).translate(_BASE36)
+    return s.isascii() and s.isdigit() and int(s) % 97 == 1
+
+
+_ALNUM_STAR = str.maketrans({c: "*" for c in _DIGITS + _UPPER})
 
 
 def _maskIban(s: str) -> str:
     """Country code and the last four characters stay, the rest becomes C{*}."""
-    n = sum(c != " " for c in s)
-    seen = 0
-    out = []
-    for c in s:
-        if c == " ":
-            out.append(c)
-            continue
-        seen += 1
-        out.append(c if seen <= 2 or seen > n - 4 else "*")
-    return "".join(out)
+    pos = max(2, _lastStart(s, 4, _DIGITS + _UPPER))
+    return s[:2] + s[2:pos].translate(_ALNUM_STAR) + s[pos:]
 
 
 def _fixIban(m: re.Match) -> str | None:
@@ -363,18 +298,14 @@ _PHONE_TAIL = re.compile(r"(?<![\w+])[+(\d][\d .()-]{0,36}\Z", re.A)
 
 def _fixPhone(m: re.Match) -> str | None:
     s = m.group()
-    n = sum(c.isdigit() for c in s)
+    n = len(s) - len(s.translate(_NO_DIGITS))
     if not 8 <= n <= 15:
         return None
-    seen = 0
-    out = []
-    for c in s:
-        if c.isdigit():
-            seen += 1
-            out.append(c if seen > n - 2 else "*")
-        else:
-            out.append(c)
-    return "".join(out)
+    pos = _lastStart(s, 2, _DIGITS)
+    return s[:pos].translate(_STARS) + s[pos:]
+
+
+_NO_DIGITS = str.maketrans("", "", _DIGITS)
 
 
 # -- AWS keys ------------------------------------------------------------------
@@ -421,10 +352,11 @@ def _awsPrefilter(probe: Probe) -> bool:
     return _AWS_ID_PRE.search(probe.raw) is not None or b"secret" in probe.lower
 
 
-def _awsScan(text: str, pos: int) -> Iterator[Span]:
+def _awsScan(text: str, pos: int, probe: "Probe | None" = None) -> Iterator[Span]:
     # Two patterns, one detector: both scans are position-deterministic, so
     # their union is too.
-    probe = Probe(text)
+    if probe is None:
+        probe = Probe(text)
     ids = (list(_regexScan(_AWS_ID, _fixAwsId)(text, pos))
            if _AWS_ID_PRE.search(probe.raw) is not None else [])
     secrets = (list(_regexScan(_AWS_SECRET, _fixAwsSecret)(text, pos))
@@ -468,8 +400,11 @@ def _jwtTail(text: str, lo: int) -> int | None:
     return None
 
 
+_JWT_STAR = str.maketrans({c: "*" for c in _JWT_RUN if c != "."})
+
+
 def _fixJwt(m: re.Match) -> str:
-    return _star(m.group(), lambda i, c: c == ".")
+    return m.group().translate(_JWT_STAR)
 
 
 # -- private keys (PEM) --------------------------------------------------------
@@ -538,18 +473,24 @@ _NUMERIC = _DIGITS + " -"
 DETECTORS: dict[str, Detector] = {
     d.name: d
     for d in (
-        Detector("credit_card", _regexScan(_CARD, _fixCard), _regexTail(_CARD_TAIL, 40, _NUMERIC),
+        Detector("credit_card",
+                 _anchoredScan(_CARD, _fixCard,
+                               (b"0" * 13, b"0000s0000s0000", b"0000s000000s0000"),
+                               resume=_cardResume),
+                 _regexTail(_CARD_TAIL, 40, _NUMERIC),
                  _cardShape),
         Detector("email", _scanEmail, _regexTail(_EMAIL_TAIL, 610, _LETTERS + _DIGITS + "._%+-@"),
                  lambda p: "@" in p.text),
-        Detector("us_ssn", _regexScan(_SSN, _fixSsn), _regexTail(_SSN_TAIL, 12, _DIGITS + "-"),
+        Detector("us_ssn", _anchoredScan(_SSN, _fixSsn, (b"000s00s0000",)),
+                 _regexTail(_SSN_TAIL, 12, _DIGITS + "-"),
                  _ssnShape),
-        Detector("iban", _regexScan(_IBAN, _fixIban),
+        Detector("iban", _anchoredScan(_IBAN, _fixIban, (b"AA00",)),
                  _regexTail(_IBAN_TAIL, 70, _UPPER + _DIGITS + " "), _ibanShape),
-        Detector("phone", _regexScan(_PHONE, _fixPhone),
+        Detector("phone", _anchoredScan(_PHONE, _fixPhone, (b"+0", b"(000)", b"000s000s0000")),
                  _regexTail(_PHONE_TAIL, 40, _DIGITS + " .()-+"), _phoneShape),
         Detector("aws_key", _awsScan, _awsTail, _awsPrefilter),
-        Detector("jwt", _regexScan(_JWT, _fixJwt), _jwtTail, lambda p: "eyJ" in p.text),
+        Detector("jwt", _anchoredScan(_JWT, _fixJwt, ("eyJ",), onText=True),  # type: ignore[arg-type]
+                 _jwtTail, lambda p: "eyJ" in p.text),
         Detector("private_key", _regexScan(_PEM, _fixPem), _pemTail,
                  lambda p: "PRIVATE KEY" in p.text),
     )

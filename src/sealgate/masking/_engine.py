@@ -7,49 +7,21 @@ from collections.abc import Iterable
 from typing import Any
 
 import orjson
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.threads import deferToThreadPool
 
+from sealgate.masking._body import UNKNOWN_CONTENT, maskEncodedBody
 from sealgate.masking._detectors import DETECTORS, MIN_VALUE, Detector, Probe, Span
 from sealgate.masking._detectors import suspect as _suspect
+from sealgate.masking._errors import MaskingFailed
+from sealgate.masking._scanning import applySpans
+from sealgate.masking._stream import StreamMasker
+
+#: Bodies up to this size are masked inline by L{Masker.maskBodyAsync}.
+INLINE = 64 * 1024
 
 #: What a redacted column or JSON field's value becomes (its length is not kept).
 REDACTED = "********"
-
-
-class MaskingFailed(Exception):
-    """
-    Data where masking applies could not be decoded or parsed, so it cannot
-    be vetted.  The protocol must refuse to send it (fail closed); the
-    message names what failed and never contains the data.
-    """
-
-
-def applySpans(text: str, spans: list[Span]) -> str:
-    """
-    Apply same-length replacements.  Where spans overlap, a position is
-    masked if any of them masks it (the union: failing closed).
-    """
-    if not spans:
-        return text
-    spans.sort()
-    out = []
-    last = 0
-    for s, e, r in spans:
-        if s < last:
-            return _applyOverlapping(text, spans)
-        out.append(text[last:s])
-        out.append(r)
-        last = e
-    out.append(text[last:])
-    return "".join(out)
-
-
-def _applyOverlapping(text: str, spans: list[Span]) -> str:
-    chars = list(text)
-    for s, _e, r in spans:
-        for i, c in enumerate(r):
-            if c != text[s + i]:
-                chars[s + i] = c
-    return "".join(chars)
 
 
 class Masker:
@@ -68,8 +40,13 @@ class Masker:
     """
 
     def __init__(self, detectors: Iterable[str] = (), columns: Iterable[str] = (),
-                 jsonFields: Iterable[str] = ()):
+                 jsonFields: Iterable[str] = (), unknownContent: str | None = None):
         detectors = tuple(detectors)
+        if unknownContent is not None and unknownContent not in UNKNOWN_CONTENT:
+            raise ValueError(f"unknown_content must be one of {', '.join(UNKNOWN_CONTENT)}")
+        #: What a body that is not text gets: None means "refuse" with
+        #: detectors, else "pass" (L{sealgate.masking._body.unknownPolicy}).
+        self.unknownContent = unknownContent
         self.detectors: tuple[Detector, ...] = tuple(DETECTORS[n] for n in DETECTORS
                                                      if n in set(detectors))
         unknown = set(detectors) - set(DETECTORS)
@@ -95,7 +72,8 @@ class Masker:
     @classmethod
     def fromConfig(cls, config) -> "Masker":
         """From a L{sealgate.config.MaskingConfig}."""
-        return cls(config.detectors, config.columns, config.json_fields)
+        return cls(config.detectors, config.columns, config.json_fields,
+                   getattr(config, "unknown_content", None))
 
     # -- text -----------------------------------------------------------------
 
@@ -109,8 +87,15 @@ class Masker:
         probe = Probe(text, raw)
         for d in self.detectors:
             if d.prefilter(probe):
-                out.extend(d.scan(text, pos))
+                out.extend(d.scan(text, pos, probe))
         return out
+
+    def findings(self, text: str) -> list[tuple[int, int, str]]:
+        """Each detected value in C{text} as C{(start, end, detector name)}, in order."""
+        probe = Probe(text, None)
+        out = [(start, end, d.name) for d in self.detectors if d.prefilter(probe)
+               for start, end, _ in d.scan(text, 0, probe)]
+        return sorted(out)
 
     def maskText(self, text: str) -> str:
         """C{text} with every detected value masked, same length."""
@@ -252,18 +237,38 @@ class Masker:
 
     # -- streams and bodies --------------------------------------------------------
 
-    def streamMasker(self, maxHold: int | None = None):
+    def streamMasker(self, maxHold: int | None = None) -> StreamMasker:
         """A new L{sealgate.masking.StreamMasker} for one output stream."""
-        from sealgate.masking._stream import StreamMasker
-
         return StreamMasker(self) if maxHold is None else StreamMasker(self, maxHold)
 
     def maskEncodedBody(self, body: bytes, content_encoding: str | None,
                         content_type: str | None, reencode: bool = True) -> tuple[bytes, str]:
         """See L{sealgate.masking._body.maskEncodedBody}."""
-        from sealgate.masking._body import maskEncodedBody
-
         return maskEncodedBody(self, body, content_encoding, content_type, reencode)
+
+    def maskBodyAsync(self, body: bytes, content_encoding: str | None, content_type: str | None,
+                      reencode: bool = True, *, reactor=None, threadpool=None,
+                      inline: int = INLINE) -> Deferred[tuple[bytes, str]]:
+        """
+        L{maskEncodedBody} off the reactor thread: a body over C{inline}
+        bytes is decoded, masked and re-encoded in C{threadpool} (the
+        reactor's by default), so one big response never stalls the other
+        sessions; a small one is done at once (a thread hop costs more).
+        The Deferred fails with L{MaskingFailed} where the call would raise.
+        """
+        if len(body) <= inline:
+            try:
+                return succeed(self.maskEncodedBody(body, content_encoding, content_type, reencode))
+            except Exception:
+                return fail()
+        if reactor is None:
+            from twisted.internet import reactor as default  # resolved late: never at import time
+
+            reactor = default
+        if threadpool is None:
+            threadpool = reactor.getThreadPool()
+        return deferToThreadPool(reactor, threadpool, self.maskEncodedBody, body, content_encoding,
+                                 content_type, reencode)
 
 
 def _checkJson(text: str) -> None:
@@ -291,8 +296,14 @@ def _insideStrings(text: str, spans) -> bool:
     inside).  Masking only there keeps the document valid, unparsed.
     """
     count = text.count
-    for s, e, _r in spans:
-        if count('"', 0, s) % 2 == 0 or count('"', s, e):
+    # Quotes are counted once, from one span's start to the next (sorted),
+    # so the check is linear in the document, not in documents x spans.
+    quotes = 0
+    at = 0
+    for s, e, _r in sorted(spans):
+        quotes += count('"', at, s)
+        at = s
+        if quotes % 2 == 0 or count('"', s, e):
             return False
     return True
 

@@ -4,7 +4,7 @@ import codecs
 import re
 
 from sealgate.masking._detectors import MAX_HOLD
-from sealgate.masking._engine import applySpans
+from sealgate.masking._scanning import applySpans
 
 # The detectors' boundary checks look one character back; keep a few.
 _CONTEXT = 8

@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from sealgate.recording import _format as fmt
+from sealgate.recording._errors import StoreError, StoreLocked
+from sealgate.recording._redact import Redaction
 from sealgate.recording._segments import SEGMENT_LIMIT, SegmentFile, segmentPath
 from sealgate.recording.checkpoint import Checkpoint, Signer, signCheckpoint
 from sealgate.recording.merkle import CompactTree
@@ -42,14 +44,6 @@ CREATE TABLE IF NOT EXISTS redactions (
 """
 
 
-class StoreError(Exception):
-    """The store cannot be opened or written; the message says what and where."""
-
-
-class StoreLocked(StoreError):
-    """Another process holds the state directory's lock."""
-
-
 def dbPath(stateDir: Path) -> Path:
     return Path(stateDir) / "recordings.sqlite"
 
@@ -60,6 +54,11 @@ def keyPath(stateDir: Path) -> Path:
 
 def lockPath(stateDir: Path) -> Path:
     return Path(stateDir) / "store.lock"
+
+
+def failedPath(stateDir: Path) -> Path:
+    """Left by a gateway whose store failed: its open sessions are sealed as "store failed"."""
+    return Path(stateDir) / "store-failed"
 
 
 def loadOrCreateKey(stateDir: Path, origin: str) -> Signer:
@@ -113,7 +112,7 @@ class SessionState:
          self.closed, self.dead) = snap
 
 
-class Engine:
+class Engine(Redaction):
     """
     Everything the store does on disk, synchronously, for one writer process
     (or one CLI command holding the lock).  A batch is all-or-nothing: on a
@@ -136,15 +135,21 @@ class Engine:
 
     # -- opening ------------------------------------------------------------
 
-    def open(self) -> list:
-        """Lock, create or load, recover.  @return: ids of sessions closed as cut off."""
+    def open(self, resume: bool = False) -> list:
+        """
+        Lock, create or load, recover.  With C{resume} (a writer restarted
+        under a running gateway) open sessions stay open in L{sessions}, to
+        go on where the last commit left them.
+
+        @return: ids of sessions closed as cut off.
+        """
         try:
             (self.stateDir / "segments").mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise StoreError(f"cannot create state_dir {self.stateDir}: {e.strerror}")
         self._lock()
         try:
-            return self._open()
+            return self._open(resume)
         except BaseException:
             self.close()
             raise
@@ -165,7 +170,7 @@ class Engine:
         os.pwrite(fd, f"{self.lockOwner}\n".encode(), 0)
         self._lockFd = fd
 
-    def _open(self) -> list:
+    def _open(self, resume: bool) -> list:
         self.db = sqlite3.connect(dbPath(self.stateDir), isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
@@ -190,7 +195,7 @@ class Engine:
         row = self.db.execute("SELECT max(size), max(time) FROM checkpoints").fetchone()
         self.checkpointSize, self.checkpointTime = row[0] or 0, row[1] or 0.0
         self._openSegment()
-        return self._recover()
+        return self._recover(resume)
 
     def _openSegment(self) -> None:
         rows = self.db.execute("SELECT id, length FROM segments ORDER BY id").fetchall()
@@ -211,20 +216,25 @@ class Engine:
             self.db.execute("INSERT INTO segments VALUES (1, 0)")
         self._seg = SegmentFile(self.stateDir, self.segment, self.segmentLength)
 
-    def _recover(self) -> list:
+    def _recover(self, resume: bool) -> list:
         rows = self.db.execute(
             "SELECT id, size, edge, last, bytes_from_client, bytes_to_client FROM sessions "
             "WHERE closed IS NULL ORDER BY opened"
         ).fetchall()
+        failed = failedPath(self.stateDir)
+        reason = ("store failed: the recording store could not record, so the gateway closed this session"
+                  if failed.exists() else "cut off: the gateway stopped without closing this session")
         cut: list = []
         for sid, size, edge, last, bIn, bOut in rows:
             s = SessionState(sid)
             s.tree = CompactTree.unpack(size, edge)
             s.last = last or fmt.NO_PREV
             s.offsets = [bIn, bOut]
+            s.sealed = size  # its last commit's state; a PROGRESS follows the next frames
             self.sessions[sid] = s
-            cut.append(("close", s, "cut off: the gateway stopped without closing this session "
-                        "(closed when the store was next opened)", {}, None, True))
+            cut.append(("close", s, f"{reason} (closed when the store was next opened)", {}, None, True))
+        if resume:
+            return []
         if not self.db.execute("SELECT 1 FROM checkpoints LIMIT 1").fetchone():
             # A signed empty log from the first start on: an auditor can tell a
             # store whose log was wiped from one that never recorded anything.
@@ -234,6 +244,7 @@ class Engine:
             self.apply(cut, forceCheckpoint=True)
         elif self.log.size > self.checkpointSize:
             self.apply([], forceCheckpoint=True)
+        failed.unlink(missing_ok=True)
         return [s.id for _, s, *_ in cut]
 
     def close(self) -> None:
@@ -249,7 +260,8 @@ class Engine:
 
     # -- writing ------------------------------------------------------------
 
-    def apply(self, items, forceCheckpoint: bool = False, now: float | None = None) -> list:
+    def apply(self, items, forceCheckpoint: bool = False, now: float | None = None,
+              meta: dict | None = None) -> list:
         """
         Seal and commit one batch of queued items.
 
@@ -259,7 +271,8 @@ class Engine:
         kind, fields, ...)}, C{("close", state, reason, stats, token,
         cutoff, ...)}; without a time, the batch's time is used.  Returns the
         close items' tokens once the batch (and a checkpoint covering it) is
-        durable.
+        durable.  C{meta} rows are committed with the batch (the writer's
+        count of items made durable).
 
         @raise OSError, sqlite3.Error: nothing of the batch is kept.
         """
@@ -342,7 +355,7 @@ class Engine:
                     if s not in snaps:
                         snaps[s] = s.snapshot()
                     self._seal(s, "progress", now, {})
-            self._commit(records, now, forceCheckpoint)
+            self._commit(records, now, forceCheckpoint, meta)
         except BaseException:
             if self.db.in_transaction:
                 self.db.execute("ROLLBACK")
@@ -418,7 +431,7 @@ class Engine:
             rec[:] = [s.tree.size, [], 0]
         return offset
 
-    def _commit(self, records: dict, now: float, forceCheckpoint: bool) -> None:
+    def _commit(self, records: dict, now: float, forceCheckpoint: bool, meta: dict | None = None) -> None:
         chunks = self._pending["chunks"]
         buffers: list = []
         start = None
@@ -438,6 +451,8 @@ class Engine:
         ):
             checkpoint = signCheckpoint(self.signer, Checkpoint(self.origin, self.log.size, self.log.root()))
         db = self.db
+        if meta:
+            db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", meta.items())
         if not (chunks or self._pending["log"] or checkpoint):
             db.execute("COMMIT")
             return
@@ -463,61 +478,3 @@ class Engine:
     def _rollbackSegment(self, segment: int, length: int) -> None:
         self._seg.rollback(segment, length)
         self.segment, self.segmentLength = segment, length
-
-    # -- redaction ----------------------------------------------------------
-
-    def redact(self, sessionId: str, seq: int, reason: str, actor: str | None = None, now=None) -> int:
-        """
-        Erase one frame's salt and payload in place and seal a redaction
-        event.  The frame leaf stays, so every root and proof stays valid.
-        The event is committed first: a crash in between leaves a frame
-        marked redacted whose bytes a repeated C{redact} erases.
-
-        @return: the log index of the redaction event.
-        """
-        now = time.time() if now is None else now
-        known = self.db.execute("SELECT size FROM sessions WHERE id = ?", (sessionId,)).fetchone()
-        if known is None:
-            raise StoreError(f"no session {sessionId!r} in {self.stateDir}")
-        row = self.db.execute(
-            "SELECT segment, offset, length, first FROM chunks WHERE session = ? AND first <= ? "
-            "ORDER BY first DESC LIMIT 1", (sessionId, seq)).fetchone()
-        if row is None or not 0 <= seq < known[0]:
-            raise StoreError(f"session {sessionId} has no frame {seq} (it has {known[0]})")
-        done = self.db.execute(
-            "SELECT leaf FROM redactions WHERE session = ? AND seq = ?", (sessionId, seq)).fetchone()
-        if done:
-            n = done[0]
-        else:
-            self._pending = {"log": [], "opens": [], "closes": [], "states": set()}
-            logSnap = (self.log.copy(), self.logLast)
-            n = self._logAppend("event", sessionId, now, {
-                "event": "redaction", "fields": {"frame": seq, "reason": reason, "by": actor}})
-            try:
-                self.db.execute("BEGIN")
-                self.db.execute("INSERT INTO redactions VALUES (?, ?, ?, ?, ?)",
-                                (sessionId, seq, now, fmt.sqlText(reason), n))
-                self.db.executemany("INSERT INTO log VALUES (?, ?, ?, ?)", self._pending["log"])
-                self.db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [
-                    ("log_size", self.log.size), ("log_edge", self.log.pack()), ("log_last", self.logLast)])
-                self.db.execute("COMMIT")
-            except BaseException:
-                if self.db.in_transaction:
-                    self.db.execute("ROLLBACK")
-                self.log, self.logLast = logSnap
-                raise
-        segment, offset, length, first = row
-        with open(segmentPath(self.stateDir, segment), "r+b") as f:
-            f.seek(offset)
-            buf = f.read(length)
-            for i, (saltAt, size) in enumerate(fmt.secretSpans(buf)):
-                if first + i == seq:
-                    f.seek(offset + saltAt)
-                    f.write(b"\x00" * size)
-                    f.flush()
-                    os.fsync(f.fileno())
-                    break
-            else:
-                raise StoreError(f"frame {seq} of session {sessionId} is missing from its segment")
-        self.apply([], forceCheckpoint=True, now=now)
-        return n

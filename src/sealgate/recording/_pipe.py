@@ -1,7 +1,10 @@
 """Messages between the gateway and its store writer process: marshal'd item lists, bulk frames raw."""
 
 import marshal
+import os
 import struct
+
+from sealgate.recording import _format as fmt
 
 #: kind (0: a marshal'd list, 1: one raw frame), body length.
 HEADER = struct.Struct(">BI")
@@ -79,3 +82,48 @@ def readMessages(source):
                 raise PipeError(f"message does not decode: {e}") from None
         else:
             raise PipeError(f"unknown message kind {kind}")
+
+
+#: What one item costs the gateway's memory while it waits to be durable,
+#: beside a frame's payload (its tuple, time, deque slot): counted against
+#: C{[gateway] max_unsealed} by the gateway and in the writer's durable
+#: count alike, so both sides agree on what is pending.
+FRAME_COST = 200
+#: The same for any other item (an open, an event, a close), whatever its fields.
+ITEM_COST = 1024
+#: The problems a writer reports, as the gateway shows them.
+DISK_FULL = "the disk is full"
+CANNOT_WRITE = "the recording store cannot write to its disk"
+
+
+def writeAll(fd: int, buffers: list) -> None:
+    """Every buffer, in order, to a blocking pipe (one write may take part of them)."""
+    i = 0
+    while i < len(buffers):
+        done = os.writev(fd, buffers[i : i + 1024])
+        while done:
+            size = len(buffers[i])
+            if done >= size:
+                done -= size
+                i += 1
+            else:
+                buffers[i] = memoryview(buffers[i])[done:]
+                done = 0
+
+
+def encodeItems(items: list) -> list:
+    """L{encode}, with what marshal cannot carry made plain first."""
+    try:
+        return encode(items)
+    except ValueError:
+        return encode([_marshalable(i) for i in items])
+
+
+def _marshalable(item: tuple) -> tuple:
+    """
+    An item whose fields marshal cannot carry, made plain the way the log
+    stores them anyway (L{fmt.scrub}: unknown values become their text).
+    """
+    if len(item) == 5 and type(item[0]) is int:
+        return item
+    return tuple(fmt.scrub(v) for v in item)

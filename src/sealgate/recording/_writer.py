@@ -3,7 +3,9 @@ The store's writer process: seals and commits what the gateway streams to
 it, so hashing, JSON and SQLite never hold the gateway's GIL.
 
 Run by L{sealgate.recording.store.SQLiteStore} as
-C{python -m sealgate.recording._writer STATE_DIR ORIGIN INTERVAL GATEWAY_PID}.
+C{python -m sealgate.recording._writer STATE_DIR ORIGIN INTERVAL GATEWAY_PID [resume]}
+(C{resume}: a restart under a running gateway, which then replays every
+item after the last durable one).
 Standard input carries L{_pipe} messages of items, standard output
 carries replies.  It dies with the gateway (PR_SET_PDEATHSIG): a gateway
 killed with -9 leaves its open sessions to be sealed as cut off at the
@@ -37,53 +39,93 @@ class Writer:
     """
     The batching loop around one open L{Engine}.  Items arrive on a reader
     thread (L{receive}); the loop applies them in batches and says what
-    became durable through C{send}.  A failed batch is retried whole until
-    the disk takes it, while the gateway hears the store is unhealthy.
+    became durable through C{send}: a count of the gateway's items, and of
+    their cost, committed with the batch, so a writer started after
+    this one dies takes over exactly after the last commit.  A frame costs
+    its payload plus L{_pipe.FRAME_COST}, any other item L{_pipe.ITEM_COST},
+    as the gateway counts them.  A failed batch
+    is retried, ever smaller, until the disk takes it (a prefix that fits
+    what space is left goes first), while the gateway hears of the problem.
     """
 
-    def __init__(self, engine: Engine, send, checkpointInterval: float):
+    def __init__(self, engine: Engine, send, checkpointInterval: float, durable=(0, 0)):
         self.engine = engine
         self.send = send
         self.checkpointInterval = checkpointInterval
         self.queue: collections.deque = collections.deque()
+        self.pending: list = []  # taken from the queue, not yet durable (loop thread)
         self.wake = threading.Event()
         self.stopping = False   # the gateway asked: seal open sessions, then exit
         self.orphaned = False   # the gateway is gone: keep what arrived, seal nothing more
         self.problem: str | None = None
+        self.items, self.cost = durable  # the gateway's items (and their cost, see _pipe) durable so far
         self._states: dict[int, SessionState] = {}
         self._arrived = 0  # payload bytes queued since the loop last took a batch
+
+    def resume(self, handles: list) -> None:
+        """
+        Before any item: the gateway's live session handles (its first
+        message to a restarted writer), mapped to the sessions the engine
+        kept open.  A handle whose open is not durable yet is left out: its
+        open comes again.  One that never had a session of its own (a reused
+        id) stays dead, as it was.
+        """
+        engine = self.engine
+        claimed: set = set()
+        for handle, sessionId in handles:
+            state = engine.sessions.get(sessionId)
+            if state is not None and sessionId not in claimed:
+                claimed.add(sessionId)
+                self._states[handle] = state
+            elif state is not None or engine.db.execute(
+                    "SELECT 1 FROM sessions WHERE id = ?", (sessionId,)).fetchone():
+                dead = self._states[handle] = SessionState(sessionId)
+                dead.dead = True
 
     # -- reader thread --------------------------------------------------------
 
     def receive(self, items: list) -> None:
-        """Turn one message's wire items into engine items and queue them."""
+        """
+        Turn one message's wire items into engine items and queue them, one
+        for one: an item with nothing to do (a frame of a handle that is
+        gone) is queued as its byte count, so the durable counts stay the
+        gateway's.
+        """
         states = self._states
-        out = []
+        out: list = []
         stop = urgent = False  # urgent: someone waits on a close or a redaction
         for item in items:
             if len(item) == 5 and type(item[0]) is int:
                 state = states.get(item[0])
-                if state is not None:  # never after its close; a bug must not stop the store
-                    out.append((state, *item[1:]))
-                    self._arrived += len(item[4])
+                n = len(item[4]) + _pipe.FRAME_COST
+                # None after its close; a bug must not stop the store.
+                out.append((state, *item[1:]) if state is not None else n)
+                self._arrived += n
                 continue
             kind = item[0]
-            if kind == "open":
+            if kind == "redact":
+                out.append(("redact", None, tuple(item[1]), None, item[2], False))
+                urgent = True
+            elif kind == "open":
                 _, sid, sessionId, info, at = item
                 state = states[sid] = SessionState(sessionId)
                 out.append(("open", state, info, None, None, False, at))
             elif kind == "event":
                 _, sid, name, fields, at = item
-                if sid is None or sid in states:
-                    out.append(("event", states.get(sid), name, fields, None, False, at))
+                out.append(("event", states.get(sid), name, fields, None, False, at)
+                           if sid is None or sid in states else _pipe.ITEM_COST)
             elif kind == "close":
                 _, sid, reason, stats, token, at = item
-                out.append(("close", states.pop(sid), reason, stats, token, False, at))
-                urgent = True
-            elif kind == "redact":
-                out.append(("redact", None, tuple(item[1]), None, item[2], False))
+                state = states.pop(sid, None)
+                if state is not None:
+                    out.append(("close", state, reason, stats, token, False, at))
+                else:
+                    out.append(_pipe.ITEM_COST)
+                    if token is not None:
+                        self.send(("failed", token, "the recording store lost this session's handle"))
                 urgent = True
             elif kind == "stop":
+                out.append(_pipe.ITEM_COST)
                 stop = True
             else:
                 raise ValueError(f"unknown item {kind!r} from the gateway")
@@ -91,7 +133,7 @@ class Writer:
         if stop:
             self.stopping = True  # after the items before it are queued
         # A bulk transfer is taken as it arrives: the gateway paces on what
-        # the writer has taken, so waiting out the interval would stall it.
+        # the writer has made durable, so waiting out the interval would stall it.
         if stop or urgent or self._arrived >= WAKE_BYTES:
             self.wake.set()
 
@@ -100,7 +142,8 @@ class Writer:
     def run(self) -> None:
         engine = self.engine
         queue = self.queue
-        retry: list = []
+        pending = self.pending
+        limit = 0  # items per attempt while the disk refuses a whole batch; 0: no limit
         failing = False
         busy = False
         while True:
@@ -111,32 +154,36 @@ class Writer:
                 self.wake.wait(FLUSH_INTERVAL)
             self.wake.clear()
             stopping = self.stopping or self.orphaned
-            items = retry
-            retry = []
             self._arrived = 0
-            taken = len(queue)
-            for _ in range(taken):
-                items.append(queue.popleft())
-            busy = sum(len(i[4]) for i in items if len(i) == 5) >= BUSY_BYTES
+            for _ in range(len(queue)):
+                pending.append(queue.popleft())
+            batch = pending[:limit] if limit and limit < len(pending) else pending
             try:
-                self._applyBatch(items, stopping)
+                size = self._applyBatch(batch, stopping and len(batch) == len(pending))
             except Exception as e:
-                retry = items
                 failing = True
                 self._failed(e)
                 if stopping:
-                    self.send(("log", "error", f"Stopping with {len(items)} unrecorded items: {e}"))
-                    queue.extendleft(reversed(items))  # their waiters are told on the way out
-                    return
-                self.send(("taken", taken))
-                time.sleep(min(1.0, self.checkpointInterval))
+                    self.send(("log", "error", f"Stopping with {len(pending)} unrecorded items: {e}"))
+                    return  # their waiters are told on the way out
+                if len(batch) > 1:
+                    limit = max(1, len(batch) // 2)  # a smaller batch may fit the space left
+                    busy = True
+                else:
+                    busy = False
+                    time.sleep(min(1.0, self.checkpointInterval))
                 continue
-            self.send(("taken", taken))
-            if failing:
+            if batch is pending:
+                pending.clear()
+            else:
+                del pending[: len(batch)]
+            limit = limit * 2 if limit and pending else 0
+            busy = size >= BUSY_BYTES or bool(pending)
+            if failing and not pending:  # a part that fit is not the disk back
                 failing = False
                 self._setProblem(None)
                 self.send(("log", "info", "Recording store is writable again"))
-            if stopping:
+            if stopping and not pending:
                 if self.orphaned:
                     return  # crash semantics: open sessions are cut off at the next start
                 try:
@@ -150,15 +197,34 @@ class Writer:
 
     def leftovers(self) -> list:
         """Tokens of closes and redactions that never happened."""
-        return [i[4] for i in self.queue if len(i) > 5 and i[4] is not None]
+        return [i[4] for i in (*self.pending, *self.queue) if type(i) is tuple and len(i) > 5 and i[4] is not None]
 
-    def _applyBatch(self, items: list, stopping: bool) -> None:
-        # Redactions touch frames already on disk, so they go after the batch;
-        # the batch itself is all-or-nothing and can be retried whole.
-        redactions = [i for i in items if len(i) != 5 and i[0] == "redact"]
-        if redactions:
-            items = [i for i in items if len(i) == 5 or i[0] != "redact"]
-        tokens = [t for t in self.engine.apply(items, forceCheckpoint=stopping) if t is not None]
+    def _applyBatch(self, batch: list, stopping: bool) -> int:
+        """Commit C{batch} with the durable counts it brings; @return: its frame bytes."""
+        size = cost = 0
+        items = []
+        redactions = []
+        for i in batch:
+            if type(i) is int:
+                cost += i
+            elif len(i) == 5:
+                size += len(i[4])
+                cost += _pipe.FRAME_COST
+                items.append(i)
+            else:
+                cost += _pipe.ITEM_COST
+                if i[0] == "redact":
+                    # They touch frames already on disk, so they go after the batch;
+                    # the batch itself is all-or-nothing and can be retried.
+                    redactions.append(i)
+                else:
+                    items.append(i)
+        count, total = self.items + len(batch), self.cost + size + cost
+        # An idle loop commits nothing (no sync); it still says it is alive.
+        meta = {"writer_items": count, "writer_cost": total} if batch else None
+        tokens = [t for t in self.engine.apply(items, forceCheckpoint=stopping, meta=meta) if t is not None]
+        self.items, self.cost = count, total
+        self.send(("durable", count, total))
         if tokens:
             self.send(("done", tokens))
         for item in redactions:
@@ -168,14 +234,15 @@ class Writer:
                 self.send(("failed", item[4], str(e)))
             else:
                 self.send(("redacted", item[4], n))
+        return size
 
     def _failed(self, e: Exception) -> None:
         if (isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)) or (
             isinstance(e, sqlite3.OperationalError) and "full" in str(e)
         ):
-            reason = "the recording store's disk is full; sessions cannot be recorded"
+            reason = _pipe.DISK_FULL
         else:
-            reason = "the recording store cannot write; sessions cannot be recorded"
+            reason = _pipe.CANNOT_WRITE
         if self.problem != reason:
             self.send(("log", "error", f"{reason} ({self.engine.stateDir}): {e}"))
         self._setProblem(reason)
@@ -197,8 +264,24 @@ def _dieWithParent(parent: int) -> None:
         os._exit(1)  # it died before we asked
 
 
+def _durable(engine: Engine, resume: bool) -> tuple[int, int]:
+    """
+    How many of this gateway's items (and their cost) are durable: from
+    the last commit for a restarted writer, zero (committed now) for the
+    gateway's first.
+    """
+    if not resume:
+        engine.db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                              [("writer_items", 0), ("writer_cost", 0)])
+        return 0, 0
+    meta = dict(engine.db.execute(
+        "SELECT key, value FROM meta WHERE key IN ('writer_items', 'writer_cost')"))
+    return int(meta.get("writer_items", 0)), int(meta.get("writer_cost", 0))
+
+
 def main(argv: list[str]) -> int:
     stateDir, origin, interval, parent = argv[0], argv[1], float(argv[2]), int(argv[3])
+    resume = argv[4:] == ["resume"]
     _dieWithParent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a ^C to twistd -n is the gateway's to handle
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -215,16 +298,25 @@ def main(argv: list[str]) -> int:
 
     engine = Engine(stateDir, origin, interval, lockOwner=parent)
     try:
-        cut = engine.open()
+        cut = engine.open(resume=resume)
+        durable = _durable(engine, resume)
     except StoreError as e:
         send(("startFailed", str(e), isinstance(e, StoreLocked)))
         return 1
     except Exception as e:
         send(("startFailed", f"cannot open the recording store in {stateDir}: {e}", False))
         return 1
-    writer = Writer(engine, send, interval)
+    writer = Writer(engine, send, interval, durable)
     send(("log", *keyNotice(engine.stateDir, engine.signer.verifier, engine.pinnedNow)))
-    send(("started", engine.signer.verifier.vkey(), cut))
+    send(("started", engine.signer.verifier.vkey(), cut, *durable))
+    if resume:
+        # The gateway answers with its live handles before any item.
+        first = next(_pipe.readMessages(source), None)
+        if not first or first[0][0] != "resume":
+            send(("log", "error", "Recording store writer restarted without the gateway's handles"))
+            engine.close()
+            return 1
+        writer.resume(first[0][1])
 
     def read() -> None:
         try:

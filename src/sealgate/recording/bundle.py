@@ -33,7 +33,7 @@ def _exportBundle(reader, sessionId: str, out) -> dict:
 
     @return: the header.
     """
-    if reader.session(sessionId) is None:
+    if reader.sessionRecord(sessionId) is None:  # its OPEN leaf, not the session table
         raise StoreError(f"no session {sessionId!r} in {reader.stateDir}")
     latest = reader.latestCheckpoint()
     if latest is None:

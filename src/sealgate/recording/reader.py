@@ -1,25 +1,66 @@
 """Synchronous, read-only access to a store for the CLI, the admin API, verify and export."""
 
 import contextlib
+import hashlib
 import json
 import sqlite3
 from pathlib import Path
 
+import attrs
+from zope.interface import implementer
+
+from sealgate.interfaces import IRecordedSession, IRecordingReader
 from sealgate.recording import Frame
 from sealgate.recording import _format as fmt
 from sealgate.recording._engine import StoreError, dbPath, keyPath, segmentPath
+from sealgate.recording.bundle import exportBundle
 from sealgate.recording.checkpoint import NoteError, Signer, Verifier
+from sealgate.recording.merkle import Levels, consistencyProof, rootOf
 from sealgate.recording.pin import PinError, readPin
+from sealgate.recording.records import (
+    SessionQuery,
+    SessionRecord,
+    commandTexts,
+    lastSeal,
+    leafMayMatch,
+)
 
 _SESSION_COLUMNS = ("id", "opened", "closed", "open_leaf", "close_leaf", "size", "bytes_from_client",
                     "bytes_to_client", "protocol", "info", "reason", "cutoff", "root")
 
 
+@implementer(IRecordedSession)
+@attrs.frozen
+class RecordedSession:
+    """One stored session, for export writers: its sealed record, frames and log leaves."""
+
+    reader: "StoreReader"
+    record: SessionRecord
+
+    def frames(self):
+        return self.reader.frames(self.record.id)
+
+    def events(self) -> list:
+        return self.reader.events(self.record.id)
+
+    def redactions(self) -> dict:
+        return self.reader.redactions(self.record.id)
+
+    def bundle(self, out) -> dict:
+        return exportBundle(self.reader, self.record.id, out)
+
+
+class StoreUnreadable(StoreError):
+    """The store's database exists but SQLite cannot open it: a verdict for verify."""
+
+
+@implementer(IRecordingReader)
 class StoreReader:
     """
     Reads a store's SQLite file and segments without taking the writer's
     lock, so it works beside a running gateway (SQLite WAL readers see the
-    last committed batch).
+    last committed batch).  The only place outside the writer that speaks
+    SQL to the store.
     """
 
     def __init__(self, stateDir):
@@ -27,8 +68,11 @@ class StoreReader:
         path = dbPath(self.stateDir)
         if not path.exists():
             raise StoreError(f"no recording store in {self.stateDir} (no {path.name})")
-        self.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        self.db.execute("PRAGMA query_only=1")
+        try:
+            self.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            self.db.execute("PRAGMA query_only=1")
+        except sqlite3.DatabaseError as e:
+            raise StoreUnreadable(f"the database {path} cannot be read: {e} (truncated or corrupted)")
 
     def close(self) -> None:
         self.db.close()
@@ -76,7 +120,86 @@ class StoreReader:
         except PinError as e:
             raise StoreError(str(e))
 
-    # -- sessions -----------------------------------------------------------
+    # -- sessions, from their sealed leaves ---------------------------------
+
+    def _parsed(self, sessionId: str, leaf, kinds) -> dict | None:
+        """A log leaf's body, if it is what its index columns say (else verify names it)."""
+        try:
+            body = fmt.parseLogLeaf(leaf)
+        except fmt.FormatError:
+            return None
+        return body if body.get("session") == sessionId and body["type"] in kinds else None
+
+    def _lastSeal(self, sessionId: str) -> dict | None:
+        rows = self.db.execute("SELECT leaf FROM log WHERE session = ? AND type IN ('progress', 'close') "
+                               "ORDER BY n DESC LIMIT 1", (sessionId,))
+        return lastSeal(b for (leaf,) in rows if (b := self._parsed(sessionId, leaf, ("progress", "close"))))
+
+    def _commanded(self, query: SessionQuery) -> set[str]:
+        """The sessions with a sealed command matching C{query.command}: one pass over the event leaves."""
+        found: set[str] = set()
+        for sid, leaf in self.db.execute("SELECT session, leaf FROM log WHERE type = 'event' "
+                                         "AND session IS NOT NULL"):
+            if sid in found:
+                continue
+            leaf = bytes(leaf)
+            if not leafMayMatch(leaf, query.command or ""):
+                continue
+            body = self._parsed(sid, leaf, ("event",))
+            if body is not None and query.matchesCommands(commandTexts((body,))):
+                found.add(sid)
+        return found
+
+    def findSessions(self, query: SessionQuery | None = None) -> list[SessionRecord]:
+        """Sessions matching C{query}, newest first, each described by its own sealed leaves."""
+        query = query or SessionQuery()
+        if query.limit is not None and query.limit <= 0:
+            return []
+        with self.snapshot():  # one commit: a session's OPEN and its latest seal agree
+            return self._find(query)
+
+    def _find(self, query: SessionQuery) -> list[SessionRecord]:
+        # A leaf's time is when its event happened, so OPENs are only roughly
+        # in time order: every one is looked at, none skipped by position.
+        found: list[SessionRecord] = []
+        commanded = None if query.command is None else self._commanded(query)
+        for (leaf,) in self.db.execute("SELECT leaf FROM log WHERE type = 'open' ORDER BY n DESC"):
+            try:
+                body = fmt.parseLogLeaf(leaf)
+            except fmt.FormatError:
+                continue
+            sid = body.get("session")
+            if body["type"] != "open" or not isinstance(sid, str):
+                continue
+            if not query.matchesOpen(sid, body) or (commanded is not None and sid not in commanded):
+                continue
+            record = SessionRecord.fromLeaves(body, self._lastSeal(sid))
+            if query.state is not None and record.state != query.state:
+                continue
+            found.append(record)
+            if query.limit is not None and len(found) >= query.limit:
+                break
+        return found
+
+    def sessionRecord(self, sessionId: str) -> SessionRecord | None:
+        """One session as its sealed OPEN and latest PROGRESS/CLOSE leaves tell it, or None."""
+        with self.snapshot():
+            return self._record(sessionId)
+
+    def _record(self, sessionId: str) -> SessionRecord | None:
+        for (leaf,) in self.db.execute("SELECT leaf FROM log WHERE session = ? AND type = 'open' ORDER BY n",
+                                       (sessionId,)):
+            body = self._parsed(sessionId, leaf, ("open",))
+            if body is not None:
+                return SessionRecord.fromLeaves(body, self._lastSeal(sessionId))
+        return None
+
+    def recorded(self, sessionId: str) -> RecordedSession | None:
+        """The session as an L{IRecordedSession} for export writers, or None."""
+        record = self.sessionRecord(sessionId)
+        return None if record is None else RecordedSession(self, record)
+
+    # -- the session table (an index: verify compares it with the leaves) ---
 
     def _session(self, row) -> dict:
         d = dict(zip(_SESSION_COLUMNS, row, strict=True))
@@ -87,7 +210,12 @@ class StoreReader:
         return d
 
     def sessions(self, limit: int | None = None) -> list:
-        """Sessions, newest first, as dicts (id, opened, closed, size, bytes, info, state...)."""
+        """
+        The session table's rows, newest first, as dicts (id, opened,
+        closed, size, bytes, info, state...).  Only C{sealgate verify} and
+        the writer's tests should want these: everything shown to a person
+        comes from L{findSessions}.
+        """
         sql = f"SELECT {', '.join(_SESSION_COLUMNS)} FROM sessions ORDER BY opened DESC"
         if limit:
             sql += f" LIMIT {int(limit)}"
@@ -164,9 +292,53 @@ class StoreReader:
 
     # -- the log ------------------------------------------------------------
 
-    def logLeaves(self):
-        """Yield C{(n, session, type, leaf)} in stored order."""
-        yield from self.db.execute("SELECT n, session, type, leaf FROM log ORDER BY n")
+    def logLeaves(self, start: int = 0, end: int | None = None):
+        """Yield C{(n, session, type, leaf)} in stored order, from leaf C{start} to before C{end}."""
+        if end is None:
+            yield from self.db.execute("SELECT n, session, type, leaf FROM log WHERE n >= ? ORDER BY n",
+                                       (start,))
+        else:
+            yield from self.db.execute("SELECT n, session, type, leaf FROM log WHERE n >= ? AND n < ? "
+                                       "ORDER BY n", (start, end))
+
+    def leafHashes(self, size: int) -> list[bytes]:
+        """The RFC 9162 hashes of the first C{size} log leaves (fewer if the log is shorter)."""
+        rows = self.db.execute("SELECT leaf FROM log WHERE n < ? ORDER BY n", (size,))
+        return [hashlib.sha256(b"\x00" + bytes(leaf)).digest() for (leaf,) in rows]
+
+    def _tree(self, size: int | None) -> list[bytes]:
+        if not size:
+            latest = self.latestCheckpoint()
+            if latest is None:
+                raise StoreError("the store has no signed checkpoint yet")
+            size = latest[0]
+        hashes = self.leafHashes(size)
+        if len(hashes) < size:
+            raise ValueError(f"the log has only {len(hashes)} leaves, not {size}")
+        return hashes
+
+    def inclusionProof(self, index: int, size: int | None = None) -> dict:
+        """
+        The audit path of log leaf C{index} in the tree of C{size} leaves
+        (default: the latest checkpoint's): C{{index, size, leaf_hash, root, proof}}, hashes as bytes.
+        """
+        hashes = self._tree(size)
+        if not 0 <= index < len(hashes):
+            raise ValueError(f"leaf {index} is outside a tree of size {len(hashes)}")
+        levels = Levels(hashes)
+        return {"index": index, "size": len(hashes), "leaf_hash": hashes[index], "root": levels.root(),
+                "proof": levels.inclusionProof(index)}
+
+    def consistencyProof(self, first: int, second: int | None = None) -> dict:
+        """
+        The proof that the tree of C{second} leaves (default: the latest
+        checkpoint's) extends that of C{first}: C{{first, second, first_root, second_root, proof}}.
+        """
+        hashes = self._tree(second)
+        if not 0 < first <= len(hashes):
+            raise ValueError(f"first ({first}) must be between 1 and the tree's size ({len(hashes)})")
+        return {"first": first, "second": len(hashes), "first_root": rootOf(hashes[:first]),
+                "second_root": Levels(hashes).root(), "proof": consistencyProof(hashes, first)}
 
     def logLeavesFrom(self, start: int, limit: int):
         """C{(n, session, type, leaf)} of at most C{limit} leaves from index C{start} on."""

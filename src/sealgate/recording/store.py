@@ -9,70 +9,40 @@ import threading
 import time
 from pathlib import Path
 
+import attrs
 from twisted.internet.defer import Deferred, fail
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from sealgate.interfaces import IRecordingStore, ISessionRecording
+from sealgate.interfaces import IRecordingStore
 from sealgate.recording import _format as fmt
 from sealgate.recording import _pipe
-from sealgate.recording._engine import StoreError, StoreLocked
+from sealgate.recording._engine import StoreError, StoreLocked, failedPath
+from sealgate.recording._pressure import FAILED, FLOWING, PAUSED, Pressure
+from sealgate.recording._recording import SessionRecording
 
-__all__ = ["SQLiteStore", "SessionRecording", "StoreError", "StoreLocked"]
+__all__ = ["SQLiteStore", "SessionRecording", "StoreError", "StoreLocked", "FLOWING", "PAUSED", "FAILED"]
 
 #: How often queued items are shipped to the writer process.
 SEND_INTERVAL = 0.01
-#: Queued items beyond which the store reports itself unhealthy (writer behind).
-MAX_BACKLOG = 2_000_000
 #: Payload bytes in one shipment above which the next is taken at once.
 BUSY_BYTES = 1 << 20
+#: Relaying flows again once the pending cost is below this share of the bound.
+RESUME_SHARE = 0.5
+#: Seconds between attempts to restart a dead writer (the last one repeats).
+RESTART_DELAYS = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0)
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 #: The environment variables the writer process inherits.
 _WRITER_ENV = frozenset({"PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "PYTHONHASHSEED"})
 
 
-@implementer(ISessionRecording)
-class SessionRecording:
-    """
-    One session's recording handle.  L{frame} is on the proxy's hot path:
-    it only appends to the store's queue; the writer process hashes and writes.
-    """
+@attrs.define(eq=False)
+class _Incarnation:
+    """One writer process and the threads that talk to it."""
 
-    __slots__ = ("sessionId", "_handle", "_queue", "_store", "_closed")
-
-    def __init__(self, store: "SQLiteStore", handle: int, sessionId: str):
-        self.sessionId = sessionId
-        self._handle = handle
-        self._queue = store._queue
-        self._store = store
-        self._closed = False
-
-    def frame(self, direction: int, data: bytes, channel: int = 0) -> None:
-        if self._closed or not data:
-            return
-        if direction not in (0, 1) or not 0 <= channel <= 0xFFFFFFFF:
-            # Checked here: one bad frame in a batch must not stall the writer.
-            raise ValueError(f"frame direction {direction!r} / channel {channel!r} out of range")
-        if type(data) is not bytes:
-            data = bytes(data)  # the caller may reuse its buffer
-        self._queue.append((self._handle, time.time(), channel, direction, data))
-
-    def event(self, kind: str, fields: dict) -> None:
-        if not self._closed:
-            self._queue.append(("event", self._handle, kind, dict(fields), time.time()))
-
-    def close(self, reason: str, stats: dict) -> Deferred:
-        if self._closed:
-            raise RuntimeError(f"recording of session {self.sessionId} is already closed")
-        self._closed = True
-        store = self._store
-        if store._finished:
-            return fail(StoreError(f"the recording store stopped before session {self.sessionId} closed; "
-                                   "it is sealed as cut off at the next start"))
-        d: Deferred = Deferred()
-        self._queue.append(("close", self._handle, reason, dict(stats), store._waitFor(d), time.time()))
-        store._wake.set()
-        return d
+    proc: subprocess.Popen
+    sender: threading.Thread | None = None
+    dead: bool = False
 
 
 @implementer(IRecordingStore)
@@ -88,25 +58,42 @@ class SQLiteStore:
     C{checkpointInterval} seconds while the log grows and for each CLOSE.
     Sealing never holds the gateway's GIL, so the proxies keep a core.  A
     reply thread hands what became durable back to the reactor.
+
+    Every item is kept until the writer says it is durable, so a writer
+    that dies is restarted and given every item after its last commit.
+    What waits is counted against C{maxUnsealed}; above it, while the
+    writer restarts and while its disk is full, L{pressure} says relaying
+    must pause, and a pause without progress for C{storeTimeout} seconds
+    is a failure (L{addPressureObserver}).
     """
 
     _log = Logger()
 
-    def __init__(self, stateDir: Path, origin: str, reactor=None, checkpointInterval: float = 1.0):
+    def __init__(self, stateDir: Path, origin: str, reactor=None, checkpointInterval: float = 1.0,
+                 maxUnsealed: int = 64 << 20, storeTimeout: float = 10.0):
         if reactor is None:
             from twisted.internet import reactor
         self.stateDir = Path(stateDir)
         self.origin = origin
         self.reactor = reactor
         self.checkpointInterval = checkpointInterval
+        self.maxUnsealed = maxUnsealed
         self._queue: collections.deque = collections.deque()
+        self._unacked: collections.deque = collections.deque()  # (end index, items) shipped, not durable
         self._wake = threading.Event()
-        self._proc: subprocess.Popen | None = None
+        self._writer: _Incarnation | None = None
         self._handles = 0
+        self._live: dict[int, str] = {}       # handle -> session id, until its close is durable
+        self._closing: dict[int, int] = {}    # close token -> handle
+        self._redacting: set[int] = set()
         self._waiting: dict[int, Deferred] = {}
         self._tokens = 0
-        self._shipped = 0   # items written to the writer (sender thread)
-        self._taken = 0     # items the writer has taken into a batch (reactor thread)
+        self._shipped = 0      # items handed to a writer (sender thread)
+        self._durable = 0      # items a writer made durable (reactor thread)
+        self._cost = 0         # cost of every item queued so far (reactor thread; see _pipe)
+        self._durableCost = 0
+        self._pauseAt: float = maxUnsealed
+        self._restarts = 0
         self._vkey: str | None = None
         self._running = False
         self._stopping = False
@@ -114,45 +101,53 @@ class SQLiteStore:
         self._started: Deferred | None = None
         self._stopped: Deferred | None = None
         self._finished = False
+        self._pressure = Pressure(reactor, storeTimeout, onFailed=self._storeFailed)
 
     @property
     def writerPid(self) -> int | None:
         """The writer process's pid while it runs."""
-        return self._proc.pid if self._proc is not None else None
+        w = self._writer
+        return w.proc.pid if w is not None and not w.dead else None
 
     # -- life cycle ---------------------------------------------------------
 
     def start(self) -> Deferred:
-        if self._proc is not None:
+        if self._writer is not None or self._started is not None:
             raise RuntimeError("store already started")
         self._started = Deferred()
+        try:
+            self._spawn(resume=False)
+        except OSError as e:
+            self._finished = True
+            self._started = None
+            return fail(StoreError(f"cannot start the recording store's writer process: {e}"))
+        return self._started
+
+    def _spawn(self, resume: bool) -> None:
         # Only what Python needs: the gateway's environment holds backend
         # secrets (password_env, token_env) the writer has no use for.
         env = {k: v for k, v in os.environ.items() if k in _WRITER_ENV}
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-        try:
-            self._proc = subprocess.Popen(
-                [sys.executable, "-m", "sealgate.recording._writer", str(self.stateDir), self.origin,
-                 repr(self.checkpointInterval), str(os.getpid())],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, close_fds=True)
-        except OSError as e:
-            self._finished = True
-            return fail(StoreError(f"cannot start the recording store's writer process: {e}"))
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sealgate.recording._writer", str(self.stateDir), self.origin,
+             repr(self.checkpointInterval), str(os.getpid()), *(["resume"] if resume else [])],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, close_fds=True)
         try:
             # A bulk transfer then moves a megabyte per wake-up, not 64 KiB.
-            fcntl.fcntl(self._proc.stdin.fileno(), _F_SETPIPE_SZ, 1 << 20)  # type: ignore[union-attr]
+            fcntl.fcntl(proc.stdin.fileno(), _F_SETPIPE_SZ, 1 << 20)  # type: ignore[union-attr]
         except OSError:
             pass  # not Linux, or a lower pipe-max-size: the default works, slower
-        threading.Thread(target=self._replies, name="sealgate-store-replies", daemon=True).start()
-        return self._started
+        self._writer = w = _Incarnation(proc)
+        threading.Thread(target=self._replies, args=(w,), name="sealgate-store-replies", daemon=True).start()
 
     def stop(self) -> Deferred:
         if self._stopped is None:
             self._stopped = Deferred()
             self._stopping = True
             self._problem = "the recording store is stopping"
-            if self._proc is None or self._finished:
-                self._stopped.callback(None)
+            w = self._writer
+            if w is None or w.dead or self._finished:
+                self._finish()
             else:
                 self._queue.append(("stop",))
                 self._wake.set()
@@ -160,16 +155,42 @@ class SQLiteStore:
 
     def backlog(self) -> int:
         """
-        Items queued that the writer has not taken yet.  Streaming
+        Items queued that the writer has not made durable yet.  Streaming
         protocols stop reading their backend above a bound, so a fast
         download never queues more than that in memory.
         """
-        return len(self._queue) + self._shipped - self._taken
+        return len(self._queue) + self._shipped - self._durable
+
+    def unsealedCost(self) -> int:
+        """What the items not durable yet cost in memory, in bytes (see L{_pipe.FRAME_COST})."""
+        return self._cost - self._durableCost
 
     def healthy(self) -> str | None:
-        if self._problem is None and self.backlog() > MAX_BACKLOG:
-            return "the recording store is falling behind; try again shortly"
-        return self._problem
+        return self._problem or self._pressure.reason
+
+    def pressure(self) -> str | None:
+        """None while writes may flow; else why relaying must pause (or the store failed)."""
+        return self._pressure.reason
+
+    def pressureState(self) -> str:
+        """C{"flowing"}, C{"paused"} or C{"failed"}."""
+        return self._pressure.state
+
+    def status(self) -> dict:
+        """What C{/readyz} and C{/metrics} show of the store."""
+        w = self._writer
+        return {"state": self._pressure.state, "reason": self.healthy(),
+                "writer_up": w is not None and not w.dead and self._running and self._pressure.writerUp,
+                "disk_full": self._pressure.diskProblem is not None,
+                "unsealed_bytes": self.unsealedCost(), "unsealed_items": self.backlog(),
+                "max_unsealed": self.maxUnsealed, "writer_restarts": self._restarts}
+
+    def addPressureObserver(self, fn) -> None:
+        """C{fn(state, reason)} on the reactor thread at every change of L{pressure}."""
+        self._pressure.addObserver(fn)
+
+    def removePressureObserver(self, fn) -> None:
+        self._pressure.removeObserver(fn)
 
     @property
     def verifierKey(self) -> str:
@@ -185,142 +206,269 @@ class SQLiteStore:
             raise StoreError("the recording store is not running")
         fmt.framePrefix(sessionId)  # a bad id fails here, not in the writer
         self._handles += 1
-        self._queue.append(("open", self._handles, sessionId, dict(info), time.time()))
+        self._live[self._handles] = sessionId
+        self._enqueue(("open", self._handles, sessionId, dict(info), time.time()))
         return SessionRecording(self, self._handles, sessionId)
 
     def auditEvent(self, event: dict) -> None:
         event = dict(event)
         kind = str(event.pop("kind", event.pop("event", "event")))
-        self._queue.append(("event", None, kind, event, time.time()))
+        self._enqueue(("event", None, kind, event, time.time()))
 
     def redact(self, sessionId: str, seq: int, reason: str, actor: str | None = None) -> Deferred:
         """Redact one frame while running (see L{Engine.redact}); fires with the event's log index."""
         d: Deferred = Deferred()
-        if self._finished or self._proc is None:
+        if self._finished or self._writer is None:
             return fail(StoreError("the recording store is not running"))
-        self._queue.append(("redact", [sessionId, int(seq), reason, actor], self._waitFor(d)))
+        token = self._waitFor(d)
+        self._redacting.add(token)
+        self._enqueue(("redact", [sessionId, int(seq), reason, actor], token))
         self._wake.set()
         return d
+
+    def _enqueue(self, item: tuple) -> None:
+        self._queue.append(item)
+        self._cost += _pipe.ITEM_COST
+        if self._cost > self._pauseAt:
+            self._overBound()
 
     def _waitFor(self, d: Deferred) -> int:
         self._tokens += 1
         self._waiting[self._tokens] = d
         return self._tokens
 
-    # -- sender thread ------------------------------------------------------
+    def _answer(self, token: int):
+        """The Deferred waiting on C{token}, now settled by the caller (None if nobody waits)."""
+        self._redacting.discard(token)
+        handle = self._closing.pop(token, None)
+        if handle is not None:
+            self._live.pop(handle, None)
+        return self._waiting.pop(token, None)
 
-    def _send(self) -> None:
-        assert self._proc is not None and self._proc.stdin is not None
-        fd = self._proc.stdin.fileno()
-        queue = self._queue
-        busy = False
-        while True:
-            if not busy:
-                self._wake.wait(SEND_INTERVAL)
-            self._wake.clear()
-            n = len(queue)
-            if not n:
-                busy = False  # wait for the next shipment, do not spin
-                continue
-            items = [queue.popleft() for _ in range(n)]
-            stop = ("stop",) in items
-            busy = sum(len(i[4]) for i in items if type(i[0]) is int) >= BUSY_BYTES
-            try:
-                buffers = _pipe.encode(items)
-            except ValueError:
-                buffers = _pipe.encode([_marshalable(i) for i in items])
-            try:
-                _writeAll(fd, buffers)
-            except OSError:
-                return  # the writer is gone; the reply thread tells the reactor
-            self._shipped += n
-            if stop:
-                return
+    # -- pressure (reactor thread) ------------------------------------------
 
-    # -- reply thread -------------------------------------------------------
+    def _overBound(self) -> None:
+        self._pauseAt = float("inf")  # the hot path stops asking until the backlog drains
+        self._pressure.over = True
+        self._pressure.update()
 
-    def _replies(self) -> None:
-        assert self._proc is not None and self._proc.stdout is not None
-        call = self.reactor.callFromThread
+    def _durableNow(self, items: int, cost: int) -> None:
+        """A writer committed (every loop that succeeds says so, even with nothing new)."""
+        self._durable, self._durableCost = items, cost
+        p = self._pressure
+        if p.over and self.unsealedCost() <= self.maxUnsealed * RESUME_SHARE:
+            p.over = False
+        if not p.over:
+            self._pauseAt = cost + self.maxUnsealed
+        p.progress()
+        if p.failure is not None and p.writerUp and p.diskProblem is None:
+            p.failure = None  # the store came back: new sessions may be recorded again
+            self.reactor.callInThread(failedPath(self.stateDir).unlink, missing_ok=True)
+            self._log.info("The recording store records again")
+        p.update()
+
+    def _storeFailed(self, reason: str) -> None:
+        self._log.critical("{reason}: every open session is closed; they are sealed as 'store failed'",
+                           reason=reason)
+        self.reactor.callInThread(_markFailed, failedPath(self.stateDir), reason)
+        # Their items stay queued (and their handles live): a writer that
+        # comes back still seals them.
+        waiting, self._waiting = self._waiting, {}
+        for d in waiting.values():
+            d.errback(StoreError(reason))
+
+    # -- writer restarts (reactor thread) -----------------------------------
+
+    def _ended(self, w: _Incarnation, code: int) -> None:
+        if self._stopping or self._vkey is None:
+            if self._started is not None and not self._started.called:
+                self._started.errback(StoreError(
+                    f"the recording store's writer process exited with {code} before it opened "
+                    f"{self.stateDir}"))
+            self._finish()
+            return
+        if self._pressure.writerUp:
+            self._log.error("The recording store's writer process exited with {code}; restarting it, "
+                            "sessions pause meanwhile", code=code)
+        self._pressure.writerUp = False
+        self._pressure.diskProblem = None  # the next writer says again if it still cannot write
+        self._pressure.update()
+        delay = RESTART_DELAYS[min(self._restarts, len(RESTART_DELAYS) - 1)]
+        self._restarts += 1
+        self.reactor.callLater(delay, self._restart)
+
+    def _restart(self) -> None:
+        if self._stopping:
+            return self._finish()
         try:
-            for message in _pipe.readMessages(self._proc.stdout):
-                call(self._reply, message)
-        except _pipe.PipeError as e:
-            call(self._log.error, "Recording store writer sent garbage: {e}", e=e)
-        self._proc.stdout.close()
-        try:
-            self._proc.stdin.close()  # type: ignore[union-attr]
-        except OSError:
-            pass
-        call(self._ended, self._proc.wait())
+            self._spawn(resume=True)
+        except OSError as e:
+            self._log.error("Cannot restart the recording store's writer process: {e}", e=e)
+            self._ended(self._writer, -1)  # type: ignore[arg-type]
 
-    def _reply(self, message) -> None:
-        kind = message[0]
-        if kind == "taken":
-            self._taken += message[1]
-        elif kind == "done":
-            for token in message[1]:
-                self._waiting.pop(token).callback(None)
-        elif kind == "redacted":
-            self._waiting.pop(message[1]).callback(message[2])
-        elif kind == "failed":
-            self._waiting.pop(message[1]).errback(StoreError(message[2]))
-        elif kind == "problem":
-            if not self._stopping:
-                self._problem = message[1]
-        elif kind == "log":
-            getattr(self._log, message[1])("{text}", text=message[2])
-        elif kind == "started":
-            self._vkey = message[1]
-            for sid in message[2]:
-                self._log.warn("Session {session} was cut off by a gateway crash; sealed as cut off",
-                               session=sid)
-            self._running = True
-            self._problem = None
-            threading.Thread(target=self._send, name="sealgate-store", daemon=True).start()
-            self._started.callback(self)  # type: ignore[union-attr]
-        elif kind == "startFailed":
-            self._problem = message[1]
-            self._started.errback((StoreLocked if message[2] else StoreError)(message[1]))  # type: ignore
-            self._started = None
-
-    def _ended(self, code: int) -> None:
+    def _finish(self) -> None:
         self._running = False
         self._finished = True
         waiting, self._waiting = self._waiting, {}
         for d in waiting.values():
             d.errback(StoreError("the recording store stopped first"))
-        if self._started is not None and not self._started.called:
-            self._started.errback(StoreError(
-                f"the recording store's writer process exited with {code} before it opened {self.stateDir}"))
-        if self._stopped is not None:
+        if self._stopped is not None and not self._stopped.called:
             self._stopped.callback(None)
-        elif self._started is not None:
-            self._problem = (f"the recording store's writer process exited with {code}; "
-                             "sessions cannot be recorded")
-            self._log.critical("{problem}: restart the gateway", problem=self._problem)
 
+    # -- sender thread ------------------------------------------------------
 
-def _writeAll(fd: int, buffers: list) -> None:
-    """Every buffer, in order, to a blocking pipe (one write may take part of them)."""
-    i = 0
-    while i < len(buffers):
-        done = os.writev(fd, buffers[i : i + 1024])
-        while done:
-            size = len(buffers[i])
-            if done >= size:
-                done -= size
-                i += 1
+    def _send(self, w: _Incarnation, handles: list | None, tokens: set) -> None:
+        assert w.proc.stdin is not None
+        fd = w.proc.stdin.fileno()
+        queue = self._queue
+        unacked = self._unacked
+        if handles is not None:
+            # A restarted writer: its handles, then every item after its last commit.
+            self._trim()
+            if unacked and unacked[0][0] - len(unacked[0][1]) < self._durable:
+                end, items = unacked[0]
+                unacked[0] = (end, items[len(items) - (end - self._durable):])
+            replay = [i for _, items in unacked for i in items]
+            if tokens:
+                seen = {i[4] if i[0] == "close" else i[2] for i in (*replay, *list(queue))
+                        if i[0] in ("close", "redact")}
+                self.reactor.callFromThread(self._settle, tokens - seen)
+            try:
+                _pipe.writeAll(fd, _pipe.encode([("resume", handles)]))
+                if replay:
+                    _pipe.writeAll(fd, _pipe.encodeItems(replay))
+            except OSError:
+                return
+        busy = False
+        while not w.dead:
+            if not busy:
+                self._wake.wait(SEND_INTERVAL)
+            self._wake.clear()
+            self._trim()
+            n = len(queue)
+            if not n:
+                busy = False  # wait for the next shipment, do not spin
+                continue
+            items = [queue.popleft() for _ in range(n)]
+            self._shipped += n
+            unacked.append((self._shipped, items))  # kept until durable: a new writer gets them
+            stop = ("stop",) in items
+            busy = sum(len(i[4]) for i in items if type(i[0]) is int) >= BUSY_BYTES
+            try:
+                _pipe.writeAll(fd, _pipe.encodeItems(items))
+            except OSError:
+                return  # the writer is gone; the reply thread tells the reactor
+            if stop:
+                return
+
+    def _trim(self) -> None:
+        """Let go of shipments a writer made durable (sender thread)."""
+        unacked, durable = self._unacked, self._durable
+        while unacked and unacked[0][0] <= durable:
+            unacked.popleft()
+
+    def _settle(self, lost: set) -> None:
+        """Waiters whose item was durable when the last writer died, before it said so."""
+        for token in lost:
+            redaction = token in self._redacting
+            d = self._answer(token)
+            if d is None:
+                continue
+            if redaction:
+                d.errback(StoreError("the recording store restarted during the redaction; "
+                                     "redact the frame again (it is safe to repeat)"))
             else:
-                buffers[i] = memoryview(buffers[i])[done:]
-                done = 0
+                d.callback(None)
+
+    # -- reply thread -------------------------------------------------------
+
+    def _replies(self, w: _Incarnation) -> None:
+        proc = w.proc
+        assert proc.stdout is not None
+        call = self.reactor.callFromThread
+        try:
+            for message in _pipe.readMessages(proc.stdout):
+                call(self._reply, w, message)
+        except _pipe.PipeError as e:
+            call(self._log.error, "Recording store writer sent garbage: {e}", e=e)
+        proc.stdout.close()
+        code = proc.wait()
+        # The sender must be done with the pipe before it is closed: its
+        # descriptor could otherwise be reused by the next writer's pipe.
+        w.dead = True
+        self._wake.set()
+        if w.sender is not None:
+            w.sender.join()
+        try:
+            proc.stdin.close()  # type: ignore[union-attr]
+        except OSError:
+            pass
+        call(self._ended, w, code)
+
+    def _reply(self, w: _Incarnation, message) -> None:
+        kind = message[0]
+        if kind == "durable":
+            self._durableNow(message[1], message[2])
+        elif kind == "done":
+            for token in message[1]:
+                d = self._answer(token)
+                if d is not None:
+                    d.callback(None)
+        elif kind == "redacted":
+            d = self._answer(message[1])
+            if d is not None:
+                d.callback(message[2])
+        elif kind == "failed":
+            d = self._answer(message[1])
+            if d is not None:
+                d.errback(StoreError(message[2]))
+        elif kind == "problem":
+            self._pressure.diskProblem = message[1]
+            self._pressure.update()
+        elif kind == "log":
+            getattr(self._log, message[1])("{text}", text=message[2])
+        elif kind == "started":
+            self._started_(w, message)
+        elif kind == "startFailed":
+            if self._vkey is not None:
+                self._log.error("The recording store's writer cannot start again: {why}", why=message[1])
+                return
+            self._problem = message[1]
+            self._started.errback((StoreLocked if message[2] else StoreError)(message[1]))  # type: ignore
+            self._started = None
+
+    def _started_(self, w: _Incarnation, message) -> None:
+        first = self._vkey is None
+        self._vkey = message[1]
+        for sid in message[2]:
+            self._log.warn("Session {session} was cut off by a gateway crash; sealed as cut off",
+                           session=sid)
+        handles = None
+        tokens: set = set()
+        if not first:
+            handles = sorted(self._live.items())
+            tokens = set(self._waiting)
+            self._restarts = 0
+            self._pressure.writerUp = True
+            self._log.info("The recording store's writer process is back; {n} items go to it again",
+                           n=self._shipped - message[3])
+        # Before the sender starts: it replays whatever comes after this count.
+        self._durableNow(message[3], message[4])
+        w.sender = threading.Thread(target=self._send, args=(w, handles, tokens), name="sealgate-store",
+                                    daemon=True)
+        w.sender.start()
+        if first:
+            self._running = True
+            self._problem = None
+            self._started.callback(self)  # type: ignore[union-attr]
 
 
-def _marshalable(item: tuple) -> tuple:
-    """
-    An item whose fields marshal cannot carry, made plain the way the log
-    stores them anyway (L{fmt.scrub}: unknown values become their text).
-    """
-    if len(item) == 5 and type(item[0]) is int:
-        return item
-    return tuple(fmt.scrub(v) for v in item)
+def _markFailed(path: Path, reason: str) -> None:
+    """Say so in the state directory (a thread): the next start seals open sessions as store failed."""
+    try:
+        path.write_text(reason + "\n")
+    except OSError:
+        try:
+            path.touch()  # a full disk may still take an empty file
+        except OSError:
+            pass

@@ -17,8 +17,16 @@
     return e;
   }
 
+  // ISO 8601 in the viewer's zone, with the offset: unambiguous to anyone
+  // it is pasted to, and the same form the CLI and the API use.
   function when(t) {
-    return t ? new Date(t * 1000).toLocaleString() : "–";
+    if (!t) return "–";
+    const d = new Date(t * 1000);
+    const pad = (n) => String(Math.trunc(Math.abs(n))).padStart(2, "0");
+    const off = -d.getTimezoneOffset();
+    const zone = off === 0 ? "Z" : (off > 0 ? "+" : "-") + pad(off / 60) + ":" + pad(off % 60);
+    return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}T` +
+           `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}${zone}`;
   }
 
   function say(text, bad) {
@@ -73,18 +81,39 @@
     refreshQueue();
   }
 
+  // The exact command, with what a detector found marked; or, for a viewer
+  // who may not see those values, the masked form (the API decides).
+  function commandBlock(t) {
+    const pre = el("pre", {class: "command", id: "command-" + t.id});
+    let at = 0;
+    const marks = (t.revealed && t.marks) ? [...t.marks].sort((a, b) => a[0] - b[0]) : [];
+    for (const [start, end, detector] of marks) {
+      if (start < at) continue;
+      pre.append(t.command.slice(at, start),
+        el("mark", {class: "detected", title: "found by the " + detector + " detector", text: t.command.slice(start, end)}));
+      at = end;
+    }
+    pre.append(t.command.slice(at));
+    const note = t.revealed
+      ? (marks.length ? "Exactly what will run; marked values are sensitive (" + [...new Set(marks.map(m => m[2]))].join(", ") + ")." : "Exactly what will run.")
+      : "Sensitive values are masked for you; the ticket's approvers see them.";
+    return el("div", {class: "command-wrap"}, pre, el("p", {class: "hint", text: note}));
+  }
+
   function ticketCard(t) {
     const reasonId = "reason-" + t.id;
     const reason = el("textarea", {id: reasonId, rows: "2", maxlength: "1000"});
     const left = Math.max(0, Math.round(t.expires - Date.now() / 1000));
-    const mine = me && t.requester === me.subject;
+    const mine = me && t.requester === (me.id || me.subject);
     const card = el("article", {class: "ticket", id: "ticket-" + t.id, "aria-labelledby": "title-" + t.id},
       el("h2", {id: "title-" + t.id},
         el("span", {text: `${t.requester} on ${t.connection}`}), " ",
         el("code", {class: "tid", text: t.id})),
-      el("pre", {class: "command", text: t.command}),
+      el("p", {class: "summary", id: "summary-" + t.id, text: t.summary || ""}),
+      commandBlock(t),
       el("dl", {class: "meta"},
-        el("dt", {text: "Rule"}), el("dd", {text: t.rule}),
+        el("dt", {text: "Where"}), el("dd", {text: [t.protocol, t.target].filter(Boolean).join(" · ")}),
+        el("dt", {text: "Rule"}), el("dd", {text: t.rule + (t.rule_reason ? ": " + t.rule_reason : "")}),
         el("dt", {text: "Approvers"}), el("dd", {text: t.approvers.join(", ") + ` (${t.approvals.length}/${t.needed})`}),
         el("dt", {text: "Requested"}), el("dd", {text: when(t.created)}),
         el("dt", {text: "Expires in"}), el("dd", {text: `${Math.floor(left / 60)}m ${left % 60}s`}),
@@ -152,8 +181,14 @@
   async function refreshSessions() {
     const form = new FormData($("#filters"));
     const q = new URLSearchParams();
-    for (const [k, v] of form.entries()) if (v) q.set(k, v);
+    for (const [k, v] of form.entries()) {
+      if (!v) continue;
+      // datetime-local fields are in the viewer's zone; the API takes Unix seconds.
+      q.set(k, (k === "since" || k === "until") ? String(new Date(v).getTime() / 1000) : v);
+    }
     const data = await api("/api/sessions?" + q.toString());
+    $("#session-count").textContent = `${data.sessions.length} session(s)` +
+      (data.sessions.length >= 100 ? " (the newest 100: narrow the search)" : "");
     $("#sessions tbody").replaceChildren(...data.sessions.map(s =>
       el("tr", {},
         el("td", {}, el("a", {href: "#session/" + s.id, text: s.id})), el("td", {text: when(s.opened)}),
@@ -176,16 +211,23 @@
     }
     $("#events").replaceChildren(...s.events.map(e => {
       const what = e.type === "event" ? `${e.event} ${JSON.stringify(e.fields)}` : e.type;
-      return el("li", {}, el("time", {text: when(e.time)}), " ", el("code", {text: what}));
+      return el("li", {}, el("time", {datetime: new Date(e.time * 1000).toISOString(), text: when(e.time)}),
+                " ", el("code", {text: what}));
     }));
+    // Downloads and the player come from the session's protocol plugin (its export formats).
+    const formats = s.formats || [];
+    $("#downloads").replaceChildren(...formats.map(f =>
+      el("li", {}, el("a", {href: f.url, download: "", id: "download-" + f.name, text: f.title}),
+         " ", el("code", {text: `${f.name} (${f.extension})`}))));
+    $("#downloads-none").hidden = formats.length > 0;
     const player = $("#player");
     player.replaceChildren();
     $("#terminal").hidden = true;
-    if (s.protocol === "ssh" && window.AsciinemaPlayer) {
+    const cast = formats.find(f => f.player === "asciicast");
+    if (cast && window.AsciinemaPlayer) {
       // The player fetches the cast itself (same origin: the login cookie goes along).
       $("#terminal").hidden = false;
-      window.AsciinemaPlayer.create(`/api/sessions/${encodeURIComponent(id)}/asciicast`, player,
-                                    {preload: true, idleTimeLimit: 2, fit: "width"});
+      window.AsciinemaPlayer.create(cast.url, player, {preload: true, idleTimeLimit: 2, fit: "width"});
     }
     api(`/api/sessions/${encodeURIComponent(id)}/transcript`).then(t => { $("#transcript").textContent = plain(t) || "(nothing recorded)"; })
       .catch(e => { $("#transcript").textContent = "transcript unavailable: " + e.message; });

@@ -1,119 +1,42 @@
-"""Backend side of the lean relay: pooled persistent connections, one request/response exchange at a time."""
+"""Backend side of the relay: one request/response exchange at a time on a pooled connection."""
 
-import time
-from typing import Any
-
-from twisted.internet import endpoints
-from twisted.internet.interfaces import IPushProducer
-from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.protocols.basic import FileSender
-from zope.interface import implementer
 
-from sealgate.protocols._io import noDelay, writeNow
+from sealgate import writeNow
 from sealgate.protocols.http import _framing, _wire
 from sealgate.protocols.http._body import BodyMasker, MaskingFailed, bodyMode
-from sealgate.session import TO_CLIENT
+from sealgate.protocols.http._pool import BackendConnection
+from sealgate.protocols.http._state import Exch, ExchEvent, exchStep
 
 #: Methods a request may be sent again for when a kept-alive connection
 #: turned out to be closed before any answer (RFC 9110 section 9.2.2).
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 #: Bodies up to this size go out in one write with the head.
 _INLINE_BODY = 256 << 10
-#: An idle backend connection older than this is closed rather than reused:
-#: servers drop idle connections, and a request sent on one would fail.
-_MAX_IDLE_AGE = 30.0
 
 
-class BackendConnection(Protocol):
-    """One TCP (or TLS) connection to a backend, serving one L{Exchange} at a time."""
-
-    # A TCP or TLS client transport: also a push producer (pause/resume),
-    # which ITransport does not name.  Set before connectionMade, so never
-    # None while the connection is in use.
-    transport: Any
-    exchange: "Exchange | None" = None
-    idleSince = 0.0
-
-    def __init__(self, pool):
-        self.pool = pool
-        self.alive = True
-
-    def connectionMade(self):
-        noDelay(self.transport)
-
-    def dataReceived(self, data):
-        if self.exchange is not None:
-            self.exchange.dataReceived(data)
-        else:
-            # Bytes nobody asked for: this connection cannot be trusted again.
-            self.alive = False
-            self.transport.loseConnection()
-
-    def connectionLost(self, reason):
-        self.alive = False
-        self.pool.forget(self)
-        exchange, self.exchange = self.exchange, None
-        if exchange is not None:
-            exchange.backendLost(reason)
-
-
-class BackendPool:
-    """Persistent connections to one backend endpoint; idle ones are reused newest first."""
-
-    MAX_IDLE = 64
-
-    def __init__(self, reactor, description: str):
-        self.reactor = reactor
-        self._endpoint = endpoints.clientFromString(reactor, description)
-        self._factory = Factory.forProtocol(lambda: BackendConnection(self))
-        self._idle: list[BackendConnection] = []
-
-    def take(self) -> BackendConnection | None:
-        now = time.monotonic()
-        while self._idle:
-            conn = self._idle.pop()
-            if conn.alive and now - conn.idleSince < _MAX_IDLE_AGE:
-                return conn
-            conn.transport.loseConnection()
-        return None
-
-    def connect(self):
-        return self._endpoint.connect(self._factory)
-
-    def put(self, conn: BackendConnection) -> None:
-        if not conn.alive or len(self._idle) >= self.MAX_IDLE:
-            conn.transport.loseConnection()
-            return
-        conn.idleSince = time.monotonic()
-        self._idle.append(conn)
-
-    def forget(self, conn: BackendConnection) -> None:
-        if conn in self._idle:
-            self._idle.remove(conn)
-
-    def close(self) -> None:
-        idle, self._idle = self._idle, []
-        for conn in idle:
-            conn.transport.loseConnection()
-
-
-@implementer(IPushProducer)
 class Exchange:
     """
     One request sent to the backend and its response relayed to the client
     connection (L{sealgate.protocols.http._relay.ClientConnection}).  Bodies
     that masking need not see pass as the backend's bytes, unparsed but for
     their framing; JSON is buffered and masked whole, text streamed through
-    the masker.  While relaying, the client transport pauses the backend
-    when it is full, and so does the recording store's backlog.
+    the masker.  The backend connection is the session's backend leg while
+    the exchange lasts: the client transport pauses it when full, the core
+    for the store.  A backend silent for C{backend_timeout} (not counting
+    those pauses) gets the client a 504, or, once part of the body is out,
+    a cut connection.  Every byte to the client goes through the client
+    connection's C{send}, the session's output step.
     """
 
     _log = Logger()
 
     # Per-exchange state; class defaults keep the per-request set-up short.
     conn: BackendConnection | None = None
-    phase = "connect"
+    state = Exch.CONNECT
+    lastHeard = 0.0
+    _timer = None
     retried = reused = received = uploading = False
     reusable = True
     buf = b""
@@ -125,21 +48,26 @@ class Exchange:
     rawPass = True
     chunkOut = False
     secretHead = False
-    registered = clientPaused = storePaused = False
+    registered = False
+    contentType = ""
 
-    def __init__(self, client, request, backend, session, pool, pacer):
+    def __init__(self, client, request, backend, session, pool):
         self.client = client
         self.request = request
         self.backend = backend
         self.session = session
         self.pool = pool
-        self.pacer = pacer
         self.closeAfter = not request.keepAlive
+        self.timeout = backend.options.backend_timeout
+
+    def _to(self, event: ExchEvent) -> None:
+        self.state = exchStep(self.state, event)
 
     # -- sending ---------------------------------------------------------------
 
     def start(self, head: bytes) -> None:
         self.head = head
+        self._heard()
         conn = self.pool.take()
         if conn is not None:
             self.reused = True
@@ -149,13 +77,13 @@ class Exchange:
         self.pool.connect().addCallbacks(self._connected, self._connectFailed)
 
     def _connected(self, conn) -> None:
-        if self.phase == "gone":
+        if self.state in (Exch.GONE, Exch.DONE):
             self.pool.put(conn)
             return
         self._send(conn)
 
     def _connectFailed(self, failure) -> None:
-        if self.phase == "gone":
+        if self.state in (Exch.GONE, Exch.DONE):
             return
         self._log.info("Backend of {connection} unreachable: {error}",
                        connection=self.backend.connection.name, error=failure.getErrorMessage())
@@ -164,7 +92,8 @@ class Exchange:
     def _send(self, conn: BackendConnection) -> None:
         self.conn = conn
         conn.exchange = self
-        self.phase = "head"
+        self.session.attach(self.client.leg, conn.transport)
+        self._to(ExchEvent.SENT)
         body = self.request.body
         transport = conn.transport
         if body is None:
@@ -181,16 +110,57 @@ class Exchange:
 
     def _uploaded(self, result) -> None:
         self.uploading = False
+        self._heard()
+
+    # -- the backend's silence -----------------------------------------------------
+
+    def _heard(self) -> None:
+        """The backend showed life (or the wait for it starts): the timeout counts from now."""
+        reactor = self.pool.reactor
+        self.lastHeard = reactor.seconds()
+        if self._timer is None:
+            self._timer = reactor.callLater(self.timeout, self._checkTimeout)
+
+    def _stopTimer(self) -> None:
+        if self._timer is not None:
+            if self._timer.active():
+                self._timer.cancel()
+            self._timer = None
+
+    def _checkTimeout(self) -> None:
+        # One timer per exchange, re-armed lazily: no timer churn per read.
+        self._timer = None
+        if self.state not in (Exch.CONNECT, Exch.HEAD, Exch.BODY):
+            return
+        reactor = self.pool.reactor
+        leg = self.session.backendLeg
+        if self.uploading or (leg is not None and leg.paused):
+            # Waiting on us or on the client, not on the backend.
+            return self._heard()
+        left = self.lastHeard + self.timeout - reactor.seconds()
+        if left > 0:
+            self._timer = reactor.callLater(left, self._checkTimeout)
+            return
+        self._log.info("Backend of {connection} silent for {timeout} s",
+                       connection=self.backend.connection.name, timeout=self.timeout)
+        self.reusable = False
+        if self.wrote:
+            return self._cut(f"the backend went silent for {self.timeout:g} s inside the body", False)
+        self._finishBackend()
+        self.client.problem(self.request, 504, "Backend timeout",
+                            f"the backend did not answer within {self.timeout:g} s")
 
     # -- receiving ---------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
         self.received = True
-        if self.phase == "body":
+        self.lastHeard = self.pool.reactor.seconds()
+        state = self.state
+        if state is Exch.BODY:
             self._body(data)
-        elif self.phase == "head":
+        elif state is Exch.HEAD:
             self._head(data)
-        elif self.phase == "done":
+        else:
             self.reusable = False
 
     def _head(self, data: bytes) -> None:
@@ -203,7 +173,7 @@ class Exchange:
                 self.buf = buf
                 return
             try:
-                parsed = _wire.parseHeadIndexed(buf[:end], True)
+                parsed = _wire.parseHeadIndexed(buf[:end], True, strict=True)
             except _wire.ProtocolError as e:
                 return self._badResponse(str(e))
             buf = buf[end + 4:]
@@ -219,7 +189,7 @@ class Exchange:
             self._respond(parsed)
         except _wire.ProtocolError as e:
             return self._badResponse(str(e))
-        if self.phase == "body":
+        if self.state is Exch.BODY:
             if self.framing is None:
                 # A response without a body (204, 304, HEAD): bytes after
                 # its head belong to no response, so the connection is spent.
@@ -255,10 +225,12 @@ class Exchange:
             # Chunked wins over a Content-Length beside it (RFC 9112 6.3);
             # passing both on would leave the client to guess.
             skip = drop | {b"content-length"}
+        self.contentType = (low.get(b"content-type") or [b""])[0].decode("latin-1")
         if mode in ("json", "text"):
+            # Its output hooks run in the session's output step, not here.
             self.masker = BodyMasker(self.session, mode, (low.get(b"content-encoding") or [None])[0],
                                      self.backend.options.max_masked_body,
-                                     (low.get(b"content-type") or [None])[0])
+                                     (low.get(b"content-type") or [None])[0], hooks=False)
             skip = drop | {b"content-encoding", b"content-length"}
         pairs = [pair for pair, n in zip(head.headers, names, strict=True) if n not in skip]
         self.secretHead = not self.backend.options.secret_headers.isdisjoint(low)
@@ -280,7 +252,7 @@ class Exchange:
         self.first = b"HTTP/1.1 %d " % head.status + head.reason
         if mode != "json":
             self._setHead(pairs)
-        self.phase = "body"
+        self._to(ExchEvent.GOT_HEAD)
 
     def _setHead(self, pairs) -> None:
         self.pendingHead = head = _wire.serializeHead(self.first, pairs)
@@ -291,24 +263,28 @@ class Exchange:
         else:
             self.recordedHead = head
 
-    def _emit(self, data: bytes) -> None:
-        """Send bytes to the client (the head first), recording them as sent."""
+    def _emit(self, data: bytes) -> bool:
+        """
+        Send bytes to the client (the head first) through its output step;
+        False when it refused them (the exchange is then over).
+        """
         client = self.client
-        self.wrote = True
+        sent = True
         if self.pendingHead:
             head, self.pendingHead = self.pendingHead, b""
             if self.recordedHead is head:
-                data = head + data
-                client.send(data)
+                # One write for head and body: the usual small response.
+                sent = client.send(head + data, part="body", content_type=self.contentType)
+                data = b""
             else:
-                record = self.session.record
-                record(TO_CLIENT, self.recordedHead)
-                if data:
-                    record(TO_CLIENT, data)
-                client.send(head + data, record=False)
-            return
-        if data:
-            client.send(data)
+                sent = self.wrote = client.send(head, recorded=self.recordedHead, part="head")
+        if sent and data:
+            sent = client.send(data, part="body", content_type=self.contentType)
+        if not sent:
+            self._refused()
+            return False
+        self.wrote = True
+        return True
 
     def _body(self, data: bytes) -> None:
         # Phase "body" with no framing completes at once in _head.
@@ -322,29 +298,25 @@ class Exchange:
             self.reusable = False
         masker = self.masker
         if masker is None:
-            if self.rawPass:
-                self._emit(data if used == len(data) else data[:used])
-            else:
-                self._emit(b"".join(pieces))
+            if not self._emit((data if used == len(data) else data[:used]) if self.rawPass
+                              else b"".join(pieces)):
+                return
         else:
             try:
                 for piece in pieces:
                     out = masker.feed(piece)
-                    if out:
-                        self._emit(_wire.chunk(out) if self.chunkOut else out)
+                    if out and not self._emit(_wire.chunk(out) if self.chunkOut else out):
+                        return
             except MaskingFailed as e:
                 return self._maskFailed(str(e))
         if framing.done:
             self._complete()
             return
-        if not self.registered and self.phase == "body":
+        leg = self.session.backendLeg
+        if not self.registered and self.state is Exch.BODY and leg is not None:
+            # A full client transport pauses the backend leg (and only for that reason).
             self.registered = True
-            self.client.transport.registerProducer(self, True)
-        conn = self.conn
-        if self.pacer is not None and conn is not None and not self.storePaused and self.pacer.over():
-            self.storePaused = True
-            conn.transport.pauseProducing()
-            self.pacer.drained().addCallback(self._storeDrained)
+            self.client.transport.registerProducer(leg, True)
 
     def _complete(self) -> None:
         if self.masker is not None:
@@ -355,19 +327,22 @@ class Exchange:
             if self.mode == "json":
                 self.pairs.append((b"Content-Length", b"%d" % len(tail)))
                 self._setHead(self.pairs)
-                self._emit(tail)
+                sent = self._emit(tail)
             elif self.chunkOut:
-                self._emit((_wire.chunk(tail) if tail else b"") + _wire.LAST_CHUNK)
-            elif tail:
-                self._emit(tail)
-        if self.pendingHead:
-            self._emit(b"")
+                sent = self._emit((_wire.chunk(tail) if tail else b"") + _wire.LAST_CHUNK)
+            else:
+                sent = self._emit(tail) if tail else True
+            if not sent:
+                return
+        if self.pendingHead and not self._emit(b""):
+            return
         self._finishBackend()
         self.client.exchangeDone(self.closeAfter)
 
     def _finishBackend(self) -> None:
         """Release the backend connection: back to the pool when it can carry another request."""
-        self.phase = "done"
+        self._to(ExchEvent.FINISHED)
+        self._stopTimer()
         if self.registered:
             self.registered = False
             self.client.transport.unregisterProducer()
@@ -375,8 +350,14 @@ class Exchange:
         if conn is None:
             return
         conn.exchange = None
+        session = self.session
+        leg = session.backendLeg
+        paused = False
+        if leg is not None and leg.transport is conn.transport:
+            # The connection leaves the session: the next exchange attaches its own leg.
+            paused, session.backendLeg = leg.paused, None
         if self.reusable and not self.uploading and conn.alive:
-            if self.clientPaused or self.storePaused:
+            if paused:
                 conn.transport.resumeProducing()
             self.pool.put(conn)
         else:
@@ -386,7 +367,7 @@ class Exchange:
     # -- failures ------------------------------------------------------------------
 
     def backendLost(self, reason) -> None:
-        if self.phase == "head":
+        if self.state is Exch.HEAD:
             if self.reused and not self.received and not self.retried \
                     and self.request.method in _IDEMPOTENT:
                 # A kept-alive connection the server had closed: try a fresh one.
@@ -399,7 +380,7 @@ class Exchange:
             self._log.info("Backend of {connection} closed before answering",
                            connection=self.backend.connection.name)
             self._failBeforeHead()
-        elif self.phase == "body":
+        elif self.state is Exch.BODY:
             self.conn = None
             framing = self.framing
             assert framing is not None  # phase "body" without framing never outlives _head
@@ -410,7 +391,7 @@ class Exchange:
             self._complete()
 
     def _failBeforeHead(self) -> None:
-        self.phase = "done"
+        self._finishBackend()
         self.client.problem(self.request, 502, "Backend unavailable",
                             "the backend could not be reached or answered badly")
 
@@ -424,6 +405,10 @@ class Exchange:
 
     def _maskFailed(self, why: str) -> None:
         self._cut(why, True)
+
+    def _refused(self) -> None:
+        """The output step refused what the backend sent (sealed there): answer otherwise, or cut."""
+        self._cut("the output step refused the response", True)
 
     def _cut(self, why: str, maskingFailed: bool) -> None:
         self._log.info("Response on session {session} not sent whole: {why}",
@@ -443,27 +428,8 @@ class Exchange:
     def clientLost(self) -> None:
         """The client went away mid-exchange: the backend connection cannot be reused."""
         self.reusable = False
-        if self.phase == "connect":
-            self.phase = "gone"
+        if self.state is Exch.CONNECT:
+            self._to(ExchEvent.CLIENT_LEFT)
+            self._stopTimer()
             return
         self._finishBackend()
-
-    # -- IPushProducer, driven by the client transport -------------------------------
-
-    def _storeDrained(self, _) -> None:
-        self.storePaused = False
-        if not self.clientPaused and self.conn is not None:
-            self.conn.transport.resumeProducing()
-
-    def pauseProducing(self):
-        self.clientPaused = True
-        if self.conn is not None:
-            self.conn.transport.pauseProducing()
-
-    def resumeProducing(self):
-        self.clientPaused = False
-        if self.conn is not None and not self.storePaused:
-            self.conn.transport.resumeProducing()
-
-    def stopProducing(self):
-        self.clientLost()

@@ -1,6 +1,6 @@
 """Sans-IO HTTP/1.1 body framing for the live relay: Content-Length, chunked, close-delimited (RFC 9112 section 6)."""
 
-from sealgate.protocols.http._wire import ProtocolError
+from sealgate.protocols.http._wire import NotImplementedCoding, ProtocolError
 
 
 def _contentLength(values: list[bytes]) -> int:
@@ -17,12 +17,25 @@ def _contentLength(values: list[bytes]) -> int:
     return lengths.pop()
 
 
-def requestFraming(headers) -> "BodyFraming | None":
-    """How a request body is delimited (None: it has none); lower-cased header names map to value lists."""
+def requestFraming(headers, version: bytes = b"HTTP/1.1") -> "BodyFraming | None":
+    """
+    How a request body is delimited (None: it has none); lower-cased header
+    names map to value lists.  Strict, so that no hop reads the body
+    another way (RFC 9112 sections 6.1 and 6.3): "chunked" is the only
+    transfer coding, exactly once and last, never beside a Content-Length
+    nor in an HTTP/1.0 request.
+    """
     te = headers.get(b"transfer-encoding")
     if te is not None:
-        if not b",".join(te).lower().rstrip().endswith(b"chunked"):
-            raise ProtocolError("request transfer coding does not end with chunked")
+        codings = [c.strip().lower() for v in te for c in v.split(b",")]
+        if version != b"HTTP/1.1":
+            raise ProtocolError("Transfer-Encoding in an HTTP/1.0 request")
+        if b"content-length" in headers:
+            raise ProtocolError("both Transfer-Encoding and Content-Length")
+        if codings[-1] != b"chunked" or codings.count(b"chunked") != 1 or b"" in codings:
+            raise ProtocolError("the request's final transfer coding is not chunked")
+        if len(codings) > 1:
+            raise NotImplementedCoding("only the chunked transfer coding is implemented")
         return BodyFraming("chunked")
     cl = headers.get(b"content-length")
     if cl is None:
@@ -60,6 +73,8 @@ class BodyFraming:
 
     def __init__(self, kind: str, length: int = 0):
         self.kind = kind
+        #: The announced length of a "length" body.
+        self.length = length
         self.done = False
         self._left = length
         self._state = "size"

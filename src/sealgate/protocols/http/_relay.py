@@ -1,10 +1,9 @@
-"""The lean HTTP/1.1 listener: requests parsed sans-IO, each a command, relayed as bytes over pooled connections."""
+"""The HTTP/1.1 listener: requests parsed and normalized sans-IO, each run by its own pipeline, relayed over pooled connections."""
 
-import hashlib
 import tempfile
 from typing import Any
 
-from twisted.internet import defer
+from twisted.internet import tcp
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IProtocolNegotiationFactory
 from twisted.internet.protocol import Factory, Protocol
@@ -13,55 +12,40 @@ from twisted.python.failure import Failure
 from twisted.web.http import RESPONSES
 from zope.interface import implementer
 
-from sealgate.chain.verdicts import CONTINUE, Deny, Hold
-from sealgate.identity import AuthenticationFailed
-from sealgate.protocols._io import noDelay, writeNow
-from sealgate.protocols.http import _framing, _wire
-from sealgate.protocols.http._backend import BackendPool, Exchange
-from sealgate.protocols.http._body import StorePacer
-from sealgate.protocols.http._proxy import _DROP_REQUEST, _PROBLEM, Backend, Router
-from sealgate.session import FROM_CLIENT, TO_CLIENT, SessionRefused
+from sealgate import noDelay, writeNow
+from sealgate.flow import Leg, OutputRefused, Preamble
+from sealgate.prelogin import httpRefusal
+from sealgate.protocols.http import _wire
+from sealgate.protocols.http._backlog import BacklogPressure
+from sealgate.protocols.http._login import BrowserLogin
+from sealgate.protocols.http._pipeline import Pipeline
+from sealgate.protocols.http._pool import BackendPool
+from sealgate.protocols.http._request import Request, parseRequest
+from sealgate.protocols.http._routing import Backend, Router
+from sealgate.protocols.http._state import Conn, ConnEvent, connStep
+from sealgate.protocols.http._target import TargetRefused
 
 _MAX_HEAD = 1 << 20
 #: Pipelined bytes held while a request is in flight before reading stops.
 _MAX_AHEAD = 256 << 10
 #: Request bodies above this spill from memory to a temporary file.
 _SPOOL_MEMORY = 1 << 20
-_FORWARDED = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"})
-_WITH_BODY = frozenset({b"POST", b"PUT", b"PATCH"})
-
-
-class Request:
-    """One parsed client request; C{headers} keep the client's order and spelling."""
-
-    __slots__ = ("method", "target", "version", "headers", "low", "names", "path", "body",
-                 "bodySize", "chunked", "keepAlive")
-
-    def __init__(self, head, low, names):
-        self.method = head.method
-        self.target = head.target
-        self.version = head.version
-        self.headers = head.headers
-        self.low = low
-        self.names = names
-        self.path = head.target.split(b"?", 1)[0]
-        self.body = None
-        self.bodySize = 0
-        self.chunked = b"transfer-encoding" in low
-        tokens = b",".join(low.get(b"connection", ())).lower()
-        # HTTP/1.0 clients get one response per connection, ended by close.
-        self.keepAlive = head.version == b"HTTP/1.1" and b"close" not in tokens
-
-    def get(self, name: bytes) -> bytes | None:
-        values = self.low.get(name)
-        return values[0] if values else None
+#: Why the relay itself stops reading a client (the core adds its own reasons).
+_AHEAD = "pipelined"
+#: After an answer sent before the body was read, the rest is read and
+#: dropped for this long (and up to this much) so that the client reads
+#: the answer instead of a connection reset; then the connection is cut.
+_LINGER = 2.0
+_LINGER_BYTES = 1 << 20
 
 
 class ClientConnection(Protocol):
     """
     One client connection: at most one live session (one identity on one
-    connection), one request at a time; every byte written to the client
-    is recorded in it.
+    connection), one request at a time, each run by a L{Pipeline}.  Every
+    byte to the client goes through L{send}: the session's output step
+    (masked, output hooks, recorded), or, before any session exists, a
+    refusal that has no session to be recorded in.
     """
 
     _log = Logger()
@@ -69,32 +53,41 @@ class ClientConnection(Protocol):
     # A TCP or TLS server transport: also a push producer (pause/resume)
     # with abortConnection, which no single Twisted interface names.
     transport: Any
-    session = None
+    #: The live L{sealgate.session.Session}, once a request logged in.
+    session: Any = None
     credentialHash: bytes | None = None
     backend: Backend | None = None
     relay = None
     exchange = None
+    pipeline: Pipeline | None = None
     clientHost = "unknown"
     clientText = "?:?"
     idleSince: float | None = None
     _idleCall = None
+    _lingerCall = None
+    _lingered = 0
 
     def __init__(self, factory):
         self.factory = factory
         self.buf = bytearray()
-        self.phase = "head"
-        self.request = None
-        self.framing = None
+        self.state = Conn.HEAD
+        self.request: Request | None = None
         self.gone = False
-        self.readPaused = False
+
+    def _to(self, event: ConnEvent) -> None:
+        self.state = connStep(self.state, event)
 
     def connectionMade(self):
         noDelay(self.transport)
+        # The client leg: the relay pauses it for its own reasons, the core
+        # (through the session's leg around this one) for holds and the store.
+        self.leg = Leg(self.transport)
         peer = self.transport.getPeer()
         self.clientHost = str(getattr(peer, "host", "unknown"))
         self.clientText = f"{self.clientHost}:{getattr(peer, 'port', '?')}"
         self.idleSince = self.factory.reactor.seconds()
         self._idleCall = self.factory.reactor.callLater(self.factory.idleTimeout, self._checkIdle)
+        self.prelogin = self.factory.gateway.prelogin.admit(self.factory.name, self.transport, self)
 
     def _checkIdle(self) -> None:
         """
@@ -105,7 +98,7 @@ class ClientConnection(Protocol):
         """
         reactor, timeout = self.factory.reactor, self.factory.idleTimeout
         left = timeout
-        if self.idleSince is not None and self.phase in ("head", "body"):
+        if self.idleSince is not None and self.state in (Conn.HEAD, Conn.BODY):
             left = self.idleSince + timeout - reactor.seconds()
             if left <= 0:
                 self._idleCall = None
@@ -119,20 +112,31 @@ class ClientConnection(Protocol):
         if self.relay is not None:
             self.relay.fromClient(data)
             return
-        if self.phase == "body":
+        if self.state is Conn.HEAD and not self.prelogin.done:
+            # Before login only request heads count: a body is read once
+            # its request's credential is being checked.
+            end = data.find(b"\r\n\r\n")
+            if not self.prelogin.dataReceived(len(data) if end < 0 else end + 4):
+                return
+        state = self.state
+        if state is Conn.BODY:
             self._bodyData(data)
             return
-        if self.phase == "head" and not self.buf and data.find(b"\r\n\r\n") == len(data) - 4 \
+        if state is Conn.HEAD and not self.buf and data.find(b"\r\n\r\n") == len(data) - 4 \
                 and not data.startswith(b"\r\n"):
             # The usual case: one whole request head in one read, no body.
             self._gotHead(data[:-4])
             return
+        if state is Conn.CLOSED:
+            self._linger(data)
+            return
         self.buf += data
-        if self.phase == "head":
+        if state is Conn.HEAD:
             self._readHead()
-        elif len(self.buf) > _MAX_AHEAD and not self.readPaused:
-            self.readPaused = True
-            self.transport.pauseProducing()
+        elif len(self.buf) > _MAX_AHEAD and not self.leg.pausedFor(_AHEAD):
+            # Bytes ahead of a request still being checked or run: hold them,
+            # bounded (a body is read only once its sender is known).
+            self.leg.pause(_AHEAD)
 
     def _readHead(self) -> None:
         buf = self.buf
@@ -141,122 +145,220 @@ class ClientConnection(Protocol):
         end = buf.find(b"\r\n\r\n")
         if end < 0:
             if len(buf) > _MAX_HEAD:
-                self._badRequest("request head too long")
+                self._badRequest(_wire.ProtocolError("request head too long"))
             return
         raw = bytes(buf[:end])
         del buf[: end + 4]
         self._gotHead(raw)
 
     def _gotHead(self, raw: bytes) -> None:
-        buf = self.buf
         try:
-            head, low, names = _wire.parseHeadIndexed(raw, False)
-            framing = _framing.requestFraming(low)
-        except _wire.ProtocolError as e:
-            return self._badRequest(str(e))
+            request = parseRequest(raw, self.factory.lenient)
+        except (_wire.ProtocolError, TargetRefused) as e:
+            return self._badRequest(e)
         self.idleSince = None
-        request = Request(head, low, names)
-        if framing is None:
-            self.phase = "wait"
-            return self._start(request)
+        self._to(ConnEvent.GOT_HEAD)
+        self.request = request
+        self.pipeline = pipeline = Pipeline(self.factory, self, request)
+        self._run(pipeline.start)
+
+    def readBody(self) -> None:
+        """
+        The request's sender is known and allowed: record its head, read
+        and record its body as it comes, then run the rest of its pipeline.
+        """
+        request, pipeline, session = self.request, self.pipeline, self.session
+        assert request is not None and pipeline is not None and session is not None
+        pipeline.recordHead()
+        if request.framing is None:
+            self._to(ConnEvent.REQUEST_WHOLE)
+            return self._run(pipeline.whole)
         expect = request.get(b"expect")
         if expect is not None and expect.lower() == b"100-continue" and request.version == b"HTTP/1.1":
-            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            if not self.send(b"HTTP/1.1 100 Continue\r\n\r\n", part="head"):
+                return self.abort()
         request.body = tempfile.SpooledTemporaryFile(_SPOOL_MEMORY)
-        self.request, self.framing, self.phase = request, framing, "body"
+        self._to(ConnEvent.READ_BODY)
         self.idleSince = self.factory.reactor.seconds()
-        if buf:
-            data = bytes(buf)
-            del buf[:]
+        self.resumeReading()
+        if self.buf:
+            data = bytes(self.buf)
+            del self.buf[:]
             self._bodyData(data)
 
     def _bodyData(self, data: bytes) -> None:
         # A client stalling inside its upload is as idle as one between requests.
         self.idleSince = self.factory.reactor.seconds()
-        request = self.request
+        request, pipeline = self.request, self.pipeline
+        assert request is not None and request.framing is not None and pipeline is not None
+        framing = request.framing
         try:
-            pieces, used = self.framing.feed(data)
+            pieces, used = framing.feed(data)
         except _wire.ProtocolError as e:
-            return self._badRequest(str(e))
-        write = request.body.write
+            return self._badRequest(e)
+        self.session.received(data if used == len(data) else data[:used])
+        spool = request.body
         for piece in pieces:
-            write(piece)
+            spool.write(piece)
             request.bodySize += len(piece)
-        if self.framing.done:
+        if request.bodySize > pipeline.maxBody:
+            return pipeline.tooLarge()
+        if framing.done:
             if used < len(data):
                 self.buf += data[used:]
             self.idleSince = None
-            self.framing, self.phase = None, "wait"
+            self._to(ConnEvent.REQUEST_WHOLE)
             request.body.seek(0)
-            self._start(request)
+            self._run(pipeline.whole)
 
-    def _badRequest(self, why: str) -> None:
-        self._log.info("Malformed HTTP request from {client}: {why}", client=self.clientText, why=why)
-        body = _wire.problem(400, "Bad request", "the request is not valid HTTP/1.1")
-        self.phase = "closed"
-        self.send(_wire.serializeHead(b"HTTP/1.1 400 Bad Request", [
-            (b"Content-Type", _PROBLEM), (b"Content-Length", b"%d" % len(body)),
-            (b"Connection", b"close")]) + body)
-        self.transport.loseConnection()
+    def _badRequest(self, error: Exception) -> None:
+        status = getattr(error, "status", 400)
+        self._log.info("Malformed HTTP request from {client}: {why}", client=self.clientText, why=error)
+        body = _wire.problem(status, "Bad request" if status == 400 else "Not implemented", str(error))
+        if self.send(_wire.serializeHead(b"HTTP/1.1 %d %s" % (status, RESPONSES[status]), [
+                (b"Content-Type", _wire.PROBLEM), (b"Content-Length", b"%d" % len(body)),
+                (b"Connection", b"close")]) + body, part="response"):
+            self._close(unread=True)
+        else:
+            self.abort()
 
-    def _start(self, request: Request) -> None:
-        self.request = request
+    def _run(self, step) -> None:
         try:
-            self.factory.handle(self, request)
+            step()
         except Exception:
-            self._crashed(Failure(), request)
+            self._crashed(Failure(), self.request)
 
     def _crashed(self, failure, request) -> None:
         self._log.failure("HTTP request handling failed", failure)
-        if self.phase == "wait" and self.exchange is None:
+        if self.state in (Conn.CHECK, Conn.WAIT) and self.exchange is None and request is not None:
             self.problem(request, 500, "Gateway error", "the gateway failed on this request")
         elif self.transport is not None:
             self.transport.abortConnection()
 
     # -- writing responses ---------------------------------------------------------
 
-    def send(self, data: bytes, record: bool = True) -> None:
-        """Write to the client and record it in the session."""
-        if record and self.session is not None:
-            self.session.record(TO_CLIENT, data)
-        writeNow(self.transport, data)
+    def send(self, data: bytes, *, recorded: bytes | None = None, **context) -> bool:
+        """
+        The one way bytes reach this client.  With a session, its output
+        step: C{data} is masked (HTTP bodies come masked already: the
+        session's masker for this protocol only checks that they did), run
+        through the output hooks, recorded and written.  Without one (a
+        refusal before any login), written unrecorded: there is no session
+        to record it in, and it carries nothing from a backend.
 
-    def problem(self, request: Request, status: int, title: str, detail: str,
-                headers=(), **extra) -> None:
-        """Answer with an RFC 9457 problem and end the exchange."""
-        if self.gone or self.phase != "wait":
+        @param recorded: C{data} with its secret header values replaced
+            (a response head with Set-Cookie): that is what the hooks see
+            and the recording keeps; the client gets C{data}, unless a hook
+            changed it, when it gets what the hook made of it.
+        @param context: for the output hooks (C{part}, C{content_type}).
+        @return: False when the output step refused the bytes: nothing was
+            sent and the refusal is sealed; the caller answers otherwise or
+            cuts the connection.
+        """
+        session = self.session
+        if session is None:
+            Preamble().refuse(self.transport, data)
+            return True
+        try:
+            if recorded is None:
+                session.send(self.transport, data, **context)
+                return True
+            out = session.emit(recorded, **context)
+        except OutputRefused as e:
+            self._log.info("Output to {client} refused: {why}", client=self.clientText, why=e)
+            return False
+        # The only bytes a client gets that differ from the recording:
+        # secret header values it may see and no recording may hold.
+        writeNow(self.transport, data if out == recorded else out)
+        return True
+
+    def answer(self, request: Request, status: int, headers, body: bytes, close: bool = False) -> None:
+        """Answer a request here, instead of its backend, and end the exchange."""
+        if self.gone or self.state not in (Conn.CHECK, Conn.BODY, Conn.WAIT):
             return
-        body = _wire.problem(status, title, detail, instance=request.target.decode("latin-1"), **extra)
-        pairs = [(b"Content-Type", _PROBLEM), (b"Content-Length", b"%d" % len(body)),
-                 (b"Cache-Control", b"no-store"), *headers]
-        if not request.keepAlive:
+        if self.pipeline is not None:
+            self.pipeline.recordHead()
+        # An answer before the body was read leaves the body unread: the
+        # connection cannot carry another request.
+        close = close or not request.keepAlive or (
+            self.state is not Conn.WAIT and request.framing is not None)
+        pairs = [*headers, (b"Content-Length", b"%d" % len(body))]
+        if close:
             pairs.append((b"Connection", b"close"))
         out = _wire.serializeHead(b"HTTP/1.1 %d %s" % (status, RESPONSES.get(status, b"Error")), pairs)
-        self.send(out if request.method == b"HEAD" else out + body)
-        self.exchangeDone(not request.keepAlive)
+        if self.send(out if request.method == b"HEAD" else out + body, part="response"):
+            self.exchangeDone(close)
+        else:
+            self.abort()
+
+    def problem(self, request: Request, status: int, title: str, detail: str,
+                headers=(), close: bool = False, **extra) -> None:
+        """Answer with an RFC 9457 problem and end the exchange."""
+        body = _wire.problem(status, title, detail, instance=request.target.decode("latin-1"), **extra)
+        self.answer(request, status, [(b"Content-Type", _wire.PROBLEM), (b"Cache-Control", b"no-store"),
+                                      *headers], body, close)
+
+    def abortSession(self, message: str) -> None:
+        """
+        The core ends the session (the store failed): a request still
+        unanswered gets a 503 problem, then the connection closes.
+        """
+        exchange, request = self.exchange, self.request
+        wrote = exchange is not None and exchange.wrote
+        if exchange is not None:
+            self.exchange = None
+            exchange.clientLost()
+        if request is not None and not wrote and self.state in (Conn.CHECK, Conn.BODY, Conn.WAIT):
+            self.problem(request, 503, "Recording unavailable", message, close=True)
+        if not self.gone and self.state is not Conn.CLOSED:
+            self.transport.loseConnection()
 
     def exchangeDone(self, close: bool) -> None:
         """The response is out: read the next request, or close."""
         self.exchange = None
         self.request = None
+        self.pipeline = None
         if self.gone:
             return
         if close:
-            self.phase = "closed"
-            self.transport.loseConnection()
+            self._close(unread=self.state in (Conn.CHECK, Conn.BODY))
             return
-        self.phase = "head"
+        self._to(ConnEvent.ANSWERED)
         self.idleSince = self.factory.reactor.seconds()
-        if self.readPaused:
-            self.readPaused = False
-            self.transport.resumeProducing()
+        self.resumeReading()
         if self.buf:
             # Pipelined requests: one at a time, without growing the stack.
             self.factory.reactor.callLater(0, self._next)
 
+    def resumeReading(self) -> None:
+        """Read again what the relay held back (pipelined bytes)."""
+        self.leg.resume(_AHEAD)
+
     def _next(self) -> None:
-        if self.phase == "head" and not self.gone:
+        if self.state is Conn.HEAD and not self.gone:
             self._readHead()
+
+    def refuseLogin(self, kind: str, message: str) -> None:
+        """The pre-login guard's refusal: a problem response (no session: unrecorded), then close."""
+        self._to(ConnEvent.ANSWERED_CLOSE)
+        self.send(httpRefusal(kind, message))
+        self.transport.loseConnection()
+
+    def _close(self, unread: bool) -> None:
+        """Close after the last answer; bytes the client still sends are dropped, not read as requests."""
+        self._to(ConnEvent.ANSWERED_CLOSE)
+        del self.buf[:]
+        self.resumeReading()
+        if not unread or not isinstance(self.transport, tcp.Connection):
+            self.transport.loseConnection()
+            return
+        self.transport.loseWriteConnection()
+        self._lingerCall = self.factory.reactor.callLater(_LINGER, self.abort)
+
+    def _linger(self, data: bytes) -> None:
+        self._lingered += len(data)
+        if self._lingered > _LINGER_BYTES:
+            self.abort()
 
     def abort(self) -> None:
         if self.transport is not None:
@@ -269,9 +371,12 @@ class ClientConnection(Protocol):
 
     def connectionLost(self, reason):
         self.gone = True
-        if self._idleCall is not None and self._idleCall.active():
-            self._idleCall.cancel()
-        self._idleCall = None
+        for call in (self._idleCall, self._lingerCall):
+            if call is not None and call.active():
+                call.cancel()
+        self._idleCall = self._lingerCall = None
+        self.state = connStep(self.state, ConnEvent.LOST)
+        self.prelogin.connectionLost()
         if self.relay is not None:
             self.relay.clientLost(reason)
             return
@@ -285,7 +390,8 @@ class ClientConnection(Protocol):
 class RelayFactory(Factory):
     """
     The listening factory for the http connections sharing one listen
-    string: routes each request and runs it through the session's chain.
+    string: what their requests share (routing, backend pools, the browser
+    login); each request runs in its own L{Pipeline}.
     """
 
     _log = Logger()
@@ -295,195 +401,52 @@ class RelayFactory(Factory):
         self.gateway = gateway
         self.reactor = gateway.reactor
         self.secure = secure
-        self.backends = [Backend(c, self.reactor, None) for c in connections]
+        self.backends = [Backend(c) for c in connections]
         self.router = Router(self.backends)
         self.pools = {id(b): BackendPool(self.reactor, b.connection.backend) for b in self.backends}
-        self.pacer = StorePacer(getattr(gateway, "store", None), self.reactor)
         self.idleTimeout = max(c.options.idle_timeout for c in connections)
+        self.lenient = any(c.options.lenient_targets for c in connections)
+        self.login = BrowserLogin(gateway, self.reactor) if any(
+            c.options.browser_login for c in connections) else None
+        self.pressure = BacklogPressure(gateway, self.reactor)
+        self.name = connections[0].name
 
     def buildProtocol(self, addr):
-        p = ClientConnection(self)
-        p.factory = self
-        return p
+        return ClientConnection(self)
 
     def acceptableProtocols(self):
         # ALPN over TLS: this listener speaks HTTP/1.1 only.
         return [b"http/1.1"]
 
+    def startFactory(self):
+        self.pressure.start()
+
     def stopFactory(self):
+        self.pressure.stop()
         for pool in self.pools.values():
             pool.close()
 
-    def handle(self, client: ClientConnection, request: Request) -> None:
-        """
-        Run one request.  A request on a connection whose session is open
-        goes through synchronously; logging in, recording an uploaded body
-        and an approval hold continue from their Deferreds.
-        """
-        backend = self.router.route(request.get(b"host"), request.target)
-        if backend is None:
-            return client.problem(request, 404, "No such service",
-                                  "no connection on this listener serves this host and path")
-        credential = _wire.credentialFrom(request.get(b"authorization"))
-        if credential is None:
-            return client.problem(request, 401, "Authentication required",
-                                  "send Authorization: Bearer <token or API key>",
-                                  headers=[(b"WWW-Authenticate",
-                                            b'Bearer realm="sealgate", Basic realm="sealgate"')])
-        digest = hashlib.sha256(credential.encode()).digest()
-        if client.session is None or client.credentialHash != digest or client.backend is not backend:
-            d = defer.ensureDeferred(self.login(client, request, backend, credential, digest))
-            d.addErrback(client._crashed, request)
-            return None
-        self.proceed(client, request, backend)
 
-    async def login(self, client, request: Request, backend: Backend, credential: str, digest: bytes):
-        client.endSession("identity or connection changed")
-        try:
-            identity = await self.gateway.authenticate(backend.connection, credential, client.clientText)
-        except AuthenticationFailed as e:
-            return client.problem(request, 401, "Authentication failed", str(e), headers=[
-                (b"WWW-Authenticate", b'Bearer realm="sealgate", error="invalid_token"')])
-        if client.gone:
-            return None
-        try:
-            session = self.gateway.openSession(
-                backend.connection, identity, client.clientText,
-                {"tls": self.secure, "host": (request.get(b"host") or b"").decode("latin-1")})
-        except SessionRefused as e:
-            return client.problem(request, 403 if e.code == "access" else 503,
-                                  "Session refused", str(e))
-        session.abort = lambda message: client.transport.loseConnection()
-        client.session, client.credentialHash, client.backend = session, digest, backend
-        self.proceed(client, request, backend)
+def buildListener(connections, gateway):
+    """The listening factory for every http connection sharing one listen string (TLS-wrapped if one has a cert)."""
+    tls = next((c.options for c in connections if c.options.tls_cert), None)
+    site = RelayFactory(connections, gateway, secure=tls is not None)
+    if tls is None:
+        return site
+    from twisted.internet import ssl
+    from twisted.protocols.tls import TLSMemoryBIOFactory
 
-    def proceed(self, client, request: Request, backend: Backend) -> None:
-        session = client.session
-        if self.recordRequest(request, session, backend):
-            d = defer.ensureDeferred(self.recordBody(request, session))
-            d.addCallback(lambda _: None if client.gone else self.decide(client, request, backend, session))
-            d.addErrback(client._crashed, request)
-            return
-        self.decide(client, request, backend, session)
+    with open(tls.tls_cert, "rb") as f:
+        certPem = f.read()
+    with open(tls.tls_key, "rb") as f:
+        keyPem = f.read()
+    cert = ssl.PrivateCertificate.loadPEM(certPem + b"\n" + keyPem)
+    chain = [ssl.Certificate.loadPEM(p).original for p in _pemBlocks(certPem)[1:]]
+    options = ssl.CertificateOptions(privateKey=cert.privateKey.original,
+                                     certificate=cert.original, extraCertChain=chain)
+    return TLSMemoryBIOFactory(options, False, site)
 
-    def decide(self, client, request: Request, backend: Backend, session) -> None:
-        if not session.chain.wantsCommand:
-            return self.dispatch(CONTINUE, client, request, backend, session)
-        method = request.method.decode("latin-1")
-        target = request.target.decode("latin-1")
-        secret = backend.options.secret_headers
-        details = {
-            "method": method, "path": request.path.decode("latin-1"),
-            "query": request.target.partition(b"?")[2].decode("latin-1"),
-            "headers": {n.decode("latin-1"): b", ".join(vs).decode("latin-1")
-                        for n, vs in request.low.items() if n not in secret},
-            "body_size": request.bodySize,
-        }
-        upgrade = request.get(b"upgrade")
-        if upgrade:
-            details["upgrade"] = upgrade.lower().decode("latin-1")
-        verdict = session.command("http", f"{method} {target}", details)
-        if isinstance(verdict, Hold):
-            self.holdNotice(client, request, verdict)
-            verdict.result.addCallback(self.dispatch, client, request, backend, session)
-            verdict.result.addErrback(client._crashed, request)
-            return
-        self.dispatch(verdict, client, request, backend, session)
 
-    def dispatch(self, verdict, client, request: Request, backend: Backend, session) -> None:
-        if client.gone:
-            return None
-        if isinstance(verdict, Deny):
-            return client.problem(request, 403, "Request denied by policy", verdict.reason,
-                                  rule=verdict.rule)
-        if (request.get(b"upgrade") or b"").lower() == b"websocket":
-            return self.upgrade(client, request, backend, session)
-        exchange = Exchange(client, request, backend, session, self.pools[id(backend)], self.pacer)
-        client.exchange = exchange
-        exchange.start(self.forwardHead(client, request, backend, False))
-
-    # -- pieces ------------------------------------------------------------------
-
-    def forwardHead(self, client, request: Request, backend: Backend, upgrade: bool) -> bytes:
-        low = request.low
-        drop = _wire.hopByHop(low.get(b"connection"))
-        if upgrade:
-            drop -= {b"upgrade", b"connection"}
-        preserve = backend.options.preserve_host
-        parts = [request.method + b" " + request.target + b" HTTP/1.1"]
-        for (name, value), n in zip(request.headers, request.names, strict=True):
-            if n in drop or n in _DROP_REQUEST or n in _FORWARDED or (n == b"host" and not preserve):
-                continue
-            parts.append(name + b": " + value)
-        if not preserve:
-            parts.append(b"Host: " + backend.hostHeader)
-        forwarded = low.get(b"x-forwarded-for", [])
-        parts.append(b"X-Forwarded-For: " + b", ".join([*forwarded, client.clientHost.encode()]))
-        parts.append(b"X-Forwarded-Proto: " + (b"https" if self.secure else b"http"))
-        host = low.get(b"host")
-        if host:
-            parts.append(b"X-Forwarded-Host: " + host[0])
-        for name, value in backend.options.inject:
-            parts.append(name + b": " + value)
-        if request.body is not None:
-            parts.append(b"Content-Length: %d" % request.bodySize)
-        elif request.method in _WITH_BODY:
-            parts.append(b"Content-Length: 0")
-        return b"\r\n".join(parts) + b"\r\n\r\n"
-
-    def recordRequest(self, request: Request, session, backend: Backend) -> bool:
-        """Record the head (secrets redacted); True when a body must follow."""
-        secret = backend.options.secret_headers
-        first = request.method + b" " + request.target + b" " + request.version
-        if secret.isdisjoint(request.low):
-            pairs = request.headers
-        else:
-            pairs = [(n, _wire.REDACTED if ln in secret else v)
-                     for (n, v), ln in zip(request.headers, request.names, strict=True)]
-        session.record(FROM_CLIENT, _wire.serializeHead(first, pairs))
-        if request.body is None:
-            if request.chunked:
-                session.record(FROM_CLIENT, _wire.LAST_CHUNK)
-            return False
-        return True
-
-    async def recordBody(self, request: Request, session) -> None:
-        # Read back from the spool in pieces so a large upload never sits in memory whole.
-        content = request.body
-        content.seek(0)
-        while True:
-            data = content.read(65536)
-            if not data:
-                break
-            session.record(FROM_CLIENT, _wire.chunk(data) if request.chunked else data)
-            if self.pacer.over():
-                await self.pacer.drained()
-        if request.chunked:
-            session.record(FROM_CLIENT, _wire.LAST_CHUNK)
-        content.seek(0)
-
-    def holdNotice(self, client, request: Request, hold: Hold) -> None:
-        """Tell the client at once that its request waits: a 1xx response clients skip, recorded."""
-        if request.version != b"HTTP/1.1" or client.gone:
-            return
-        message = hold.message.encode("utf-8", "replace").replace(b"\r", b" ").replace(b"\n", b" ")
-        client.send(b"HTTP/1.1 102 Processing\r\nSealgate-Ticket: " + hold.ticket.encode("ascii", "replace")
-                    + b"\r\nSealgate-Notice: " + message + b"\r\n\r\n")
-
-    def upgrade(self, client, request: Request, backend: Backend, session) -> None:
-        """Hand the client connection over to a raw, recorded WebSocket relay."""
-        from sealgate.protocols.http._upgrade import Relay, connectRelay
-
-        head = self.forwardHead(client, request, backend, True)
-        relay = Relay(client, session, head, backend.options.secret_headers)
-        relay.pacer = self.pacer
-        client.relay = relay
-        client.phase = "relay"
-        buffered = bytes(client.buf)
-        del client.buf[:]
-        if client.readPaused:
-            client.readPaused = False
-            client.transport.resumeProducing()
-        if buffered:
-            relay.fromClient(buffered)
-        connectRelay(relay, self.reactor, backend, session)
+def _pemBlocks(pem: bytes) -> list[bytes]:
+    end = b"-----END CERTIFICATE-----"
+    return [b + end for b in pem.split(end) if b"-----BEGIN CERTIFICATE-----" in b]

@@ -1,5 +1,6 @@
-"""WebSocket upgrades: hand the client connection over to a raw, recorded byte relay."""
+"""WebSocket upgrades: the client connection turns into a raw, recorded byte relay to the backend."""
 
+import enum
 from typing import Any
 
 from twisted.internet import endpoints
@@ -7,21 +8,6 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 
 from sealgate.protocols.http import _wire
-from sealgate.protocols.http._body import StorePacer
-from sealgate.session import FROM_CLIENT, TO_CLIENT
-
-
-class _ClientSide(Protocol):
-    """Takes the place of the HTTPChannel under the client connection."""
-
-    def __init__(self, relay):
-        self.relay = relay
-
-    def dataReceived(self, data):
-        self.relay.fromClient(data)
-
-    def connectionLost(self, reason):
-        self.relay.clientLost(reason)
 
 
 class _BackendSide(Protocol):
@@ -38,25 +24,42 @@ class _BackendSide(Protocol):
         self.relay.backendLost(reason)
 
 
+class Upgrade(enum.Enum):
+    #: Waiting for the backend's 101; client bytes are held.
+    HEAD = "head"
+    OPEN = "open"
+    #: The backend said no (or was unreachable): the connection closes.
+    REFUSED = "refused"
+
+
+def _badGateway(title: str, detail: str) -> bytes:
+    body = _wire.problem(502, title, detail)
+    return _wire.serializeHead(b"HTTP/1.1 502 Bad Gateway", [
+        (b"Content-Type", _wire.PROBLEM), (b"Content-Length", b"%d" % len(body)),
+        (b"Connection", b"close")]) + body
+
+
 class Relay:
     """
     Relays an upgraded connection.  Client bytes reach the backend only
     after the backend answered 101: a refused upgrade ends with a 502 and
     the connection closes, so nothing on it bypasses the gateway (nor its
-    masking).
-    Both directions are recorded; each side's transport is the other's
-    producer, so a slow reader slows the writer.
+    masking).  Client bytes are recorded as they come
+    (C{session.received}); backend bytes reach the client only through
+    the client connection's C{send}, the session's output step.  Both
+    transports are the session's legs, each registered as the other's
+    producer, so a slow reader slows the writer and the core can pause
+    both for the store.
     """
 
     _log = Logger()
+    MAX_PENDING = 1 << 20
 
     def __init__(self, channel, session, head: bytes, secret):
         self.channel = channel
         self.session = session
-        # Both are TCP or TLS transports, each also the other's push
-        # producer, which ITransport does not say; backend is set by
-        # backendUp before the relay opens.
-        self.client: Any = channel.transport
+        # A TCP or TLS transport, also a push producer, which ITransport
+        # does not say; set by backendUp before the relay opens.
         self.backend: Any = None
         self._head = head
         self._secret = secret
@@ -64,48 +67,28 @@ class Relay:
         self._reader = _wire.MessageReader(responses=True)
         self._reader.expect(b"GET")
         self._responseHead = b""
-        self._state = "head"
+        self._state = Upgrade.HEAD
         self._closed = False
-        self._storePaused = False
-        self.pacer: StorePacer | None = None
-
-    MAX_PENDING = 1 << 20
 
     def fromClient(self, data: bytes) -> None:
-        if self._state == "open":
-            self.session.record(FROM_CLIENT, data)
+        if self._state is Upgrade.OPEN:
+            self.session.received(data)
             self.backend.write(data)
-            self._pace()
-        elif self._state == "head":
+        elif self._state is Upgrade.HEAD:
             self._pending.append(data)
             if sum(map(len, self._pending)) > self.MAX_PENDING:
                 self._close("client sent too much before the upgrade completed")
-
-    def _pace(self) -> None:
-        """Stop reading both sides while the recording store catches up."""
-        if self.pacer is None or self._storePaused or not self.pacer.over():
-            return
-        self._storePaused = True
-        self.client.pauseProducing()
-        self.backend.pauseProducing()
-
-        def drained(_):
-            self._storePaused = False
-            if not self._closed:
-                self.client.resumeProducing()
-                self.backend.resumeProducing()
-
-        self.pacer.drained().addCallback(drained)
 
     def backendUp(self, transport) -> None:
         self.backend = transport
         if self._closed:
             transport.loseConnection()
             return
+        self.session.attach(self.channel.leg, transport)
         transport.write(self._head)
 
     def fromBackend(self, data: bytes) -> None:
-        if self._state == "head":
+        if self._state is Upgrade.HEAD:
             self._responseHead += data
             end = self._responseHead.find(b"\r\n\r\n")
             if end < 0:
@@ -123,36 +106,31 @@ class Relay:
                 # The backend's own answer is not relayed: its body would
                 # bypass masking.  The client learns the status only.
                 status = first.status if isinstance(first, _wire.Head) else 0
-                self._refuse(status)
+                self.decline("Upgrade refused", f"the backend answered the upgrade with status {status}")
                 return
-            self.session.record(TO_CLIENT, _wire.redactHead(head, self._secret))
-            self.client.write(head)
-            self._state = "open"
+            if not self.channel.send(head, recorded=_wire.redactHead(head, self._secret), part="head"):
+                return self._close("the output step refused the upgrade response")
+            self._state = Upgrade.OPEN
             self.session.audit("http_upgrade", protocol="websocket")
-            self.client.registerProducer(self.backend, True)
-            self.backend.registerProducer(self.client, True)
+            session = self.session
+            self.channel.transport.registerProducer(session.backendLeg, True)
+            self.backend.registerProducer(session.clientLeg, True)
             for p in self._pending:
                 self.fromClient(p)
             self._pending = []
             data = rest
             if not data:
                 return
-        if self._state != "open":
+        if self._state is not Upgrade.OPEN:
             return
-        self.session.record(TO_CLIENT, data)
-        self.client.write(data)
-        self._pace()
+        if not self.channel.send(data, part="websocket"):
+            self._close("the output step refused a frame")
 
-    def _refuse(self, status: int) -> None:
-        self._state = "refused"
-        body = _wire.problem(502, "Upgrade refused",
-                             f"the backend answered the upgrade with status {status}")
-        response = _wire.serializeHead(b"HTTP/1.1 502 Bad Gateway", [
-            (b"Content-Type", b"application/problem+json"),
-            (b"Content-Length", b"%d" % len(body)), (b"Connection", b"close")]) + body
-        self.session.record(TO_CLIENT, response)
-        self.client.write(response)
-        self._close("upgrade refused by the backend")
+    def decline(self, title: str, detail: str) -> None:
+        """No upgrade: a 502 problem, and the connection closes."""
+        self._state = Upgrade.REFUSED
+        self.channel.send(_badGateway(title, detail), part="response")
+        self._close(detail)
 
     def clientLost(self, reason) -> None:
         self._closed = True
@@ -162,55 +140,25 @@ class Relay:
 
     def backendLost(self, reason) -> None:
         self._closed = True
-        self.client.loseConnection()
+        self.channel.transport.loseConnection()
 
     def _close(self, why: str) -> None:
+        self._log.info("WebSocket relay on session {session} closes: {why}", session=self.session.id,
+                       why=why)
         self._closed = True
         if self.backend is not None:
             self.backend.loseConnection()
-        self.client.loseConnection()
+        self.channel.transport.loseConnection()
 
 
-def handOver(request, channel, backend, headers, session) -> None:
-    """
-    Replace the HTTP channel under the client connection by a L{Relay} and
-    connect it to the backend with the (rewritten) upgrade request.
-    """
-    pairs = [(n, v) for n, vs in headers.getAllRawHeaders() for v in vs]
-    head = _wire.serializeHead(request.method + b" " + request.uri + b" HTTP/1.1", pairs)
-    relay = Relay(channel, session, head, backend.options.secret_headers)
-    relay.pacer = channel.site.proxy.pacer
-    client = channel.transport
-    # The channel must stop reading and timing this connection: it is no
-    # longer HTTP/1.1 from here on.
-    channel.setTimeout(None)
-    client.unregisterProducer()
-    buffered = list(getattr(channel, "_dataBuffer", []))
-    channel._dataBuffer = []
-    channel.wrapper._channel = _ClientSide(relay)
-    client.resumeProducing()
-    for data in buffered:
-        relay.fromClient(data)
-
-    connectRelay(relay, channel.site.proxy.reactor, backend, session)
-
-
-def connectRelay(relay, reactor, backend, session) -> None:
+def connectRelay(relay: Relay, reactor, backend) -> None:
     """Connect a L{Relay} to the backend; an unreachable one gets the client a 502."""
-    client = relay.client
     factory = Factory.forProtocol(lambda: _BackendSide(relay))
     ep = endpoints.clientFromString(reactor, backend.connection.backend)
-    d = ep.connect(factory)
 
     def failed(f):
         Relay._log.info("WebSocket backend of {connection} unreachable: {error}",
                         connection=backend.connection.name, error=f.getErrorMessage())
-        body = _wire.problem(502, "Backend unavailable", "the backend could not be reached")
-        response = _wire.serializeHead(b"HTTP/1.1 502 Bad Gateway", [
-            (b"Content-Type", b"application/problem+json"),
-            (b"Content-Length", b"%d" % len(body)), (b"Connection", b"close")]) + body
-        session.record(TO_CLIENT, response)
-        client.write(response)
-        client.loseConnection()
+        relay.decline("Backend unavailable", "the backend could not be reached")
 
-    d.addErrback(failed)
+    ep.connect(factory).addErrback(failed)

@@ -3,6 +3,7 @@
 import base64
 import binascii
 import json
+import re
 import struct
 
 import attrs
@@ -17,6 +18,15 @@ HOP_BY_HOP = frozenset({
 SECRET_HEADERS = frozenset({b"authorization", b"proxy-authorization", b"cookie", b"set-cookie"})
 
 REDACTED = b"[redacted]"
+
+PROBLEM = b"application/problem+json"
+
+#: Request headers never forwarded besides the hop-by-hop ones: the user's
+#: credential (replaced by the backend's), Expect (the gateway answers it),
+#: the length (the gateway sets it for the body it forwards) and Host (the
+#: gateway sends the one it routed by).
+DROP_REQUEST = frozenset({b"authorization", b"proxy-authorization", b"expect", b"content-length",
+                          b"host"})
 
 
 _hopCache: dict = {}
@@ -113,7 +123,27 @@ LAST_CHUNK = b"0\r\n\r\n"
 
 
 class ProtocolError(Exception):
-    """Bytes that are not HTTP/1.1 as sealgate records it."""
+    """
+    Bytes that are not HTTP/1.1 as sealgate takes it; C{str(exc)} is safe
+    to show the peer.
+
+    @ivar status: the response status a client gets for it.
+    """
+
+    status = 400
+
+
+class NotImplementedCoding(ProtocolError):
+    """A transfer coding the relay does not implement (RFC 9112 section 6.1: 501)."""
+
+    status = 501
+
+
+#: RFC 9110 section 5.5: no control character in a field value but HTAB
+#: (CR and LF are caught line by line); section 5.1: names are tokens.
+_BAD_OCTET = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_goodNames: set = set()
 
 
 NEED_DATA = object()
@@ -305,15 +335,20 @@ def parseHead(raw: bytes, responses: bool) -> Head:
     return parseHeadIndexed(raw, responses)[0]
 
 
-def parseHeadIndexed(raw: bytes, responses: bool) -> tuple[Head, dict, list]:
+def parseHeadIndexed(raw: bytes, responses: bool, strict: bool = False) -> tuple[Head, dict, list]:
     """
     L{parseHead}, plus what a relay looks headers up by, in the same pass:
     lower-cased name -> list of values, and the lower-cased names in order.
+
+    @param strict: also refuse what RFC 9110 forbids in names and values
+        (a live relay; a recorded stream is read as it was sealed).
     """
     lines = raw.split(b"\r\n")
     # A bare CR or LF inside a line could end it for the next hop: refuse.
     if raw.count(b"\n") != len(lines) - 1 or raw.count(b"\r") != len(lines) - 1:
         raise ProtocolError("bare CR or LF in the head")
+    if strict and _BAD_OCTET.search(raw) is not None:
+        raise ProtocolError("a control character (such as NUL) in the head")
     first = lines[0]
     headers = []
     low: dict = {}
@@ -322,6 +357,11 @@ def parseHeadIndexed(raw: bytes, responses: bool) -> tuple[Head, dict, list]:
         name, sep, value = line.partition(b":")
         if not sep or not name or name != name.strip():
             raise ProtocolError("bad header line")
+        if strict and name not in _goodNames:
+            if _TOKEN.fullmatch(name) is None:
+                raise ProtocolError("a header name that is not a token")
+            if len(_goodNames) < 4096:
+                _goodNames.add(name)
         value = value.strip()
         headers.append((name, value))
         lname = name.lower()

@@ -4,17 +4,13 @@ import base64
 import datetime
 import json
 import time
-import zlib
 from typing import Any
 from urllib.parse import parse_qsl
 
-import brotli
-
+from sealgate.masking import MaskingFailed, decodeContent, isTextType, mediaType, textCodec
 from sealgate.protocols.http import _wire
 
 FROM_CLIENT, TO_CLIENT = 0, 1
-_TEXT_TYPES = ("text/", "application/json", "application/xml", "application/javascript",
-               "application/problem+json", "application/x-www-form-urlencoded")
 
 
 def _payload(frame) -> bytes | None:
@@ -159,21 +155,24 @@ def _wsDrain(reader: _wire.WebSocketReader, ex: _Exchange, kind: str, at: float)
 
 
 def _decoded(msg: _Message) -> bytes:
+    """The body with its coding undone (bounded, as masking decodes it), else as recorded."""
     body = bytes(msg.body)
-    coding = (msg.head.get(b"content-encoding") or b"").lower()
     try:
-        if coding in (b"gzip", b"x-gzip"):
-            return zlib.decompress(body, 16 + zlib.MAX_WBITS)
-        if coding == b"deflate":
-            try:
-                return zlib.decompress(body)
-            except zlib.error:
-                return zlib.decompress(body, -zlib.MAX_WBITS)
-        if coding == b"br":
-            return brotli.decompress(body)
-    except (zlib.error, brotli.error):
-        pass
-    return body
+        return decodeContent(body, msg.head.get(b"content-encoding"))
+    except MaskingFailed:
+        return body
+
+
+def _asText(mime: str, body: bytes) -> str | None:
+    """A body of a text type (masking's one list) in its own charset, or None."""
+    media = mediaType(mime)
+    if not media.textual:
+        return None
+    try:
+        bom, codec = textCodec(body, media.charset)
+        return body[len(bom):].decode(codec)
+    except (MaskingFailed, UnicodeDecodeError):
+        return None
 
 
 def _headers(head: _wire.Head) -> list[dict]:
@@ -183,11 +182,9 @@ def _headers(head: _wire.Head) -> list[dict]:
 def _content(mime: str, body: bytes) -> dict:
     if not body:
         return {"text": ""}
-    if mime.startswith(_TEXT_TYPES) or mime.endswith(("+json", "+xml")):
-        try:
-            return {"text": body.decode("utf-8")}
-        except UnicodeDecodeError:
-            pass
+    text = _asText(mime, body)
+    if text is not None:
+        return {"text": text}
     return {"text": base64.b64encode(body).decode("ascii"), "encoding": "base64"}
 
 
@@ -282,6 +279,23 @@ def writeHar(frames, out, info: dict | None = None) -> int:
     return len(har["log"]["entries"])
 
 
+def exportHar(session, out) -> str:
+    """The C{har} export format's writer (L{sealgate.interfaces.IExportFormat})."""
+    try:
+        return f"HAR 1.2, {writeHar(session.frames(), out, session.record.info)} entries"
+    except _wire.ProtocolError as e:
+        raise ValueError(f"it does not parse as HTTP/1.1: {e}")
+
+
+def exportTranscript(session, out) -> str:
+    """The C{transcript} export format's writer: the exchanges as text."""
+    try:
+        replay(session.frames(), out)
+    except _wire.ProtocolError as e:
+        raise ValueError(f"it does not parse as HTTP/1.1: {e}")
+    return "HTTP exchanges as text"
+
+
 def _version() -> str:
     try:
         from importlib.metadata import version
@@ -322,7 +336,7 @@ def replay(frames, out, speed=None, maxBody: int = 2048) -> None:
 
 def _bodyText(head: _wire.Head, body: bytes, limit: int) -> str:
     mime = (head.get(b"content-type") or b"").decode("latin-1")
-    if mime.startswith(_TEXT_TYPES) or mime.endswith("+json"):
+    if isTextType(mime):
         text = body[:limit].decode("utf-8", "replace")
         more = f"\n[... {len(body) - limit} more bytes]" if len(body) > limit else ""
         return text + more

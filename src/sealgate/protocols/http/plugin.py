@@ -8,6 +8,7 @@ import attrs
 from zope.interface import implementer
 
 from sealgate.config import Table, resolveSecret
+from sealgate.export import TEXT, ExportFormat
 from sealgate.interfaces import IProtocolPlugin
 
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
@@ -34,6 +35,12 @@ class HTTPOptions:
     oidc_scopes: tuple[str, ...] = ("openid", "profile", "email")
     session_lifetime: float = 8 * 3600.0
     idle_timeout: float = 120.0
+    #: Largest request body taken (bytes); past it, 413 and the connection closes.
+    max_body: int = 64 << 20
+    #: How long the backend may go silent (before or inside its response).
+    backend_timeout: float = 60.0
+    #: Keep encoded slashes, dots, backslashes and controls in targets.
+    lenient_targets: bool = False
     inject: tuple[tuple[bytes, bytes], ...] = attrs.field(default=(), repr=False)
     oidc_client_secret: str | None = attrs.field(default=None, repr=False)
 
@@ -110,11 +117,21 @@ def parseOptions(options: dict, where) -> HTTPOptions:
         oidc_scopes=scopes,
         session_lifetime=t.duration("session_lifetime", 8 * 3600.0),
         idle_timeout=t.duration("idle_timeout", 120.0),
+        max_body=int(t.number("max_body", 64 << 20, minimum=0)),
+        backend_timeout=_positive(t, "backend_timeout", 60.0),
+        lenient_targets=t.bool("lenient_targets", False),
         inject=tuple(inject),
         oidc_client_secret=clientSecret,
     )
     t.finish()
     return opts
+
+
+def _positive(t: Table, key: str, default: float) -> float:
+    value = t.duration(key, default)
+    if value <= 0:
+        raise t.where.error(key, f"must be longer than 0 s, not {value}", f'write e.g. {key} = "60s"')
+    return value
 
 
 @implementer(IProtocolPlugin)
@@ -127,6 +144,12 @@ class HTTPPlugin:
 
     name = "http"
     ruleKeys = ("query",)
+    exportFormats = (
+        ExportFormat("har", "application/json", ".har", "HAR 1.2 (browser devtools, HAR viewers)",
+                     "sealgate.protocols.http.har:exportHar"),
+        ExportFormat("transcript", TEXT, ".txt", "the exchanges as text",
+                     "sealgate.protocols.http.har:exportTranscript", player="text"),
+    )
 
     def __init__(self):
         self._sites: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -135,7 +158,7 @@ class HTTPPlugin:
         return parseOptions(options, where)
 
     def makeFactory(self, connection, gateway):
-        from sealgate.protocols.http._proxy import buildListener
+        from sealgate.protocols.http._relay import buildListener
 
         sites = self._sites.setdefault(gateway, {})
         key = (connection.listen, id(gateway.config))

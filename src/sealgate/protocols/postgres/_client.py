@@ -6,13 +6,16 @@ import secrets
 from twisted.internet import endpoints
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
+from zope.interface import implementer
 
+from sealgate import noDelay
 from sealgate.flow import OutputRefused, Preamble
 from sealgate.identity import AuthenticationFailed
-from sealgate.protocols._io import noDelay
+from sealgate.prelogin import BUSY, SOURCE_BUSY, TIMEOUT, TOO_LARGE, IPreLoginClient
 from sealgate.protocols.postgres import _wire as w
 from sealgate.protocols.postgres._backend import BackendLeg, CancelSender
 from sealgate.protocols.postgres._relay import Relay
+from sealgate.protocols.postgres.settings import SessionSettings
 from sealgate.session import SessionRefused
 
 #: Startup parameters the gateway decides; the rest go to the backend as sent.
@@ -23,6 +26,10 @@ def _passOn(key: str) -> bool:
     return key not in _OWN_PARAMS and not key.startswith("_pq_.")
 _STARTUP, _PASSWORD, _LOGIN, _READY, _CLOSED = range(5)
 
+#: SQLSTATEs of the pre-login refusals: what PostgreSQL itself sends for an
+#: authentication timeout, too many connections, and an oversized message.
+_REFUSAL_CODES = {TIMEOUT: "57014", BUSY: "53300", SOURCE_BUSY: "53300", TOO_LARGE: "08P01"}
+
 
 def isLoopback(host: str) -> bool:
     try:
@@ -31,6 +38,7 @@ def isLoopback(host: str) -> bool:
         return False
 
 
+@implementer(IPreLoginClient)
 class ClientLeg(Relay, Protocol):
     """One client connection, from SSLRequest to Terminate."""
 
@@ -40,7 +48,12 @@ class ClientLeg(Relay, Protocol):
         self.factory = factory
         self.state = _STARTUP
         self.tls = False
-        self.reader = w.Reader(frontend=True, startup=True)
+        # Before login a message may be only as big as the pre-login
+        # allowance, not max_message: nobody unauthenticated buffers 256 MB.
+        limits = factory.gateway.config.limits
+        self.reader = w.Reader(frontend=True, startup=True, maxMessage=limits.max_prelogin_bytes)
+        self.login = None
+        self._refusal: tuple[str, str] | None = None
         self.session = None
         self.backend = None
         self.connection = None
@@ -48,6 +61,7 @@ class ClientLeg(Relay, Protocol):
         self.closed = False
         self.fakeKey = None
         self._early = Preamble()
+        self.sqlSettings = SessionSettings()
 
     @property
     def options(self):
@@ -60,6 +74,8 @@ class ClientLeg(Relay, Protocol):
         peer = self.transport.getPeer()
         self.peer = getattr(peer, "host", "")
         self.client = f"{self.peer}:{getattr(peer, 'port', '')}"
+        self.login = self.factory.gateway.prelogin.admit(self.factory.connection.name,
+                                                         self.transport, self)
 
     # -- startup and login ---------------------------------------------------------
 
@@ -70,7 +86,9 @@ class ClientLeg(Relay, Protocol):
             except w.ProtocolError as e:
                 self.fatal("08P01", f"sealgate: protocol violation: {e}")
             return
-        if self.state == _CLOSED:
+        if self._refusal is not None:
+            return self._refusedData(data)
+        if self.state == _CLOSED or not self.login.dataReceived(len(data)):
             return
         self.reader.receive_data(data)
         try:
@@ -114,6 +132,7 @@ class ClientLeg(Relay, Protocol):
 
     def _startupMessage(self, msg: w.StartupMessage, raw: bytes):
         self.startup = msg
+        self.sqlSettings.startup(msg.params)
         user = msg.get("user") or ""
         dbname = msg.get("database") or user
         if msg.get("replication") not in (None, "false", "0", "off", "no"):
@@ -161,7 +180,7 @@ class ClientLeg(Relay, Protocol):
         self.fatal("XX000", "sealgate: internal error during login")
 
     def _authenticated(self, identity):
-        if self.closed:
+        if self.closed or self.state == _CLOSED:
             return
         gw = self.factory.gateway
         app = self.startup.get("application_name") or ""
@@ -170,10 +189,11 @@ class ClientLeg(Relay, Protocol):
             self.session = gw.openSession(self.connection, identity, self.client, meta)
         except SessionRefused as e:
             return self.fatal("28000", f"sealgate: {e}")
+        self.login.authenticated()
         self.session.abort = self._abort
         self._early.into(self.session)
         self.startOutput()
-        name = f"sealgate:{identity.subject}" + (f" ({app})" if app else "")
+        name = f"sealgate:{identity.id}" + (f" ({app})" if app else "")
         params = [("user", self.options.username), ("database", self.options.database),
                   ("application_name", name.encode()[:63].decode("utf-8", "ignore"))]
         params += [(k, v) for k, v in self.startup.params if _passOn(k)]
@@ -200,10 +220,11 @@ class ClientLeg(Relay, Protocol):
         self.toClient(w.Authentication(w.AUTH_OK).encode())
 
     def backendStartupMessage(self, raw: bytes):
+        self.sqlSettings.observe(raw)
         self.toClient(raw)
 
     def backendReady(self, raw: bytes):
-        self.fakeKey = self.factory.register(self)
+        self.fakeKey = self.factory.register(self, self.backend.pid)
         self.toClient(w.BackendKeyData(*self.fakeKey).encode() + raw)
         self.startRelay()
         if self.closed:
@@ -274,9 +295,38 @@ class ClientLeg(Relay, Protocol):
         self._fatal = f"{code}: {message}"  # the sealed close says why the gateway hung up
         self.transport.loseConnection()
 
+    def refuseLogin(self, kind: str, message: str) -> None:
+        """The pre-login guard's refusal, in PostgreSQL's words."""
+        refusal = (_REFUSAL_CODES.get(kind, "08P01"), f"sealgate: {message}")
+        if kind in (BUSY, SOURCE_BUSY) and self.state == _STARTUP and not self.tls:
+            # libpq shows an error only once it has sent its startup message
+            # (PostgreSQL's own "too many clients" comes then, too): answer
+            # an SSLRequest with "N" and refuse the startup that follows.
+            self._refusal = refusal
+            return
+        self.fatal(*refusal)
+
+    def _refusedData(self, data: bytes) -> None:
+        assert self._refusal is not None
+        self.reader.receive_data(data)
+        try:
+            while self.state != _CLOSED:
+                ev = self.reader.next_event()
+                if ev is w.NEED_DATA:
+                    return
+                if isinstance(w.decodeFrame(ev, True), (w.SSLRequest, w.GSSENCRequest)):
+                    self.transport.write(b"N")
+                    self.reader.expectStartup()
+                else:
+                    self.fatal(*self._refusal)
+        except w.ProtocolError:
+            self.fatal(*self._refusal)
+
     def connectionLost(self, reason):
         self.closed = True
         self.state = _CLOSED
+        if self.login is not None:
+            self.login.connectionLost()
         self.factory.unregister(self)
         if self.backend is not None:
             self.backend.transport.loseConnection()
@@ -323,10 +373,7 @@ class ListenerFactory(Factory):
         return ClientLeg(self)
 
     def _siblings(self):
-        cfg = self.gateway.config
-        same = [c for c in cfg.connections
-                if c.protocol == "postgres" and c.listen == self.connection.listen]
-        return same or [self.connection]
+        return self.gateway.connectionsSharing(self.connection)
 
     def names(self):
         return [c.name for c in self._siblings()]
@@ -340,9 +387,14 @@ class ListenerFactory(Factory):
             return sibs[0]
         return None
 
-    def register(self, leg) -> tuple[int, int]:
+    def register(self, leg, pid: int | None = None) -> tuple[int, int]:
+        """
+        The BackendKeyData to give C{leg}'s client: the real backend pid (so
+        notifications and pg_terminate_backend mean what they do directly)
+        with a secret of our own, so only this client can cancel its query.
+        """
         while True:
-            key = (secrets.randbits(31), secrets.randbits(32))
+            key = (secrets.randbits(31) if pid is None else pid, secrets.randbits(32))
             if key not in self._keys:
                 self._keys[key] = leg
                 return key

@@ -9,11 +9,13 @@ from twisted.logger import Logger
 
 from sealgate import CONTINUE, Deny, MaskingFailed, OutputRefused, Rewrite, Session, writeNow
 from sealgate.protocols.postgres import _wire as w
-from sealgate.protocols.postgres.classify import classify
+from sealgate.protocols.postgres.classify import fastpath
 from sealgate.protocols.postgres.masking import RowMasker
+from sealgate.protocols.postgres.prepared import PreparedStatements
 
 _Q, _P, _B, _E, _S, _C, _X, _F = (ord(c) for c in "QPBESCXF")
 _CC, _ERR, _Z, _EMPTY, _SUSP, _COPYOUT, _COPYDATA, _COPYDONE = (ord(c) for c in "CEZIsHdc")
+_PSTATUS = ord("S")
 _MAX_AUDIT_TEXT = 4096
 
 
@@ -49,6 +51,8 @@ def denyStatement(message: str) -> str:
 #: Reply types the output masker decodes (the rest pass as bytes).
 _MASKED_REPLIES = [b"T", b"D", b"N", b"A", b"E"]
 _COPY_REPLIES = [b"H", b"d", b"c"]
+#: The types the row masker itself looks at (errors are masked here).
+_ROW_TYPES = frozenset(ord(c) for c in "TDNAHdc")
 
 
 class ReplyMasker:
@@ -82,12 +86,14 @@ class ReplyMasker:
         for item in replies:
             if item.__class__ is bytes:
                 out.append(item)
+            elif item.type in _ROW_TYPES:
+                out.append(rows.frame(item))
             elif item.type == _ERR:
                 err = w.decodeFrame(item, False)
                 fields = rows.fields(err.fields)
                 out.append(item.raw if fields is err.fields else w.ErrorResponse(fields).encode())
             else:
-                out.append(rows.frame(item))
+                out.append(item.raw)  # CommandComplete, ReadyForQuery...: nothing to mask
         return b"".join(out) if len(out) != 1 else out[0]
 
 
@@ -107,6 +113,7 @@ class Relay:
     backend: Any
     session: Session
     closed: bool
+    sqlSettings: Any
     _log: Logger
     fatal: Callable[[str, str], None]
 
@@ -115,7 +122,8 @@ class Relay:
         masker = self.session.chain.masker
         self._rows = RowMasker(masker) if masker is not None else None
         if self._rows is not None:
-            self.session.setOutputMasker(ReplyMasker(self._rows, self.factory.options.max_message))
+            # Channel 0 is all a postgres session has.
+            self.session.setOutputMasker(ReplyMasker(self._rows, self.factory.options.max_message), 0)
 
     def startRelay(self):
         s = self.session
@@ -124,7 +132,7 @@ class Relay:
         self._creader = w.Reader(frontend=True, maxMessage=self.factory.options.max_message)
         self._breader = w.Reader(frontend=False, maxMessage=self.factory.options.max_message)
         self._ctable = w.makeTable(w.FRONTEND_TYPES, [b"Q", b"P", b"B", b"E", b"S", b"C", b"X", b"F"])
-        stop = [b"C", b"E", b"Z", b"I", b"s"]
+        stop = [b"C", b"E", b"Z", b"I", b"s", b"S"]
         if self._rows is not None:
             stop += _MASKED_REPLIES
             if masker.detectors:
@@ -135,7 +143,7 @@ class Relay:
         self._statements: dict[str, str] = {}
         self._portals: dict[str, str] = {}
         self._denied: set[str] = set()
-        self._preparedKinds: dict[str, tuple] = {}
+        self._prepared = PreparedStatements()
         self._held = None
         self._txStatus = "I"
         self._terminating = False
@@ -169,12 +177,15 @@ class Relay:
         t = f.type
         raw = f.raw
         if t == _Q:
-            text = raw[5:-1].decode("utf-8", "surrogateescape")
-            self._pending.append(["Q", text, time.monotonic(), 0, None])
+            self.sqlSettings.sent()
             if not self._wantsCommand:
+                text = raw[5:-1].decode("utf-8", "surrogateescape")
+                self._pending.append(["Q", text, time.monotonic(), 0, None])
                 out.append(raw)
                 return None
-            return self._judge(f, text, out, lambda sql: w.Query(sql).encode())
+            text, c = self.sqlSettings.judge(raw[5:-1])
+            self._pending.append(["Q", text, time.monotonic(), 0, None])
+            return self._judge(f, text, out, lambda sql: w.Query(sql).encode(), c=c)
         if t == _P:
             msg = w.decodeFrame(f, True)
             self._statements[msg.name] = msg.query
@@ -187,7 +198,8 @@ class Relay:
                 self._denied.add(name)
                 return w.Parse(name, sql).encode()
 
-            return self._judge(f, msg.query, out, replace,
+            _, c = self.sqlSettings.judge(msg.query.encode("utf-8", "surrogateescape"))
+            return self._judge(f, msg.query, out, replace, c=c, parsedAs=msg.name,
                                rewrite=lambda sql: w.Parse(msg.name, sql, msg.paramTypes).encode())
         if t == _B:
             portal, p = _cstrAt(raw, 5)
@@ -204,36 +216,37 @@ class Relay:
             text = self._statements.get(self._portals.get(portal, ""), "")
             self._pending.append(["E", text, time.monotonic(), 0, None])
         elif t == _S:
+            self.sqlSettings.sent()
             self._pending.append(["S"])
         elif t == _F:
-            self._pending.append(["Q", "<function call>", time.monotonic(), 0, None])
+            self.sqlSettings.sent()
+            oid = int.from_bytes(raw[5:9], "big")
+            text = f"<function call {oid}>"
+            self._pending.append(["Q", text, time.monotonic(), 0, None])
+            if self._wantsCommand:
+                return self._judge(f, text, out, lambda sql: w.Query(sql).encode(), c=fastpath(oid))
         elif t == _C:
             if raw[5:6] == b"S":
                 name, _ = _cstrAt(raw, 6)
                 self._statements.pop(name, None)
                 self._denied.discard(name)
+                self._prepared.closed(name)
         elif t == _X:
             self._terminating = True
         out.append(raw)
         return None
 
-    def _judge(self, f, text, out, replace, rewrite=None):
-        c = classify(text)
-        details = c.details()
-        if c.executes:
-            kinds = list(details["statements"])
-            for name in c.executes:
-                kinds.extend(k for k in self._preparedKinds.get(name, ()) if k not in kinds)
-            details["statements"] = tuple(kinds)
-        reported = f.type == _Q
+    def _judge(self, f, text, out, replace, rewrite=None, *, c, parsedAs=None):
+        details = self._prepared.details(c)
+        details["settings"] = self.sqlSettings.describe()
+        reported = f.type != _P
         decision = self.session.decide("sql", text, details, reported=reported)
         verdict = decision.verdict
         if verdict is CONTINUE:
             if reported:
                 # Sealed once, with its outcome, when the statement completes.
                 self._pending[-1].append(details)
-            for name, kinds in c.prepares:
-                self._preparedKinds[name] = kinds
+            self._allowed(c, parsedAs)
             out.append(f.raw)
             return None
         if isinstance(verdict, Deny):
@@ -244,14 +257,20 @@ class Relay:
             out.append(rewrite(str(verdict.value)))
             return None
         if decision.held:
-            return (decision, f, replace, c, rewrite)
+            return (decision, f, replace, rewrite, lambda: self._allowed(c, parsedAs))
         out.append(replace(denyStatement("the statement could not be judged")))
         return None
 
+    def _allowed(self, c, parsedAs=None) -> None:
+        """A judged statement goes to the server: what it changes for the next ones."""
+        self._prepared.allowed(c, parsedAs)
+        if c.changesSettings:
+            self.sqlSettings.mayChange()
+
     def _startHold(self, hold, rest) -> None:
         # The core keeps the client leg paused until the decision.
-        decision, f, replace, c, rewrite = hold
-        self._held = (f, replace, rest, decision, c, rewrite)
+        decision, f, replace, rewrite, onAllowed = hold
+        self._held = (f, replace, rest, decision, rewrite, onAllowed)
         held = decision.verdict
         notice = w.NoticeResponse.make("NOTICE", "00000", held.message,
                                        hint=f"ticket {held.ticket}").encode()
@@ -261,11 +280,10 @@ class Relay:
     def _holdDecided(self, verdict) -> None:
         if self._held is None or self.closed:
             return
-        f, replace, rest, _, c, rewrite = self._held
+        f, replace, rest, _, rewrite, onAllowed = self._held
         self._held = None
         if verdict is CONTINUE:
-            for name, kinds in c.prepares:
-                self._preparedKinds[name] = kinds
+            onAllowed()
             self._toBackend([f.raw])
         elif isinstance(verdict, Rewrite):
             self._toBackend([rewrite(str(verdict.value))])
@@ -310,7 +328,7 @@ class Relay:
             return
         # Masking: the reply masker gets the replies already split.
         replies = [item if item.__class__ is bytes else self._backendFrame(item) for item in items]
-        self.toClient(b"".join(x if isinstance(x, bytes) else x.raw for x in replies), replies)
+        self.toClient(b"".join([x if isinstance(x, bytes) else x.raw for x in replies]), replies)
 
     def toClient(self, data: bytes, replies=None) -> None:
         """The output step for every reply; what cannot be vetted ends the session."""
@@ -330,7 +348,10 @@ class Relay:
             self._complete(n, None)
         elif t == _Z:
             self._txStatus = chr(f.raw[5])
+            self.sqlSettings.ready()
             self._ready()
+        elif t == _PSTATUS:
+            self.sqlSettings.observe(f.raw)
         elif t == _ERR:
             err = w.decodeFrame(f, False)
             code = err.get("C")
@@ -380,7 +401,9 @@ class Relay:
             # Allowed by the chain and not sealed yet: verdict and outcome in one event.
             details = entry[5]
             extra = {"verdict": "allow", "statements": list(details.get("statements", ())),
-                     "relations": list(details.get("relations", ()))}
+                     "effects": list(details.get("effects", ())),
+                     "relations": list(details.get("relations", ())),
+                     "settings": details.get("settings", {})}
         self.session.audit("statement", text=text,
                            duration=round(time.monotonic() - entry[2], 6),
                            rows=rows, sqlstate=sqlstate or "00000", outcome=outcome, **extra)

@@ -5,8 +5,11 @@ from twisted.internet import endpoints, ssl
 from zope.interface import implementer
 
 from sealgate.config import Table, resolveSecret
+from sealgate.export import TEXT, ExportFormat
 from sealgate.interfaces import IProtocolPlugin
 from sealgate.protocols.postgres._wire import DEFAULT_MAX_MESSAGE
+from sealgate.protocols.postgres.classify import KINDS
+from sealgate.protocols.postgres.effects import EFFECTS, PRESETS
 
 BACKEND_TLS = ("disable", "require", "verify-full")
 
@@ -129,7 +132,14 @@ def backendTLSOptions(connection):
 @implementer(IProtocolPlugin)
 class PostgresPlugin:
     name = "postgres"
-    ruleKeys = ("statements", "relations", "sql_regex")
+    ruleKeys = ("statements", "effects", "relations", "sql_regex")
+    ruleVocabulary = {"statements": KINDS, "effects": tuple(EFFECTS)}
+    rulePresets = PRESETS
+    exportFormats = (
+        ExportFormat("transcript", TEXT, ".sql.txt",
+                     "SQL transcript: statements, parameters and results as the client saw them",
+                     "sealgate.protocols.postgres.replay:exportTranscript", player="text"),
+    )
 
     def parseOptions(self, options, where):
         return parseOptions(options, where)

@@ -91,6 +91,12 @@ def _formats(formats, n):
     return list(formats)
 
 
+def exportTranscript(session, out) -> str:
+    """The C{transcript} export format's writer (L{sealgate.interfaces.IExportFormat})."""
+    replay(session.frames(), out)
+    return "SQL transcript"
+
+
 def replay(frames, out, speed=None, sleep=time.sleep) -> None:
     """
     Write the transcript of a recorded session to C{out} (binary file).

@@ -2,22 +2,22 @@
 
 import codecs
 import json
+import re
 import time
 from typing import Any
 
+from sealgate.export import textOut
 from sealgate.protocols.ssh import _wire
 from sealgate.protocols.ssh.relay import STREAM_CONTROL, STREAM_DATA, STREAM_STDERR
 from sealgate.session import FROM_CLIENT, TO_CLIENT
 
+#: A line feed with no carriage return before it in the same chunk.
+_LONE_LF = re.compile(r"(?<!\r)\n")
+
 
 def _fields(frame) -> tuple[float, int, int, bytes]:
-    t: float | None = getattr(frame, "time", None)
-    if t is None:
-        t = getattr(frame, "timestamp", 0.0)
-    data = getattr(frame, "data", None)
-    if data is None:
-        data = getattr(frame, "payload", b"")
-    return float(t), frame.direction, frame.channel, bytes(data or b"")
+    # A redacted frame has no data: it plays as nothing.
+    return float(frame.time), frame.direction, frame.channel, bytes(frame.data or b"")
 
 
 class _Channel:
@@ -57,6 +57,22 @@ def _channels(frames) -> list[_Channel]:
     return [chans[k] for k in sorted(chans)]
 
 
+class _Newlines:
+    """LF to CRLF as a terminal's output processing (onlcr) does it, across chunk boundaries."""
+
+    def __init__(self):
+        self.lastCR = False
+
+    def translate(self, text: str) -> str:
+        if not text:
+            return text
+        head, rest = "", text
+        if text[0] == "\n":  # the chunk before decides whether this LF had its CR
+            head, rest = ("\n" if self.lastCR else "\r\n"), text[1:]
+        self.lastCR = text.endswith("\r")
+        return head + _LONE_LF.sub("\r\n", rest)
+
+
 def writeAsciicast(frames, out, channel: int | None = None) -> int:
     """
     Write one terminal channel of a recorded SSH session as asciicast v2
@@ -88,6 +104,10 @@ def writeAsciicast(frames, out, channel: int | None = None) -> int:
     out.write(json.dumps(header) + "\n")
     decoders = {STREAM_DATA: codecs.getincrementaldecoder("utf-8")("replace"),
                 STREAM_STDERR: codecs.getincrementaldecoder("utf-8")("replace")}
+    # Without a pty nothing turned the program's LF into CRLF (the tty's
+    # onlcr does that), but the terminal that showed it was the client's
+    # own, in cooked mode: render it the same way, or a player staircases.
+    cooked = _Newlines() if ch.pty is None else None
     count = 0
     for t, direction, stream, payload in ch.events:
         rel = round(max(0.0, t - start), 6)
@@ -99,10 +119,24 @@ def writeAsciicast(frames, out, channel: int | None = None) -> int:
         if direction != TO_CLIENT:
             continue
         text = decoders[stream].decode(payload)
+        if cooked is not None:
+            text = cooked.translate(text)
         if text:
             out.write(json.dumps([rel, "o", text]) + "\n")
             count += 1
     return count
+
+
+def exportCast(session, out) -> str:
+    """The C{asciicast} export format's writer (L{sealgate.interfaces.IExportFormat})."""
+    with textOut(out) as text:
+        return f"asciicast v2, {writeAsciicast(session.frames(), text)} events"
+
+
+def exportTranscript(session, out) -> str:
+    """The C{transcript} export format's writer: terminal output, exec commands, sftp operations."""
+    replay(session.frames(), out, None)
+    return "SSH transcript"
 
 
 def replay(frames, out, speed: float | None = None, sleep=time.sleep) -> None:

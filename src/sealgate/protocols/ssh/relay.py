@@ -216,6 +216,11 @@ class ForwardChannel(RelayChannel):
         except OutputRefused:
             peer.loseConnection()
 
+    def closed(self):
+        if self.session is not None and not self.clientSide:
+            self.session.setOutputMasker(None, self.recordId)
+        super().closed()
+
     def eofReceived(self):
         if self.peer is not None:
             self.peer.sendEOFAfterData()

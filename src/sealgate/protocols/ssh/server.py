@@ -14,11 +14,13 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from sealgate.identity import AuthenticationFailed
+from sealgate.prelogin import BUSY, SOURCE_BUSY, TOO_LARGE, IPreLoginClient
 from sealgate.protocols.ssh import _wire
 from sealgate.protocols.ssh.backend import BackendError, connectBackend, preferFastCiphers
 from sealgate.protocols.ssh.relay import FlowConnection, ForwardChannel
 from sealgate.protocols.ssh.session import BackendSession, ClientSession
 from sealgate.session import SessionRefused
+from sealgate.throttle import sourceOfClient
 
 MSG_USERAUTH_INFO_REQUEST = 60
 MSG_USERAUTH_INFO_RESPONSE = 61
@@ -48,9 +50,12 @@ class KeyChecker:
 
     def requestAvatarId(self, c):
         ctx = self.ctx
-        reactor = ctx.factory.gateway.reactor
-        d = threads.deferToThreadPool(reactor, reactor.getThreadPool(), ctx.factory.keys.lookup,
-                                      c.blob)
+        gateway = ctx.factory.gateway
+        reactor = gateway.reactor
+        d = gateway.throttle.wait(sourceOfClient(_client(ctx.transport)),
+                                  [c.username.decode("utf-8", "replace")])
+        d.addCallback(lambda _: threads.deferToThreadPool(
+            reactor, reactor.getThreadPool(), ctx.factory.keys.lookup, c.blob))
         return d.addCallback(self._check, c)
 
     def _check(self, rec, c):
@@ -95,7 +100,7 @@ class TokenChecker:
 
         def ok(identity):
             if conn is None:
-                ctx.auditFailure("unknown connection", identity.subject)
+                ctx.auditFailure("unknown connection", identity.id)
                 raise UnauthorizedLogin("unknown connection")
             return Authenticated(conn, identity)
 
@@ -120,6 +125,7 @@ class Realm:
         except SessionRefused as e:
             ctx.banner(f"sealgate: {e}")
             raise UnauthorizedLogin(str(e))
+        ctx.transport.login.authenticated()
         session.abort = lambda message: ctx.transport.sendDisconnect(
             transport.DISCONNECT_BY_APPLICATION, f"sealgate: {message}".encode())
         # The core pauses the TCP legs (both: the store cannot keep up); a
@@ -164,17 +170,13 @@ class UserAuthServer(userauth.SSHUserAuthServer):
         return self.factory.connectionNamed(name)
 
     def auditFailure(self, reason, claimed=None, blob=None):
-        event = {"kind": "login_failed", "connection": self.factory.connection.name,
-                 "protocol": "ssh", "client": _client(self.transport),
-                 "claimed": claimed, "reason": reason,
-                 "user": (self.user or b"").decode("utf-8", "replace")}
+        extra = {"user": (self.user or b"").decode("utf-8", "replace")}
         if blob is not None:
             from sealgate.identity.sshkeys import fingerprintOf
 
-            event["key"] = fingerprintOf(blob)
-        self.factory.gateway.store.auditEvent(event)
-        self._log.info("SSH login refused from {client} as {user!r}: {reason}",
-                       client=event["client"], user=event["user"], reason=reason)
+            extra["key"] = fingerprintOf(blob)
+        self.factory.gateway.loginFailed(self.factory.connection, _client(self.transport),
+                                         reason, claimed=claimed, claims=[extra["user"]], **extra)
 
     def banner(self, text: str) -> None:
         assert self.transport is not None  # only called while authenticating
@@ -364,16 +366,38 @@ _MALFORMED = (struct.error, ValueError, IndexError)
 #: What Conch's transport-layer handlers raise for a message before the one it depends on.
 _OUT_OF_ORDER = (AttributeError, KeyError, TypeError)
 _TRANSPORT_ERRORS = _MALFORMED + _OUT_OF_ORDER
+#: Disconnect reasons of the pre-login refusals (RFC 4253 section 11.1).
+_REFUSAL_CODES = {BUSY: transport.DISCONNECT_TOO_MANY_CONNECTIONS,
+                  SOURCE_BUSY: transport.DISCONNECT_TOO_MANY_CONNECTIONS,
+                  TOO_LARGE: transport.DISCONNECT_PROTOCOL_ERROR}
 
 
+@implementer(IPreLoginClient)
 class ServerTransport(transport.SSHServerTransport):
     #: No software version: a banner naming Twisted's tells a scanner which CVEs to try.
     ourVersionString = b"SSH-2.0-sealgate"
     _log = Logger()
+    login = None
 
     def connectionMade(self):
         preferFastCiphers(self)
         super().connectionMade()
+        self.login = self.factory.gateway.prelogin.admit(self.factory.connection.name,
+                                                         self.transport, self)
+
+    def dataReceived(self, data):
+        if self.login.dataReceived(len(data)):
+            super().dataReceived(data)
+
+    def refuseLogin(self, kind: str, message: str) -> None:
+        """The pre-login guard's refusal, as an SSH disconnect."""
+        self.sendDisconnect(_REFUSAL_CODES.get(kind, transport.DISCONNECT_BY_APPLICATION),
+                            f"sealgate: {message}".encode())
+
+    def connectionLost(self, reason):
+        if self.login is not None:
+            self.login.connectionLost()
+        super().connectionLost(reason)
 
     def dispatchMessage(self, messageNum, payload):
         # Conch parses messages where it handles them, so a malformed one
@@ -413,10 +437,10 @@ class GatewaySSHFactory(factory.SSHFactory):
         self.users: set = set()
 
     def connectionNamed(self, name: str):
-        c = self.gateway.config.connection(name)
-        if c is None or c.protocol != "ssh" or c.listen != self.connection.listen:
-            return None
-        return c
+        for c in self.gateway.connectionsSharing(self.connection):
+            if c.name == name:
+                return c
+        return None
 
     def getPublicKeys(self):
         return {t: k.public() for t, k in self.hostKeys.items()}

@@ -13,7 +13,6 @@ from sealgate import (
     CONTINUE,
     FROM_CLIENT,
     TO_CLIENT,
-    Deny,
     OutputRefused,
     Rewrite,
     StreamMasker,
@@ -28,6 +27,8 @@ from sealgate.protocols.ssh.relay import (
     recordChannel,
 )
 from sealgate.protocols.ssh.sftpaudit import SFTPTransfers
+from sealgate.protocols.ssh.sftprelay import SFTPRelay
+from sealgate.protocols.ssh.terminal import Stderr, StreamOutput, TerminalInput
 
 _STDERR = connection.EXTENDED_DATA_STDERR
 #: Requests relayed without asking the backend for a reply (clients send
@@ -37,36 +38,6 @@ _NO_REPLY = {b"window-change", b"signal", b"eow@openssh.com"}
 #: (legacy scp, rsync): masking would corrupt the files, so, like sftp,
 #: their streams pass unmasked (rules can still deny or hold them).
 _TRANSFER = re.compile(r"^\s*(\S*/)?(scp\s+(-\S+\s+)*-[a-zA-Z]*[tf]|rsync\s+--server|\S*sftp-server)\b")
-
-
-class _Stderr:
-    """A channel's stderr as a transport, for C{session.send}."""
-
-    __slots__ = ("channel",)
-
-    def __init__(self, channel):
-        self.channel = channel
-
-    def write(self, data: bytes) -> None:
-        self.channel.writeExtended(_STDERR, data)
-
-
-class StreamOutput:
-    """
-    The output masker of one stream of a terminal channel: a
-    L{StreamMasker} holds back what may be the start of a value (bounded
-    by C{mask_holdback}); the echo of what the user just typed (C{echo})
-    and a C{flush} go out whole.
-    """
-
-    def __init__(self, masker: StreamMasker):
-        self.masker = masker
-
-    def __call__(self, data: bytes, context) -> bytes:
-        m = self.masker
-        if context.get("flush") or context.get("echo"):
-            return (m.feed(data) if data else b"") + m.flush()
-        return m.feed(data)
 
 
 class BackendSession(RelayChannel):
@@ -92,7 +63,7 @@ class BackendSession(RelayChannel):
         return self.peer.backendRequest(requestType, data)
 
 
-class ClientSession(RelayChannel):
+class ClientSession(SFTPRelay, TerminalInput, RelayChannel):
     """
     The client leg of a session channel.  Commands (exec, sftp operations)
     go through the chain first; while one is held, client input is queued
@@ -117,7 +88,7 @@ class ClientSession(RelayChannel):
         self._outTail = b""
         self._secretInput = False
         self._maskers: dict[int, StreamMasker] | None = None
-        self._stderr = _Stderr(self)
+        self._stderr = Stderr(self)
         self._flushCall = None
         self.exitStatus: int | None = None
         self._passthrough = False
@@ -272,8 +243,11 @@ class ClientSession(RelayChannel):
         def reply(ok):
             # Conch cannot answer a request on a channel that is gone.
             if self.conn is not None and self.id in self.conn.localToRemoteChannel:
+                # The outcome Conch answers with (when the client wants a
+                # reply) passes the output step first, like every reply.
+                name = kind.decode("ascii", "replace")
                 if kind not in _NO_REPLY and not self._control(
-                        TO_CLIENT, type="reply", request=kind.decode("ascii", "replace"), ok=ok):
+                        TO_CLIENT, type="request-result", request=name, ok=ok):
                     return
                 result.callback(ok)
 
@@ -367,112 +341,6 @@ class ClientSession(RelayChannel):
             peer.peer = None
             peer.loseConnection()
         self.closeAfterData()
-
-    # -- sftp ----------------------------------------------------------------
-
-    # _sftp, _boundary and _transfers are set together when the sftp
-    # subsystem starts, and only sftp mode reaches the code that reads them.
-
-    def _sftpPump(self) -> None:
-        assert self._sftp is not None
-        chain = self.session
-        while not self._sftpHeld and self.peer is not None:
-            try:
-                event = self._sftp.next_event()
-            except _wire.WireError as e:
-                self._log.info("Malformed SFTP on session {session}: {error}",
-                               session=chain.id, error=str(e))
-                self.loseConnection()
-                return
-            if event is _wire.NEED_DATA:
-                return
-            packet, op = event
-            if op is None or not self._wantsCommand:
-                self._sftpForward(packet, op)
-                continue
-            details = {"op": op.op, "path": op.path, "size": op.size,
-                       "direction": op.direction}
-            if op.target is not None:
-                details["target"] = op.target
-            # The packet is forwarded as it came: a rewrite cannot apply.
-            decision = chain.decide("sftp", op.text, details, rewritable=False, hold=self)
-            if decision.held:
-                self._stderrNote(decision.verdict.message)
-                self._sftpHeld = True
-                decision.pending.addCallback(self._sftpDecided, packet, op)
-                return
-            self._sftpVerdict(decision.verdict, packet, op)
-
-    def _sftpVerdict(self, verdict, packet: bytes, op) -> None:
-        if isinstance(verdict, Deny):
-            reason = getattr(verdict, "reason", "not approved")
-            self._stderrNote(f"sftp {op.text}: denied: {reason}")
-            self._injectReply(_wire.statusReply(op.requestId, _wire.FX_PERMISSION_DENIED,
-                                                f"denied by sealgate: {reason}"))
-        else:
-            self._sftpForward(packet, op)
-
-    def _sftpForward(self, packet: bytes, op) -> None:
-        if self.peer is not None:
-            assert self._transfers is not None
-            self._transfers.request(packet, op)
-            self.peer.write(packet)
-
-    def _auditTransfer(self, op, count: int, complete: bool) -> None:
-        self.session.audit("sftp_transfer", channel=self.id, op=op.op, path=op.path,
-                           direction=op.direction, bytes=count, complete=complete)
-
-    def _sftpDecided(self, verdict, packet, op) -> None:
-        if self.localClosed:
-            return
-        self._sftpHeld = False
-        self._sftpVerdict(verdict, packet, op)
-        self._sftpPump()
-
-    def _injectReply(self, packet: bytes) -> None:
-        """A gateway-made SFTP reply, sent between whole backend replies."""
-        self._inject.append(packet)
-        assert self._boundary is not None
-        if self._boundary.atBoundary:
-            self._flushInjected()
-
-    def _flushInjected(self) -> None:
-        inject, self._inject = self._inject, []
-        for packet in inject:
-            self._send(packet, STREAM_DATA, injected=True)
-
-    # -- shell input audit ----------------------------------------------------
-
-    def _terminalInput(self, data: bytes) -> None:
-        """Record (and, in a shell, audit) what is typed into a pty."""
-        hidden = 0
-        recorded = data
-        if not self._secretInput and _wire.SECRET_PROMPT.search(self._outTail):
-            self._secretInput = True
-        if self._secretInput:
-            # What is typed at a password prompt is not echoed; keep it out of
-            # the recording and the audit too (length is kept for timing).
-            out = bytearray()
-            for b in data:
-                if self._secretInput and b not in (0x0D, 0x0A, 0x03):
-                    out.append(0x2A)
-                    continue
-                out.append(b)
-                if self._secretInput:
-                    self._secretInput = False
-                    self._outTail = b""
-                    hidden += 1
-            recorded = bytes(out)
-        self.session.received(recorded, recordChannel(self.id, STREAM_DATA))
-        if self._lines is None:
-            return
-        for line in self._lines.receive_data(data):
-            if hidden:
-                hidden -= 1
-                self.session.audit("shell_input", channel=self.id, line="<hidden input>")
-            elif line.strip():
-                self.session.audit("shell_input", channel=self.id,
-                                   line=line.decode("utf-8", "replace"))
 
     # -- backend -> client -------------------------------------------------------
 

@@ -1,0 +1,263 @@
+"""One HTTP request's way through the listener: login pages, routing, the credential, then its body, the decision and the backend."""
+
+import hashlib
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from sealgate.chain.verdicts import CONTINUE, Deny, Hold
+from sealgate.identity import AuthenticationFailed
+from sealgate.masking import MaskingFailed
+from sealgate.protocols.http import _login, _wire
+from sealgate.protocols.http._backend import Exchange
+from sealgate.protocols.http._state import Conn, ConnEvent
+from sealgate.protocols.http._upgrade import Relay, connectRelay
+from sealgate.session import SessionRefused
+
+_FORWARDED = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"})
+_WITH_BODY = frozenset({b"POST", b"PUT", b"PATCH"})
+_CHALLENGE = (b"WWW-Authenticate", b'Bearer realm="sealgate", Basic realm="sealgate"')
+#: What HTTP sends, as its output step's masker sees it: "response" (the
+#: gateway's own answers), "head" (response heads: never masked, secret
+#: values recorded redacted) and "body" (backend bodies, masked by type
+#: before they get here), "websocket" (frames, passed as they are).
+_PARTS = frozenset({"response", "head", "body", "websocket"})
+
+
+def outputMasker(data: bytes, context) -> bytes:
+    """
+    The session's output masker for HTTP: bodies are masked by content type
+    and coding (L{sealgate.protocols.http._body.BodyMasker}) before they reach
+    the output step, so this passes what is classified and refuses anything
+    else (fail closed: a send without a part is a bug, never a leak).
+    """
+    if context.get("part") in _PARTS:
+        return data
+    raise MaskingFailed("HTTP output of an unknown kind")
+
+
+class Pipeline:
+    """
+    The steps of one request, in order: the browser login's own pages
+    (before routing), routing on the normalized target, the credential
+    (the session is opened or reused) and the body limit, all before one
+    byte of the body is read; then the body is read and recorded as it
+    comes, and the whole request decided by the chain and forwarded (or
+    upgraded).  The
+    client connection (L{sealgate.protocols.http._relay.ClientConnection})
+    reads and writes; this object only decides what happens next.
+    """
+
+    _log = Logger()
+    #: The routed connection's L{sealgate.protocols.http._routing.Backend}, once routed.
+    backend: Any = None
+    maxBody = 0
+    headRecorded = False
+
+    def __init__(self, factory, client, request):
+        self.factory = factory
+        self.client = client
+        self.request = request
+
+    def _later(self, coroutine) -> None:
+        d = defer.ensureDeferred(coroutine)
+        d.addErrback(self.client._crashed, self.request)
+
+    # -- before the body -------------------------------------------------------------
+
+    def start(self) -> None:
+        f, client, request = self.factory, self.client, self.request
+        login = f.login
+        if login is not None and request.path.startswith(_login.PREFIX):
+            return self._later(self._loginPage())
+        backend = f.router.route(request.host, request.path)
+        if backend is None:
+            return client.problem(request, 404, "No such service",
+                                  "no connection on this listener serves this host and path")
+        if request.lenient is not None and not backend.options.lenient_targets:
+            return client.problem(request, 400, "Bad request", request.lenient)
+        self.backend = backend
+        self.maxBody = backend.options.max_body
+        credential = _wire.credentialFrom(request.get(b"authorization"))
+        if credential is None and backend.options.browser_login:
+            credential = login.credentialFor(request)
+            if credential is None and login.wantsLogin(request):
+                return self._later(self._loginStart(backend))
+        if credential is None:
+            return client.problem(request, 401, "Authentication required",
+                                  "send Authorization: Bearer <token or API key>", headers=[_CHALLENGE])
+        digest = hashlib.sha256(credential.encode()).digest()
+        if client.session is None or client.credentialHash != digest or client.backend is not backend:
+            return self._later(self._openSession(credential, digest))
+        self.authenticated()
+
+    async def _loginPage(self) -> None:
+        client = self.client
+        answer = await self.factory.login.page(self.request, self.factory.router, self.factory.secure,
+                                               client.clientText)
+        client.answer(self.request, answer.status, answer.headers, answer.body)
+
+    async def _loginStart(self, backend) -> None:
+        try:
+            answer = await self.factory.login.start(self.request, backend, self.factory.secure)
+        except _login.LoginFailed as e:
+            return self.client.problem(self.request, 502, "Login unavailable", str(e))
+        self.client.answer(self.request, answer.status, answer.headers, answer.body)
+
+    async def _openSession(self, credential: str, digest: bytes) -> None:
+        client, request, backend = self.client, self.request, self.backend
+        client.endSession("identity or connection changed")
+        try:
+            identity = await self.factory.gateway.authenticate(backend.connection, credential,
+                                                               client.clientText)
+        except AuthenticationFailed as e:
+            return client.problem(request, 401, "Authentication failed", str(e), headers=[
+                (b"WWW-Authenticate", b'Bearer realm="sealgate", error="invalid_token"')])
+        if client.gone or client.state is Conn.CLOSED:
+            return None
+        try:
+            session = self.factory.gateway.openSession(
+                backend.connection, identity, client.clientText,
+                {"tls": self.factory.secure, "host": request.host.decode("latin-1")})
+        except SessionRefused as e:
+            return client.problem(request, 403 if e.code == "access" else 503, "Session refused", str(e))
+        session.abort = client.abortSession
+        session.setOutputMasker(outputMasker)
+        session.attach(client.leg)
+        client.prelogin.authenticated()
+        client.session, client.credentialHash, client.backend = session, digest, backend
+        self.authenticated()
+
+    def authenticated(self) -> None:
+        framing = self.request.framing
+        if framing is not None and framing.kind == "length" and framing.length > self.maxBody:
+            return self.tooLarge()
+        self.client.readBody()
+
+    def tooLarge(self) -> None:
+        """The body is over the connection's C{max_body}: refused, and the connection closes."""
+        self.client.problem(self.request, 413, "Request body too large",
+                            f"this connection takes request bodies up to {self.maxBody} bytes",
+                            max_body=self.maxBody)
+
+    # -- with the body in ------------------------------------------------------------
+
+    def whole(self) -> None:
+        """The request is whole (and recorded as it came): decide."""
+        session = self.client.session
+        if not session.chain.wantsCommand:
+            return self.dispatch(CONTINUE)
+        request = self.request
+        method = request.method.decode("latin-1")
+        secret = self.backend.options.secret_headers
+        details = {
+            "method": method, "path": request.path.decode("latin-1"),
+            "query": (request.query or b"").decode("latin-1"),
+            "headers": {n.decode("latin-1"): b", ".join(vs).decode("latin-1")
+                        for n, vs in request.low.items() if n not in secret},
+            "body_size": request.bodySize,
+        }
+        upgrade = request.get(b"upgrade")
+        if upgrade:
+            details["upgrade"] = upgrade.lower().decode("latin-1")
+        # HTTP forwards the request as the client framed it: a Rewrite is
+        # not applied, so the core turns it into an audited denial.
+        decision = session.decide("http", f"{method} {request.target.decode('latin-1')}", details,
+                                  rewritable=False)
+        if decision.held:
+            self.holdNotice(decision.verdict)
+            decision.pending.addCallback(self.dispatch)
+            decision.pending.addErrback(self.client._crashed, request)
+            return
+        self.dispatch(decision.verdict)
+
+    def dispatch(self, verdict) -> None:
+        client, request = self.client, self.request
+        if client.gone:
+            return None
+        if isinstance(verdict, Deny):
+            return client.problem(request, 403, "Request denied by policy", verdict.reason,
+                                  rule=verdict.rule)
+        if (request.get(b"upgrade") or b"").lower() == b"websocket":
+            return self.upgrade()
+        exchange = Exchange(client, request, self.backend, client.session,
+                            self.factory.pools[id(self.backend)])
+        client.exchange = exchange
+        exchange.start(self.forwardHead(False))
+
+    # -- pieces ------------------------------------------------------------------
+
+    def forwardHead(self, upgrade: bool) -> bytes:
+        """The request head the backend gets: normalized target, its credential, one Host."""
+        request, backend, client = self.request, self.backend, self.client
+        low = request.low
+        drop = _wire.hopByHop(low.get(b"connection"))
+        if upgrade:
+            drop -= {b"upgrade", b"connection"}
+        options = backend.options
+        parts = [request.method + b" " + request.target + b" HTTP/1.1",
+                 b"Host: " + (request.host if options.preserve_host else backend.hostHeader)]
+        for (name, value), n in zip(request.headers, request.names, strict=True):
+            if n in drop or n in _wire.DROP_REQUEST or n in _FORWARDED:
+                continue
+            if n == b"cookie" and options.browser_login:
+                kept = _login.stripCookie([value])
+                if not kept:
+                    continue
+                value = kept[0]
+            parts.append(name + b": " + value)
+        forwarded = low.get(b"x-forwarded-for", [])
+        parts.append(b"X-Forwarded-For: " + b", ".join([*forwarded, client.clientHost.encode()]))
+        parts.append(b"X-Forwarded-Proto: " + (b"https" if self.factory.secure else b"http"))
+        parts.append(b"X-Forwarded-Host: " + request.host)
+        for name, value in options.inject:
+            parts.append(name + b": " + value)
+        if request.body is not None:
+            parts.append(b"Content-Length: %d" % request.bodySize)
+        elif request.method in _WITH_BODY:
+            parts.append(b"Content-Length: 0")
+        return b"\r\n".join(parts) + b"\r\n\r\n"
+
+    def recordHead(self) -> None:
+        """Record the request head in the session, once (before its body, or before an answer to it)."""
+        session = self.client.session
+        if session is not None and not self.headRecorded:
+            self.headRecorded = True
+            session.received(self.recordedHead())
+
+    def recordedHead(self) -> bytes:
+        """The request head as the client sent it, secret values redacted: what the recording keeps."""
+        request = self.request
+        backend = self.backend
+        secret = backend.options.secret_headers if backend is not None else _wire.SECRET_HEADERS
+        first = request.method + b" " + request.sent + b" " + request.version
+        if secret.isdisjoint(request.low):
+            pairs = request.headers
+        else:
+            pairs = [(n, _wire.REDACTED if ln in secret else v)
+                     for (n, v), ln in zip(request.headers, request.names, strict=True)]
+        return _wire.serializeHead(first, pairs)
+
+    def holdNotice(self, hold: Hold) -> None:
+        """Tell the client at once that its request waits: a 1xx response clients skip, recorded."""
+        if self.request.version != b"HTTP/1.1" or self.client.gone:
+            return
+        message = hold.message.encode("utf-8", "replace").replace(b"\r", b" ").replace(b"\n", b" ")
+        if not self.client.send(b"HTTP/1.1 102 Processing\r\nSealgate-Ticket: "
+                                + hold.ticket.encode("ascii", "replace")
+                                + b"\r\nSealgate-Notice: " + message + b"\r\n\r\n", part="head"):
+            self.client.abort()
+
+    def upgrade(self) -> None:
+        """Hand the client connection over to a raw, recorded WebSocket relay."""
+        client, backend = self.client, self.backend
+        relay = Relay(client, client.session, self.forwardHead(True), backend.options.secret_headers)
+        client.relay = relay
+        client._to(ConnEvent.UPGRADED)
+        buffered = bytes(client.buf)
+        del client.buf[:]
+        client.resumeReading()
+        if buffered:
+            relay.fromClient(buffered)
+        connectRelay(relay, self.factory.reactor, backend)

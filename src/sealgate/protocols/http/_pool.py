@@ -1,0 +1,86 @@
+"""Backend connections of the HTTP relay: persistent ones per endpoint, reused newest first."""
+
+import time
+from typing import Any
+
+from twisted.internet import endpoints
+from twisted.internet.protocol import Factory, Protocol
+
+from sealgate import noDelay
+
+#: An idle backend connection older than this is closed rather than reused:
+#: servers drop idle connections, and a request sent on one would fail.
+_MAX_IDLE_AGE = 30.0
+
+
+class BackendConnection(Protocol):
+    """One TCP (or TLS) connection to a backend, serving one L{Exchange} at a time."""
+
+    # A TCP or TLS client transport: also a push producer (pause/resume),
+    # which ITransport does not name.  Set before connectionMade, so never
+    # None while the connection is in use.
+    transport: Any
+    exchange: Any = None  # the _backend.Exchange it serves
+    idleSince = 0.0
+
+    def __init__(self, pool):
+        self.pool = pool
+        self.alive = True
+
+    def connectionMade(self):
+        noDelay(self.transport)
+
+    def dataReceived(self, data):
+        if self.exchange is not None:
+            self.exchange.dataReceived(data)
+        else:
+            # Bytes nobody asked for: this connection cannot be trusted again.
+            self.alive = False
+            self.transport.loseConnection()
+
+    def connectionLost(self, reason):
+        self.alive = False
+        self.pool.forget(self)
+        exchange, self.exchange = self.exchange, None
+        if exchange is not None:
+            exchange.backendLost(reason)
+
+
+class BackendPool:
+    """Persistent connections to one backend endpoint; idle ones are reused newest first."""
+
+    MAX_IDLE = 64
+
+    def __init__(self, reactor, description: str):
+        self.reactor = reactor
+        self._endpoint = endpoints.clientFromString(reactor, description)
+        self._factory = Factory.forProtocol(lambda: BackendConnection(self))
+        self._idle: list[BackendConnection] = []
+
+    def take(self) -> BackendConnection | None:
+        now = time.monotonic()
+        while self._idle:
+            conn = self._idle.pop()
+            if conn.alive and now - conn.idleSince < _MAX_IDLE_AGE:
+                return conn
+            conn.transport.loseConnection()
+        return None
+
+    def connect(self):
+        return self._endpoint.connect(self._factory)
+
+    def put(self, conn: BackendConnection) -> None:
+        if not conn.alive or len(self._idle) >= self.MAX_IDLE:
+            conn.transport.loseConnection()
+            return
+        conn.idleSince = time.monotonic()
+        self._idle.append(conn)
+
+    def forget(self, conn: BackendConnection) -> None:
+        if conn in self._idle:
+            self._idle.remove(conn)
+
+    def close(self) -> None:
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.transport.loseConnection()

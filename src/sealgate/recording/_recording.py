@@ -1,0 +1,67 @@
+"""One session's recording handle: the proxies' hot path into the store's queue."""
+
+import time
+
+from twisted.internet.defer import Deferred, fail
+from zope.interface import implementer
+
+from sealgate.interfaces import ISessionRecording
+from sealgate.recording import _pipe
+from sealgate.recording._errors import StoreError
+from sealgate.recording._pressure import FAILED
+
+
+@implementer(ISessionRecording)
+class SessionRecording:
+    """
+    One session's recording handle.  L{frame} is on the proxy's hot path:
+    it only appends to the store's queue and counts what waits; the writer
+    process hashes and writes.
+    """
+
+    __slots__ = ("sessionId", "_handle", "_queue", "_store", "_closed")
+
+    def __init__(self, store, handle: int, sessionId: str):
+        self.sessionId = sessionId
+        self._handle = handle
+        self._queue = store._queue
+        self._store = store
+        self._closed = False
+
+    def frame(self, direction: int, data: bytes, channel: int = 0) -> None:
+        if self._closed or not data:
+            return
+        if direction not in (0, 1) or not 0 <= channel <= 0xFFFFFFFF:
+            # Checked here: one bad frame in a batch must not stall the writer.
+            raise ValueError(f"frame direction {direction!r} / channel {channel!r} out of range")
+        if type(data) is not bytes:
+            data = bytes(data)  # the caller may reuse its buffer
+        self._queue.append((self._handle, time.time(), channel, direction, data))
+        store = self._store
+        store._cost += len(data) + _pipe.FRAME_COST
+        if store._cost > store._pauseAt:
+            store._overBound()
+
+    def event(self, kind: str, fields: dict) -> None:
+        if not self._closed:
+            self._store._enqueue(("event", self._handle, kind, dict(fields), time.time()))
+
+    def close(self, reason: str, stats: dict) -> Deferred:
+        if self._closed:
+            raise RuntimeError(f"recording of session {self.sessionId} is already closed")
+        self._closed = True
+        store = self._store
+        if store._finished:
+            return fail(StoreError(f"the recording store stopped before session {self.sessionId} closed; "
+                                   "it is sealed as cut off at the next start"))
+        d: Deferred = Deferred()
+        token = store._waitFor(d)
+        store._closing[token] = self._handle
+        store._enqueue(("close", self._handle, reason, dict(stats), token, time.time()))
+        store._wake.set()
+        if store._pressure.state == FAILED:
+            # Queued all the same: should the writer come back, it seals the close.
+            d.addErrback(lambda f: None)
+            return fail(StoreError(f"{store._pressure.failure}; session {self.sessionId} is sealed as "
+                                   "'store failed' when the store recovers or next starts"))
+        return d

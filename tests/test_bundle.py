@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from sealgate.recording import _format
 from sealgate.recording._engine import Engine, SessionState
 from sealgate.recording.bundle import _LEN, MAGIC, readBundle, verifyBundle
-from sealgate.recording.checkpoint import Signer
+from sealgate.recording.checkpoint import Signer, Verifier
 from tests.test_store import cli
 
 ORIGIN = "sealgate/bundle"
@@ -80,6 +80,16 @@ def test_wrong_key_is_refused(exported, tmp_path):
     other = Signer.generate(ORIGIN).verifier.vkey()
     code, out = _verify(tmp_path, exported[0], "--key", other)
     assert code == 1 and "carries no signature by the key" in out
+
+
+def test_bundle_verifies_against_a_fingerprint_the_auditor_holds(exported, tmp_path):
+    data, vkey = exported
+    fp = Verifier.fromVkey(vkey).fingerprint
+    code, out = _verify(tmp_path, data, "--key", fp)
+    assert code == 0 and f"by key {fp} (the fingerprint you passed)" in out, out
+    other = Signer.generate(ORIGIN).verifier.fingerprint
+    code, out = _verify(tmp_path, data, "--key", other)
+    assert code == 1 and f"the bundle's key is {fp}, not the key you hold ({other})" in out, out
 
 
 def _flip(b: bytes, at: int) -> bytes:

@@ -37,6 +37,8 @@ ALLOWED = {
         "the stderr transport that session.send writes to",
     ("ssh/server.py", "Realm.requestAvatar", "ctx.transport.sendDisconnect"):
         "session.abort: the session's end in SSH's words, sealed as its close reason",
+    ("ssh/server.py", "ServerTransport.dispatchMessage", "self.sendDisconnect"):
+        "a malformed transport message: a protocol-error disconnect, no session data",
     ("ssh/server.py", "ServerTransport.refuseLogin", "self.sendDisconnect"):
         "the pre-login guard's refusal (login timeout, caps), before any session exists",
     ("postgres/_client.py", "ClientLeg._refusedData", "self.transport.write"):

@@ -106,6 +106,23 @@ def _rawLogin(port, key, dbname="app"):
     return out
 
 
+def _sendAfterLogin(g, key, raw: bytes):
+    """Send C{raw} on a logged-in connection; return all the gateway sent until it hung up, and
+    what a second session then gets for C{select 9} (the gateway lives on)."""
+    import socket
+
+    with psycopg.connect(_dsn(g, key), autocommit=True) as c:
+        s = socket.socket(fileno=os.dup(c.fileno()))
+        s.settimeout(30)
+        s.sendall(raw)
+        data = b""
+        while chunk := s.recv(4096):
+            data += chunk
+        s.close()
+    with psycopg.connect(_dsn(g, key)) as c2:
+        return data, c2.execute("select 9").fetchone()
+
+
 def _sessions(g):
     with StoreReader(g.stateDir) as reader:
         return [(s, list(reader.frames(s["id"])), list(reader.events(s["id"])))
@@ -386,18 +403,7 @@ async def test_pgbench_select_only_through_the_gateway(tmp_path, postgres):
 async def test_garbage_after_login_ends_only_that_session(tmp_path, postgres):
     g, key = await _start(tmp_path, postgres)
     try:
-        def go():
-            import socket
-
-            with psycopg.connect(_dsn(g, key), autocommit=True) as c:
-                s = socket.socket(fileno=os.dup(c.fileno()))
-                s.settimeout(10)
-                s.sendall(b"\x01\x00\x00\x00\x08junk")
-                data = s.recv(4096)
-                s.close()
-            with psycopg.connect(_dsn(g, key)) as c2:
-                return data, c2.execute("select 9").fetchone()
-        data, after = await threads.deferToThread(go)
+        data, after = await threads.deferToThread(_sendAfterLogin, g, key, b"\x01\x00\x00\x00\x08junk")
         assert data.startswith(b"E") and b"08P01" in data
         assert after == (9,)
     finally:
@@ -638,20 +644,7 @@ async def test_shutdown_drains_then_ends_open_sessions_with_57P01(tmp_path, post
 async def test_malformed_extended_query_message_gets_08P01_and_a_recorded_close(tmp_path, postgres, message):
     g, key = await _start(tmp_path, postgres)
     try:
-        def go():
-            import socket
-
-            with psycopg.connect(_dsn(g, key), autocommit=True) as c:
-                s = socket.socket(fileno=os.dup(c.fileno()))
-                s.settimeout(30)
-                s.sendall(message)
-                data = b""
-                while chunk := s.recv(4096):
-                    data += chunk
-                s.close()
-            with psycopg.connect(_dsn(g, key)) as c2:
-                return data, c2.execute("select 9").fetchone()
-        data, after = await threads.deferToThread(go)
+        data, after = await threads.deferToThread(_sendAfterLogin, g, key, message)
         r = w.Reader(frontend=False)
         r.receive_data(data)
         err = w.decodeFrame(r.next_event(), False)
@@ -665,4 +658,48 @@ async def test_malformed_extended_query_message_gets_08P01_and_a_recorded_close(
     assert len(broken) == 1
     s, frames = broken[0]
     assert s["state"] == "closed"
+    assert s["reason"].startswith("08P01: sealgate: protocol violation: malformed"), s["reason"]
     assert frames[-1].direction == 1 and b"08P01" in frames[-1].data
+
+
+@pytest_twisted.ensureDeferred
+async def test_malformed_message_sent_while_a_statement_is_held_gets_08P01_once_it_is_decided(
+        tmp_path, postgres, logs):
+    import socket
+
+    g, key = await _start(tmp_path, postgres)
+    try:
+        c = await threads.deferToThread(psycopg.connect, _dsn(g, key), autocommit=True)
+        await threads.deferToThread(c.execute, "CREATE TABLE IF NOT EXISTS heldbad (id int)")
+        s = socket.socket(fileno=os.dup(c.fileno()))
+        s.settimeout(30)
+
+        def hold():
+            s.sendall(w.Query("GRANT SELECT ON heldbad TO PUBLIC").encode())
+            data = b""
+            while b"NOTICE" not in data:
+                data += s.recv(4096)
+            s.sendall(b"E\x00\x00\x00\x08abcd")  # Execute, unterminated portal name: read after the hold
+        await threads.deferToThread(hold)
+        ticket = await _waitTicket(g)
+        g.gateway.approvals.approve(ticket.id, _lead(), "ok")
+
+        def rest():
+            data = b""
+            while chunk := s.recv(4096):
+                data += chunk
+            return data
+        data = await threads.deferToThread(rest)
+        s.close()
+        c.close()
+        r = w.Reader(frontend=False)
+        r.receive_data(data)
+        errors = []
+        while (f := r.next_event()) is not w.NEED_DATA:
+            m = w.decodeFrame(f, False)
+            if isinstance(m, w.ErrorResponse):
+                errors.append(m.get("C"))
+        assert errors[-1:] == ["08P01"], data
+        assert not [line for line in logs if "Unhandled" in line or "Traceback" in line], logs
+    finally:
+        await g.stop()

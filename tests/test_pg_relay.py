@@ -233,3 +233,18 @@ def test_masked_replies_keep_their_framing_however_the_backend_splits_them(value
     assert [type(m).__name__ for m in messages] == (
         ["RowDescription"] + ["DataRow"] * len(texts) + ["CommandComplete", "ReadyForQuery"])
     assert CARD.encode() not in out
+
+
+def test_a_malformed_message_read_during_a_hold_ends_the_session_with_08P01_once_decided():
+    leg, client, backend, s = _held(MemoryReactorClock())
+    leg.dataReceived(b"E\x00\x00\x00\x08abcd")  # buffered while held (a TLS leg may still deliver)
+    [ticket] = s.gateway.approvals.pending()
+    s.gateway.approvals.approve(ticket.id, Identity("bob", {"leads"}))
+    r = w.Reader(frontend=False)
+    r.receive_data(client.value())
+    last = None
+    while (f := r.next_event()) is not w.NEED_DATA:
+        last = w.decodeFrame(f, False)
+    assert isinstance(last, w.ErrorResponse) and last.get("C") == "08P01", last
+    assert "malformed Execute" in last.get("M")
+    assert client.disconnecting

@@ -2,8 +2,11 @@
 
 import shutil
 import sqlite3
+from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from sealgate.recording import _format
 from sealgate.recording._engine import Engine, SessionState, dbPath, keyPath, segmentPath
@@ -31,25 +34,27 @@ def _write(e, t0=1000.0):
         t += 100
 
 
-@pytest.fixture(scope="module")
-def pristine(tmp_path_factory):
-    d = tmp_path_factory.mktemp("files")
+def _written(d):
+    """An engine left open on a store holding L{_write}'s sessions."""
     e = Engine(d, ORIGIN)
     e.open()
     _write(e)
-    e.close()
+    return e
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory):
+    d = tmp_path_factory.mktemp("files")
+    _written(d).close()
     return d
 
 
 @pytest.fixture(scope="module")
 def withWal(tmp_path_factory):
     """A copy taken while the writer had the store open: its commits are still in the WAL."""
-    d = tmp_path_factory.mktemp("live")
-    e = Engine(d, ORIGIN)
-    e.open()
-    _write(e)
+    e = _written(tmp_path_factory.mktemp("live"))
     copy = tmp_path_factory.mktemp("walcopy") / "store"
-    shutil.copytree(d, copy, ignore=shutil.ignore_patterns("store.lock"))
+    shutil.copytree(e.stateDir, copy, ignore=shutil.ignore_patterns("store.lock"))
     e.close()
     assert (copy / "recordings.sqlite-wal").stat().st_size > 0
     return copy
@@ -57,16 +62,12 @@ def withWal(tmp_path_factory):
 
 @pytest.fixture
 def store(pristine, tmp_path):
-    d = tmp_path / "store"
-    shutil.copytree(pristine, d)
-    return d
+    return Path(shutil.copytree(pristine, tmp_path / "store"))
 
 
 @pytest.fixture
 def walStore(withWal, tmp_path):
-    d = tmp_path / "walstore"
-    shutil.copytree(withWal, d)
-    return d
+    return Path(shutil.copytree(withWal, tmp_path / "walstore"))
 
 
 def _verify(d, *extra):
@@ -223,3 +224,42 @@ def test_a_damaged_checkpoint_the_auditor_holds_is_named(store, tmp_path, damage
     saved = tmp_path / "kept.txt"
     saved.write_text(note[: len(note) // 2] if damage == "truncate" else note.replace("\n", "\nx", 1))
     _failed(store, f"the checkpoint in {saved}: ", extra=("--checkpoint", str(saved)))
+
+
+def _storeFiles(d):
+    return sorted(p for p in d.rglob("*") if p.is_file() and p.name != "store.lock")
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_any_byte_flipped_or_cut_anywhere_gives_a_verdict_never_a_crash(pristine, withWal, tmp_path, data):
+    d = tmp_path / f"fuzz{data.draw(st.integers(0, 10**9))}"
+    shutil.copytree(data.draw(st.sampled_from([pristine, withWal]), label="store"), d)
+    path = data.draw(st.sampled_from(_storeFiles(d)), label="file")
+    size = path.stat().st_size
+    at = data.draw(st.integers(0, max(size - 1, 0)), label="at")
+    cut = data.draw(st.booleans(), label="truncate")
+    _truncate(path, at) if cut else _flip(path, at)
+    code, out = _verify(d)
+    assert code in (0, 1), out
+    assert out.startswith(("OK: ", "FAILED: ")), out
+    if path.suffix == ".seg":
+        # Every committed byte of a segment is a record header, a leaf, a salt or a payload.
+        assert code == 1 and "FAILED: session" in out, out
+    shutil.rmtree(d)
+
+
+def test_a_wal_cut_short_while_a_writer_holds_the_store_is_a_warning(walStore, capsys):
+    import fcntl
+    import os
+
+    wal = walStore / "recordings.sqlite-wal"
+    _truncate(wal, wal.stat().st_size - 100)  # what an append in flight looks like to a reader
+    fd = os.open(walStore / "store.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # as the writer process does
+    try:
+        code, out = _verify(walStore)
+    finally:
+        os.close(fd)
+    assert "WAL" not in out, out
+    assert f"warning: the WAL file {wal} is cut short in frame" in capsys.readouterr().err

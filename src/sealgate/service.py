@@ -44,6 +44,12 @@ class GatewayService(MultiService):
         self.ports: dict[str, IListeningPort] = {}
         self.adminPort = None
         self.ready = False
+        self._terminating = False
+        if installSignals:
+            # From the moment twistd builds the service, not once started: a
+            # SIGTERM during start-up is a clean stop too (twistd's own
+            # handler would exit by the signal, or stop a half-started gateway).
+            self._installSignalHandlers()
         #: Set by the tap: twistd's AppLogger logs to the application's
         #: ILogObserver component, which is this ([logging] level/format).
         self.logObserver = None
@@ -68,6 +74,9 @@ class GatewayService(MultiService):
 
     def startService(self):
         super().startService()
+        if self._installSignals:
+            # Again once the reactor runs: it installs twistd's handler over ours.
+            self.reactor.callWhenRunning(self._installSignalHandlers)
         try:
             self._build()
             self._listen()
@@ -126,6 +135,8 @@ class GatewayService(MultiService):
             # backlog instead of being refused a recorded session.
             getattr(port, "stopReading", lambda: None)()
         self.adminPort = self._bind(self.config.gateway.admin, self._adminSite, "gateway.admin")
+        # /healthz answers once the gateway has started, not while the store is still opening.
+        getattr(self.adminPort, "stopReading", lambda: None)()
 
     def _bind(self, description, factory, what):
         ep = endpoints.serverFromString(self.reactor, description)
@@ -143,12 +154,12 @@ class GatewayService(MultiService):
         return port
 
     def _started(self, _):
+        if not self.running:
+            # Stopped while starting: the ports are closed already.
+            self._log.info("Start-up finished after the stop began; not accepting connections")
+            return self
         self.ready = True
         self.gateway.lifetime.start()
-        for port in {id(p): p for p in self.ports.values()}.values():
-            getattr(port, "startReading", lambda: None)()
-        if self._installSignals:
-            self.reactor.callWhenRunning(self._installSignalHandlers)
         for name, port in self.ports.items():
             self._log.info("Connection {name} listening on {address}", name=name,
                            address=port.getHost())
@@ -156,6 +167,8 @@ class GatewayService(MultiService):
         self._startEvents()
         self._startWitnessing()
         self._log.info("Admin API on {address}", address=self.adminPort.getHost())
+        for port in {id(p): p for p in [*self.ports.values(), self.adminPort]}.values():
+            getattr(port, "startReading", lambda: None)()
         return self
 
     def _startEvents(self):
@@ -198,6 +211,9 @@ class GatewayService(MultiService):
         signal.signal(signal.SIGTERM, lambda *a: self.reactor.callFromThread(self._terminate))
 
     def _terminate(self):
+        if self._terminating:
+            return  # a second SIGTERM while draining: the first one's stop goes on
+        self._terminating = True
         live = list(self.gateway.sessions.values()) if self.gateway is not None else []
         byConnection: dict[str, int] = {}
         for s in live:
@@ -208,9 +224,15 @@ class GatewayService(MultiService):
                        if live else "")
         if self.reactor.running:
             self.reactor.stop()
+        else:
+            self.reactor.callWhenRunning(self.reactor.stop)
 
     def _startFailed(self, f):
         self._closePorts()
+        if not self.running:
+            # Whatever start-up step was cut short by the stop, this is a stop, not a failed start.
+            self._log.info("Start-up ended by the stop: {why}", why=f.getErrorMessage())
+            return
         self._onFatal(f"sealgate cannot start: {f.getErrorMessage()}")
 
     def _closePorts(self):
@@ -226,6 +248,9 @@ class GatewayService(MultiService):
         from twisted.internet.threads import deferToThreadPool
 
         path = self.config.path
+        if self.gateway is None or self._terminating:
+            self._log.warn("SIGHUP ignored: the gateway is still starting or already stopping")
+            return defer.succeed(None)
         d = deferToThreadPool(self.reactor, self.reactor.getThreadPool(), loadConfig, path)
 
         def apply(new):

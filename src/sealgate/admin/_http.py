@@ -101,9 +101,10 @@ class Reply:
     def _gone(self, _reason) -> None:
         self.gone = True
 
-    def send(self, body: bytes) -> None:
+    def send(self, body: bytes = b"") -> None:
         if not self.gone and not self.request.finished:
-            self.request.write(body)
+            if body:
+                self.request.write(body)
             self.request.finish()
 
 

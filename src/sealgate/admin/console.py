@@ -10,7 +10,7 @@ from twisted.logger import Logger
 from twisted.web import resource, server
 from twisted.web.client import HTTPConnectionPool
 
-from sealgate.admin._http import LOGIN_COOKIE, STATIC, clientOf, jsonBody, pathSegments
+from sealgate.admin._http import LOGIN_COOKIE, STATIC, Reply, clientOf, jsonBody, pathSegments
 from sealgate.identity import AuthenticationFailed
 from sealgate.identity.oidcflow import CodeFlow, LoginError
 from sealgate.identity.service import issuerAgent
@@ -133,6 +133,8 @@ class Login(resource.Resource):
     # -- common --------------------------------------------------------------
 
     def _go(self, request, d):
+        reply = Reply(request)
+
         def failed(f):
             if f.check(AuthenticationFailed, LoginError):
                 reason = f.value.reason if f.check(AuthenticationFailed) else str(f.value)
@@ -145,11 +147,7 @@ class Login(resource.Resource):
                 self._log.failure("Console login error", f)
                 request.redirect(b"/login?" + urlencode({"error": "login is unavailable"}).encode())
 
-        def finish(_):
-            if not request.finished:
-                request.finish()
-
-        d.addErrback(failed).addBoth(finish)
+        d.addErrback(failed).addBoth(lambda _: reply.send())
         return server.NOT_DONE_YET
 
     def _loggedIn(self, identity, request, method: str) -> None:

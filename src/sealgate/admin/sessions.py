@@ -241,7 +241,7 @@ class SessionsAPI(Authenticated):
         return text
 
     def _verify(self, sid: str) -> dict:
-        from sealgate.recording.verify import verifyStore
+        from sealgate.recording.verify import Report, trustedKey, verifyStore
 
         started = time.monotonic()
         with self._reader() as r:
@@ -249,7 +249,10 @@ class SessionsAPI(Authenticated):
                 raise NotFound(f"no session {sid!r}")
             # Checked afresh every time (no cache): a segment file altered
             # after an earlier check must show up as altered now.
-            report = verifyStore(r, r.verifier(), sid)
+            # Against the key pinned at the first start, as `sealgate verify` does.
+            report = Report()
+            report = verifyStore(r, trustedKey(report, r), sid, report=report)
         return {"session": sid, "ok": report.ok, "problems": report.problems,
                 "warnings": report.warnings, "frames": report.frames, "log_size": report.logSize,
-                "checkpoint": report.checkpoint, "seconds": round(time.monotonic() - started, 3)}
+                "checkpoint": report.checkpoint, "key": report.key,
+                "seconds": round(time.monotonic() - started, 3)}

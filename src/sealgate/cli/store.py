@@ -39,7 +39,8 @@ def register(subparsers) -> None:
 
     vb = subparsers.add_parser("verify-bundle", help="check an exported bundle offline")
     vb.add_argument("file")
-    vb.add_argument("--key", help="the gateway's verifier key (NAME+HASH+KEY) you trust")
+    vb.add_argument("--key", help="the gateway's key you trust: its fingerprint (SHA256:...) "
+                    "or verifier key (NAME+HASH+KEY)")
     vb.set_defaults(handler=verifyBundleCommand)
 
     redact = subparsers.add_parser("redact", parents=[common],
@@ -178,8 +179,9 @@ def verifyCommand(args) -> int:
 def verifyBundleCommand(args) -> int:
     from sealgate.cli.main import CommandError
     from sealgate.recording.bundle import verifyBundle
+    from sealgate.recording.checkpoint import isFingerprint
 
-    trusted = _trusted(args)
+    trusted = args.key if args.key and isFingerprint(args.key) else _trusted(args)
     witnesses, quorum = witnessPolicy(args)
     try:
         with open(args.file, "rb") as f:

@@ -131,12 +131,14 @@ def readBundle(data: bytes) -> tuple:
     return header, at + n
 
 
-def verifyBundle(data: bytes, trusted: Verifier | None = None, witnesses=(), quorum: int = 0) -> tuple:
+def verifyBundle(data: bytes, trusted: Verifier | str | None = None, witnesses=(),
+                 quorum: int = 0) -> tuple:
     """
     Check a bundle offline.
 
-    @param trusted: the key the auditor trusts; without it the bundle's own
-        key is used and a warning says so.
+    @param trusted: the key the auditor trusts, or its fingerprint (the
+        bundle's key must then have it); without it the bundle's own key is
+        used and a warning says so.
     @return: C{(report, header)}.
     """
     report = Report()
@@ -155,7 +157,14 @@ def verifyBundle(data: bytes, trusted: Verifier | None = None, witnesses=(), quo
     except NoteError as e:
         own = None
         report.problem(f"the bundle's key: {e}")
-    if trusted is None:
+    if isinstance(trusted, str):
+        fp = trusted.strip()
+        if own is not None and own.fingerprint != fp:
+            report.problem(f"the bundle's key is {own.fingerprint}, not the key you hold ({fp})")
+            return report, header
+        trusted = own
+        report.key = f"{fp} (the fingerprint you passed)"
+    elif trusted is None:
         trusted = own
         report.warnings.append("checked against the key inside the bundle; pass --key with the "
                                "gateway's published key to know who signed it")

@@ -244,10 +244,10 @@ class StoreReader:
         files: dict = {}
         try:
             position = 0
-            for _first, _count, segment, offset, length in self.chunks(sessionId):
-                path = segmentPath(self.stateDir, segment)
-                f = files.get(segment)
+            for first, _count, segment, offset, length in self.chunks(sessionId):
                 try:
+                    path = segmentPath(self.stateDir, segment)
+                    f = files.get(segment)
                     if f is None:
                         f = files[segment] = open(path, "rb")
                     f.seek(offset)
@@ -255,6 +255,10 @@ class StoreReader:
                 except OSError as e:
                     raise fmt.FormatError(f"segment file {path}: frame {position} and later cannot be read "
                                           f"({e.strerror})")
+                except (TypeError, ValueError, OverflowError):
+                    raise fmt.FormatError(f"the chunks table's row for frames from {first!r} names no readable "
+                                          f"place (segment {segment!r}, offset {offset!r}, length {length!r}): "
+                                          "the row was altered")
                 try:
                     for leaf, salt, payload in fmt.iterRecords(buf):
                         yield position, leaf, salt, payload

@@ -262,6 +262,11 @@ def verifyStore(reader, verifier: Verifier | None, sessionId: str | None = None,
         report.problem(f"the database {dbPath(reader.stateDir)} cannot be read: {e} (truncated or corrupted)")
     except StoreError as e:
         report.problem(str(e))
+    except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as e:
+        # An altered table can hold any value of any type: a verifier names
+        # that as damage and stops there, it does not crash on it.
+        report.problem(f"the database {dbPath(reader.stateDir)} holds a value verify cannot read "
+                       f"({type(e).__name__}: {e}): a table was altered; checking stopped here")
     return report
 
 
@@ -420,7 +425,8 @@ def checkSessionRow(report: Report, row: dict, s: SessionSeals, got: Recomputed 
                              ("bytes_to_client", sealedBytes.get("to_client"))):
             if row[column] != want:
                 _differs(report, sid, column, leaf)
-        if (row["root"].hex() if row["root"] else None) != c.get("root"):
+        root = row["root"]
+        if (bytes(root).hex() if isinstance(root, (bytes, memoryview)) and root else root or None) != c.get("root"):
             _differs(report, sid, "root", leaf)
     if got is not None and (row["edge"], row["last"] or fmt.NO_PREV) != (got.tree.pack(), got.last):
         _differs(report, sid, "edge or last (the tree the writer appends to)", "its stored frames")

@@ -298,6 +298,7 @@ class ClientLeg(Relay, Protocol):
             except OutputRefused:
                 pass  # even the error could not be vetted: the hang-up says it
         self.state = _CLOSED
+        self._fatal = f"{code}: {message}"  # the sealed close says why the gateway hung up
         self.transport.loseConnection()
 
     def refuseLogin(self, kind: str, message: str) -> None:
@@ -338,7 +339,8 @@ class ClientLeg(Relay, Protocol):
         if self.session is not None:
             if getattr(self, "_pending", None):
                 self.auditUnfinished()
-            d = self.session.end("closed" if self._terminatingSafe() else "client disconnected")
+            d = self.session.end(getattr(self, "_fatal", None)
+                                 or ("closed" if self._terminatingSafe() else "client disconnected"))
             if d is not None:
                 d.addErrback(lambda f: self._log.failure("Closing the recording of {session} failed",
                                                          f, session=self.session.id))

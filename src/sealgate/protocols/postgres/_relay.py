@@ -304,7 +304,10 @@ class Relay:
             self._toBackend([replace(denyStatement(f"rule {verdict.rule}: {verdict.reason}"))])
         self._process(rest)
         if self._held is None:
-            self._process(self._creader.drain(self._ctable))
+            try:
+                self._process(self._creader.drain(self._ctable))
+            except w.ProtocolError as e:  # what arrived during the hold, read now
+                self.fatal("08P01", f"sealgate: protocol violation: {e}")
 
     def cancelHeld(self) -> bool:
         """A CancelRequest for a held statement withdraws its ticket."""

@@ -17,6 +17,7 @@ from sealgate.protocols.postgres._messages import (
     NEED_DATA,
     ProtocolError,
     SSLAnswer,
+    _Body,
     decode,
     decodeStartup,
 )
@@ -193,8 +194,7 @@ class Reader:
         if buf is None:
             return []
         n = len(buf)
-        check = checkFrame
-        frontend = self.frontend
+        checks = _CHECKS[self.frontend]
         pos = run = 0
         out: list[bytes | Frame] = []
         maxMessage = self.maxMessage
@@ -213,7 +213,10 @@ class Reader:
                 if pos > run:
                     out.append(buf[run:pos])
                 raw = buf[pos:end]
-                check(frontend, t, raw)
+                check = checks[t]
+                # The one-string types (Query, CommandComplete) inline: they are most round trips.
+                if (raw.find(b"\0", 5) != ln if check is _cstrLast else not check(raw)):
+                    raise ProtocolError(f"malformed {_NAMES[self.frontend][t]} message")
                 out.append(Frame(t, raw))
                 run = end
             pos = end
@@ -247,6 +250,27 @@ _FAST_CHECKS = {
     False: {ord("C"): _cstrLast, ord("I"): _empty, ord("s"): _empty, ord("c"): _empty,
             ord("Z"): lambda raw: len(raw) == 6 and raw[5] in b"IET", ord("d"): _anything},
 }
+_NAMES = {frontend: [getattr((FRONTEND if frontend else BACKEND).get(bytes((t,))), "__name__", f"type {t}")
+                      for t in range(256)] for frontend in (True, False)}
+
+
+def _decodes(table: dict, t: int):
+    cls = table.get(bytes((t,)))
+
+    def check(raw: bytes) -> bool:
+        if cls is None:
+            raise ProtocolError(f"unknown message type {chr(t)!r}")
+        try:
+            cls.decode(_Body(raw[5:]))
+        except ProtocolError as e:
+            raise ProtocolError(f"malformed {cls.__name__} message: {e}")
+        return True
+    return check
+
+
+#: Per direction, one well-formedness check per type byte (for L{Reader.drain}).
+_CHECKS = {frontend: [_FAST_CHECKS[frontend].get(t) or _decodes(FRONTEND if frontend else BACKEND, t)
+                      for t in range(256)] for frontend in (True, False)}
 
 
 def checkFrame(frontend: bool, t: int, raw: bytes) -> None:
@@ -254,15 +278,8 @@ def checkFrame(frontend: bool, t: int, raw: bytes) -> None:
     Raise L{ProtocolError} unless C{raw}, a whole tagged message of type
     C{t}, is well formed for its direction.
     """
-    fast = _FAST_CHECKS[frontend].get(t)
-    if fast is None:
-        table = FRONTEND if frontend else BACKEND
-        try:
-            decode(table, t, raw[5:])
-        except ProtocolError as e:
-            raise ProtocolError(f"malformed {table[bytes((t,))].__name__} message: {e}")
-    elif not fast(raw):
-        raise ProtocolError(f"malformed {(FRONTEND if frontend else BACKEND)[bytes((t,))].__name__} message")
+    if not _CHECKS[frontend][t](raw):
+        raise ProtocolError(f"malformed {_NAMES[frontend][t]} message")
 
 
 def decodeFrame(frame: Frame, frontend: bool):

@@ -368,6 +368,11 @@ class ServerConnection(FlowConnection, connection.SSHConnection):
             self.transport.loseConnection()
 
 
+#: What parsing a malformed message raises in Conch.
+_MALFORMED = (struct.error, ValueError, IndexError)
+#: What Conch's transport-layer handlers raise for a message before the one it depends on.
+_OUT_OF_ORDER = (AttributeError, KeyError, TypeError)
+_TRANSPORT_ERRORS = _MALFORMED + _OUT_OF_ORDER
 #: Disconnect reasons of the pre-login refusals (RFC 4253 section 11.1).
 _REFUSAL_CODES = {BUSY: transport.DISCONNECT_TOO_MANY_CONNECTIONS,
                   SOURCE_BUSY: transport.DISCONNECT_TOO_MANY_CONNECTIONS,
@@ -376,6 +381,9 @@ _REFUSAL_CODES = {BUSY: transport.DISCONNECT_TOO_MANY_CONNECTIONS,
 
 @implementer(IPreLoginClient)
 class ServerTransport(transport.SSHServerTransport):
+    #: No software version: a banner naming Twisted's tells a scanner which CVEs to try.
+    ourVersionString = b"SSH-2.0-sealgate"
+    _log = Logger()
     login = None
 
     def connectionMade(self):
@@ -410,6 +418,24 @@ class ServerTransport(transport.SSHServerTransport):
         else:
             self._log.warn("Client {peer} disconnected with code {code}: {why}",
                            peer=self.transport.getPeer(), code=reasonCode, why=text)
+
+    def dispatchMessage(self, messageNum, payload):
+        # Conch parses messages where it handles them, so a malformed one
+        # (a KEXINIT with a string past its end, say) raises from deep in
+        # the transport, and its key exchange handlers assume the messages
+        # came in order (a KEXDH_INIT before any KEXINIT finds no
+        # algorithm): one line and a protocol-error disconnect, not a
+        # traceback per connection in the log.
+        refused = _TRANSPORT_ERRORS if messageNum < 50 else _MALFORMED
+        try:
+            super().dispatchMessage(messageNum, payload)
+        except refused as e:
+            name = transport.messages.get(messageNum, f"message {messageNum}")
+            what = "malformed" if isinstance(e, _MALFORMED) else "out-of-order"
+            self._log.warn("SSH client {client} sent a {what} {message} ({error}); disconnected",
+                           client=_client(self), what=what, message=name.removeprefix("MSG_"),
+                           error=f"{type(e).__name__}: {e}")
+            self.sendDisconnect(transport.DISCONNECT_PROTOCOL_ERROR, f"{what} {name}".encode())
 
 
 class GatewaySSHFactory(factory.SSHFactory):

@@ -255,6 +255,13 @@ class Table:
                                    f'raise it, e.g. {key} = "64MiB"')
         return n
 
+    def timeout(self, key, default: float) -> float:
+        """A duration that must be more than zero (a wait that may not be skipped)."""
+        v = self.duration(key, default)
+        if v <= 0:
+            raise self.where.error(key, f"must be more than 0 s, not {v:g}", f'write e.g. {key} = "10s"')
+        return v
+
     def duration(self, key, default) -> float:
         v = self._get(key, default, False)
         try:
@@ -352,11 +359,8 @@ def parseConfig(raw: Mapping[str, Any], path: str, plugins: Mapping[str, Any]) -
         checkpoint_interval=g.duration("checkpoint_interval", 1.0),
         # Below a few frames' worth every session would pause on each read.
         max_unsealed=g.size("max_unsealed", 64 << 20, minimum=1 << 20),
-        store_timeout=g.duration("store_timeout", 10.0),
+        store_timeout=g.timeout("store_timeout", 10.0),
     )
-    if gateway.store_timeout <= 0:
-        raise g.where.error("store_timeout", f"must be more than 0 s, not {gateway.store_timeout:g}",
-                            'write e.g. store_timeout = "10s"')
     g.finish()
 
     i = Table(top._get("identity", {}, False), Where(path, "identity"))

@@ -5,28 +5,21 @@ import pytest
 from twisted.internet import task
 from zope.interface.verify import verifyObject
 
+from sealgate import Chain, OutputRefused
 from sealgate.approvals import Approvals
 from sealgate.chain import access, rules
-from sealgate.chain._chain import Chain, OutputRefused
 from sealgate.chain.hooks import Command
 from sealgate.chain.verdicts import CONTINUE, Deny, Hold, Rewrite
 from sealgate.config import ConnectionConfig, Role, Rule
 from sealgate.identity import Identity
 from sealgate.interfaces import IInterceptor, IInterceptorPlugin
 from sealgate.session import Session
-
-
-@attrs.define
-class Events:
-    events: list = attrs.field(factory=list)
-
-    def event(self, kind, fields):
-        self.events.append((kind, fields))
+from sealgate.testing import FakeRecording
 
 
 def session(groups=("eng",), connection="db", sid="s1"):
     return Session(sid, ConnectionConfig(connection, "postgres", "tcp:0", "tcp:host=h:port=1"),
-                   Identity("alice", groups), "127.0.0.1:1", recording=Events())
+                   Identity("alice", groups), "127.0.0.1:1", recording=FakeRecording(sid))
 
 
 @attrs.define

@@ -49,10 +49,11 @@ async def test_identity_to_recorded_session_and_audited_refusals(tmp_path):
 
         session = gateway.openSession(DB, identity, "127.0.0.1:5000", {"database": "app"})
         assert gateway.sessions == {session.id: session}
-        session.record(FROM_CLIENT, b"select 1;")
-        assert session.command("sql", "select 1", {"statements": ("SELECT",)}) is CONTINUE
-        session.record(TO_CLIENT, b"1 row")
-        assert session.command("sql", "drop table t", {"statements": ("DROP",)}) == Deny("no-drop", "not here")
+        session.received(b"select 1;")
+        assert session.decide("sql", "select 1", {"statements": ("SELECT",)}).verdict is CONTINUE
+        assert session.emit(b"1 row") == b"1 row"
+        denied = session.decide("sql", "drop table t", {"statements": ("DROP",)})
+        assert denied.verdict == Deny("no-drop", "not here")
         await session.end("client closed")
         assert gateway.sessions == {}
     finally:

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from zope.interface.verify import verifyObject
 
-from sealgate.chain._chain import Chain, OutputRefused
+from sealgate import Chain, OutputRefused
 from sealgate.chain.hooks import Output
 from sealgate.chain.masking import MaskingInterceptor, plugin
 from sealgate.chain.verdicts import Rewrite

@@ -8,12 +8,11 @@ verifies and replays without the login secret.
 
 import json
 import socket
-import socketserver
-import threading
 from pathlib import Path
 
 import pytest
 
+from sealgate.testing import EchoBackend
 from tests.harness.twistd import GatewayProcess
 
 PLUGIN_DIR = Path(__file__).parent / "plugins_oot"
@@ -52,20 +51,10 @@ detectors = ["credit_card"]
 """
 
 
-class _Echo(socketserver.StreamRequestHandler):
-    def handle(self):
-        for line in self.rfile:
-            self.wfile.write(line)
-
-
 @pytest.fixture
 def echoBackend():
-    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _Echo)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server.server_address[1]
-    server.shutdown()
-    server.server_close()
+    with EchoBackend() as backend:
+        yield backend.port
 
 
 class LineClient:

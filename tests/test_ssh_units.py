@@ -8,12 +8,12 @@ from pathlib import Path
 
 import attrs
 import pytest
-from twisted.internet.task import Clock
 from zope.interface.verify import verifyObject
 
 from sealgate.config import ConfigError, Where
 from sealgate.interfaces import IProtocolPlugin
-from sealgate.protocols.ssh.plugin import knownHostsName, plugin
+from sealgate.protocols.ssh.hostkeys import knownHostsName
+from sealgate.protocols.ssh.plugin import plugin
 
 
 def _keygen(path: Path) -> Path:
@@ -193,104 +193,6 @@ def test_replay_plays_terminals_with_timing_and_prints_exec_transcripts():
     replay(frames, out, speed=2.0, sleep=slept.append)
     assert out.getvalue() == b"$ uptime\n 10:00 up 3 days\n[exit 0]\nab"
     assert slept == [1.0]
-
-
-def test_masked_output_is_held_back_at_most_the_bound():
-    """A trailing candidate goes out when the hold-back timer fires, not before."""
-    from sealgate.masking import buildMasker
-    from sealgate.protocols.ssh.session import ClientSession
-
-    masker = buildMasker(attrs.make_class("M", {"detectors": attrs.field(default=("credit_card",)),
-                                                "columns": attrs.field(default=()),
-                                                "json_fields": attrs.field(default=())})())
-    clock = Clock()
-    sent, recorded = [], []
-
-    class Chain:
-        wantsOutput = False
-        wantsCommand = False
-
-    Chain.masker = masker
-
-    class Session:
-        id = "s1"
-        chain = Chain()
-
-        def record(self, direction, data, channel=0):
-            recorded.append(data)
-
-        def audit(self, kind, **fields):
-            pass
-
-    class User:
-        session = Session()
-        reactor = clock
-        options = attrs.make_class("O", {"mask_holdback": attrs.field(default=0.005)})()
-
-    chan = ClientSession(User())
-    chan.id = 0
-    chan._send = lambda data, stream: sent.append(data)
-    chan._setUpMasking()
-    chan.fromBackend(b"total 4111 1111", 0)
-    assert b"4111" not in b"".join(sent)
-    clock.advance(0.004)
-    assert b"4111 1111" not in b"".join(sent)
-    chan.fromBackend(b" 1111 1111 ok\n", 0)
-    clock.advance(0.006)
-    out = b"".join(sent)
-    assert out.startswith(b"total ") and out.endswith(b" ok\n") and b"4111" not in out
-    chan.fromBackend(b"prompt 12", 0)
-    clock.advance(0.005)
-    assert b"".join(sent).endswith(b"prompt 12")
-
-
-def test_echo_of_typed_keys_is_not_held_back():
-    from sealgate.masking import buildMasker
-    from sealgate.protocols.ssh import _wire
-    from sealgate.protocols.ssh.session import ClientSession
-
-    masker = buildMasker(attrs.make_class("M", {"detectors": attrs.field(default=("credit_card",
-                                                                                  "email")),
-                                                "columns": attrs.field(default=()),
-                                                "json_fields": attrs.field(default=())})())
-    clock = Clock()
-    sent = []
-
-    class Chain:
-        wantsOutput = False
-        wantsCommand = False
-
-    Chain.masker = masker
-
-    class Session:
-        id = "s1"
-        chain = Chain()
-
-        def record(self, direction, data, channel=0):
-            pass
-
-        def audit(self, kind, **fields):
-            pass
-
-    class User:
-        session = Session()
-        reactor = clock
-        options = attrs.make_class("O", {"mask_holdback": attrs.field(default=0.005)})()
-
-    chan = ClientSession(User())
-    chan.id = 0
-    chan.pty = _wire.PtyRequest("xterm", 80, 24, 0, 0, b"")
-    chan._send = lambda data, stream: sent.append(data)
-    chan._setUpMasking()
-    for key in b"ada4":
-        chan.dataReceived(bytes([key]))
-        chan.fromBackend(bytes([key]), 0)
-        assert sent[-1] == bytes([key])  # at once, no clock advance
-    # Backend output that is not an echo is still held while it may be a value.
-    chan.fromBackend(b" 4111", 0)
-    assert not b"".join(sent).endswith(b"4111")
-    clock.advance(0.005)
-    assert b"".join(sent).endswith(b"4111")
 
 
 class _SyncPool:

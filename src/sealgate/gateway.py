@@ -8,8 +8,9 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from sealgate.chain._chain import Chain
+from sealgate.chain import Chain
 from sealgate.chain.verdicts import Deny
+from sealgate.flow import STORE
 from sealgate.identity import AuthenticationFailed
 from sealgate.interfaces import IGateway
 from sealgate.session import Session, SessionRefused, newSessionId
@@ -47,7 +48,39 @@ class Gateway:
         self.accepting = True
         #: Set by the service while draining; fires when the last session ends.
         self.drained = None
+        #: True while the store asks relaying to wait (every leg is paused).
+        self.storePaused = False
         self.setConfig(config)
+        observe = getattr(store, "addPressureObserver", None)
+        if observe is not None:
+            observe(self.pressureChanged)
+            self.storePaused = store.pressure() is not None
+
+    def pressureChanged(self, state: str, reason: str | None) -> None:
+        """
+        The store's pressure observer (called on the reactor thread):
+        "paused" pauses both legs of every live session, "flowing" resumes
+        them, "failed" ends each in its protocol's words, sealed as
+        "store failed".
+        """
+        if state == "paused":
+            if not self.storePaused:
+                self._log.warn("Relaying paused: {reason}", reason=reason)
+            self.storePaused = True
+            for s in list(self.sessions.values()):
+                s.pauseLegs(STORE)
+        elif state == "flowing":
+            if self.storePaused:
+                self._log.info("Relaying resumed: the store takes writes again")
+            self.storePaused = False
+            for s in list(self.sessions.values()):
+                s.resumeLegs(STORE)
+        elif state == "failed":
+            self._log.error("The recording store failed ({reason}); ending {n} session(s)",
+                            reason=reason, n=len(self.sessions))
+            message = f"the recording store failed ({reason or 'no reason given'}); the session ends"
+            for s in list(self.sessions.values()):
+                s.fail("store failed", message)
 
     def setConfig(self, config) -> None:
         """Build the chain for a (new) config.  Raises if a plugin refuses it."""
@@ -63,6 +96,16 @@ class Gateway:
         self.config = config
         self.chain = Chain(interceptors)
         self.policyHash = policyHash(config)
+
+    def connectionsSharing(self, connection) -> list:
+        """
+        The connections one listener serves: C{connection}'s protocol and
+        listen endpoint, in file order (the service builds one factory for
+        them, with the first; the protocol picks one per client).
+        """
+        same = [c for c in self.config.connections
+                if c.protocol == connection.protocol and c.listen == connection.listen]
+        return same or [connection]
 
     def authenticate(self, connection, credential, client, claimed=None):
         d = defer.maybeDeferred(self.identity.authenticate, credential)

@@ -57,6 +57,15 @@ class IGateway(Interface):
     """
 
     reactor = Attribute("The reactor; protocols never import it themselves.")
+    config = Attribute("The current L{sealgate.config.GatewayConfig} (replaced whole on reload); "
+                       "e.g. C{config.connections} to find listener siblings.")
+    store = Attribute("The L{IRecordingStore}; protocols record through their session, "
+                      "not here (C{store.auditEvent} for node-level events such as a failed login).")
+    approvals = Attribute("The L{sealgate.approvals.Approvals} service: C{cancel(ticket, identity, "
+                          "reason)} withdraws a held command's ticket (a postgres CancelRequest).")
+    chain = Attribute("The current L{sealgate.chain.Chain}.")
+    sessions = Attribute("Live sessions by id (a dict the gateway owns: read it, do not change it).")
+    storePaused = Attribute("True while the store asks relaying to wait.")
 
     def authenticate(connection, credential, client, claimed=None):
         """
@@ -73,24 +82,88 @@ class IGateway(Interface):
         Start a session: access check (the chain's session-start hook),
         recording, the OPEN audit event.
 
-        @return: a L{sealgate.session.Session}.
+        @return: an L{ISession}.
         @raise sealgate.session.SessionRefused: access denied or the store
             cannot record (message safe for the client).
         """
+
+    def connectionsSharing(connection):
+        """
+        Listener sharing: the connections served by C{connection}'s
+        listener (same protocol and listen endpoint, in file order, under
+        the current config).  A protocol picks one per client (postgres by
+        database name, ssh by user name).
+        """
+
+    def sessionEnded(session, reason):
+        """Called by L{ISession.end}: the session leaves C{sessions}, its tickets are cancelled."""
+
+    def pressureChanged(state, reason):
+        """
+        The store's pressure observer: "paused" pauses every live session's
+        legs, "flowing" resumes them, "failed" ends each (L{ISession.fail}).
+        """
+
+
+class ISession(Interface):
+    """
+    One client session, and the core's steps a protocol calls: it has no
+    other way to a client (docs/plugins.md).
+    """
+
+    id = Attribute("The session id (sorts by start time).")
+    connection = Attribute("The L{sealgate.config.ConnectionConfig}.")
+    identity = Attribute("The verified L{sealgate.identity.Identity}.")
+    chain = Attribute("The session's L{sealgate.chain.SessionChain}: C{wantsCommand}, "
+                      "C{wantsOutput}, C{masker} (an L{IMasker} or None).")
+    recording = Attribute("Its L{ISessionRecording}.")
+    abort = Attribute("Set by the protocol: C{abort(message)} closes the client in the "
+                      "protocol's own words (drain timeout, store failure).")
+    closeReason = Attribute("Set by the core before C{abort}: what the CLOSE leaf will say.")
+    clientLeg = Attribute("The client's L{sealgate.flow.Leg} once attached, else None.")
+    backendLeg = Attribute("The backend's L{sealgate.flow.Leg} once attached, else None.")
+
+    def attach(client, backend=None):
+        """Hand the core the legs it pauses for holds and for store pressure."""
+
+    def decide(kind, text, details=None, *, rewritable=True, reported=False, hold=None):
+        """The decision step: a L{sealgate.flow.Decision}, audited once."""
+
+    def emit(data, *, channel=0, **context):
+        """The output step: mask, output hooks, record; returns the bytes to send."""
+
+    def send(transport, data, *, channel=0, **context):
+        """C{emit}, then the fast write to C{transport}."""
+
+    def received(data, channel=0):
+        """Record client input as the client sent it."""
+
+    def setOutputMasker(masker, channel=None):
+        """Register the protocol's masker for typed output on a channel."""
+
+    def audit(kind, /, **fields):
+        """Seal an audit event for this session."""
+
+    def fail(closeReason, message):
+        """End the session in its protocol's words, sealed with C{closeReason}."""
+
+    def end(reason="closed"):
+        """End once: session-end hooks, CLOSE leaf; a L{Deferred} (None if ended)."""
 
 
 class IInterceptor(Interface):
     """
     One link of the interceptor chain.  A plain object with methods named
     after the hooks it wants (mitmproxy-style); the chain calls only those it
-    has.  Each hook method takes a hook record from L{sealgate.chain.hooks}
-    and returns a verdict from L{sealgate.chain.verdicts} (C{None} means
-    continue):
+    has, each declared by one of the interfaces below (provide the ones you
+    implement, so C{verifyObject} checks them).  Each hook method takes a
+    hook record from L{sealgate.chain.hooks} and returns a verdict from
+    L{sealgate.chain.verdicts} (C{None} means continue).  An exception fails
+    closed: a denial (or, for output, a refusal).
 
-      - C{sessionStart(hook)}: C{SessionStart}; may L{Deny}.
-      - C{command(hook)}: C{Command}; may L{Deny}, L{Hold} or L{Rewrite}.
-      - C{output(hook)}: C{Output}; may L{Rewrite} the data.
-      - C{sessionEnd(hook)}: C{SessionEnd}; the verdict is ignored.
+    An interceptor may also have C{bind(session)} returning a per-session
+    view (asked once per session), and C{maskerFor(session)} returning the
+    session's L{IMasker}.
     """
 
     name = Attribute("Unique name used in logs and audit events.")
@@ -100,6 +173,62 @@ class IInterceptor(Interface):
         Whether this interceptor runs for this session (by connection and
         identity groups).  Asked once per session, so a session no rule
         touches pays nothing per message.
+        """
+
+
+class ISessionStartHook(IInterceptor):
+    def sessionStart(hook):
+        """C{SessionStart}: the access check; may L{Deny}."""
+
+
+class ICommandHook(IInterceptor):
+    def command(hook):
+        """C{Command}: may L{Deny}, L{Hold} or L{Rewrite}."""
+
+
+class IOutputHook(IInterceptor):
+    def output(hook):
+        """
+        C{Output}: bytes on their way to a client, already masked when
+        C{hook.context["masked"]}; may L{Rewrite} them or L{Deny} (the
+        protocol then refuses to send them).
+        """
+
+
+class ISessionEndHook(IInterceptor):
+    def sessionEnd(hook):
+        """C{SessionEnd}; the verdict is ignored."""
+
+
+class IMasker(Interface):
+    """
+    The session's masker (C{session.chain.masker}): what protocols with
+    typed values call to build their output masker (L{ISession.setOutputMasker}).
+    Every method fails closed with L{sealgate.masking.MaskingFailed}.
+    """
+
+    detectors = Attribute("The detectors in use (empty: only named columns and fields).")
+
+    def maskText(text):
+        """A text with every detected value redacted."""
+
+    def maskBytes(data):
+        """The same for bytes (UTF-8, undecodable bytes kept)."""
+
+    def columnMasked(name):
+        """Whether a column or field of that name is masked whole."""
+
+    def maskValue(column, value):
+        """One value of a column (masked whole if the column is named, else detected)."""
+
+    def maskJson(obj):
+        """A parsed JSON document with named fields and detected values redacted."""
+
+    def streamMasker(maxHold=None):
+        """
+        A L{sealgate.masking.StreamMasker} for a byte stream split anywhere:
+        C{feed(data)} returns what is safe to send and holds back a possible
+        start of a value; C{flush()} returns the rest; C{pending} counts it.
         """
 
 

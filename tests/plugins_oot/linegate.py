@@ -4,17 +4,28 @@ Client protocol: the first line is C{AUTH <credential>}; the gateway answers
 C{OK <session id>} or C{ERR <why>}.  Every later line is a command: it goes to
 the backend, or the client gets C{ERR ...} (denied) or C{HOLD ...} (waiting
 for approval).  Backend lines come back to the client, masked.
+
+It uses only the published contract (C{sealgate}, C{sealgate.interfaces}):
+commands go through C{session.decide}, every byte to the client through
+C{session.send} (masking, output hooks, recording), the login through a
+C{Preamble}; the core pauses the legs for holds and for the store.
 """
 
 from twisted.internet import endpoints, protocol
 from twisted.protocols.basic import LineReceiver
 from zope.interface import implementer
 
-from sealgate.chain.verdicts import Deny, Hold
-from sealgate.config import Table
-from sealgate.identity import AuthenticationFailed
+from sealgate import (
+    CONTINUE,
+    FROM_CLIENT,
+    AuthenticationFailed,
+    OutputRefused,
+    Preamble,
+    Rewrite,
+    SessionRefused,
+    Table,
+)
 from sealgate.interfaces import IProtocolPlugin
-from sealgate.session import FROM_CLIENT, TO_CLIENT, SessionRefused
 
 
 class _Backend(LineReceiver):
@@ -38,6 +49,7 @@ class LineClient(LineReceiver):
         self.backend = None
         self.state = "login"  # login -> opening -> ready <-> held
         self.queued = []
+        self.preamble = Preamble()
 
     def lineReceived(self, line):
         if self.state == "login":
@@ -64,6 +76,7 @@ class LineClient(LineReceiver):
         except SessionRefused as e:
             return self._refuse(str(e))
         self.session.abort = self._refuse
+        self.preamble.into(self.session)
         f = protocol.ClientFactory.forProtocol(_Backend)
         f.client = self
         ep = endpoints.clientFromString(self.factory.gateway.reactor, self.factory.connection.backend)
@@ -71,6 +84,7 @@ class LineClient(LineReceiver):
 
     def backendReady(self, backend):
         self.backend = backend
+        self.session.attach(self.transport, backend.transport)
         self._send(b"OK " + self.session.id.encode())
         self._ready()
 
@@ -80,33 +94,43 @@ class LineClient(LineReceiver):
             self._command(self.queued.pop(0))
 
     def _command(self, line):
-        self.session.record(FROM_CLIENT, line + b"\n")
-        verdict = self.session.command("line", line.decode("utf-8", "replace"))
-        if isinstance(verdict, Hold):
+        self.session.received(line + b"\n")
+        decision = self.session.decide("line", line.decode("utf-8", "replace"))
+        if decision.held:
+            # The core pauses the client leg until it is decided; lines
+            # already read wait in the queue.
             self.state = "held"
-            self._send(b"HOLD " + verdict.message.encode())
-            verdict.result.addCallback(self._decided, line).addCallback(lambda _: self._ready())
+            self._send(b"HOLD " + decision.verdict.message.encode())
+            decision.pending.addCallback(self._decided, line).addCallback(lambda _: self._ready())
         else:
-            self._decided(verdict, line)
+            self._decided(decision.verdict, line)
 
     def _decided(self, verdict, line):
-        if isinstance(verdict, Deny):
-            self._send(f"ERR denied by {verdict.rule}: {verdict.reason}".encode())
-        else:
+        if verdict is CONTINUE:
             self.backend.sendLine(line)
+        elif isinstance(verdict, Rewrite):
+            self.backend.sendLine(str(verdict.value).encode())
+        else:
+            self._send(f"ERR denied by {verdict.rule}: {verdict.reason}".encode())
 
     def fromBackend(self, line):
-        if self.session.chain.wantsOutput:
-            line = self.session.chain.output(line, context="line")
         self._send(line)
 
     def _send(self, line):
-        if self.session is not None:
-            self.session.record(TO_CLIENT, line + b"\n")
-        self.sendLine(line)
+        try:
+            self.session.send(self.transport, line + b"\n")
+        except OutputRefused as e:
+            self._refuse(f"output withheld: {e}")
 
     def _refuse(self, message):
-        self.sendLine(b"ERR " + message.encode())
+        data = b"ERR " + message.encode() + b"\n"
+        if self.session is None:
+            self.preamble.refuse(self.transport, data)
+        elif not self.session.ended:
+            try:
+                self.session.send(self.transport, data)
+            except OutputRefused:
+                pass  # the hang-up says it
         self.transport.loseConnection()
 
     def connectionLost(self, reason):

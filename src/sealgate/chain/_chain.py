@@ -6,8 +6,7 @@ from twisted.logger import Logger
 
 from sealgate.chain.hooks import _EMPTY, Command, Output, SessionEnd, SessionStart
 from sealgate.chain.verdicts import CONTINUE, Deny, Hold, Rewrite, Verdict
-
-HOOKS = ("sessionStart", "command", "output", "sessionEnd")
+from sealgate.flow import OutputRefused
 
 
 class Chain:
@@ -56,6 +55,9 @@ class SessionChain:
 
     Protocols test C{wantsCommand} / C{wantsOutput} once and skip building
     hook records when they are false: no object, no Deferred per message.
+    C{wantsMaskedOutput} is C{wantsOutput} for output the core has already
+    masked with C{masker}: the interceptor that provides the masker has
+    nothing left to do there, so it is not called.
 
     @ivar masker: the session's L{sealgate.masking.Masker} when masking
         applies, else None; protocols with typed values (SQL columns, JSON
@@ -73,10 +75,14 @@ class SessionChain:
         self.wantsCommand = bool(self._command)
         self.wantsOutput = bool(self._output)
         self.masker = None
+        maskers = set()
         for i in interceptors:
             m = getattr(i, "maskerFor", None)
             if m is not None:
                 self.masker = m(session)
+                maskers.add(getattr(i, "name", repr(i)))
+        self._outputMasked = tuple((n, fn) for n, fn in self._output if n not in maskers)
+        self.wantsMaskedOutput = bool(self._outputMasked)
 
     def sessionStart(self) -> Verdict:
         """The access check; only L{CONTINUE} or a L{Deny}."""
@@ -105,17 +111,21 @@ class SessionChain:
             if v is CONTINUE:
                 continue
             if isinstance(v, Rewrite):
-                rewritten = v
+                rewritten = v if v.rule else Rewrite(v.value, name)
                 hook = Command(self.session, kind, v.value, details)
             elif isinstance(v, (Deny, Hold)):
                 return v
         return rewritten or CONTINUE
 
     def output(self, data: Any, **context: Any) -> Any:
-        """Run the output hooks; returns the (possibly rewritten) data."""
-        if not self._output:
+        """
+        Run the output hooks; returns the (possibly rewritten) data.  With
+        C{masked=True} (the core masked it) the masking interceptor is skipped.
+        """
+        hooks = self._outputMasked if context.get("masked") else self._output
+        if not hooks:
             return data
-        for name, fn in self._output:
+        for name, fn in hooks:
             v = self._call(name, fn, Output(self.session, data, context or _EMPTY), "output")
             if isinstance(v, Rewrite):
                 data = v.value
@@ -141,10 +151,6 @@ class SessionChain:
                 return CONTINUE
             return Deny(name, f"interceptor {name} failed; refused")
         return CONTINUE if v is None else v
-
-
-class OutputRefused(Exception):
-    """Output an interceptor could not vet; the protocol must not send it."""
 
 
 def _bound(interceptors, hook):

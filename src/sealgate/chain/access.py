@@ -5,10 +5,10 @@ from zope.interface import implementer
 
 from sealgate.chain.policy import groupsMatch, nameMatches
 from sealgate.chain.verdicts import Deny
-from sealgate.interfaces import IInterceptor, IInterceptorPlugin
+from sealgate.interfaces import IInterceptorPlugin, ISessionStartHook
 
 
-@implementer(IInterceptor)
+@implementer(ISessionStartHook)
 @attrs.frozen
 class AccessInterceptor:
     """Denies a session unless one of the identity's roles grants its connection."""

@@ -4,14 +4,18 @@ import fnmatch
 import re
 
 from twisted.logger import Logger
-from zope.interface import implementer
+from zope.interface import classImplements, implementer
 
 from sealgate.chain.verdicts import Rewrite
-from sealgate.interfaces import IInterceptor, IInterceptorPlugin
+from sealgate.interfaces import IInterceptorPlugin, IMasker, IOutputHook
 from sealgate.masking import Masker, buildMasker
 
+# The engine is the masking package's; that it is the published IMasker is
+# the plugin contract's to say.
+classImplements(Masker, IMasker)
 
-@implementer(IInterceptor)
+
+@implementer(IOutputHook)
 class MaskingInterceptor:
     """
     Masks output for the sessions C{[masking]} covers.

@@ -5,7 +5,7 @@ from zope.interface import implementer
 
 from sealgate.chain.policy import RuleMatcher, groupsMatch, nameMatches
 from sealgate.chain.verdicts import Deny, Hold
-from sealgate.interfaces import IInterceptor, IInterceptorPlugin
+from sealgate.interfaces import ICommandHook, IInterceptor, IInterceptorPlugin
 
 
 @attrs.frozen
@@ -40,7 +40,7 @@ class RulesInterceptor:
         return _SessionRules(self._for(session), self._approvals)
 
 
-@implementer(IInterceptor)
+@implementer(ICommandHook)
 @attrs.frozen
 class _SessionRules:
     rules: tuple

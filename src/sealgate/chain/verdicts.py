@@ -16,9 +16,14 @@ CONTINUE = Continue()
 
 @attrs.frozen
 class Rewrite:
-    """Replace the message's payload (a statement, output data) with C{value}."""
+    """
+    Replace the message's payload (a statement, output data) with C{value}.
+
+    @ivar rule: who rewrote it; the chain fills in the interceptor's name.
+    """
 
     value: Any
+    rule: str = attrs.field(default="", eq=False)
 
 
 @attrs.frozen

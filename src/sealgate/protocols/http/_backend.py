@@ -10,7 +10,7 @@ from twisted.logger import Logger
 from twisted.protocols.basic import FileSender
 from zope.interface import implementer
 
-from sealgate.protocols._io import noDelay, writeNow
+from sealgate import noDelay, writeNow
 from sealgate.protocols.http import _framing, _wire
 from sealgate.protocols.http._body import BodyMasker, MaskingFailed, bodyMode
 from sealgate.session import TO_CLIENT

@@ -13,7 +13,7 @@ from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 from zope.interface import implementer
 
-from sealgate.chain._chain import OutputRefused
+from sealgate.flow import OutputRefused
 
 #: Content types masked as a whole JSON document.
 _JSON = ("application/json", "application/problem+json")

@@ -13,9 +13,9 @@ from twisted.python.failure import Failure
 from twisted.web.http import RESPONSES
 from zope.interface import implementer
 
+from sealgate import noDelay, writeNow
 from sealgate.chain.verdicts import CONTINUE, Deny, Hold
 from sealgate.identity import AuthenticationFailed
-from sealgate.protocols._io import noDelay, writeNow
 from sealgate.protocols.http import _framing, _wire
 from sealgate.protocols.http._backend import BackendPool, Exchange
 from sealgate.protocols.http._body import StorePacer

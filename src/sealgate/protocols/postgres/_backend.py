@@ -6,7 +6,7 @@ import scramp
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 
-from sealgate.protocols._io import noDelay
+from sealgate import noDelay
 from sealgate.protocols.postgres import _wire as w
 
 

@@ -7,12 +7,13 @@ from twisted.internet import endpoints
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 
+from sealgate import noDelay
+from sealgate.flow import OutputRefused, Preamble
 from sealgate.identity import AuthenticationFailed
-from sealgate.protocols._io import noDelay
 from sealgate.protocols.postgres import _wire as w
 from sealgate.protocols.postgres._backend import BackendLeg, CancelSender
 from sealgate.protocols.postgres._relay import Relay
-from sealgate.session import FROM_CLIENT, TO_CLIENT, SessionRefused
+from sealgate.session import SessionRefused
 
 #: Startup parameters the gateway decides; the rest go to the backend as sent.
 _OWN_PARAMS = frozenset({"user", "database", "application_name", "replication"})
@@ -49,7 +50,7 @@ class ClientLeg(Relay, Protocol):
         self.startup = None
         self.closed = False
         self.fakeKey = None
-        self._early: list[tuple[int, bytes]] = []
+        self._early = Preamble()
 
     @property
     def options(self):
@@ -98,14 +99,14 @@ class ClientLeg(Relay, Protocol):
                 raise w.ProtocolError("data after SSLRequest before TLS started")
             ctx = self.factory.tlsContext
             if ctx is None:
-                self.transport.write(b"N")
+                self._early.send(self.transport, b"N")
             else:
-                self.transport.write(b"S")
+                self._early.send(self.transport, b"S")
                 self.transport.startTLS(ctx)
                 self.tls = True
             self.reader.expectStartup()
         elif isinstance(msg, w.GSSENCRequest):
-            self.transport.write(b"N")
+            self._early.send(self.transport, b"N")
             self.reader.expectStartup()
         elif isinstance(msg, w.CancelRequest):
             self.factory.cancel(msg.pid, msg.key)
@@ -135,15 +136,14 @@ class ClientLeg(Relay, Protocol):
             return self.fatal("28000", "sealgate: the password (your token or API key) is "
                               "accepted only over TLS; connect with sslmode=require")
         self.claimed = user
-        self._early.append((FROM_CLIENT, raw))
+        self._early.received(raw)
         ask = w.Authentication(w.AUTH_CLEARTEXT).encode()
         unknown = tuple(k for k, _ in msg.params if k.startswith("_pq_."))
         if msg.version != w.PROTOCOL_V3 or unknown:
             # Both legs speak 3.0: say so, as a server that predates the
             # client's minor version or options does.
             ask = w.NegotiateProtocolVersion(0, unknown).encode() + ask
-        self._early.append((TO_CLIENT, ask))
-        self.transport.write(ask)
+        self._early.send(self.transport, ask)
         self.state = _PASSWORD
 
     def _password(self, credential: str):
@@ -173,11 +173,9 @@ class ClientLeg(Relay, Protocol):
             self.session = gw.openSession(self.connection, identity, self.client, meta)
         except SessionRefused as e:
             return self.fatal("28000", f"sealgate: {e}")
-        # At drain timeout: the error PostgreSQL itself sends on shutdown.
-        self.session.abort = lambda message: self.fatal("57P01", f"sealgate: {message}")
-        for direction, data in self._early:
-            self.session.record(direction, data)
-        self._early = []
+        self.session.abort = self._abort
+        self._early.into(self.session)
+        self.startOutput()
         name = f"sealgate:{identity.subject}" + (f" ({app})" if app else "")
         params = [("user", self.options.username), ("database", self.options.database),
                   ("application_name", name.encode()[:63].decode("utf-8", "ignore"))]
@@ -235,12 +233,19 @@ class ClientLeg(Relay, Protocol):
         self.fakeKey = self.factory.register(self)
         self.toClient(w.BackendKeyData(*self.fakeKey).encode() + raw)
         self.startRelay()
+        if self.closed:
+            return
         self.state = _READY
-        # Backpressure both ways: a slow reader pauses the other side's reads
-        # instead of queueing a whole COPY in memory.
-        self.transport.registerProducer(self.backend.transport, True)
-        self.backend.transport.registerProducer(self.transport, True)
+        # The login's own pause ends; from here the core pauses the legs (a
+        # held statement, a store that cannot keep up).
         self.transport.resumeProducing()
+        s = self.session
+        s.attach(self.transport, self.backend.transport)
+        # Backpressure both ways: a slow reader pauses the other side's reads
+        # instead of queueing a whole COPY in memory.  The legs, not the raw
+        # transports, so a drained buffer cannot resume a leg the core paused.
+        self.transport.registerProducer(s.backendLeg, True)
+        self.backend.transport.registerProducer(s.clientLeg, True)
 
     def backendFailed(self, err):
         self.fatal(err.code, f"sealgate: connection {self.connection.name}: {err}")
@@ -275,15 +280,24 @@ class ClientLeg(Relay, Protocol):
 
     # -- ending ------------------------------------------------------------------------
 
+    def _abort(self, message: str) -> None:
+        # The errors PostgreSQL itself sends: an I/O error when the store
+        # cannot record, the shutdown error at drain timeout.
+        failed = self.session is not None and self.session.closeReason == "store failed"
+        self.fatal("58030" if failed else "57P01", f"sealgate: {message}")
+
     def fatal(self, code: str, message: str):
         """Tell the client why with a FATAL ErrorResponse, then hang up."""
         if self.closed:
             return
         data = w.ErrorResponse.make("FATAL", code, message).encode()
-        if self.session is not None:
-            self.toClient(data)
-        else:
-            self.transport.write(data)
+        if self.session is None:
+            self._early.refuse(self.transport, data)
+        elif not self.session.ended:
+            try:
+                self.session.send(self.transport, data)
+            except OutputRefused:
+                pass  # even the error could not be vetted: the hang-up says it
         self.state = _CLOSED
         self.transport.loseConnection()
 
@@ -336,10 +350,7 @@ class ListenerFactory(Factory):
         return ClientLeg(self)
 
     def _siblings(self):
-        cfg = self.gateway.config
-        same = [c for c in cfg.connections
-                if c.protocol == "postgres" and c.listen == self.connection.listen]
-        return same or [self.connection]
+        return self.gateway.connectionsSharing(self.connection)
 
     def names(self):
         return [c.name for c in self._siblings()]

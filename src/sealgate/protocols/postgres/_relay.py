@@ -7,13 +7,10 @@ from typing import Any
 
 from twisted.logger import Logger
 
-from sealgate.chain._chain import OutputRefused
-from sealgate.chain.verdicts import CONTINUE, Deny, Hold, Rewrite
-from sealgate.protocols._io import writeNow
+from sealgate import CONTINUE, Deny, MaskingFailed, OutputRefused, Rewrite, Session, writeNow
 from sealgate.protocols.postgres import _wire as w
 from sealgate.protocols.postgres.classify import classify
 from sealgate.protocols.postgres.masking import RowMasker
-from sealgate.session import FROM_CLIENT, TO_CLIENT, Session
 
 _Q, _P, _B, _E, _S, _C, _X, _F = (ord(c) for c in "QPBESCXF")
 _CC, _ERR, _Z, _EMPTY, _SUSP, _COPYOUT, _COPYDATA, _COPYDONE = (ord(c) for c in "CEZIsHdc")
@@ -49,6 +46,51 @@ def denyStatement(message: str) -> str:
             f"MESSAGE = {m}; END${tag}$")
 
 
+#: Reply types the output masker decodes (the rest pass as bytes).
+_MASKED_REPLIES = [b"T", b"D", b"N", b"A", b"E"]
+_COPY_REPLIES = [b"H", b"d", b"c"]
+
+
+class ReplyMasker:
+    """
+    The session's output masker for PostgreSQL: masks rows (text and
+    binary), COPY OUT data, error, notice and notification texts.  The
+    relay passes the replies it already split (C{replies} in the context);
+    anything else (a reply the gateway made) is split here, and what does
+    not split into whole messages is refused, not sent.
+    """
+
+    def __init__(self, rows: RowMasker, maxMessage: int):
+        self.rows = rows
+        self.maxMessage = maxMessage
+        stop = _MASKED_REPLIES + (_COPY_REPLIES if rows.detectors else [])
+        self.table = w.makeTable(w.BACKEND_TYPES, stop)
+
+    def __call__(self, data: bytes, context) -> bytes:
+        replies = context.pop("replies", None)
+        if replies is None:
+            reader = w.Reader(frontend=False, maxMessage=self.maxMessage)
+            reader.receive_data(data)
+            try:
+                replies = reader.drain(self.table)
+            except w.ProtocolError as e:
+                raise MaskingFailed(f"not PostgreSQL replies: {e}") from e
+            if reader.pending():
+                raise MaskingFailed("a partial PostgreSQL reply")
+        rows = self.rows
+        out = []
+        for item in replies:
+            if item.__class__ is bytes:
+                out.append(item)
+            elif item.type == _ERR:
+                err = w.decodeFrame(item, False)
+                fields = rows.fields(err.fields)
+                out.append(item.raw if fields is err.fields else w.ErrorResponse(fields).encode())
+            else:
+                out.append(rows.frame(item))
+        return b"".join(out) if len(out) != 1 else out[0]
+
+
 class Relay:
     """
     Mixin for L{ClientLeg}: the proxying phase.  Client bytes are scanned
@@ -68,20 +110,26 @@ class Relay:
     _log: Logger
     fatal: Callable[[str, str], None]
 
+    def startOutput(self) -> None:
+        """Register the reply masker as soon as the session exists: the login's replies pass it too."""
+        masker = self.session.chain.masker
+        self._rows = RowMasker(masker) if masker is not None else None
+        if self._rows is not None:
+            self.session.setOutputMasker(ReplyMasker(self._rows, self.factory.options.max_message))
+
     def startRelay(self):
         s = self.session
         self._wantsCommand = s.chain.wantsCommand
         masker = s.chain.masker
-        self._rows = RowMasker(masker) if masker is not None else None
         self._creader = w.Reader(frontend=True, maxMessage=self.factory.options.max_message)
         self._breader = w.Reader(frontend=False, maxMessage=self.factory.options.max_message)
         self._ctable = w.makeTable(w.FRONTEND_TYPES, [b"Q", b"P", b"B", b"E", b"S", b"C", b"X", b"F"])
         stop = [b"C", b"E", b"Z", b"I", b"s"]
         if self._rows is not None:
-            stop += [b"T", b"D", b"N", b"A"]
+            stop += _MASKED_REPLIES
             if masker.detectors:
                 # COPY rows carry no column names: only detectors apply.
-                stop += [b"H", b"d", b"c"]
+                stop += _COPY_REPLIES
         self._btable = w.makeTable(w.BACKEND_TYPES, stop)
         self._pending: deque = deque()
         self._statements: dict[str, str] = {}
@@ -95,7 +143,7 @@ class Relay:
     # -- client -> backend ------------------------------------------------------
 
     def relayFromClient(self, data: bytes) -> None:
-        self.session.record(FROM_CLIENT, data)
+        self.session.received(data)
         self._creader.receive_data(data)
         if self._held is None:
             self._process(self._creader.drain(self._ctable))
@@ -178,7 +226,8 @@ class Relay:
                 kinds.extend(k for k in self._preparedKinds.get(name, ()) if k not in kinds)
             details["statements"] = tuple(kinds)
         reported = f.type == _Q
-        verdict = self.session.command("sql", text, details, reported=reported)
+        decision = self.session.decide("sql", text, details, reported=reported)
+        verdict = decision.verdict
         if verdict is CONTINUE:
             if reported:
                 # Sealed once, with its outcome, when the statement completes.
@@ -190,47 +239,47 @@ class Relay:
         if isinstance(verdict, Deny):
             out.append(replace(denyStatement(f"denied by rule {verdict.rule}: {verdict.reason}")))
             return None
+        rewrite = rewrite or (lambda s: w.Query(s).encode())
         if isinstance(verdict, Rewrite):
-            out.append((rewrite or (lambda s: w.Query(s).encode()))(str(verdict.value)))
+            out.append(rewrite(str(verdict.value)))
             return None
-        if isinstance(verdict, Hold):
-            return (verdict, f, replace, c)
+        if decision.held:
+            return (decision, f, replace, c, rewrite)
         out.append(replace(denyStatement("the statement could not be judged")))
         return None
 
     def _startHold(self, hold, rest) -> None:
-        verdict, f, replace, c = hold
-        self._held = (f, replace, rest, verdict, c)
-        self.transport.pauseProducing()
-        notice = w.NoticeResponse.make("NOTICE", "00000", verdict.message,
-                                       hint=f"ticket {verdict.ticket}").encode()
+        # The core keeps the client leg paused until the decision.
+        decision, f, replace, c, rewrite = hold
+        self._held = (f, replace, rest, decision, c, rewrite)
+        held = decision.verdict
+        notice = w.NoticeResponse.make("NOTICE", "00000", held.message,
+                                       hint=f"ticket {held.ticket}").encode()
         self.toClient(notice)
-        verdict.result.addCallback(self._holdDecided)
+        decision.pending.addCallback(self._holdDecided)
 
     def _holdDecided(self, verdict) -> None:
         if self._held is None or self.closed:
             return
-        f, replace, rest, _, c = self._held
+        f, replace, rest, _, c, rewrite = self._held
         self._held = None
         if verdict is CONTINUE:
             for name, kinds in c.prepares:
                 self._preparedKinds[name] = kinds
             self._toBackend([f.raw])
+        elif isinstance(verdict, Rewrite):
+            self._toBackend([rewrite(str(verdict.value))])
         else:
-            reason = getattr(verdict, "reason", "not approved")
-            rule = getattr(verdict, "rule", "approval")
-            self._toBackend([replace(denyStatement(f"rule {rule}: {reason}"))])
+            self._toBackend([replace(denyStatement(f"rule {verdict.rule}: {verdict.reason}"))])
         self._process(rest)
         if self._held is None:
             self._process(self._creader.drain(self._ctable))
-            if self._held is None:
-                self.transport.resumeProducing()
 
     def cancelHeld(self) -> bool:
         """A CancelRequest for a held statement withdraws its ticket."""
         if self._held is None:
             return False
-        ticket = self._held[3].ticket
+        ticket = self._held[3].verdict.ticket
         try:
             self.factory.gateway.approvals.cancel(ticket, self.session.identity, "cancelled")
         except Exception:
@@ -248,24 +297,29 @@ class Relay:
                            session=self.session.id, error=str(e))
             self.fatal("08P01", "sealgate: the backend sent a malformed message")
             return
-        out = []
-        for item in items:
-            if item.__class__ is bytes:
-                out.append(item)
-            else:
-                try:
-                    out.append(self._backendFrame(item))
-                except OutputRefused:
-                    self.fatal("XX000", "sealgate: output could not be checked; the session ends")
-                    return
-        if out:
+        if not items:
+            return
+        if self._rows is None:
+            out = []
+            for item in items:
+                out.append(item if item.__class__ is bytes else self._backendFrame(item).raw)
             self.toClient(b"".join(out) if len(out) > 1 else out[0])
+            return
+        # Masking: the reply masker gets the replies already split.
+        replies = [item if item.__class__ is bytes else self._backendFrame(item) for item in items]
+        self.toClient(b"".join(x if isinstance(x, bytes) else x.raw for x in replies), replies)
 
-    def toClient(self, data: bytes) -> None:
-        writeNow(self.transport, data)
-        self.session.record(TO_CLIENT, data)
+    def toClient(self, data: bytes, replies=None) -> None:
+        """The output step for every reply; what cannot be vetted ends the session."""
+        try:
+            if replies is None:
+                self.session.send(self.transport, data)
+            else:
+                self.session.send(self.transport, data, replies=replies)
+        except OutputRefused:
+            self.fatal("XX000", "sealgate: output could not be checked; the session ends")
 
-    def _backendFrame(self, f) -> bytes:
+    def _backendFrame(self, f) -> w.Frame:
         t = f.type
         if t == _CC:
             rows = f.raw[5:-1].rsplit(b" ", 1)[-1]
@@ -280,16 +334,12 @@ class Relay:
             fields = err.fields
             if code == "42501" and (err.get("M") or "").startswith(DENY_PREFIX):
                 fields = tuple((k, v) for k, v in fields if k not in "Wpq")
-            if self._rows is not None:
-                fields = self._rows.fields(fields)
             self._complete(0, code or "XX000", error=True)
             if fields is not err.fields:
-                return w.ErrorResponse(fields).encode()
+                return w.Frame(_ERR, w.ErrorResponse(fields).encode())
         elif t == _EMPTY or t == _SUSP:
             self._complete(0, None)
-        elif self._rows is not None:
-            return self._rows.frame(f)
-        return f.raw
+        return f
 
     def _complete(self, rows: int, sqlstate, error: bool = False) -> None:
         p = self._pending

@@ -11,13 +11,8 @@ from sealgate.session import FROM_CLIENT, TO_CLIENT
 
 
 def _fields(frame) -> tuple[float, int, int, bytes]:
-    t: float | None = getattr(frame, "time", None)
-    if t is None:
-        t = getattr(frame, "timestamp", 0.0)
-    data = getattr(frame, "data", None)
-    if data is None:
-        data = getattr(frame, "payload", b"")
-    return float(t), frame.direction, frame.channel, bytes(data or b"")
+    # A redacted frame has no data: it plays as nothing.
+    return float(frame.time), frame.direction, frame.channel, bytes(frame.data or b"")
 
 
 class _Channel:

@@ -7,6 +7,7 @@ from twisted.internet import defer, endpoints, protocol, threads
 from twisted.logger import Logger
 from twisted.python.filepath import FilePath
 
+from sealgate.protocols.ssh.hostkeys import knownHostsName
 from sealgate.protocols.ssh.relay import FlowConnection
 
 
@@ -153,8 +154,6 @@ class BackendFactory(protocol.ClientFactory):
 
 def connectBackend(reactor, connectionConfig, avatar) -> defer.Deferred:
     """Connect and log in to the backend; fires with a L{BackendConnection}."""
-    from sealgate.protocols.ssh.plugin import knownHostsName
-
     opts = connectionConfig.options
     try:
         name = (opts.host_key_alias.encode() if opts.host_key_alias

@@ -1,6 +1,7 @@
-"""The gateway's own SSH host keys: created once in <state_dir>/ssh/, reused after."""
+"""SSH host keys: the gateway's own (created once in <state_dir>/ssh/) and the backend's known_hosts name."""
 
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -42,3 +43,28 @@ def loadHostKeys(stateDir: os.PathLike | str) -> dict[bytes, keys.Key]:
         key = keys.Key.fromFile(str(path))
         found[key.sshType()] = key
     return found
+
+
+def knownHostsName(backend: str) -> bytes:
+    """The name OpenSSH would look up in known_hosts for a client endpoint string."""
+    parts = re.split(r"(?<!\\):", backend)
+    kind, args = parts[0], parts[1:]
+    host, port = None, 22
+    positional = []
+    for a in args:
+        if "=" in a:
+            k, v = a.split("=", 1)
+            if k == "host":
+                host = v
+            elif k == "port":
+                port = int(v)
+        else:
+            positional.append(a)
+    if host is None and positional:
+        host = positional[0]
+        if len(positional) > 1:
+            port = int(positional[1])
+    if host is None or kind not in ("tcp", "tcp6", "tls"):
+        raise ValueError(backend)
+    host = host.replace("\\:", ":")
+    return (host if port == 22 else f"[{host}]:{port}").encode()

@@ -1,6 +1,5 @@
 """The SSH protocol plugin: options, factory and replay for [[connections]] with protocol = "ssh"."""
 
-import re
 from pathlib import Path
 from typing import Any
 
@@ -8,7 +7,13 @@ import attrs
 from zope.interface import implementer
 
 from sealgate.config import Table, resolveSecret
+from sealgate.identity.sshkeys import SSHKeyStore
 from sealgate.interfaces import IProtocolPlugin
+from sealgate.protocols.ssh.asciicast import replay
+from sealgate.protocols.ssh.hostkeys import knownHostsName, loadHostKeys
+from sealgate.protocols.ssh.server import GatewaySSHFactory
+
+__all__ = ["SSHOptions", "SSHPlugin", "knownHostsName", "plugin"]
 
 
 @attrs.define(repr=False)
@@ -29,31 +34,6 @@ class SSHOptions:
 
     def __repr__(self) -> str:
         return f"SSHOptions(username={self.username!r}, known_hosts={self.known_hosts!r})"
-
-
-def knownHostsName(backend: str) -> bytes:
-    """The name OpenSSH would look up in known_hosts for a client endpoint string."""
-    parts = re.split(r"(?<!\\):", backend)
-    kind, args = parts[0], parts[1:]
-    host, port = None, 22
-    positional = []
-    for a in args:
-        if "=" in a:
-            k, v = a.split("=", 1)
-            if k == "host":
-                host = v
-            elif k == "port":
-                port = int(v)
-        else:
-            positional.append(a)
-    if host is None and positional:
-        host = positional[0]
-        if len(positional) > 1:
-            port = int(positional[1])
-    if host is None or kind not in ("tcp", "tcp6", "tls"):
-        raise ValueError(backend)
-    host = host.replace("\\:", ":")
-    return (host if port == 22 else f"[{host}]:{port}").encode()
 
 
 @implementer(IProtocolPlugin)
@@ -105,17 +85,11 @@ class SSHPlugin:
         return opts
 
     def makeFactory(self, connection, gateway):
-        from sealgate.identity.sshkeys import SSHKeyStore
-        from sealgate.protocols.ssh.hostkeys import loadHostKeys
-        from sealgate.protocols.ssh.server import GatewaySSHFactory
-
         stateDir = gateway.config.gateway.state_dir
         return GatewaySSHFactory(connection, gateway, loadHostKeys(stateDir),
                                  SSHKeyStore.forStateDir(stateDir))
 
     def replay(self, frames, out, speed):
-        from sealgate.protocols.ssh.asciicast import replay
-
         replay(frames, out, speed)
 
 

@@ -8,6 +8,8 @@ from twisted.conch.ssh import common, connection
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from sealgate import OutputRefused, unmasked
+
 #: Receive window and packet size offered on both legs.  The window is the
 #: bound on what the gateway buffers per channel and direction: when one leg
 #: cannot send, the other leg's window is no longer replenished.
@@ -182,7 +184,9 @@ class RelayChannel(_channel.SSHChannel):
 class ForwardChannel(RelayChannel):
     """
     A plain byte relay (direct-tcpip, agent forwarding).  Both legs record
-    into the session under the client-side channel's number.
+    into the session under the client-side channel's number; what goes to
+    the client passes the output step, unmasked on purpose (a forwarded
+    TCP stream or the agent protocol is binary that masking would corrupt).
     """
 
     session = None
@@ -195,13 +199,22 @@ class ForwardChannel(RelayChannel):
         super().channelOpen(specificData)
 
     def dataReceived(self, data):
-        if self.session is not None:
-            from sealgate.session import FROM_CLIENT, TO_CLIENT
-
-            direction = FROM_CLIENT if self.clientSide else TO_CLIENT
-            self.session.record(direction, data, self.recordId)
-        if self.peer is not None:
-            self.peer.write(data)
+        peer, session = self.peer, self.session
+        if session is None:
+            # Not paired with its session yet: nothing may pass unrecorded.
+            return
+        if self.clientSide:
+            session.received(data, self.recordId)
+            if peer is not None:
+                peer.write(data)  # to the backend leg
+            return
+        if peer is None:
+            return
+        session.setOutputMasker(unmasked, self.recordId)
+        try:
+            session.send(peer, data, channel=self.recordId, protocol="ssh", forwarded=True)
+        except OutputRefused:
+            peer.loseConnection()
 
     def eofReceived(self):
         if self.peer is not None:

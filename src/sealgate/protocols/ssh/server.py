@@ -120,9 +120,12 @@ class Realm:
         except SessionRefused as e:
             ctx.banner(f"sealgate: {e}")
             raise UnauthorizedLogin(str(e))
-        user = GatewayUser(ctx, avatarId.connection, session)
         session.abort = lambda message: ctx.transport.sendDisconnect(
             transport.DISCONNECT_BY_APPLICATION, f"sealgate: {message}".encode())
+        # The core pauses the TCP legs (both: the store cannot keep up); a
+        # held command pauses only its own channel.
+        session.attach(ctx.transport.transport)
+        user = GatewayUser(ctx, avatarId.connection, session)
         return interfaces.IConchUser, user, user.logout
 
 
@@ -251,6 +254,7 @@ class GatewayUser(avatar.ConchUser):
 
     def _backendUp(self, conn):
         self.backendConn = conn
+        self.session.attach(None, conn.transport.transport)
         if self._ended:
             conn.transport.loseConnection()
         waiters, self._waiters = self._waiters, []
@@ -380,10 +384,10 @@ class GatewaySSHFactory(factory.SSHFactory):
         self.users: set = set()
 
     def connectionNamed(self, name: str):
-        c = self.gateway.config.connection(name)
-        if c is None or c.protocol != "ssh" or c.listen != self.connection.listen:
-            return None
-        return c
+        for c in self.gateway.connectionsSharing(self.connection):
+            if c.name == name:
+                return c
+        return None
 
     def getPublicKeys(self):
         return {t: k.public() for t, k in self.hostKeys.items()}

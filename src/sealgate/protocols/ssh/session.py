@@ -9,9 +9,15 @@ from twisted.conch.ssh import connection
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from sealgate.chain._chain import OutputRefused
-from sealgate.chain.verdicts import CONTINUE, Deny, Hold, Rewrite
-from sealgate.masking import StreamMasker
+from sealgate import (
+    CONTINUE,
+    FROM_CLIENT,
+    TO_CLIENT,
+    OutputRefused,
+    Rewrite,
+    StreamMasker,
+    unmasked,
+)
 from sealgate.protocols.ssh import _wire
 from sealgate.protocols.ssh.relay import (
     STREAM_CONTROL,
@@ -21,7 +27,8 @@ from sealgate.protocols.ssh.relay import (
     recordChannel,
 )
 from sealgate.protocols.ssh.sftpaudit import SFTPTransfers
-from sealgate.session import FROM_CLIENT, TO_CLIENT
+from sealgate.protocols.ssh.sftprelay import SFTPRelay
+from sealgate.protocols.ssh.terminal import Stderr, StreamOutput, TerminalInput
 
 _STDERR = connection.EXTENDED_DATA_STDERR
 #: Requests relayed without asking the backend for a reply (clients send
@@ -56,7 +63,7 @@ class BackendSession(RelayChannel):
         return self.peer.backendRequest(requestType, data)
 
 
-class ClientSession(RelayChannel):
+class ClientSession(SFTPRelay, TerminalInput, RelayChannel):
     """
     The client leg of a session channel.  Commands (exec, sftp operations)
     go through the chain first; while one is held, client input is queued
@@ -81,9 +88,9 @@ class ClientSession(RelayChannel):
         self._outTail = b""
         self._secretInput = False
         self._maskers: dict[int, StreamMasker] | None = None
+        self._stderr = Stderr(self)
         self._flushCall = None
         self.exitStatus: int | None = None
-        self._wantsOutput = bool(self.session.chain.wantsOutput)
         self._passthrough = False
         self._typed = b""
         self._wantsCommand = bool(self.session.chain.wantsCommand)
@@ -91,10 +98,37 @@ class ClientSession(RelayChannel):
 
     # -- recording ------------------------------------------------------------
 
-    def _control(self, direction: int, **fields) -> None:
+    def _control(self, direction: int, **fields) -> bool:
+        """
+        Record a control event.  One to the client passes the output step
+        (its hooks see it) before the protocol message it stands for is
+        sent; False means it was refused and must not be.
+        """
         fields["t"] = round(time.time(), 6)
-        self.session.record(direction, json.dumps(fields).encode(),
-                            recordChannel(self.id, STREAM_CONTROL))
+        data = json.dumps(fields).encode()
+        channel = recordChannel(self.id, STREAM_CONTROL)
+        if direction == FROM_CLIENT:
+            self.session.received(data, channel)
+            return True
+        try:
+            self.session.emit(data, channel=channel, control=fields["type"])
+        except OutputRefused:
+            self.loseConnection()
+            return False
+        return True
+
+    def channelOpen(self, specificData):
+        # Control records are the gateway's own JSON: masking would only
+        # corrupt them.
+        self.session.setOutputMasker(unmasked, recordChannel(self.id, STREAM_CONTROL))
+        super().channelOpen(specificData)
+
+    # The core pauses a held channel (not the whole connection) through these.
+    def pauseProducing(self) -> None:
+        self.pauseInput("hold")
+
+    def resumeProducing(self) -> None:
+        self.resumeInput("hold")
 
     # -- client -> backend -------------------------------------------------
 
@@ -111,7 +145,7 @@ class ClientSession(RelayChannel):
         if self.pty is not None or self._lines is not None:
             self._terminalInput(data)
         else:
-            self.session.record(FROM_CLIENT, data, recordChannel(self.id, STREAM_DATA))
+            self.session.received(data, recordChannel(self.id, STREAM_DATA))
         if self._sftp is not None:
             self._sftp.receive_data(data)
             self._sftpPump()
@@ -125,7 +159,7 @@ class ClientSession(RelayChannel):
             peer.write(data)
 
     def extReceived(self, dataType, data):
-        self.session.record(FROM_CLIENT, data, recordChannel(self.id, STREAM_STDERR))
+        self.session.received(data, recordChannel(self.id, STREAM_STDERR))
         if self.peer is not None:
             peer = self.peer
             self._toBackend(lambda: peer.writeExtended(dataType, data))
@@ -195,6 +229,7 @@ class ClientSession(RelayChannel):
             self._boundary = _wire.SFTPResponses()
             self._sftp = _wire.SFTPRequests()
             self._transfers = SFTPTransfers(self._auditTransfer)
+            self._setUpMasking(unmaskedOutput=True)
             return self._forward(kind, data)
         return False
 
@@ -208,6 +243,12 @@ class ClientSession(RelayChannel):
         def reply(ok):
             # Conch cannot answer a request on a channel that is gone.
             if self.conn is not None and self.id in self.conn.localToRemoteChannel:
+                # The outcome Conch answers with (when the client wants a
+                # reply) passes the output step first, like every reply.
+                name = kind.decode("ascii", "replace")
+                if kind not in _NO_REPLY and not self._control(
+                        TO_CLIENT, type="request-result", request=name, ok=ok):
+                    return
                 result.callback(ok)
 
         def send():
@@ -230,34 +271,37 @@ class ClientSession(RelayChannel):
         text = raw.decode("utf-8", "replace")
         if self.pty is None and _TRANSFER.match(text):
             self._passthrough = True
+            self._setUpMasking(unmaskedOutput=True)
         else:
             self._setUpMasking()
         self._control(FROM_CLIENT, type="exec", command=text)
         if not self.session.chain.wantsCommand:
             return self._forward(b"exec", _wire.NS(raw))
-        verdict = self.session.command("exec", text, {"command": text})
-        return self._execVerdict(verdict, raw)
+        decision = self.session.decide("exec", text, {"command": text}, hold=self)
+        if decision.held:
+            # The core keeps this channel's input paused; what the client
+            # sends meanwhile waits in the queue.
+            self._queue = []
+            self._stderrNote(decision.verdict.message)
+            decision.pending.addCallback(self._execDecided, raw)
+            return True
+        return self._execVerdict(decision.verdict, raw)
 
     def _execVerdict(self, verdict, raw: bytes):
         if verdict is CONTINUE:
             return self._forward(b"exec", _wire.NS(raw))
         if isinstance(verdict, Rewrite):
             return self._forward(b"exec", _wire.NS(str(verdict.value).encode()))
-        if isinstance(verdict, Deny):
-            self._refuse(f"denied by rule {verdict.rule}: {verdict.reason}")
-            return True
-        if isinstance(verdict, Hold):
-            self._stderrNote(verdict.message)
-            self._hold()
-            verdict.result.addCallback(self._execDecided, raw)
-            return True
-        return False
+        self._refuse(f"denied by rule {verdict.rule}: {verdict.reason}")
+        return True
 
     def _execDecided(self, verdict, raw: bytes):
         if self.localClosed:
             return
-        if verdict is CONTINUE:
+        if verdict is CONTINUE or isinstance(verdict, Rewrite):
             self._stderrNote("approved; running")
+            if isinstance(verdict, Rewrite):
+                raw = str(verdict.value).encode()
             d = defer.maybeDeferred(self._forward, b"exec", _wire.NS(raw))
             self._release()
 
@@ -270,15 +314,10 @@ class ClientSession(RelayChannel):
         else:
             self._refuse(f"denied: {getattr(verdict, 'reason', 'not approved')}")
 
-    def _hold(self) -> None:
-        self._queue = []
-        self.pauseInput("hold")
-
     def _release(self) -> None:
         queue, self._queue = self._queue or [], None
         for action in queue:
             action()
-        self.resumeInput("hold")
 
     def _eol(self) -> str:
         return "\r\n" if self.pty is not None else "\n"
@@ -286,139 +325,43 @@ class ClientSession(RelayChannel):
     def _stderrNote(self, message: str) -> None:
         if not message.startswith("sealgate:"):
             message = f"sealgate: {message}"
-        data = f"{message}{self._eol()}".encode()
-        self.session.record(TO_CLIENT, data, recordChannel(self.id, STREAM_STDERR))
-        self.writeExtended(_STDERR, data)
+        # A note goes out whole: nothing of it is held back with the stream.
+        self._send(f"{message}{self._eol()}".encode(), STREAM_STDERR, note=True, flush=True)
 
     def _refuse(self, message: str) -> None:
         """The command does not run: say why on stderr, exit status 1, close."""
         self._queue = []
         self._stderrNote(message)
         self.exitStatus = 1
-        self._control(TO_CLIENT, type="exit", status=1)
-        self.sendRequestAfterData(b"exit-status", _wire.exitStatus(1))
-        self.sendEOFAfterData()
+        if self._control(TO_CLIENT, type="exit", status=1):
+            self.sendRequestAfterData(b"exit-status", _wire.exitStatus(1))
+            self.sendEOFAfterData()
         peer, self.peer = self.peer, None
         if peer is not None:
             peer.peer = None
             peer.loseConnection()
         self.closeAfterData()
 
-    # -- sftp ----------------------------------------------------------------
-
-    # _sftp, _boundary and _transfers are set together when the sftp
-    # subsystem starts, and only sftp mode reaches the code that reads them.
-
-    def _sftpPump(self) -> None:
-        assert self._sftp is not None
-        chain = self.session
-        while not self._sftpHeld and self.peer is not None:
-            try:
-                event = self._sftp.next_event()
-            except _wire.WireError as e:
-                self._log.info("Malformed SFTP on session {session}: {error}",
-                               session=chain.id, error=str(e))
-                self.loseConnection()
-                return
-            if event is _wire.NEED_DATA:
-                return
-            packet, op = event
-            if op is None or not self._wantsCommand:
-                self._sftpForward(packet, op)
-                continue
-            details = {"op": op.op, "path": op.path, "size": op.size,
-                       "direction": op.direction}
-            if op.target is not None:
-                details["target"] = op.target
-            verdict = chain.command("sftp", op.text, details)
-            if isinstance(verdict, Hold):
-                self._stderrNote(verdict.message)
-                self._sftpHeld = True
-                self.pauseInput("hold")
-                verdict.result.addCallback(self._sftpDecided, packet, op)
-                return
-            self._sftpVerdict(verdict, packet, op)
-
-    def _sftpVerdict(self, verdict, packet: bytes, op) -> None:
-        if isinstance(verdict, Deny):
-            reason = getattr(verdict, "reason", "not approved")
-            self._stderrNote(f"sftp {op.text}: denied: {reason}")
-            self._injectReply(_wire.statusReply(op.requestId, _wire.FX_PERMISSION_DENIED,
-                                                f"denied by sealgate: {reason}"))
-        else:
-            self._sftpForward(packet, op)
-
-    def _sftpForward(self, packet: bytes, op) -> None:
-        if self.peer is not None:
-            assert self._transfers is not None
-            self._transfers.request(packet, op)
-            self.peer.write(packet)
-
-    def _auditTransfer(self, op, count: int, complete: bool) -> None:
-        self.session.audit("sftp_transfer", channel=self.id, op=op.op, path=op.path,
-                           direction=op.direction, bytes=count, complete=complete)
-
-    def _sftpDecided(self, verdict, packet, op) -> None:
-        if self.localClosed:
-            return
-        self._sftpHeld = False
-        self._sftpVerdict(verdict, packet, op)
-        self.resumeInput("hold")
-        self._sftpPump()
-
-    def _injectReply(self, packet: bytes) -> None:
-        """A gateway-made SFTP reply, sent between whole backend replies."""
-        self._inject.append(packet)
-        assert self._boundary is not None
-        if self._boundary.atBoundary:
-            self._flushInjected()
-
-    def _flushInjected(self) -> None:
-        for packet in self._inject:
-            self.session.record(TO_CLIENT, packet, recordChannel(self.id, STREAM_DATA))
-            self.write(packet)
-        self._inject = []
-
-    # -- shell input audit ----------------------------------------------------
-
-    def _terminalInput(self, data: bytes) -> None:
-        """Record (and, in a shell, audit) what is typed into a pty."""
-        hidden = 0
-        recorded = data
-        if not self._secretInput and _wire.SECRET_PROMPT.search(self._outTail):
-            self._secretInput = True
-        if self._secretInput:
-            # What is typed at a password prompt is not echoed; keep it out of
-            # the recording and the audit too (length is kept for timing).
-            out = bytearray()
-            for b in data:
-                if self._secretInput and b not in (0x0D, 0x0A, 0x03):
-                    out.append(0x2A)
-                    continue
-                out.append(b)
-                if self._secretInput:
-                    self._secretInput = False
-                    self._outTail = b""
-                    hidden += 1
-            recorded = bytes(out)
-        self.session.record(FROM_CLIENT, recorded, recordChannel(self.id, STREAM_DATA))
-        if self._lines is None:
-            return
-        for line in self._lines.receive_data(data):
-            if hidden:
-                hidden -= 1
-                self.session.audit("shell_input", channel=self.id, line="<hidden input>")
-            elif line.strip():
-                self.session.audit("shell_input", channel=self.id,
-                                   line=line.decode("utf-8", "replace"))
-
     # -- backend -> client -------------------------------------------------------
 
-    def _setUpMasking(self) -> None:
-        masker = self.session.chain.masker
-        if masker is not None:
-            self._maskers = {STREAM_DATA: masker.streamMasker(),
-                             STREAM_STDERR: masker.streamMasker()}
+    def _setUpMasking(self, unmaskedOutput: bool = False) -> None:
+        """
+        Register this channel's output maskers with the session: a stream
+        masker per stream, or (a file transfer, whose bytes masking would
+        corrupt) L{unmasked}, on purpose.
+        """
+        session = self.session
+        masker = session.chain.masker
+        if masker is None:
+            return
+        if unmaskedOutput:
+            for stream in (STREAM_DATA, STREAM_STDERR):
+                session.setOutputMasker(unmasked, recordChannel(self.id, stream))
+            return
+        self._maskers = {STREAM_DATA: masker.streamMasker(),
+                         STREAM_STDERR: masker.streamMasker()}
+        for stream, m in self._maskers.items():
+            session.setOutputMasker(StreamOutput(m), recordChannel(self.id, stream))
 
     def fromBackend(self, data: bytes, stream: int) -> None:
         if self._boundary is not None:
@@ -438,48 +381,44 @@ class ClientSession(RelayChannel):
         if self.pty is not None:
             self._outTail = (self._outTail + data)[-96:]
         maskers = self._maskers
-        masked = maskers is not None
-        if maskers is not None:
-            m = maskers[stream]
-            if data and self._typed.startswith(data):
-                # The terminal echoing what the user just typed: nothing the
-                # client does not already have, so it is not held back.
-                self._typed = self._typed[len(data):]
-                data = m.feed(data) + m.flush()
-            else:
-                self._typed = b""
-                data = m.feed(data)
-            if self._flushCall is None and m.pending:
-                # Bound how long a possible start of a value is held back.
-                self._flushCall = self.user.reactor.callLater(
-                    self.user.options.mask_holdback, self._flushMaskers)
-        if self._wantsOutput and data:
-            try:
-                data = self.session.chain.output(data, protocol="ssh", stream=stream,
-                                                 masked=masked)
-            except OutputRefused as e:
-                self._stderrNote(f"output withheld: {e}")
-                self.loseConnection()
-                return
-        if data:
+        if maskers is None:
             self._send(data, stream)
+            return
+        echo = bool(data) and self._typed.startswith(data)
+        # The terminal echoing what the user just typed is nothing the client
+        # does not already have, so it is not held back.
+        self._typed = self._typed[len(data):] if echo else b""
+        self._send(data, stream, echo=echo)
+        if self._flushCall is None and self._maskers is not None and maskers[stream].pending:
+            # Bound how long a possible start of a value is held back.
+            self._flushCall = self.user.reactor.callLater(
+                self.user.options.mask_holdback, self._flushMaskers)
 
-    def _send(self, data: bytes, stream: int) -> None:
-        self.session.record(TO_CLIENT, data, recordChannel(self.id, stream))
-        if stream == STREAM_DATA:
-            self.write(data)
-        else:
-            self.writeExtended(_STDERR, data)
+    def _send(self, data: bytes, stream: int, **context) -> bool:
+        """
+        The output step for this channel: masked (by the stream's masker),
+        shown to the output hooks, recorded, then written.  What cannot be
+        vetted is withheld and the channel closes; False then.
+        """
+        transport = self if stream == STREAM_DATA else self._stderr
+        try:
+            self.session.send(transport, data, channel=recordChannel(self.id, stream),
+                              protocol="ssh", stream=stream, **context)
+        except OutputRefused as e:
+            if not context.get("note"):
+                self._stderrNote(f"output withheld: {e}")
+            self.loseConnection()
+            return False
+        return True
 
     def _flushMaskers(self) -> None:
-        """Send what the stream maskers held back (bounded by mask_holdback)."""
+        """Send what the stream maskers held back (bounded by mask_holdback), through the output step."""
         self._flushCall = None
         if self._maskers is None:
             return
-        for stream, m in self._maskers.items():
-            rest = m.flush()
-            if rest:
-                self._send(rest, stream)
+        for stream, m in list(self._maskers.items()):
+            if m.pending and not self._send(b"", stream, flush=True):
+                return
 
     def _flushNow(self) -> None:
         if self._flushCall is not None:
@@ -489,22 +428,25 @@ class ClientSession(RelayChannel):
 
     def backendEOF(self) -> None:
         self._flushNow()
-        self._control(TO_CLIENT, type="eof")
-        self.sendEOFAfterData()
+        if self._control(TO_CLIENT, type="eof"):
+            self.sendEOFAfterData()
 
     def backendRequest(self, kind: bytes, data: bytes):
         if kind == b"exit-status":
             self._flushNow()
             self.exitStatus = _wire.parseExitStatus(data)
-            self._control(TO_CLIENT, type="exit", status=self.exitStatus)
+            sent = self._control(TO_CLIENT, type="exit", status=self.exitStatus)
         elif kind == b"exit-signal":
             self._flushNow()
             name, core, msg = _wire.parseExitSignal(data)
-            self._control(TO_CLIENT, type="exit", signal=name, core=core)
-        elif kind not in (b"eow@openssh.com",):
+            sent = self._control(TO_CLIENT, type="exit", signal=name, core=core)
+        elif kind == b"eow@openssh.com":
+            sent = self._control(TO_CLIENT, type="eow")
+        else:
             return False
-        self.sendRequestAfterData(kind, data)
-        return True
+        if sent:
+            self.sendRequestAfterData(kind, data)
+        return sent
 
     def closeAfterData(self) -> None:
         self._flushNow()
@@ -515,6 +457,9 @@ class ClientSession(RelayChannel):
             self._flushCall.cancel()
             self._flushCall = None
         self._maskers = None
+        if self.id is not None:
+            for stream in (STREAM_DATA, STREAM_STDERR, STREAM_CONTROL):
+                self.session.setOutputMasker(None, recordChannel(self.id, stream))
         if self._transfers is not None:
             self._transfers.finish()
         self.session.audit("channel_closed", channel=self.id, mode=self.mode,

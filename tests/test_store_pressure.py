@@ -30,7 +30,7 @@ async def until(predicate, timeout=60.0, what="condition"):
     deadline = reactor.seconds() + timeout
     while not predicate():
         if reactor.seconds() > deadline:
-            raise AssertionError(f"{what} not reached in {timeout} s")
+            raise AssertionError(f"{what() if callable(what) else what} not reached in {timeout} s")
         await task.deferLater(reactor, 0.01, lambda: None)
 
 

@@ -299,3 +299,60 @@ async def test_a_writer_that_cannot_restart_closes_every_session_in_its_protocol
         # Their last words to the client were recorded too.
         pg = [x for x in closed if x["info"]["connection"] == "app"][0]
         assert b"58030" in b"".join(f.data for f in r.frames(pg["id"]) if f.direction == 1)
+
+
+# -- a full disk ---------------------------------------------------------------
+
+
+@pytest.fixture
+def smallDisk(tmp_path):
+    """A 128 MiB tmpfs for the state directory (the test runs as root to mount it)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128m,mode=0700", "tmpfs", str(mount)], check=True)
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+@pytest.mark.timeout(300)
+@pytest_twisted.ensureDeferred
+async def test_a_full_disk_during_an_scp_pauses_it_and_it_resumes_when_space_returns(sshd, tmp_path, smallDisk):
+    size = 64_000_000
+    env = await _sshEnv(sshd, tmp_path, f'state_dir = "{smallDisk}/state"\nstore_timeout = "60s"\n')
+    g, store = env.gw, env.gw.service.store
+    ballast = smallDisk / "ballast"
+    with open(ballast, "wb") as f:  # leaves about 28 MiB: the disk fills a third of the way in
+        f.write(bytes(100 << 20))
+    src, back = tmp_path / "big.src", tmp_path / "big.back"
+    with open(src, "wb") as f:
+        for _ in range(size // 1_000_000):
+            f.write(os.urandom(1_000_000))
+    watch = Watch(store)
+    try:
+        down = env.run(["scp", "-q"] + env.clientOptions() + [f"web-1@127.0.0.1:{src}", str(back)],
+                       timeout=240)
+        await until(lambda: store.pressure() == "the disk is full", what="disk full")
+        stalled = _liveBytes(g)
+        await task.deferLater(_reactor(), 1.0, lambda: None)  # the client really waits
+        assert _liveBytes(g) - stalled < MAX_UNSEALED + (4 << 20)
+        assert not down.called
+        ballast.unlink()
+        r = await down
+    finally:
+        watch.stop()
+        await g.stop()
+    try:
+        assert r.returncode == 0, r.stderr
+        assert _sha256(back) == _sha256(src)
+    finally:
+        src.unlink()
+        back.unlink(missing_ok=True)
+    assert ("paused", "the disk is full") in watch.states and watch.states[-1] == ("flowing", None)
+    sessions = _checkSessions(g, "ssh")
+    assert sum(len(f.data) for _, frames, _ in sessions for f in frames if f.direction == 1) > size
+
+
+def _reactor():
+    from twisted.internet import reactor
+
+    return reactor

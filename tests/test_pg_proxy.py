@@ -199,6 +199,35 @@ async def test_down_backend_gets_a_fatal_08001_not_a_dropped_socket(tmp_path, po
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_backend_that_accepts_and_never_answers_gets_a_fatal_08001_after_connect_timeout(
+        tmp_path, postgres):
+    from tests.harness._proc import SilentServer
+
+    with SilentServer() as silent:
+        class Silent:
+            port = silent.port
+
+            def password(self, user):
+                return postgres.password(user)
+
+        g, key = await _start(tmp_path, Silent(), options='connect_timeout = "1s"')
+        try:
+            msgs = await threads.deferToThread(_rawLogin, g.port("app"), key)
+            err = msgs[-1]
+            assert isinstance(err, w.ErrorResponse)
+            assert err.get("S") == "FATAL" and err.get("C") == "08001"
+            assert err.get("M") == ("sealgate: the database behind connection app did not answer within "
+                                    "1 s (connect_timeout); try again later or tell the operator")
+            r = await _psql(postgres, g, key, "SELECT 1")
+            assert r.returncode == 2 and "did not answer within 1 s (connect_timeout)" in r.stderr, r.stderr
+            # The refusal is what the client saw, so it is recorded.
+            [*_, (_, frames, _)] = _sessions(g)
+            assert b"connect_timeout" in b"".join(f.data for f in frames if f.direction == 1)
+        finally:
+            await g.stop()
+
+
+@pytest_twisted.ensureDeferred
 async def test_denied_statement_gets_42501_and_the_session_goes_on(tmp_path, postgres):
     g, key = await _start(tmp_path, postgres)
     try:

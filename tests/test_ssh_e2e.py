@@ -12,6 +12,8 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, threads
 
+from tests.harness._proc import SilentServer
+
 GATEWAY_USER_GROUPS = ["ops"]
 
 
@@ -30,6 +32,10 @@ def _closedPort() -> int:
     port = s.getsockname()[1]
     s.close()
     return port
+
+
+# A backend that accepts and never answers (for connect_timeout); closed with the env.
+_SILENT = SilentServer()
 
 
 def _config(sshd, tmp: Path) -> str:
@@ -101,10 +107,21 @@ username = "{sshd.user}"
 private_key_file = "{sshd.clientKey}"
 known_hosts = "{sshd.knownHosts}"
 
+[[connections]]
+name = "silent-1"
+protocol = "ssh"
+listen = "tcp:0:interface=127.0.0.1"
+backend = "tcp:host=127.0.0.1:port={_SILENT.port}"
+[connections.options]
+username = "{sshd.user}"
+private_key_file = "{sshd.clientKey}"
+known_hosts = "{sshd.knownHosts}"
+connect_timeout = "1s"
+
 [[roles]]
 name = "ops"
 groups = ["ops"]
-connections = ["web-1", "spoofed", "unknown-host", "fwd", "down-1"]
+connections = ["web-1", "spoofed", "unknown-host", "fwd", "down-1", "silent-1"]
 
 [[rules]]
 name = "no-rm"
@@ -208,6 +225,7 @@ def env(sshd, tmp_path_factory):
     gw.gateway.openSession = openSession
     yield e
     pytest_twisted.blockon(gw.stop())
+    _SILENT.close()
     globalLogPublisher.removeObserver(_collectLog)
 
 
@@ -362,6 +380,16 @@ async def test_down_backend_refuses_the_session_with_a_message(env):
     r = await env.ssh("echo never", conn="down-1", logLevel="INFO")
     assert r.returncode == 255 and b"never" not in r.stdout
     assert b"cannot reach the backend of down-1" in r.stderr, r.stderr.decode()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_backend_that_never_answers_refuses_the_session_after_connect_timeout(env):
+    started = time.monotonic()
+    r = await env.ssh("echo never", conn="silent-1", logLevel="INFO")
+    assert r.returncode == 255 and b"never" not in r.stdout
+    assert (b"the backend of silent-1 did not answer within 1 s (connect_timeout)" in r.stderr), \
+        r.stderr.decode()
+    assert time.monotonic() - started < 9  # the gateway's 1 s, not the client's ConnectTimeout=10
 
 
 @pytest_twisted.ensureDeferred

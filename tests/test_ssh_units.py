@@ -193,3 +193,70 @@ def test_replay_plays_terminals_with_timing_and_prints_exec_transcripts():
     replay(frames, out, speed=2.0, sleep=slept.append)
     assert out.getvalue() == b"$ uptime\n 10:00 up 3 days\n[exit 0]\nab"
     assert slept == [1.0]
+
+
+class _SyncPool:
+    """A thread pool that runs the work at once (known_hosts is read in a thread)."""
+
+    def callInThreadWithCallback(self, onResult, f, *a, **kw):
+        onResult(True, f(*a, **kw))
+
+
+def _connectBackendFakeReactor(tmp_path, timeout):
+    from types import SimpleNamespace
+
+    from twisted.internet.testing import MemoryReactorClock
+
+    from sealgate.protocols.ssh.backend import connectBackend
+    from sealgate.protocols.ssh.plugin import SSHOptions
+
+    class Reactor(MemoryReactorClock):
+        def getThreadPool(self):
+            return _SyncPool()
+
+        def callFromThread(self, f, *a, **kw):
+            f(*a, **kw)
+
+    reactor = Reactor()
+    known = tmp_path / "known_hosts"
+    known.write_text("")
+    conn = SimpleNamespace(name="hung-1", backend="tcp:host=127.0.0.1:port=2222",
+                           options=SSHOptions(username="u", known_hosts=str(known), password="x",
+                                              connect_timeout=timeout))
+    results: list = []
+    connectBackend(reactor, conn, avatar=None).addBoth(results.append)
+    return reactor, results
+
+
+def test_a_backend_connect_that_never_completes_fails_after_connect_timeout(tmp_path):
+    from sealgate.protocols.ssh.backend import BackendError
+
+    reactor, results = _connectBackendFakeReactor(tmp_path, 3.0)
+    [(host, port, *_)] = reactor.tcpClients
+    assert (host, port) == ("127.0.0.1", 2222)
+    reactor.advance(2.9)
+    assert results == []
+    reactor.advance(0.2)
+    [f] = results
+    assert f.check(BackendError)
+    assert str(f.value) == ("the backend of hung-1 did not answer within 3 s (connect_timeout); "
+                            "try again later or tell the operator")
+    assert reactor.connectors[0].stoppedConnecting  # the attempt itself is given up
+    assert not reactor.getDelayedCalls()
+
+
+def test_a_backend_that_connects_but_never_speaks_is_dropped_after_connect_timeout(tmp_path):
+    from twisted.internet.testing import StringTransport
+
+    from sealgate.protocols.ssh.backend import BackendError
+
+    reactor, results = _connectBackendFakeReactor(tmp_path, 2.0)
+    factory = reactor.tcpClients[0][2]
+    proto = factory.buildProtocol(None)
+    transport = StringTransport()
+    proto.makeConnection(transport)
+    assert transport.value().startswith(b"SSH-2.0-")  # our banner went out; no answer comes
+    reactor.advance(2.0)
+    [f] = results
+    assert f.check(BackendError) and "did not answer within 2 s" in str(f.value)
+    assert transport.disconnecting

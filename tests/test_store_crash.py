@@ -64,6 +64,21 @@ def _sealedSize(state):
         return None
 
 
+def _lockFree(state) -> bool:
+    import fcntl
+
+    from sealgate.recording._engine import lockPath
+
+    fd = os.open(lockPath(state), os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)  # closing releases it
+    return True
+
+
 @pytest.fixture
 def writer(tmp_path):
     source = str(Path(sealgate.__file__).resolve().parents[1])
@@ -101,6 +116,9 @@ def test_kill_9_mid_session_recovers_everything_flushed(writer):
     for pid in writers:
         _waitFor(lambda pid=pid: not Path(f"/proc/{pid}").exists()
                  or "Z" in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0])
+    # A zombie leader's other threads may still be ending (one in fdatasync
+    # holds the files): the lock is free once the last of them is gone.
+    _waitFor(lambda: _lockFree(state))
 
     e = Engine(state, ORIGIN)
     assert e.open() == ["running"]

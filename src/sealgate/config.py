@@ -233,7 +233,7 @@ def parseConfig(raw: Mapping[str, Any], path: str, plugins: Mapping[str, Any]) -
         checkpoint_interval=g.duration("checkpoint_interval", 1.0),
         # Below a few frames' worth every session would pause on each read.
         max_unsealed=g.size("max_unsealed", 64 << 20, minimum=1 << 20),
-        store_timeout=g.duration("store_timeout", 10.0),
+        store_timeout=g.timeout("store_timeout", 10.0),
     )
     if gateway.store_timeout <= 0:
         raise g.where.error("store_timeout", f"must be more than 0 s, not {gateway.store_timeout:g}",

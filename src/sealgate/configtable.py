@@ -126,6 +126,13 @@ class Table:
                                    f'raise it, e.g. {key} = "64MiB"')
         return n
 
+    def timeout(self, key, default: float) -> float:
+        """A duration that must be more than zero (a wait that may not be skipped)."""
+        v = self.duration(key, default)
+        if v <= 0:
+            raise self.where.error(key, f"must be more than 0 s, not {v:g}", f'write e.g. {key} = "10s"')
+        return v
+
     def duration(self, key, default) -> float:
         v = self._get(key, default, False)
         try:

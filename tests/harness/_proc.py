@@ -46,3 +46,25 @@ def run(argv: list[str], what: str, timeout: float = 60, **kw) -> subprocess.Com
         raise RuntimeError(f"{what} failed ({result.returncode}): {' '.join(argv)}\n"
                            f"{result.stdout}\n{result.stderr}")
     return result
+
+
+class SilentServer:
+    """
+    A loopback port that accepts connections (the kernel completes the
+    handshake) and never says a word: a hung backend, for connect timeouts.
+    """
+
+    def __init__(self, host: str = "127.0.0.1"):
+        self.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.socket.bind((host, 0))
+        self.socket.listen(64)  # never accepted: connects queue in the backlog
+        self.host, self.port = self.socket.getsockname()
+
+    def close(self) -> None:
+        self.socket.close()
+
+    def __enter__(self) -> "SilentServer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -8,7 +8,6 @@ from zope.interface import implementer
 from sealgate.interfaces import ISessionRecording
 from sealgate.recording import _pipe
 from sealgate.recording._errors import StoreError
-from sealgate.recording._pressure import FAILED
 
 
 @implementer(ISessionRecording)
@@ -59,9 +58,6 @@ class SessionRecording:
         store._closing[token] = self._handle
         store._enqueue(("close", self._handle, reason, dict(stats), token, time.time()))
         store._wake.set()
-        if store._pressure.state == FAILED:
-            # Queued all the same: should the writer come back, it seals the close.
-            d.addErrback(lambda f: None)
-            return fail(StoreError(f"{store._pressure.failure}; session {self.sessionId} is sealed as "
-                                   "'store failed' when the store recovers or next starts"))
+        # Even on a failed store: the close stays queued, and fires once a
+        # writer that comes back makes it durable (or fails at stop).
         return d

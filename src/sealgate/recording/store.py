@@ -271,11 +271,8 @@ class SQLiteStore:
         self._log.critical("{reason}: every open session is closed; they are sealed as 'store failed'",
                            reason=reason)
         self.reactor.callInThread(_markFailed, failedPath(self.stateDir), reason)
-        # Their items stay queued (and their handles live): a writer that
-        # comes back still seals them.
-        waiting, self._waiting = self._waiting, {}
-        for d in waiting.values():
-            d.errback(StoreError(reason))
+        # Closes and redactions stay queued, their callers waiting: a writer
+        # that comes back still seals them; a stop fails them.
 
     # -- writer restarts (reactor thread) -----------------------------------
 

@@ -50,6 +50,9 @@ class ClientLeg(Relay, Protocol):
 
     _log = Logger()
 
+    _deadline = None  # the backend login's connect_timeout, while it runs
+    _silent = False   # the backend missed it
+
     def __init__(self, factory):
         self.factory = factory
         self.state = _STARTUP
@@ -207,8 +210,31 @@ class ClientLeg(Relay, Protocol):
         ep = endpoints.clientFromString(gw.reactor, self.connection.backend)
         d = ep.connect(_OneShot(leg))
         d.addErrback(self._backendUnreachable)
+        # A server that accepts and never answers (or a filtered port) would
+        # otherwise hold the client until its own timeout, if it has one.
+        self._deadline = gw.reactor.callLater(self.options.connect_timeout, self._backendSilent, d)
+
+    def _backendSilent(self, connecting):
+        self._deadline = None
+        self._silent = True
+        t = self.options.connect_timeout
+        self._log.warn("Backend of {connection} did not complete the login within {t} s",
+                       connection=self.connection.name, t=t)
+        self.fatal("08001", f"sealgate: the database behind connection {self.connection.name} did not "
+                   f"answer within {t:g} s (connect_timeout); try again later or tell the operator")
+        connecting.cancel()  # still connecting: give up; connected: nothing to do
+        if self.backend is not None:
+            self.backend.transport.abortConnection()
+
+    def _stopDeadline(self):
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
 
     def _backendUnreachable(self, f):
+        self._stopDeadline()
+        if self._silent:
+            return  # the deadline said why
         why = f.getErrorMessage()
         self._log.warn("Backend of {connection} unreachable: {why}",
                        connection=self.connection.name, why=why)
@@ -230,6 +256,7 @@ class ClientLeg(Relay, Protocol):
         self.toClient(raw)
 
     def backendReady(self, raw: bytes):
+        self._stopDeadline()
         self.fakeKey = self.factory.register(self, self.backend.pid)
         self.toClient(w.BackendKeyData(*self.fakeKey).encode() + raw)
         self.startRelay()
@@ -252,8 +279,9 @@ class ClientLeg(Relay, Protocol):
 
     def backendLost(self, reason, wasReady):
         self.backend = None
-        if self.closed:
-            return
+        self._stopDeadline()
+        if self.closed or self.state == _CLOSED:
+            return  # the client was already told why
         if self.state == _READY and self._terminating:
             self.transport.loseConnection()
             return
@@ -329,6 +357,7 @@ class ClientLeg(Relay, Protocol):
             self.fatal(*self._refusal)
 
     def connectionLost(self, reason):
+        self._stopDeadline()
         self.closed = True
         self.state = _CLOSED
         if self.login is not None:

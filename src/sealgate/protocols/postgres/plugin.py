@@ -33,6 +33,8 @@ class PostgresOptions:
     backend_ca: str | None = None
     backend_tls_hostname: str | None = None
     max_message: int = DEFAULT_MAX_MESSAGE
+    #: Seconds to reach the backend and log in to it before the client is told.
+    connect_timeout: float = 10.0
     certPEM: bytes = attrs.field(default=b"", repr=False)
     keyPEM: bytes = attrs.field(default=b"", repr=False)
     caPEM: bytes = attrs.field(default=b"", repr=False)
@@ -86,6 +88,7 @@ def parseOptions(options: dict, where) -> PostgresOptions:
         backend_tls=backendTLS, backend_ca=ca,
         backend_tls_hostname=t.str("backend_tls_hostname"),
         max_message=int(t.number("max_message", DEFAULT_MAX_MESSAGE, minimum=1024)),
+        connect_timeout=t.timeout("connect_timeout", 10.0),
         certPEM=certPEM, keyPEM=keyPEM, caPEM=caPEM,
     )
     t.finish()

@@ -29,6 +29,7 @@ class BackendTransport(transport.SSHClientTransport):
 
     def connectionMade(self):
         preferFastCiphers(self)
+        self.factory.leg = self
         super().connectionMade()
 
     def verifyHostKey(self, pubKey, fingerprint):
@@ -139,6 +140,7 @@ class BackendFactory(protocol.ClientFactory):
         self.result: defer.Deferred = defer.Deferred()
         self.connection = None
         self.knownHosts = None
+        self.leg: BackendTransport | None = None
 
     def ready(self, conn):
         self.connection = conn
@@ -164,10 +166,15 @@ def connectBackend(reactor, connectionConfig, avatar) -> defer.Deferred:
     d = threads.deferToThreadPool(reactor, reactor.getThreadPool(), KnownHostsFile.fromPath,
                                   FilePath(opts.known_hosts))
 
+    connecting: list = [None]  # the TCP connect, once known_hosts is read
+
     def loaded(known):
+        if factory.result.called:
+            return None  # the deadline passed while known_hosts was read
         factory.knownHosts = known
         ep = endpoints.clientFromString(reactor, connectionConfig.backend)
-        return ep.connect(factory)
+        connecting[0] = ep.connect(factory)
+        return connecting[0]
 
     def noKnownHosts(f):
         factory.fail(BackendError(f"cannot read the known_hosts file {opts.known_hosts}"))
@@ -177,4 +184,23 @@ def connectBackend(reactor, connectionConfig, avatar) -> defer.Deferred:
                                   f"{f.getErrorMessage()}"))
 
     d.addCallbacks(loaded, noKnownHosts).addErrback(noConnect)
-    return factory.result
+    timeout = getattr(opts, "connect_timeout", 10.0)
+
+    def silent():
+        # A server that accepts and never answers would hold the client's
+        # channel open for as long as the client waits.
+        factory.fail(BackendError(f"the backend of {connectionConfig.name} did not answer within "
+                                  f"{timeout:g} s (connect_timeout); try again later or tell the operator"))
+        if connecting[0] is not None:
+            connecting[0].cancel()  # still connecting: give up; connected: nothing to do
+        if factory.leg is not None and factory.leg.transport is not None:
+            factory.leg.transport.abortConnection()
+
+    deadline = reactor.callLater(timeout, silent)
+
+    def settled(result):
+        if deadline.active():
+            deadline.cancel()
+        return result
+
+    return factory.result.addBoth(settled)

@@ -30,6 +30,8 @@ class SSHOptions:
     allow_agent_forwarding: bool = False
     env_allow: tuple[str, ...] = ("LANG", "LC_*")
     mask_holdback: float = 0.005
+    #: Seconds to reach the backend and log in to it before the client is told.
+    connect_timeout: float = 10.0
 
     def __repr__(self) -> str:
         return f"SSHOptions(username={self.username!r}, known_hosts={self.known_hosts!r})"
@@ -80,6 +82,7 @@ class SSHPlugin:
             allow_agent_forwarding=t.bool("allow_agent_forwarding", False),
             env_allow=t.strings("env_allow", ("LANG", "LC_*")),
             mask_holdback=t.duration("mask_holdback", 0.005),
+            connect_timeout=t.timeout("connect_timeout", 10.0),
         )
         if opts.mask_holdback > 0.1:
             raise where.error("mask_holdback", "must be at most 100ms",

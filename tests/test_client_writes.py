@@ -41,8 +41,6 @@ ALLOWED = {
         "a malformed transport message: a protocol-error disconnect, no session data",
     ("ssh/server.py", "ServerTransport.refuseLogin", "self.sendDisconnect"):
         "the pre-login guard's refusal (login timeout, caps), before any session exists",
-    ("postgres/_client.py", "ClientLeg._refusedData", "self.transport.write"):
-        "'N' to an SSLRequest of a client the pre-login guard refuses, before any session exists",
     ("ssh/server.py", "UserAuthServer.banner", "self.transport.sendPacket"):
         "login, before any session exists",
     ("ssh/server.py", "UserAuthServer.auth_keyboard_interactive", "self.transport.sendPacket"):

@@ -37,6 +37,7 @@ class _Factory:
         self.gateway = gateway
         self.options = PostgresOptions("app", "app")
         self.tlsContext = None
+        self.backendTLS = lambda connection: None
         self.connection = ConnectionConfig("db", "postgres", "tcp:0", "tcp:host=h:port=1", self.options)
 
     def register(self, leg, pid=None):

@@ -1,6 +1,5 @@
 """TOML configuration parsed into attrs classes, validated with errors for people."""
 
-import difflib
 import os
 import re
 import tomllib
@@ -10,8 +9,15 @@ from typing import Any
 
 import attrs
 
-from sealgate.chain.policy import WORD_KEYS, normalWords
 from sealgate.configlimits import Limits, issuerTransport, parseLimits
+from sealgate.configrules import (  # noqa: F401  (Rule, BASE_RULE_KEYS: re-exported)
+    BASE_RULE_KEYS,
+    Rule,
+    RuleWords,
+    approverWarnings,
+    knownConnections,
+    parseRule,
+)
 from sealgate.configtable import (  # noqa: F401  (re-exported: the plugin contract)
     UNRESOLVED_SECRET,
     ConfigError,
@@ -60,28 +66,6 @@ class Role:
     name: str
     groups: tuple[str, ...]
     connections: tuple[str, ...]
-
-
-@attrs.frozen
-class Rule:
-    """
-    A guardrail, approval or allow rule.  Rules are checked in file order and
-    the first that matches a command decides.
-
-    @ivar matchers: protocol matcher keys and values (C{statements},
-        C{relations}, C{sql_regex}, C{commands}, C{methods}, C{paths},
-        C{headers}, ...).
-    """
-
-    name: str
-    connections: tuple[str, ...]
-    groups: tuple[str, ...]
-    action: str
-    matchers: Mapping[str, Any]
-    reason: str = ""
-    approvers: tuple[str, ...] = ()
-    approvals_needed: int = 1
-    expires: float = 300.0
 
 
 @attrs.frozen
@@ -169,15 +153,6 @@ class GatewayConfig:
             if c.name == name:
                 return c
         return None
-
-
-#: Matcher keys every rule may use; protocol plugins add theirs through an
-#: optional C{ruleKeys} attribute.
-BASE_RULE_KEYS = frozenset(
-    {"statements", "relations", "sql_regex", "commands", "methods", "paths", "headers", "kinds"}
-)
-
-# -- the whole file ----------------------------------------------------------
 
 
 def loadConfig(path: str | os.PathLike, plugins: Mapping[str, Any] | None = None,
@@ -297,7 +272,7 @@ def parseConfig(raw: Mapping[str, Any], path: str, plugins: Mapping[str, Any]) -
         t = Table(r, Where(path, f"roles[{n}]"))
         role = Role(t.str("name", required=True), t.strings("groups", required=True),
                     t.strings("connections", required=True))
-        _knownConnections(t, "connections", role.connections, names)
+        knownConnections(t, "connections", role.connections, names)
         t.finish()
         roles.append(role)
 
@@ -307,7 +282,7 @@ def parseConfig(raw: Mapping[str, Any], path: str, plugins: Mapping[str, Any]) -
     words = RuleWords(tuple(used.values()))
     rules = []
     for n, r in enumerate(_array(top, "rules")):
-        rules.append(_rule(Table(r, Where(path, f"rules[{n}]")), names, ruleKeys, words))
+        rules.append(parseRule(Table(r, Where(path, f"rules[{n}]")), names, ruleKeys, words))
 
     m = Table(top._get("masking", {}, False), Where(path, "masking"))
     from sealgate.masking import knownDetectors
@@ -323,7 +298,7 @@ def parseConfig(raw: Mapping[str, Any], path: str, plugins: Mapping[str, Any]) -
                             connections=m.strings("connections", ("*",)),
                             exempt_groups=m.strings("exempt_groups"),
                             unknown_content=_unknownContent(m))
-    _knownConnections(m, "connections", masking.connections, names)
+    knownConnections(m, "connections", masking.connections, names)
     m.finish()
 
     admin = _admin(Table(top._get("admin", {}, False), Where(path, "admin")))
@@ -342,28 +317,8 @@ def parseConfig(raw: Mapping[str, Any], path: str, plugins: Mapping[str, Any]) -
     _checkDistinctListeners(connections)
     return GatewayConfig(path, gateway, identity, tuple(roles), tuple(connections),
                          tuple(rules), masking, raw, admin, tuple(notify),
-                         warnings=_approverWarnings(path, rules, roles, admin, identity),
+                         warnings=approverWarnings(path, rules, roles, admin, identity),
                          logging=logging, events=tuple(sinks), limits=limits, witnesses=witnesses)
-
-
-def _approverWarnings(path, rules, roles, admin, identity) -> tuple[str, ...]:
-    """
-    Approver groups nothing in the file gives anyone.  Only a warning: API
-    keys, SSH keys and the OIDC issuer's group claim may still carry them,
-    but a misspelt group leaves every ticket of its rule to expire.
-    """
-    known = {g for r in roles for g in r.groups}
-    known.update(admin.approvers, admin.admins, identity.admins)
-    out = []
-    for n, rule in enumerate(rules):
-        for g in rule.approvers:
-            if g not in known:
-                near = difflib.get_close_matches(g, sorted(known), n=1)
-                hint = f" (did you mean {near[0]!r}?)" if near else ""
-                out.append(f"{path}: rules[{n}] ({rule.name}).approvers: no role or [admin] list "
-                           f"names the group {g!r}{hint}; unless an API key, SSH key or the OIDC "
-                           f"groups claim carries it, this rule's tickets can only expire")
-    return tuple(out)
 
 
 def _admin(t: Table) -> AdminConfig:
@@ -423,106 +378,11 @@ def _unknownContent(m: Table) -> str | None:
     return value
 
 
-def _rule(t: Table, names: set[str], ruleKeys: set[str], words: "RuleWords | None" = None) -> Rule:
-    name = t.str("name", required=True)
-    t.where = Where(t.where.path, f"{t.where.table} ({name})")
-    action = t.str("action", required=True)
-    if action not in ("deny", "approve", "allow"):
-        raise t.where.error("action", f"unknown action {action!r}", "use deny, approve or allow")
-    conns = t.strings("connections", ("*",))
-    _knownConnections(t, "connections", conns, names)
-    matchers: dict[str, Any] = {}
-    for key in list(t.data):
-        if key in ruleKeys:
-            t.used.add(key)
-            value = t.data[key]
-            if key == "headers":
-                if not isinstance(value, dict):
-                    raise t.where.error(key, "must be a table of header = regex")
-                for h, rx in value.items():
-                    _regex(t, f"headers.{h}", rx)
-            elif key in ("sql_regex",):
-                _regex(t, key, value)
-            else:
-                value = t.strings(key)
-                if key in ("commands", "paths"):
-                    for rx in value:
-                        _regex(t, key, rx)
-            matchers[key] = value
-    if words is not None:
-        words.check(t, matchers)
-    approvers = t.strings("approvers")
-    needed = t.number("approvals_needed", 1, minimum=1)
-    if action == "approve" and not approvers:
-        raise t.where.error("approvers", "an approve rule needs approver groups",
-                            'add approvers = ["leads"]')
-    rule = Rule(
-        name=name, connections=conns, groups=t.strings("groups", ("*",)), action=action,
-        matchers=matchers, reason=t.str("reason", ""), approvers=approvers,
-        approvals_needed=int(needed), expires=t.duration("expires", 300.0),
-    )
-    t.finish(known=ruleKeys)
-    return rule
-
-
-class RuleWords:
-    """
-    The vocabularies protocol plugins give rule keys (C{ruleVocabulary}:
-    key -> valid words) and their named presets (C{rulePresets}: name ->
-    matchers), so a misspelt word or preset is a config error.
-    """
-
-    def __init__(self, plugins):
-        self.vocabulary: dict[str, set[str]] = {}
-        self.presets: dict[str, Mapping[str, tuple[str, ...]]] = {}
-        for p in plugins:
-            for key, valid in getattr(p, "ruleVocabulary", {}).items():
-                self.vocabulary.setdefault(key, set()).update(normalWords(key, valid))
-            self.presets.update(getattr(p, "rulePresets", {}))
-
-    def check(self, t: Table, matchers: dict) -> None:
-        preset = t.str("preset")
-        if preset is not None:
-            if preset not in self.presets:
-                known = ", ".join(sorted(self.presets)) or "none: no protocol here has presets"
-                raise t.where.error("preset", f"unknown preset {preset!r}"
-                                    + _nearest(preset, self.presets), f"use one of: {known}")
-            for key, values in self.presets[preset].items():
-                matchers[key] = tuple(dict.fromkeys((*matchers.get(key, ()), *values)))
-        for key, valid in self.vocabulary.items():
-            for word in normalWords(key, matchers.get(key, ())) if key in WORD_KEYS else ():
-                if word not in valid:
-                    raise t.where.error(key, f"unknown word {word!r}" + _nearest(word, valid),
-                                        f"use any of: {', '.join(sorted(valid))}")
-
-
-def _nearest(word: str, valid) -> str:
-    close = difflib.get_close_matches(word, list(valid), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def _regex(t: Table, key: str, rx: Any) -> None:
-    if not isinstance(rx, str):
-        raise t.where.error(key, "must be a regular expression string")
-    try:
-        re.compile(rx)
-    except re.error as e:
-        raise t.where.error(key, f"bad regular expression {rx!r}: {e}",
-                            "fix the pattern (Python re syntax)")
-
-
 def _array(top: Table, key: str) -> list:
     v = top._get(key, [], False)
     if not isinstance(v, list):
         raise top.where.error(key, "must be an array of tables", f"write it as [[{key}]]")
     return v
-
-
-def _knownConnections(t: Table, key: str, conns: tuple[str, ...], names: set[str]) -> None:
-    for c in conns:
-        if c != "*" and c not in names:
-            raise t.where.error(key, f"no connection named {c!r}",
-                                f"use \"*\" or one of: {', '.join(sorted(names)) or '(none defined)'}")
 
 
 def _endpoint(t: Table, key: str, default, server: bool, required=False) -> str:

@@ -16,6 +16,7 @@ import collections
 import ctypes
 import errno
 import os
+import resource
 import signal
 import sqlite3
 import sys
@@ -33,6 +34,25 @@ FLUSH_INTERVAL = 0.05
 BUSY_BYTES = 4 << 20
 #: Payload bytes arriving that wake the loop before the interval is up.
 WAKE_BYTES = 1 << 20
+
+
+def _noRoom(stateDir) -> bool:
+    """
+    SQLite reports a write that hit the file size limit (EFBIG) or a nearly
+    full file system only as "disk I/O error": tell those apart from a real
+    I/O fault by looking at the room left.
+    """
+    try:
+        st = os.statvfs(stateDir)
+        if st.f_bavail * st.f_frsize < (1 << 20):
+            return True
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        if limit == resource.RLIM_INFINITY:
+            return False
+        return any(p.stat().st_size + (1 << 16) >= limit
+                   for p in os.scandir(stateDir) if p.is_file() and p.name.startswith("recordings"))
+    except OSError:
+        return False
 
 
 class Writer:
@@ -238,7 +258,8 @@ class Writer:
 
     def _failed(self, e: Exception) -> None:
         if (isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)) or (
-            isinstance(e, sqlite3.OperationalError) and "full" in str(e)
+            isinstance(e, sqlite3.OperationalError)
+            and ("full" in str(e) or ("I/O" in str(e) and _noRoom(self.engine.stateDir)))
         ):
             reason = _pipe.DISK_FULL
         else:

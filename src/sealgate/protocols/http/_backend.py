@@ -6,8 +6,9 @@ from twisted.logger import Logger
 from twisted.protocols.basic import FileSender
 
 from sealgate import writeNow
+from sealgate.masking import maskHeaders, maskReason
 from sealgate.protocols.http import _framing, _wire
-from sealgate.protocols.http._body import BodyMasker, MaskingFailed, bodyMode
+from sealgate.protocols.http._body import BodyMasker, MaskingFailed, bodyMode, lastChunk
 from sealgate.protocols.http._pool import BackendConnection
 from sealgate.protocols.http._state import Exch, ExchEvent, exchStep
 
@@ -171,11 +172,14 @@ class Exchange:
             except _wire.ProtocolError as e:
                 return self._badResponse(str(e))
             buf = buf[end + 4:]
-            # Interim answers (100 Continue...) are the backend's business:
-            # the gateway answered the client's Expect itself.
+            # 100 Continue is the backend's business: the gateway answered
+            # the client's Expect itself.  Other interim answers (103 Early
+            # Hints) go on to an HTTP/1.1 client, masked like any head.
             status = parsed[0].status
             if status >= 200 or status == 101:
                 break
+            if status != 100 and self.request.version == b"HTTP/1.1" and not self._interim(parsed):
+                return
         self.buf = b""
         if status == 101:
             return self._badResponse("switching protocols without an upgrade request")
@@ -227,6 +231,13 @@ class Exchange:
                                      (low.get(b"content-type") or [None])[0], hooks=False)
             skip = drop | {b"content-encoding", b"content-length"}
         pairs = [pair for pair, n in zip(head.headers, names, strict=True) if n not in skip]
+        reason = head.reason
+        masker = chain.masker
+        if masker is not None:
+            # Header values and the reason phrase are the backend's text too
+            # (Set-Cookie, Location, Content-Disposition...): same lengths.
+            pairs = maskHeaders(masker, pairs)
+            reason = maskReason(masker, reason)
         self.secretHead = not self.backend.options.secret_headers.isdisjoint(low)
         self.mode = mode
         self.framing = framing
@@ -234,7 +245,11 @@ class Exchange:
         if mode == "text" or (framing is not None and framing.kind == "chunked"):
             if http11:
                 pairs.append((b"Transfer-Encoding", b"chunked"))
-                self.chunkOut = mode == "text"
+                # Masked bodies are chunked again here (a JSON one as one
+                # chunk, never with a Content-Length); so is a passed body
+                # whose trailers must be masked.
+                self.chunkOut = mode != "pass" or masker is not None
+                self.rawPass = not self.chunkOut
             else:
                 self.closeAfter = True
                 self.rawPass = False
@@ -243,7 +258,7 @@ class Exchange:
         if self.closeAfter:
             pairs.append((b"Connection", b"close"))
         self.pairs = pairs
-        self.first = b"HTTP/1.1 %d " % head.status + head.reason
+        self.first = b"HTTP/1.1 %d " % head.status + reason
         if mode != "json":
             self._setHead(pairs)
         self._to(ExchEvent.GOT_HEAD)
@@ -292,8 +307,13 @@ class Exchange:
             self.reusable = False
         masker = self.masker
         if masker is None:
-            if not self._emit((data if used == len(data) else data[:used]) if self.rawPass
-                              else b"".join(pieces)):
+            if self.rawPass:
+                out = data if used == len(data) else data[:used]
+            else:
+                out = b"".join(pieces)
+                if self.chunkOut and out:
+                    out = _wire.chunk(out)
+            if not self._emit(out):
                 return
         else:
             try:
@@ -314,25 +334,69 @@ class Exchange:
             self.client.transport.registerProducer(leg, True)
 
     def _complete(self) -> None:
+        if self.masker is not None and self.mode == "json":
+            # Masked whole, a big body in a thread: the backend connection
+            # is free meanwhile, the client waits for its one answer.
+            self._finishBackend()
+            d = self.masker.finishAsync(self.pool.reactor)
+            d.addCallbacks(self._maskedWhole, self._maskedWholeFailed)
+            d.addErrback(self.client._crashed, self.request)
+            return
         if self.masker is not None:
             try:
                 tail = self.masker.finish()
             except MaskingFailed as e:
                 return self._maskFailed(str(e))
-            if self.mode == "json":
-                self.pairs.append((b"Content-Length", b"%d" % len(tail)))
-                self._setHead(self.pairs)
-                sent = self._emit(tail)
-            elif self.chunkOut:
-                sent = self._emit((_wire.chunk(tail) if tail else b"") + _wire.LAST_CHUNK)
+            if self.chunkOut:
+                sent = self._emit((_wire.chunk(tail) if tail else b"") + self._lastChunk())
             else:
                 sent = self._emit(tail) if tail else True
             if not sent:
                 return
+        elif self.chunkOut and not self._emit(self._lastChunk()):
+            return
         if self.pendingHead and not self._emit(b""):
             return
         self._finishBackend()
         self.client.exchangeDone(self.closeAfter)
+
+    def _maskedWhole(self, tail: bytes) -> None:
+        if self.client.gone or self.client.exchange is not self:
+            return
+        if self.chunkOut:
+            self._setHead(self.pairs)
+            sent = self._emit((_wire.chunk(tail) if tail else b"") + self._lastChunk())
+        else:
+            self._setHead([*self.pairs, (b"Content-Length", b"%d" % len(tail))])
+            sent = self._emit(tail)
+        if sent:
+            self.client.exchangeDone(self.closeAfter)
+
+    def _maskedWholeFailed(self, failure) -> None:
+        failure.trap(MaskingFailed)
+        if not self.client.gone and self.client.exchange is self:
+            self._maskFailed(failure.getErrorMessage())
+
+    def _lastChunk(self) -> bytes:
+        framing = self.framing
+        return lastChunk(self.session.chain.masker, framing.trailers if framing is not None else ())
+
+    def _interim(self, parsed) -> bool:
+        """A backend's 1xx (not 100, not 101) on to the client, masked; False when refused."""
+        head, low, _names = parsed
+        pairs = list(head.headers)
+        reason = head.reason
+        masker = self.session.chain.masker
+        if masker is not None:
+            pairs = maskHeaders(masker, pairs)
+            reason = maskReason(masker, reason)
+        out = _wire.serializeHead(b"HTTP/1.1 %d " % head.status + reason, pairs)
+        secret = self.backend.options.secret_headers
+        recorded = out if secret.isdisjoint(low) else _wire.redactHead(out, secret)
+        if self.client.send(out, recorded=recorded, part="head"):
+            return True
+        self._refused()
+        return False
 
     def _finishBackend(self) -> None:
         """Release the backend connection: back to the pool when it can carry another request."""

@@ -2,15 +2,20 @@
 
 
 
+from twisted.internet.defer import Deferred, fail, succeed
+
 from sealgate.flow import OutputRefused
 from sealgate.masking import (
     BodyStream,
     ContentDecoder,
+    ContentTooLarge,
     MaskingFailed,
     canDecode,
+    maskHeaders,
     mediaType,
     unknownPolicy,
 )
+from sealgate.protocols.http._wire import LAST_CHUNK
 
 
 def bodyMode(contentType: bytes | None, contentEncoding: bytes | None, masker=None) -> str:
@@ -50,6 +55,36 @@ class _Unmasked:
         return b"".join(self._held or ())
 
 
+class _Whole:
+    """
+    A body masked whole (JSON, multipart) with a masker: decoded as it
+    comes, bounded, then masked in one go by L{BodyMasker.finishAsync}
+    (off the reactor thread when it is big).
+    """
+
+    def __init__(self, contentEncoding, limit: int):
+        self._decoder = ContentDecoder(contentEncoding, limit)
+        self._limit = limit
+        self._held: list[bytes] = []
+        self._size = 0
+
+    def feed(self, data: bytes) -> bytes:
+        data = self._decoder.decode(data)
+        self._size += len(data)
+        if self._size > self._limit:
+            raise ContentTooLarge(f"a body masked whole is bounded to {self._limit} bytes; refused")
+        if data:
+            self._held.append(data)
+        return b""
+
+    def take(self) -> bytes:
+        """The whole decoded body (checked complete)."""
+        self._decoder.finish()
+        body = b"".join(self._held)
+        self._held = []
+        return body
+
+
 class BodyMasker:
     """
     Masks one response body for one session.  C{feed} returns what may be
@@ -66,9 +101,11 @@ class BodyMasker:
         self._masker = session.chain.masker
         self._mode = mode
         self._ctype = (contentType or b"").decode("latin-1")
-        if self._masker is not None:
-            self._body: BodyStream | _Unmasked = BodyStream(self._masker, contentType,
-                                                            contentEncoding, limit)
+        self._body: BodyStream | _Unmasked | _Whole
+        if self._masker is not None and mode == "json":
+            self._body = _Whole(contentEncoding, limit)
+        elif self._masker is not None:
+            self._body = BodyStream(self._masker, contentType, contentEncoding, limit)
         else:
             self._body = _Unmasked(contentEncoding, limit, whole=mode == "json")
 
@@ -77,8 +114,35 @@ class BodyMasker:
         return self._output(out) if out else b""
 
     def finish(self) -> bytes:
-        tail = self._body.finish()
+        body = self._body
+        if isinstance(body, _Whole):
+            assert self._masker is not None
+            tail = self._masker.maskEncodedBody(body.take(), None, self._ctype, False)[0]
+        else:
+            tail = body.finish()
         return self._output(tail) if tail or self._mode == "json" else b""
+
+    def finishAsync(self, reactor) -> Deferred:
+        """
+        L{finish}, with a body masked whole masked by
+        L{sealgate.masking.Masker.maskBodyAsync}: a big one in a thread, so
+        one large response never stalls the other sessions.  The Deferred
+        fails with L{MaskingFailed} where L{finish} would raise.
+        """
+        body = self._body
+        if not isinstance(body, _Whole):
+            try:
+                return succeed(self.finish())
+            except Exception:
+                return fail()
+        assert self._masker is not None
+        try:
+            plain = body.take()
+        except Exception:
+            return fail()
+        d = self._masker.maskBodyAsync(plain, None, self._ctype, False, reactor=reactor)
+        d.addCallback(lambda result: self._output(result[0]))
+        return d
 
     def _output(self, data: bytes) -> bytes:
         if self._hooks and self._chain.wantsOutput:
@@ -90,6 +154,20 @@ class BodyMasker:
             except OutputRefused as e:
                 raise MaskingFailed(str(e)) from None
         return _bytes(data)
+
+
+def lastChunk(masker, trailers) -> bytes:
+    """The last chunk of a chunked body, with its trailer fields masked like header values."""
+    if not trailers:
+        return LAST_CHUNK
+    pairs = []
+    for line in trailers:
+        name, sep, value = line.partition(b":")
+        if sep and name and name == name.strip():
+            pairs.append((name, value.strip()))
+    if masker is not None:
+        pairs = maskHeaders(masker, pairs)
+    return b"0\r\n" + b"".join(n + b": " + v + b"\r\n" for n, v in pairs) + b"\r\n"
 
 
 def _bytes(value) -> bytes:

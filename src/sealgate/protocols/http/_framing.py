@@ -70,6 +70,10 @@ class BodyFraming:
     """
 
     MAX_LINE = 4096
+    #: Bytes of trailer lines a chunked body may carry.
+    MAX_TRAILERS = 64 << 10
+    #: The trailer field lines of a chunked body (CRLF removed), once read.
+    trailers: tuple[bytes, ...] | list[bytes] = ()
 
     def __init__(self, kind: str, length: int = 0):
         self.kind = kind
@@ -141,4 +145,12 @@ class BodyFraming:
                 self._state = "data" if self._left else "trailer"
             elif not line:
                 self.done = True
+            else:
+                # Trailer fields: kept so the relay can mask and pass them.
+                trailers = self.trailers
+                if not isinstance(trailers, list):
+                    trailers = self.trailers = []
+                trailers.append(line)
+                if sum(map(len, trailers)) > self.MAX_TRAILERS:
+                    raise ProtocolError("trailers too long")
         return pieces, pos

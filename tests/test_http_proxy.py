@@ -291,7 +291,9 @@ async def test_https_listener_with_a_test_ca(tmp_path, http_backend):
 async def test_websocket_upgrade_is_relayed_and_recorded(tmp_path, http_backend):
     from websockets.sync.client import connect
 
-    g, key = await _start(tmp_path, http_backend)
+    # The binary message is not text: with detectors on it is refused
+    # unless unknown_content lets it through.
+    g, key = await _start(tmp_path, http_backend, extra='unknown_content = "pass"')
     url = f"ws://127.0.0.1:{g.port('web')}/ws"
 
     def talk():

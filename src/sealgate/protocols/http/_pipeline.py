@@ -210,6 +210,9 @@ class Pipeline:
         drop = _wire.hopByHop(low.get(b"connection"))
         if upgrade:
             drop -= {b"upgrade", b"connection"}
+            if client.session.chain.masker is not None:
+                # Masking reads every frame: no extension (compression) is offered.
+                drop |= {b"sec-websocket-extensions"}
         options = backend.options
         parts = [request.method + b" " + request.target + b" HTTP/1.1",
                  b"Host: " + (request.host if options.preserve_host else backend.hostHeader)]
@@ -267,7 +270,8 @@ class Pipeline:
     def upgrade(self) -> None:
         """Hand the client connection over to a raw, recorded WebSocket relay."""
         client, backend = self.client, self.backend
-        relay = Relay(client, client.session, self.forwardHead(True), backend.options.secret_headers)
+        relay = Relay(client, client.session, self.forwardHead(True), backend.options.secret_headers,
+                      backend.options.max_masked_body)
         client.relay = relay
         client._to(ConnEvent.UPGRADED)
         buffered = bytes(client.buf)

@@ -7,7 +7,9 @@ from twisted.internet import endpoints
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 
+from sealgate.masking import maskHeaders, maskReason
 from sealgate.protocols.http import _wire
+from sealgate.protocols.http._websocket import MessageMasker, WebSocketError, closeFrame
 
 
 class _BackendSide(Protocol):
@@ -46,7 +48,10 @@ class Relay:
     the connection closes, so nothing on it bypasses the gateway (nor its
     masking).  Client bytes are recorded as they come
     (C{session.received}); backend bytes reach the client only through
-    the client connection's C{send}, the session's output step.  Both
+    the client connection's C{send}, the session's output step; with a
+    masker, as whole messages masked and framed again (L{MessageMasker}),
+    a message that cannot be vetted ending the relay with a close frame
+    (sealed as a refusal).  Both
     transports are the session's legs, each registered as the other's
     producer, so a slow reader slows the writer and the core can pause
     both for the store.
@@ -55,7 +60,7 @@ class Relay:
     _log = Logger()
     MAX_PENDING = 1 << 20
 
-    def __init__(self, channel, session, head: bytes, secret):
+    def __init__(self, channel, session, head: bytes, secret, maxMessage: int = 16 << 20):
         self.channel = channel
         self.session = session
         # A TCP or TLS transport, also a push producer, which ITransport
@@ -69,6 +74,8 @@ class Relay:
         self._responseHead = b""
         self._state = Upgrade.HEAD
         self._closed = False
+        self._maxMessage = maxMessage
+        self._messages: MessageMasker | None = None
 
     def fromClient(self, data: bytes) -> None:
         if self._state is Upgrade.OPEN:
@@ -109,6 +116,15 @@ class Relay:
                 status = first.status if isinstance(first, _wire.Head) else 0
                 self.decline("Upgrade refused", f"the backend answered the upgrade with status {status}")
                 return
+            masker = self.session.chain.masker
+            if masker is not None:
+                if first.get(b"sec-websocket-extensions"):
+                    # The gateway offered none: frames it cannot read are not relayed.
+                    self.decline("Upgrade refused", "the backend chose a WebSocket extension")
+                    return
+                head = _wire.serializeHead(b"HTTP/1.1 101 " + maskReason(masker, first.reason),
+                                           maskHeaders(masker, list(first.headers)))
+                self._messages = MessageMasker(masker, self._maxMessage)
             if not self.channel.send(head, recorded=_wire.redactHead(head, self._secret), part="head"):
                 return self._close("the output step refused the upgrade response")
             self._state = Upgrade.OPEN
@@ -124,9 +140,23 @@ class Relay:
                 return
         if self._state is not Upgrade.OPEN:
             return
+        if self._messages is not None:
+            try:
+                data = self._messages.feed(data)
+            except WebSocketError as e:
+                return self._refuse(e)
+            if not data:
+                return
         if not self.channel.send(data, part="websocket"):
             return self._close("the output step refused a frame")
         self.channel.factory.pressure.check()
+
+    def _refuse(self, error: WebSocketError) -> None:
+        """A backend message that cannot go out: sealed, a close frame to the client, the end."""
+        self._state = Upgrade.REFUSED
+        self.session.audit("websocket_refused", code=error.code, reason=error.reason)
+        self.channel.send(closeFrame(error.code, error.reason), part="websocket")
+        self._close(error.reason)
 
     def decline(self, title: str, detail: str) -> None:
         """No upgrade: a 502 problem, and the connection closes."""

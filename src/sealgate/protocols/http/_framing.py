@@ -51,7 +51,7 @@ def responseFraming(headers, status: int, method: bytes) -> "BodyFraming | None"
     te = headers.get(b"transfer-encoding")
     if te is not None:
         if b",".join(te).lower().rstrip().endswith(b"chunked"):
-            return BodyFraming("chunked")
+            return BodyFraming("chunked", keepTrailers=True)
         return BodyFraming("close")
     cl = headers.get(b"content-length")
     if cl is None:
@@ -70,13 +70,16 @@ class BodyFraming:
     """
 
     MAX_LINE = 4096
-    #: Bytes of trailer lines a chunked body may carry.
+    #: Bytes of trailer lines a response's chunked body may carry.
     MAX_TRAILERS = 64 << 10
-    #: The trailer field lines of a chunked body (CRLF removed), once read.
+    #: The trailer field lines of a chunked body (CRLF removed), once read,
+    #: when C{keepTrailers} (a response's: the relay masks and passes them).
     trailers: tuple[bytes, ...] | list[bytes] = ()
+    _trailerBytes = 0
 
-    def __init__(self, kind: str, length: int = 0):
+    def __init__(self, kind: str, length: int = 0, keepTrailers: bool = False):
         self.kind = kind
+        self.keepTrailers = keepTrailers
         #: The announced length of a "length" body.
         self.length = length
         self.done = False
@@ -145,12 +148,12 @@ class BodyFraming:
                 self._state = "data" if self._left else "trailer"
             elif not line:
                 self.done = True
-            else:
-                # Trailer fields: kept so the relay can mask and pass them.
+            elif self.keepTrailers:
                 trailers = self.trailers
                 if not isinstance(trailers, list):
                     trailers = self.trailers = []
                 trailers.append(line)
-                if sum(map(len, trailers)) > self.MAX_TRAILERS:
+                self._trailerBytes += len(line)
+                if self._trailerBytes > self.MAX_TRAILERS:
                     raise ProtocolError("trailers too long")
         return pieces, pos

@@ -20,22 +20,35 @@ _FORWARDED = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-
 _WITH_BODY = frozenset({b"POST", b"PUT", b"PATCH"})
 _CHALLENGE = (b"WWW-Authenticate", b'Bearer realm="sealgate", Basic realm="sealgate"')
 #: What HTTP sends, as its output step's masker sees it: "response" (the
-#: gateway's own answers), "head" (response heads: never masked, secret
-#: values recorded redacted) and "body" (backend bodies, masked by type
-#: before they get here), "websocket" (frames, passed as they are).
-_PARTS = frozenset({"response", "head", "body", "websocket"})
+#: gateway's own answers: masked here as text, they may echo a request's
+#: target), "head" (response heads: masked field by field before they get
+#: here, secret values recorded redacted), "body" (backend bodies, masked
+#: by type before they get here), "websocket" (frames, masked message by
+#: message before they get here).
+_PARTS = frozenset({"head", "body", "websocket"})
 
 
-def outputMasker(data: bytes, context) -> bytes:
+def outputMaskerFor(masker):
     """
-    The session's output masker for HTTP: bodies are masked by content type
-    and coding (L{sealgate.protocols.http._body.BodyMasker}) before they reach
-    the output step, so this passes what is classified and refuses anything
-    else (fail closed: a send without a part is a bug, never a leak).
+    The session's output masker for HTTP: heads, bodies and WebSocket
+    messages are masked where they are parsed (header values and reason
+    phrases, bodies by content type and coding in
+    L{sealgate.protocols.http._body.BodyMasker}, frames in
+    L{sealgate.protocols.http._websocket.MessageMasker}), so this passes
+    those, masks the gateway's own answers (same length: their
+    Content-Length holds) and refuses anything else (fail closed: a send
+    without a part is a bug, never a leak).
     """
-    if context.get("part") in _PARTS:
-        return data
-    raise MaskingFailed("HTTP output of an unknown kind")
+
+    def outputMasker(data: bytes, context) -> bytes:
+        part = context.get("part")
+        if part in _PARTS:
+            return data
+        if part == "response":
+            return masker.maskBytes(data)
+        raise MaskingFailed("HTTP output of an unknown kind")
+
+    return outputMasker
 
 
 class Pipeline:
@@ -138,7 +151,8 @@ class Pipeline:
         except SessionRefused as e:
             return client.problem(request, 403 if e.code == "access" else 503, "Session refused", str(e))
         session.abort = client.abortSession
-        session.setOutputMasker(outputMasker)
+        if session.chain.masker is not None:
+            session.setOutputMasker(outputMaskerFor(session.chain.masker))
         session.attach(client.leg)
         client.prelogin.authenticated()
         client.session, client.credentialHash, client.backend = session, digest, backend
@@ -262,6 +276,9 @@ class Pipeline:
         if self.request.version != b"HTTP/1.1" or self.client.gone:
             return
         message = hold.message.encode("utf-8", "replace").replace(b"\r", b" ").replace(b"\n", b" ")
+        masker = self.client.session.chain.masker
+        if masker is not None:
+            message = masker.maskBytes(message)
         if not self.client.send(b"HTTP/1.1 102 Processing\r\nSealgate-Ticket: "
                                 + hold.ticket.encode("ascii", "replace")
                                 + b"\r\nSealgate-Notice: " + message + b"\r\n\r\n", part="head"):

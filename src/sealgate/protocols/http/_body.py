@@ -13,6 +13,7 @@ from sealgate.masking import (
     canDecode,
     maskHeaders,
     mediaType,
+    textCodec,
     unknownPolicy,
 )
 from sealgate.protocols.http._wire import LAST_CHUNK
@@ -22,7 +23,8 @@ def bodyMode(contentType: bytes | None, contentEncoding: bytes | None, masker=No
     """
     How a body is handled when masking applies (masking's one list of
     types, L{sealgate.masking.mediaType}): "json" (buffered, masked whole,
-    sent with a Content-Length: JSON and multipart) or "text" (streamed
+    off the reactor thread when big: JSON, multipart, text labelled UTF-16
+    or UTF-32) or "text" (streamed
     through L{sealgate.masking.BodyStream}: text types, and any other type,
     sniffed and then treated by C{unknown_content}).  A coding the decoder
     cannot undo is "refuse", or "pass" for a type that is not text when
@@ -33,7 +35,20 @@ def bodyMode(contentType: bytes | None, contentEncoding: bytes | None, masker=No
         if media.kind in ("none", "other") and masker is not None and unknownPolicy(masker) == "pass":
             return "pass"
         return "refuse"
-    return "json" if media.kind in ("json", "multipart") else "text"
+    if media.kind in ("json", "multipart"):
+        return "json"
+    if media.kind == "text" and media.charset and _wide(media.charset):
+        # UTF-16/32 text is masked whole anyway: buffered here, so that a
+        # big one is masked off the reactor thread.
+        return "json"
+    return "text"
+
+
+def _wide(charset: str) -> bool:
+    try:
+        return textCodec(b"", charset)[1].startswith(("utf-16", "utf-32"))
+    except MaskingFailed:
+        return False   # refused by the stream, in its own words
 
 
 class _Unmasked:

@@ -1,0 +1,109 @@
+"""The sans-IO WebSocket reader the relay masks backend messages with: framing, fragments, bounds, masking."""
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sealgate.masking import Masker
+from sealgate.protocols.http._websocket import (
+    BINARY,
+    CLOSE,
+    PING,
+    TEXT,
+    FrameReader,
+    MessageMasker,
+    WebSocketError,
+    closeFrame,
+    frame,
+)
+
+MASKER = Masker(["credit_card", "email"])
+
+
+def _fragments(opcode: int, payload: bytes, cuts: list[int]) -> bytes:
+    """C{payload} as one message split at C{cuts} into frames (first has the opcode, last has FIN)."""
+    points = sorted({c % (len(payload) + 1) for c in cuts} | {0, len(payload)})
+    pieces = [payload[a:b] for a, b in zip(points, points[1:], strict=False)] or [b""]
+    out = b""
+    for i, piece in enumerate(pieces):
+        fin = 0x80 if i == len(pieces) - 1 else 0
+        op = opcode if i == 0 else 0
+        out += bytes([fin | op]) + frame(0, piece)[1:]
+    return out
+
+
+def _masked(payload: bytes, key: bytes) -> bytes:
+    return bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+
+
+@given(messages=st.lists(st.tuples(st.sampled_from([TEXT, BINARY]), st.binary(max_size=300),
+                                   st.lists(st.integers(0, 400), max_size=4)), max_size=5),
+       reads=st.lists(st.integers(1, 97), min_size=1, max_size=20))
+def test_messages_come_out_whole_and_in_order_however_the_bytes_are_split(messages, reads):
+    wire = b"".join(_fragments(op, payload, cuts) for op, payload, cuts in messages)
+    reader = FrameReader(1 << 20)
+    got, pos, i = [], 0, 0
+    while pos < len(wire):
+        n = reads[i % len(reads)]
+        got += reader.feed(wire[pos: pos + n])
+        pos += n
+        i += 1
+    assert got == [(op, payload) for op, payload, _ in messages]
+
+
+@given(payload=st.binary(max_size=70000))
+def test_frame_then_read_is_the_identity_for_every_length_encoding(payload):
+    assert FrameReader(1 << 20).feed(frame(BINARY, payload)) == [(BINARY, payload)]
+
+
+def test_a_control_frame_inside_a_fragmented_message_comes_out_at_once():
+    reader = FrameReader(1 << 20)
+    wire = bytes([TEXT]) + frame(0, b"hel")[1:] + frame(PING, b"p") + bytes([0x80]) + frame(0, b"lo")[1:]
+    assert reader.feed(wire) == [(PING, b"p"), (TEXT, b"hello")]
+
+
+def test_a_masked_server_frame_is_unmasked():
+    key = b"\x01\x02\x03\x04"
+    wire = bytes([0x80 | TEXT, 0x80 | 5]) + key + _masked(b"hello", key)
+    assert FrameReader(1 << 20).feed(wire) == [(TEXT, b"hello")]
+
+
+@pytest.mark.parametrize("wire,code", [
+    (bytes([0x80 | 0x40 | TEXT, 1]) + b"x", 1002),          # RSV1: an extension
+    (bytes([0x80 | 0x3, 0]), 1002),                          # reserved opcode
+    (bytes([0x80 | 0x0, 1]) + b"x", 1002),                   # continuation of nothing
+    (bytes([TEXT, 1]) + b"x" + bytes([0x80 | TEXT, 1]) + b"y", 1002),   # new message inside one
+    (bytes([PING, 1]) + b"x", 1002),                         # fragmented control frame
+    (bytes([0x80 | TEXT, 127]) + (2000).to_bytes(8, "big"), 1009),   # over the bound, before buffering
+    (bytes([TEXT, 126]) + (600).to_bytes(2, "big") + b"a" * 600
+     + bytes([0x80, 126]) + (600).to_bytes(2, "big"), 1009),           # over the bound across fragments
+])
+def test_broken_or_oversized_frames_fail_closed_with_a_close_code(wire, code):
+    with pytest.raises(WebSocketError) as e:
+        FrameReader(1024).feed(wire)
+    assert e.value.code == code
+
+
+def test_text_close_reason_and_ping_are_masked_and_framed_again():
+    m = MessageMasker(MASKER, 1 << 20)
+    wire = (_fragments(TEXT, b"card 4111 1111 1111 1111 by ada@example.com", [7, 15])
+            + frame(CLOSE, b"\x03\xe8bye 4111111111111111") + frame(PING, b"4111 1111 1111 1111"))
+    out = m.feed(wire[:9]) + m.feed(wire[9:])
+    assert FrameReader(1 << 20).feed(out) == [
+        (TEXT, b"card **** **** **** 1111 by ***@example.com"),
+        (CLOSE, b"\x03\xe8bye ************1111"),
+        (PING, b"**** **** **** 1111"),
+    ]
+
+
+def test_binary_that_is_not_text_is_a_policy_close_by_default():
+    with pytest.raises(WebSocketError) as e:
+        MessageMasker(MASKER, 1 << 20).feed(frame(BINARY, b"\x00\x01\x02 4111111111111111"))
+    assert e.value.code == 1008
+    passing = MessageMasker(Masker(["credit_card"], unknownContent="pass"), 1 << 20)
+    assert passing.feed(frame(BINARY, b"\x00\x01")) == frame(BINARY, b"\x00\x01")
+
+
+def test_close_frame_reason_is_bounded_to_a_control_frame():
+    [(op, payload)] = FrameReader(1 << 20).feed(closeFrame(1008, "x" * 500))
+    assert op == CLOSE and payload[:2] == b"\x03\xf0" and len(payload) == 125

@@ -27,7 +27,13 @@ from sealgate.masking._detectors import (
 )
 from sealgate.masking._engine import REDACTED, Masker
 from sealgate.masking._errors import MaskingFailed
-from sealgate.masking._http import STRUCTURAL_HEADERS, maskHeaders, maskReason, maskWebSocket
+from sealgate.masking._http import (
+    STRUCTURAL_HEADERS,
+    maskHead,
+    maskHeaders,
+    maskReason,
+    maskWebSocket,
+)
 from sealgate.masking._stream import StreamMasker
 
 __all__ = [
@@ -35,7 +41,7 @@ __all__ = [
     "TEXT_TYPES", "UNKNOWN_CONTENT", "BodyStream", "ContentDecoder", "ContentTooLarge", "Detector",
     "Masker", "MaskingFailed", "MediaType", "StreamMasker", "buildMasker", "canDecode",
     "decodeContent", "encodeContent", "ibanValid", "isTextType", "issuerOk", "knownDetectors",
-    "luhnValid", "maskEvent", "maskHeaders", "maskPlain", "maskReason", "maskWebSocket",
+    "luhnValid", "maskEvent", "maskHead", "maskHeaders", "maskPlain", "maskReason", "maskWebSocket",
     "mediaType", "notText", "sniffText", "textCodec", "unknownPolicy",
 ]
 

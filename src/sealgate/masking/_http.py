@@ -25,22 +25,45 @@ def maskHeaders(masker, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes,
     same lengths, so a masked value stays a valid field value.  Returns
     C{headers} itself when nothing changed.
     """
-    out = []
-    changed = False
-    for name, value in headers:
-        if name.lower() not in STRUCTURAL_HEADERS:
-            masked = masker.maskBytes(value)
-            if masked != value:
-                changed = True
-                value = masked
-        out.append((name, value))
-    return out if changed else headers
+    return maskHead(masker, b"", headers)[1]
 
 
 def maskReason(masker, reason: bytes) -> bytes:
     """A status line's reason phrase, masked (it is free text a backend chooses)."""
     masked = masker.maskBytes(reason)
     return reason if masked == reason else masked
+
+
+#: Between the values scanned as one text: no detected value spans a blank line.
+_GAP = b"\n\n"
+
+
+def maskHead(masker, reason: bytes, headers):
+    """
+    L{maskReason} and L{maskHeaders} at once, as C{(reason, headers)}: the
+    values are scanned as one text (masking keeps lengths, so each is cut
+    back out at its own offsets), one detector pass per response instead
+    of one per header.  Returns the very objects given when nothing changed.
+    """
+    picked = [i for i, (name, _) in enumerate(headers) if name.lower() not in STRUCTURAL_HEADERS]
+    if not picked and not reason:
+        return reason, headers
+    values = [reason, *(headers[i][1] for i in picked)]
+    joined = _GAP.join(values)
+    masked = masker.maskBytes(joined)
+    if masked == joined:
+        return reason, headers
+    out = list(headers)
+    pos = 0
+    for k, value in enumerate(values):
+        new = masked[pos: pos + len(value)]
+        pos += len(value) + len(_GAP)
+        if k == 0:
+            reason = new
+        elif new != value:
+            i = picked[k - 1]
+            out[i] = (headers[i][0], new)
+    return reason, out
 
 
 def maskWebSocket(masker, opcode: int, payload: bytes) -> bytes:

@@ -6,7 +6,7 @@ from twisted.logger import Logger
 from twisted.protocols.basic import FileSender
 
 from sealgate import writeNow
-from sealgate.masking import maskHeaders, maskReason
+from sealgate.masking import maskHead
 from sealgate.protocols.http import _framing, _wire
 from sealgate.protocols.http._body import BodyMasker, MaskingFailed, bodyMode, lastChunk
 from sealgate.protocols.http._pool import BackendConnection
@@ -236,8 +236,7 @@ class Exchange:
         if masker is not None:
             # Header values and the reason phrase are the backend's text too
             # (Set-Cookie, Location, Content-Disposition...): same lengths.
-            pairs = maskHeaders(masker, pairs)
-            reason = maskReason(masker, reason)
+            reason, pairs = maskHead(masker, reason, pairs)
         self.secretHead = not self.backend.options.secret_headers.isdisjoint(low)
         self.mode = mode
         self.framing = framing
@@ -388,8 +387,7 @@ class Exchange:
         reason = head.reason
         masker = self.session.chain.masker
         if masker is not None:
-            pairs = maskHeaders(masker, pairs)
-            reason = maskReason(masker, reason)
+            reason, pairs = maskHead(masker, reason, pairs)
         out = _wire.serializeHead(b"HTTP/1.1 %d " % head.status + reason, pairs)
         secret = self.backend.options.secret_headers
         recorded = out if secret.isdisjoint(low) else _wire.redactHead(out, secret)

@@ -152,10 +152,9 @@ class BodyMasker:
                 return fail()
         assert self._masker is not None
         try:
-            plain = body.take()
+            d = self._masker.maskBodyAsync(body.take(), None, self._ctype, False, reactor=reactor)
         except Exception:
             return fail()
-        d = self._masker.maskBodyAsync(plain, None, self._ctype, False, reactor=reactor)
         d.addCallback(lambda result: self._output(result[0]))
         return d
 

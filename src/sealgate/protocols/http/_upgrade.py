@@ -7,7 +7,7 @@ from twisted.internet import endpoints
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 
-from sealgate.masking import maskHeaders, maskReason
+from sealgate.masking import maskHead
 from sealgate.protocols.http import _wire
 from sealgate.protocols.http._websocket import MessageMasker, WebSocketError, closeFrame
 
@@ -122,8 +122,8 @@ class Relay:
                     # The gateway offered none: frames it cannot read are not relayed.
                     self.decline("Upgrade refused", "the backend chose a WebSocket extension")
                     return
-                head = _wire.serializeHead(b"HTTP/1.1 101 " + maskReason(masker, first.reason),
-                                           maskHeaders(masker, list(first.headers)))
+                reason, pairs = maskHead(masker, first.reason, list(first.headers))
+                head = _wire.serializeHead(b"HTTP/1.1 101 " + reason, pairs)
                 self._messages = MessageMasker(masker, self._maxMessage)
             if not self.channel.send(head, recorded=_wire.redactHead(head, self._secret), part="head"):
                 return self._close("the output step refused the upgrade response")

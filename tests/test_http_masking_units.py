@@ -1,10 +1,10 @@
-"""The sans-IO WebSocket reader the relay masks backend messages with: framing, fragments, bounds, masking."""
+"""What the HTTP relay masks with, reactor-free: response heads in one pass, the sans-IO WebSocket reader (framing, fragments, bounds)."""
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sealgate.masking import Masker
+from sealgate.masking import STRUCTURAL_HEADERS, Masker, maskHead
 from sealgate.protocols.http._websocket import (
     BINARY,
     CLOSE,
@@ -18,6 +18,21 @@ from sealgate.protocols.http._websocket import (
 )
 
 MASKER = Masker(["credit_card", "email"])
+
+
+_VALUE = st.lists(st.sampled_from([b"4111 1111 1111 1111", b"4111111111111111", b"ada@example.com", b"x",
+                                   b" ", b"1", b"@", b"-", b"=", b";", b"\xc3\xa9"]), max_size=6).map(b"".join)
+_NAME = st.sampled_from([b"X-Card", b"Set-Cookie", b"Location", b"Content-Length", b"ETag", b"Date", b"Server"])
+
+
+@given(reason=_VALUE, headers=st.lists(st.tuples(_NAME, _VALUE), max_size=8))
+def test_a_head_masked_in_one_pass_is_each_value_masked_alone(reason, headers):
+    def alone(name, value):
+        return value if name.lower() in STRUCTURAL_HEADERS else MASKER.maskBytes(value)
+
+    got = maskHead(MASKER, reason, headers)
+    assert got == (MASKER.maskBytes(reason), [(n, alone(n, v)) for n, v in headers])
+    assert [len(v) for _, v in got[1]] == [len(v) for _, v in headers]
 
 
 def _fragments(opcode: int, payload: bytes, cuts: list[int]) -> bytes:
@@ -107,3 +122,56 @@ def test_binary_that_is_not_text_is_a_policy_close_by_default():
 def test_close_frame_reason_is_bounded_to_a_control_frame():
     [(op, payload)] = FrameReader(1 << 20).feed(closeFrame(1008, "x" * 500))
     assert op == CLOSE and payload[:2] == b"\x03\xf0" and len(payload) == 125
+
+
+# -- the relay, without sockets ------------------------------------------------------------------
+
+def _maskingRelay():
+    from sealgate.chain.masking import MaskingInterceptor
+    from sealgate.config import MaskingConfig
+    from tests.test_http_core import relay
+
+    return relay([MaskingInterceptor(Masker.fromConfig(MaskingConfig(detectors=("credit_card", "email"))))])
+
+
+def _chunked(head: bytes, pieces, trailers: bytes = b"") -> bytes:
+    return (head + b"Transfer-Encoding: chunked\r\n\r\n"
+            + b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces) + b"0\r\n" + trailers + b"\r\n")
+
+
+def test_a_chunked_json_response_goes_out_chunked_masked_without_a_content_length_and_the_connection_lives():
+    from tests.test_http_core import get
+
+    r = _maskingRelay()
+    r.send(get("/doc"))
+    r.connectBackend()
+    doc = b'{"card": "4111 1111 1111 1111", "mail": "ada@example.com"}'
+    r.answer(_chunked(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 999\r\n",
+                      [doc[:13], doc[13:]], b"X-Sum: 4111111111111111\r\n"))
+    out = r.sent()
+    head, _, rest = out.partition(b"\r\n\r\n")
+    assert b"Transfer-Encoding: chunked" in head and b"Content-Length" not in head
+    masked = b'{"card": "**** **** **** 1111", "mail": "***@example.com"}'
+    assert rest == b"%x\r\n%s\r\n0\r\nX-Sum: ************1111\r\n\r\n" % (len(masked), masked)
+    assert r.session.recording.bytesTo() == out
+    # The same connection carries the next request.
+    r.client.clear()
+    r.send(get("/again"))
+    r.answer(b"HTTP/1.1 204 No Content\r\n\r\n")
+    assert r.sent().startswith(b"HTTP/1.1 204")
+
+
+def test_header_values_reason_phrase_and_a_head_response_are_masked_same_length():
+    from tests.test_http_core import get
+
+    r = _maskingRelay()
+    r.send(get("/who", "HEAD"))
+    r.connectBackend()
+    r.answer(b"HTTP/1.1 200 Found ada@example.com\r\nX-Card: 4111 1111 1111 1111\r\n"
+             b"Set-Cookie: m=ada@example.com\r\nContent-Length: 40\r\nETag: \"4111111111111111\"\r\n\r\n")
+    out = r.sent()
+    assert out == (b"HTTP/1.1 200 Found ***@example.com\r\nX-Card: **** **** **** 1111\r\n"
+                   b"Set-Cookie: m=***@example.com\r\nContent-Length: 40\r\n"
+                   b"ETag: \"4111111111111111\"\r\n\r\n")   # ETag is structural: passed
+    # Set-Cookie is a secret header: the recording keeps it redacted.
+    assert r.session.recording.bytesTo() == out.replace(b"m=***@example.com", b"[redacted]")

@@ -92,6 +92,8 @@ ROUTES = {
     "/b/json-big-chunked": lambda m: _chunked("200 OK", [("Content-Type", "application/json")],
                                               [_BIG[i:i + 8192] for i in range(0, len(_BIG), 8192)]),
     "/b/vnd-json": _body("application/vnd.api+json", _DOC),
+    "/b/json-field": lambda m: _chunked("200 OK", [("Content-Type", "application/json")],
+                                        [b'{"token": "', f'{EMAIL}", "n": 1}}'.encode()]),
     "/b/problem": lambda m: _resp("400 Bad Request", [("Content-Type", "application/problem+json")],
                                   json.dumps({"title": "bad", "detail": VALUE}).encode()),
     "/b/text": _body("text/plain; charset=utf-8", _TEXT),
@@ -154,6 +156,7 @@ reason = "deleting through the gateway is not allowed"
 
 [masking]
 detectors = ["credit_card", "email"]
+json_fields = ["token"]
 """
 
 
@@ -353,6 +356,7 @@ BODY_CASES = {
     "/b/json-chunked-gzip": (200, [MASKED_CARD, MASKED_EMAIL]),
     "/b/json-big-chunked": (200, [MASKED_CARD, MASKED_EMAIL]),
     "/b/vnd-json": (200, [MASKED_CARD, MASKED_EMAIL]),
+    "/b/json-field": (200, [b'{"token": "********", "n": 1}']),   # redacted: another length
     "/b/problem": (400, [MASKED_CARD, MASKED_EMAIL, MASKED_PLAIN]),
     "/b/text": (200, [MASKED_CARD, MASKED_EMAIL, MASKED_PLAIN]),
     "/b/text-chunked": (200, [MASKED_CARD, MASKED_EMAIL, MASKED_PLAIN]),
@@ -467,3 +471,18 @@ def test_websocket_message_over_the_bound_closes_1009(env):
     wire, rcvd = _ws(env, "/ws/too-big", _closed)
     assert rcvd.code == 1009
     assert len(wire) < 1 << 20
+
+
+@pytest.mark.parametrize("path,expected", [
+    ("/b/json-chunked", MASKED_CARD), ("/b/json-field", b'"********"'), ("/b/text-chunked", MASKED_CARD),
+    ("/h/trailers", MASKED_CARD),
+])
+def test_an_http10_client_gets_masked_bodies_without_chunking(env, path, expected):
+    env, mark, r = curl(env, "--http1.0", paths=(path,))
+    wire = env.clean(mark)
+    [(head, body)] = responses(wire, [b"GET"])
+    assert b"Transfer-Encoding" not in head and expected in body
+    if b"json" in head:
+        assert b"\r\nContent-Length: %d\r\n" % len(body) in head + b"\r\n"
+    else:
+        assert b"Connection: close" in head   # close-delimited

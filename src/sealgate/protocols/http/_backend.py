@@ -334,6 +334,13 @@ class Exchange:
 
     def _complete(self) -> None:
         if self.masker is not None and self.mode == "json":
+            if self.masker.inline:
+                try:
+                    tail = self.masker.finish()
+                except MaskingFailed as e:
+                    return self._maskFailed(str(e))
+                self._finishBackend()
+                return self._maskedWhole(tail)
             # Masked whole, a big body in a thread: the backend connection
             # is free meanwhile, the client waits for its one answer.
             self._finishBackend()

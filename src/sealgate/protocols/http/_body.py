@@ -70,6 +70,11 @@ class _Unmasked:
         return b"".join(self._held or ())
 
 
+#: Bodies masked whole up to this size are masked at once, on the reactor
+#: thread: a thread hop costs more than masking them.
+INLINE = 64 << 10
+
+
 class _Whole:
     """
     A body masked whole (JSON, multipart) with a masker: decoded as it
@@ -81,12 +86,12 @@ class _Whole:
         self._decoder = ContentDecoder(contentEncoding, limit)
         self._limit = limit
         self._held: list[bytes] = []
-        self._size = 0
+        self.size = 0
 
     def feed(self, data: bytes) -> bytes:
         data = self._decoder.decode(data)
-        self._size += len(data)
-        if self._size > self._limit:
+        self.size += len(data)
+        if self.size > self._limit:
             raise ContentTooLarge(f"a body masked whole is bounded to {self._limit} bytes; refused")
         if data:
             self._held.append(data)
@@ -137,6 +142,12 @@ class BodyMasker:
             tail = body.finish()
         return self._output(tail) if tail or self._mode == "json" else b""
 
+    @property
+    def inline(self) -> bool:
+        """Whether L{finish} is cheap enough for the reactor thread (else use L{finishAsync})."""
+        body = self._body
+        return not isinstance(body, _Whole) or body.size <= INLINE
+
     def finishAsync(self, reactor) -> Deferred:
         """
         L{finish}, with a body masked whole masked by
@@ -152,7 +163,8 @@ class BodyMasker:
                 return fail()
         assert self._masker is not None
         try:
-            d = self._masker.maskBodyAsync(body.take(), None, self._ctype, False, reactor=reactor)
+            d = self._masker.maskBodyAsync(body.take(), None, self._ctype, False, reactor=reactor,
+                                           inline=INLINE)
         except Exception:
             return fail()
         d.addCallback(lambda result: self._output(result[0]))

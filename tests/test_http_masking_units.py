@@ -91,7 +91,7 @@ def test_a_masked_server_frame_is_unmasked():
     (bytes([PING, 1]) + b"x", 1002),                         # fragmented control frame
     (bytes([0x80 | TEXT, 127]) + (2000).to_bytes(8, "big"), 1009),   # over the bound, before buffering
     (bytes([TEXT, 126]) + (600).to_bytes(2, "big") + b"a" * 600
-     + bytes([0x80, 126]) + (600).to_bytes(2, "big"), 1009),           # over the bound across fragments
+     + bytes([0x80, 126]) + (600).to_bytes(2, "big") + b"b" * 600, 1009),   # over the bound across fragments
 ])
 def test_broken_or_oversized_frames_fail_closed_with_a_close_code(wire, code):
     with pytest.raises(WebSocketError) as e:

@@ -3,6 +3,7 @@
 import struct
 
 from sealgate.masking import MaskingFailed, maskWebSocket
+from sealgate.protocols.http._wire import NEED_DATA, FrameTooLarge, WebSocketReader, wsFrame
 
 #: Opcodes (RFC 6455 section 5.2).
 CONTINUATION, TEXT, BINARY, CLOSE, PING, PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
@@ -24,12 +25,7 @@ class WebSocketError(Exception):
 
 def frame(opcode: int, payload: bytes) -> bytes:
     """One final, unmasked frame (a server's): the whole message in one."""
-    n = len(payload)
-    if n < 126:
-        return struct.pack("!BB", 0x80 | opcode, n) + payload
-    if n < 65536:
-        return struct.pack("!BBH", 0x80 | opcode, 126, n) + payload
-    return struct.pack("!BBQ", 0x80 | opcode, 127, n) + payload
+    return wsFrame(opcode, payload)
 
 
 def closeFrame(code: int, reason: str) -> bytes:
@@ -49,56 +45,28 @@ class FrameReader:
 
     def __init__(self, maxMessage: int):
         self.maxMessage = maxMessage
-        self._buf = bytearray()
+        self._frames = WebSocketReader()
+        self._frames.MAX_FRAME = maxMessage
         self._opcode: int | None = None
         self._parts: list[bytes] = []
         self._size = 0
 
     def feed(self, data: bytes) -> list[tuple[int, bytes]]:
-        buf = self._buf
-        buf += data
+        frames = self._frames
+        frames.receive_data(data)
         out: list[tuple[int, bytes]] = []
         while True:
-            got = self._frame(buf)
-            if got is None:
+            try:
+                got = frames.next_event()
+            except FrameTooLarge:
+                raise WebSocketError(TOO_BIG, f"a WebSocket message over {self.maxMessage} bytes") from None
+            if got is NEED_DATA:
                 return out
-            fin, opcode, payload = got
-            message = self._message(fin, opcode, payload)
+            if got.rsv:
+                raise WebSocketError(PROTOCOL_ERROR, "the backend used a WebSocket extension")
+            message = self._message(got.fin, got.opcode, got.payload)
             if message is not None:
                 out.append(message)
-
-    def _frame(self, buf: bytearray) -> tuple[bool, int, bytes] | None:
-        if len(buf) < 2:
-            return None
-        b0, b1 = buf[0], buf[1]
-        if b0 & 0x70:
-            raise WebSocketError(PROTOCOL_ERROR, "the backend used a WebSocket extension")
-        opcode, n = b0 & 0x0F, b1 & 0x7F
-        pos = 2
-        if n == 126:
-            if len(buf) < 4:
-                return None
-            n = struct.unpack_from("!H", buf, 2)[0]
-            pos = 4
-        elif n == 127:
-            if len(buf) < 10:
-                return None
-            n = struct.unpack_from("!Q", buf, 2)[0]
-            pos = 10
-        if n > self.maxMessage or self._size + n > self.maxMessage:
-            raise WebSocketError(TOO_BIG, f"a WebSocket message over {self.maxMessage} bytes")
-        key = b""
-        if b1 & 0x80:
-            # A masked frame from a server breaks the protocol; read it anyway.
-            key = bytes(buf[pos: pos + 4])
-            pos += 4
-        if len(buf) < pos + n:
-            return None
-        payload = bytes(buf[pos: pos + n])
-        del buf[: pos + n]
-        if len(key) == 4:
-            payload = _unmask(payload, key)
-        return bool(b0 & 0x80), opcode, payload
 
     def _message(self, fin: bool, opcode: int, payload: bytes) -> tuple[int, bytes] | None:
         if opcode in _CONTROL:
@@ -118,17 +86,13 @@ class FrameReader:
             raise WebSocketError(PROTOCOL_ERROR, "a WebSocket continuation with no message")
         self._parts.append(payload)
         self._size += len(payload)
+        if self._size > self.maxMessage:
+            raise WebSocketError(TOO_BIG, f"a WebSocket message over {self.maxMessage} bytes")
         if not fin:
             return None
         whole = (self._opcode, b"".join(self._parts))
         self._opcode, self._parts, self._size = None, [], 0
         return whole
-
-
-def _unmask(payload: bytes, key: bytes) -> bytes:
-    n = len(payload)
-    stream = (key * (n // 4 + 1))[:n]
-    return (int.from_bytes(payload, "big") ^ int.from_bytes(stream, "big")).to_bytes(n, "big")
 
 
 class MessageMasker:

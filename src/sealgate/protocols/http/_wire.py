@@ -396,6 +396,12 @@ class WSFrame:
     fin: bool
     opcode: int
     payload: bytes
+    #: The reserved bits (RSV1-3, as in the first byte): set only by an extension.
+    rsv: int = 0
+
+
+class FrameTooLarge(ProtocolError):
+    """A WebSocket frame longer than its reader's C{MAX_FRAME}."""
 
 
 class WebSocketReader:
@@ -427,7 +433,7 @@ class WebSocketReader:
             (n,) = struct.unpack_from("!Q", buf, 2)
             pos = 10
         if n > self.MAX_FRAME:
-            raise ProtocolError("websocket frame too large")
+            raise FrameTooLarge("websocket frame too large")
         masked = bool(b1 & 0x80)
         key = b""
         if masked:
@@ -440,8 +446,15 @@ class WebSocketReader:
         payload = bytes(buf[pos: pos + n])
         del buf[: pos + n]
         if masked:
-            payload = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
-        return WSFrame(bool(b0 & 0x80), b0 & 0x0F, payload)
+            payload = unmask(payload, key)
+        return WSFrame(bool(b0 & 0x80), b0 & 0x0F, payload, b0 & 0x70)
+
+
+def unmask(payload: bytes, key: bytes) -> bytes:
+    """A frame's payload XORed with its 4-byte masking key (RFC 6455 section 5.3), as one big integer."""
+    n = len(payload)
+    stream = (key * (n // 4 + 1))[:n]
+    return (int.from_bytes(payload, "big") ^ int.from_bytes(stream, "big")).to_bytes(n, "big")
 
 
 def wsFrame(opcode: int, payload: bytes, mask: bytes | None = None, fin: bool = True) -> bytes:
@@ -456,6 +469,6 @@ def wsFrame(opcode: int, payload: bytes, mask: bytes | None = None, fin: bool = 
     else:
         head = struct.pack("!BBQ", b0, m | 127, n)
     if mask:
-        payload = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        payload = unmask(payload, mask)
         head += mask
     return head + payload

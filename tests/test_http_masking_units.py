@@ -175,3 +175,66 @@ def test_header_values_reason_phrase_and_a_head_response_are_masked_same_length(
                    b"ETag: \"4111111111111111\"\r\n\r\n")   # ETag is structural: passed
     # Set-Cookie is a secret header: the recording keeps it redacted.
     assert r.session.recording.bytesTo() == out.replace(b"m=***@example.com", b"[redacted]")
+
+
+class _HeldPool:
+    """A thread pool that runs nothing until told: shows what the reactor thread did meanwhile."""
+
+    def __init__(self):
+        self.jobs = []
+
+    def callInThreadWithCallback(self, onResult, f, *args, **kwargs):
+        self.jobs.append((onResult, f, args, kwargs))
+
+    def runAll(self):
+        jobs, self.jobs = self.jobs, []
+        for onResult, f, args, kwargs in jobs:
+            try:
+                result = f(*args, **kwargs)
+            except Exception:
+                from twisted.python.failure import Failure
+
+                onResult(False, Failure())
+            else:
+                onResult(True, result)
+
+
+def _threaded(r) -> _HeldPool:
+    pool = _HeldPool()
+    r.reactor.getThreadPool = lambda: pool
+    r.reactor.callFromThread = lambda f, *a, **kw: f(*a, **kw)
+    return pool
+
+
+def test_a_big_json_body_is_masked_in_a_thread_and_the_reactor_thread_only_waits_for_it():
+    from tests.test_http_core import get, response
+
+    r = _maskingRelay()
+    pool = _threaded(r)
+    doc = b'{"rows": [' + b",".join(b'{"card": "4111 1111 1111 1111", "n": %d}' % i for i in range(3000)) + b"]}"
+    assert len(doc) > 64 << 10
+    r.send(get("/big"))
+    r.connectBackend()
+    r.answer(response(doc, b"application/json"))
+    # Masking is in the pool: nothing went out yet, the backend connection is back in its pool.
+    assert r.sent() == b"" and len(pool.jobs) == 1
+    assert len(r.factory.pools[id(r.factory.backends[0])]._idle) == 1
+    pool.runAll()
+    out = r.sent()
+    head, _, body = out.partition(b"\r\n\r\n")
+    assert b"Content-Length: %d\r\n" % len(body) in head + b"\r\n" and b"Transfer-Encoding" not in head
+    assert b"4111 1111 1111 1111" not in body and body.count(b"**** **** **** 1111") == 3000
+
+
+def test_a_big_body_that_cannot_be_masked_in_the_thread_gets_a_502_problem():
+    from tests.test_http_core import get, response
+
+    r = _maskingRelay()
+    pool = _threaded(r)
+    r.send(get("/big"))
+    r.connectBackend()
+    r.answer(response(b'{"a": "' + b"x" * (70 << 10) + b'"', b"application/json"))   # not JSON: cut short
+    assert r.sent() == b""
+    pool.runAll()
+    out = r.sent()
+    assert out.startswith(b"HTTP/1.1 502") and b"Response cannot be masked" in out

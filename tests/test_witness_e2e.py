@@ -53,10 +53,13 @@ def _metric(gw, name: str, witness: str) -> float:
     return float(m.group(1)) if m else -1.0
 
 
-def test_two_witnesses_cosign_survive_an_outage_and_refuse_a_log_cut_back(tmp_path, echoBackend):  # noqa: F811
+def witnessedGateway(tmp_path, echoBackend):  # noqa: F811
+    """
+    C{(state dir, node signer, two started witnesses, gateway not yet started, API key of group eng)}:
+    witness_quorum = 2, the node's key made first, as an operator would pin it in the witnesses' config.
+    """
     state = tmp_path / "gw" / "state"
     state.mkdir(parents=True, mode=0o700)
-    # The node key exists before the witnesses start, as an operator would pin it in their config.
     signer = Signer.generate(ORIGIN)
     fd = os.open(state / "signing.key", os.O_WRONLY | os.O_CREAT, 0o600)
     os.write(fd, (signer.skey() + "\n").encode())
@@ -68,9 +71,13 @@ def test_two_witnesses_cosign_survive_an_outage_and_refuse_a_log_cut_back(tmp_pa
     config = CONFIG.replace("{backend}", str(echoBackend)).replace(
         'state_dir = "state"', 'state_dir = "state"\nnode = "node1"\nwitness_quorum = 2') + entries + \
         '\n[admin]\nauditors = ["eng"]\n'
-
     gw = GatewayProcess(tmp_path / "gw", config, [PLUGIN_DIR])
     key = gw.cli("keys", "create", "--name", "ci", "--group", "eng").stdout.splitlines()[-1]
+    return state, signer, ws, gw, key
+
+
+def test_two_witnesses_cosign_survive_an_outage_and_refuse_a_log_cut_back(tmp_path, echoBackend):  # noqa: F811
+    state, signer, ws, gw, key = witnessedGateway(tmp_path, echoBackend)
     names = {"witness.test/w1", "witness.test/w2"}
     gw.start()
     try:

@@ -235,7 +235,6 @@ def witnessed(base, rounds: int, sessions: int) -> None:
     finally:
         for w in ws:
             w.stop()
-    rounds = len(pairs) // 2
     off, on = best["off"], best["on"]
     counts, catchUp, pumpCPU, witnessCPU = on[3]
     print(f"witnessed writes: {sessions} sessions x (50,000 x 64 B + 8 MiB in 16 KiB frames), best of {rounds}")

@@ -166,3 +166,59 @@ def test_two_witnesses_cosign_survive_an_outage_and_refuse_a_log_cut_back(tmp_pa
     assert r.returncode == 1, r.stdout
     assert "the log is truncated" in r.stdout or "split view" in r.stdout, r.stdout
     assert key not in gw.log()
+
+
+def test_a_fork_past_the_cosigned_size_is_refused_and_named_by_monitor_and_verify(tmp_path, echoBackend):  # noqa: F811
+    """The operator restores an old store and signs a different, longer history: a fork, not a mere cut-back."""
+    state, signer, ws, gw, key = witnessedGateway(tmp_path, echoBackend)
+    names = {w.cosigner.verifier.name for w in ws}
+    both = ["--witness", ws[0].vkey, "--witness", ws[1].vkey]
+    monitor = ["--key", signer.verifier.vkey(), *both, "--quorum", "2", "--state", str(tmp_path / "monitor.json")]
+    try:
+        gw.start()
+        _session(gw, key, ["the common past"])
+        waitFor(lambda: _cosigners(state, ws) == names, what="both cosignatures")
+        gw.stop(signal.SIGTERM)
+        shutil.copytree(state, tmp_path / "snapshot")
+        gw.start()
+        _session(gw, key, ["the true history", "goes on"])
+        waitFor(lambda: _cosigners(state, ws) == names and all(_witnessSize(w) == _latest(state)[0] for w in ws),
+                what="the true history cosigned by both")
+        cosigned = _latest(state)[0]
+        r = runCLI("monitor", f"http://127.0.0.1:{gw.adminPort}", *monitor, token=key, check=False)
+        assert r.returncode == 0 and f"OK {ORIGIN} at size {cosigned}" in r.stdout, r.stdout
+        gw.stop(signal.SIGTERM)
+        audited = tmp_path / "audited.note"
+        audited.write_text(_latest(state)[1])
+
+        shutil.rmtree(state)
+        shutil.copytree(tmp_path / "snapshot", state)
+        mark = len(gw.log())
+        gw.start()
+        for n in range(20):
+            if _latest(state)[0] > cosigned:
+                break
+            _session(gw, key, [f"another history {n}"])
+        forked = _latest(state)[0]
+        assert forked > cosigned
+        # Each witness holds the true root at `cosigned`: the forked log's proof from there cannot verify (422).
+        waitFor(lambda: all(f"Witness {n}: the witness refused size" in gw.log()[mark:] for n in names),
+                what="both witnesses to refuse the fork")
+        assert "HTTP 422" in gw.log()[mark:] and _cosigners(state, ws) == set()
+        r = runCLI("monitor", f"http://127.0.0.1:{gw.adminPort}", *monitor, token=key, check=False)
+        assert r.returncode == 3, r.stdout
+        first = r.stdout.splitlines()[0]
+        assert first.startswith(f"sealgate monitor: FORK {ORIGIN}: size "), first
+        assert f"does not extend size {cosigned}" in first or f"two roots for size {cosigned}" in first, first
+        assert audited.read_text().split("\n\n")[0] in r.stdout and f"{ORIGIN}\n{forked}\n" in r.stdout
+    finally:
+        gw.stop(signal.SIGTERM)
+        for w in ws:
+            w.stop()
+    assert [_witnessSize(w) for w in ws] == [cosigned, cosigned]  # neither witness followed the fork
+    r = gw.cli("verify", "--key", signer.verifier.vkey(), *both, "--quorum", "2", "--checkpoint", str(audited),
+               "--checkpoint-dir", "none", check=False)
+    assert r.returncode == 1, r.stdout
+    assert (f"does not match the signed checkpoint at size {cosigned}" in r.stdout
+            or f"disagree about the log at size {cosigned}" in r.stdout), r.stdout
+    assert key not in gw.log()

@@ -43,7 +43,7 @@ def _page(driver) -> dict:
                 nav: !document.querySelector('#nav-witnesses').hidden};""")
 
 
-def _until(browser, condition, what, timeout=60):
+def _until(browser, condition, what, timeout=90):
     """Poll the page until C{condition(page)} holds (a deadline, no sleeps); the last page on failure."""
     from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.support.ui import WebDriverWait

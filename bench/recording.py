@@ -2,7 +2,12 @@
 
 Run: .venv/bin/python bench/recording.py [--gib 1.0] [--dir /tmp]
 Prints each figure beside its target from issue 3 (300 MB/s, 100,000 frames/s
-on one core, 1 GiB verified in under 10 s, inclusion proof under 1 KiB).
+on one core, 1 GiB verified in under 10 s, inclusion proof under 1 KiB), then
+(issue 17) the same write workload with and without two witnesses cosigning
+(real `twistd sealgate-witness` processes on loopback, the gateway's pumps in
+a process of their own as in a gateway), and their ratio: witnessing should
+cost the writer nothing (--witness-rounds 0 skips it, --only-witnessed runs
+only that).
 The append figures time the writer thread's whole job (salting, commitments,
 leaf and tree hashing, segment write + fdatasync, SQLite commit, checkpoint
 signing) on one core, in batches the size one flush interval would gather.
@@ -13,11 +18,15 @@ from pathlib import Path
 
 # bench/http.py would shadow the standard library's http package that Twisted imports.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT / "src"), str(ROOT)]  # this tree's sealgate; tests.harness for the witnesses
 
 import argparse  # noqa: E402
 import collections  # noqa: E402
 import os  # noqa: E402
 import shutil  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 import timeit  # noqa: E402
@@ -64,10 +73,17 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--gib", type=float, default=1.0, help="size of the big recording")
     parser.add_argument("--dir", default=None, help="where to put the scratch store")
+    parser.add_argument("--witness-rounds", type=int, default=2,
+                        help="rounds of the witnessed workload, each off then on (0: skip)")
+    parser.add_argument("--witness-sessions", type=int, default=20, help="sessions per witnessed workload")
+    parser.add_argument("--only-witnessed", action="store_true", help="only the witnessed workload")
     args = parser.parse_args()
     base = Path(tempfile.mkdtemp(prefix="sealgate-bench-", dir=args.dir))
     try:
-        run(base, args.gib)
+        if not args.only_witnessed:
+            run(base, args.gib)
+        if args.witness_rounds:
+            witnessed(base / "witnessed", args.witness_rounds, args.witness_sessions)
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
@@ -125,6 +141,117 @@ def run(base, gib):
         line("  bundle size / payload", (base / "big.bundle").stat().st_size / report.bytes, "x")
     print(f"(record overhead per frame: {_format.RECORD.size} + leaf "
           f"{_format.PREFIX.size + 3 + _format.FRAME_FIELDS.size + 64} + salt {_format.SALT_SIZE} bytes)")
+
+
+def _workload(engine, sessions: int):
+    """C{sessions} sessions of 50,000 64 B frames and 8 MiB of 16 KiB frames: (frames, wall s, writer CPU s)."""
+    frames = wall = cpu = 0.0
+    for n in range(sessions):
+        for size, total, batch in ((64, 64 * 50_000, 5_000), (16384, 8 << 20, 256)):
+            f, w, c = append(engine, f"s{n}-{size}", size, total, batch)
+            frames, wall, cpu = frames + f, wall + w, cpu + c
+    return frames, wall, cpu
+
+
+def _cosignedBy(state, names, size) -> bool:
+    from sealgate.recording.cosigned import Cosignatures
+
+    with Cosignatures(state, readOnly=True) as c:
+        return all(c.latest(n) == size for n in names)
+
+
+def _waitCosigned(state, names, size, pump) -> float:
+    """Seconds until every witness cosigned C{size} (polled; 60 s at most)."""
+    t0 = time.perf_counter()
+    while not _cosignedBy(state, names, size):
+        if time.perf_counter() - t0 > 60 or pump.poll() is not None:
+            raise SystemExit(f"the witnesses did not cosign size {size} within 60 s")
+        time.sleep(0.05)
+    return time.perf_counter() - t0
+
+
+def _oneRun(mode, signer, state, ws, sessions):
+    """One workload on a new log; with C{mode} "on" the pumps run (warmed up first, as in a running gateway)."""
+    from bench._common import cpuSeconds, stop
+    from sealgate.recording.cosigned import Cosignatures
+    from tests.harness.twistd import environment
+
+    state.mkdir(parents=True)
+    (state / "signing.key").write_text(signer.skey() + "\n")
+    (state / "signing.key").chmod(0o600)
+    engine = Engine(state, signer.verifier.name)
+    engine.open()
+    names = [w.cosigner.verifier.name for w in ws]
+    pump = None
+    try:
+        append(engine, "warm-up", 64, 64 * 1000, 1000)
+        if mode == "on":
+            pump = subprocess.Popen([sys.executable, str(ROOT / "bench" / "_witnesspump.py"), str(state), "2",
+                                     *(f"{w.url}={w.vkey}" for w in ws)], env=environment(),
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            _waitCosigned(state, names, engine.checkpointSize, pump)
+            cpu0 = [cpuSeconds(p.pid) for p in [pump] + [w.process for w in ws]]
+        frames, wall, cpu = _workload(engine, sessions)
+        made = engine.db.execute("SELECT count(*) FROM checkpoints").fetchone()[0]
+        last = engine.checkpointSize
+        engine.close()
+        if pump is None:
+            return frames / wall, frames / cpu, made, None
+        # Every witness reaches the last checkpoint: the run was witnessed, not merely timed.
+        catchUp = _waitCosigned(state, names, last, pump)
+        cpu1 = [cpuSeconds(p.pid) for p in [pump] + [w.process for w in ws]]
+        with Cosignatures(state, readOnly=True) as c:
+            counts = [c.count(n) for n in names]
+        return frames / wall, frames / cpu, made, (counts, catchUp, cpu1[0] - cpu0[0], sum(cpu1[1:]) - sum(cpu0[1:]))
+    finally:
+        stop(pump)
+
+
+def witnessed(base, rounds: int, sessions: int) -> None:
+    """
+    The same writes without and with two witnesses cosigning each new
+    checkpoint while they happen, alternated C{rounds} times (best of each
+    kept: the machine is shared). The writer is this process, as the store's
+    writer is its own process in a gateway; the pumps run in another
+    (bench/_witnesspump.py), the witnesses under twistd.
+    """
+    from sealgate.recording.checkpoint import Signer
+    from tests.harness.witness import WitnessProcess
+
+    plan = []
+    for r in range(rounds):
+        for mode in (("off", "on") if r % 2 == 0 else ("on", "off")):  # neither always goes first
+            signer = Signer.generate(f"{ORIGIN}/{r}-{mode}")  # a new log each time: witnesses refuse a restart
+            plan.append((mode, signer, base / f"{r}-{mode}"))
+    logs = {s.verifier.name: s.verifier.vkey() for _, s, _ in plan}
+    ws = [WitnessProcess(base / f"w{i}", f"witness.bench/w{i}", logs).start() for i in (1, 2)]
+    best: dict = {}
+    runs: dict = {"off": [], "on": []}
+    try:
+        for mode, signer, state in plan:
+            got = _oneRun(mode, signer, state, ws, sessions)
+            runs[mode].append(got)
+            if mode not in best or got[0] > best[mode][0]:
+                best[mode] = got
+    finally:
+        for w in ws:
+            w.stop()
+    off, on = best["off"], best["on"]
+    counts, catchUp, pumpCPU, witnessCPU = on[3]
+    print(f"witnessed writes: {sessions} sessions x (50,000 x 64 B + 8 MiB in 16 KiB frames), best of {rounds}")
+    line("  no witnesses: frames/s (writer, wall clock)", off[0], "frames/s")
+    line("  no witnesses: frames per writer CPU second", off[1], "frames/s")
+    line("  2 witnesses cosigning: frames/s (writer, wall clock)", on[0], "frames/s")
+    line("  2 witnesses cosigning: frames per writer CPU second", on[1], "frames/s")
+    print(f"  ({on[2]} checkpoints made, cosigned {counts[0]} and {counts[1]} times; the last one {catchUp:.2f} s "
+          f"after the last write; pumps {pumpCPU:.2f} CPU s, witnesses {witnessCPU:.2f} CPU s, off the writer)")
+    # Each round's witnessed run against its own unwitnessed one, then the median: robust to a busy neighbour.
+    wall = [b[0] / a[0] for a, b in zip(runs["off"], runs["on"], strict=True)]
+    cpu = [a[1] / b[1] for a, b in zip(runs["off"], runs["on"], strict=True)]
+    print(f"{'  witnessed / not: frames/s (median of rounds)':52} {statistics.median(wall):14.2f} x  (expected ~1.0)")
+    print(f"{'  witnessed / not: writer CPU per frame (median)':52} {statistics.median(cpu):14.2f} x  (expected ~1.0)")
+    print("  each round, witnessed / not (frames/s, writer CPU per frame): " +
+          ", ".join(f"{w:.2f} {c:.2f}" for w, c in zip(wall, cpu, strict=True)))
 
 
 if __name__ == "__main__":

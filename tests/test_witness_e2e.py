@@ -42,6 +42,14 @@ def _witnessSize(w) -> int:
         store.close()
 
 
+def _settled(state, sessions: int) -> bool:
+    """C{sessions} sessions are closed in the store and its latest checkpoint covers the whole log."""
+    with StoreReader(state) as r:
+        found = r.findSessions()
+        return (len(found) == sessions and all(s.state == "closed" for s in found)
+                and r.latestCheckpoint()[0] == r.logSize())
+
+
 def _get(gw, path):
     with urllib.request.urlopen(f"http://127.0.0.1:{gw.adminPort}{path}", timeout=30) as r:
         body = r.read().decode()
@@ -53,10 +61,13 @@ def _metric(gw, name: str, witness: str) -> float:
     return float(m.group(1)) if m else -1.0
 
 
-def test_two_witnesses_cosign_survive_an_outage_and_refuse_a_log_cut_back(tmp_path, echoBackend):  # noqa: F811
+def witnessedGateway(tmp_path, echoBackend):  # noqa: F811
+    """
+    C{(state dir, node signer, two started witnesses, gateway not yet started, API key of group eng)}:
+    witness_quorum = 2, the node's key made first, as an operator would pin it in the witnesses' config.
+    """
     state = tmp_path / "gw" / "state"
     state.mkdir(parents=True, mode=0o700)
-    # The node key exists before the witnesses start, as an operator would pin it in their config.
     signer = Signer.generate(ORIGIN)
     fd = os.open(state / "signing.key", os.O_WRONLY | os.O_CREAT, 0o600)
     os.write(fd, (signer.skey() + "\n").encode())
@@ -68,9 +79,13 @@ def test_two_witnesses_cosign_survive_an_outage_and_refuse_a_log_cut_back(tmp_pa
     config = CONFIG.replace("{backend}", str(echoBackend)).replace(
         'state_dir = "state"', 'state_dir = "state"\nnode = "node1"\nwitness_quorum = 2') + entries + \
         '\n[admin]\nauditors = ["eng"]\n'
-
     gw = GatewayProcess(tmp_path / "gw", config, [PLUGIN_DIR])
     key = gw.cli("keys", "create", "--name", "ci", "--group", "eng").stdout.splitlines()[-1]
+    return state, signer, ws, gw, key
+
+
+def test_two_witnesses_cosign_survive_an_outage_and_refuse_a_log_cut_back(tmp_path, echoBackend):  # noqa: F811
+    state, signer, ws, gw, key = witnessedGateway(tmp_path, echoBackend)
     names = {"witness.test/w1", "witness.test/w2"}
     gw.start()
     try:
@@ -158,4 +173,62 @@ def test_two_witnesses_cosign_survive_an_outage_and_refuse_a_log_cut_back(tmp_pa
                "--checkpoint-dir", "none", check=False)
     assert r.returncode == 1, r.stdout
     assert "the log is truncated" in r.stdout or "split view" in r.stdout, r.stdout
+    assert key not in gw.log()
+
+
+def test_a_fork_past_the_cosigned_size_is_refused_and_named_by_monitor_and_verify(tmp_path, echoBackend):  # noqa: F811
+    """The operator restores an old store and signs a different, longer history: a fork, not a mere cut-back."""
+    state, signer, ws, gw, key = witnessedGateway(tmp_path, echoBackend)
+    names = {w.cosigner.verifier.name for w in ws}
+    both = ["--witness", ws[0].vkey, "--witness", ws[1].vkey]
+    monitor = ["--key", signer.verifier.vkey(), *both, "--quorum", "2", "--state", str(tmp_path / "monitor.json")]
+    try:
+        gw.start()
+        _session(gw, key, ["the common past"])
+        waitFor(lambda: _cosigners(state, ws) == names, what="both cosignatures")
+        gw.stop(signal.SIGTERM)
+        shutil.copytree(state, tmp_path / "snapshot")
+        gw.start()
+        _session(gw, key, ["the true history", "goes on"])
+        waitFor(lambda: _settled(state, 2), what="the second session sealed")
+        waitFor(lambda: _cosigners(state, ws) == names and all(_witnessSize(w) == _latest(state)[0] for w in ws),
+                what="the true history cosigned by both")
+        cosigned = _latest(state)[0]
+        r = runCLI("monitor", f"http://127.0.0.1:{gw.adminPort}", *monitor, token=key, check=False)
+        assert r.returncode == 0 and f"OK {ORIGIN} at size {cosigned}" in r.stdout, r.stdout
+        gw.stop(signal.SIGTERM)
+        audited = tmp_path / "audited.note"
+        audited.write_text(_latest(state)[1])
+
+        shutil.rmtree(state)
+        shutil.copytree(tmp_path / "snapshot", state)
+        mark = len(gw.log())
+        gw.start()
+        for n in range(1, 20):  # the restored store holds the first session
+            waitFor(lambda: _settled(state, n), what=f"{n} sessions sealed")  # noqa: B023
+            if _latest(state)[0] > cosigned:
+                break
+            _session(gw, key, [f"another history {n}"])
+        forked = _latest(state)[0]
+        assert forked > cosigned
+        # Each witness holds the true root at `cosigned`: the forked log's proof from there cannot verify (422).
+        waitFor(lambda: all(f"Witness {n}: the witness refused size" in gw.log()[mark:] for n in names),
+                what="both witnesses to refuse the fork")
+        assert "HTTP 422" in gw.log()[mark:] and _cosigners(state, ws) == set()
+        r = runCLI("monitor", f"http://127.0.0.1:{gw.adminPort}", *monitor, token=key, check=False)
+        assert r.returncode == 3, r.stdout
+        first = r.stdout.splitlines()[0]
+        assert first.startswith(f"sealgate monitor: FORK {ORIGIN}: size "), first
+        assert f"does not extend size {cosigned}" in first or f"two roots for size {cosigned}" in first, first
+        assert audited.read_text().split("\n\n")[0] in r.stdout and f"{ORIGIN}\n{forked}\n" in r.stdout
+    finally:
+        gw.stop(signal.SIGTERM)
+        for w in ws:
+            w.stop()
+    assert [_witnessSize(w) for w in ws] == [cosigned, cosigned]  # neither witness followed the fork
+    r = gw.cli("verify", "--key", signer.verifier.vkey(), *both, "--quorum", "2", "--checkpoint", str(audited),
+               "--checkpoint-dir", "none", check=False)
+    assert r.returncode == 1, r.stdout
+    assert (f"does not match the signed checkpoint at size {cosigned}" in r.stdout
+            or f"disagree about the log at size {cosigned}" in r.stdout), r.stdout
     assert key not in gw.log()

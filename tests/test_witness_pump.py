@@ -116,3 +116,17 @@ def test_status_gives_each_lag_and_the_quorum_size(tmp_path):
     s = w.status()
     assert (s["witnessed_size"], s["lag_leaves"], s["checkpoint_size"]) == (7, 5, 12)
     assert [x["lag_leaves"] for x in s["witnesses"]] == [2, 5, 9]
+
+
+def test_status_says_when_the_witness_last_cosigned_also_after_a_restart(tmp_path, monkeypatch):
+    pump = Pump(tmp_path, [_cosign])
+    assert pump.status()["last_success"] is None
+    assert _submit(pump, _work()) is None
+    # The cosignature's own timestamp (what _cosign signs), not the gateway's clock.
+    assert pump.status()["last_success"] == 1700000000 and pump.status()["error"] is None
+    # A new gateway process reads it from the cosignatures it kept.
+    again = Pump(tmp_path, [])
+    monkeypatch.setattr(witnessclient, "_prepare", lambda *a: (5, 5, None))
+    again.run()
+    assert again.status()["last_success"] == 1700000000 and again.status()["size"] == 5
+    again.stop()

@@ -50,6 +50,16 @@ class Cosignatures:
         rows = self._rows("SELECT max(size) FROM cosignatures WHERE witness=?", (witness,))
         return rows[0][0] if rows else None
 
+    def count(self, witness: str) -> int:
+        """How many checkpoints C{witness} cosigned."""
+        rows = self._rows("SELECT count(*) FROM cosignatures WHERE witness=?", (witness,))
+        return rows[0][0] if rows else 0
+
+    def timestamp(self, size: int, witness: str) -> int | None:
+        """When C{witness} cosigned C{size} (its cosignature's timestamp), or None."""
+        rows = self._rows("SELECT timestamp FROM cosignatures WHERE size=? AND witness=?", (size, witness))
+        return rows[0][0] if rows else None
+
     def lines(self, size: int) -> list[str]:
         return [r[0] for r in self._rows("SELECT line FROM cosignatures WHERE size=? ORDER BY witness", (size,))]
 

@@ -65,6 +65,8 @@ class WitnessPump:
         self.logCheckpoint = 0           # the log's latest checkpoint size, as last read
         self.failures = 0
         self.lastError: str | None = None
+        #: When this witness last cosigned (its cosignature's own timestamp), or None.
+        self.lastSuccess: int | None = None
         self._stopped = False
         self._wake = None
 
@@ -78,6 +80,9 @@ class WitnessPump:
                 self.logCheckpoint, mine, work = yield self._thread(
                     _prepare, self.stateDir, self.witness.name, self.known)
                 self.cosigned = max(self.cosigned, mine or 0)
+                if self.lastSuccess is None and mine:
+                    # After a restart: when it cosigned what we already hold.
+                    self.lastSuccess = yield self._thread(_cosignedAt, self.stateDir, self.witness.name, mine)
                 if work is None:
                     yield self._sleep(self.poll)
                     continue
@@ -115,6 +120,7 @@ class WitnessPump:
         mine = [line for line in lines if _cosignedBy(note, line, self.witness.verifier)]
         yield self._thread(_keep, self.stateDir, size, self.witness.name, mine[0], found[0].timestamp)
         self.known = self.cosigned = size
+        self.lastSuccess = found[0].timestamp
 
     @defer.inlineCallbacks
     def _post(self, body: bytes):
@@ -138,11 +144,16 @@ class WitnessPump:
 
     def status(self) -> dict:
         return {"name": self.witness.name, "size": self.cosigned, "lag_leaves": max(0, self.logCheckpoint - self.cosigned),
-                "failures": self.failures, "error": self.lastError}
+                "failures": self.failures, "error": self.lastError, "last_success": self.lastSuccess}
 
 
 def _cosignedBy(note: str, line: str, verifier: CosignatureVerifier) -> bool:
     return bool(cosignatures(addSignatures(note, [line]), [verifier]))
+
+
+def _cosignedAt(stateDir: Path, name: str, size: int) -> int | None:
+    with Cosignatures(stateDir, readOnly=True) as c:
+        return c.timestamp(size, name)
 
 
 def _keep(stateDir: Path, size: int, name: str, line: str, timestamp: int) -> None:

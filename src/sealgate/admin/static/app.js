@@ -249,6 +249,59 @@
         el("td", {text: d.error || ""}))));
   }
 
+  // -- witnesses -------------------------------------------------------------
+
+  // The witnessing object of /readyz (public, no secret: names, sizes, lags,
+  // errors; never a witness's URL), or null when no witness is configured.
+  // /readyz answers 503 while the gateway is not ready, with the same object.
+  async function witnessing() {
+    const r = await fetch("/readyz", {credentials: "same-origin", headers: {"accept": "application/json"}});
+    const data = await r.json();
+    return data.witnessing || null;
+  }
+
+  function quorumLine(w) {
+    const latest = `the latest checkpoint has ${w.checkpoint_size} leaves`;
+    if (!w.quorum) return {bad: false, text: `No witness quorum is required (witness_quorum = 0); ${latest}.`};
+    const by = `${w.quorum} witness${w.quorum === 1 ? "" : "es"}`;
+    const head = `Quorum ${w.quorum} of ${w.witnesses.length}: ` +
+                 (w.witnessed_size ? `size ${w.witnessed_size} is cosigned by ${by}` : `no checkpoint is cosigned by ${by} yet`) +
+                 `; ${latest}`;
+    if (!w.lag_leaves) return {bad: false, text: `${head}; lag 0: the latest checkpoint is witnessed.`};
+    return {bad: true, text: `${head}; lag ${w.lag_leaves} leaves: below quorum (the latest checkpoint is not yet published).`};
+  }
+
+  function badge(w) {
+    const nav = $("#nav-witnesses");
+    nav.hidden = !w;
+    if (!w) return;
+    const behind = w.quorum ? w.lag_leaves : Math.max(...w.witnesses.map(x => x.lag_leaves));
+    $("#witness-badge").textContent = behind ? `lag ${behind}` : "ok";
+    $("#witness-badge").className = "badge" + (behind ? " behind" : "");
+  }
+
+  async function refreshWitnesses() {
+    const w = await witnessing();
+    badge(w);
+    if (!w) {
+      $("#quorum").textContent = "No witnesses are configured ([[witnesses]] in the gateway's config).";
+      $("#quorum").className = "verify";
+      $("#witnesses tbody").replaceChildren();
+      return;
+    }
+    const q = quorumLine(w);
+    $("#quorum").textContent = q.text;
+    $("#quorum").className = "verify " + (q.bad ? "bad" : "good");
+    $("#witnesses tbody").replaceChildren(...w.witnesses.map(x => {
+      const state = x.error ? `failing (${x.failures} attempt${x.failures === 1 ? "" : "s"})`
+                            : (x.lag_leaves ? "catching up" : "up to date");
+      return el("tr", {class: x.lag_leaves || x.error ? "bad" : ""},
+        el("td", {}, el("code", {text: x.name})), el("td", {class: "size", text: String(x.size)}),
+        el("td", {class: "lag", text: String(x.lag_leaves)}), el("td", {class: "state", text: state}),
+        el("td", {text: when(x.last_success)}), el("td", {class: "error", text: x.error || ""}));
+    }));
+  }
+
   // -- routing ---------------------------------------------------------------
 
   function show(name) {
@@ -275,6 +328,10 @@
       } else if (hash === "#notifications") {
         show("notifications");
         await refreshNotifications();
+      } else if (hash === "#witnesses") {
+        show("witnesses");
+        await refreshWitnesses();
+        timer = setInterval(() => refreshWitnesses().catch(e => say(e.message, true)), 2000);
       }
     } catch (e) {
       say(e.message, true);
@@ -290,6 +347,10 @@
     });
     $("#filters").addEventListener("submit", (e) => { e.preventDefault(); refreshSessions().catch(err => say(err.message, true)); });
     window.addEventListener("hashchange", route);
+    // The nav's witness badge follows the lag on every view; absent when none is configured.
+    const follow = () => witnessing().then(badge).catch(() => {});
+    await follow();
+    setInterval(follow, 5000);
     await route();
     document.body.classList.add("ready");
   }

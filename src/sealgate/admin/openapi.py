@@ -32,7 +32,8 @@ def document() -> dict:
         "/healthz": {"get": _op("Liveness (503 with the reason while the store's writer is down, "
                                 "its disk is full or its backlog is over max_unsealed)", "public",
                                 tag="health")},
-        "/readyz": {"get": _op("Readiness (503 while starting, stopping or the store is unhealthy)",
+        "/readyz": {"get": _op("Readiness (503 while starting, stopping or the store is unhealthy; "
+                               "witnessing: each witness's cosigned size and lag, never a 503)",
                                "public", tag="health")},
         "/metrics": {"get": _op("Prometheus metrics (sealgate_*)", "public", ok="text exposition",
                                 tag="health")},

@@ -157,7 +157,10 @@ class SCPSource(Recogniser):
     def __init__(self, onFile: Callable[[str, int], None] | None = None) -> None:
         super().__init__()
         self.onFile = onFile
-        self._credit = 0          # client responses not yet answered
+        # Whether the client responded since the output's last record: a
+        # sink answers each one after it sees it (responses sent ahead are
+        # not an scp sink's, and count once).
+        self._credit = False
         self._clientLine = False  # inside a client error line
         self._state = "record"    # record | data-wait | data | status | error-line
         self._left = 0            # data bytes still to come
@@ -172,9 +175,9 @@ class SCPSource(Recogniser):
             if self._clientLine:
                 if b == 0x0A:
                     self._clientLine = False
-                    self._credit += 1
+                    self._credit = True
             elif b == 0:
-                self._credit += 1
+                self._credit = True
             elif b in _ERROR:
                 self._clientLine = True
             else:
@@ -193,10 +196,10 @@ class SCPSource(Recogniser):
             if state == "data-wait":
                 # The data follows the client's response to the record (a
                 # real source waits for it): not in the record's own chunk.
-                if self._calls == self._recordCall or self._credit < 1:
+                if self._calls == self._recordCall or not self._credit:
                     self._fail()
                     break
-                self._credit -= 1
+                self._credit = False
                 self._state = state = "data" if self._left else "status"
             if state == "data":
                 take = min(self._left, n - pos)
@@ -236,7 +239,7 @@ class SCPSource(Recogniser):
         """One T/C/D/E record at C{pos}: the position after it, or C{-pos-1} to hold from C{pos}."""
         first = buf[pos]
         prefix = _PREFIX.get(first)
-        if prefix is None or self._credit < 1:
+        if prefix is None or not self._credit:
             self._fail()
             return pos
         end = buf.find(b"\n", pos)
@@ -250,7 +253,7 @@ class SCPSource(Recogniser):
         if m is None or (first == ord("C") and m.group(3) in (b".", b"..")):
             self._fail()
             return pos
-        self._credit -= 1
+        self._credit = False
         out.append((record, False))
         if first == ord("C"):
             name, size = m.group(3).decode("utf-8", "replace"), int(m.group(2))

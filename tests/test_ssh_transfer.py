@@ -1,0 +1,220 @@
+"""The file-transfer recognisers (scp source, rsync --server) without a reactor: real streams, any split."""
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sealgate.protocols.ssh._transfer import (
+    RsyncServer,
+    SCPSource,
+    expectedProtocol,
+    rsyncOptions,
+)
+
+SETTINGS = settings(max_examples=150, deadline=None,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture])
+CARD = b"4111 1111 1111 1111"
+
+
+def _scpSink(argv) -> list[tuple[str, bytes]]:
+    """
+    Drive a real C{scp -f} as its sink would (a response after each record
+    and after each file's data); the exchange, in order, as C{(who, bytes)}.
+    """
+    p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    events: list[tuple[str, bytes]] = []
+
+    def ack():
+        p.stdin.write(b"\0")
+        p.stdin.flush()
+        events.append(("client", b"\0"))
+
+    def line():
+        out = b""
+        while not out.endswith(b"\n"):
+            c = p.stdout.read(1)
+            if not c:
+                return None
+            out += c
+        return out
+
+    ack()
+    while (record := line()) is not None:
+        events.append(("server", record))
+        if record[:1] in (b"\x01", b"\x02"):
+            continue
+        if record[:1] == b"C":
+            ack()
+            events.append(("server", p.stdout.read(int(record.split()[1]) + 1)))
+        ack()
+    p.stdin.close()
+    p.wait(30)
+    return events
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("xfer") / "tree"
+    (d / "sub").mkdir(parents=True)
+    (d / "a.bin").write_bytes(os.urandom(70_000))
+    (d / "sub" / "cards.txt").write_bytes(b"ada " + CARD + b" paid\n" * 50)
+    (d / "empty").write_bytes(b"")
+    return d
+
+
+@pytest.fixture(scope="module")
+def scpStream(tree):
+    return _scpSink(["scp", "-r", "-p", "-f", str(tree)])
+
+
+@pytest.fixture(scope="module")
+def rsyncStreams(tree, tmp_path_factory):
+    """What real C{rsync --server} processes wrote (down, down with -z, up), with their command lines."""
+    work = tmp_path_factory.mktemp("rsync")
+    wrap = work / "wrap.sh"
+    # rsync's -e program: run the server command here, keeping a copy of its output.
+    wrap.write_text(f'#!/bin/sh\nshift\nn=$(ls {work}/out.* 2>/dev/null | wc -l)\n'
+                    f'echo "$*" > {work}/cmd.$n\nsh -c "$*" | tee {work}/out.$n\n')
+    wrap.chmod(0o700)
+    for argv in (["-a", f"x:{tree}/", str(work / "down")], ["-az", f"x:{tree}/", str(work / "downz")],
+                 ["-a", f"{tree}/", f"x:{work / 'up'}/"]):
+        subprocess.run(["rsync", "-e", str(wrap), *argv], check=True, timeout=60)
+    return [((work / f"cmd.{n}").read_text().strip(), (work / f"out.{n}").read_bytes())
+            for n in range(3)]
+
+
+def _feed(recogniser, events, cuts):
+    """Feed C{events}, each server message split at the C{cuts} (fractions); the pieces out."""
+    pieces = []
+    for who, data in events:
+        if who == "client":
+            recogniser.clientData(data)
+            continue
+        points = sorted({int(len(data) * c) for c in cuts} | {0, len(data)})
+        for a, b in zip(points, points[1:], strict=False):
+            pieces += recogniser.serverData(data[a:b])
+    return pieces
+
+
+@SETTINGS
+@given(st.lists(st.floats(0, 1), max_size=8))
+def test_any_split_of_a_real_scp_stream_is_recognised(scpStream, cuts):
+    r = SCPSource()
+    pieces = _feed(r, scpStream, cuts)
+    assert not r.failed and r.held == 0
+    server = b"".join(d for who, d in scpStream if who == "server")
+    assert b"".join(p for p, _ in pieces) == server
+    exempt = b"".join(p for p, e in pieces if e)
+    # Exactly the files' data and their status bytes are exempt.
+    assert CARD in exempt
+    assert sorted(name for name, _ in r.files) == ["a.bin", "cards.txt", "empty"]
+    assert len(exempt) == 70_000 + len((b"ada " + CARD + b" paid\n" * 50)) + 3
+
+
+@SETTINGS
+@given(st.lists(st.floats(0, 1), max_size=8), st.integers(0, 2))
+def test_any_split_of_a_real_rsync_stream_is_recognised(rsyncStreams, cuts, which):
+    command, out = rsyncStreams[which]
+    assert expectedProtocol(command) == "rsync"
+    r = RsyncServer(*rsyncOptions(command))
+    pieces = _feed(r, [("server", out)], cuts)
+    assert not r.failed
+    assert b"".join(p for p, _ in pieces) == out
+    assert r.version >= 30
+
+
+def test_rsync_options_follow_the_command_line():
+    assert rsyncOptions("rsync --server --sender -logDtprze.iLsfxCIvu . /d") == (True, True)
+    assert rsyncOptions("rsync --server -logDtpre.iLsfxCIvu . /d") == (True, False)
+    assert rsyncOptions("rsync --server -z --zc=zstd --cc=md5 . /d") == (False, False)
+
+
+@pytest.mark.parametrize("command,expected", [
+    ("scp -f /srv/x", "scp"), ("/usr/bin/scp -pf x", "scp"), ("scp -r -f d", "scp"),
+    ("scp -f /dev/null; cat file", "scp"),   # chosen by the line, decided by the wire
+    ("scp -t /srv", None), ("cat x", None), ("rsync --server --sender . x", "rsync"),
+    ("rsync -a x y", None), ("echo scp -f x", None), ("'unbalanced", None), ("", None),
+])
+def test_the_command_line_only_chooses_which_protocol_to_expect(command, expected):
+    assert expectedProtocol(command) == expected
+
+
+_TEXT = st.binary(min_size=1, max_size=200)
+
+
+@SETTINGS
+@given(_TEXT, st.lists(st.floats(0, 1), max_size=5), st.booleans())
+def test_output_that_is_not_scp_is_never_exempt(data, cuts, acked):
+    # Whatever a command prints, unless it is a record answering the
+    # client's response, nothing of it passes unmasked.
+    r = SCPSource()
+    events = ([("client", b"\0")] if acked else []) + [("server", data)]
+    pieces = _feed(r, events, cuts)
+    assert not any(e for _, e in pieces)
+
+
+@SETTINGS
+@given(st.binary(max_size=64), st.integers(0, 3))
+def test_data_not_answered_by_the_client_after_its_record_is_masked(data, acksAhead):
+    # Responses sent ahead (piped in) do not stand for a sink's answer to a record.
+    r = SCPSource()
+    r.clientData(b"\0" * (acksAhead + 1))
+    pieces = r.serverData(b"C0644 %d x\n" % (len(data) + len(CARD)))
+    pieces += r.serverData(CARD + data)
+    assert r.failed
+    assert CARD not in b"".join(p for p, e in pieces if e)
+
+
+def test_a_partial_record_held_at_a_quiet_spell_is_given_up_as_text():
+    r = SCPSource()
+    r.clientData(b"\0")
+    assert r.serverData(b"C0644 12") == [] and r.held == 8
+    assert r.stall() == [(b"C0644 12", False)] and r.failed
+    assert r.serverData(CARD) == [(CARD, False)]
+
+
+def test_scp_error_lines_and_a_card_in_a_file_name_are_text():
+    r = SCPSource()
+    r.clientData(b"\0")
+    pieces = r.serverData(b"\x01scp: " + CARD + b": No such file\n")
+    assert pieces == [(b"\x01scp: " + CARD + b": No such file\n", False)]
+    assert r.serverData(b"C0644 3 " + CARD + b".txt\n") == [(b"C0644 3 " + CARD + b".txt\n", False)]
+    r.clientData(b"\0")
+    assert r.serverData(b"abc\0") == [(b"abc\0", True)]
+
+
+def test_a_client_that_is_not_an_scp_sink_ends_the_exemption():
+    r = SCPSource()
+    r.clientData(b"hello\n")
+    assert r.failed
+    assert r.serverData(b"C0644 3 x\n") == [(b"C0644 3 x\n", False)]
+
+
+@pytest.mark.parametrize("stream", [
+    b"\x05\x00\x00\x00",                                   # protocol 5: no rsync we speak
+    b"\x20\x00\x00\x00\x00" + b"SEED" + b"\x00\x00\x00\x50",  # message code 73
+    b"\x20\x00\x00\x00\x81\xff\x05AB CD",                  # negotiation string not names
+    b"\x20\x00\x00\x00\x00SEED" + b"\x10\x00\x01\x09" + b"x" * 100,  # a 65 KiB+ message
+    CARD,
+])
+def test_output_that_breaks_the_rsync_protocol_is_masked_from_there(stream):
+    r = RsyncServer()
+    pieces = r.serverData(stream) + r.serverData(b"after " + CARD)
+    assert r.failed
+    assert CARD not in b"".join(p for p, e in pieces if e)
+
+
+def test_rsync_messages_other_than_data_are_text_to_mask():
+    r = RsyncServer(checksumList=False)
+    head = b"\x20\x00\x00\x00" + b"\x00" + b"SEED"
+    info = b"card " + CARD + b"\n"
+    msg = (len(info) | (7 + 2) << 24).to_bytes(4, "little") + info     # MSG_INFO
+    data = (len(CARD) | 7 << 24).to_bytes(4, "little") + CARD         # MSG_DATA
+    pieces = r.serverData(head + msg + data)
+    assert not r.failed
+    assert (info, False) in pieces and CARD in b"".join(p for p, e in pieces if e)
+

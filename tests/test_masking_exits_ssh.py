@@ -545,3 +545,45 @@ def test_record_input_must_be_raw_or_masked(tmp_path):
     assert "masking.record_input: unknown value 'hashed'" in m and "use one of: raw, masked" in m
     assert load(tmp_path, GOOD + 'record_input = "masked"\n')[1].masking.record_input == "masked"
     assert load(tmp_path, GOOD)[1].masking.record_input == "raw"
+
+
+# -- the core's input recording, without a reactor ----------------------------------------------
+
+
+def _inputSession(recordInput: str):
+    from sealgate.chain.masking import MaskingInterceptor
+    from sealgate.config import MaskingConfig
+    from sealgate.masking import Masker
+    from sealgate.testing import fakeSession
+
+    masker = Masker.fromConfig(MaskingConfig(detectors=("credit_card", "email"), record_input=recordInput))
+    return fakeSession([MaskingInterceptor(masker)])
+
+
+def _recordedInput(s, channel=0) -> bytes:
+    return b"".join(d for direction, d, c in s.recording.frames if direction == 0 and c == channel)
+
+
+def test_record_input_masked_masks_a_value_split_across_frames_per_channel():
+    s = _inputSession("masked")
+    pieces = (b"SELECT '4111 11", b"11 1111 1111' -- ", b"grace.hop", b"per@example.com\n")
+    for piece in pieces:
+        s.received(piece, 0)
+    s.received(b"4111 1111", 4)  # another channel's stream is its own
+    assert _recordedInput(s) == b"SELECT '**** **** **** 1111' -- ************@example.com\n"
+    assert s.bytesFromClient == sum(map(len, pieces)) + 9  # counted as sent
+    s.end()
+    # What was still held (maybe a value's start) is recorded, masked, at the end.
+    assert _recordedInput(s, 4) == b"4111 1111" and CARD not in b"".join(d for _, d, _ in s.recording.frames)
+
+
+def test_record_input_masked_masks_the_login_frames_kept_before_the_session():
+    s = _inputSession("masked")
+    s.record(0, b"user\0alice\0application_name\0" + CARD_PLAIN + b"\0\0")
+    assert _recordedInput(s) == b"user\0alice\0application_name\0************1111\0\0"
+
+
+def test_record_input_raw_records_input_exactly_as_sent():
+    s = _inputSession("raw")
+    s.received(b"pay " + CARD + b"\n")
+    assert _recordedInput(s) == b"pay " + CARD + b"\n"

@@ -587,3 +587,47 @@ def test_record_input_raw_records_input_exactly_as_sent():
     s = _inputSession("raw")
     s.received(b"pay " + CARD + b"\n")
     assert _recordedInput(s) == b"pay " + CARD + b"\n"
+
+
+def _user():
+    from sealgate.protocols.ssh.server import GatewayUser
+
+    user = GatewayUser.__new__(GatewayUser)  # no backend leg: its callbacks are driven here
+    user.session = _inputSession("raw")
+    user.failure, user.backendConn, user._waiters, user._ended = None, None, [], False
+    return user
+
+
+def test_the_backends_disconnect_text_is_masked_before_it_is_told_or_sealed():
+    from twisted.conch import error
+    from twisted.python.failure import Failure
+
+    from sealgate.protocols.ssh.backend import BackendError
+    from sealgate.protocols.ssh.relay import RelayChannel
+
+    user = _user()
+    user._backendDown(Failure(BackendError("the backend disconnected: card " + CARD.decode())))
+    assert user.failure == "the backend disconnected: card **** **** **** 1111"
+    [event] = user.session.recording.eventsOf("backend_failed")
+    assert CARD.decode() not in event["reason"]
+    refused = []
+    user._pair(RelayChannel(), RelayChannel(), b"").addErrback(refused.append)
+    [f] = refused
+    assert f.check(error.ConchError) and f.value.args[0] == user.failure
+
+
+def test_a_channel_open_failure_text_from_the_backend_is_masked():
+    from twisted.conch import error
+
+    from sealgate.protocols.ssh.relay import RelayChannel
+
+    class Conn:
+        def openChannel(self, channel, extra):
+            channel.openFailed(error.ConchError(f"no channel for {EMAIL.decode()}", 2))
+
+    user = _user()
+    user.backendConn = Conn()
+    refused = []
+    user._pair(RelayChannel(), RelayChannel(), b"").addErrback(refused.append)
+    [f] = refused
+    assert f.value.args == ("no channel for ************@example.com", 2)

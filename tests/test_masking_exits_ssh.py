@@ -212,7 +212,8 @@ def test_a_value_split_by_a_pause_longer_than_the_holdback_shows_at_most_six_dig
     before = gw.sessions()
     r = gw.ssh("printf 'card 4111 11'; sleep 0.05; printf '11 1111 1111 end\\n'")
     assert r.returncode == 0, r.stderr
-    assert r.stdout.startswith(b"card 4111 11") and r.stdout.endswith(b" end\n")
+    # Flushed at the bound (or, on a slow gateway, masked whole): never more than six digits.
+    assert r.stdout.startswith(b"card ") and r.stdout.endswith(b" end\n")
     assert b"4111 111" not in r.stdout and len(r.stdout) == len(b"card " + CARD + b" end\n")
     gw.closedSession(before).assertNoRawValue()
 
@@ -347,10 +348,12 @@ def test_rsync_download_and_upload_are_exempt_byte_exact(gw, files, tmp_path):
         assert _sha(down / name) == _sha(path) == _sha(up / name), name
 
 
-def test_rsync_download_with_compression_is_exempt_byte_exact(gw, files, tmp_path):
+@pytest.mark.parametrize("flags", [["-az"], ["--protocol=29", "-a"], ["-a", "--cc=md5", "-z", "--zc=zlib"]],
+                         ids=["compressed", "protocol-29", "choices-given"])
+def test_rsync_download_variants_are_exempt_byte_exact(gw, files, tmp_path, flags):
     down = tmp_path / "downz"
     before = gw.sessions()
-    r = gw.run(["rsync", "-az", "-e", gw.rshell(), f"web-1@127.0.0.1:{files['cards.bin']}", f"{down}"])
+    r = gw.run(["rsync", *flags, "-e", gw.rshell(), f"web-1@127.0.0.1:{files['cards.bin']}", f"{down}"])
     assert r.returncode == 0, r.stderr
     assert _sha(down) == _sha(files["cards.bin"])
     assert not gw.closedSession(before).eventsOf("transfer_masked")

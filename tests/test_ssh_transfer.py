@@ -2,6 +2,7 @@
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -71,20 +72,51 @@ def scpStream(tree):
     return _scpSink(["scp", "-r", "-p", "-f", str(tree)])
 
 
+#: rsync invocations whose server streams the recogniser must follow.
+RSYNC_RUNS = (["-a"], ["-az"], ["--protocol=29", "-a"], ["--protocol=30", "-a"],
+              ["-a", "--cc=md5", "-z", "--zc=zlib"])
+
+
 @pytest.fixture(scope="module")
 def rsyncStreams(tree, tmp_path_factory):
-    """What real C{rsync --server} processes wrote (down, down with -z, up), with their command lines."""
+    """
+    What real C{rsync --server} processes wrote and read (downloads with
+    each of L{RSYNC_RUNS}, then an upload), with their command lines.
+    """
     work = tmp_path_factory.mktemp("rsync")
-    wrap = work / "wrap.sh"
-    # rsync's -e program: run the server command here, keeping a copy of its output.
-    wrap.write_text(f'#!/bin/sh\nshift\nn=$(ls {work}/out.* 2>/dev/null | wc -l)\n'
-                    f'echo "$*" > {work}/cmd.$n\nsh -c "$*" | tee {work}/out.$n\n')
+    wrap = work / "wrap.py"
+    # rsync's -e program: run the server command here, keeping copies of both directions.
+    wrap.write_text(f"""#!{sys.executable}
+import os, subprocess, sys, threading
+work = {str(work)!r}
+n = len([f for f in os.listdir(work) if f.startswith("cmd.")])
+command = " ".join(sys.argv[2:])
+open(f"{{work}}/cmd.{{n}}", "w").write(command)
+p = subprocess.Popen(command, shell=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+
+def pumpIn():
+    with open(f"{{work}}/in.{{n}}", "wb") as log:
+        while data := os.read(0, 65536):
+            log.write(data)
+            log.flush()
+            p.stdin.write(data)
+            p.stdin.flush()
+    p.stdin.close()
+
+threading.Thread(target=pumpIn, daemon=True).start()
+with open(f"{{work}}/out.{{n}}", "wb") as log:
+    while data := os.read(p.stdout.fileno(), 65536):
+        log.write(data)
+        os.write(1, data)
+sys.exit(p.wait())
+""")
     wrap.chmod(0o700)
-    for argv in (["-a", f"x:{tree}/", str(work / "down")], ["-az", f"x:{tree}/", str(work / "downz")],
-                 ["-a", f"{tree}/", f"x:{work / 'up'}/"]):
+    runs = [[*flags, f"x:{tree}/", str(work / f"down{n}")] for n, flags in enumerate(RSYNC_RUNS)]
+    runs.append(["-a", f"{tree}/", f"x:{work / 'up'}/"])
+    for argv in runs:
         subprocess.run(["rsync", "-e", str(wrap), *argv], check=True, timeout=60)
-    return [((work / f"cmd.{n}").read_text().strip(), (work / f"out.{n}").read_bytes())
-            for n in range(3)]
+    return [((work / f"cmd.{n}").read_text().strip(), (work / f"in.{n}").read_bytes(),
+             (work / f"out.{n}").read_bytes()) for n in range(len(runs))]
 
 
 def _feed(recogniser, events, cuts):
@@ -116,21 +148,40 @@ def test_any_split_of_a_real_scp_stream_is_recognised(scpStream, cuts):
 
 
 @SETTINGS
-@given(st.lists(st.floats(0, 1), max_size=8), st.integers(0, 2))
+@given(st.lists(st.floats(0, 1), max_size=8), st.integers(0, len(RSYNC_RUNS)))
 def test_any_split_of_a_real_rsync_stream_is_recognised(rsyncStreams, cuts, which):
-    command, out = rsyncStreams[which]
+    command, sent, out = rsyncStreams[which]
     assert expectedProtocol(command) == "rsync"
     r = RsyncServer(*rsyncOptions(command))
-    pieces = _feed(r, [("server", out)], cuts)
+    # The server writes its version at once and the rest after it read the client's.
+    pieces = _feed(r, [("server", out[:4]), ("client", sent[:4]), ("server", out[4:])], cuts)
     assert not r.failed
     assert b"".join(p for p, _ in pieces) == out
-    assert r.version >= 30
+
+
+def test_the_protocol_spoken_is_the_lower_of_both_versions(rsyncStreams):
+    for (command, sent, out), flags in zip(rsyncStreams, RSYNC_RUNS, strict=False):
+        r = RsyncServer(*rsyncOptions(command))
+        r.serverData(out[:4])
+        r.clientData(sent[:4])
+        r.serverData(out[4:])
+        assert not r.failed, command
+        own = int.from_bytes(out[:4], "little")
+        expected = int(flags[0].split("=")[1]) if flags[0].startswith("--protocol=") else own
+        assert r.version == min(own, expected), command
+
+
+def test_rsync_output_past_the_version_before_the_clients_version_is_masked():
+    r = RsyncServer()
+    pieces = r.serverData(b"\x20\x00\x00\x00\x00SEED" + CARD)
+    assert r.failed and CARD not in b"".join(p for p, e in pieces if e)
 
 
 def test_rsync_options_follow_the_command_line():
     assert rsyncOptions("rsync --server --sender -logDtprze.iLsfxCIvu . /d") == (True, True)
     assert rsyncOptions("rsync --server -logDtpre.iLsfxCIvu . /d") == (True, False)
     assert rsyncOptions("rsync --server -z --zc=zstd --cc=md5 . /d") == (False, False)
+    assert rsyncOptions("rsync --server -logDtprze.iLsfxCIvu --old-compress . /d") == (True, False)
 
 
 @pytest.mark.parametrize("command,expected", [
@@ -203,6 +254,7 @@ def test_a_client_that_is_not_an_scp_sink_ends_the_exemption():
 ])
 def test_output_that_breaks_the_rsync_protocol_is_masked_from_there(stream):
     r = RsyncServer()
+    r.clientData(b"\x20\x00\x00\x00")
     pieces = r.serverData(stream) + r.serverData(b"after " + CARD)
     assert r.failed
     assert CARD not in b"".join(p for p, e in pieces if e)
@@ -210,6 +262,7 @@ def test_output_that_breaks_the_rsync_protocol_is_masked_from_there(stream):
 
 def test_rsync_messages_other_than_data_are_text_to_mask():
     r = RsyncServer(checksumList=False)
+    r.clientData(b"\x20\x00\x00\x00")
     head = b"\x20\x00\x00\x00" + b"\x00" + b"SEED"
     info = b"card " + CARD + b"\n"
     msg = (len(info) | (7 + 2) << 24).to_bytes(4, "little") + info     # MSG_INFO

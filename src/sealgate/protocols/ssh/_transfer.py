@@ -295,7 +295,7 @@ def rsyncOptions(command: str) -> tuple[bool, bool]:
             compress = True
         elif w.startswith(("--checksum-choice", "--cc")):
             checksums = False
-        elif w.startswith(("--compress-choice", "--zc")):
+        elif w.startswith(("--compress-choice", "--zc", "--old-compress", "--new-compress")):
             compress = False
     return checksums, compress
 
@@ -319,7 +319,13 @@ class RsyncServer(Recogniser):
         self._strings = 0
         self._left = 0
         self._code = 0
+        self._client = b""
         self.version = 0
+
+    def clientData(self, data: bytes) -> None:
+        # The client's version comes first; the protocol spoken is the lower one.
+        if len(self._client) < 4:
+            self._client += data[:4 - len(self._client)]
 
     def _parse(self, buf: bytes, out: list[Piece]) -> int:
         pos, n = 0, len(buf)
@@ -352,13 +358,26 @@ class RsyncServer(Recogniser):
                         out.pop()
                         return pos - 4
                     self.version = value
-                    self._state = "flags" if value >= 30 else "seed"
+                    self._state = "agreed"
                 elif state == "seed":
                     self._state = "header"
                 else:
                     self._header(value, out)
                     if self.failed:
                         return pos - 4
+                continue
+            if state == "agreed":
+                # The server reads the client's version before it writes
+                # more, so the gateway has relayed it by now.
+                if len(self._client) < 4:
+                    self._fail()
+                    return pos
+                (client,) = _U32LE.unpack(self._client)
+                self.version = min(self.version, client)
+                if self.version < 27:
+                    self._fail()
+                    return pos
+                self._state = "flags" if self.version >= 30 else "seed"
                 continue
             if state == "flags":
                 got = _varint(buf, pos)

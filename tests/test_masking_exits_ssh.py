@@ -359,6 +359,25 @@ def test_rsync_download_variants_are_exempt_byte_exact(gw, files, tmp_path, flag
     assert not gw.closedSession(before).eventsOf("transfer_masked")
 
 
+def test_rsync_daemon_mode_over_ssh_is_exempt_and_its_motd_masked(gw, files, tmp_path):
+    conf, motd = tmp_path / "rsyncd.conf", tmp_path / "motd"
+    motd.write_bytes(b"support: " + EMAIL + b"\n")
+    # The daemon runs as the login user (as root it would switch to nobody).
+    conf.write_text(f"use chroot = no\nuid = {os.getuid()}\ngid = {os.getgid()}\n"
+                    f"motd file = {motd}\n[mod]\npath = {files['cards.bin'].parent}\n")
+    down = tmp_path / "daemon"
+    before = gw.sessions()
+    r = gw.run(["rsync", "-a", "-e", gw.rshell(), f"--rsync-path=rsync --config={conf}",
+                "web-1@127.0.0.1::mod/", f"{down}/"])
+    assert r.returncode == 0, r.stderr
+    assert b"support: ************@example.com" in r.stdout
+    _clean(r.stdout)
+    for name, path in files.items():
+        assert _sha(down / name) == _sha(path), name
+    s = gw.closedSession(before)
+    assert not s.eventsOf("transfer_masked") and EMAIL not in s.log()
+
+
 # -- pty shells ----------------------------------------------------------------------------
 
 

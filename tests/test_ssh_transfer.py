@@ -1,6 +1,7 @@
 """The file-transfer recognisers (scp source, rsync --server) without a reactor: real streams, any split."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -9,12 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sealgate.protocols.ssh._transfer import (
-    RsyncServer,
-    SCPSource,
-    expectedProtocol,
-    rsyncOptions,
-)
+from sealgate.protocols.ssh._rsync import RsyncServer, rsyncOptions, rsyncServer
+from sealgate.protocols.ssh._transfer import SCPSource, expectedProtocol
 
 SETTINGS = settings(max_examples=150, deadline=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -76,47 +73,68 @@ def scpStream(tree):
 RSYNC_RUNS = (["-a"], ["-az"], ["--protocol=29", "-a"], ["--protocol=30", "-a"],
               ["-a", "--cc=md5", "-z", "--zc=zlib"])
 
-
-@pytest.fixture(scope="module")
-def rsyncStreams(tree, tmp_path_factory):
-    """
-    What real C{rsync --server} processes wrote and read (downloads with
-    each of L{RSYNC_RUNS}, then an upload), with their command lines.
-    """
-    work = tmp_path_factory.mktemp("rsync")
-    wrap = work / "wrap.py"
-    # rsync's -e program: run the server command here, keeping copies of both directions.
-    wrap.write_text(f"""#!{sys.executable}
+_WRAP = """#!{python}
 import os, subprocess, sys, threading
-work = {str(work)!r}
+work = {work!r}
 n = len([f for f in os.listdir(work) if f.startswith("cmd.")])
 command = " ".join(sys.argv[2:])
 open(f"{{work}}/cmd.{{n}}", "w").write(command)
 p = subprocess.Popen(command, shell=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+log = open(f"{{work}}/ev.{{n}}", "wb")
+lock = threading.Lock()
+
+def record(who, data):
+    with lock:
+        log.write(who + len(data).to_bytes(4, "big") + data)
+        log.flush()
 
 def pumpIn():
-    with open(f"{{work}}/in.{{n}}", "wb") as log:
-        while data := os.read(0, 65536):
-            log.write(data)
-            log.flush()
-            p.stdin.write(data)
-            p.stdin.flush()
+    while data := os.read(0, 65536):
+        record(b"c", data)
+        p.stdin.write(data)
+        p.stdin.flush()
     p.stdin.close()
 
 threading.Thread(target=pumpIn, daemon=True).start()
-with open(f"{{work}}/out.{{n}}", "wb") as log:
-    while data := os.read(p.stdout.fileno(), 65536):
-        log.write(data)
-        os.write(1, data)
+while data := os.read(p.stdout.fileno(), 65536):
+    record(b"s", data)
+    os.write(1, data)
 sys.exit(p.wait())
-""")
+"""
+
+
+def _events(path: Path) -> list[tuple[str, bytes]]:
+    data, out, i = path.read_bytes(), [], 0
+    while i < len(data):
+        n = int.from_bytes(data[i + 1:i + 5], "big")
+        out.append(("client" if data[i:i + 1] == b"c" else "server", data[i + 5:i + 5 + n]))
+        i += 5 + n
+    return out
+
+
+@pytest.fixture(scope="module")
+def rsyncStreams(tree, tmp_path_factory):
+    """
+    Real rsync sessions as the gateway would see them (both directions in
+    the order they happened, through rsync's -e program): downloads with
+    each of L{RSYNC_RUNS}, an upload, and a download from rsync's daemon
+    mode over the remote shell.
+    """
+    work = tmp_path_factory.mktemp("rsync")
+    wrap = work / "wrap.py"
+    wrap.write_text(_WRAP.format(python=sys.executable, work=str(work)))
     wrap.chmod(0o700)
+    conf = work / "rsyncd.conf"
+    conf.write_text(f"use chroot = no\nuid = {os.getuid()}\ngid = {os.getgid()}\n"
+                    f"motd file = {work / 'motd'}\n[mod]\npath = {tree}\n")
+    (work / "motd").write_text("welcome; support: " + "grace.hopper@example.com\n")
     runs = [[*flags, f"x:{tree}/", str(work / f"down{n}")] for n, flags in enumerate(RSYNC_RUNS)]
     runs.append(["-a", f"{tree}/", f"x:{work / 'up'}/"])
+    runs.append(["-a", f"--rsync-path=rsync --config={conf}", "x::mod/", str(work / "daemon")])
     for argv in runs:
-        subprocess.run(["rsync", "-e", str(wrap), *argv], check=True, timeout=60)
-    return [((work / f"cmd.{n}").read_text().strip(), (work / f"in.{n}").read_bytes(),
-             (work / f"out.{n}").read_bytes()) for n in range(len(runs))]
+        subprocess.run(["rsync", "-e", str(wrap), *argv], check=True, timeout=60, capture_output=True)
+    return [((work / f"cmd.{n}").read_text().strip(), _events(work / f"ev.{n}"))
+            for n in range(len(runs))]
 
 
 def _feed(recogniser, events, cuts):
@@ -148,27 +166,39 @@ def test_any_split_of_a_real_scp_stream_is_recognised(scpStream, cuts):
 
 
 @SETTINGS
-@given(st.lists(st.floats(0, 1), max_size=8), st.integers(0, len(RSYNC_RUNS)))
+@given(st.lists(st.floats(0, 1), max_size=8), st.integers(0, len(RSYNC_RUNS) + 1))
 def test_any_split_of_a_real_rsync_stream_is_recognised(rsyncStreams, cuts, which):
-    command, sent, out = rsyncStreams[which]
+    command, events = rsyncStreams[which]
     assert expectedProtocol(command) == "rsync"
-    r = RsyncServer(*rsyncOptions(command))
-    # The server writes its version at once and the rest after it read the client's.
-    pieces = _feed(r, [("server", out[:4]), ("client", sent[:4]), ("server", out[4:])], cuts)
-    assert not r.failed
-    assert b"".join(p for p, _ in pieces) == out
+    r = rsyncServer(command)
+    pieces = _feed(r, events, cuts)
+    assert not r.failed and r.held == 0
+    assert b"".join(p for p, _ in pieces) == b"".join(d for who, d in events if who == "server")
+    # Only the daemon's greeting lines (its MOTD too) are text, and they are whole.
+    text = [p for p, e in pieces if not e and not p.startswith(b"\x00")]
+    assert all(p.endswith(b"\n") for p in text)
 
 
 def test_the_protocol_spoken_is_the_lower_of_both_versions(rsyncStreams):
-    for (command, sent, out), flags in zip(rsyncStreams, RSYNC_RUNS, strict=False):
-        r = RsyncServer(*rsyncOptions(command))
-        r.serverData(out[:4])
-        r.clientData(sent[:4])
-        r.serverData(out[4:])
+    for (command, events), flags in zip(rsyncStreams, [*RSYNC_RUNS, ["-a"], ["-a"]], strict=True):
+        r = rsyncServer(command)
+        _feed(r, events, [])
         assert not r.failed, command
-        own = int.from_bytes(out[:4], "little")
+        first = next(d for who, d in events if who == "server")
+        daemon = re.match(rb"@RSYNCD: (\d+)", first)
+        own = int(daemon.group(1)) if daemon else int.from_bytes(first[:4], "little")
         expected = int(flags[0].split("=")[1]) if flags[0].startswith("--protocol=") else own
         assert r.version == min(own, expected), command
+
+
+def test_the_daemons_greeting_and_motd_are_masked_text(rsyncStreams):
+    command, events = rsyncStreams[-1]
+    assert "--daemon" in command
+    r = rsyncServer(command)
+    pieces = _feed(r, events, [])
+    text = b"".join(p for p, e in pieces if not e)
+    assert text.startswith(b"@RSYNCD: ") and text.endswith(b"@RSYNCD: OK\n")
+    assert b"welcome; support: grace.hopper@example.com\n" in text
 
 
 def test_rsync_output_past_the_version_before_the_clients_version_is_masked():

@@ -16,7 +16,7 @@ from sealgate import (
     Rewrite,
     unmasked,
 )
-from sealgate.protocols.ssh import _transfer, _wire
+from sealgate.protocols.ssh import _rsync, _transfer, _wire
 from sealgate.protocols.ssh.relay import (
     STREAM_CONTROL,
     STREAM_DATA,
@@ -348,7 +348,7 @@ class ClientSession(SFTPRelay, TerminalInput, RelayChannel):
 
         if protocol == "scp":
             return _transfer.SCPSource(onFile)
-        return _transfer.RsyncServer(*_transfer.rsyncOptions(command))
+        return _rsync.rsyncServer(command)
 
     def _transferMasked(self, wire: _transfer.Recogniser) -> None:
         """The output stopped following the protocol: sealed, masked from here on."""

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+import pytest_twisted
 
 from tests.harness.twistd import GatewayProcess
 
@@ -653,3 +654,48 @@ def test_a_channel_open_failure_text_from_the_backend_is_masked():
     user._pair(RelayChannel(), RelayChannel(), b"").addErrback(refused.append)
     [f] = refused
     assert f.value.args == ("no channel for ************@example.com", 2)
+
+
+# -- record_input = "masked" for another protocol: the core records input in one place ----------
+
+
+@pytest_twisted.ensureDeferred
+async def test_record_input_masked_masks_postgres_client_frames_and_the_transcript_still_reads(
+        tmp_path, postgres):
+    import psycopg
+    from twisted.internet import threads
+
+    from sealgate.protocols.postgres.plugin import plugin
+    from tests.test_pg_proxy import _dsn, _psql, _sessions, _start
+
+    g, key = await _start(tmp_path, postgres, extra="""
+[masking]
+detectors = ["credit_card", "email"]
+record_input = "masked"
+""")
+    try:
+        r = await _psql(postgres, g, key, f"select '{CARD.decode()}' as c")
+        assert r.returncode == 0 and "**** **** **** 1111" in r.stdout, r.stderr
+
+        def extended():
+            with psycopg.connect(_dsn(g, key, application_name=EMAIL.decode()), autocommit=True) as c:
+                return c.execute("select %s::text", (EMAIL.decode(),)).fetchone()
+
+        assert await threads.deferToThread(extended) == ("************@example.com",)
+    finally:
+        await g.stop()
+    sessions = _sessions(g)
+    assert len(sessions) == 2
+    for _s, frames, events in sessions:
+        for f in frames:
+            _clean(f.data or b"")
+        _clean(json.dumps(events, default=str).encode())
+    # Masks keep lengths: the masked frames still parse as the protocol.
+    [psql] = [frames for _s, frames, _e in sessions
+              if b"application_name\0psql\0" in b"".join(f.data or b"" for f in frames)]
+    out = io.BytesIO()
+    plugin.replay(psql, out, None)
+    assert b"select '**** **** **** 1111' as c" in out.getvalue()
+    names = {e["info"]["meta"]["application_name"] for _s, _f, events in sessions for e in events
+             if e.get("type") == "open"}
+    assert names == {"psql", "************@example.com"}

@@ -301,6 +301,18 @@ def test_legacy_scp_download_is_exempt_byte_exact_and_recorded(gw, files, tmp_pa
     assert not s.eventsOf("transfer_masked")
 
 
+def test_legacy_scp_recursive_download_with_times_is_exempt_byte_exact(gw, files, tmp_path):
+    src, out = files["cards.bin"].parent, tmp_path / "tree"
+    before = gw.sessions()
+    r = gw.scp("-O", "-r", "-p", f"web-1@127.0.0.1:{src}", str(out))
+    assert r.returncode == 0, r.stderr
+    for name, path in files.items():
+        assert _sha(out / name) == _sha(path), name
+    s = gw.closedSession(before)
+    assert sorted(t["name"] for t in s.eventsOf("file_transfer")) == sorted(files)
+    assert not s.eventsOf("transfer_masked")
+
+
 def test_scp_download_over_sftp_is_exempt_byte_exact(gw, files, tmp_path):
     src, out = files["cards.bin"], tmp_path / "cards.sftp"
     r = gw.scp(f"web-1@127.0.0.1:{src}", str(out))

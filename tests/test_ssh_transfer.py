@@ -301,3 +301,13 @@ def test_rsync_messages_other_than_data_are_text_to_mask():
     assert not r.failed
     assert (info, False) in pieces and CARD in b"".join(p for p, e in pieces if e)
 
+
+
+@pytest.mark.parametrize("machine", [SCPSource, RsyncServer])
+def test_each_machine_moves_only_along_its_one_transition_table(machine):
+    table = machine.TRANSITIONS
+    # Every state a transition reaches has its own row.
+    assert set().union(*table.values()) <= set(table)
+    r = machine()
+    with pytest.raises(AssertionError, match="no transition"):
+        r._go("nowhere")

@@ -64,6 +64,18 @@ class RsyncServer(Recogniser):
     """
 
     protocol = "rsync"
+    TRANSITIONS = {
+        "greeting": frozenset({"daemon"}),     # daemon mode: text lines to "@RSYNCD: OK"
+        "daemon": frozenset({"agreed"}),
+        "version": frozenset({"agreed"}),      # binary: the server's version
+        "agreed": frozenset({"flags", "seed"}),
+        "flags": frozenset({"strings", "seed"}),
+        "strings": frozenset({"seed"}),
+        "seed": frozenset({"header"}),
+        "header": frozenset({"data", "message"}),
+        "data": frozenset({"header"}),
+        "message": frozenset({"header"}),
+    }
 
     def __init__(self, checksumList: bool = True, compressList: bool = False,
                  daemon: bool = False) -> None:
@@ -103,10 +115,10 @@ class RsyncServer(Recogniser):
                 self._fail()
                 return pos
             self.version = int(m.group(1))
-            self._state = "daemon"
+            self._go("daemon")
         out.append((line, False))
         if line == b"@RSYNCD: OK\n":
-            self._state = "agreed"
+            self._go("agreed")
         return end + 1
 
     def _agree(self) -> bool:
@@ -143,14 +155,14 @@ class RsyncServer(Recogniser):
                 pos += take
                 self._left -= take
                 if not self._left:
-                    self._state = "header"
+                    self._go("header")
                 continue
             if state == "message":
                 if n - pos < self._left:
                     return pos
                 out.append((buf[pos:pos + self._left], False))
                 pos += self._left
-                self._state = "header"
+                self._go("header")
                 continue
             if state in ("version", "seed", "header"):
                 if n - pos < 4:
@@ -164,9 +176,9 @@ class RsyncServer(Recogniser):
                         out.pop()
                         return pos - 4
                     self.version = value
-                    self._state = "agreed"
+                    self._go("agreed")
                 elif state == "seed":
-                    self._state = "header"
+                    self._go("header")
                 else:
                     self._header(value, out)
                     if self.failed:
@@ -184,7 +196,7 @@ class RsyncServer(Recogniser):
                 if not self._agree():
                     self._fail()
                     return pos
-                self._state = "flags" if self.version >= 30 else "seed"
+                self._go("flags" if self.version >= 30 else "seed")
                 continue
             if state == "flags":
                 got = _varint(buf, pos)
@@ -195,7 +207,7 @@ class RsyncServer(Recogniser):
                 pos = end
                 if flags & _CF_VARINT_FLIST_FLAGS:
                     self._strings = sum(self._lists)
-                self._state = "strings" if self._strings else "seed"
+                self._go("strings" if self._strings else "seed")
                 continue
             if state == "strings":
                 string = _vstring(buf, pos)
@@ -209,7 +221,7 @@ class RsyncServer(Recogniser):
                 pos = end
                 self._strings -= 1
                 if not self._strings:
-                    self._state = "seed"
+                    self._go("seed")
         return pos
 
     def _header(self, value: int, out: list[Piece]) -> None:
@@ -220,7 +232,7 @@ class RsyncServer(Recogniser):
             return
         self._code, self._left = code, length
         if length:
-            self._state = "data" if code == _MSG_DATA else "message"
+            self._go("data" if code == _MSG_DATA else "message")
 
 
 def _varint(buf: bytes, pos: int) -> tuple[int, int] | None:

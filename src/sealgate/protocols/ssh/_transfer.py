@@ -81,10 +81,19 @@ class Recogniser:
     """What both recognisers share: pieces out, a one-way failure, a held partial unit."""
 
     protocol = ""
+    #: Every state transition of the machine: state -> the states it may go to.
+    TRANSITIONS: dict[str, frozenset[str]] = {}
 
     def __init__(self) -> None:
         self.failed = False
         self._held = b""
+        self._state = ""
+
+    def _go(self, state: str) -> None:
+        """Move to C{state}: only along L{TRANSITIONS} (a bug otherwise: the output step refuses)."""
+        if state not in self.TRANSITIONS[self._state]:
+            raise AssertionError(f"{self.protocol}: no transition {self._state} -> {state}")
+        self._state = state
 
     @property
     def held(self) -> int:
@@ -153,6 +162,13 @@ class SCPSource(Recogniser):
     """
 
     protocol = "scp"
+    TRANSITIONS = {
+        "record": frozenset({"data-wait", "error-line"}),  # T/D/E records stay in "record"
+        "data-wait": frozenset({"data", "status"}),          # after the client's response
+        "data": frozenset({"status"}),
+        "status": frozenset({"record", "error-line"}),
+        "error-line": frozenset({"record"}),
+    }
 
     def __init__(self, onFile: Callable[[str, int], None] | None = None) -> None:
         super().__init__()
@@ -162,7 +178,7 @@ class SCPSource(Recogniser):
         # not an scp sink's, and count once).
         self._credit = False
         self._clientLine = False  # inside a client error line
-        self._state = "record"    # record | data-wait | data | status | error-line
+        self._state = "record"
         self._left = 0            # data bytes still to come
         self._calls = 0           # serverData calls so far
         self._recordCall = -1     # the call that brought the last C record
@@ -200,23 +216,25 @@ class SCPSource(Recogniser):
                     self._fail()
                     break
                 self._credit = False
-                self._state = state = "data" if self._left else "status"
+                state = "data" if self._left else "status"
+                self._go(state)
             if state == "data":
                 take = min(self._left, n - pos)
                 out.append((buf[pos:pos + take], True))
                 pos += take
                 self._left -= take
                 if not self._left:
-                    self._state = "status"
+                    self._go("status")
                 continue
             first = buf[pos]
             if state == "status" and first == 0:
                 out.append((buf[pos:pos + 1], True))
                 pos += 1
-                self._state = "record"
+                self._go("record")
                 continue
             if first in _ERROR and state in ("record", "status"):
-                self._state = state = "error-line"
+                state = "error-line"
+                self._go(state)
             if state == "error-line":
                 end = buf.find(b"\n", pos)
                 if end < 0:
@@ -225,7 +243,7 @@ class SCPSource(Recogniser):
                     break
                 out.append((buf[pos:end + 1], False))
                 pos = end + 1
-                self._state = "record"
+                self._go("record")
                 continue
             if state == "status":
                 self._fail()
@@ -261,6 +279,6 @@ class SCPSource(Recogniser):
             if self.onFile is not None:
                 self.onFile(name, size)
             self._left = size
-            self._state = "data-wait"
+            self._go("data-wait")
             self._recordCall = self._calls
         return end + 1

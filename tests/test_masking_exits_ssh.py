@@ -668,7 +668,7 @@ def test_a_channel_open_failure_text_from_the_backend_is_masked():
     assert f.value.args == ("no channel for ************@example.com", 2)
 
 
-# -- record_input = "masked" for another protocol: the core records input in one place ----------
+# -- record_input = "masked" for the other protocols: the core records input in one place --------
 
 
 @pytest_twisted.ensureDeferred
@@ -711,3 +711,28 @@ record_input = "masked"
     names = {e["info"]["meta"]["application_name"] for _s, _f, events in sessions for e in events
              if e.get("type") == "open"}
     assert names == {"psql", "************@example.com"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_record_input_masked_masks_http_request_frames_and_the_har_still_reads(tmp_path, http_backend):
+    from sealgate.protocols.http import har
+    from tests.test_http_proxy import _curl, _frames, _start
+
+    body = b"pay " + CARD + b" for " + EMAIL + b"\n"
+    g, key = await _start(tmp_path, http_backend, extra='record_input = "masked"')
+    try:
+        r = await _curl("-u", f"ci:{key}", "-H", "Content-Type: text/plain", "--data-binary", body,
+                        f"http://127.0.0.1:{g.port('web')}/echo/pay?to={EMAIL.decode()}")
+        assert r.returncode == 0, r.stderr
+        echoed = json.loads(r.stdout)
+    finally:
+        await g.stop()
+    # The backend got the request as sent; the client got it back masked.
+    assert echoed["body_sha256"] == hashlib.sha256(body).hexdigest()
+    _clean(r.stdout)
+    [(session, frames)] = _frames(g)
+    for f in frames:
+        _clean(f.data or b"")
+    [entry] = har.toHar(frames, session["info"])["log"]["entries"]
+    assert entry["request"]["postData"]["text"] == "pay **** **** **** 1111 for ************@example.com\n"
+    assert entry["request"]["url"].endswith("/echo/pay?to=************@example.com")

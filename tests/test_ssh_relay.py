@@ -224,11 +224,53 @@ def test_echo_of_typed_keys_is_not_held_back():
     assert b"".join(chan.out).endswith(b"4111")
 
 
-def test_sftp_and_scp_streams_pass_unmasked_on_purpose():
+def test_scp_sink_output_is_masked_it_is_only_acks_and_error_texts():
     chan, s = channel([masking()])
     chan.requestReceived(b"exec", _wire.NS(b"scp -t /tmp"))
-    chan.fromBackend(CARD, STREAM_DATA)
-    assert chan.out == [CARD]
+    chan.fromBackend(b"\x00\x01scp: " + CARD + b": no such file\n", STREAM_DATA)
+    out = b"".join(chan.out)
+    assert out.startswith(b"\x00\x01scp: ") and CARD not in out
+
+
+def test_scp_source_file_data_passes_unmasked_after_the_clients_ack():
+    chan, s = channel([masking()])
+    chan.requestReceived(b"exec", _wire.NS(b"scp -f /srv/cards.txt"))
+    chan.dataReceived(b"\x00")
+    chan.fromBackend(b"C0644 20 cards.txt\n", STREAM_DATA)
+    chan.dataReceived(b"\x00")
+    chan.fromBackend(CARD + b"\n\x00", STREAM_DATA)
+    assert b"".join(chan.out) == b"C0644 20 cards.txt\n" + CARD + b"\n\x00"
+    [event] = s.recording.eventsOf("file_transfer")
+    assert event["name"] == "cards.txt" and event["bytes"] == 20
+
+
+def test_a_command_that_only_starts_like_scp_is_masked_once_it_stops_speaking_scp():
+    chan, s = channel([masking()])
+    chan.requestReceived(b"exec", _wire.NS(b"scp -f /dev/null; cat /srv/cards.txt"))
+    chan.dataReceived(b"\x00")
+    chan.fromBackend(b"\x01scp: /dev/null: not a regular file\n", STREAM_DATA)
+    chan.fromBackend(b"ada " + CARD + b" paid\n", STREAM_DATA)
+    out = b"".join(chan.out)
+    assert out.endswith(b" paid\n") and CARD not in out and b"4111" not in out
+    assert s.recording.eventsOf("transfer_masked")
+
+
+def test_scp_data_sent_before_the_client_acknowledged_the_record_is_masked():
+    chan, s = channel([masking()])
+    chan.requestReceived(b"exec", _wire.NS(b"scp -f x"))
+    chan.dataReceived(b"\x00")
+    chan.fromBackend(b"C0644 20 x\n" + CARD + b"\n", STREAM_DATA)
+    assert CARD not in b"".join(chan.out)
+
+
+def test_exit_signal_message_from_the_backend_is_masked():
+    chan, s = channel([masking()])
+    chan.requestReceived(b"exec", _wire.NS(b"true"))
+    chan.backendRequest(b"exit-signal", _wire.exitSignal("TERM", False, "killed at " + CARD.decode()))
+    [(kind, data)] = [r for r in chan.conn.requests if r[0] == b"exit-signal"]
+    name, core, msg = _wire.parseExitSignal(data)
+    assert name == "TERM" and msg.startswith("killed at ") and "4111" not in msg
+    assert CARD not in s.recording.bytesTo(recordChannel(0, STREAM_CONTROL))
 
 
 def test_exit_status_passes_the_output_step_before_it_is_sent():

@@ -78,6 +78,8 @@ class MaskingConfig:
     #: A body that is not text: "mask", "refuse" or "pass"; None is
     #: "refuse" with detectors, else "pass" (docs/masking.md).
     unknown_content: str | None = None
+    #: Client input in the session tree: "raw" (as sent) or "masked".
+    record_input: str = "raw"
 
 
 @attrs.frozen
@@ -297,7 +299,8 @@ def parseConfig(raw: Mapping[str, Any], path: str, plugins: Mapping[str, Any]) -
                             json_fields=m.strings("json_fields"),
                             connections=m.strings("connections", ("*",)),
                             exempt_groups=m.strings("exempt_groups"),
-                            unknown_content=_unknownContent(m))
+                            unknown_content=_unknownContent(m),
+                            record_input=_recordInput(m))
     knownConnections(m, "connections", masking.connections, names)
     m.finish()
 
@@ -376,6 +379,16 @@ def _unknownContent(m: Table) -> str | None:
         raise m.where.error("unknown_content", f"unknown value {value!r}",
                             f"use one of: {', '.join(UNKNOWN_CONTENT)}")
     return value
+
+
+def _recordInput(m: Table) -> str:
+    from sealgate.masking import RECORD_INPUT
+
+    value = m.str("record_input")
+    if value is not None and value not in RECORD_INPUT:
+        raise m.where.error("record_input", f"unknown value {value!r}",
+                            f"use one of: {', '.join(RECORD_INPUT)}")
+    return value or "raw"
 
 
 def _array(top: Table, key: str) -> list:

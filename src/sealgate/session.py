@@ -85,6 +85,7 @@ class Session:
     backendLeg: Leg | None = None
     _maskers: dict = attrs.field(factory=dict)
     _holds: dict = attrs.field(factory=dict)
+    _inputMaskers: dict = attrs.field(factory=dict)
 
     _log = Logger()
 
@@ -149,7 +150,7 @@ class Session:
         secret: a protocol records its login with the secret left out).
         """
         self.bytesFromClient += len(data)
-        self.recording.frame(FROM_CLIENT, data, channel)
+        self._recordInput(data, channel)
 
     def record(self, direction: int, data: bytes, channel: int = 0) -> None:
         """
@@ -159,9 +160,35 @@ class Session:
         """
         if direction == FROM_CLIENT:
             self.bytesFromClient += len(data)
-        else:
-            self.bytesToClient += len(data)
+            self._recordInput(data, channel)
+            return
+        self.bytesToClient += len(data)
         self.recording.frame(direction, data, channel)
+
+    def _recordInput(self, data: bytes, channel: int) -> None:
+        """
+        The one place client bytes enter the session tree: as sent (the
+        evidence), or with C{[masking] record_input = "masked"} masked by
+        the detectors, a stream masker per channel so a value typed key by
+        key or split across reads is still found (what may be the start of
+        one is recorded with what follows it, or at the session's end).
+        """
+        masker = getattr(self.chain, "masker", None)
+        if masker is not None and getattr(masker, "recordInput", "raw") == "masked":
+            stream = self._inputMaskers.get(channel)
+            if stream is None:
+                stream = self._inputMaskers[channel] = masker.streamMasker()
+            data = stream.feed(data)
+            if not data:
+                return
+        self.recording.frame(FROM_CLIENT, data, channel)
+
+    def _flushInput(self) -> None:
+        maskers, self._inputMaskers = self._inputMaskers, {}
+        for channel, stream in maskers.items():
+            tail = stream.flush(atEnd=True)
+            if tail:
+                self.recording.frame(FROM_CLIENT, tail, channel)
 
     def audit(self, kind: str, /, **fields: Any) -> None:
         """Seal an audit event for this session in the log, client input masked (issue 15.5)."""
@@ -364,6 +391,7 @@ class Session:
         for pending in list(self._holds):
             self._settle(pending, Deny("approval", "session ended"))
         self.ended = True
+        self._flushInput()
         if self.chain is not None:
             self.chain.sessionEnd(reason)
         if self.gateway is not None:

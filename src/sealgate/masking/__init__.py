@@ -25,7 +25,7 @@ from sealgate.masking._detectors import (
     issuerOk,
     luhnValid,
 )
-from sealgate.masking._engine import REDACTED, Masker
+from sealgate.masking._engine import RECORD_INPUT, REDACTED, Masker
 from sealgate.masking._errors import MaskingFailed
 from sealgate.masking._http import (
     STRUCTURAL_HEADERS,
@@ -37,7 +37,7 @@ from sealgate.masking._http import (
 from sealgate.masking._stream import StreamMasker
 
 __all__ = [
-    "CODINGS", "DETECTORS", "MAX_DECODED", "MAX_HOLD", "REDACTED", "STRUCTURAL_HEADERS",
+    "CODINGS", "DETECTORS", "MAX_DECODED", "MAX_HOLD", "RECORD_INPUT", "REDACTED", "STRUCTURAL_HEADERS",
     "TEXT_TYPES", "UNKNOWN_CONTENT", "BodyStream", "ContentDecoder", "ContentTooLarge", "Detector",
     "Masker", "MaskingFailed", "MediaType", "StreamMasker", "buildMasker", "canDecode",
     "decodeContent", "encodeContent", "ibanValid", "isTextType", "issuerOk", "knownDetectors",

@@ -23,6 +23,9 @@ INLINE = 64 * 1024
 #: What a redacted column or JSON field's value becomes (its length is not kept).
 REDACTED = "********"
 
+#: What C{[masking] record_input} may say.
+RECORD_INPUT = ("raw", "masked")
+
 
 class Masker:
     """
@@ -40,8 +43,14 @@ class Masker:
     """
 
     def __init__(self, detectors: Iterable[str] = (), columns: Iterable[str] = (),
-                 jsonFields: Iterable[str] = (), unknownContent: str | None = None):
+                 jsonFields: Iterable[str] = (), unknownContent: str | None = None,
+                 recordInput: str = "raw"):
         detectors = tuple(detectors)
+        if recordInput not in RECORD_INPUT:
+            raise ValueError(f"record_input must be one of {', '.join(RECORD_INPUT)}")
+        #: How client input is recorded in the session tree: "raw" (as sent,
+        #: the evidence) or "masked" (by the detectors, docs/masking.md).
+        self.recordInput = recordInput
         if unknownContent is not None and unknownContent not in UNKNOWN_CONTENT:
             raise ValueError(f"unknown_content must be one of {', '.join(UNKNOWN_CONTENT)}")
         #: What a body that is not text gets: None means "refuse" with
@@ -78,7 +87,8 @@ class Masker:
     def fromConfig(cls, config) -> "Masker":
         """From a L{sealgate.config.MaskingConfig}."""
         return cls(config.detectors, config.columns, config.json_fields,
-                   getattr(config, "unknown_content", None))
+                   getattr(config, "unknown_content", None),
+                   getattr(config, "record_input", "raw"))
 
     # -- text -----------------------------------------------------------------
 

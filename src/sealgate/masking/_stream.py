@@ -138,8 +138,11 @@ class StreamMasker:
         upto = n if final else p
         if upto > emitted:
             if conservative and p < n:
+                # The whole unfinished candidate decides what may show, also
+                # its part an earlier flush sent (a value typed key by key,
+                # each echo flushed): six digits in all, not six per flush.
                 out.append(masked[emitted:max(p, emitted)])
-                out.append(_conservative(masked[max(p, emitted):], self._ssn))
+                out.append(_conservative(masked[p:], self._ssn)[max(0, emitted - p):])
             else:
                 out.append(masked[emitted:upto])
             emitted = upto

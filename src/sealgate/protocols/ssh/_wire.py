@@ -90,6 +90,12 @@ def parseExitSignal(data: bytes) -> tuple[str, bool, str]:
     return name.decode("ascii", "replace"), core, msg.decode("utf-8", "replace")
 
 
+def exitSignal(name: str, core: bool, message: str, lang: bytes = b"") -> bytes:
+    """An exit-signal request's payload (RFC 4254 section 6.10)."""
+    return (NS(name.encode("ascii", "replace")) + (b"\x01" if core else b"\x00")
+            + NS(message.encode("utf-8")) + NS(lang))
+
+
 def exitStatus(code: int) -> bytes:
     return _U32.pack(code & 0xFFFFFFFF)
 

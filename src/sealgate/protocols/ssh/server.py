@@ -271,7 +271,9 @@ class GatewayUser(avatar.ConchUser):
             d.callback(conn)
 
     def _backendDown(self, f):
-        reason = str(f.value) if f.check(BackendError) else "the backend leg failed"
+        # A backend's disconnect text is its own words: masked before it is
+        # told to the client (channel open failures) or sealed (CLOSE).
+        reason = self._maskText(str(f.value)) if f.check(BackendError) else "the backend leg failed"
         if not f.check(BackendError):
             self._log.failure("Backend leg failed for session {session}", f,
                               session=self.session.id)
@@ -313,12 +315,19 @@ class GatewayUser(avatar.ConchUser):
             return client
 
         def failed(f):
-            if f.check(error.ConchError):
-                return f
-            raise error.ConchError(self.failure or "the backend is not available",
+            # The reason may be the backend's own text (its open failure, its
+            # disconnect message): masked like any output before it is sent.
+            if f.check(error.ConchError) and len(f.value.args) == 2:
+                text, code = f.value.args
+                raise error.ConchError(self._maskText(str(text)), code)
+            raise error.ConchError(self._maskText(self.failure or "the backend is not available"),
                                    connection.OPEN_CONNECT_FAILED)
 
         return self._whenBackend().addCallback(up).addCallbacks(opened, failed)
+
+    def _maskText(self, text: str) -> str:
+        masker = self.session.chain.masker
+        return text if masker is None else masker.maskText(text)
 
     def backendChannel(self, channelType, window, maxPacket, data):
         """The backend opens a channel to the client: only agent forwarding."""

@@ -2,7 +2,6 @@
 
 import fnmatch
 import json
-import re
 import time
 
 from twisted.conch.ssh import connection
@@ -15,10 +14,9 @@ from sealgate import (
     TO_CLIENT,
     OutputRefused,
     Rewrite,
-    StreamMasker,
     unmasked,
 )
-from sealgate.protocols.ssh import _wire
+from sealgate.protocols.ssh import _rsync, _transfer, _wire
 from sealgate.protocols.ssh.relay import (
     STREAM_CONTROL,
     STREAM_DATA,
@@ -28,16 +26,12 @@ from sealgate.protocols.ssh.relay import (
 )
 from sealgate.protocols.ssh.sftpaudit import SFTPTransfers
 from sealgate.protocols.ssh.sftprelay import SFTPRelay
-from sealgate.protocols.ssh.terminal import Stderr, StreamOutput, TerminalInput
+from sealgate.protocols.ssh.terminal import Stderr, StreamOutput, TerminalInput, TransferOutput
 
 _STDERR = connection.EXTENDED_DATA_STDERR
 #: Requests relayed without asking the backend for a reply (clients send
 #: them with want-reply false).
 _NO_REPLY = {b"window-change", b"signal", b"eow@openssh.com"}
-#: Exec commands that are file-transfer servers speaking a binary protocol
-#: (legacy scp, rsync): masking would corrupt the files, so, like sftp,
-#: their streams pass unmasked (rules can still deny or hold them).
-_TRANSFER = re.compile(r"^\s*(\S*/)?(scp\s+(-\S+\s+)*-[a-zA-Z]*[tf]|rsync\s+--server|\S*sftp-server)\b")
 
 
 class BackendSession(RelayChannel):
@@ -87,11 +81,13 @@ class ClientSession(SFTPRelay, TerminalInput, RelayChannel):
         self._lines: _wire.LineAssembler | None = None
         self._outTail = b""
         self._secretInput = False
-        self._maskers: dict[int, StreamMasker] | None = None
+        self._maskers: dict[int, StreamOutput] | None = None
         self._stderr = Stderr(self)
         self._flushCall = None
         self.exitStatus: int | None = None
-        self._passthrough = False
+        # An exec that should speak a file-transfer protocol: its recogniser
+        # (the wire decides what is exempt from masking, _transfer.py).
+        self._wire: _transfer.Recogniser | None = None
         self._typed = b""
         self._wantsCommand = bool(self.session.chain.wantsCommand)
         self._transfers: SFTPTransfers | None = None
@@ -146,6 +142,8 @@ class ClientSession(SFTPRelay, TerminalInput, RelayChannel):
             self._terminalInput(data)
         else:
             self.session.received(data, recordChannel(self.id, STREAM_DATA))
+        if self._wire is not None:
+            self._wire.clientData(data)
         if self._sftp is not None:
             self._sftp.receive_data(data)
             self._sftpPump()
@@ -269,11 +267,10 @@ class ClientSession(SFTPRelay, TerminalInput, RelayChannel):
     def _exec(self, raw: bytes):
         self.mode = "exec"
         text = raw.decode("utf-8", "replace")
-        if self.pty is None and _TRANSFER.match(text):
-            self._passthrough = True
-            self._setUpMasking(unmaskedOutput=True)
-        else:
-            self._setUpMasking()
+        expected = _transfer.expectedProtocol(text) if self.pty is None else None
+        if expected is not None and self.session.chain.masker is not None:
+            self._wire = self._recogniser(expected, text)
+        self._setUpMasking()
         self._control(FROM_CLIENT, type="exec", command=text)
         if not self.session.chain.wantsCommand:
             return self._forward(b"exec", _wire.NS(raw))
@@ -344,11 +341,27 @@ class ClientSession(SFTPRelay, TerminalInput, RelayChannel):
 
     # -- backend -> client -------------------------------------------------------
 
+    def _recogniser(self, protocol: str, command: str) -> _transfer.Recogniser:
+        def onFile(name: str, size: int) -> None:
+            self.session.audit("file_transfer", channel=self.id, protocol="scp",
+                               direction="download", name=name, bytes=size)
+
+        if protocol == "scp":
+            return _transfer.SCPSource(onFile)
+        return _rsync.rsyncServer(command)
+
+    def _transferMasked(self, wire: _transfer.Recogniser) -> None:
+        """The output stopped following the protocol: sealed, masked from here on."""
+        self.session.audit("transfer_masked", channel=self.id, protocol=wire.protocol,
+                           reason="the output stopped following the protocol")
+
     def _setUpMasking(self, unmaskedOutput: bool = False) -> None:
         """
         Register this channel's output maskers with the session: a stream
-        masker per stream, or (a file transfer, whose bytes masking would
-        corrupt) L{unmasked}, on purpose.
+        masker per stream (for a file-transfer exec, stdout goes through
+        its protocol's recogniser: file data exempt, the rest masked), or
+        (the sftp subsystem, whose bytes masking would corrupt) L{unmasked},
+        on purpose.
         """
         session = self.session
         masker = session.chain.masker
@@ -358,10 +371,17 @@ class ClientSession(SFTPRelay, TerminalInput, RelayChannel):
             for stream in (STREAM_DATA, STREAM_STDERR):
                 session.setOutputMasker(unmasked, recordChannel(self.id, stream))
             return
-        self._maskers = {STREAM_DATA: masker.streamMasker(),
-                         STREAM_STDERR: masker.streamMasker()}
+        data = StreamOutput(masker.streamMasker())
+        if self._wire is not None:
+            data = TransferOutput(self._wire, data.masker, self._transferMasked)
+        self._maskers = {STREAM_DATA: data, STREAM_STDERR: StreamOutput(masker.streamMasker())}
         for stream, m in self._maskers.items():
-            session.setOutputMasker(StreamOutput(m), recordChannel(self.id, stream))
+            session.setOutputMasker(m, recordChannel(self.id, stream))
+
+    def _maskText(self, text: str) -> str:
+        """A text from the backend (an exit-signal message), masked as the session masks output."""
+        masker = self.session.chain.masker
+        return text if masker is None else masker.maskText(text)
 
     def fromBackend(self, data: bytes, stream: int) -> None:
         if self._boundary is not None:
@@ -374,9 +394,6 @@ class ClientSession(SFTPRelay, TerminalInput, RelayChannel):
             self._send(data, stream)
             if self._inject and self._boundary.atBoundary:
                 self._flushInjected()
-            return
-        if self._passthrough:
-            self._send(data, stream)
             return
         if self.pty is not None:
             self._outTail = (self._outTail + data)[-96:]
@@ -439,7 +456,10 @@ class ClientSession(SFTPRelay, TerminalInput, RelayChannel):
         elif kind == b"exit-signal":
             self._flushNow()
             name, core, msg = _wire.parseExitSignal(data)
-            sent = self._control(TO_CLIENT, type="exit", signal=name, core=core)
+            # The message is the backend's text: masked like its output.
+            msg = self._maskText(msg)
+            data = _wire.exitSignal(name, core, msg)
+            sent = self._control(TO_CLIENT, type="exit", signal=name, core=core, message=msg)
         elif kind == b"eow@openssh.com":
             sent = self._control(TO_CLIENT, type="eow")
         else:

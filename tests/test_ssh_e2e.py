@@ -34,11 +34,7 @@ def _closedPort() -> int:
     return port
 
 
-# A backend that accepts and never answers (for connect_timeout); closed with the env.
-_SILENT = SilentServer()
-
-
-def _config(sshd, tmp: Path) -> str:
+def _config(sshd, tmp: Path, silent: SilentServer) -> str:
     wrong = tmp / "wrong_known_hosts"
     other = _keygen(tmp / "other_host")
     wrong.write_text(f"[{sshd.host}]:{sshd.port} "
@@ -111,7 +107,7 @@ known_hosts = "{sshd.knownHosts}"
 name = "silent-1"
 protocol = "ssh"
 listen = "tcp:0:interface=127.0.0.1"
-backend = "tcp:host=127.0.0.1:port={_SILENT.port}"
+backend = "tcp:host=127.0.0.1:port={silent.port}"
 [connections.options]
 username = "{sshd.user}"
 private_key_file = "{sshd.clientKey}"
@@ -210,7 +206,10 @@ def env(sshd, tmp_path_factory):
 
     globalLogPublisher.addObserver(_collectLog)
     tmp = tmp_path_factory.mktemp("sshgw")
-    gw = pytest_twisted.blockon(defer.ensureDeferred(startGateway(_config(sshd, tmp), tmp)))
+    # A backend that accepts and never answers (for connect_timeout), one per env: a module
+    # that imports this fixture (test_ssh_exec_cast) gets its own and closes only that.
+    silent = SilentServer()
+    gw = pytest_twisted.blockon(defer.ensureDeferred(startGateway(_config(sshd, tmp, silent), tmp)))
     userKey = _keygen(tmp / "alice")
     SSHKeyStore.forStateDir(gw.stateDir).add(
         "alice", Path(str(userKey) + ".pub").read_text(), ["ops"])
@@ -225,7 +224,7 @@ def env(sshd, tmp_path_factory):
     gw.gateway.openSession = openSession
     yield e
     pytest_twisted.blockon(gw.stop())
-    _SILENT.close()
+    silent.close()
     globalLogPublisher.removeObserver(_collectLog)
 
 
@@ -953,8 +952,12 @@ async def test_shutdown_drains_then_disconnects_ssh_clients_with_the_reason(sshd
     from sealgate.testing import startGateway
 
     admin = 'admin = "tcp:0:interface=127.0.0.1"\n'
-    config = _config(sshd, tmp_path).replace(admin, admin + 'drain_timeout = "1s"\n', 1)
-    gw = await startGateway(config, tmp_path)
+    silent = SilentServer()
+    config = _config(sshd, tmp_path, silent).replace(admin, admin + 'drain_timeout = "1s"\n', 1)
+    try:
+        gw = await startGateway(config, tmp_path)
+    finally:
+        silent.close()  # this test never connects to it
     key = _keygen(tmp_path / "bob")
     SSHKeyStore.forStateDir(gw.stateDir).add("bob", Path(str(key) + ".pub").read_text(), ["ops"])
     e = Env(sshd, gw, tmp_path, key)

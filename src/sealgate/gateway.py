@@ -14,6 +14,7 @@ from sealgate.identity import AuthenticationFailed
 from sealgate.identity.service import claimHint
 from sealgate.interfaces import IGateway
 from sealgate.lifetime import CredentialLifetime
+from sealgate.masking import maskEvent
 from sealgate.prelogin import PreLoginGuard
 from sealgate.session import Session, SessionRefused, newSessionId
 from sealgate.throttle import LoginThrottle, sourceOfClient
@@ -184,10 +185,13 @@ class Gateway:
                 "identity": identity.asDict(), "rule": verdict.rule, "reason": verdict.reason,
             })
             raise SessionRefused(verdict.reason, "access")
+        masker = session.chain.masker
+        # Startup fields the client chose (application_name) are input: sealed masked.
+        meta = session.meta if masker is None else maskEvent(masker, session.meta)
         info: dict[str, Any] = {
             "connection": connection.name, "protocol": connection.protocol,
             "identity": identity.asDict(), "client": client,
-            "policy_hash": self.policyHash, "meta": session.meta,
+            "policy_hash": self.policyHash, "meta": meta,
         }
         session.recording = self.store.openSession(session.id, info)
         session.gateway = self

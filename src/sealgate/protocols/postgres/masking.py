@@ -32,6 +32,8 @@ values, NotificationResponse channels and payloads, and
 FunctionCallResponse results are masked by the detectors.
 """
 
+import re
+
 from sealgate.masking import REDACTED, MaskingFailed, notText, unknownPolicy
 from sealgate.protocols.postgres import _binary as b
 from sealgate.protocols.postgres import _wire as w
@@ -40,10 +42,34 @@ TEXT_OID = 25
 #: Error and notice fields that are protocol, not data: severity (twice) and SQLSTATE.
 _STRUCTURAL_FIELDS = "SVC"
 
-_T, _D, _H, _d, _c, _N, _A, _S, _V, _W = (ord(c) for c in "TDHdcNASVW")
+_T, _D, _H, _d, _c, _C, _N, _A, _S, _V, _W = (ord(c) for c in "TDHdcCNASVW")
 
 # Per-column plans (what maskValues does with a value of that column).
-SKIP, TEXT, JSON, JSONB, BYTEA, BYTEA_HEX, AS_TEXT, RENDER, REDACT, UNKNOWN = range(10)
+SKIP, TEXT, JSON, JSONB, BYTEA, BYTEA_HEX, AS_TEXT, RENDER, REDACT, UNKNOWN, ARRAY = range(11)
+
+#: Binary arrays whose elements can be masked in place (so they keep their type).
+_LEAF_ARRAYS = frozenset({1009, 1015, 1014, 1002, 1003, 143, 199, 3807, 1001})
+#: bytea printed as hex inside text: COPY text/CSV, arrays and records in text.
+_HEX_RUN = re.compile(rb"\\x((?:[0-9a-fA-F]{2}){6,})")
+
+
+def maskHexRuns(masker, data: bytes) -> bytes:
+    """C{data} with every hex bytea run in it masked on the bytes it stands for (hex kept)."""
+    if b"\\x" not in data:
+        return data
+
+    def one(m):
+        raw = bytes.fromhex(m.group(1).decode("ascii"))
+        masked = masker.maskBytes(raw)
+        return m.group(0) if masked == raw else b"\\x" + masked.hex().encode()
+
+    out = _HEX_RUN.sub(one, data)
+    return data if out == data else out
+
+
+def _maskTextBytes(masker, v: bytes) -> bytes:
+    m = masker.maskBytes(maskHexRuns(masker, v))
+    return v if m == v else m
 
 
 def _asText(c: w.Column) -> w.Column:
@@ -82,6 +108,8 @@ def planColumns(masker, desc: w.RowDescription) -> tuple[tuple[int, ...], w.RowD
             how = (RENDER if binary else AS_TEXT) if cards else SKIP
         elif oid in b.INERT:
             how = SKIP if binary else TEXT
+        elif binary and oid in _LEAF_ARRAYS:
+            how = ARRAY
         elif binary:
             how = RENDER if oid in b.ARRAYS or oid == b.RECORD else UNKNOWN
         else:
@@ -120,8 +148,14 @@ def _maskOne(masker, how: int, col: w.Column | None, v: bytes) -> bytes:
     if how == REDACT:
         return REDACTED.encode()
     if how == TEXT:
-        m = masker.maskBytes(v)
-        return v if m == v else m
+        return _maskTextBytes(masker, v)
+    if how == ARRAY:
+        arr = b.splitArray(v)
+        if arr is None:
+            raise MaskingFailed("a binary array that does not parse cannot be vetted")
+        head, elem, items = arr
+        out = [None if x is None else _maskLeaf(masker, elem, x, 0) for x in items]
+        return v if all(x is y for x, y in zip(items, out, strict=True)) else b.joinArray(head, out)
     if how == JSON or how == JSONB:
         start = 1 if how == JSONB else 0
         if how == JSONB and v[:1] != b"\x01":
@@ -136,14 +170,15 @@ def _maskOne(masker, how: int, col: w.Column | None, v: bytes) -> bytes:
         return _maskHexBytea(masker, v)
     if how == AS_TEXT:
         # Declared text: the value stays what the server printed, masked.
-        return masker.maskBytes(v)
+        return masker.maskBytes(maskHexRuns(masker, v))
     oid = col.typeOid if col is not None else 0
     if how == RENDER:
         try:
             text = b.toText(oid, v)
         except b.Unknown as e:
             raise MaskingFailed(f"a binary value of type {oid} cannot be vetted ({e})") from None
-        return masker.maskText(text).encode("utf-8", "surrogateescape")
+        raw = text.encode("utf-8", "surrogateescape")
+        return masker.maskBytes(maskHexRuns(masker, raw))
     # UNKNOWN: an extension type, enum or named composite in binary.
     return _maskUnknown(masker, oid, v, 0)
 
@@ -224,11 +259,35 @@ def maskRow(masker, desc: w.RowDescription, row: w.DataRow) -> tuple[w.RowDescri
     return sent, (row if values is row.values else w.DataRow(values))
 
 
-class RowMasker:
-    """Per-session state: the current row shape and whether COPY OUT is running."""
+#: How many bytes of a result a session holds back while it decides whether
+#: its int8/numeric (and binary array/record) columns must be declared text.
+HOLD_BYTES = 128 * 1024
+#: Plans that change a column's type only because of what its values hold.
+_CONDITIONAL = (AS_TEXT, RENDER)
+_E = ord("E")
 
-    def __init__(self, masker):
+
+class RowMasker:
+    """
+    Per-session state: the current row shape and whether COPY OUT is running.
+
+    A result whose columns would be declared text only if a value is masked
+    (int8 and numeric with C{credit_card}, arrays and records in binary) is
+    held back, RowDescription and rows, until it ends or holds
+    L{HOLD_BYTES}: when it ends (CommandComplete, ErrorResponse) with no
+    such value masked, the client gets the columns with their own types;
+    otherwise (a value masked, the bound reached, a RowDescription answering
+    Describe with no rows yet, a portal suspended) they are declared text.
+    A row of a result already sent with its own types whose such value would
+    be masked is refused (fail closed).
+    """
+
+    def __init__(self, masker, audit=None):
         self.masker = masker
+        #: C{Session.audit}, to seal what is refused.
+        self.audit = audit
+        #: Dropping a refused binary COPY's data until its CommandComplete.
+        self.swallow = False
         self.desc: w.RowDescription | None = None
         self.plan: tuple[int, ...] = ()
         self.copyOut = False
@@ -236,7 +295,15 @@ class RowMasker:
         self.detectors = bool(masker.detectors)
         #: False while the current rows have nothing a rule could mask.
         self.active = True
-        #: RowDescription bytes -> (desc, plan, active, reply): a session repeats its queries.
+        #: Columns of the current shape whose type depends on their values.
+        self.cond: tuple[int, ...] = ()
+        #: The held RowDescription choices and rows, while undecided.
+        self.held: list | None = None
+        self.heldSize = 0
+        self._pending: tuple = ()
+        #: The current shape was sent with its own types (see the class docstring).
+        self.typed = False
+        #: RowDescription bytes -> its shape: a session repeats its queries.
         self._shapes: dict[bytes, tuple] = {}
 
     def frame(self, f) -> bytes:
@@ -244,13 +311,37 @@ class RowMasker:
         t = f.type
         if t == _D:
             return self._row(f) if self.active else f.raw
+        if self.held is not None:
+            return self.release(t) + self.frame(f)
+        return self._other(f, t)
+
+    def _refuseCopy(self) -> bytes:
+        """
+        Binary COPY OUT on a session with detectors: the client gets an
+        error instead of the data (the backend's CopyData, CopyDone and
+        CommandComplete are dropped) and the session goes on; sealed.
+        """
+        reason = ("binary COPY cannot be vetted for masking (use text or CSV COPY, or set "
+                  "[masking] unknown_content)")
+        self.swallow = True
+        if self.audit is not None:
+            self.audit("output_refused", channel=0, reason=reason)
+        return w.ErrorResponse.make("ERROR", "0A000", f"sealgate: {reason}").encode()
+
+    def release(self, t: int) -> bytes:
+        """A message of type C{t} that is not a row ends the held result: decide and send it."""
+        return self._commit(retype=t not in (_C, _E))
+
+    def _other(self, f, t: int) -> bytes:
         if t == _T:
             return self._describe(f)
         masker = self.masker
         if t == _d:
+            if self.swallow:
+                return b""
             if self.copyOut and (self.copyText or unknownPolicy(masker) == "mask"):
                 data = f.raw[5:]
-                masked = masker.maskBytes(data)
+                masked = masker.maskBytes(maskHexRuns(masker, data) if self.copyText else data)
                 if masked != data:
                     return w.CopyData(masked).encode()
             return f.raw
@@ -259,11 +350,15 @@ class RowMasker:
             self.copyOut = True
             self.copyText = msg.format == 0
             if not self.copyText and self.detectors and unknownPolicy(masker) == "refuse":
-                raise MaskingFailed("binary COPY cannot be vetted (use text or CSV COPY, or set "
-                                    "[masking] unknown_content)")
+                return self._refuseCopy()
             return f.raw
         if t == _c:
             self.copyOut = False
+            return b"" if self.swallow else f.raw
+        if t == _C:
+            if self.swallow:
+                self.swallow = False
+                return b""
             return f.raw
         if t == _W and (self.detectors or self.masker.names):
             # Streaming replication: WAL records carry row data in binary.
@@ -309,17 +404,77 @@ class RowMasker:
     def _describe(self, f) -> bytes:
         hit = self._shapes.get(f.raw)
         if hit is None:
-            desc = w.decodeFrame(f, False)
-            plan, sent = planColumns(self.masker, desc)
-            active = any(how != SKIP for how in plan)
-            hit = (desc, plan, active, f.raw if sent is desc else sent.encode())
+            hit = self._shape(f)
             if len(self._shapes) < 1000:
                 self._shapes[f.raw] = hit
-        self.desc, self.plan, self.active, reply = hit
-        return reply
+        self.desc, self.plan, self.active, reply, self.cond, original = hit
+        self.typed = False
+        if not self.cond:
+            return reply
+        self._pending = (reply, *original)
+        self.held, self.heldSize = [], len(f.raw)
+        return b""
+
+    def _shape(self, f) -> tuple:
+        desc = w.decodeFrame(f, False)
+        plan, sent = planColumns(self.masker, desc)
+        active = any(how != SKIP for how in plan)
+        cond = tuple(i for i, how in enumerate(plan) if how in _CONDITIONAL)
+        # The same description with those columns' own types (names still masked).
+        cols = list(sent.columns)
+        for i in cond:
+            c, s = desc.columns[i], cols[i]
+            cols[i] = w.Column(s.name, c.tableOid, c.columnNumber, c.typeOid, c.typeSize,
+                               c.typeMod, c.format)
+        typed = w.RowDescription(tuple(cols))
+        plain = tuple(SKIP if i in cond else how for i, how in enumerate(plan))
+        original = (plain, f.raw if typed == desc else typed.encode())
+        return desc, plan, active, f.raw if sent is desc else sent.encode(), cond, original
+
+    def _hits(self, values) -> bool:
+        """Whether masking would change a value of a column whose type depends on it."""
+        masker, cols = self.masker, self.desc.columns if self.desc else ()
+        for i in self.cond:
+            v = values[i] if i < len(values) else None
+            if v is None:
+                continue
+            if self.plan[i] == AS_TEXT:
+                if masker.maskBytes(v) != v:
+                    return True
+                continue
+            try:
+                text = b.toText(cols[i].typeOid, v)
+            except b.Unknown:
+                return True  # declared text; masking it refuses it
+            if masker.maskText(text) != text:
+                return True
+        return False
+
+    def _commit(self, retype: bool) -> bytes:
+        reply, plain, typedReply = self._pending
+        held, self.held, self._pending = self.held or [], None, ()
+        if retype:
+            out = [reply]
+        else:
+            out = [typedReply]
+            self.plan, self.typed = plain, True
+        desc = self.desc if self.desc is not None else w.RowDescription(())
+        for raw, values in held:
+            masked = maskValues(self.masker, desc, self.plan, values)
+            out.append(raw if masked is values else w.DataRow(masked).encode())
+        return b"".join(out)
 
     def _row(self, f) -> bytes:
         row = w.decodeFrame(f, False)
+        if self.held is not None:
+            self.held.append((f.raw, row.values))
+            self.heldSize += len(f.raw)
+            if self.heldSize > HOLD_BYTES or self._hits(row.values):
+                return self._commit(retype=True)
+            return b""
+        if self.typed and self.cond and self._hits(row.values):
+            raise MaskingFailed("a value to mask in a column already sent as a number "
+                                "(cast the column to text)")
         desc = self.desc if self.desc is not None else w.RowDescription(())
         plan = self.plan if self.desc is not None else (TEXT,) * len(row.values)
         values = maskValues(self.masker, desc, plan, row.values)

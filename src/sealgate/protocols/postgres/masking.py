@@ -297,6 +297,7 @@ class RowMasker:
         self.active = True
         #: Columns of the current shape whose type depends on their values.
         self.cond: tuple[int, ...] = ()
+        self.fullPlan: tuple[int, ...] = ()
         #: The held RowDescription choices and rows, while undecided.
         self.held: list | None = None
         self.heldSize = 0
@@ -408,6 +409,7 @@ class RowMasker:
             if len(self._shapes) < 1000:
                 self._shapes[f.raw] = hit
         self.desc, self.plan, self.active, reply, self.cond, original = hit
+        self.fullPlan = self.plan
         self.typed = False
         if not self.cond:
             return reply
@@ -438,7 +440,7 @@ class RowMasker:
             v = values[i] if i < len(values) else None
             if v is None:
                 continue
-            if self.plan[i] == AS_TEXT:
+            if self.fullPlan[i] == AS_TEXT:
                 if masker.maskBytes(v) != v:
                     return True
                 continue

@@ -162,25 +162,24 @@ class Gateway:
             assert r.returncode == 0, r.stderr
         return r
 
-    def sealed(self, timeout: float = 30) -> tuple[bytes, list]:
-        """The log leaves and to-client frames of the sessions closed since the last call."""
+    def sealed(self, timeout: float = 30) -> tuple[bytes, list, list]:
+        """
+        The log leaves of the sessions closed since the last call, the bytes
+        recorded as sent to the client (one per session) and their log events.
+        """
         deadline = time.monotonic() + timeout
         while True:
             with StoreReader(self.state) as reader:
                 rows = reader.sessions()
                 fresh = [r["id"] for r in rows if r["id"] not in self.seen]
                 if fresh and all(r["state"] != "open" for r in rows):
-                    out = b""
-                    events = []
-                    for _n, sid, _type, leaf in reader.logLeaves():
-                        if sid in fresh:
-                            out += bytes(leaf)
-                    for sid in fresh:
-                        events += reader.events(sid)
-                        out += b"".join(f.data or b"" for f in reader.frames(sid)
-                                        if f.direction == TO_CLIENT)
+                    leaves = b"".join(bytes(leaf) for _n, sid, _t, leaf in reader.logLeaves()
+                                      if sid in fresh)
+                    events = [e for sid in fresh for e in reader.events(sid)]
+                    sent = [b"".join(f.data or b"" for f in reader.frames(sid) if f.direction == TO_CLIENT)
+                            for sid in fresh]
                     self.seen.update(fresh)
-                    return out, events
+                    return leaves, sent, events
             assert time.monotonic() < deadline, "no session was sealed"
             time.sleep(0.05)
 
@@ -573,8 +572,11 @@ def test_exit_path(gw, name, tmp_path):
     fn = CASES[name]
     out = fn(gw, tmp_path) if "tmp_path" in fn.__code__.co_varnames[:fn.__code__.co_argcount] else fn(gw)
     wire = gw.tap.take()
-    sealed, events = gw.sealed()
+    leaves, sent, events = gw.sealed()
     assert wire, "the tap saw nothing"
+    # The recording holds exactly what the client got, session by session.
+    assert sum(map(len, sent)) == len(wire) and all(s in wire for s in sent)
+    sealed = leaves + b"".join(sent)
     shown = repr(out).encode()
     for secret in SECRETS:
         assert secret not in wire, f"{secret!r} reached the client"

@@ -81,6 +81,7 @@ class Tap:
         self.lock = threading.Lock()
         self.received = bytearray()
         self.pumps = 0
+        self.connections = 0
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -91,6 +92,7 @@ class Tap:
                 return
             with self.lock:
                 self.pumps += 1
+                self.connections += 1
             threading.Thread(target=self._relay, args=(client,), daemon=True).start()
 
     def _relay(self, client) -> None:
@@ -124,15 +126,19 @@ class Tap:
         except OSError:
             pass
 
-    def take(self, timeout: float = 30) -> bytes:
-        """What the client received since the last take, once every relayed connection ended."""
+    def take(self, timeout: float = 30) -> tuple[bytes, int]:
+        """
+        What the clients received since the last take, once every relayed
+        connection ended, and how many connections that was.
+        """
         deadline = time.monotonic() + timeout
         while self.pumps and time.monotonic() < deadline:
             time.sleep(0.01)
         assert self.pumps == 0, "a client connection through the tap is still open"
         with self.lock:
             out, self.received = bytes(self.received), bytearray()
-        return out
+            count, self.connections = self.connections, 0
+        return out, count
 
     def close(self) -> None:
         self.server.close()
@@ -150,8 +156,8 @@ class Gateway:
         parts.update(extra)
         return " ".join(f"{k}={v}" for k, v in parts.items())
 
-    def connect(self, **extra) -> psycopg.Connection:
-        return psycopg.connect(self.dsn(**extra), autocommit=True)
+    def connect(self, autocommit: bool = True, **extra) -> psycopg.Connection:
+        return psycopg.connect(self.dsn(**extra), autocommit=autocommit)
 
     def psql(self, sql: str, *extra: str, check: bool = True) -> subprocess.CompletedProcess:
         env = dict(os.environ, PGPASSWORD=self.key, PGSSLMODE="disable", PGCONNECT_TIMEOUT="20")
@@ -162,7 +168,7 @@ class Gateway:
             assert r.returncode == 0, r.stderr
         return r
 
-    def sealed(self, timeout: float = 30) -> tuple[bytes, list, list]:
+    def sealed(self, sessions: int, timeout: float = 30) -> tuple[bytes, list, list]:
         """
         The log leaves of the sessions closed since the last call, the bytes
         recorded as sent to the client (one per session) and their log events.
@@ -172,7 +178,7 @@ class Gateway:
             with StoreReader(self.state) as reader:
                 rows = reader.sessions()
                 fresh = [r["id"] for r in rows if r["id"] not in self.seen]
-                if fresh and all(r["state"] != "open" for r in rows):
+                if len(fresh) >= sessions and all(r["state"] != "open" for r in rows):
                     leaves = b"".join(bytes(leaf) for _n, sid, _t, leaf in reader.logLeaves()
                                       if sid in fresh)
                     events = [e for sid in fresh for e in reader.events(sid)]
@@ -479,6 +485,29 @@ def case_numbers_without_hits_keep_their_types(g):
     return text, binary
 
 
+def case_copy_in_error_echoes_the_row(g):
+    """COPY FROM STDIN of a card into an int4 column: the server's error quotes it back."""
+    with g.connect() as c:
+        c.execute("CREATE TEMP TABLE ints (n int4)")
+        with pytest.raises(psycopg.errors.NumericValueOutOfRange) as e:
+            with c.cursor().copy("COPY ints FROM STDIN") as cp:
+                cp.write(f"{CARD}\n".encode())
+        d = e.value.diag
+        fields = (d.message_primary, d.context)
+    assert MASKED_CARD in fields[0] and MASKED_CARD in fields[1]
+    return fields
+
+
+def case_server_side_cursor(g):
+    """A named cursor fetched in parts (DECLARE, then FETCH after FETCH): every row loads."""
+    with g.connect(autocommit=False) as c:
+        with c.cursor(name="scan", binary=True) as cur:
+            cur.execute("SELECT x FROM (VALUES (7::int8), (%s::int8), (9::int8)) v(x)" % CARD)
+            rows = [cur.fetchone() for _ in range(3)]
+    assert [str(r[0]) for r in rows] == ["7", MASKED_CARD, "9"]
+    return rows
+
+
 def case_fastpath_lo_export(g, tmp_path):
     target = tmp_path / "lo.out"
     g.psql(f"\\lo_export {g.largeObject} {target}")
@@ -571,8 +600,8 @@ CASES = {name[5:]: fn for name, fn in dict(globals()).items() if name.startswith
 def test_exit_path(gw, name, tmp_path):
     fn = CASES[name]
     out = fn(gw, tmp_path) if "tmp_path" in fn.__code__.co_varnames[:fn.__code__.co_argcount] else fn(gw)
-    wire = gw.tap.take()
-    leaves, sent, events = gw.sealed()
+    wire, connections = gw.tap.take()
+    leaves, sent, events = gw.sealed(connections)
     assert wire, "the tap saw nothing"
     # The recording holds exactly what the client got, session by session.
     assert sum(map(len, sent)) == len(wire) and all(s in wire for s in sent)

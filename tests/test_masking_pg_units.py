@@ -278,3 +278,18 @@ def test_hex_bytea_inside_text_is_masked_on_its_bytes():
     want = b"raw ************1111 ****@example.com".hex().encode()
     assert masked.count(want) == 2 and len(masked) == len(line)
     assert maskHexRuns(M, b"\\x00ff00ff00ff00ff") == b"\\x00ff00ff00ff00ff"
+
+
+def test_a_shape_described_before_its_rows_stays_text_for_the_session():
+    rows = RowMasker(M)
+    # Describe of a cursor's portal: the formats say text, the rows come later.
+    assert _messages(_result(rows, _desc(("n", b.INT8, 0)), [], w.ReadyForQuery("T")))[0] \
+        .columns[0].typeOid == 25
+    # Its FETCH in binary, no value masked: still text, as the client decodes it with that description.
+    got = _messages(_result(rows, _desc(("n", b.INT8, 1)), [(struct.pack("!q", 7),)],
+                            w.CommandComplete("FETCH 1")))
+    assert got[0].columns[0].typeOid == 25 and got[1].values == (b"7",)
+    # Another shape is decided by its own rows.
+    other = _messages(_result(rows, _desc(("m", b.INT8, 1)), [(struct.pack("!q", 7),)],
+                              w.CommandComplete("SELECT 1")))
+    assert other[0].columns[0].typeOid == b.INT8

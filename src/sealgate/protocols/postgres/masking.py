@@ -304,6 +304,9 @@ class RowMasker:
         self._pending: tuple = ()
         #: The current shape was sent with its own types (see the class docstring).
         self.typed = False
+        #: Shapes once described before their rows: always declared text after that.
+        self._sticky: set[tuple] = set()
+        self._pendingKey: tuple | None = None
         #: RowDescription bytes -> its shape: a session repeats its queries.
         self._shapes: dict[bytes, tuple] = {}
 
@@ -331,7 +334,13 @@ class RowMasker:
 
     def release(self, t: int) -> bytes:
         """A message of type C{t} that is not a row ends the held result: decide and send it."""
-        return self._commit(retype=t not in (_C, _E))
+        if t in (_C, _E):
+            return self._commit(retype=False)
+        # A description sent before its rows (Describe, a suspended portal) may
+        # be what the client decodes later results of that shape with: text from now on.
+        if self._pendingKey is not None and len(self._sticky) < 1000:
+            self._sticky.add(self._pendingKey)
+        return self._commit(retype=True)
 
     def _other(self, f, t: int) -> bytes:
         if t == _T:
@@ -408,11 +417,12 @@ class RowMasker:
             hit = self._shape(f)
             if len(self._shapes) < 1000:
                 self._shapes[f.raw] = hit
-        self.desc, self.plan, self.active, reply, self.cond, original = hit
+        self.desc, self.plan, self.active, reply, self.cond, original, key = hit
         self.fullPlan = self.plan
         self.typed = False
-        if not self.cond:
+        if not self.cond or key in self._sticky:
             return reply
+        self._pendingKey = key
         self._pending = (reply, *original)
         self.held, self.heldSize = [], len(f.raw)
         return b""
@@ -431,7 +441,10 @@ class RowMasker:
         typed = w.RowDescription(tuple(cols))
         plain = tuple(SKIP if i in cond else how for i, how in enumerate(plan))
         original = (plain, f.raw if typed == desc else typed.encode())
-        return desc, plan, active, f.raw if sent is desc else sent.encode(), cond, original
+        # The same columns whatever the format asked for (Describe says text for a portal
+        # a later FETCH returns in binary).
+        key = tuple((c.name, c.tableOid, c.columnNumber, c.typeOid, c.typeMod) for c in desc.columns)
+        return desc, plan, active, f.raw if sent is desc else sent.encode(), cond, original, key
 
     def _hits(self, values) -> bool:
         """Whether masking would change a value of a column whose type depends on it."""
@@ -454,7 +467,7 @@ class RowMasker:
 
     def _commit(self, retype: bool) -> bytes:
         reply, plain, typedReply = self._pending
-        held, self.held, self._pending = self.held or [], None, ()
+        held, self.held, self._pending, self._pendingKey = self.held or [], None, (), None
         if retype:
             out = [reply]
         else:

@@ -593,6 +593,41 @@ def case_raw_socket_extended_binary(g):
     return repr(got)
 
 
+def case_raw_socket_statement_described_earlier(g):
+    """
+    A statement described once and executed later without Describe, after
+    another query (asyncpg and JDBC statement caches do this): its rows in
+    text are masked as text; in binary they cannot be vetted and are refused.
+    """
+    reader = w.Reader(frontend=False)
+    with socket.create_connection(("127.0.0.1", g.tap.port), timeout=20) as s:
+        s.sendall(w.StartupMessage((("user", "ci-bot"), ("database", "app"))).encode()
+                  + w.PasswordMessage.cleartext(g.key).encode())
+        _recvUntilReady(s, reader)
+        s.sendall(w.Parse("cached", "SELECT card, i8, mail FROM exits").encode()
+                  + w.Describe("S", "cached").encode() + w.Sync().encode())
+        described = _recvUntilReady(s, reader)
+        s.sendall(w.Query("SELECT 7::int4, 8::int4, 9::int4").encode())
+        _recvUntilReady(s, reader)
+        s.sendall(w.Bind("", "cached").encode() + w.Execute("").encode() + w.Sync().encode())
+        text = _recvUntilReady(s, reader)
+        s.sendall(w.Bind("", "cached", resultFormats=(1,)).encode() + w.Execute("").encode()
+                  + w.Sync().encode())
+        refused = []
+        while data := s.recv(65536):
+            reader.receive_data(data)
+            while (f := reader.next_event()) is not w.NEED_DATA:
+                refused.append(w.decodeFrame(f, False))
+    desc = next(m for m in described if isinstance(m, w.RowDescription))
+    assert [c.typeOid for c in desc.columns] == [25, 25, 25]
+    row = next(m for m in text if isinstance(m, w.DataRow))
+    assert row.values == (MASKED_CARD.encode(), MASKED_CARD.encode(), MASKED_MAIL.encode())
+    assert not any(isinstance(m, w.DataRow) for m in refused)
+    error = next(m for m in refused if isinstance(m, w.ErrorResponse))
+    assert "output could not be checked" in error.get("M")
+    return repr(described + text + refused)
+
+
 CASES = {name[5:]: fn for name, fn in dict(globals()).items() if name.startswith("case_")}
 
 

@@ -293,3 +293,15 @@ def test_a_shape_described_before_its_rows_stays_text_for_the_session():
     other = _messages(_result(rows, _desc(("m", b.INT8, 1)), [(struct.pack("!q", 7),)],
                               w.CommandComplete("SELECT 1")))
     assert other[0].columns[0].typeOid == b.INT8
+
+
+def test_rows_with_no_description_in_their_exchange_are_masked_as_text_or_refused():
+    rows = RowMasker(M)
+    # Describe of a statement, then (another exchange) BindComplete and rows with no RowDescription.
+    rows.frame(_frame(_desc(("c", 25, 0), ("n", b.INT8, 0))))
+    assert rows.passing(ord("Z")).startswith(b"T")
+    assert rows.passing(None) == b""  # BindComplete
+    text = rows.frame(_frame(w.DataRow((b"jane@example.com", str(CARD).encode(), None))))
+    assert _decode(text).values == (b"****@example.com", b"************1111", None)
+    with pytest.raises(MaskingFailed, match="described in an earlier exchange"):
+        rows.frame(_frame(w.DataRow((b"x", struct.pack("!q", CARD)))))

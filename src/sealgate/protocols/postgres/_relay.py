@@ -87,8 +87,8 @@ class ReplyMasker:
         rows = self.rows
         out = []
         for item in replies:
-            if rows.held is not None and (item.__class__ is bytes or item.type not in _ROW_TYPES):
-                out.append(rows.release(item[0] if item.__class__ is bytes else item.type))
+            if item.__class__ is bytes or item.type not in _ROW_TYPES:
+                out.append(rows.passing(None if item.__class__ is bytes else item.type))
             if item.__class__ is bytes:
                 out.append(item)
             elif item.type in _ROW_TYPES:

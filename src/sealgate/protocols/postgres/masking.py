@@ -3,6 +3,8 @@
 Rows: L{planColumns} decides once per RowDescription what each column
 needs, L{maskValues} applies it to a DataRow; L{maskRow} is both, a pure
 function of (RowDescription, DataRow) -> (RowDescription', DataRow').
+Those value rules live in L{sealgate.protocols.postgres._values}; the
+per-session state (held results, shapes, undescribed rows) in L{RowMasker}.
 
 - Text-like types (text, varchar, bpchar, name, char, xml, unknown) are
   masked in place in either format (their binary form is their UTF-8);
@@ -34,237 +36,40 @@ FunctionCallResponse results are masked by the detectors.
 
 import re
 
-from sealgate.masking import REDACTED, MaskingFailed, notText, unknownPolicy
+from sealgate.masking import MaskingFailed, unknownPolicy
 from sealgate.protocols.postgres import _binary as b
 from sealgate.protocols.postgres import _wire as w
+from sealgate.protocols.postgres._values import (  # noqa: F401 (re-exported)
+    ARRAY,
+    AS_TEXT,
+    BYTEA,
+    BYTEA_HEX,
+    JSON,
+    JSONB,
+    REDACT,
+    RENDER,
+    SKIP,
+    TEXT,
+    TEXT_OID,
+    UNKNOWN,
+    _maskTextBytes,
+    maskHexRuns,
+    maskRow,
+    maskValues,
+    planColumns,
+)
 
-TEXT_OID = 25
 #: Error and notice fields that are protocol, not data: severity (twice) and SQLSTATE.
 _STRUCTURAL_FIELDS = "SVC"
-
 _T, _D, _H, _d, _c, _C, _N, _A, _S, _V, _W = (ord(c) for c in "TDHdcCNASVW")
-
-# Per-column plans (what maskValues does with a value of that column).
-SKIP, TEXT, JSON, JSONB, BYTEA, BYTEA_HEX, AS_TEXT, RENDER, REDACT, UNKNOWN, ARRAY = range(11)
-
-#: Binary arrays whose elements can be masked in place (so they keep their type).
-_LEAF_ARRAYS = frozenset({1009, 1015, 1014, 1002, 1003, 143, 199, 3807, 1001})
-#: bytea printed as hex inside text: COPY text/CSV, arrays and records in text.
-_HEX_RUN = re.compile(rb"\\x((?:[0-9a-fA-F]{2}){6,})")
-
-
-def maskHexRuns(masker, data: bytes) -> bytes:
-    """C{data} with every hex bytea run in it masked on the bytes it stands for (hex kept)."""
-    if b"\\x" not in data:
-        return data
-
-    def one(m):
-        raw = bytes.fromhex(m.group(1).decode("ascii"))
-        masked = masker.maskBytes(raw)
-        return m.group(0) if masked == raw else b"\\x" + masked.hex().encode()
-
-    out = _HEX_RUN.sub(one, data)
-    return data if out == data else out
-
-
-def _maskTextBytes(masker, v: bytes) -> bytes:
-    m = masker.maskBytes(maskHexRuns(masker, v))
-    return v if m == v else m
-
-
-def _asText(c: w.Column) -> w.Column:
-    return w.Column(c.name, c.tableOid, c.columnNumber, TEXT_OID, -1, -1, c.format)
-
-
-def planColumns(masker, desc: w.RowDescription) -> tuple[tuple[int, ...], w.RowDescription]:
-    """
-    What each column of C{desc} needs (one of the plan constants), and the
-    RowDescription to send instead (C{desc} itself when nothing changes):
-    column names masked, columns that must become text declared text.
-    """
-    detect = bool(masker.detectors)
-    cards = any(d.name == "credit_card" for d in masker.detectors)
-    plan = []
-    cols = []
-    changed = False
-    for c in desc.columns:
-        name = masker.maskText(c.name) if detect else c.name
-        col = c if name == c.name else w.Column(name, c.tableOid, c.columnNumber, c.typeOid,
-                                                 c.typeSize, c.typeMod, c.format)
-        oid, binary = c.typeOid, c.format == 1
-        if masker.columnMasked(c.name):
-            how = REDACT if oid not in b.TEXT_LIKE else TEXT
-        elif not detect:
-            how = SKIP
-        elif oid in b.TEXT_LIKE and oid != b.JSON:
-            how = TEXT
-        elif oid == b.JSON:
-            how = JSON
-        elif oid == b.JSONB:
-            how = JSONB if binary else JSON
-        elif oid == b.BYTEA:
-            how = BYTEA if binary else BYTEA_HEX
-        elif oid in b.NUMBERS:
-            how = (RENDER if binary else AS_TEXT) if cards else SKIP
-        elif oid in b.INERT:
-            how = SKIP if binary else TEXT
-        elif binary and oid in _LEAF_ARRAYS:
-            how = ARRAY
-        elif binary:
-            how = RENDER if oid in b.ARRAYS or oid == b.RECORD else UNKNOWN
-        else:
-            how = TEXT
-        if how in (REDACT, AS_TEXT, RENDER):
-            col = _asText(col)
-        plan.append(how)
-        changed |= col is not c
-        cols.append(col)
-    return tuple(plan), (w.RowDescription(tuple(cols)) if changed else desc)
-
-
-def maskValues(masker, desc: w.RowDescription, plan: tuple[int, ...],
-               values: tuple[bytes | None, ...]) -> tuple[bytes | None, ...]:
-    """
-    A DataRow's values masked by C{plan} (C{values} itself when nothing
-    changed).  C{desc} is the backend's RowDescription (names, types).
-
-    @raise MaskingFailed: a value that cannot be vetted (fail closed).
-    """
-    out: list[bytes | None] = []
-    changed = False
-    cols = desc.columns
-    for i, v in enumerate(values):
-        how = plan[i] if i < len(plan) else TEXT
-        if v is None or how == SKIP:
-            out.append(v)
-            continue
-        m = _maskOne(masker, how, cols[i] if i < len(cols) else None, v)
-        changed |= m is not v
-        out.append(m)
-    return tuple(out) if changed else values
-
-
-def _maskOne(masker, how: int, col: w.Column | None, v: bytes) -> bytes:
-    if how == REDACT:
-        return REDACTED.encode()
-    if how == TEXT:
-        return _maskTextBytes(masker, v)
-    if how == ARRAY:
-        arr = b.splitArray(v)
-        if arr is None:
-            raise MaskingFailed("a binary array that does not parse cannot be vetted")
-        head, elem, items = arr
-        out = [None if x is None else _maskLeaf(masker, elem, x, 0) for x in items]
-        return v if all(x is y for x, y in zip(items, out, strict=True)) else b.joinArray(head, out)
-    if how == JSON or how == JSONB:
-        start = 1 if how == JSONB else 0
-        if how == JSONB and v[:1] != b"\x01":
-            raise MaskingFailed("a jsonb value of an unknown binary version cannot be vetted")
-        text = v[start:].decode("utf-8", "surrogateescape")
-        masked = masker.maskJsonText(text)
-        return v if masked is text else v[:start] + masked.encode("utf-8", "surrogateescape")
-    if how == BYTEA:
-        m = masker.maskBytes(v)
-        return v if m == v else m
-    if how == BYTEA_HEX:
-        return _maskHexBytea(masker, v)
-    if how == AS_TEXT:
-        # Declared text: the value stays what the server printed, masked.
-        return masker.maskBytes(maskHexRuns(masker, v))
-    oid = col.typeOid if col is not None else 0
-    if how == RENDER:
-        try:
-            text = b.toText(oid, v)
-        except b.Unknown as e:
-            raise MaskingFailed(f"a binary value of type {oid} cannot be vetted ({e})") from None
-        raw = text.encode("utf-8", "surrogateescape")
-        return masker.maskBytes(maskHexRuns(masker, raw))
-    # UNKNOWN: an extension type, enum or named composite in binary.
-    return _maskUnknown(masker, oid, v, 0)
-
-
-def _maskUnknown(masker, oid: int, v: bytes, depth: int) -> bytes:
-    """
-    A binary value of a type only known by its bytes: UTF-8 text (citext,
-    enums, domains over text) masked as text; a record or array (named
-    composites and their arrays) masked leaf by leaf, in place, so the
-    value keeps its type; an hstore's keys and values as text; anything
-    else by C{unknown_content}.
-    """
-    if b"\x00" not in v:
-        try:
-            text = v.decode("utf-8")
-        except UnicodeDecodeError:
-            pass
-        else:
-            m = masker.maskText(text)
-            return v if m == text else m.encode("utf-8")
-    if depth < 8:
-        fields = b.splitRecord(v)
-        if fields is not None:
-            new = [(f, None if x is None else _maskLeaf(masker, f, x, depth)) for f, x in fields]
-            return v if all(x is y for (_f, x), (_g, y) in zip(fields, new, strict=True)) \
-                else b.joinRecord(new)
-        arr = b.splitArray(v)
-        if arr is not None:
-            head, elem, items = arr
-            out = [None if x is None else _maskLeaf(masker, elem, x, depth) for x in items]
-            return v if all(x is y for x, y in zip(items, out, strict=True)) else b.joinArray(head, out)
-        pairs = b.splitHstore(v)
-        if pairs is not None:
-            # hstore: keys and values are text, masked in place.
-            masked = [None if x is None else masker.maskBytes(x) for x in pairs]
-            return v if masked == pairs else b.joinHstore(masked)
-    return notText(masker, f"a binary value of type {oid}", v)
-
-
-def _maskLeaf(masker, oid: int, v: bytes, depth: int) -> bytes:
-    """One field or element inside a binary record or array, in its own binary form."""
-    if oid in b.TEXT_LIKE and oid != b.JSON or oid == b.BYTEA:
-        m = masker.maskBytes(v)
-        return v if m == v else m
-    if oid in (b.JSON, b.JSONB):
-        return _maskOne(masker, JSON if oid == b.JSON else JSONB, None, v)
-    if oid in b.INERT:
-        return v
-    if oid in b.NUMBERS or oid == b.RECORD or oid in b.ARRAYS:
-        try:
-            text = b.toText(oid, v)
-        except b.Unknown as e:
-            raise MaskingFailed(f"a binary value of type {oid} cannot be vetted ({e})") from None
-        if masker.maskText(text) == text:
-            return v
-        raise MaskingFailed(f"a value of type {oid} inside a composite or array would be masked "
-                            "and cannot stay binary (ask for text format)")
-    return _maskUnknown(masker, oid, v, depth + 1)
-
-
-def _maskHexBytea(masker, v: bytes) -> bytes:
-    if not v.startswith(b"\\x"):
-        # bytea_output = escape: the octal escapes hide nothing ASCII.
-        m = masker.maskBytes(v)
-        return v if m == v else m
-    try:
-        raw = bytes.fromhex(v[2:].decode("ascii"))
-    except ValueError:
-        raise MaskingFailed("a bytea value in text format is not hex") from None
-    m = masker.maskBytes(raw)
-    return v if m == raw else b"\\x" + m.hex().encode()
-
-
-def maskRow(masker, desc: w.RowDescription, row: w.DataRow) -> tuple[w.RowDescription, w.DataRow]:
-    """One row and its description, as the client must see them (see the module docstring)."""
-    plan, sent = planColumns(masker, desc)
-    values = maskValues(masker, desc, plan, row.values)
-    return sent, (row if values is row.values else w.DataRow(values))
-
 
 #: How many bytes of a result a session holds back while it decides whether
 #: its int8/numeric (and binary array/record) columns must be declared text.
 HOLD_BYTES = 128 * 1024
 #: Plans that change a column's type only because of what its values hold.
 _CONDITIONAL = (AS_TEXT, RENDER)
-_E = ord("E")
+_E, _Z = ord("E"), ord("Z")
+_NUMBER = re.compile(rb"\s*[-+]?[0-9]+(\.[0-9]+)?\s*")
 
 
 class RowMasker:
@@ -302,6 +107,10 @@ class RowMasker:
         self.held: list | None = None
         self.heldSize = 0
         self._pending: tuple = ()
+        #: Some result of this session had its int8/numeric columns sent with their own types.
+        self.anyTyped = False
+        #: A RowDescription came since the last result ended (else rows are undescribed).
+        self.described = False
         #: The current shape was sent with its own types (see the class docstring).
         self.typed = False
         #: Shapes once described before their rows: always declared text after that.
@@ -314,10 +123,53 @@ class RowMasker:
         """One backend message (a L{w.Frame}) as the client may see it."""
         t = f.type
         if t == _D:
+            if not self.described:
+                return self._undescribed(f)
             return self._row(f) if self.active else f.raw
         if self.held is not None:
             return self.release(t) + self.frame(f)
+        if t == _C:
+            self.described = False
         return self._other(f, t)
+
+    def passing(self, t: int | None) -> bytes:
+        """
+        A reply the masker does not change went by (C{t} its type, None for a
+        run of such replies): a held result ends, and rows after it belong to
+        no RowDescription seen in this exchange.
+        """
+        self.described = False
+        return b"" if self.held is None else self.release(_Z if t is None else t)
+
+    def _undescribed(self, f) -> bytes:
+        """
+        Rows with no RowDescription before them in their exchange: a portal
+        executed without Describe, its statement described earlier (asyncpg
+        and JDBC statement caches).  Which description applies is not known
+        here, so values are masked as text when they read as text, and a row
+        with any other value (binary numbers) is refused.
+        """
+        row = w.decodeFrame(f, False)
+        out: list[bytes | None] = []
+        for v in row.values:
+            if v is not None:
+                if b"\x00" in v:
+                    raise MaskingFailed("binary rows of a statement described in an earlier "
+                                        "exchange cannot be vetted (Describe the portal)")
+                try:
+                    v.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise MaskingFailed("binary rows of a statement described in an earlier "
+                                        "exchange cannot be vetted (Describe the portal)") from None
+                m = _maskTextBytes(self.masker, v)
+                if m is not v and self.anyTyped and _NUMBER.fullmatch(v):
+                    # It may be a column the client was told is a number.
+                    raise MaskingFailed("a value to mask in a column already sent as a number "
+                                        "(cast the column to text)")
+                v = m
+            out.append(v)
+        values = tuple(out)
+        return f.raw if values == row.values else w.DataRow(values).encode()
 
     def _refuseCopy(self) -> bytes:
         """
@@ -412,6 +264,7 @@ class RowMasker:
         return tuple(out) if changed else fields
 
     def _describe(self, f) -> bytes:
+        self.described = True
         hit = self._shapes.get(f.raw)
         if hit is None:
             hit = self._shape(f)
@@ -472,7 +325,7 @@ class RowMasker:
             out = [reply]
         else:
             out = [typedReply]
-            self.plan, self.typed = plain, True
+            self.plan, self.typed, self.anyTyped = plain, True, True
         desc = self.desc if self.desc is not None else w.RowDescription(())
         for raw, values in held:
             masked = maskValues(self.masker, desc, self.plan, values)

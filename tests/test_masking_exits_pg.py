@@ -595,9 +595,9 @@ def case_raw_socket_extended_binary(g):
 
 def case_raw_socket_statement_described_earlier(g):
     """
-    A statement described once and executed later without Describe, after
-    another query (asyncpg and JDBC statement caches do this): its rows in
-    text are masked as text; in binary they cannot be vetted and are refused.
+    Statements described once and executed later without Describe, after
+    other queries (asyncpg and JDBC statement caches do this), in text and
+    binary: each row is masked by its own statement's columns.
     """
     reader = w.Reader(frontend=False)
     with socket.create_connection(("127.0.0.1", g.tap.port), timeout=20) as s:
@@ -605,27 +605,46 @@ def case_raw_socket_statement_described_earlier(g):
                   + w.PasswordMessage.cleartext(g.key).encode())
         _recvUntilReady(s, reader)
         s.sendall(w.Parse("cached", "SELECT card, i8, mail FROM exits").encode()
-                  + w.Describe("S", "cached").encode() + w.Sync().encode())
+                  + w.Describe("S", "cached").encode()
+                  + w.Parse("ints", "SELECT 7::int4, 8::int8, 9::int4").encode()
+                  + w.Describe("S", "ints").encode() + w.Sync().encode())
         described = _recvUntilReady(s, reader)
         s.sendall(w.Query("SELECT 7::int4, 8::int4, 9::int4").encode())
         _recvUntilReady(s, reader)
-        s.sendall(w.Bind("", "cached").encode() + w.Execute("").encode() + w.Sync().encode())
-        text = _recvUntilReady(s, reader)
-        s.sendall(w.Bind("", "cached", resultFormats=(1,)).encode() + w.Execute("").encode()
+        # Pipelined: one Sync for four Executes of two statements in two formats.
+        s.sendall(b"".join(w.Bind("", stmt, resultFormats=(fmt,)).encode() + w.Execute("").encode()
+                           for stmt, fmt in (("cached", 0), ("ints", 1), ("cached", 1), ("ints", 0)))
                   + w.Sync().encode())
-        refused = []
+        got = _recvUntilReady(s, reader)
+        s.sendall(w.Terminate().encode())
+    descs = [m for m in described if isinstance(m, w.RowDescription)]
+    assert [[c.typeOid for c in d.columns] for d in descs] == [[25, 25, 25], [23, 25, 23]]
+    rows = [m.values for m in got if isinstance(m, w.DataRow)]
+    masked = (MASKED_CARD.encode(), MASKED_CARD.encode(), MASKED_MAIL.encode())
+    assert rows == [masked, (struct.pack("!i", 7), b"8", struct.pack("!i", 9)), masked,
+                    (b"7", b"8", b"9")]
+    return repr(described + got)
+
+
+def case_raw_socket_unknown_statement_rows_refused(g):
+    """Rows whose statement was never described (nothing to mask them by) are refused in binary."""
+    reader = w.Reader(frontend=False)
+    with socket.create_connection(("127.0.0.1", g.tap.port), timeout=20) as s:
+        s.sendall(w.StartupMessage((("user", "ci-bot"), ("database", "app"))).encode()
+                  + w.PasswordMessage.cleartext(g.key).encode())
+        _recvUntilReady(s, reader)
+        s.sendall(w.Parse("", "SELECT i8 FROM exits").encode()
+                  + w.Bind("", "", resultFormats=(1,)).encode() + w.Execute("").encode()
+                  + w.Sync().encode())
+        got = []
         while data := s.recv(65536):
             reader.receive_data(data)
             while (f := reader.next_event()) is not w.NEED_DATA:
-                refused.append(w.decodeFrame(f, False))
-    desc = next(m for m in described if isinstance(m, w.RowDescription))
-    assert [c.typeOid for c in desc.columns] == [25, 25, 25]
-    row = next(m for m in text if isinstance(m, w.DataRow))
-    assert row.values == (MASKED_CARD.encode(), MASKED_CARD.encode(), MASKED_MAIL.encode())
-    assert not any(isinstance(m, w.DataRow) for m in refused)
-    error = next(m for m in refused if isinstance(m, w.ErrorResponse))
+                got.append(w.decodeFrame(f, False))
+    assert not any(isinstance(m, w.DataRow) for m in got)
+    error = next(m for m in got if isinstance(m, w.ErrorResponse))
     assert "output could not be checked" in error.get("M")
-    return repr(described + text + refused)
+    return repr(got)
 
 
 CASES = {name[5:]: fn for name, fn in dict(globals()).items() if name.startswith("case_")}

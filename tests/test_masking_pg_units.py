@@ -305,3 +305,37 @@ def test_rows_with_no_description_in_their_exchange_are_masked_as_text_or_refuse
     assert _decode(text).values == (b"****@example.com", b"************1111", None)
     with pytest.raises(MaskingFailed, match="described in an earlier exchange"):
         rows.frame(_frame(w.DataRow((b"x", struct.pack("!q", CARD)))))
+
+
+def test_rows_of_a_statement_described_earlier_use_its_columns_and_bound_formats():
+    from sealgate.protocols.postgres._described import Descriptions
+
+    d = Descriptions()
+    cols = _desc(("card", 25, 0), ("n", b.INT8, 0))
+    for msg in (w.Parse("a", "q"), w.Describe("S", "a"), w.Sync()):
+        d.fromClient(msg.encode()[0], msg.encode())
+    for t in b"1t":
+        d.reply(t)
+    d.described(cols)
+    d.reply(ord("Z"))
+    # An Execute that fails, then (after Sync) one that runs: the error skips to the Sync.
+    for msg in (w.Bind("", "a", resultFormats=(1,)), w.Execute(""), w.Bind("", "gone"), w.Execute(""),
+                w.Sync(), w.Bind("", "a", resultFormats=(0, 1)), w.Execute(""), w.Sync()):
+        d.fromClient(msg.encode()[0], msg.encode())
+    d.reply(ord("2"))
+    assert [c.format for c in d.forRows().columns] == [1, 1]
+    d.reply(ord("C"))
+    d.reply(ord("2"))
+    assert d.forRows() is None  # never described
+    d.reply(ord("E"))
+    d.reply(ord("Z"))
+    d.reply(ord("2"))
+    assert [c.format for c in d.forRows().columns] == [0, 1]
+    d.reply(ord("C"))
+    d.reply(ord("Z"))
+    assert not d.queue
+    # Parsing the name again forgets its old columns.
+    for msg in (w.Parse("a", "other"), w.Bind("", "a"), w.Execute(""), w.Sync()):
+        d.fromClient(msg.encode()[0], msg.encode())
+    d.reply(ord("1"))
+    assert d.forRows() is None

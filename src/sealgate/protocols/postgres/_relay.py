@@ -88,7 +88,7 @@ class ReplyMasker:
         out = []
         for item in replies:
             if item.__class__ is bytes or item.type not in _ROW_TYPES:
-                out.append(rows.passing(None if item.__class__ is bytes else item.type))
+                out.append(rows.passing(item if item.__class__ is bytes else item.type))
             if item.__class__ is bytes:
                 out.append(item)
             elif item.type in _ROW_TYPES:
@@ -137,7 +137,7 @@ class Relay:
         masker = s.chain.masker
         self._creader = w.Reader(frontend=True, maxMessage=self.factory.options.max_message)
         self._breader = w.Reader(frontend=False, maxMessage=self.factory.options.max_message)
-        self._ctable = w.makeTable(w.FRONTEND_TYPES, [b"Q", b"P", b"B", b"E", b"S", b"C", b"X", b"F"])
+        self._ctable = w.makeTable(w.FRONTEND_TYPES, [b"Q", b"P", b"B", b"E", b"S", b"C", b"X", b"F", b"D"])
         stop = [b"C", b"E", b"Z", b"I", b"s", b"S"]
         if self._rows is not None:
             stop += _MASKED_REPLIES
@@ -186,6 +186,8 @@ class Relay:
     def _clientFrame(self, f, out):
         t = f.type
         raw = f.raw
+        if self._rows is not None:
+            self._rows.fromClient(t, raw)  # which description later rows belong to
         if t == _Q:
             self.sqlSettings.sent()
             if not self._wantsCommand:

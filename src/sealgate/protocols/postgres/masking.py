@@ -39,6 +39,7 @@ import re
 from sealgate.masking import MaskingFailed, unknownPolicy
 from sealgate.protocols.postgres import _binary as b
 from sealgate.protocols.postgres import _wire as w
+from sealgate.protocols.postgres._described import Descriptions, replyTypes
 from sealgate.protocols.postgres._values import (  # noqa: F401 (re-exported)
     ARRAY,
     AS_TEXT,
@@ -109,6 +110,8 @@ class RowMasker:
         self._pending: tuple = ()
         #: Some result of this session had its int8/numeric columns sent with their own types.
         self.anyTyped = False
+        #: Statements described earlier, for rows that come with no RowDescription.
+        self.descs = Descriptions()
         #: A RowDescription came since the last result ended (else rows are undescribed).
         self.described = False
         #: The current shape was sent with its own types (see the class docstring).
@@ -123,23 +126,46 @@ class RowMasker:
         """One backend message (a L{w.Frame}) as the client may see it."""
         t = f.type
         if t == _D:
-            if not self.described:
+            if not self.described and not self._describedEarlier():
                 return self._undescribed(f)
             return self._row(f) if self.active else f.raw
         if self.held is not None:
             return self.release(t) + self.frame(f)
         if t == _C:
             self.described = False
+            self.descs.reply(t)
         return self._other(f, t)
 
-    def passing(self, t: int | None) -> bytes:
+    def fromClient(self, t: int, raw: bytes) -> None:
+        """A client message the relay forwards: statements, portals and what awaits a reply."""
+        self.descs.fromClient(t, raw)
+
+    def passing(self, t: int | bytes) -> bytes:
         """
-        A reply the masker does not change went by (C{t} its type, None for a
-        run of such replies): a held result ends, and rows after it belong to
-        no RowDescription seen in this exchange.
+        A reply the masker does not change went by (C{t} its type, or a run
+        of such replies): a held result ends, and rows after it belong to no
+        RowDescription seen in this exchange.
         """
         self.described = False
-        return b"" if self.held is None else self.release(_Z if t is None else t)
+        if t.__class__ is bytes:
+            last = _Z
+            for last in replyTypes(t):  # type: ignore[arg-type]
+                self.descs.reply(last)
+        else:
+            last = t  # type: ignore[assignment]
+            self.descs.reply(last)
+        return b"" if self.held is None else self.release(last)
+
+    def _describedEarlier(self) -> bool:
+        """Rows with no RowDescription: take their statement's, if it was described (and bound)."""
+        desc = self.descs.forRows()
+        if desc is None:
+            return False
+        plan, _sent = planColumns(self.masker, desc)
+        self.desc, self.plan, self.fullPlan = desc, plan, plan
+        self.active = any(how != SKIP for how in plan)
+        self.cond, self.typed, self.described = (), False, True
+        return True
 
     def _undescribed(self, f) -> bytes:
         """
@@ -270,6 +296,7 @@ class RowMasker:
             hit = self._shape(f)
             if len(self._shapes) < 1000:
                 self._shapes[f.raw] = hit
+        self.descs.described(hit[0])
         self.desc, self.plan, self.active, reply, self.cond, original, key = hit
         self.fullPlan = self.plan
         self.typed = False

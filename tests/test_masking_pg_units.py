@@ -113,9 +113,10 @@ def test_binary_arrays_records_json_and_bytea():
               b'\x01{"n": 4111111111111111}', b"raw " + cardText, b"\\x" + cardText.hex().encode(),
               b'{"mail": "jane@example.com"}')
     sent, row = maskRow(M, desc, w.DataRow(values))
-    assert [c.typeOid for c in sent.columns] == [25, 25, b.JSONB, b.BYTEA, b.BYTEA, b.JSON]
+    # text[] keeps its type (masked element by element); the record becomes text.
+    assert [c.typeOid for c in sent.columns] == [1009, 25, b.JSONB, b.BYTEA, b.BYTEA, b.JSON]
     t, r, j, y, h, k = row.values
-    assert t == b'{"**** **** **** 1111"}' and r == b"(************1111)"
+    assert t == _array(25, [b"**** **** **** 1111"]) and r == b"(************1111)"
     assert j == b'\x01{"n": "************1111"}'           # still JSON: the number became a string
     assert y == b"raw **** **** **** 1111"
     assert bytes.fromhex(h[2:].decode()) == b"**** **** **** 1111"
@@ -165,9 +166,17 @@ def test_every_text_field_of_every_backend_message():
 
 
 def test_binary_copy_goes_by_unknown_content():
-    rows = RowMasker(M)
-    with pytest.raises(MaskingFailed, match="binary COPY"):
-        rows.frame(_frame(w.CopyOutResponse(1, (1,))))
+    sealed = []
+    rows = RowMasker(M, lambda kind, **fields: sealed.append((kind, fields)))
+    refusal = _decode(rows.frame(_frame(w.CopyOutResponse(1, (1,)))))
+    assert isinstance(refusal, w.ErrorResponse) and refusal.get("C") == "0A000"
+    assert "binary COPY" in refusal.get("M") and sealed[0][0] == "output_refused"
+    # The backend's data, CopyDone and CommandComplete are dropped; then the session goes on.
+    for msg in (w.CopyData(b"PGCOPY\n\xff\r\n\x004111111111111111"), w.CopyDone(),
+                w.CommandComplete("COPY 1")):
+        assert rows.frame(_frame(msg)) == b""
+    done = _frame(w.CommandComplete("SELECT 1"))
+    assert rows.frame(done) == done.raw
     passing = RowMasker(Masker(["credit_card"], unknownContent="pass"))
     start = _frame(w.CopyOutResponse(1, (1,)))
     assert passing.frame(start) == start.raw
@@ -203,3 +212,130 @@ def test_hstore_in_binary_is_masked_key_by_key_and_stays_hstore():
     value = hstore((b"card", b"4111111111111111"), (b"jane@example.com", None))
     sent, row = maskRow(M, _desc(("h", 70010, 1)), w.DataRow((value,)))
     assert row.values[0] == hstore((b"card", b"************1111"), (b"****@example.com", None))
+
+
+def _result(rows: RowMasker, desc, values_list, end) -> bytes:
+    """What the client gets for a RowDescription, rows and the message that ends them."""
+    out = rows.frame(_frame(desc))
+    for values in values_list:
+        out += rows.frame(_frame(w.DataRow(values)))
+    return out + (rows.frame(_frame(end)) if end.encode()[:1] in b"TDNAHdcCSVW"
+                  else rows.release(end.encode()[0]) + end.encode())
+
+
+def _messages(data: bytes) -> list:
+    r = w.Reader(frontend=False)
+    r.receive_data(data)
+    out = []
+    while (f := r.next_event()) is not w.NEED_DATA:
+        out.append(w.decodeFrame(f, False))
+    return out
+
+
+@SETTINGS
+@given(st.lists(st.integers(-(2 ** 63), 2 ** 63 - 1), max_size=20), st.booleans())
+def test_numbers_keep_their_type_unless_a_value_in_the_result_is_masked(numbers, binary):
+    desc = _desc(("n", b.INT8, int(binary)))
+    encode = (lambda n: struct.pack("!q", n)) if binary else (lambda n: str(n).encode())
+    values = [(encode(n),) for n in numbers]
+    got = _messages(_result(RowMasker(M), desc, values, w.CommandComplete("SELECT")))
+    hit = any(M.maskText(str(n)) != str(n) for n in numbers)
+    assert got[0].columns[0].typeOid == (25 if hit else b.INT8)
+    assert len(got) == len(numbers) + 2 and isinstance(got[-1], w.CommandComplete)
+    for n, row in zip(numbers, got[1:-1], strict=True):
+        assert row.values[0] == (M.maskText(str(n)).encode() if hit else encode(n))
+
+
+def test_a_result_with_no_rows_yet_or_too_big_to_hold_is_declared_text():
+    desc = _desc(("n", b.INT8, 0))
+    # RowDescription answering Describe: the rows come later, so no evidence.
+    got = _messages(_result(RowMasker(M), desc, [], w.ReadyForQuery("I")))
+    assert got[0].columns[0].typeOid == 25
+    rows = RowMasker(M)
+    out = rows.frame(_frame(desc))
+    while out == b"":
+        out = rows.frame(_frame(w.DataRow((b"1" * 18,))))
+    assert _messages(out)[0].columns[0].typeOid == 25 and len(out) > 128 * 1024
+
+
+def test_a_hit_after_the_types_were_sent_is_refused():
+    rows = RowMasker(M)
+    desc = _desc(("n", b.INT8, 0))
+    assert _messages(_result(rows, desc, [(b"7",)], w.CommandComplete("SELECT 1")))[0] \
+        .columns[0].typeOid == b.INT8
+    # A portal of the same statement executed again without a new RowDescription.
+    assert rows.frame(_frame(w.DataRow((b"8",)))) == w.DataRow((b"8",)).encode()
+    with pytest.raises(MaskingFailed, match="cast the column to text"):
+        rows.frame(_frame(w.DataRow((str(CARD).encode(),))))
+
+
+def test_hex_bytea_inside_text_is_masked_on_its_bytes():
+    from sealgate.protocols.postgres.masking import maskHexRuns
+
+    raw = f"raw {CARD} jane@example.com".encode()
+    line = b"1\t\\x" + raw.hex().encode() + b"\t{\"\\\\x" + raw.hex().encode() + b"\"}\n"
+    masked = maskHexRuns(M, line)
+    want = b"raw ************1111 ****@example.com".hex().encode()
+    assert masked.count(want) == 2 and len(masked) == len(line)
+    assert maskHexRuns(M, b"\\x00ff00ff00ff00ff") == b"\\x00ff00ff00ff00ff"
+
+
+def test_a_shape_described_before_its_rows_stays_text_for_the_session():
+    rows = RowMasker(M)
+    # Describe of a cursor's portal: the formats say text, the rows come later.
+    assert _messages(_result(rows, _desc(("n", b.INT8, 0)), [], w.ReadyForQuery("T")))[0] \
+        .columns[0].typeOid == 25
+    # Its FETCH in binary, no value masked: still text, as the client decodes it with that description.
+    got = _messages(_result(rows, _desc(("n", b.INT8, 1)), [(struct.pack("!q", 7),)],
+                            w.CommandComplete("FETCH 1")))
+    assert got[0].columns[0].typeOid == 25 and got[1].values == (b"7",)
+    # Another shape is decided by its own rows.
+    other = _messages(_result(rows, _desc(("m", b.INT8, 1)), [(struct.pack("!q", 7),)],
+                              w.CommandComplete("SELECT 1")))
+    assert other[0].columns[0].typeOid == b.INT8
+
+
+def test_rows_with_no_description_in_their_exchange_are_masked_as_text_or_refused():
+    rows = RowMasker(M)
+    # Describe of a statement, then (another exchange) BindComplete and rows with no RowDescription.
+    rows.frame(_frame(_desc(("c", 25, 0), ("n", b.INT8, 0))))
+    assert rows.passing(ord("Z")).startswith(b"T")
+    assert rows.passing(None) == b""  # BindComplete
+    text = rows.frame(_frame(w.DataRow((b"jane@example.com", str(CARD).encode(), None))))
+    assert _decode(text).values == (b"****@example.com", b"************1111", None)
+    with pytest.raises(MaskingFailed, match="described in an earlier exchange"):
+        rows.frame(_frame(w.DataRow((b"x", struct.pack("!q", CARD)))))
+
+
+def test_rows_of_a_statement_described_earlier_use_its_columns_and_bound_formats():
+    from sealgate.protocols.postgres._described import Descriptions
+
+    d = Descriptions()
+    cols = _desc(("card", 25, 0), ("n", b.INT8, 0))
+    for msg in (w.Parse("a", "q"), w.Describe("S", "a"), w.Sync()):
+        d.fromClient(msg.encode()[0], msg.encode())
+    for t in b"1t":
+        d.reply(t)
+    d.described(cols)
+    d.reply(ord("Z"))
+    # An Execute that fails, then (after Sync) one that runs: the error skips to the Sync.
+    for msg in (w.Bind("", "a", resultFormats=(1,)), w.Execute(""), w.Bind("", "gone"), w.Execute(""),
+                w.Sync(), w.Bind("", "a", resultFormats=(0, 1)), w.Execute(""), w.Sync()):
+        d.fromClient(msg.encode()[0], msg.encode())
+    d.reply(ord("2"))
+    assert [c.format for c in d.forRows().columns] == [1, 1]
+    d.reply(ord("C"))
+    d.reply(ord("2"))
+    assert d.forRows() is None  # never described
+    d.reply(ord("E"))
+    d.reply(ord("Z"))
+    d.reply(ord("2"))
+    assert [c.format for c in d.forRows().columns] == [0, 1]
+    d.reply(ord("C"))
+    d.reply(ord("Z"))
+    assert not d.queue
+    # Parsing the name again forgets its old columns.
+    for msg in (w.Parse("a", "other"), w.Bind("", "a"), w.Execute(""), w.Sync()):
+        d.fromClient(msg.encode()[0], msg.encode())
+    d.reply(ord("1"))
+    assert d.forRows() is None

@@ -185,13 +185,13 @@ class Gateway:
                 "identity": identity.asDict(), "rule": verdict.rule, "reason": verdict.reason,
             })
             raise SessionRefused(verdict.reason, "access")
-        # What the client sent at login (application_name...) is client
-        # input: sealed masked, like audit events (issue 15.5).
-        masker = getattr(session.chain, "masker", None)
+        masker = session.chain.masker
+        # Startup fields the client chose (application_name) are input: sealed masked.
+        meta = session.meta if masker is None else maskEvent(masker, session.meta)
         info: dict[str, Any] = {
             "connection": connection.name, "protocol": connection.protocol,
-            "identity": identity.asDict(), "client": client, "policy_hash": self.policyHash,
-            "meta": session.meta if masker is None else maskEvent(masker, session.meta),
+            "identity": identity.asDict(), "client": client,
+            "policy_hash": self.policyHash, "meta": meta,
         }
         session.recording = self.store.openSession(session.id, info)
         session.gateway = self

@@ -53,9 +53,9 @@ def denyStatement(message: str) -> str:
 #: ParameterStatus (S), FunctionCallResponse (V) and CopyBothResponse (W)
 #: carry values too (set_config, fastpath results, replication).
 _MASKED_REPLIES = [b"T", b"D", b"N", b"A", b"E", b"S", b"V", b"W"]
-_COPY_REPLIES = [b"H", b"d", b"c"]
+_COPY_REPLIES = [b"H", b"d", b"c", b"C"]
 #: The types the row masker itself looks at (errors are masked here).
-_ROW_TYPES = frozenset(ord(c) for c in "TDNAHdcSVW")
+_ROW_TYPES = frozenset(ord(c) for c in "TDNAHdcCSVW")
 
 
 class ReplyMasker:
@@ -87,6 +87,8 @@ class ReplyMasker:
         rows = self.rows
         out = []
         for item in replies:
+            if item.__class__ is bytes or item.type not in _ROW_TYPES:
+                out.append(rows.passing(item if item.__class__ is bytes else item.type))
             if item.__class__ is bytes:
                 out.append(item)
             elif item.type in _ROW_TYPES:
@@ -124,7 +126,7 @@ class Relay:
     def startOutput(self) -> None:
         """Register the reply masker as soon as the session exists: the login's replies pass it too."""
         masker = self.session.chain.masker
-        self._rows = RowMasker(masker) if masker is not None else None
+        self._rows = RowMasker(masker, self.session.audit) if masker is not None else None
         if self._rows is not None:
             # Channel 0 is all a postgres session has.
             self.session.setOutputMasker(ReplyMasker(self._rows, self.factory.options.max_message), 0)
@@ -135,7 +137,7 @@ class Relay:
         masker = s.chain.masker
         self._creader = w.Reader(frontend=True, maxMessage=self.factory.options.max_message)
         self._breader = w.Reader(frontend=False, maxMessage=self.factory.options.max_message)
-        self._ctable = w.makeTable(w.FRONTEND_TYPES, [b"Q", b"P", b"B", b"E", b"S", b"C", b"X", b"F"])
+        self._ctable = w.makeTable(w.FRONTEND_TYPES, [b"Q", b"P", b"B", b"E", b"S", b"C", b"X", b"F", b"D"])
         stop = [b"C", b"E", b"Z", b"I", b"s", b"S"]
         if self._rows is not None:
             stop += _MASKED_REPLIES
@@ -184,6 +186,8 @@ class Relay:
     def _clientFrame(self, f, out):
         t = f.type
         raw = f.raw
+        if self._rows is not None:
+            self._rows.fromClient(t, raw)  # which description later rows belong to
         if t == _Q:
             self.sqlSettings.sent()
             if not self._wantsCommand:

@@ -20,7 +20,6 @@ from sealgate.protocols.http.plugin import parseOptions
 from sealgate.testing import (
     CommandInterceptor,
     FakeIdentities,
-    FakeStore,
     FakeTransport,
     OutputRecorder,
     fakeGateway,
@@ -352,37 +351,3 @@ def test_any_bytes_get_a_response_or_a_wait_never_a_gateway_error(data, step):
         assert normalizeTarget(parsed.target, parsed.method).originForm == parsed.target
     for status_ in (int(line.split(b" ")[1]) for line in out.split(b"\r\n") if line.startswith(b"HTTP/1.1 ")):
         assert status_ != 500
-
-
-class _BacklogStore:
-    """Today's store: a backlog count, no pressure reports (the interim path)."""
-
-    def __init__(self, store):
-        self._store = store
-        self.items = 0
-
-    def backlog(self) -> int:
-        return self.items
-
-    def __getattr__(self, name):
-        if name in ("pressure", "addPressureObserver", "removePressureObserver"):
-            raise AttributeError(name)
-        return getattr(self._store, name)
-
-
-def test_a_stream_over_the_store_backlog_pauses_both_legs_until_it_drains():
-    store = _BacklogStore(FakeStore())
-    r = relay(store=store)
-    r.send(get("/big"))
-    backend = r.connectBackend()
-    store.items = 5000
-    # A response in one read never looks: only streams do.
-    r.answer(response())
-    assert r.client.producerState == "producing"
-    r.send(get("/big"))
-    r.answer(b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: 100\r\n\r\n"
-             + b"x" * 10)
-    assert r.client.producerState == "paused" and backend.producerState == "paused"
-    store.items = 100
-    r.reactor.advance(0.01)
-    assert r.client.producerState == "producing" and backend.producerState == "producing"

@@ -306,7 +306,6 @@ class Exchange:
         if framing.done:
             self._complete()
             return
-        self.client.factory.pressure.check()
         leg = self.session.backendLeg
         if not self.registered and self.state is Exch.BODY and leg is not None:
             # A full client transport pauses the backend leg (and only for that reason).

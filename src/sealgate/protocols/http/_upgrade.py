@@ -74,7 +74,6 @@ class Relay:
         if self._state is Upgrade.OPEN:
             self.session.received(data)
             self.backend.write(data)
-            self.channel.factory.pressure.check()
         elif self._state is Upgrade.HEAD:
             self._pending.append(data)
             if sum(map(len, self._pending)) > self.MAX_PENDING:
@@ -126,7 +125,6 @@ class Relay:
             return
         if not self.channel.send(data, part="websocket"):
             return self._close("the output step refused a frame")
-        self.channel.factory.pressure.check()
 
     def decline(self, title: str, detail: str) -> None:
         """No upgrade: a 502 problem, and the connection closes."""

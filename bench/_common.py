@@ -1,6 +1,7 @@
 """Process helpers the benchmarks share: free ports, waiting for a listener, CPU time, stopping."""
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -74,3 +75,71 @@ def startForwarder(backendPort: int):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     waitPort(port, proc)
     return proc, port
+
+
+def childPids(pid: int) -> list[int]:
+    """The live direct children of a process (all its threads'): sealgate's store writer."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            found += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return found
+
+
+PYSPY = os.environ.get("PYSPY", str(Path(sys.executable).with_name("py-spy")))
+
+
+def startProfile(pid: int, out: Path, seconds: int):
+    """py-spy sampling C{pid} for C{seconds} into C{out} (collapsed stacks); the process to wait for."""
+    return subprocess.Popen([PYSPY, "record", "--pid", str(pid), "--duration", str(seconds),
+                             "--rate", "250", "--format", "raw", "--output", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+# Threads parked on a lock or in the reactor's poll: not work.
+IDLE = ("Condition.wait ", "wait (threading.py", "EPollReactor.doPoll ", "select ", "_worker (concurrent")
+
+
+def topSelf(raw: Path, n: int = 15) -> list[str]:
+    """
+    The C{n} functions with the most self time in a py-spy raw (collapsed)
+    profile, as lines: shares of the samples that were not idle (L{IDLE}).
+    """
+    counts: dict[str, int] = {}
+    total = 0
+    try:
+        text = raw.read_text()
+    except OSError:
+        return ["  (no profile: py-spy failed; is it installed and allowed to ptrace?)"]
+    for line in text.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        # One function, not one line: "name (file:line)" becomes "name (file)".
+        leaf = re.sub(r":\d+\)$", ")", stack.rsplit(";", 1)[-1])
+        if leaf.startswith(IDLE):
+            continue
+        counts[leaf] = counts.get(leaf, 0) + int(count)
+        total += int(count)
+    top = sorted(counts.items(), key=lambda kv: -kv[1])[:n]
+    return [f"  {c / total:6.1%}  {name}" for name, c in top] if total else ["  (no samples)"]
+
+
+def profiled(label: str, pids: dict[str, int], seconds: int, work: Path, run):
+    """Run C{run()} while py-spy samples each of C{pids}; print each one's top functions by self time."""
+    spies = {name: startProfile(pid, work / f"{label}-{name}.raw", seconds) for name, pid in pids.items()}
+    try:
+        result = run()
+    finally:
+        for spy in spies.values():
+            try:
+                spy.wait(seconds + 30)
+            except subprocess.TimeoutExpired:
+                spy.kill()
+    for name in pids:
+        print(f"  profile, {label}, {name}: top 15 by self time")
+        for line in topSelf(work / f"{label}-{name}.raw"):
+            print(line)
+    return result

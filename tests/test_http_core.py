@@ -172,6 +172,36 @@ def test_output_hooks_see_every_byte_sent_once_and_json_is_masked():
     assert {ctx["part"] for _, ctx in hook.seen} == {"body"}
 
 
+def test_a_binary_body_masking_passes_goes_out_as_the_backend_framed_it_and_a_text_one_is_masked():
+    hook = OutputRecorder()
+    masking = MaskingInterceptor(Masker.fromConfig(MaskingConfig(detectors=("credit_card",),
+                                                                 unknown_content="pass")))
+    r = relay([masking, hook])
+    r.send(get("/big"))
+    r.connectBackend()
+    blob = bytes(range(256)) * 16 + CARD
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: %d\r\n\r\n" % (
+        len(blob) * 3)
+    # In three reads: the masker sniffs the first, the rest pass as they come.
+    r.answer(head + blob)
+    r.answer(blob)
+    r.answer(blob)
+    out = r.sent()
+    sentHead, sentBody = out.split(b"\r\n\r\n", 1)
+    assert b"Content-Length: %d" % (len(blob) * 3) in sentHead and b"chunked" not in sentHead.lower()
+    assert sentBody == blob * 3
+    assert b"".join(data for data, _ in hook.seen) == out == r.session.recording.bytesTo()
+    # The same connection, a text body: streamed through the masker, chunked.
+    r.client.clear()
+    hook.seen.clear()
+    r.send(get("/text"))
+    text = b"card " + CARD + b" here"
+    r.answer(response(text, b"application/octet-stream"))
+    out = r.sent()
+    assert CARD not in out and b"transfer-encoding: chunked" in out.lower() and out.endswith(b"0\r\n\r\n")
+    assert b"".join(data for data, _ in hook.seen) == out
+
+
 def test_an_output_hook_that_refuses_gets_the_client_a_502_not_the_body():
     r = relay([OutputRecorder(refuse=True)])
     r.send(get("/x"))

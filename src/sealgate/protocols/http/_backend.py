@@ -48,6 +48,9 @@ class Exchange:
     pendingHead = recordedHead = b""
     rawPass = True
     chunkOut = False
+    #: A text-mode body's own Content-Length (no content coding): if the
+    #: masker finds it is not text and passes it, it goes out as it came.
+    passLength: bytes | None = None
     secretHead = False
     registered = False
     contentType = ""
@@ -226,6 +229,9 @@ class Exchange:
                                      self.backend.options.max_masked_body,
                                      (low.get(b"content-type") or [None])[0], hooks=False)
             skip = drop | {b"content-encoding", b"content-length"}
+            if (mode == "text" and framing is not None and framing.kind == "length"
+                    and b"content-encoding" not in low):
+                self.passLength = b"%d" % framing.length
         pairs = [pair for pair, n in zip(head.headers, names, strict=True) if n not in skip]
         self.secretHead = not self.backend.options.secret_headers.isdisjoint(low)
         self.mode = mode
@@ -297,8 +303,13 @@ class Exchange:
                 return
         else:
             try:
-                for piece in pieces:
+                for i, piece in enumerate(pieces):
                     out = masker.feed(piece)
+                    if self.pendingHead and self.passLength is not None and masker.passing:
+                        self._passThrough()
+                        if not self._emit(b"".join([out, *pieces[i + 1:]])):
+                            return
+                        break
                     if out and not self._emit(_wire.chunk(out) if self.chunkOut else out):
                         return
             except MaskingFailed as e:
@@ -311,6 +322,21 @@ class Exchange:
             # A full client transport pauses the backend leg (and only for that reason).
             self.registered = True
             self.client.transport.registerProducer(leg, True)
+
+    def _passThrough(self) -> None:
+        """
+        Nothing of the body is out yet and the masker passes it untouched
+        (not text, C{unknown_content = "pass"}): it goes out with its own
+        Content-Length, unchunked, as the backend framed it, and its
+        further reads as they come (the download path's copies and
+        per-read masking work are the cost this saves).
+        """
+        assert self.passLength is not None
+        self.pairs = [p for p in self.pairs if p != (b"Transfer-Encoding", b"chunked")]
+        self.pairs.append((b"Content-Length", self.passLength))
+        self.chunkOut = False
+        self.masker = None
+        self._setHead(self.pairs)
 
     def _complete(self) -> None:
         if self.masker is not None:

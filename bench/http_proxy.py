@@ -194,6 +194,7 @@ def download(url: str, size: int, headers=(), runs: int = 3, proc=None) -> tuple
     base = [rss(p) for p in pids]
     peak = list(base)
     before = cpuSeconds(proc.pid) if proc is not None else 0.0
+    own = cpuSeconds(proc.pid, children=False) if proc is not None else 0.0
     for _ in range(runs):
         curl = subprocess.Popen(args + [url], stdout=subprocess.PIPE, text=True)
         while curl.poll() is None:
@@ -207,6 +208,9 @@ def download(url: str, size: int, headers=(), runs: int = 3, proc=None) -> tuple
         if int(out[1]) != size:
             note += f" (short body: {out[1]} of {size} bytes!)"
     spent = (cpuSeconds(proc.pid) - before) / runs if proc is not None else 0.0
+    own = (cpuSeconds(proc.pid, children=False) - own) / runs if proc is not None else 0.0
+    if len(pids) > 1:
+        note += f"  [gateway process {own:.1f} s CPU each]"
     if pids:
         note += f"  [peak RSS growth: gateway {(peak[0] - base[0]) >> 20} MiB"
         note += "".join(f", writer {(a - b) >> 20} MiB" for a, b in zip(peak[1:], base[1:], strict=True)) + "]"

@@ -223,15 +223,14 @@ class Exchange:
             # passing both on would leave the client to guess.
             skip = drop | {b"content-length"}
         self.contentType = (low.get(b"content-type") or [b""])[0].decode("latin-1")
+        if framing is not None and framing.kind == "length" and b"content-encoding" not in low:
+            self.passLength = b"%d" % framing.length
         if mode in ("json", "text"):
             # Its output hooks run in the session's output step, not here.
             self.masker = BodyMasker(self.session, mode, (low.get(b"content-encoding") or [None])[0],
                                      self.backend.options.max_masked_body,
                                      (low.get(b"content-type") or [None])[0], hooks=False)
             skip = drop | {b"content-encoding", b"content-length"}
-            if (mode == "text" and framing is not None and framing.kind == "length"
-                    and b"content-encoding" not in low):
-                self.passLength = b"%d" % framing.length
         pairs = [pair for pair, n in zip(head.headers, names, strict=True) if n not in skip]
         self.secretHead = not self.backend.options.secret_headers.isdisjoint(low)
         self.mode = mode
@@ -262,6 +261,21 @@ class Exchange:
                 self.first, [(n, _wire.REDACTED if n.lower() in secret else v) for n, v in pairs])
         else:
             self.recordedHead = head
+
+    def _passThrough(self) -> None:
+        """
+        Nothing of the body is out yet and the masker passes it untouched
+        (not text, C{unknown_content = "pass"}): it goes out with its own
+        Content-Length, unchunked, as the backend framed it, and its
+        further reads as they come (the download path's copies and
+        per-read masking work are the cost this saves).
+        """
+        assert self.passLength is not None
+        self.pairs = [p for p in self.pairs if p != (b"Transfer-Encoding", b"chunked")]
+        self.pairs.append((b"Content-Length", self.passLength))
+        self.chunkOut = False
+        self.masker = None
+        self._setHead(self.pairs)
 
     def _emit(self, data: bytes) -> bool:
         """
@@ -305,7 +319,7 @@ class Exchange:
             try:
                 for i, piece in enumerate(pieces):
                     out = masker.feed(piece)
-                    if self.pendingHead and self.passLength is not None and masker.passing:
+                    if self.chunkOut and self.pendingHead and self.passLength is not None and masker.passing:
                         self._passThrough()
                         if not self._emit(b"".join([out, *pieces[i + 1:]])):
                             return
@@ -322,21 +336,6 @@ class Exchange:
             # A full client transport pauses the backend leg (and only for that reason).
             self.registered = True
             self.client.transport.registerProducer(leg, True)
-
-    def _passThrough(self) -> None:
-        """
-        Nothing of the body is out yet and the masker passes it untouched
-        (not text, C{unknown_content = "pass"}): it goes out with its own
-        Content-Length, unchunked, as the backend framed it, and its
-        further reads as they come (the download path's copies and
-        per-read masking work are the cost this saves).
-        """
-        assert self.passLength is not None
-        self.pairs = [p for p in self.pairs if p != (b"Transfer-Encoding", b"chunked")]
-        self.pairs.append((b"Content-Length", self.passLength))
-        self.chunkOut = False
-        self.masker = None
-        self._setHead(self.pairs)
 
     def _complete(self) -> None:
         if self.masker is not None:

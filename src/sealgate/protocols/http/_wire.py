@@ -144,6 +144,11 @@ class NotImplementedCoding(ProtocolError):
 _BAD_OCTET = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _goodNames: set = set()
+#: Header lines a strict parse accepted, split: a relay sees the same
+#: lines (Host, User-Agent, Server, Content-Type...) in every message.
+_strictLines: dict[bytes, tuple[bytes, bytes, bytes]] = {}
+_NO_LINES: dict = {}
+_LINE_CACHED = 256
 
 
 NEED_DATA = object()
@@ -353,18 +358,27 @@ def parseHeadIndexed(raw: bytes, responses: bool, strict: bool = False) -> tuple
     headers = []
     low: dict = {}
     names = []
+    cache = _strictLines if strict else _NO_LINES
     for line in lines[1:]:
-        name, sep, value = line.partition(b":")
-        if not sep or not name or name != name.strip():
-            raise ProtocolError("bad header line")
-        if strict and name not in _goodNames:
-            if _TOKEN.fullmatch(name) is None:
-                raise ProtocolError("a header name that is not a token")
-            if len(_goodNames) < 4096:
-                _goodNames.add(name)
-        value = value.strip()
+        hit = cache.get(line)
+        if hit is not None:
+            name, value, lname = hit
+        else:
+            name, sep, value = line.partition(b":")
+            if not sep or not name or name != name.strip():
+                raise ProtocolError("bad header line")
+            if strict and name not in _goodNames:
+                if _TOKEN.fullmatch(name) is None:
+                    raise ProtocolError("a header name that is not a token")
+                if len(_goodNames) < 4096:
+                    _goodNames.add(name)
+            value = value.strip()
+            lname = name.lower()
+            if strict and len(line) <= _LINE_CACHED:
+                if len(cache) >= 4096:
+                    cache.clear()
+                cache[line] = (name, value, lname)
         headers.append((name, value))
-        lname = name.lower()
         names.append(lname)
         values = low.get(lname)
         if values is None:

@@ -381,3 +381,22 @@ def test_any_bytes_get_a_response_or_a_wait_never_a_gateway_error(data, step):
         assert normalizeTarget(parsed.target, parsed.method).originForm == parsed.target
     for status_ in (int(line.split(b" ")[1]) for line in out.split(b"\r\n") if line.startswith(b"HTTP/1.1 ")):
         assert status_ != 500
+
+
+def test_a_backend_tcp_connection_reads_more_than_twisteds_64k_at_a_time():
+    from twisted.internet import tcp
+
+    from sealgate.protocols.http._pool import READ_SIZE, BackendConnection
+
+    class Plain(FakeTransport):
+        bufferSize = tcp.Connection.bufferSize  # what a tcp.Client has
+
+    assert READ_SIZE > tcp.Connection.bufferSize
+    conn = BackendConnection(pool=None)
+    plain = Plain()
+    conn.makeConnection(plain)
+    assert plain.bufferSize == READ_SIZE
+    # A transport without Twisted's read size (TLS over another transport) is left alone.
+    other = FakeTransport()
+    BackendConnection(pool=None).makeConnection(other)
+    assert not hasattr(other, "bufferSize")

@@ -1,7 +1,6 @@
 """Process helpers the benchmarks share: free ports, waiting for a listener, CPU time, stopping."""
 
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -78,68 +77,47 @@ def startForwarder(backendPort: int):
 
 
 def childPids(pid: int) -> list[int]:
-    """The live direct children of a process (all its threads'): sealgate's store writer."""
-    found = []
+    """The live child processes of C{pid} (every thread's), e.g. sealgate's store writer: Linux /proc."""
+    out: list[int] = []
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
-            found += [int(c) for c in (task / "children").read_text().split()]
+            out += [int(c) for c in (task / "children").read_text().split()]
         except OSError:
             continue
-    return found
+    return out
 
 
-PYSPY = os.environ.get("PYSPY", str(Path(sys.executable).with_name("py-spy")))
+PY_SPY = Path(sys.executable).with_name("py-spy")
 
 
-def startProfile(pid: int, out: Path, seconds: int):
-    """py-spy sampling C{pid} for C{seconds} into C{out} (collapsed stacks); the process to wait for."""
-    return subprocess.Popen([PYSPY, "record", "--pid", str(pid), "--duration", str(seconds),
-                             "--rate", "250", "--format", "raw", "--output", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
-# Threads parked on a lock or in the reactor's poll: not work.
-IDLE = ("Condition.wait ", "wait (threading.py", "EPollReactor.doPoll ", "select ", "_worker (concurrent")
-
-
-def topSelf(raw: Path, n: int = 15) -> list[str]:
+def startPySpy(pid: int, seconds: float, out: Path, rate: int = 250):
     """
-    The C{n} functions with the most self time in a py-spy raw (collapsed)
-    profile, as lines: shares of the samples that were not idle (L{IDLE}).
+    Sample C{pid} with py-spy for C{seconds} into C{out} in collapsed-stack
+    form ("raw": speedscope and flamegraph.pl read it); the process, to wait on.
+    Non-blocking, so the profiled process is not stopped for each sample.
+    """
+    return subprocess.Popen([str(PY_SPY), "record", "-p", str(pid), "-d", str(int(seconds) + 1),
+                             "-r", str(rate), "--nonblocking", "-f", "raw", "-o", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def topSelf(collapsed: Path, n: int = 15) -> list[tuple[str, int, float]]:
+    """
+    The C{n} functions with the most self time in a collapsed-stack profile:
+    C{(function (file), samples, share of all samples)}, most first.
     """
     counts: dict[str, int] = {}
     total = 0
-    try:
-        text = raw.read_text()
-    except OSError:
-        return ["  (no profile: py-spy failed; is it installed and allowed to ptrace?)"]
-    for line in text.splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not stack or not count.isdigit():
+    for line in collapsed.read_text().splitlines():
+        stack, _, num = line.rpartition(" ")
+        if not stack or not num.isdigit():
             continue
-        # One function, not one line: "name (file:line)" becomes "name (file)".
-        leaf = re.sub(r":\d+\)$", ")", stack.rsplit(";", 1)[-1])
-        if leaf.startswith(IDLE):
-            continue
-        counts[leaf] = counts.get(leaf, 0) + int(count)
-        total += int(count)
+        leaf = stack.rsplit(";", 1)[-1]
+        # "func (path/file.py:123)" -> "func (file.py)": one row per function.
+        name, _, where = leaf.partition(" (")
+        where = where.rstrip(")").rsplit(":", 1)[0].rsplit("/", 1)[-1]
+        key = f"{name} ({where})" if where else name
+        counts[key] = counts.get(key, 0) + int(num)
+        total += int(num)
     top = sorted(counts.items(), key=lambda kv: -kv[1])[:n]
-    return [f"  {c / total:6.1%}  {name}" for name, c in top] if total else ["  (no samples)"]
-
-
-def profiled(label: str, pids: dict[str, int], seconds: int, work: Path, run):
-    """Run C{run()} while py-spy samples each of C{pids}; print each one's top functions by self time."""
-    spies = {name: startProfile(pid, work / f"{label}-{name}.raw", seconds) for name, pid in pids.items()}
-    try:
-        result = run()
-    finally:
-        for spy in spies.values():
-            try:
-                spy.wait(seconds + 30)
-            except subprocess.TimeoutExpired:
-                spy.kill()
-    for name in pids:
-        print(f"  profile, {label}, {name}: top 15 by self time")
-        for line in topSelf(work / f"{label}-{name}.raw"):
-            print(line)
-    return result
+    return [(k, v, v / total if total else 0.0) for k, v in top]

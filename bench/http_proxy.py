@@ -165,6 +165,8 @@ unknown_content = "pass"
     state.mkdir(mode=0o700)
     key = APIKeyStore(state / "identity.sqlite").create("bench", ["bench"], None)
     env = dict(os.environ, PYTHONPATH=f"{tree}:{tree / 'src'}")
+    if tree != ROOT:
+        env["PYTHONDONTWRITEBYTECODE"] = "1"  # another checkout is read, never written
     twistd = str(Path(sys.executable).parent / "twistd")
     proc = subprocess.Popen([twistd, "-n", "--pidfile=", "-l", str(work / "sealgate.log"),
                              "sealgate", "--config", str(conf)],

@@ -53,12 +53,15 @@ DOC = {"customer": {"name": "Ada Lovelace", "email": "ada@example.com",
 IDLE = ("Condition.wait ", "wait (threading", "EPollReactor.doPoll ", "_worker (", "select (")
 
 
-def profiled(label: str, pids: dict[str, int], seconds: int, where: Path, run):
+def profiled(label: str, pids: dict[str, int], seconds: int, where: Path, run, gil: bool = True):
     """
     Run C{run()} while py-spy samples each of C{pids}; print each one's top
     15 functions by self time, as shares of the samples that were not idle.
+    C{gil}: only samples holding the GIL (Python's own work); else every
+    sample, native work and syscalls included (hashing, send, pwrite).
     """
-    spies = {name: startPySpy(pid, seconds, where / f"{label}-{name}.raw") for name, pid in pids.items()}
+    spies = {name: startPySpy(pid, seconds, where / f"{label}-{name}.raw", gil=gil)
+             for name, pid in pids.items()}
     try:
         result = run()
     finally:
@@ -275,6 +278,8 @@ def main() -> None:
     ap.add_argument("--against", type=Path, help="another checkout whose sealgate runs back to back")
     ap.add_argument("--profile", action="store_true", help="py-spy on the gateway and its writer")
     ap.add_argument("--profile-dir", type=Path, help="keep the raw py-spy profiles here")
+    ap.add_argument("--profile-wall", action="store_true",
+                    help="every sample, not only those holding the GIL (syscalls and hashing show)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="sealgate-bench-http-"))
     # nginx's workers run as another user: let them read the files.
@@ -332,7 +337,7 @@ def main() -> None:
             if args.profile:
                 pids = {"gateway": sg.pid, **dict(("writer", p) for p in childPids(sg.pid)[:1])}
                 profiled(f"wrk-{gport}", pids, args.seconds, args.profile_dir or work,
-                         lambda u=url, a=auth, p=sg: wrk(u, args.seconds, a, p))
+                         lambda u=url, a=auth, p=sg: wrk(u, args.seconds, a, p), not args.profile_wall)
 
         mb = args.download_mb
         d1, _, _ = download(f"http://127.0.0.1:{bport}/big", size)
@@ -352,7 +357,7 @@ def main() -> None:
                 pids = {"gateway": sg.pid, **dict(("writer", p) for p in childPids(sg.pid)[:1])}
                 seconds = max(2, int(3 * mb / max(d2, 1)))
                 profiled(f"download-{gport}", pids, seconds, args.profile_dir or work,
-                         lambda u=url, a=auth: download(u, size, a, runs=3))
+                         lambda u=url, a=auth: download(u, size, a, runs=3), not args.profile_wall)
     finally:
         for p in reversed(procs):
             stop(p)

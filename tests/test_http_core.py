@@ -20,7 +20,6 @@ from sealgate.protocols.http.plugin import parseOptions
 from sealgate.testing import (
     CommandInterceptor,
     FakeIdentities,
-    FakeStore,
     FakeTransport,
     OutputRecorder,
     fakeGateway,
@@ -171,6 +170,36 @@ def test_output_hooks_see_every_byte_sent_once_and_json_is_masked():
     assert CARD not in out and json.loads(body(out))["card"] != CARD.decode()
     assert b"".join(data for data, _ in hook.seen) == out == r.session.recording.bytesTo()
     assert {ctx["part"] for _, ctx in hook.seen} == {"body"}
+
+
+def test_a_binary_body_masking_passes_goes_out_as_the_backend_framed_it_and_a_text_one_is_masked():
+    hook = OutputRecorder()
+    masking = MaskingInterceptor(Masker.fromConfig(MaskingConfig(detectors=("credit_card",),
+                                                                 unknown_content="pass")))
+    r = relay([masking, hook])
+    r.send(get("/big"))
+    r.connectBackend()
+    blob = bytes(range(256)) * 16 + CARD
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: %d\r\n\r\n" % (
+        len(blob) * 3)
+    # In three reads: the masker sniffs the first, the rest pass as they come.
+    r.answer(head + blob)
+    r.answer(blob)
+    r.answer(blob)
+    out = r.sent()
+    sentHead, sentBody = out.split(b"\r\n\r\n", 1)
+    assert b"Content-Length: %d" % (len(blob) * 3) in sentHead and b"chunked" not in sentHead.lower()
+    assert sentBody == blob * 3
+    assert b"".join(data for data, _ in hook.seen) == out == r.session.recording.bytesTo()
+    # The same connection, a text body: streamed through the masker, chunked.
+    r.client.clear()
+    hook.seen.clear()
+    r.send(get("/text"))
+    text = b"card " + CARD + b" here"
+    r.answer(response(text, b"application/octet-stream"))
+    out = r.sent()
+    assert CARD not in out and b"transfer-encoding: chunked" in out.lower() and out.endswith(b"0\r\n\r\n")
+    assert b"".join(data for data, _ in hook.seen) == out
 
 
 def test_an_output_hook_that_refuses_gets_the_client_a_502_not_the_body():
@@ -354,35 +383,20 @@ def test_any_bytes_get_a_response_or_a_wait_never_a_gateway_error(data, step):
         assert status_ != 500
 
 
-class _BacklogStore:
-    """Today's store: a backlog count, no pressure reports (the interim path)."""
+def test_a_backend_tcp_connection_reads_more_than_twisteds_64k_at_a_time():
+    from twisted.internet import tcp
 
-    def __init__(self, store):
-        self._store = store
-        self.items = 0
+    from sealgate.protocols.http._pool import READ_SIZE, BackendConnection
 
-    def backlog(self) -> int:
-        return self.items
+    class Plain(FakeTransport):
+        bufferSize = tcp.Connection.bufferSize  # what a tcp.Client has
 
-    def __getattr__(self, name):
-        if name in ("pressure", "addPressureObserver", "removePressureObserver"):
-            raise AttributeError(name)
-        return getattr(self._store, name)
-
-
-def test_a_stream_over_the_store_backlog_pauses_both_legs_until_it_drains():
-    store = _BacklogStore(FakeStore())
-    r = relay(store=store)
-    r.send(get("/big"))
-    backend = r.connectBackend()
-    store.items = 5000
-    # A response in one read never looks: only streams do.
-    r.answer(response())
-    assert r.client.producerState == "producing"
-    r.send(get("/big"))
-    r.answer(b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: 100\r\n\r\n"
-             + b"x" * 10)
-    assert r.client.producerState == "paused" and backend.producerState == "paused"
-    store.items = 100
-    r.reactor.advance(0.01)
-    assert r.client.producerState == "producing" and backend.producerState == "producing"
+    assert READ_SIZE > tcp.Connection.bufferSize
+    conn = BackendConnection(pool=None)
+    plain = Plain()
+    conn.makeConnection(plain)
+    assert plain.bufferSize == READ_SIZE
+    # A transport without Twisted's read size (TLS over another transport) is left alone.
+    other = FakeTransport()
+    BackendConnection(pool=None).makeConnection(other)
+    assert not hasattr(other, "bufferSize")

@@ -384,10 +384,14 @@ def _rss(pid="self") -> int:
 @pytest.mark.timeout(300)
 @pytest_twisted.ensureDeferred
 async def test_large_download_and_upload_keep_gateway_memory_bounded(tmp_path, http_backend):
-    size = int(os.environ.get("SEALGATE_TEST_HTTP_DOWNLOAD", 1 << 30))
+    # 160 MiB with a 4 MiB unsealed bound: a gateway or writer that held the
+    # body would grow past the asserted bounds.  The 1 GiB run is in
+    # bench/http_proxy.py (download line, with the same memory figures).
+    size = int(os.environ.get("SEALGATE_TEST_HTTP_DOWNLOAD", 160 << 20))
     # Binary downloads on a masked connection are refused unless unknown_content says pass.
     g, key = await _start(tmp_path, http_backend, extra='unknown_content = "pass"',
-                          extra_options=f"max_body = {size}")
+                          extra_options=f"max_body = {size}",
+                          head='[gateway]\nmax_unsealed = "4MiB"\n')
     writer = g.service.store.writerPid
     peak = [_rss(), _rss(writer)]
     baseline = peak[0]
@@ -427,14 +431,14 @@ async def test_large_download_and_upload_keep_gateway_memory_bounded(tmp_path, h
     expected = headers.split(b"x-content-sha256: ")[1].split(b"\r\n")[0]
     assert r.stdout.split()[0] == expected
     # The gateway runs in this process: its memory must not grow with the
-    # bodies (1.25 GiB here).  What it may hold: the store's pacing window
-    # (up to 64 MiB queued), buffers.  Its store writer holds what is in
+    # bodies (200 MiB here).  What it may hold: the store's pacing window
+    # (max_unsealed, 4 MiB), buffers.  Its store writer holds what is in
     # flight and the batch it seals, never the whole body.
     growth = peak[0] - baseline
     print(f"gateway RSS growth during a {size >> 20} MiB download and a {size >> 22} MiB upload: "
           f"{growth >> 20} MiB; store writer peak RSS {peak[1] >> 20} MiB")
-    assert growth < 128 << 20, growth >> 20
-    assert peak[1] < 256 << 20, peak[1] >> 20
+    assert growth < size // 2, growth >> 20
+    assert peak[1] < (48 << 20) + size // 2, peak[1] >> 20
 
 
 @pytest_twisted.ensureDeferred

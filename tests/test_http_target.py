@@ -112,3 +112,26 @@ def test_a_request_has_one_host_and_an_absolute_target_routes_by_its_authority()
     with pytest.raises(TargetRefused):
         parseRequest(b"GET /a%2Fb HTTP/1.1\r\nHost: gw")
     assert parseRequest(b"GET /a%2Fb HTTP/1.1\r\nHost: gw", lenientToo=True).lenient
+
+
+@given(st.lists(st.lists(_PCHARS, max_size=12).map(lambda parts: ("/" + "".join(parts)).encode("utf-8"))
+                | st.sampled_from([b"*", b"http://gw/x", b"ftp://gw/", b"/a#b", b"/%2f", b"x"]),
+                min_size=1, max_size=8),
+       st.sampled_from([b"GET", b"OPTIONS"]), st.booleans())
+def test_a_target_seen_before_normalizes_or_is_refused_as_the_first_time(targets, method, lenient):
+    from sealgate.protocols.http import _target
+
+    def outcome(raw):
+        try:
+            return _target.normalizeTarget(raw, method, lenient)
+        except TargetRefused as e:
+            return str(e)
+
+    first = [outcome(raw) for raw in targets]
+    assert [outcome(raw) for raw in targets] == first
+    for raw, was in zip(targets, first, strict=True):
+        try:
+            fresh = _target._normalize(raw, method, lenient)
+        except TargetRefused as e:
+            fresh = str(e)
+        assert fresh == was

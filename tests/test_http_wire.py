@@ -304,3 +304,45 @@ def test_response_framing_by_status_method_and_headers():
 def test_bad_request_heads_raise_protocol_error(raw):
     with pytest.raises(_wire.ProtocolError):
         _wire.parseHead(raw, False)
+
+
+_LINES = st.sampled_from([b"Host: gw", b"X-A:  a b ", b"Bad Name: x", b"NoColon", b" Lead: x", b"X-B:",
+                          b"User-Agent: wrk", b"X-\x00: nul", b"x-a: again", b"Content-Type: text/plain"])
+
+
+@given(st.lists(st.lists(_LINES, max_size=6), min_size=1, max_size=6))
+def test_a_strict_parse_gives_the_same_answer_however_often_a_line_was_seen(heads):
+    # Strict parses remember the header lines they accepted: a line seen
+    # before must give what a first parse gives, and a lenient parse's
+    # lines must never vouch for a strict one.
+    def outcome(raw: bytes, strict: bool):
+        try:
+            head, low, names = _wire.parseHeadIndexed(raw, False, strict=strict)
+        except _wire.ProtocolError as e:
+            return str(e)
+        return head.headers, low, names
+
+    for lines in heads:
+        raw = b"\r\n".join([b"GET / HTTP/1.1", *lines])
+        lenient = outcome(raw, False)
+        _wire._strictLines.clear()
+        first = outcome(raw, True)
+        assert outcome(raw, True) == first and outcome(raw, False) == lenient
+        # And seen after other heads filled the cache:
+        for other in heads:
+            outcome(b"\r\n".join([b"GET / HTTP/1.1", *other]), True)
+        assert outcome(raw, True) == first
+
+
+@pytest.mark.parametrize("octet", range(256))
+def test_a_strict_head_refuses_exactly_the_control_octets_rfc_9110_forbids(octet):
+    raw = b"GET / HTTP/1.1\r\nX-A: a" + bytes([octet]) + b"b"
+    forbidden = _wire._BAD_OCTET.search(raw) is not None  # the rule, as a regex
+    if octet in (0x0A, 0x0D):
+        forbidden = True  # bare CR or LF: refused by the line check
+    try:
+        _wire.parseHeadIndexed(raw, False, strict=True)
+        refused = False
+    except _wire.ProtocolError:
+        refused = True
+    assert refused == forbidden

@@ -47,6 +47,19 @@ def test_one_list_of_text_types(ctype, kind):
     assert isTextType(ctype) == (kind in ("json", "text"))
 
 
+@given(st.lists(st.sampled_from(["text/plain", "TEXT/PLAIN; charset=UTF-16", b"application/json",
+                                  "multipart/form-data; boundary=a", "image/png", b"text/csv;charset=latin-1",
+                                  "", None, "x" * 300 + "/json"]), max_size=20))
+def test_a_content_type_seen_before_parses_as_it_did_the_first_time(values):
+    from sealgate.masking import _content
+
+    for v in values:
+        _content._mediaTypes.clear()
+        first = mediaType(v)
+        assert mediaType(v) == first == _content._parseMediaType(v)
+        assert mediaType(v.decode() if isinstance(v, bytes) else v) == first
+
+
 @pytest.mark.parametrize("codec, bom", [
     ("utf-16-le", codecs.BOM_UTF16_LE), ("utf-16-be", codecs.BOM_UTF16_BE),
     ("utf-32-le", codecs.BOM_UTF32_LE), ("utf-32-be", codecs.BOM_UTF32_BE),

@@ -77,8 +77,25 @@ class MediaType:
         return self.kind in ("json", "text")
 
 
+#: Parsed values: a service sends the same few Content-Types, and each
+#: response asks up to three times (its mode, its masker, HAR).
+_mediaTypes: dict = {}
+
+
 def mediaType(contentType: str | bytes | None) -> MediaType:
     """Parse a C{Content-Type} header value (RFC 9110 8.3) into a L{MediaType}."""
+    if type(contentType) not in (bytes, str) or len(contentType) > 256:  # type: ignore[arg-type]
+        return _parseMediaType(contentType)
+    found = _mediaTypes.get(contentType)
+    if found is None:
+        found = _parseMediaType(contentType)
+        if len(_mediaTypes) >= 1024:
+            _mediaTypes.clear()
+        _mediaTypes[contentType] = found
+    return found
+
+
+def _parseMediaType(contentType: str | bytes | None) -> MediaType:
     if isinstance(contentType, bytes):
         contentType = contentType.decode("latin-1")
     if not contentType or not contentType.strip():

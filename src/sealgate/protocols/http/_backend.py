@@ -49,6 +49,9 @@ class Exchange:
     pendingHead = recordedHead = b""
     rawPass = True
     chunkOut = False
+    #: A text-mode body's own Content-Length (no content coding): if the
+    #: masker finds it is not text and passes it, it goes out as it came.
+    passLength: bytes | None = None
     secretHead = False
     registered = False
     contentType = ""
@@ -224,6 +227,8 @@ class Exchange:
             # passing both on would leave the client to guess.
             skip = drop | {b"content-length"}
         self.contentType = (low.get(b"content-type") or [b""])[0].decode("latin-1")
+        if framing is not None and framing.kind == "length" and b"content-encoding" not in low:
+            self.passLength = b"%d" % framing.length
         if mode in ("json", "text"):
             # Its output hooks run in the session's output step, not here.
             self.masker = BodyMasker(self.session, mode, (low.get(b"content-encoding") or [None])[0],
@@ -271,6 +276,21 @@ class Exchange:
         else:
             self.recordedHead = head
 
+    def _passThrough(self) -> None:
+        """
+        Nothing of the body is out yet and the masker passes it untouched
+        (not text, C{unknown_content = "pass"}): it goes out with its own
+        Content-Length, unchunked, as the backend framed it, and its
+        further reads as they come (the download path's copies and
+        per-read masking work are the cost this saves).
+        """
+        assert self.passLength is not None
+        self.pairs = [p for p in self.pairs if p != (b"Transfer-Encoding", b"chunked")]
+        self.pairs.append((b"Content-Length", self.passLength))
+        self.chunkOut = False
+        self.masker = None
+        self._setHead(self.pairs)
+
     def _emit(self, data: bytes) -> bool:
         """
         Send bytes to the client (the head first) through its output step;
@@ -316,8 +336,13 @@ class Exchange:
                 return
         else:
             try:
-                for piece in pieces:
+                for i, piece in enumerate(pieces):
                     out = masker.feed(piece)
+                    if self.chunkOut and self.pendingHead and self.passLength is not None and masker.passing:
+                        self._passThrough()
+                        if not self._emit(b"".join([out, *pieces[i + 1:]])):
+                            return
+                        break
                     if out and not self._emit(_wire.chunk(out) if self.chunkOut else out):
                         return
             except MaskingFailed as e:
@@ -325,7 +350,6 @@ class Exchange:
         if framing.done:
             self._complete()
             return
-        self.client.factory.pressure.check()
         leg = self.session.backendLeg
         if not self.registered and self.state is Exch.BODY and leg is not None:
             # A full client transport pauses the backend leg (and only for that reason).

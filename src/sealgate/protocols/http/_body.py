@@ -133,6 +133,11 @@ class BodyMasker:
         out = self._body.feed(data)
         return self._output(out) if out else b""
 
+    @property
+    def passing(self) -> bool:
+        """The masker sniffed a body that is not text and C{unknown_content} passes it: the rest goes as it is."""
+        return getattr(self._body, "state", None) == "pass"
+
     def finish(self) -> bytes:
         body = self._body
         if isinstance(body, _Whole):

@@ -11,6 +11,8 @@ from sealgate import noDelay
 #: An idle backend connection older than this is closed rather than reused:
 #: servers drop idle connections, and a request sent on one would fail.
 _MAX_IDLE_AGE = 30.0
+#: The most one read of a backend connection takes (a plain TCP one).
+READ_SIZE = 256 << 10
 
 
 class BackendConnection(Protocol):
@@ -29,6 +31,10 @@ class BackendConnection(Protocol):
 
     def connectionMade(self):
         noDelay(self.transport)
+        if type(getattr(self.transport, "bufferSize", None)) is int:
+            # Twisted reads 64 KiB at a time; a download's bytes then cost a
+            # reactor turn, a relay step and a recorded frame per 64 KiB.
+            self.transport.bufferSize = READ_SIZE
 
     def dataReceived(self, data):
         if self.exchange is not None:

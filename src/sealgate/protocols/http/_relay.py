@@ -16,7 +16,6 @@ from sealgate import Leg, OutputRefused, Preamble, noDelay, writeNow
 from sealgate.interfaces import IPreLoginClient
 from sealgate.prelogin import httpRefusal
 from sealgate.protocols.http import _wire
-from sealgate.protocols.http._backlog import BacklogPressure
 from sealgate.protocols.http._login import BrowserLogin
 from sealgate.protocols.http._pipeline import Pipeline
 from sealgate.protocols.http._pool import BackendPool
@@ -209,7 +208,6 @@ class ClientConnection(Protocol):
         if request.bodySize > pipeline.maxBody or request.wireSize > pipeline.maxBody + _FRAMING_MARGIN:
             return pipeline.tooLarge()
         if not framing.done:
-            self.factory.pressure.check()
             return
         if used < len(data):
             self.buf += data[used:]
@@ -416,7 +414,6 @@ class RelayFactory(Factory):
         self.lenient = any(c.options.lenient_targets for c in connections)
         self.login = BrowserLogin(gateway, self.reactor) if any(
             c.options.browser_login for c in connections) else None
-        self.pressure = BacklogPressure(gateway, self.reactor)
         self.name = connections[0].name
 
     def buildProtocol(self, addr):
@@ -427,7 +424,6 @@ class RelayFactory(Factory):
         return [b"http/1.1"]
 
     def stopFactory(self):
-        self.pressure.stop()
         for pool in self.pools.values():
             pool.close()
 

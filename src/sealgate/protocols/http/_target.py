@@ -50,6 +50,23 @@ def normalizeTarget(raw: bytes, method: bytes, lenient: bool = False) -> Target:
         raw backslashes, for a backend that needs them; never the default.
     @raise TargetRefused: the target cannot be normalized safely.
     """
+    key = (raw, method, lenient)
+    found = _normalized.get(key)
+    if found is None:
+        found = _normalize(raw, method, lenient)
+        if len(raw) <= 256:
+            if len(_normalized) >= 4096:
+                _normalized.clear()
+            _normalized[key] = found
+    return found
+
+
+#: Targets normalized before (a client asks for the same few paths): a
+#: refused one raises each time and is never kept.
+_normalized: dict[tuple[bytes, bytes, bool], Target] = {}
+
+
+def _normalize(raw: bytes, method: bytes, lenient: bool) -> Target:
     if raw == b"*":
         if method != b"OPTIONS":
             raise TargetRefused("the asterisk target is only for OPTIONS")

@@ -81,7 +81,6 @@ class Relay:
         if self._state is Upgrade.OPEN:
             self.session.received(data)
             self.backend.write(data)
-            self.channel.factory.pressure.check()
         elif self._state is Upgrade.HEAD:
             self._pending.append(data)
             if sum(map(len, self._pending)) > self.MAX_PENDING:
@@ -149,7 +148,6 @@ class Relay:
                 return
         if not self.channel.send(data, part="websocket"):
             return self._close("the output step refused a frame")
-        self.channel.factory.pressure.check()
 
     def _refuse(self, error: WebSocketError) -> None:
         """A backend message that cannot go out: sealed, a close frame to the client, the end."""

@@ -142,8 +142,15 @@ class NotImplementedCoding(ProtocolError):
 #: RFC 9110 section 5.5: no control character in a field value but HTAB
 #: (CR and LF are caught line by line); section 5.1: names are tokens.
 _BAD_OCTET = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+#: The same octets, for bytes.translate: deleting them is a quarter of the regex's time.
+_BAD_OCTETS = bytes([*range(0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F])
 _TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _goodNames: set = set()
+#: Header lines a strict parse accepted, split: a relay sees the same
+#: lines (Host, User-Agent, Server, Content-Type...) in every message.
+_strictLines: dict[bytes, tuple[bytes, bytes, bytes]] = {}
+_NO_LINES: dict = {}
+_LINE_CACHED = 256
 
 
 NEED_DATA = object()
@@ -347,24 +354,33 @@ def parseHeadIndexed(raw: bytes, responses: bool, strict: bool = False) -> tuple
     # A bare CR or LF inside a line could end it for the next hop: refuse.
     if raw.count(b"\n") != len(lines) - 1 or raw.count(b"\r") != len(lines) - 1:
         raise ProtocolError("bare CR or LF in the head")
-    if strict and _BAD_OCTET.search(raw) is not None:
+    if strict and len(raw.translate(None, _BAD_OCTETS)) != len(raw):
         raise ProtocolError("a control character (such as NUL) in the head")
     first = lines[0]
     headers = []
     low: dict = {}
     names = []
+    cache = _strictLines if strict else _NO_LINES
     for line in lines[1:]:
-        name, sep, value = line.partition(b":")
-        if not sep or not name or name != name.strip():
-            raise ProtocolError("bad header line")
-        if strict and name not in _goodNames:
-            if _TOKEN.fullmatch(name) is None:
-                raise ProtocolError("a header name that is not a token")
-            if len(_goodNames) < 4096:
-                _goodNames.add(name)
-        value = value.strip()
+        hit = cache.get(line)
+        if hit is not None:
+            name, value, lname = hit
+        else:
+            name, sep, value = line.partition(b":")
+            if not sep or not name or name != name.strip():
+                raise ProtocolError("bad header line")
+            if strict and name not in _goodNames:
+                if _TOKEN.fullmatch(name) is None:
+                    raise ProtocolError("a header name that is not a token")
+                if len(_goodNames) < 4096:
+                    _goodNames.add(name)
+            value = value.strip()
+            lname = name.lower()
+            if strict and len(line) <= _LINE_CACHED:
+                if len(cache) >= 4096:
+                    cache.clear()
+                cache[line] = (name, value, lname)
         headers.append((name, value))
-        lname = name.lower()
         names.append(lname)
         values = low.get(lname)
         if values is None:

@@ -1,23 +1,17 @@
 """The postgres client leg's state machines, each in one transition table (h11 style), and the relay's records of statements in flight."""
 
-import enum
 from collections.abc import Callable
 from typing import Any
 
 import attrs
 
+from sealgate.protocols._machine import FastEnum, LocalProtocolError, step
 
-class LocalProtocolError(Exception):
-    """A transition the table does not allow: the leg ends with a protocol error, never a crash."""
-
-
-class _Fast(enum.Enum):
-    # Members are singletons: identity hashing is exact and C-fast (Enum's
-    # own __hash__ is Python code, paid on every table lookup).
-    __hash__ = object.__hash__
+__all__ = ["LocalProtocolError", "Phase", "PhaseEvent", "Flow", "FlowEvent", "phaseStep", "flowStep",
+           "Statement", "SYNC", "Held"]
 
 
-class Phase(_Fast):
+class Phase(FastEnum):
     """Where a client connection is, from its first byte to its end."""
 
     #: Before the StartupMessage (SSLRequest and GSSENCRequest are answered here).
@@ -32,7 +26,7 @@ class Phase(_Fast):
     CLOSED = "closed"
 
 
-class PhaseEvent(_Fast):
+class PhaseEvent(FastEnum):
     STARTUP_SENT = "startup message"
     PASSWORD_SENT = "password message"
     BACKEND_READY = "backend ready"
@@ -49,14 +43,14 @@ for _phase in Phase:
     _PHASE[_phase, PhaseEvent.CLOSE] = Phase.CLOSED
 
 
-class Flow(_Fast):
+class Flow(FastEnum):
     """Whether the relay reads the client's statements: it stops while one is held for approval."""
 
     FLOWING = "flowing"
     HELD = "held"
 
 
-class FlowEvent(_Fast):
+class FlowEvent(FastEnum):
     HOLD = "statement held"
     DECIDED = "hold decided"
 
@@ -71,24 +65,14 @@ PHASE_TABLE = dict(_PHASE)
 FLOW_TABLE = dict(_FLOW)
 
 
-def _refused(state, event) -> LocalProtocolError:
-    return LocalProtocolError(f"{event.value!r} cannot happen in state {state.value!r}")
-
-
 def phaseStep(state: Phase, event: PhaseEvent) -> Phase:
     """The connection's phase after C{event}; one the table lacks raises L{LocalProtocolError}."""
-    try:
-        return _PHASE[state, event]
-    except KeyError:
-        raise _refused(state, event) from None
+    return step(_PHASE, state, event)
 
 
 def flowStep(state: Flow, event: FlowEvent) -> Flow:
     """The relay's flow after C{event}; one the table lacks raises L{LocalProtocolError}."""
-    try:
-        return _FLOW[state, event]
-    except KeyError:
-        raise _refused(state, event) from None
+    return step(_FLOW, state, event)
 
 
 # -- the relay's records ------------------------------------------------------------

@@ -74,3 +74,50 @@ def startForwarder(backendPort: int):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     waitPort(port, proc)
     return proc, port
+
+
+def childPids(pid: int) -> list[int]:
+    """The live child processes of C{pid} (every thread's), e.g. sealgate's store writer: Linux /proc."""
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            out += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return out
+
+
+PY_SPY = Path(sys.executable).with_name("py-spy")
+
+
+def startPySpy(pid: int, seconds: float, out: Path, rate: int = 250):
+    """
+    Sample C{pid} with py-spy for C{seconds} into C{out} in collapsed-stack
+    form ("raw": speedscope and flamegraph.pl read it); the process, to wait on.
+    Non-blocking, so the profiled process is not stopped for each sample.
+    """
+    return subprocess.Popen([str(PY_SPY), "record", "-p", str(pid), "-d", str(int(seconds) + 1),
+                             "-r", str(rate), "--nonblocking", "-f", "raw", "-o", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def topSelf(collapsed: Path, n: int = 15) -> list[tuple[str, int, float]]:
+    """
+    The C{n} functions with the most self time in a collapsed-stack profile:
+    C{(function (file), samples, share of all samples)}, most first.
+    """
+    counts: dict[str, int] = {}
+    total = 0
+    for line in collapsed.read_text().splitlines():
+        stack, _, num = line.rpartition(" ")
+        if not stack or not num.isdigit():
+            continue
+        leaf = stack.rsplit(";", 1)[-1]
+        # "func (path/file.py:123)" -> "func (file.py)": one row per function.
+        name, _, where = leaf.partition(" (")
+        where = where.rstrip(")").rsplit(":", 1)[0].rsplit("/", 1)[-1]
+        key = f"{name} ({where})" if where else name
+        counts[key] = counts.get(key, 0) + int(num)
+        total += int(num)
+    top = sorted(counts.items(), key=lambda kv: -kv[1])[:n]
+    return [(k, v, v / total if total else 0.0) for k, v in top]

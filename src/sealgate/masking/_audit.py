@@ -1,5 +1,6 @@
 """Masking what a client typed before it is sealed in the log (audit event fields)."""
 
+import weakref
 from typing import Any
 
 from sealgate.masking._errors import MaskingFailed
@@ -27,50 +28,122 @@ def maskEvent(masker, fields: dict[str, Any]) -> dict[str, Any]:
     (named fields inside it redacted).  Returns C{fields} itself when
     nothing changed; never raises (what cannot be parsed is masked as text).
     """
-    out = _walk(masker, fields, 0, top=True)
+    if not masker.detectors and not masker.names:
+        return fields  # nothing could change
+    out = _walk(masker, fields, 0, _keys(masker), top=True)
     return fields if out is fields else out
 
 
-def _walk(masker, value: Any, depth: int, top: bool = False) -> Any:
+#: Per masker, what each field name it has seen comes to: (the key masked,
+#: or None when unchanged; whether its value is redacted whole).  Event
+#: fields are mostly the same few names on every statement, so this turns
+#: two calls per field into one dict read.  Maskers are immutable.
+_KEYS: "weakref.WeakKeyDictionary[Any, dict[str, tuple[str | None, bool]]]" = weakref.WeakKeyDictionary()
+_KEYS_MAX = 4096
+
+
+def _keys(masker) -> dict[str, tuple[str | None, bool]]:
+    try:
+        keys = _KEYS.get(masker)
+        if keys is None:
+            keys = _KEYS[masker] = {}
+    except TypeError:
+        return {}  # a masker that cannot be weakly referenced: no cache
+    return keys
+
+
+def _key(masker, keys: dict, k: str) -> tuple[str | None, bool]:
+    masked = _text(masker, k)
+    info = (None if masked is k else masked, masker.columnMasked(k))
+    if len(keys) < _KEYS_MAX:
+        keys[k] = info
+    return info
+
+
+def _walk(masker, value: Any, depth: int, keys: dict, top: bool = False) -> Any:
+    t = type(value)
+    if t is str:
+        return _text(masker, value)
+    if t is dict:
+        if depth >= _MAX_DEPTH:
+            return _text(masker, repr(value))
+        return _dict(masker, value, depth, keys, top)
+    if t is list or t is tuple:
+        if depth >= _MAX_DEPTH:
+            return _text(masker, repr(value))
+        return _seq(masker, value, depth, keys)
+    if t is int or t is float:
+        # A parameter bound as a number can be a card number too.
+        if not masker.detectors:
+            return value
+        text = repr(value)
+        masked = masker.maskText(text)
+        return value if masked == text else masked
+    if value is None or t is bool:
+        return value
+    return _other(masker, value, depth, keys, top)
+
+
+def _dict(masker, value: dict, depth: int, keys: dict, top: bool) -> Any:
+    out = {}
+    changed = False
+    for k, v in value.items():
+        if isinstance(k, str):
+            info = keys.get(k) if type(k) is str else None
+            if info is None:
+                info = _key(masker, keys, k)
+            key = k if info[0] is None else info[0]
+            if info[1] and v is not None and not (top and k in STRUCTURAL):
+                new: Any = masker.maskValue(k, "")
+            else:
+                new = _walk(masker, v, depth + 1, keys)
+        else:
+            key = k
+            new = _walk(masker, v, depth + 1, keys)
+        if new is not v or key is not k:
+            changed = True
+        out[key] = new
+    return out if changed else value
+
+
+def _seq(masker, value, depth: int, keys: dict) -> Any:
+    items = [_walk(masker, v, depth + 1, keys) for v in value]
+    for a, b in zip(items, value, strict=True):
+        if a is not b:
+            return type(value)(items) if isinstance(value, tuple) else items
+    return value
+
+
+def _other(masker, value: Any, depth: int, keys: dict, top: bool) -> Any:
+    """Subclasses and the rarer types, as the general rules have them."""
     if isinstance(value, str):
         return _text(masker, value)
     if isinstance(value, (bytes, bytearray)):
         masked = masker.maskBytes(bytes(value))
         return value if masked == value else masked
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        # A parameter bound as a number can be a card number too.
         text = repr(value)
         masked = masker.maskText(text)
         return value if masked == text else masked
     if depth >= _MAX_DEPTH:
         return _text(masker, repr(value)) if isinstance(value, (dict, list, tuple)) else value
     if isinstance(value, dict):
-        out = {}
-        changed = False
-        for k, v in value.items():
-            key = _text(masker, k) if isinstance(k, str) else k
-            if (isinstance(k, str) and v is not None and not (top and k in STRUCTURAL)
-                    and masker.columnMasked(k)):
-                new: Any = masker.maskValue(k, "")
-            else:
-                new = _walk(masker, v, depth + 1)
-            changed |= new is not v or key is not k
-            out[key] = new
-        return out if changed else value
+        return _dict(masker, value, depth, keys, top)
     if isinstance(value, (list, tuple)):
-        items = [_walk(masker, v, depth + 1) for v in value]
-        if all(a is b for a, b in zip(items, value, strict=True)):
-            return value
-        return type(value)(items) if isinstance(value, tuple) else items
+        return _seq(masker, value, depth, keys)
     return value
 
 
 def _text(masker, text: str) -> str:
-    stripped = text.lstrip()
-    if stripped[:1] in ("{", "[") and masker.names:
-        try:
-            return masker.maskJsonText(text)
-        except MaskingFailed:
-            pass
+    first = text[:1]
+    if masker.names and (first == "{" or first == "[" or first.isspace()):
+        stripped = text.lstrip()
+        if stripped[:1] in ("{", "["):
+            try:
+                return masker.maskJsonText(text)
+            except MaskingFailed:
+                pass
+    if not masker.detectors:
+        return text
     masked = masker.maskText(text)
     return text if masked == text else masked

@@ -30,40 +30,59 @@ def maskEvent(masker, fields: dict[str, Any]) -> dict[str, Any]:
     """
     if not masker.detectors and not masker.names:
         return fields  # nothing could change
-    out = _walk(masker, fields, 0, _keys(masker), top=True)
+    out = _walk(masker, fields, 0, _caches(masker), top=True)
     return fields if out is fields else out
 
 
-#: Per masker, what each field name it has seen comes to: (the key masked,
-#: or None when unchanged; whether its value is redacted whole).  Event
-#: fields are mostly the same few names on every statement, so this turns
-#: two calls per field into one dict read.  Maskers are immutable.
-_KEYS: "weakref.WeakKeyDictionary[Any, dict[str, tuple[str | None, bool]]]" = weakref.WeakKeyDictionary()
-_KEYS_MAX = 4096
+#: Per masker, two caches: what each field name it has seen comes to (the
+#: key masked, or None when unchanged; whether its value is redacted whole),
+#: and what each short text comes to (masked, or None when unchanged).
+#: Event fields are mostly the same few names and words on every statement
+#: (verdicts, statement kinds, effects, relations, SQLSTATEs), so most of a
+#: walk becomes dict reads.  Maskers are immutable and deterministic.
+_CACHES: "weakref.WeakKeyDictionary[Any, tuple[dict, dict]]" = weakref.WeakKeyDictionary()
+_CACHE_MAX = 4096
+#: Texts longer than this (statement texts: a new literal each time) are not kept.
+_SHORT = 80
 
 
-def _keys(masker) -> dict[str, tuple[str | None, bool]]:
+def _caches(masker) -> tuple[dict, dict]:
     try:
-        keys = _KEYS.get(masker)
-        if keys is None:
-            keys = _KEYS[masker] = {}
+        cache = _CACHES.get(masker)
+        if cache is None:
+            cache = _CACHES[masker] = ({}, {})
     except TypeError:
-        return {}  # a masker that cannot be weakly referenced: no cache
-    return keys
+        return {}, {}  # a masker that cannot be weakly referenced: nothing kept
+    return cache
 
 
-def _key(masker, keys: dict, k: str) -> tuple[str | None, bool]:
+def _key(masker, cache: tuple[dict, dict], k: str) -> tuple[str | None, bool]:
     masked = _text(masker, k)
     info = (None if masked is k else masked, masker.columnMasked(k))
-    if len(keys) < _KEYS_MAX:
-        keys[k] = info
+    names = cache[0]
+    if len(names) < _CACHE_MAX:
+        names[k] = info
     return info
 
 
-def _walk(masker, value: Any, depth: int, keys: dict, top: bool = False) -> Any:
+def _shortText(masker, cache: tuple[dict, dict], text: str) -> str:
+    texts = cache[1]
+    hit = texts.get(text, _MISSING)
+    if hit is _MISSING:
+        masked = _text(masker, text)
+        hit = None if masked is text else masked
+        if len(texts) < _CACHE_MAX and type(text) is str:
+            texts[text] = hit
+    return text if hit is None else hit
+
+
+_MISSING = object()
+
+
+def _walk(masker, value: Any, depth: int, keys: tuple[dict, dict], top: bool = False) -> Any:
     t = type(value)
     if t is str:
-        return _text(masker, value)
+        return _shortText(masker, keys, value) if len(value) <= _SHORT else _text(masker, value)
     if t is dict:
         if depth >= _MAX_DEPTH:
             return _text(masker, repr(value))
@@ -84,12 +103,12 @@ def _walk(masker, value: Any, depth: int, keys: dict, top: bool = False) -> Any:
     return _other(masker, value, depth, keys, top)
 
 
-def _dict(masker, value: dict, depth: int, keys: dict, top: bool) -> Any:
+def _dict(masker, value: dict, depth: int, keys: tuple[dict, dict], top: bool) -> Any:
     out = {}
     changed = False
     for k, v in value.items():
         if isinstance(k, str):
-            info = keys.get(k) if type(k) is str else None
+            info = keys[0].get(k) if type(k) is str else None
             if info is None:
                 info = _key(masker, keys, k)
             key = k if info[0] is None else info[0]
@@ -106,7 +125,7 @@ def _dict(masker, value: dict, depth: int, keys: dict, top: bool) -> Any:
     return out if changed else value
 
 
-def _seq(masker, value, depth: int, keys: dict) -> Any:
+def _seq(masker, value, depth: int, keys: tuple[dict, dict]) -> Any:
     items = [_walk(masker, v, depth + 1, keys) for v in value]
     for a, b in zip(items, value, strict=True):
         if a is not b:
@@ -114,7 +133,7 @@ def _seq(masker, value, depth: int, keys: dict) -> Any:
     return value
 
 
-def _other(masker, value: Any, depth: int, keys: dict, top: bool) -> Any:
+def _other(masker, value: Any, depth: int, keys: tuple[dict, dict], top: bool) -> Any:
     """Subclasses and the rarer types, as the general rules have them."""
     if isinstance(value, str):
         return _text(masker, value)

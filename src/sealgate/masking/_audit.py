@@ -126,6 +126,12 @@ def _dict(masker, value: dict, depth: int, keys: tuple[dict, dict], top: bool) -
 
 
 def _seq(masker, value, depth: int, keys: tuple[dict, dict]) -> Any:
+    texts = keys[1]
+    for v in value:
+        if type(v) is not str or texts.get(v, _MISSING) is not None:
+            break
+    else:
+        return value  # only short texts already known to mask to themselves
     items = [_walk(masker, v, depth + 1, keys) for v in value]
     for a, b in zip(items, value, strict=True):
         if a is not b:

@@ -1,8 +1,8 @@
 """The relay between a logged-in client and its backend: hooks, holds, audit and masking."""
 
-import time
 from collections import deque
 from collections.abc import Callable
+from time import monotonic as _monotonic
 from typing import Any
 
 from twisted.logger import Logger
@@ -17,7 +17,7 @@ from sealgate.protocols.postgres.prepared import PreparedStatements
 
 _Q, _P, _B, _E, _S, _C, _X, _F = (ord(c) for c in "QPBESCXF")
 _CC, _ERR, _Z, _EMPTY, _SUSP, _COPYOUT, _COPYDATA, _COPYDONE = (ord(c) for c in "CEZIsHdc")
-_PSTATUS = ord("S")
+_PSTATUS, _DATAROW = ord("S"), ord("D")
 _MAX_AUDIT_TEXT = 4096
 
 
@@ -193,11 +193,11 @@ class Relay:
             self.sqlSettings.sent()
             if not self._wantsCommand:
                 text = raw[5:-1].decode("utf-8", "surrogateescape")
-                self._pending.append(Statement(text, time.monotonic()))
+                self._pending.append(Statement(text, _monotonic()))
                 out.append(raw)
                 return None
             text, c = self.sqlSettings.judge(raw[5:-1])
-            self._pending.append(Statement(text, time.monotonic()))
+            self._pending.append(Statement(text, _monotonic()))
             return self._judge(f, text, out, lambda sql: w.Query(sql).encode(), c=c)
         if t == _P:
             msg = w.decodeFrame(f, True)
@@ -227,7 +227,7 @@ class Relay:
         elif t == _E:
             portal, _ = _cstrAt(raw, 5)
             text = self._statements.get(self._portals.get(portal, ""), "")
-            self._pending.append(Statement(text, time.monotonic(), execute=True))
+            self._pending.append(Statement(text, _monotonic(), execute=True))
         elif t == _S:
             self.sqlSettings.sent()
             self._pending.append(SYNC)
@@ -235,7 +235,7 @@ class Relay:
             self.sqlSettings.sent()
             oid = int.from_bytes(raw[5:9], "big")
             text = f"<function call {oid}>"
-            self._pending.append(Statement(text, time.monotonic()))
+            self._pending.append(Statement(text, _monotonic()))
             if self._wantsCommand:
                 return self._judge(f, text, out, lambda sql: w.Query(sql).encode(), c=fastpath(oid))
         elif t == _C:
@@ -364,6 +364,8 @@ class Relay:
 
     def _backendFrame(self, f) -> w.Frame:
         t = f.type
+        if t == _DATAROW:
+            return f  # most replies: only the masker reads rows
         if t == _CC:
             rows = f.raw[5:-1].rsplit(b" ", 1)[-1]
             n = int(rows) if rows.isdigit() else 0
@@ -424,17 +426,18 @@ class Relay:
         text = entry.text
         if len(text) > _MAX_AUDIT_TEXT:
             text = text[:_MAX_AUDIT_TEXT] + "..."
-        extra = {}
+        duration = round(_monotonic() - entry.started, 6)
         details = entry.details
-        if details is not None:
-            # Allowed by the chain and not sealed yet: verdict and outcome in one event.
-            extra = {"verdict": "allow", "statements": list(details.get("statements", ())),
-                     "effects": list(details.get("effects", ())),
-                     "relations": list(details.get("relations", ())),
-                     "settings": details.get("settings", "")}
-        self.session.audit("statement", text=text,
-                           duration=round(time.monotonic() - entry.started, 6),
-                           rows=rows, sqlstate=sqlstate or "00000", outcome=outcome, **extra)
+        if details is None:
+            self.session.audit("statement", text=text, duration=duration, rows=rows,
+                               sqlstate=sqlstate or "00000", outcome=outcome)
+            return
+        # Allowed by the chain and not sealed yet: verdict and outcome in one event.
+        get = details.get
+        self.session.audit("statement", text=text, duration=duration, rows=rows,
+                           sqlstate=sqlstate or "00000", outcome=outcome, verdict="allow",
+                           statements=list(get("statements", ())), effects=list(get("effects", ())),
+                           relations=list(get("relations", ())), settings=get("settings", ""))
 
     def auditUnfinished(self) -> None:
         """The session ends: seal statements that were sent but never completed."""

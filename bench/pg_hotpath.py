@@ -3,7 +3,7 @@
 Run from the repository root:  .venv/bin/python bench/pg_hotpath.py [--txns 20000] [--detectors]
                                [--profile] [--tree /work/main]
 
-A client leg past login (StringTransports both ways, the bench's policy: the
+A client leg past login (tests/test_pg_relay.py's: StringTransports both ways; the bench's policy: the
 production-safe preset, a masking column, a recording kept in memory) relays
 what pgbench -S sends and gets back, one transaction at a time: a simple
 Query with a new literal, then RowDescription, DataRow, CommandComplete and
@@ -28,64 +28,24 @@ ap.add_argument("--tree", default=str(Path(__file__).resolve().parent.parent))
 args = ap.parse_args()
 sys.path[:0] = [str(Path(args.tree) / "src"), args.tree]
 
-from twisted.internet.testing import MemoryReactorClock  # noqa: E402
-
 from sealgate.chain.masking import MaskingInterceptor  # noqa: E402
 from sealgate.chain.rules import RulesInterceptor  # noqa: E402
-from sealgate.config import ConnectionConfig, MaskingConfig  # noqa: E402
+from sealgate.config import MaskingConfig  # noqa: E402
 from sealgate.masking import Masker  # noqa: E402
 from sealgate.protocols.postgres import _wire as w  # noqa: E402
-from sealgate.protocols.postgres._client import ClientLeg  # noqa: E402
 from sealgate.protocols.postgres.effects import PRESETS  # noqa: E402
-from sealgate.protocols.postgres.plugin import PostgresOptions  # noqa: E402
-from sealgate.testing import FakeTransport, fakeGateway, fakeSession, rule  # noqa: E402
-
-
-class _Backend:
-    def __init__(self):
-        self.transport = FakeTransport()
-        self.pid, self.key = 7, 8
-
-
-class _Factory:
-    def __init__(self, gateway):
-        self.gateway = gateway
-        self.options = PostgresOptions("app", "app")
-        self.tlsContext = None
-        self.backendTLS = lambda connection: None
-        self.connection = ConnectionConfig("db", "postgres", "tcp:0", "tcp:host=h:port=1", self.options)
-
-    def register(self, leg, pid=None):
-        return (1, 2)
-
-    def unregister(self, leg):
-        pass
+from sealgate.testing import rule  # noqa: E402
+from tests.test_pg_relay import relay  # noqa: E402  (the relay tests' leg past login)
 
 
 def leg(detectors: bool):
-    gw = fakeGateway(reactor=MemoryReactorClock())
     masking = MaskingConfig(columns=("card",), detectors=("credit_card", "email") if detectors else ())
-    gw.chain = gw.chain.__class__([
-        RulesInterceptor([rule("no-drop", "deny", matchers=dict(PRESETS["production-safe"]))],
-                         gw.approvals),
+    c, client, backend, _ = relay([
+        lambda gw: RulesInterceptor([rule("no-drop", "deny", matchers=dict(PRESETS["production-safe"]))],
+                                    gw.approvals),
         MaskingInterceptor(Masker.fromConfig(masking)),
     ])
-    c = ClientLeg(_Factory(gw))
-    client = FakeTransport()
-    c.makeConnection(client)
-    c.connection = c.factory.connection
-    c.session = fakeSession(gateway=gw, protocol="postgres", connection="db")
-    c.session.abort = c._abort
-    c.login.authenticated()
-    if hasattr(c, "phase"):
-        from sealgate.protocols.postgres._state import Phase
-
-        c.phase = Phase.LOGIN
-    c.startOutput()
-    backend = _Backend()
-    c.backendConnected(backend)
-    c.backendReady(w.ReadyForQuery("I").encode())
-    return c, client, backend.transport
+    return c, client, backend
 
 
 def run(n: int, detectors: bool) -> float:

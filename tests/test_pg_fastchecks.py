@@ -21,6 +21,18 @@ def _frame(t: bytes, body: bytes) -> bytes:
     return t + struct.pack("!I", len(body) + 4) + body
 
 
+def _damaged(t: bytes, good: bytes, cut: int, tail: bytes, data) -> bytes:
+    """C{good}'s body maybe with one byte changed, maybe cut short, maybe with bytes after it."""
+    body = bytearray(good[5:])
+    if body and data.draw(st.booleans()):
+        i = data.draw(st.integers(0, len(body) - 1))
+        body[i] = data.draw(st.integers(0, 255))
+    out = bytes(body)[:len(body) - min(cut, len(body)) if data.draw(st.booleans()) else None]
+    if data.draw(st.booleans()):
+        out += tail
+    return _frame(t, out)
+
+
 _values = st.lists(st.one_of(st.none(), st.binary(max_size=12)), max_size=6)
 _columns = st.lists(st.tuples(st.text(max_size=8).filter(lambda s: "\0" not in s),
                               st.integers(0, 2**32 - 1), st.integers(-2**15, 2**15 - 1)), max_size=5)
@@ -30,14 +42,7 @@ _columns = st.lists(st.tuples(st.text(max_size=8).filter(lambda s: "\0" not in s
 @given(_values, st.integers(0, 40), st.binary(max_size=6), st.data())
 def test_datarow_check_agrees_with_decoding_on_whole_and_damaged_rows(values, cut, tail, data):
     good = w.DataRow(tuple(values)).encode()
-    body = bytearray(good[5:])
-    if body and data.draw(st.booleans()):
-        i = data.draw(st.integers(0, len(body) - 1))
-        body[i] = data.draw(st.integers(0, 255))
-    body = bytes(body)[:len(body) - min(cut, len(body)) if data.draw(st.booleans()) else None]
-    if data.draw(st.booleans()):
-        body += tail
-    raw = _frame(b"D", body)
+    raw = _damaged(b"D", good, cut, tail, data)
     assert w._dataRow(raw) == _decodes(w.DataRow, raw)
     assert w._dataRow(good) and _decodes(w.DataRow, good)
 
@@ -46,14 +51,7 @@ def test_datarow_check_agrees_with_decoding_on_whole_and_damaged_rows(values, cu
 @given(_columns, st.integers(0, 40), st.binary(max_size=6), st.data())
 def test_rowdescription_check_agrees_with_decoding_on_whole_and_damaged_ones(cols, cut, tail, data):
     good = w.RowDescription(tuple(w.Column(n, tableOid=o, columnNumber=c) for n, o, c in cols)).encode()
-    body = bytearray(good[5:])
-    if body and data.draw(st.booleans()):
-        i = data.draw(st.integers(0, len(body) - 1))
-        body[i] = data.draw(st.integers(0, 255))
-    body = bytes(body)[:len(body) - min(cut, len(body)) if data.draw(st.booleans()) else None]
-    if data.draw(st.booleans()):
-        body += tail
-    raw = _frame(b"T", body)
+    raw = _damaged(b"T", good, cut, tail, data)
     assert w._rowDescription(raw) == _decodes(w.RowDescription, raw)
     assert w._rowDescription(good)
 

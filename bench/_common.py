@@ -90,14 +90,17 @@ def childPids(pid: int) -> list[int]:
 PY_SPY = Path(sys.executable).with_name("py-spy")
 
 
-def startPySpy(pid: int, seconds: float, out: Path, rate: int = 250):
+def startPySpy(pid: int, seconds: float, out: Path, rate: int = 250, gil: bool = True):
     """
     Sample C{pid} with py-spy for C{seconds} into C{out} in collapsed-stack
     form ("raw": speedscope and flamegraph.pl read it); the process, to wait on.
     Non-blocking, so the profiled process is not stopped for each sample.
+    C{gil}: only stacks holding the GIL, i.e. Python's own work (on a loaded
+    machine wall-clock samples are mostly a descheduled thread inside send()).
     """
     return subprocess.Popen([str(PY_SPY), "record", "-p", str(pid), "-d", str(int(seconds) + 1),
-                             "-r", str(rate), "--nonblocking", "-f", "raw", "-o", str(out)],
+                             "-r", str(rate), "--nonblocking", "-f", "raw", "-o", str(out)]
+                            + (["--gil"] if gil else []),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 

@@ -33,6 +33,11 @@ def _dollarQuote(text: str) -> str:
     return f"$m{n}${text}$m{n}$"
 
 
+def _query(sql: str) -> bytes:
+    """A simple Query carrying C{sql}: what a denied or rewritten statement is sent as."""
+    return w.Query(sql).encode()
+
+
 DENY_PREFIX = "sealgate: "
 
 
@@ -198,7 +203,7 @@ class Relay:
                 return None
             text, c = self.sqlSettings.judge(raw[5:-1])
             self._pending.append(Statement(text, _monotonic()))
-            return self._judge(f, text, out, lambda sql: w.Query(sql).encode(), c=c)
+            return self._judge(f, text, out, _query, c=c)
         if t == _P:
             msg = w.decodeFrame(f, True)
             self._statements[msg.name] = msg.query
@@ -237,7 +242,7 @@ class Relay:
             text = f"<function call {oid}>"
             self._pending.append(Statement(text, _monotonic()))
             if self._wantsCommand:
-                return self._judge(f, text, out, lambda sql: w.Query(sql).encode(), c=fastpath(oid))
+                return self._judge(f, text, out, _query, c=fastpath(oid))
         elif t == _C:
             if raw[5:6] == b"S":
                 name, _ = _cstrAt(raw, 6)
@@ -266,7 +271,7 @@ class Relay:
         if isinstance(verdict, Deny):
             out.append(replace(denyStatement(f"denied by rule {verdict.rule}: {verdict.reason}")))
             return None
-        rewrite = rewrite or (lambda s: w.Query(s).encode())
+        rewrite = rewrite or _query
         if isinstance(verdict, Rewrite):
             out.append(rewrite(str(verdict.value)))
             return None

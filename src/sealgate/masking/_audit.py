@@ -104,16 +104,19 @@ def _walk(masker, value: Any, depth: int, keys: tuple[dict, dict], top: bool = F
 
 
 def _dict(masker, value: dict, depth: int, keys: tuple[dict, dict], top: bool) -> Any:
+    names, texts = keys
     out = {}
     changed = False
     for k, v in value.items():
         if isinstance(k, str):
-            info = keys[0].get(k) if type(k) is str else None
+            info = names.get(k) if type(k) is str else None
             if info is None:
                 info = _key(masker, keys, k)
             key = k if info[0] is None else info[0]
             if info[1] and v is not None and not (top and k in STRUCTURAL):
                 new: Any = masker.maskValue(k, "")
+            elif type(v) is str and texts.get(v, _MISSING) is None:
+                new = v  # a short text already known to mask to itself (most fields)
             else:
                 new = _walk(masker, v, depth + 1, keys)
         else:

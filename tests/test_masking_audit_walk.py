@@ -132,3 +132,17 @@ def test_an_event_a_statement_makes_keeps_its_identity_when_nothing_is_masked():
              "duration": 0.0001, "statements": ["SELECT"], "relations": ["pgbench_accounts"]}
     for m in MASKERS:
         assert maskEvent(m, event) is event
+
+
+def test_the_caches_stay_bounded_and_right_under_unique_texts():
+    from sealgate.masking._audit import _CACHE_MAX, _caches
+
+    m = Masker(["credit_card", "email"], columns=["card"])
+    for i in range(_CACHE_MAX + 50):
+        event = {"text": f"select {i}", f"k{i}": "allow", "mail": MAIL}
+        out = maskEvent(m, event)
+        assert out["text"] == f"select {i}" and MAIL not in out["mail"]
+    names, texts = _caches(m)
+    assert len(names) <= _CACHE_MAX and len(texts) <= _CACHE_MAX
+    assert maskEvent(m, {"card": "x", "statements": ["SELECT"]}) == {"card": "********",
+                                                                      "statements": ["SELECT"]}

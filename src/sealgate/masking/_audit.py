@@ -43,7 +43,7 @@ def maskEvent(masker, fields: dict[str, Any]) -> dict[str, Any]:
 _CACHES: "weakref.WeakKeyDictionary[Any, tuple[dict, dict]]" = weakref.WeakKeyDictionary()
 _CACHE_MAX = 4096
 #: Texts longer than this (statement texts: a new literal each time) are not kept.
-_SHORT = 80
+_SHORT = 64
 
 
 def _caches(masker) -> tuple[dict, dict]:
@@ -60,8 +60,9 @@ def _key(masker, cache: tuple[dict, dict], k: str) -> tuple[str | None, bool]:
     masked = _text(masker, k)
     info = (None if masked is k else masked, masker.columnMasked(k))
     names = cache[0]
-    if len(names) < _CACHE_MAX:
-        names[k] = info
+    if len(names) >= _CACHE_MAX:
+        names.clear()  # bounded; what recurs is learnt again at once
+    names[k] = info
     return info
 
 
@@ -71,7 +72,9 @@ def _shortText(masker, cache: tuple[dict, dict], text: str) -> str:
     if hit is _MISSING:
         masked = _text(masker, text)
         hit = None if masked is text else masked
-        if len(texts) < _CACHE_MAX and type(text) is str:
+        if type(text) is str:
+            if len(texts) >= _CACHE_MAX:
+                texts.clear()  # unique statement texts fill it; the recurring words come back
             texts[text] = hit
     return text if hit is None else hit
 

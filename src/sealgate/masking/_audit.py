@@ -47,13 +47,22 @@ _SHORT = 64
 
 
 def _caches(masker) -> tuple[dict, dict]:
+    global _LAST
+    last = _LAST  # one read: another thread may rebind it meanwhile
+    if last[0] is masker:
+        return last[1]
     try:
         cache = _CACHES.get(masker)
         if cache is None:
             cache = _CACHES[masker] = ({}, {})
     except TypeError:
         return {}, {}  # a masker that cannot be weakly referenced: nothing kept
+    _LAST = (masker, cache)
     return cache
+
+
+#: The masker seen last and its caches (a gateway has one masker): no weak lookup per event.
+_LAST: tuple[Any, tuple[dict, dict]] = (None, ({}, {}))
 
 
 def _key(masker, cache: tuple[dict, dict], k: str) -> tuple[str | None, bool]:

@@ -56,8 +56,8 @@ def main():
         [_rule("no-drop", "deny", {"statements": ["DROP", "TRUNCATE"]})], None)]))
     measure("one deny rule, no match: chain.command()",
             lambda: guarded.chain.command("sql", "select 1", details), floor=floor)
-    measure("one deny rule, no match: session.command() incl. audit",
-            lambda: guarded.command("sql", "select 1", details), floor=floor)
+    measure("one deny rule, no match: session.decide() incl. audit",
+            lambda: guarded.decide("sql", "select 1", details), floor=floor)
     many = _session(Chain([rules.RulesInterceptor(
         [_rule(f"r{i}", "deny", {"relations": [f"t{i}_*"]}) for i in range(20)], None)]))
     measure("twenty relation rules, no match: chain.command()",

@@ -12,7 +12,6 @@ from sealgate.chain.verdicts import CONTINUE, Deny, Hold
 from sealgate.config import ConnectionConfig
 from sealgate.recording import merkle
 from sealgate.recording.checkpoint import Verifier, openCheckpoint
-from sealgate.session import FROM_CLIENT, TO_CLIENT
 from sealgate.testing import startGateway
 
 CONFIG = """
@@ -59,9 +58,9 @@ class Admin:
         gateway = self.running.gateway
         identity = await gateway.identity.authenticate(self.keys[who])
         s = gateway.openSession(DB, identity, "127.0.0.1:5000", {"database": "app"})
-        s.record(FROM_CLIENT, b"select 1;")
-        assert s.command("sql", "select 1", {"statements": ("SELECT",)}) is CONTINUE
-        s.record(TO_CLIENT, b"1 row")
+        s.received(b"select 1;")
+        assert s.decide("sql", "select 1", {"statements": ("SELECT",)}).verdict is CONTINUE
+        s.emit(b"1 row")
         await self.written(s.id)
         return s
 
@@ -83,7 +82,7 @@ class Admin:
         raise AssertionError(f"session {sid} never reached the store")
 
     def hold(self, s, text="DROP TABLE accounts") -> Hold:
-        verdict = s.command("sql", text, {"statements": ("DROP",)})
+        verdict = s.decide("sql", text, {"statements": ("DROP",)}).verdict
         assert isinstance(verdict, Hold)
         return verdict
 

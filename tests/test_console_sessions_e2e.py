@@ -9,7 +9,6 @@ import pytest_twisted
 from twisted.internet import threads
 
 from sealgate.config import ConnectionConfig
-from sealgate.session import FROM_CLIENT, TO_CLIENT
 from sealgate.testing import startGateway
 from tests.harness.twistd import runCLI
 from tests.test_console_e2e import ARTIFACTS, Browser
@@ -31,18 +30,18 @@ ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]05:30$")
 
 
 def _control(s, **fields):
-    s.record(FROM_CLIENT, json.dumps(fields).encode(), channel=2)
+    s.received(json.dumps(fields).encode(), channel=2)
 
 
 async def _sessions(g, key):
     identity = await g.gateway.identity.authenticate(key)
     ssh = g.gateway.openSession(BOX, identity, "127.0.0.1:6000")
     _control(ssh, type="exec", command="ls /srv")
-    ssh.command("exec", "ls /srv")
-    ssh.record(TO_CLIENT, b"app\nlogs\n", channel=0)
+    ssh.decide("exec", "ls /srv")
+    ssh.emit(b"app\nlogs\n", channel=0)
     await ssh.end("client closed")
     db = g.gateway.openSession(DB, identity, "127.0.0.1:6001")
-    db.command("sql", "SELECT 1", {"statements": ("SELECT",)})
+    db.decide("sql", "SELECT 1", {"statements": ("SELECT",)})
     await db.end("client closed")
     return ssh.id, db.id
 

@@ -296,7 +296,6 @@ def test_an_out_of_tree_format_exports_through_the_cli_and_the_admin_api(tmp_pat
 @pytest_twisted.ensureDeferred
 async def test_admin_api_searches_by_command_and_time_and_refuses_what_does_not_render(tmp_path):
     from sealgate.config import ConnectionConfig
-    from sealgate.session import FROM_CLIENT, TO_CLIENT
     from sealgate.testing import startGateway
     from tests.test_admin_api import Admin
     from tests.test_console_sessions_e2e import CONFIG
@@ -309,9 +308,9 @@ async def test_admin_api_searches_by_command_and_time_and_refuses_what_does_not_
         identity = await g.gateway.identity.authenticate(api.keys["alice"])
         web = ConnectionConfig("web", "http", "tcp:0", "tcp:host=127.0.0.1:port=1")
         s = g.gateway.openSession(web, identity, "127.0.0.1:5000")
-        s.record(FROM_CLIENT, b"NOT HTTP AT ALL\r\n\r\n")
-        s.command("http", "GET /admin/users")
-        s.record(TO_CLIENT, b"nope")
+        s.received(b"NOT HTTP AT ALL\r\n\r\n")
+        s.decide("http", "GET /admin/users")
+        s.emit(b"nope")
         await s.end("client closed")
         await api.written(s.id)
         for query, want in [("command=ADMIN/users", [s.id]), ("command=DELETE", []),

@@ -56,7 +56,7 @@ async def test_a_token_whose_sub_is_an_api_key_name_neither_sees_nor_cancels_its
         key = running.createKey("eng-ci", ["eng"])
         gateway = running.gateway
         s = gateway.openSession(DB, await gateway.identity.authenticate(key), "127.0.0.1:5000")
-        held = s.command("sql", "DROP TABLE accounts", {"statements": ("DROP",)})
+        held = s.decide("sql", "DROP TABLE accounts", {"statements": ("DROP",)}).verdict
         token = oidc_issuer.mint(sub="eng-ci", groups=["eng"])
 
         code, body = await _call(running, key, "GET", "/api/approvals")

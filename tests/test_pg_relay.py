@@ -12,6 +12,7 @@ from sealgate.config import ConnectionConfig, MaskingConfig
 from sealgate.masking import Masker
 from sealgate.protocols.postgres import _wire as w
 from sealgate.protocols.postgres._client import ClientLeg
+from sealgate.protocols.postgres._state import Phase
 from sealgate.protocols.postgres.plugin import PostgresOptions
 from sealgate.testing import (
     CommandInterceptor,
@@ -59,6 +60,7 @@ def relay(interceptors=(), reactor=None):
     leg.session = fakeSession(gateway=gw, protocol="postgres", connection="db")
     leg.session.abort = leg._abort
     leg.login.authenticated()  # past login: the pre-login guard's timer is done
+    leg.phase = Phase.LOGIN  # the client's login is what this helper skips
     leg.startOutput()
     backend = _Backend()
     leg.backendConnected(backend)

@@ -151,6 +151,5 @@ class Preamble:
 
     def into(self, session: Any) -> None:
         """Record what was kept into C{session}, in order."""
-        for direction, data, channel in self.frames:
-            session.record(direction, data, channel)
+        session.recordPreamble(self.frames)
         self.frames = []

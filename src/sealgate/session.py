@@ -152,18 +152,20 @@ class Session:
         self.bytesFromClient += len(data)
         self._recordInput(data, channel)
 
-    def record(self, direction: int, data: bytes, channel: int = 0) -> None:
+    def recordPreamble(self, frames) -> None:
         """
-        Record bytes in either direction.  Protocols use L{received} and
-        L{emit}; this stays for recordings that are not bytes a client was
-        sent (a protocol's own control records).
+        Record what a protocol exchanged with its client before this session
+        existed (its login, kept by a L{sealgate.flow.Preamble}), in order:
+        C{(direction, data, channel)} each.  Those bytes were already sent,
+        so they are recorded as they went, not vetted again.
         """
-        if direction == FROM_CLIENT:
-            self.bytesFromClient += len(data)
-            self._recordInput(data, channel)
-            return
-        self.bytesToClient += len(data)
-        self.recording.frame(direction, data, channel)
+        for direction, data, channel in frames:
+            if direction == FROM_CLIENT:
+                self.bytesFromClient += len(data)
+                self._recordInput(data, channel)
+            else:
+                self.bytesToClient += len(data)
+                self.recording.frame(direction, data, channel)
 
     def _recordInput(self, data: bytes, channel: int) -> None:
         """
@@ -263,24 +265,6 @@ class Session:
         # hold's pause is the one left standing (a target may not count).
         resume()
         pending.callback(final)
-
-    def command(self, kind: str, text: str, details: dict | None = None,
-                reported: bool = False) -> Verdict:
-        """
-        The verdict alone, for protocols not yet on L{decide}: a L{Hold}'s
-        C{result} fires with the audited final verdict, nothing is paused.
-        """
-        verdict = self.chain.command(kind, text, details)
-        if reported and verdict is CONTINUE:
-            return verdict
-        self._auditVerdict(kind, text, details, verdict)
-        if isinstance(verdict, Hold):
-            verdict.result.addCallback(self._decided, kind, text, details)
-        return verdict
-
-    def _decided(self, verdict: Verdict, kind, text, details) -> Verdict:
-        self._auditVerdict(kind, text, details, verdict, decided=True)
-        return verdict
 
     def _auditVerdict(self, kind, text, details, verdict, decided=False) -> None:
         fields: dict[str, Any] = {"kind": kind, "command": text}

@@ -1,5 +1,6 @@
 """Masking what a client typed before it is sealed in the log (audit event fields)."""
 
+import weakref
 from typing import Any
 
 from sealgate.masking._errors import MaskingFailed
@@ -27,50 +28,162 @@ def maskEvent(masker, fields: dict[str, Any]) -> dict[str, Any]:
     (named fields inside it redacted).  Returns C{fields} itself when
     nothing changed; never raises (what cannot be parsed is masked as text).
     """
-    out = _walk(masker, fields, 0, top=True)
+    if not masker.detectors and not masker.names:
+        return fields  # nothing could change
+    out = _walk(masker, fields, 0, _caches(masker), top=True)
     return fields if out is fields else out
 
 
-def _walk(masker, value: Any, depth: int, top: bool = False) -> Any:
+#: Per masker, two caches: what each field name it has seen comes to (the
+#: key masked, or None when unchanged; whether its value is redacted whole),
+#: and what each short text comes to (masked, or None when unchanged).
+#: Event fields are mostly the same few names and words on every statement
+#: (verdicts, statement kinds, effects, relations, SQLSTATEs), so most of a
+#: walk becomes dict reads.  Maskers are immutable and deterministic.
+_CACHES: "weakref.WeakKeyDictionary[Any, tuple[dict, dict]]" = weakref.WeakKeyDictionary()
+_CACHE_MAX = 4096
+#: Texts longer than this (statement texts: a new literal each time) are not kept.
+_SHORT = 64
+
+
+def _caches(masker) -> tuple[dict, dict]:
+    global _LAST
+    last = _LAST  # one read: another thread may rebind it meanwhile
+    if last[0] is masker:
+        return last[1]
+    try:
+        cache = _CACHES.get(masker)
+        if cache is None:
+            cache = _CACHES[masker] = ({}, {})
+    except TypeError:
+        return {}, {}  # a masker that cannot be weakly referenced: nothing kept
+    _LAST = (masker, cache)
+    return cache
+
+
+#: The masker seen last and its caches (a gateway has one masker): no weak lookup per event.
+_LAST: tuple[Any, tuple[dict, dict]] = (None, ({}, {}))
+
+
+def _key(masker, cache: tuple[dict, dict], k: str) -> tuple[str | None, bool]:
+    masked = _text(masker, k)
+    info = (None if masked is k else masked, masker.columnMasked(k))
+    names = cache[0]
+    if len(names) >= _CACHE_MAX:
+        names.clear()  # bounded; what recurs is learnt again at once
+    names[k] = info
+    return info
+
+
+def _shortText(masker, cache: tuple[dict, dict], text: str) -> str:
+    texts = cache[1]
+    hit = texts.get(text, _MISSING)
+    if hit is _MISSING:
+        masked = _text(masker, text)
+        hit = None if masked is text else masked
+        if type(text) is str:
+            if len(texts) >= _CACHE_MAX:
+                texts.clear()  # unique statement texts fill it; the recurring words come back
+            texts[text] = hit
+    return text if hit is None else hit
+
+
+_MISSING = object()
+
+
+def _walk(masker, value: Any, depth: int, keys: tuple[dict, dict], top: bool = False) -> Any:
+    t = type(value)
+    if t is str:
+        return _shortText(masker, keys, value) if len(value) <= _SHORT else _text(masker, value)
+    if t is dict:
+        if depth >= _MAX_DEPTH:
+            return _text(masker, repr(value))
+        return _dict(masker, value, depth, keys, top)
+    if t is list or t is tuple:
+        if depth >= _MAX_DEPTH:
+            return _text(masker, repr(value))
+        return _seq(masker, value, depth, keys)
+    if t is int or t is float:
+        # A parameter bound as a number can be a card number too.
+        if not masker.detectors:
+            return value
+        text = repr(value)
+        masked = masker.maskText(text)
+        return value if masked == text else masked
+    if value is None or t is bool:
+        return value
+    return _other(masker, value, depth, keys, top)
+
+
+def _dict(masker, value: dict, depth: int, keys: tuple[dict, dict], top: bool) -> Any:
+    names, texts = keys
+    out = {}
+    changed = False
+    for k, v in value.items():
+        if isinstance(k, str):
+            info = names.get(k) if type(k) is str else None
+            if info is None:
+                info = _key(masker, keys, k)
+            key = k if info[0] is None else info[0]
+            if info[1] and v is not None and not (top and k in STRUCTURAL):
+                new: Any = masker.maskValue(k, "")
+            elif type(v) is str and texts.get(v, _MISSING) is None:
+                new = v  # a short text already known to mask to itself (most fields)
+            else:
+                new = _walk(masker, v, depth + 1, keys)
+        else:
+            key = k
+            new = _walk(masker, v, depth + 1, keys)
+        if new is not v or key is not k:
+            changed = True
+        out[key] = new
+    return out if changed else value
+
+
+def _seq(masker, value, depth: int, keys: tuple[dict, dict]) -> Any:
+    texts = keys[1]
+    for v in value:
+        if type(v) is not str or texts.get(v, _MISSING) is not None:
+            break
+    else:
+        return value  # only short texts already known to mask to themselves
+    items = [_walk(masker, v, depth + 1, keys) for v in value]
+    for a, b in zip(items, value, strict=True):
+        if a is not b:
+            return type(value)(items) if isinstance(value, tuple) else items
+    return value
+
+
+def _other(masker, value: Any, depth: int, keys: tuple[dict, dict], top: bool) -> Any:
+    """Subclasses and the rarer types, as the general rules have them."""
     if isinstance(value, str):
         return _text(masker, value)
     if isinstance(value, (bytes, bytearray)):
         masked = masker.maskBytes(bytes(value))
         return value if masked == value else masked
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        # A parameter bound as a number can be a card number too.
         text = repr(value)
         masked = masker.maskText(text)
         return value if masked == text else masked
     if depth >= _MAX_DEPTH:
         return _text(masker, repr(value)) if isinstance(value, (dict, list, tuple)) else value
     if isinstance(value, dict):
-        out = {}
-        changed = False
-        for k, v in value.items():
-            key = _text(masker, k) if isinstance(k, str) else k
-            if (isinstance(k, str) and v is not None and not (top and k in STRUCTURAL)
-                    and masker.columnMasked(k)):
-                new: Any = masker.maskValue(k, "")
-            else:
-                new = _walk(masker, v, depth + 1)
-            changed |= new is not v or key is not k
-            out[key] = new
-        return out if changed else value
+        return _dict(masker, value, depth, keys, top)
     if isinstance(value, (list, tuple)):
-        items = [_walk(masker, v, depth + 1) for v in value]
-        if all(a is b for a, b in zip(items, value, strict=True)):
-            return value
-        return type(value)(items) if isinstance(value, tuple) else items
+        return _seq(masker, value, depth, keys)
     return value
 
 
 def _text(masker, text: str) -> str:
-    stripped = text.lstrip()
-    if stripped[:1] in ("{", "[") and masker.names:
-        try:
-            return masker.maskJsonText(text)
-        except MaskingFailed:
-            pass
+    first = text[:1]
+    if masker.names and (first == "{" or first == "[" or first.isspace()):
+        stripped = text.lstrip()
+        if stripped[:1] in ("{", "["):
+            try:
+                return masker.maskJsonText(text)
+            except MaskingFailed:
+                pass
+    if not masker.detectors:
+        return text
     masked = masker.maskText(text)
     return text if masked == text else masked

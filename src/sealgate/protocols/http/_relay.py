@@ -23,6 +23,7 @@ from sealgate.protocols.http._request import Request, parseRequest
 from sealgate.protocols.http._routing import Backend, Router
 from sealgate.protocols.http._state import Conn, ConnEvent, connStep
 from sealgate.protocols.http._target import TargetRefused
+from sealgate.tlsfiles import pemBlocks as _pemBlocks
 
 _MAX_HEAD = 1 << 20
 #: Pipelined bytes held while a request is in flight before reading stops.
@@ -446,8 +447,3 @@ def buildListener(connections, gateway):
     options = ssl.CertificateOptions(privateKey=cert.privateKey.original,
                                      certificate=cert.original, extraCertChain=chain)
     return TLSMemoryBIOFactory(options, False, site)
-
-
-def _pemBlocks(pem: bytes) -> list[bytes]:
-    end = b"-----END CERTIFICATE-----"
-    return [b + end for b in pem.split(end) if b"-----BEGIN CERTIFICATE-----" in b]

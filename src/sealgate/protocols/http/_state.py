@@ -1,16 +1,9 @@
 """The HTTP relay's state machines, each in one transition table (h11 style): the client connection and the backend exchange."""
 
-import enum
+from sealgate.protocols._machine import FastEnum as _Fast
+from sealgate.protocols._machine import LocalProtocolError, step
 
-
-class LocalProtocolError(Exception):
-    """A transition the table does not allow: a bug in the relay, never the peer's fault."""
-
-
-class _Fast(enum.Enum):
-    # Members are singletons: identity hashing is exact, and C-fast (Enum's
-    # own __hash__ is Python code, paid on every table lookup).
-    __hash__ = object.__hash__
+__all__ = ["LocalProtocolError", "Conn", "ConnEvent", "Exch", "ExchEvent", "connStep", "exchStep"]
 
 
 class Conn(_Fast):
@@ -92,21 +85,11 @@ for _exch in (Exch.CONNECT, Exch.HEAD, Exch.BODY, Exch.DONE):
     _EXCH[_exch, ExchEvent.FINISHED] = Exch.DONE
 
 
-def _refused(state, event) -> LocalProtocolError:
-    return LocalProtocolError(f"{event.value!r} cannot happen in state {state.value!r}")
-
-
 def connStep(state: Conn, event: ConnEvent) -> Conn:
     """The connection's state after C{event}; a transition the table lacks is a relay bug."""
-    try:
-        return _CONN[state, event]
-    except KeyError:
-        raise _refused(state, event) from None
+    return step(_CONN, state, event)
 
 
 def exchStep(state: Exch, event: ExchEvent) -> Exch:
     """The exchange's state after C{event}; a transition the table lacks is a relay bug."""
-    try:
-        return _EXCH[state, event]
-    except KeyError:
-        raise _refused(state, event) from None
+    return step(_EXCH, state, event)

@@ -17,6 +17,7 @@ from sealgate.prelogin import BUSY, SOURCE_BUSY, TIMEOUT, TOO_LARGE
 from sealgate.protocols.postgres import _wire as w
 from sealgate.protocols.postgres._backend import BackendLeg, CancelSender
 from sealgate.protocols.postgres._relay import Relay
+from sealgate.protocols.postgres._state import LocalProtocolError, Phase, PhaseEvent, phaseStep
 from sealgate.protocols.postgres.settings import SessionSettings
 from sealgate.session import SessionRefused
 
@@ -26,7 +27,7 @@ _OWN_PARAMS = frozenset({"user", "database", "application_name", "replication"})
 
 def _passOn(key: str) -> bool:
     return key not in _OWN_PARAMS and not key.startswith("_pq_.")
-_STARTUP, _PASSWORD, _LOGIN, _READY, _CLOSED = range(5)
+
 
 #: SQLSTATEs of the pre-login refusals: what PostgreSQL itself sends for an
 #: authentication timeout, too many connections, and an oversized message.
@@ -52,10 +53,11 @@ class ClientLeg(Relay, Protocol):
 
     _deadline = None  # the backend login's connect_timeout, while it runs
     _silent = False   # the backend missed it
+    _fatal: str | None = None  # why the gateway hung up, for the sealed close
 
     def __init__(self, factory):
         self.factory = factory
-        self.state = _STARTUP
+        self.phase = Phase.STARTUP
         self.tls = False
         # Before login a message may be only as big as the pre-login
         # allowance, not max_message: nobody unauthenticated buffers 256 MB.
@@ -76,6 +78,10 @@ class ClientLeg(Relay, Protocol):
     def options(self):
         return self.connection.options
 
+    def advance(self, event: PhaseEvent) -> None:
+        """Move the connection's phase by its one table; a transition it lacks raises L{LocalProtocolError}."""
+        self.phase = phaseStep(self.phase, event)
+
     def connectionMade(self):
         # Small request/response messages: Nagle plus delayed ACKs would add
         # tens of milliseconds to every round trip.
@@ -89,28 +95,29 @@ class ClientLeg(Relay, Protocol):
     # -- startup and login ---------------------------------------------------------
 
     def dataReceived(self, data):
-        if self.state == _READY:
+        phase = self.phase
+        if phase is Phase.READY:
             try:
                 self.relayFromClient(data)
-            except w.ProtocolError as e:
+            except (w.ProtocolError, LocalProtocolError) as e:
                 self.fatal("08P01", f"sealgate: protocol violation: {e}")
             return
         if self._refusal is not None:
             return self._refusedData(data)
-        if self.state == _CLOSED or not self.login.dataReceived(len(data)):
+        if phase is Phase.CLOSED or not self.login.dataReceived(len(data)):
             return
         self.reader.receive_data(data)
         try:
-            while self.state in (_STARTUP, _PASSWORD):
+            while self.phase is Phase.STARTUP or self.phase is Phase.PASSWORD:
                 ev = self.reader.next_event()
                 if ev is w.NEED_DATA:
                     return
                 self._startupEvent(ev)
-        except w.ProtocolError as e:
+        except (w.ProtocolError, LocalProtocolError) as e:
             self.fatal("08P01", f"sealgate: protocol violation: {e}")
 
     def _startupEvent(self, ev):
-        if self.state == _PASSWORD:
+        if self.phase is Phase.PASSWORD:
             if ev.type != ord("p"):
                 raise w.ProtocolError(f"expected a password message, got {chr(ev.type)!r}")
             self._password(w.decodeFrame(ev, True).password())
@@ -134,7 +141,7 @@ class ClientLeg(Relay, Protocol):
             self.reader.expectStartup()
         elif isinstance(msg, w.CancelRequest):
             self.factory.cancel(msg.pid, msg.key)
-            self.state = _CLOSED
+            self.advance(PhaseEvent.CLOSE)
             self.transport.loseConnection()
         else:
             self._startupMessage(msg, ev.raw)
@@ -169,10 +176,10 @@ class ClientLeg(Relay, Protocol):
             # client's minor version or options does.
             ask = w.NegotiateProtocolVersion(0, unknown).encode() + ask
         self._early.send(self.transport, ask)
-        self.state = _PASSWORD
+        self.advance(PhaseEvent.STARTUP_SENT)
 
     def _password(self, credential: str):
-        self.state = _LOGIN
+        self.advance(PhaseEvent.PASSWORD_SENT)
         self.transport.pauseProducing()
         gw = self.factory.gateway
         d = gw.authenticate(self.connection, credential, self.client, claimed=self.claimed or None)
@@ -189,7 +196,7 @@ class ClientLeg(Relay, Protocol):
         self.fatal("XX000", "sealgate: internal error during login")
 
     def _authenticated(self, identity):
-        if self.closed or self.state == _CLOSED:
+        if self.closed or self.phase is Phase.CLOSED:
             return
         gw = self.factory.gateway
         app = self.startup.get("application_name") or ""
@@ -257,12 +264,18 @@ class ClientLeg(Relay, Protocol):
 
     def backendReady(self, raw: bytes):
         self._stopDeadline()
+        if self.closed or self.phase is Phase.CLOSED:
+            return  # the client was already told why
+        try:
+            self.advance(PhaseEvent.BACKEND_READY)
+        except LocalProtocolError as e:
+            self.fatal("08P01", f"sealgate: protocol violation: {e}")
+            return
         self.fakeKey = self.factory.register(self, self.backend.pid)
         self.toClient(w.BackendKeyData(*self.fakeKey).encode() + raw)
         self.startRelay()
-        if self.closed:
-            return
-        self.state = _READY
+        if self.closed or self.phase is not Phase.READY:
+            return  # the login's answer could not be vetted: the client was told
         # The login's own pause ends; from here the core pauses the legs (a
         # held statement, a store that cannot keep up).
         self.transport.resumeProducing()
@@ -280,9 +293,9 @@ class ClientLeg(Relay, Protocol):
     def backendLost(self, reason, wasReady):
         self.backend = None
         self._stopDeadline()
-        if self.closed or self.state == _CLOSED:
+        if self.closed or self.phase is Phase.CLOSED:
             return  # the client was already told why
-        if self.state == _READY and self._terminating:
+        if self.phase is Phase.READY and self._terminating:
             self.transport.loseConnection()
             return
         if wasReady:
@@ -297,7 +310,7 @@ class ClientLeg(Relay, Protocol):
 
     def cancelQuery(self):
         """A CancelRequest carried our key: withdraw a held ticket or cancel on the server."""
-        if self.state != _READY or self.cancelHeld():
+        if self.phase is not Phase.READY or self.cancelHeld():
             return
         b = self.backend
         if b is None or b.pid is None:
@@ -314,8 +327,8 @@ class ClientLeg(Relay, Protocol):
         self.fatal(_ABORT_CODES.get(reason or "", "57P01"), f"sealgate: {message}")
 
     def fatal(self, code: str, message: str):
-        """Tell the client why with a FATAL ErrorResponse, then hang up."""
-        if self.closed:
+        """Tell the client why with a FATAL ErrorResponse, then hang up (once)."""
+        if self.closed or self.phase is Phase.CLOSED:
             return
         data = w.ErrorResponse.make("FATAL", code, message).encode()
         if self.session is None:
@@ -325,14 +338,14 @@ class ClientLeg(Relay, Protocol):
                 self.session.send(self.transport, data)
             except OutputRefused:
                 pass  # even the error could not be vetted: the hang-up says it
-        self.state = _CLOSED
+        self.advance(PhaseEvent.CLOSE)
         self._fatal = f"{code}: {message}"  # the sealed close says why the gateway hung up
         self.transport.loseConnection()
 
     def refuseLogin(self, kind: str, message: str) -> None:
         """The pre-login guard's refusal, in PostgreSQL's words."""
         refusal = (_REFUSAL_CODES.get(kind, "08P01"), f"sealgate: {message}")
-        if kind in (BUSY, SOURCE_BUSY) and self.state == _STARTUP and not self.tls:
+        if kind in (BUSY, SOURCE_BUSY) and self.phase is Phase.STARTUP and not self.tls:
             # libpq shows an error only once it has sent its startup message
             # (PostgreSQL's own "too many clients" comes then, too): answer
             # an SSLRequest with "N" and refuse the startup that follows.
@@ -344,7 +357,7 @@ class ClientLeg(Relay, Protocol):
         assert self._refusal is not None
         self.reader.receive_data(data)
         try:
-            while self.state != _CLOSED:
+            while self.phase is not Phase.CLOSED:
                 ev = self.reader.next_event()
                 if ev is w.NEED_DATA:
                     return
@@ -359,23 +372,18 @@ class ClientLeg(Relay, Protocol):
     def connectionLost(self, reason):
         self._stopDeadline()
         self.closed = True
-        self.state = _CLOSED
+        self.advance(PhaseEvent.CLOSE)
         if self.login is not None:
             self.login.connectionLost()
         self.factory.unregister(self)
         if self.backend is not None:
             self.backend.transport.loseConnection()
         if self.session is not None:
-            if getattr(self, "_pending", None):
-                self.auditUnfinished()
-            d = self.session.end(getattr(self, "_fatal", None)
-                                 or ("closed" if self._terminatingSafe() else "client disconnected"))
+            self.auditUnfinished()
+            d = self.session.end(self._fatal or ("closed" if self._terminating else "client disconnected"))
             if d is not None:
                 d.addErrback(lambda f: self._log.failure("Closing the recording of {session} failed",
                                                          f, session=self.session.id))
-
-    def _terminatingSafe(self):
-        return getattr(self, "_terminating", False)
 
 
 class _OneShot(Factory):

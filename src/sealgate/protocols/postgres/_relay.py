@@ -1,14 +1,15 @@
 """The relay between a logged-in client and its backend: hooks, holds, audit and masking."""
 
-import time
 from collections import deque
 from collections.abc import Callable
+from time import monotonic as _monotonic
 from typing import Any
 
 from twisted.logger import Logger
 
 from sealgate import CONTINUE, Deny, MaskingFailed, OutputRefused, Rewrite, Session, writeNow
 from sealgate.protocols.postgres import _wire as w
+from sealgate.protocols.postgres._state import SYNC, Flow, FlowEvent, Held, Statement, flowStep
 from sealgate.protocols.postgres.catalog import catalogFor, mayRedefineFunctions
 from sealgate.protocols.postgres.classify import fastpath
 from sealgate.protocols.postgres.masking import RowMasker
@@ -16,7 +17,7 @@ from sealgate.protocols.postgres.prepared import PreparedStatements
 
 _Q, _P, _B, _E, _S, _C, _X, _F = (ord(c) for c in "QPBESCXF")
 _CC, _ERR, _Z, _EMPTY, _SUSP, _COPYOUT, _COPYDATA, _COPYDONE = (ord(c) for c in "CEZIsHdc")
-_PSTATUS = ord("S")
+_PSTATUS, _DATAROW = ord("S"), ord("D")
 _MAX_AUDIT_TEXT = 4096
 
 
@@ -30,6 +31,11 @@ def _dollarQuote(text: str) -> str:
     while f"$m{n}$" in text:
         n += 1
     return f"$m{n}${text}$m{n}$"
+
+
+def _query(sql: str) -> bytes:
+    """A simple Query carrying C{sql}: what a denied or rewritten statement is sent as."""
+    return w.Query(sql).encode()
 
 
 DENY_PREFIX = "sealgate: "
@@ -123,6 +129,12 @@ class Relay:
     _log: Logger
     fatal: Callable[[str, str], None]
 
+    #: Until L{startRelay}: no statement is in flight, none held, no Terminate.
+    _pending: Any = ()
+    _held: Held | None = None
+    flow = Flow.FLOWING
+    _terminating = False
+
     def startOutput(self) -> None:
         """Register the reply masker as soon as the session exists: the login's replies pass it too."""
         masker = self.session.chain.masker
@@ -154,16 +166,14 @@ class Relay:
         self._rereadCatalog = False
         if self._catalog is not None:
             self._catalog.ensure()
-        self._held = None
         self._txStatus = "I"
-        self._terminating = False
 
     # -- client -> backend ------------------------------------------------------
 
     def relayFromClient(self, data: bytes) -> None:
         self.session.received(data)
         self._creader.receive_data(data)
-        if self._held is None:
+        if self.flow is Flow.FLOWING:
             self._process(self._creader.drain(self._ctable))
 
     def _process(self, items) -> None:
@@ -192,12 +202,12 @@ class Relay:
             self.sqlSettings.sent()
             if not self._wantsCommand:
                 text = raw[5:-1].decode("utf-8", "surrogateescape")
-                self._pending.append(["Q", text, time.monotonic(), 0, None])
+                self._pending.append(Statement(text, _monotonic()))
                 out.append(raw)
                 return None
             text, c = self.sqlSettings.judge(raw[5:-1])
-            self._pending.append(["Q", text, time.monotonic(), 0, None])
-            return self._judge(f, text, out, lambda sql: w.Query(sql).encode(), c=c)
+            self._pending.append(Statement(text, _monotonic()))
+            return self._judge(f, text, out, _query, c=c)
         if t == _P:
             msg = w.decodeFrame(f, True)
             self._statements[msg.name] = msg.query
@@ -226,17 +236,17 @@ class Relay:
         elif t == _E:
             portal, _ = _cstrAt(raw, 5)
             text = self._statements.get(self._portals.get(portal, ""), "")
-            self._pending.append(["E", text, time.monotonic(), 0, None])
+            self._pending.append(Statement(text, _monotonic(), execute=True))
         elif t == _S:
             self.sqlSettings.sent()
-            self._pending.append(["S"])
+            self._pending.append(SYNC)
         elif t == _F:
             self.sqlSettings.sent()
             oid = int.from_bytes(raw[5:9], "big")
             text = f"<function call {oid}>"
-            self._pending.append(["Q", text, time.monotonic(), 0, None])
+            self._pending.append(Statement(text, _monotonic()))
             if self._wantsCommand:
-                return self._judge(f, text, out, lambda sql: w.Query(sql).encode(), c=fastpath(oid))
+                return self._judge(f, text, out, _query, c=fastpath(oid))
         elif t == _C:
             if raw[5:6] == b"S":
                 name, _ = _cstrAt(raw, 6)
@@ -258,19 +268,19 @@ class Relay:
         if verdict is CONTINUE:
             if reported:
                 # Sealed once, with its outcome, when the statement completes.
-                self._pending[-1].append(details)
+                self._pending[-1].details = details
             self._allowed(c, f.type != _P, parsedAs)
             out.append(f.raw)
             return None
         if isinstance(verdict, Deny):
             out.append(replace(denyStatement(f"denied by rule {verdict.rule}: {verdict.reason}")))
             return None
-        rewrite = rewrite or (lambda s: w.Query(s).encode())
+        rewrite = rewrite or _query
         if isinstance(verdict, Rewrite):
             out.append(rewrite(str(verdict.value)))
             return None
         if decision.held:
-            return (decision, f, replace, rewrite, lambda: self._allowed(c, f.type != _P, parsedAs))
+            return Held(decision, f, replace, rewrite, lambda: self._allowed(c, f.type != _P, parsedAs))
         out.append(replace(denyStatement("the statement could not be judged")))
         return None
 
@@ -284,30 +294,34 @@ class Relay:
         if c.changesSettings:
             self.sqlSettings.mayChange(ownReady)
 
-    def _startHold(self, hold, rest) -> None:
+    def _startHold(self, held: Held, rest) -> None:
         # The core keeps the client leg paused until the decision.
-        decision, f, replace, rewrite, onAllowed = hold
-        self._held = (f, replace, rest, decision, rewrite, onAllowed)
-        held = decision.verdict
-        notice = w.NoticeResponse.make("NOTICE", "00000", held.message,
-                                       hint=f"ticket {held.ticket}").encode()
+        self.flow = flowStep(self.flow, FlowEvent.HOLD)
+        held.rest = rest
+        self._held = held
+        hold = held.decision.verdict
+        notice = w.NoticeResponse.make("NOTICE", "00000", hold.message,
+                                       hint=f"ticket {hold.ticket}").encode()
         self.toClient(notice)
-        decision.pending.addCallback(self._holdDecided)
+        held.decision.pending.addCallback(self._holdDecided)
 
     def _holdDecided(self, verdict) -> None:
-        if self._held is None or self.closed:
+        held = self._held
+        if held is None:
             return
-        f, replace, rest, _, rewrite, onAllowed = self._held
         self._held = None
+        self.flow = flowStep(self.flow, FlowEvent.DECIDED)
+        if self.closed:
+            return
         if verdict is CONTINUE:
-            onAllowed()
-            self._toBackend([f.raw])
+            held.onAllowed()
+            self._toBackend([held.frame.raw])
         elif isinstance(verdict, Rewrite):
-            self._toBackend([rewrite(str(verdict.value))])
+            self._toBackend([held.rewrite(str(verdict.value))])
         else:
-            self._toBackend([replace(denyStatement(f"rule {verdict.rule}: {verdict.reason}"))])
-        self._process(rest)
-        if self._held is None:
+            self._toBackend([held.replace(denyStatement(f"rule {verdict.rule}: {verdict.reason}"))])
+        self._process(held.rest)
+        if self.flow is Flow.FLOWING:
             try:
                 self._process(self._creader.drain(self._ctable))
             except w.ProtocolError as e:  # what arrived during the hold, read now
@@ -317,7 +331,7 @@ class Relay:
         """A CancelRequest for a held statement withdraws its ticket."""
         if self._held is None:
             return False
-        ticket = self._held[3].verdict.ticket
+        ticket = self._held.decision.verdict.ticket
         try:
             self.factory.gateway.approvals.cancel(ticket, self.session.identity, "cancelled")
         except Exception:
@@ -359,6 +373,8 @@ class Relay:
 
     def _backendFrame(self, f) -> w.Frame:
         t = f.type
+        if t == _DATAROW:
+            return f  # most replies: only the masker reads rows
         if t == _CC:
             rows = f.raw[5:-1].rsplit(b" ", 1)[-1]
             n = int(rows) if rows.isdigit() else 0
@@ -391,47 +407,50 @@ class Relay:
         if not p:
             return
         head = p[0]
-        if head[0] == "E":
+        if head is SYNC:
+            return
+        if head.execute:
             p.popleft()
             self._audit(head, rows, sqlstate)
             if error:
                 # The server skips the rest of the batch up to Sync.
-                while p and p[0][0] == "E":
+                while p and p[0] is not SYNC and p[0].execute:
                     p.popleft()
-        elif head[0] == "Q":
-            head[3] += rows
+        else:
+            head.rows += rows
             if sqlstate:
-                head[4] = sqlstate
+                head.sqlstate = sqlstate
 
     def _ready(self) -> None:
         p = self._pending
         while p:
             head = p.popleft()
-            if head[0] == "S":
+            if head is SYNC:
                 return
-            if head[0] == "Q":
-                self._audit(head, head[3], head[4])
+            if not head.execute:
+                self._audit(head, head.rows, head.sqlstate)
                 return
 
-    def _audit(self, entry, rows, sqlstate, outcome="completed") -> None:
-        text = entry[1]
+    def _audit(self, entry: Statement, rows, sqlstate, outcome="completed") -> None:
+        text = entry.text
         if len(text) > _MAX_AUDIT_TEXT:
             text = text[:_MAX_AUDIT_TEXT] + "..."
-        extra = {}
-        if len(entry) > 5:
-            # Allowed by the chain and not sealed yet: verdict and outcome in one event.
-            details = entry[5]
-            extra = {"verdict": "allow", "statements": list(details.get("statements", ())),
-                     "effects": list(details.get("effects", ())),
-                     "relations": list(details.get("relations", ())),
-                     "settings": details.get("settings", "")}
-        self.session.audit("statement", text=text,
-                           duration=round(time.monotonic() - entry[2], 6),
-                           rows=rows, sqlstate=sqlstate or "00000", outcome=outcome, **extra)
+        duration = round(_monotonic() - entry.started, 6)
+        details = entry.details
+        if details is None:
+            self.session.audit("statement", text=text, duration=duration, rows=rows,
+                               sqlstate=sqlstate or "00000", outcome=outcome)
+            return
+        # Allowed by the chain and not sealed yet: verdict and outcome in one event.
+        get = details.get
+        self.session.audit("statement", text=text, duration=duration, rows=rows,
+                           sqlstate=sqlstate or "00000", outcome=outcome, verdict="allow",
+                           statements=list(get("statements", ())), effects=list(get("effects", ())),
+                           relations=list(get("relations", ())), settings=get("settings", ""))
 
     def auditUnfinished(self) -> None:
         """The session ends: seal statements that were sent but never completed."""
         for entry in self._pending:
-            if entry[0] in ("Q", "E"):
-                self._audit(entry, entry[3], entry[4], outcome="interrupted")
-        self._pending.clear()
+            if entry is not SYNC:
+                self._audit(entry, entry.rows, entry.sqlstate, outcome="interrupted")
+        self._pending = deque()

@@ -242,13 +242,55 @@ def _anything(raw: bytes) -> bool:
     return True
 
 
+_u16 = struct.Struct("!H").unpack_from
+_i32 = struct.Struct("!i").unpack_from
+
+
+def _dataRow(raw: bytes) -> bool:
+    """A DataRow's shape as L{DataRow.decode} reads it: its count of values, each -1 (NULL) or a length that fits, nothing after."""
+    n = len(raw)
+    if n < 7:
+        return False
+    p = 7
+    for _ in range(_u16(raw, 5)[0]):
+        if p + 4 > n:
+            return False
+        ln = _i32(raw, p)[0]
+        p += 4
+        if ln < 0:
+            if ln != -1:
+                return False
+        else:
+            p += ln
+            if p > n:
+                return False
+    return p == n
+
+
+def _rowDescription(raw: bytes) -> bool:
+    """A RowDescription's shape as L{RowDescription.decode} reads it: per column a terminated name and 18 bytes, nothing after."""
+    n = len(raw)
+    if n < 7:
+        return False
+    p = 7
+    for _ in range(_u16(raw, 5)[0]):
+        end = raw.find(b"\0", p)
+        if end < 0:
+            return False
+        p = end + 19
+        if p > n:
+            return False
+    return p == n
+
+
 #: Well-formedness of the types a relay reads on every round trip, checked
 #: without building the message; every other type is checked by decoding it.
 _FAST_CHECKS = {
     True: {ord("Q"): _cstrLast, ord("S"): _empty, ord("H"): _empty, ord("X"): _empty,
            ord("c"): _empty, ord("d"): _anything},
     False: {ord("C"): _cstrLast, ord("I"): _empty, ord("s"): _empty, ord("c"): _empty,
-            ord("Z"): lambda raw: len(raw) == 6 and raw[5] in b"IET", ord("d"): _anything},
+            ord("Z"): lambda raw: len(raw) == 6 and raw[5] in b"IET", ord("d"): _anything,
+            ord("D"): _dataRow, ord("T"): _rowDescription},
 }
 _NAMES = {frontend: [getattr((FRONTEND if frontend else BACKEND).get(bytes((t,))), "__name__", f"type {t}")
                       for t in range(256)] for frontend in (True, False)}

@@ -11,6 +11,7 @@ from sealgate.interfaces import IProtocolPlugin
 from sealgate.protocols.postgres._wire import DEFAULT_MAX_MESSAGE
 from sealgate.protocols.postgres.classify import KINDS
 from sealgate.protocols.postgres.effects import EFFECTS, PRESETS
+from sealgate.tlsfiles import serverOptions, trustRoot
 
 BACKEND_TLS = ("disable", "require", "verify-full")
 
@@ -64,7 +65,7 @@ def parseOptions(options: dict, where) -> PostgresOptions:
     keyPEM = _readPEM(t, "tls_key", key) if key else b""
     if certPEM:
         try:
-            ssl.PrivateCertificate.loadPEM(keyPEM + b"\n" + certPEM)
+            serverOptions(certPEM, keyPEM)
         except Exception as e:
             raise where.error("tls_key", f"cannot use {cert} with {key}: {e}",
                               "give the certificate and its matching private key")
@@ -95,25 +96,12 @@ def parseOptions(options: dict, where) -> PostgresOptions:
     return opts
 
 
-def _pemBlocks(data: bytes) -> list[bytes]:
-    marker = b"-----END CERTIFICATE-----"
-    return [b + marker for b in data.split(marker) if b"-----BEGIN CERTIFICATE-----" in b]
-
-
 def clientTLSContext(opts: PostgresOptions):
     if not opts.certPEM:
         return None
-    blocks = _pemBlocks(opts.certPEM)
-    from OpenSSL import crypto
-
-    key = crypto.load_privatekey(crypto.FILETYPE_PEM, opts.keyPEM)
-    leaf = ssl.Certificate.loadPEM(blocks[0])
-    chain = [ssl.Certificate.loadPEM(b).original for b in blocks[1:]]
     # libpq 17+ offers ALPN "postgresql"; a server that negotiates nothing
     # makes OpenSSL abort the handshake, so agree to it as PostgreSQL does.
-    return ssl.CertificateOptions(privateKey=key, certificate=leaf.original,
-                                  extraCertChain=chain or None,
-                                  acceptableProtocols=[b"postgresql"])
+    return serverOptions(opts.certPEM, opts.keyPEM, acceptableProtocols=[b"postgresql"])
 
 
 def backendHost(backend: str) -> str:
@@ -126,10 +114,8 @@ def backendTLSOptions(connection):
         return None
     if opts.backend_tls == "require":
         return ssl.CertificateOptions()
-    roots = ssl.trustRootFromCertificates(
-        [ssl.Certificate.loadPEM(b) for b in _pemBlocks(opts.caPEM)])
     host = opts.backend_tls_hostname or backendHost(connection.backend)
-    return ssl.optionsForClientTLS(host, trustRoot=roots)
+    return ssl.optionsForClientTLS(host, trustRoot=trustRoot(opts.caPEM))
 
 
 @implementer(IProtocolPlugin)

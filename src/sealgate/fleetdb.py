@@ -290,3 +290,18 @@ class _Listener:
                     except Exception:
                         pass
         self.connected = False
+
+
+def resolveFleet(path: str) -> FleetConfig | None:
+    """Read only the C{[gateway]} fleet keys of a config file, the URL resolved (for commands)."""
+    import tomllib
+
+    from sealgate.configtable import ConfigError, Where
+
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read: {e}")
+    fleet, _ = parseGatewayFleet(Table(dict(raw.get("gateway", {})), Where(path, "gateway")))
+    return fleet

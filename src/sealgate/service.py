@@ -108,7 +108,8 @@ class GatewayService(MultiService):
                                  checkpointInterval=cfg.gateway.checkpoint_interval,
                                  maxUnsealed=cfg.gateway.max_unsealed,
                                  storeTimeout=cfg.gateway.store_timeout)
-        self.identity = IdentityService(cfg.identity, cfg.gateway.state_dir, reactor=self.reactor)
+        self.identity = IdentityService(cfg.identity, cfg.gateway.state_dir, reactor=self.reactor,
+                                        fleet=cfg.gateway.fleet)
         self.approvals = Approvals(self.reactor, self.store)
         try:
             self.gateway = Gateway(cfg, self.identity, self.store, self.approvals,

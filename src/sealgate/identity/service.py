@@ -69,12 +69,20 @@ class IdentityService:
 
     _log = Logger()
 
-    def __init__(self, config: IdentityConfig, stateDir: Path, reactor=None, agent=None):
+    def __init__(self, config: IdentityConfig, stateDir: Path, reactor=None, agent=None,
+                 fleet=None):
         if reactor is None:
             from twisted.internet import reactor
         self.config = config
         self._reactor = reactor
-        self.keys = APIKeyStore(Path(stateDir) / KEYS_FILE)
+        #: The fleet's shared database (L{sealgate.fleetdb.FleetConfig}), or None.
+        self.fleet = fleet
+        if fleet is not None:
+            from sealgate.fleet.keys import PGAPIKeyStore
+
+            self.keys: APIKeyStore = PGAPIKeyStore(fleet.url)
+        else:
+            self.keys = APIKeyStore(Path(stateDir) / KEYS_FILE)
         self._stateDir = Path(stateDir)
         self.oidc: OIDCVerifier | None = None
         self.warmed: defer.Deferred = defer.succeed(None)
@@ -121,7 +129,12 @@ class IdentityService:
                 out[(method, ident)] = self.keys.status(ident)
             elif method == "sshkey":
                 if sshKeys is None:
-                    sshKeys = SSHKeyStore.forStateDir(self._stateDir)
+                    if self.fleet is not None:
+                        from sealgate.fleet.keys import PGSSHKeyStore
+
+                        sshKeys = PGSSHKeyStore(self.fleet.url)
+                    else:
+                        sshKeys = SSHKeyStore.forStateDir(self._stateDir)
                 out[(method, ident)] = sshKeys.status(ident)
         return out
 

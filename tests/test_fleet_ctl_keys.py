@@ -1,0 +1,58 @@
+"""API keys and SSH keys in the fleet database: the same rules as identity.sqlite, shared by every node."""
+
+import pytest
+from twisted.conch.ssh import keys as conchkeys
+from zope.interface.verify import verifyObject
+
+from sealgate.fleet.interfaces import IAPIKeyStore, ISSHKeyStore
+from sealgate.fleet.keys import PGAPIKeyStore, PGSSHKeyStore
+from sealgate.identity import AuthenticationFailed
+from sealgate.identity.apikeys import APIKeyError, APIKeyStore
+from sealgate.identity.sshkeys import SSHKeyStore
+from tests.fleetpg import fleetDatabase
+
+
+@pytest.fixture
+def url(postgres):
+    return fleetDatabase(postgres)
+
+
+def test_both_backends_provide_the_interfaces(tmp_path, url):
+    verifyObject(IAPIKeyStore, APIKeyStore(tmp_path / "identity.sqlite"))
+    verifyObject(IAPIKeyStore, PGAPIKeyStore(url))
+    verifyObject(ISSHKeyStore, SSHKeyStore(tmp_path / "identity.sqlite"))
+    verifyObject(ISSHKeyStore, PGSSHKeyStore(url))
+
+
+def test_a_key_made_through_one_store_verifies_through_another_until_revoked(url):
+    made, other = PGAPIKeyStore(url), PGAPIKeyStore(url)
+    key = made.create("ci-bot", ["eng"], 3600)
+    who = other.verify(key)
+    assert who.id == "apikey:ci-bot" and who.groups == {"eng"}
+    assert other.status(who.credential) == "active"
+    with pytest.raises(APIKeyError, match="an active key named 'ci-bot' exists"):
+        other.create("ci-bot", ["eng"])
+    with pytest.raises(AuthenticationFailed, match="unknown API key"):
+        other.verify(key[:-2] + ("AA" if not key.endswith("AA") else "BB"))
+    assert made.revoke("ci-bot") == 1
+    with pytest.raises(AuthenticationFailed, match="revoked"):
+        other.verify(key)
+    assert [k.status(0) for k in other.list()] == ["revoked"]
+    assert "sgk_" not in repr(other.list()) and "password" not in repr(other)
+
+
+def test_ssh_keys_bind_fleet_wide(url):
+    key = conchkeys.Key.fromString(
+        conchkeys.Key(__import__("cryptography.hazmat.primitives.asymmetric.ed25519",
+                                 fromlist=["x"]).Ed25519PrivateKey.generate())
+        .public().toString("openssh"))
+    a, b = PGSSHKeyStore(url), PGSSHKeyStore(url)
+    rec = a.add("alice", key.toString("openssh") + b" laptop", groups=["eng"])
+    found = b.lookup(key.blob())
+    assert found is not None and found.identity == "alice" and found.comment == "laptop"
+    assert b.status(rec.fingerprint) == "active"
+    # Re-binding to the same identity replaces the row; to another is refused.
+    a.add("alice", key.toString("openssh"), groups=["ops"])
+    assert b.lookup(key.blob()).groups == ("ops",)
+    assert [r.fingerprint for r in b.revoke("alice")] == [rec.fingerprint]
+    assert a.status(rec.fingerprint) == "revoked"

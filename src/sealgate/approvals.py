@@ -5,7 +5,7 @@ import time
 from typing import Any, cast
 
 import attrs
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.logger import Logger
 
 from sealgate.chain.verdicts import CONTINUE, Deny
@@ -92,10 +92,12 @@ class Approvals:
 
     _log = Logger()
 
-    def __init__(self, reactor, store=None, keep: int = 1000):
+    def __init__(self, reactor, store=None, keep: int = 1000, board=None):
         self._reactor = reactor
         self._store = store
         self._keep = keep
+        #: The fleet's L{sealgate.fleet.interfaces.ITicketBoard}, or None (tickets are this node's).
+        self.board = board
         self.tickets: dict[str, Ticket] = {}
         #: Called with each new ticket; C{changeListeners} with each decided one.
         self.listeners: list = []
@@ -119,7 +121,8 @@ class Approvals:
             if marks:
                 masked = masker.maskText(command)
         ticket = Ticket(
-            id=secrets.token_hex(4), requester=session.identity,
+            # A fleet's ids are unique across every node's tickets.
+            id=secrets.token_hex(4 if self.board is None else 8), requester=session.identity,
             connection=session.connection.name, sessionId=session.id, command=command,
             kind=kind, rule=rule.name, approvers=tuple(rule.approvers),
             needed=rule.approvals_needed, created=time.time(), expires=time.time() + rule.expires,
@@ -137,6 +140,10 @@ class Approvals:
         self._event(ticket, "requested", by=session.identity.id)
         self._tell(self.listeners, ticket)
         self._trim()
+        if self.board is not None:
+            from sealgate.fleet.sharing import publish
+
+            publish(self, ticket)
         return ticket
 
     def _tell(self, listeners, ticket) -> None:
@@ -217,11 +224,15 @@ class Approvals:
 
     def _expire(self, t: Ticket) -> None:
         t._timer = None
-        if t.state == "pending":
+        if t.state == "pending" and self.board is not None:
+            from sealgate.fleet.sharing import expire
+
+            expire(self, t)
+        elif t.state == "pending":
             self._finish(t, "expired", None, "no decision in time",
                          Deny(t.rule, f"approval ticket {t.id} expired without a decision"))
 
-    def _finish(self, t: Ticket, state, by, reason, verdict) -> None:
+    def _finish(self, t: Ticket, state, by, reason, verdict, share: bool = True) -> None:
         t.state, t.decidedBy, t.reason, t.decided = state, by, reason, time.time()
         if t._timer is not None and t._timer.active():
             t._timer.cancel()
@@ -230,6 +241,36 @@ class Approvals:
         self._log.info("Ticket {id} {state} by {by}", id=t.id, state=state, by=by or "-")
         t.result.callback(verdict)
         self._tell(self.changeListeners, t)
+        if share and self.board is not None:
+            from sealgate.fleet.sharing import settle
+
+            settle(self, t)
+
+    # -- one API for both (Deferreds): the admin API uses these -----------
+
+    def listing(self, everything: bool = False) -> Deferred:
+        """This node's tickets, or with a fleet every node's (pending only unless C{everything})."""
+        if self.board is not None:
+            return self.board.list(everything)
+        return succeed(list(self.tickets.values()) if everything else self.pending())
+
+    def fetch(self, ticketId: str) -> Deferred:
+        if self.board is not None:
+            return self.board.get(ticketId)
+        return maybeDeferred(self.get, ticketId)
+
+    def decide(self, ticketId: str, identity, action: str, reason: str = "",
+               anyone: bool = False) -> Deferred:
+        """C{action} is "approve", "deny" or "cancel"; fires with the ticket as it stands then."""
+        if self.board is not None:
+            from sealgate.fleet.sharing import decide
+
+            return decide(self, ticketId, identity, action, reason, anyone)
+        if action == "cancel":
+            return maybeDeferred(self.cancel, ticketId, identity, reason, anyone=anyone)
+        if action not in ("approve", "deny"):
+            return fail(ApprovalError(f"unknown action {action!r}", 400))
+        return maybeDeferred(getattr(self, action), ticketId, identity, reason)
 
     def _event(self, t: Ticket, what: str, **fields) -> None:
         # The sealed log keeps the masked form: a detector hit in a held

@@ -40,6 +40,8 @@ class GatewayService(MultiService):
         self._onFatal = onFatal or _exitWithMessage
         self.gateway = None
         self.store = None
+        #: L{sealgate.fleet.runtime.Fleet} when [gateway] store_env/store_file is set.
+        self.fleet = None
         self.identity = None
         self.ports: dict[str, IListeningPort] = {}
         self.adminPort = None
@@ -85,6 +87,7 @@ class GatewayService(MultiService):
             self._onFatal(str(e))
             return
         d = defer.maybeDeferred(self.store.start)
+        d.addCallback(lambda _: self._startFleet())
         d.addCallback(lambda _: defer.maybeDeferred(getattr(self.identity, "start", lambda: None)))
         d.addCallback(self._started)
         d.addErrback(self._startFailed)
@@ -110,7 +113,13 @@ class GatewayService(MultiService):
                                  storeTimeout=cfg.gateway.store_timeout)
         self.identity = IdentityService(cfg.identity, cfg.gateway.state_dir, reactor=self.reactor,
                                         fleet=cfg.gateway.fleet)
-        self.approvals = Approvals(self.reactor, self.store)
+        self.fleet = None
+        if cfg.gateway.fleet is not None:
+            from sealgate.fleet.runtime import Fleet
+
+            self.fleet = Fleet(cfg.gateway.fleet, self.reactor)
+        self.approvals = Approvals(self.reactor, self.store,
+                                   board=self.fleet.board if self.fleet is not None else None)
         try:
             self.gateway = Gateway(cfg, self.identity, self.store, self.approvals,
                                    interceptorPlugins(), self.reactor)
@@ -119,6 +128,12 @@ class GatewayService(MultiService):
                                "  fix: reinstall sealgate or remove the broken plugin")
         self._protocols = protocolPlugins()
         self._adminSite = makeAdminSite(self)
+
+    def _startFleet(self):
+        if self.fleet is None:
+            return None
+        host = self.adminPort.getHost()
+        return self.fleet.start(self.approvals, f"{getattr(host, 'host', '')}:{getattr(host, 'port', '')}")
 
     def _listen(self):
         shared: dict[str, object] = {}
@@ -287,6 +302,7 @@ class GatewayService(MultiService):
         d = defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in ports])
         d.addCallback(lambda _: self._drain())
         d.addCallback(lambda _: self.approvals.stop())
+        d.addCallback(lambda _: self.fleet.stop() if self.fleet is not None else None)
         d.addCallback(lambda _: getattr(self._adminSite, "admin", None) and self._adminSite.admin.stop())
         d.addCallback(lambda _: defer.maybeDeferred(getattr(self.identity, "stop", lambda: None)))
         d.addCallback(lambda _: self.gateway.stop())

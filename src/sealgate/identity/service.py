@@ -122,7 +122,7 @@ class IdentityService:
         # Conch (under SSHKeyStore) is loaded only when an SSH session is live.
         from sealgate.identity.sshkeys import SSHKeyStore
 
-        sshKeys = None
+        sshKeys: SSHKeyStore | None = None
         out = {}
         for method, ident in credentials:
             if method == "apikey":

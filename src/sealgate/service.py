@@ -132,8 +132,13 @@ class GatewayService(MultiService):
     def _startFleet(self):
         if self.fleet is None:
             return None
+        from sealgate.fleet.logins import PGLoginStore, follow
+
         host = self.adminPort.getHost()
-        return self.fleet.start(self.approvals, f"{getattr(host, 'host', '')}:{getattr(host, 'port', '')}")
+        d = self.fleet.start(self.approvals, f"{getattr(host, 'host', '')}:{getattr(host, 'port', '')}")
+        d.addCallback(lambda _: follow(self._adminSite.admin.logins,
+                                       PGLoginStore(self.fleet.db, self.fleet.node), self.reactor))
+        return d
 
     def _listen(self):
         shared: dict[str, object] = {}

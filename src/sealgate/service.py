@@ -136,9 +136,15 @@ class GatewayService(MultiService):
 
         host = self.adminPort.getHost()
         d = self.fleet.start(self.approvals, f"{getattr(host, 'host', '')}:{getattr(host, 'port', '')}")
+        d.addCallback(lambda _: self._shareBackoff())
         d.addCallback(lambda _: follow(self._adminSite.admin.logins,
                                        PGLoginStore(self.fleet.db, self.fleet.node), self.reactor))
         return d
+
+    def _shareBackoff(self):
+        from sealgate.fleet.backoff import PGBackoffCounters
+
+        self.gateway.throttle.shared = PGBackoffCounters(self.fleet.db)
 
     def _listen(self):
         shared: dict[str, object] = {}

@@ -109,3 +109,16 @@ class ILoginStore(Interface):
 
     def load(now):
         """Every unexpired login."""
+
+
+class IBackoffCounters(Interface):
+    """Failed-login counters shared by a fleet's nodes (L{sealgate.throttle}); Deferreds."""
+
+    def read(keys, now, interval):
+        """C{{(kind, key): (failures, last)}} of the given keys, failures older than C{interval} forgotten."""
+
+    def record(keys, now, interval):
+        """One more failure of each key at C{now} (a key quiet for C{interval} starts again at 1)."""
+
+    def forget(keys):
+        """A login of these identities worked: their counters end."""

@@ -56,3 +56,21 @@ def test_ssh_keys_bind_fleet_wide(url):
     assert b.lookup(key.blob()).groups == ("ops",)
     assert [r.fingerprint for r in b.revoke("alice")] == [rec.fingerprint]
     assert a.status(rec.fingerprint) == "revoked"
+
+
+def test_a_node_off_its_fleet_database_refuses_new_logins(url):
+    from sealgate.config import IdentityConfig
+    from sealgate.fleetdb import FleetConfig
+    from sealgate.identity.service import IdentityService
+
+    key = PGAPIKeyStore(url).create("ci-bot", ["eng"])
+    service = IdentityService(IdentityConfig(), "/nonexistent", reactor=object(),
+                              fleet=FleetConfig(url, "n1"))
+    service.fleetUp = lambda: False
+    failures: list = []
+    service.authenticate(key).addErrback(failures.append)
+    assert failures[0].check(AuthenticationFailed)
+    assert "cannot reach its fleet database" in failures[0].value.reason
+    service.fleetUp = lambda: True
+    # Back: the key checks again (in the thread pool, so only started here).
+    assert service.keys.verify(key).id == "apikey:ci-bot"

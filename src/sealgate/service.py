@@ -142,6 +142,8 @@ class GatewayService(MultiService):
         return d
 
     def _shareBackoff(self):
+        lease = self.fleet.lease
+        self.identity.fleetUp = lambda: lease.renewed
         from sealgate.fleet.backoff import PGBackoffCounters
 
         self.gateway.throttle.shared = PGBackoffCounters(self.fleet.db)

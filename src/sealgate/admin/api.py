@@ -58,6 +58,9 @@ class Ready(Leaf):
         problem = None if svc.ready else "starting or stopping"
         if problem is None:
             problem = storeProblem(svc.store)
+        fleet = getattr(svc, "fleet", None)
+        if problem is None and fleet is not None and not fleet.lease.renewed:
+            problem = f"node {fleet.node} cannot reach the fleet database"
         witnessing = getattr(svc, "witnessing", None)
         # Shown, never failing readiness: sessions go on while a witness is down (the lag says so).
         extra = {"witnessing": witnessing.status()} if witnessing is not None and witnessing.pumps else {}

@@ -77,6 +77,10 @@ class IdentityService:
         self._reactor = reactor
         #: The fleet's shared database (L{sealgate.fleetdb.FleetConfig}), or None.
         self.fleet = fleet
+        #: With a fleet: whether this node reaches its database (its lease
+        #: renews).  While it does not, new logins are refused, whatever the
+        #: credential: no ticket could be decided, no key revocation seen.
+        self.fleetUp = lambda: True
         if fleet is not None:
             from sealgate.fleet.keys import PGAPIKeyStore
 
@@ -153,6 +157,9 @@ class IdentityService:
             credential = credential[7:].strip()
         if not credential:
             return defer.fail(AuthenticationFailed("no credential given"))
+        if self.fleet is not None and not self.fleetUp():
+            return defer.fail(AuthenticationFailed(
+                "the gateway cannot reach its fleet database; new sessions are refused until it is back"))
         if credential.startswith(PREFIX):
             return deferToThreadPool(self._reactor, self._reactor.getThreadPool(),
                                      self.keys.verify, credential)

@@ -27,7 +27,8 @@ class Node:
     def __init__(self, url, name):
         self.db = FleetDB(url, reactor)
         self.board = PGTicketBoard(self.db, name)
-        self.approvals = Approvals(reactor, board=self.board)
+        self.approvals = Approvals(reactor)
+        sharing.attach(self.approvals, self.board)
 
     async def start(self):
         await self.db.migrate(schema.COMPONENT, schema.STEPS)
@@ -151,7 +152,8 @@ async def test_an_unreachable_database_makes_the_approval_undecidable_so_denied(
 
     db = FleetDB(f"postgresql://x:y@127.0.0.1:{freePort()}/none", reactor)
     try:
-        approvals = Approvals(reactor, board=PGTicketBoard(db, "c"))
+        approvals = Approvals(reactor)
+        sharing.attach(approvals, PGTicketBoard(db, "c"))
         t = approvals.request(session(), rule("jit", "approve", approvers=("leads",)), "sql", "DROP")
         results: list = []
         t.result.addCallback(results.append)

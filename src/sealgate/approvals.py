@@ -92,12 +92,13 @@ class Approvals:
 
     _log = Logger()
 
-    def __init__(self, reactor, store=None, keep: int = 1000, board=None):
+    def __init__(self, reactor, store=None, keep: int = 1000):
         self._reactor = reactor
         self._store = store
         self._keep = keep
-        #: The fleet's L{sealgate.fleet.interfaces.ITicketBoard}, or None (tickets are this node's).
-        self.board = board
+        #: With a fleet, L{sealgate.fleet.sharing.Sharing} (its C{board} holds
+        #: every node's tickets); None: tickets are this node's.
+        self.sharing: Any = None
         self.tickets: dict[str, Ticket] = {}
         #: Called with each new ticket; C{changeListeners} with each decided one.
         self.listeners: list = []
@@ -122,7 +123,7 @@ class Approvals:
                 masked = masker.maskText(command)
         ticket = Ticket(
             # A fleet's ids are unique across every node's tickets.
-            id=secrets.token_hex(4 if self.board is None else 8), requester=session.identity,
+            id=secrets.token_hex(4 if self.sharing is None else 8), requester=session.identity,
             connection=session.connection.name, sessionId=session.id, command=command,
             kind=kind, rule=rule.name, approvers=tuple(rule.approvers),
             needed=rule.approvals_needed, created=time.time(), expires=time.time() + rule.expires,
@@ -140,10 +141,8 @@ class Approvals:
         self._event(ticket, "requested", by=session.identity.id)
         self._tell(self.listeners, ticket)
         self._trim()
-        if self.board is not None:
-            from sealgate.fleet.sharing import publish
-
-            publish(self, ticket)
+        if self.sharing is not None:
+            self.sharing.publish(ticket)
         return ticket
 
     def _tell(self, listeners, ticket) -> None:
@@ -224,10 +223,8 @@ class Approvals:
 
     def _expire(self, t: Ticket) -> None:
         t._timer = None
-        if t.state == "pending" and self.board is not None:
-            from sealgate.fleet.sharing import expire
-
-            expire(self, t)
+        if t.state == "pending" and self.sharing is not None:
+            self.sharing.expire(t)
         elif t.state == "pending":
             self._finish(t, "expired", None, "no decision in time",
                          Deny(t.rule, f"approval ticket {t.id} expired without a decision"))
@@ -241,31 +238,27 @@ class Approvals:
         self._log.info("Ticket {id} {state} by {by}", id=t.id, state=state, by=by or "-")
         t.result.callback(verdict)
         self._tell(self.changeListeners, t)
-        if share and self.board is not None:
-            from sealgate.fleet.sharing import settle
-
-            settle(self, t)
+        if share and self.sharing is not None:
+            self.sharing.settle(t)
 
     # -- one API for both (Deferreds): the admin API uses these -----------
 
     def listing(self, everything: bool = False) -> Deferred:
         """This node's tickets, or with a fleet every node's (pending only unless C{everything})."""
-        if self.board is not None:
-            return self.board.list(everything)
+        if self.sharing is not None:
+            return self.sharing.board.list(everything)
         return succeed(list(self.tickets.values()) if everything else self.pending())
 
     def fetch(self, ticketId: str) -> Deferred:
-        if self.board is not None:
-            return self.board.get(ticketId)
+        if self.sharing is not None:
+            return self.sharing.board.get(ticketId)
         return maybeDeferred(self.get, ticketId)
 
     def decide(self, ticketId: str, identity, action: str, reason: str = "",
                anyone: bool = False) -> Deferred:
         """C{action} is "approve", "deny" or "cancel"; fires with the ticket as it stands then."""
-        if self.board is not None:
-            from sealgate.fleet.sharing import decide
-
-            return decide(self, ticketId, identity, action, reason, anyone)
+        if self.sharing is not None:
+            return self.sharing.decide(ticketId, identity, action, reason, anyone)
         if action == "cancel":
             return maybeDeferred(self.cancel, ticketId, identity, reason, anyone=anyone)
         if action not in ("approve", "deny"):

@@ -118,8 +118,11 @@ class GatewayService(MultiService):
             from sealgate.fleet.runtime import Fleet
 
             self.fleet = Fleet(cfg.gateway.fleet, self.reactor)
-        self.approvals = Approvals(self.reactor, self.store,
-                                   board=self.fleet.board if self.fleet is not None else None)
+        self.approvals = Approvals(self.reactor, self.store)
+        if self.fleet is not None:
+            from sealgate.fleet.sharing import attach
+
+            attach(self.approvals, self.fleet.board)
         try:
             self.gateway = Gateway(cfg, self.identity, self.store, self.approvals,
                                    interceptorPlugins(), self.reactor)

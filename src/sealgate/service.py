@@ -42,6 +42,9 @@ class GatewayService(MultiService):
         self.store = None
         #: L{sealgate.fleet.runtime.Fleet} when [gateway] store_env/store_file is set.
         self.fleet = None
+        #: Worker 0's L{sealgate.fleet.workers.Workers}; the ports it shares, by what listens.
+        self.workers = None
+        self._sharedPorts: dict[str, int] = {}
         self.identity = None
         self.ports: dict[str, IListeningPort] = {}
         self.adminPort = None
@@ -171,10 +174,14 @@ class GatewayService(MultiService):
         getattr(self.adminPort, "stopReading", lambda: None)()
 
     def _bind(self, description, factory, what):
-        ep = endpoints.serverFromString(self.reactor, description)
-        d = ep.listen(factory)
         result = []
-        d.addBoth(result.append)
+        if self.config.gateway.worker is not None:
+            from sealgate.fleet.workers import sharedPort
+
+            result.append(sharedPort(self, what, description, factory))
+        else:
+            ep = endpoints.serverFromString(self.reactor, description)
+            ep.listen(factory).addBoth(result.append)
         if not result:
             raise StartupError(f"{self.config.path}: {what}: {description!r} did not start listening")
         port = result[0]
@@ -198,10 +205,20 @@ class GatewayService(MultiService):
         self._writeAdminAddress()
         self._startEvents()
         self._startWitnessing()
+        self._startWorkers()
         self._log.info("Admin API on {address}", address=self.adminPort.getHost())
         for port in {id(p): p for p in [*self.ports.values(), self.adminPort]}.values():
             getattr(port, "startReading", lambda: None)()
         return self
+
+    def _startWorkers(self):
+        """Worker 0 of C{workers} > 1 starts the others, once it listens (they share its ports)."""
+        if self.config.gateway.worker != 0 or self.config.gateway.workers <= 1:
+            return
+        from sealgate.fleet.workers import Workers
+
+        self.workers = Workers(self.config, self.reactor, self._sharedPorts)
+        self.workers.start()
 
     def _startEvents(self):
         """The audit event stream ([[events]]) follows the sealed log once the store is up."""
@@ -316,6 +333,7 @@ class GatewayService(MultiService):
         self.ready = False
         ports = {id(p): p for p in [*self.ports.values(), self.adminPort] if p}.values()
         d = defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in ports])
+        d.addCallback(lambda _: self.workers.stop() if self.workers is not None else None)
         d.addCallback(lambda _: self._drain())
         d.addCallback(lambda _: self.approvals.stop())
         d.addCallback(lambda _: self.fleet.stop() if self.fleet is not None else None)

@@ -113,6 +113,8 @@
       commandBlock(t),
       el("dl", {class: "meta"},
         el("dt", {text: "Where"}), el("dd", {text: [t.protocol, t.target].filter(Boolean).join(" · ")}),
+        // In a fleet: the node holding the command (any node's console decides it).
+        ...(t.node ? [el("dt", {text: "Node"}), el("dd", {id: "node-" + t.id, text: t.node})] : []),
         el("dt", {text: "Rule"}), el("dd", {text: t.rule + (t.rule_reason ? ": " + t.rule_reason : "")}),
         el("dt", {text: "Approvers"}), el("dd", {text: t.approvers.join(", ") + ` (${t.approvals.length}/${t.needed})`}),
         el("dt", {text: "Requested"}), el("dd", {text: when(t.created)}),

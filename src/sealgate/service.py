@@ -145,7 +145,14 @@ class GatewayService(MultiService):
         d.addCallback(lambda _: self._shareBackoff())
         d.addCallback(lambda _: follow(self._adminSite.admin.logins,
                                        PGLoginStore(self.fleet.db, self.fleet.node), self.reactor))
+        d.addCallback(lambda _: self._resumeNotifications())
         return d
+
+    def _resumeNotifications(self):
+        from sealgate.fleet.notifications import PGDeliveryStore, resume
+
+        store = PGDeliveryStore(self.fleet.db, self.fleet.node)
+        return defer.ensureDeferred(resume(self._adminSite.admin.notifier, store, self.reactor))
 
     def _shareBackoff(self):
         lease = self.fleet.lease

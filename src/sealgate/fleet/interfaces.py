@@ -122,3 +122,16 @@ class IBackoffCounters(Interface):
 
     def forget(keys):
         """A login of these identities worked: their counters end."""
+
+
+class IDeliveryStore(Interface):
+    """Notification deliveries that outlive a restart (L{sealgate.admin.notify}); Deferreds."""
+
+    def save(delivery, ticket):
+        """Record a new delivery and the ticket dict its messages are built from."""
+
+    def update(delivery):
+        """Record an attempt's outcome (state, attempts, error, next attempt)."""
+
+    def pending():
+        """This node's unfinished deliveries, as C{(Delivery, ticket dict)} pairs."""

@@ -34,6 +34,15 @@ STEPS = (
         admin text NOT NULL DEFAULT '', down_at double precision, down_by text,
         down_reason text NOT NULL DEFAULT '');
     """,
+    """
+    CREATE TABLE IF NOT EXISTS notifications (
+        id text PRIMARY KEY, node text NOT NULL, target text NOT NULL, ticket text NOT NULL,
+        event text NOT NULL, state text NOT NULL, attempts integer NOT NULL,
+        error text, created double precision NOT NULL, finished double precision,
+        next_attempt double precision, body text NOT NULL);
+    CREATE INDEX IF NOT EXISTS notifications_pending ON notifications (node)
+        WHERE state = 'pending';
+    """,
 )
 
 #: NOTIFY channels.

@@ -1,6 +1,6 @@
-"""Fleet benchmark: pgbench -S through sealgate embedded, as one fleet node, and as 1 and 2 worker processes.
+"""Workers benchmark: pgbench -S through sealgate embedded, as one fleet node, and as 1 and 2 worker processes.
 
-Run from the repository root:  .venv/bin/python bench/fleet.py [--seconds 15] [--clients 8]
+Run from the repository root:  .venv/bin/python bench/workers.py [--seconds 15] [--clients 8]
 
 PostgreSQL (tests/harness/postgres.py) is both the backend and the fleet's
 database.  Each line prints TPS and the CPU per transaction of the gateway

@@ -2,7 +2,6 @@
 
 import os
 import signal
-import sqlite3
 import time
 
 import psycopg
@@ -12,7 +11,7 @@ from sealgate.config import ConfigError, parseConfig
 from tests.fleetpg import fleetDatabase
 from tests.harness.pggateway import clientDSN, gatewayConfig
 from tests.harness.twistd import GatewayProcess
-from tests.test_fleet_ctl_e2e import DB_ENV, until
+from tests.test_fleet_ctl_e2e import DB_ENV, Held, api, until
 
 
 def test_workers_need_a_fleet_and_plain_tcp_listeners(monkeypatch):
@@ -26,52 +25,65 @@ def test_workers_need_a_fleet_and_plain_tcp_listeners(monkeypatch):
         parseConfig({"gateway": {"workers": 1.5, "store_env": "SG_DB"}}, "/etc/s.toml", {})
 
 
-def sessionsIn(stateDir) -> int:
-    db = sqlite3.connect(f"file:{stateDir / 'recordings.sqlite'}?mode=ro", uri=True)
-    try:
-        return db.execute("SELECT count(*) FROM sessions").fetchone()[0]
-    finally:
-        db.close()
+POLICY = """
+[[rules]]
+name = "grants-wait"
+action = "approve"
+statements = ["GRANT"]
+approvers = ["leads"]
+expires = "120s"
+"""
 
 
 def test_two_workers_share_the_port_and_both_serve(tmp_path, postgres):
     os.environ[DB_ENV] = fleetDatabase(postgres)
     text = (f'[gateway]\nstate_dir = "state"\nadmin = "tcp:0:interface=127.0.0.1"\n'
             f'store_env = "{DB_ENV}"\nnode = "w"\nworkers = 2\ndrain_timeout = "2s"\n\n'
-            + gatewayConfig(postgres, ""))
+            + gatewayConfig(postgres, POLICY))
     gw = GatewayProcess(tmp_path, text)
     key = gw.cli("keys", "create", "--name", "ci-bot", "--group", "eng").stdout.strip().splitlines()[-1]
+    database = os.environ[DB_ENV].rsplit("/", 1)[1]
     gw.start()
+    held: list = []
     try:
         until(lambda: "Worker 1 started" in gw.log(), 20, "worker 1 started")
         until(lambda: postgres.psql("SELECT name FROM nodes WHERE state = 'up' ORDER BY name",
-                                    database=os.environ[DB_ENV].rsplit("/", 1)[1]).split()
-              == ["w-0", "w-1"], 30, "both workers up in the fleet")
-        # Connections over the one port: the kernel spreads them over both processes.
-        worker1 = tmp_path / "state" / "worker-1"
-        until(lambda: (worker1 / "recordings.sqlite").exists(), 30, "worker 1's store")
-        deadline = time.monotonic() + 20
-        opened = 0
+                                    database=database).split() == ["w-0", "w-1"],
+              30, "both workers up in the fleet")
+        # Connections over the one port: the kernel spreads them over both
+        # processes. Each holds a statement; its ticket names the worker.
+        deadline = time.monotonic() + 60
         while True:
-            with psycopg.connect(clientDSN(gw, key), autocommit=True) as c:
-                assert c.execute("select 1").fetchone() == (1,)
-            opened += 1
-            if opened >= 4 and sessionsIn(tmp_path / "state") and sessionsIn(worker1):
+            h = Held(clientDSN(gw, key), "GRANT SELECT ON customers TO PUBLIC")
+            h.start()
+            held.append(h)
+            until(lambda: len(ticketsOf(gw, key)) == len(held), 20, "the statement held")
+            nodes = {t["node"] for t in ticketsOf(gw, key)}
+            if nodes == {"w-0", "w-1"}:
                 break
-            assert time.monotonic() < deadline, "connections never reached both workers"
+            assert time.monotonic() < deadline, f"connections reached only {nodes}"
+        for t in ticketsOf(gw, key):
+            code, body = api(gw, key, "POST", f"/api/approvals/{t['id']}/cancel", {})
+            assert code == 200 and body["state"] == "cancelled", body
+        for h in held:
+            h.join(10)
+            assert isinstance(h.result, psycopg.Error) and "cancelled by the requester" in str(h.result)
+        print(f"\n{len(held)} connections reached both workers")
+        worker1 = tmp_path / "state" / "worker-1"
         assert os.readlink(worker1 / "ssh") == str(tmp_path / "state" / "ssh")
-        print(f"\n{opened} connections: worker 0 recorded {sessionsIn(tmp_path / 'state')}, "
-              f"worker 1 {sessionsIn(worker1)}")
     finally:
         assert gw.stop(signal.SIGTERM) == 0
     # Worker 0 stopped worker 1 (draining it) before it exited; both left the fleet.
     assert "Worker 1 exited" not in gw.log()
     assert postgres.psql("SELECT name, down_reason FROM nodes ORDER BY name",
-                         database=os.environ[DB_ENV].rsplit("/", 1)[1]).split() == \
-        ["w-0|stopped", "w-1|stopped"]
-    # Each worker's own log verifies.
+                         database=database).split() == ["w-0|stopped", "w-1|stopped"]
     gw.cli("verify")
-    gw.cli("verify", "--state-dir", str(tmp_path / "state" / "worker-1"))
+
+
+def ticketsOf(gw, key):
+    code, body = api(gw, key, "GET", "/api/approvals")
+    assert code == 200, body
+    return body["tickets"]
 
 
 @pytest.mark.parametrize("when", ["starting", "serving"])

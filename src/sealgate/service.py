@@ -140,6 +140,10 @@ class GatewayService(MultiService):
             return None
         from sealgate.fleet.logins import PGLoginStore, follow
 
+        sealPeer = getattr(self.store, "sealPeer", None)
+        if sealPeer is not None:
+            # A store that holds every node's sessions seals a dead peer's as cut off by a peer.
+            self.fleet.onPeerDown(sealPeer)
         host = self.adminPort.getHost()
         d = self.fleet.start(self.approvals, f"{getattr(host, 'host', '')}:{getattr(host, 'port', '')}")
         d.addCallback(lambda _: self._shareBackoff())

@@ -3,6 +3,7 @@
 import base64
 import json
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from OpenSSL import crypto
@@ -81,6 +82,7 @@ class IdentityService:
         #: renews).  While it does not, new logins are refused, whatever the
         #: credential: no ticket could be decided, no key revocation seen.
         self.fleetUp = lambda: True
+        self._fleetSSHKeys: Any = None
         if fleet is not None:
             from sealgate.fleet.keys import PGAPIKeyStore
 
@@ -136,7 +138,10 @@ class IdentityService:
                     if self.fleet is not None:
                         from sealgate.fleet.keys import PGSSHKeyStore
 
-                        sshKeys = PGSSHKeyStore(self.fleet.url)
+                        # One store (its connection per thread) for every re-check.
+                        if self._fleetSSHKeys is None:
+                            self._fleetSSHKeys = PGSSHKeyStore(self.fleet.url)
+                        sshKeys = self._fleetSSHKeys
                     else:
                         sshKeys = SSHKeyStore.forStateDir(self._stateDir)
                 out[(method, ident)] = sshKeys.status(ident)

@@ -1,7 +1,7 @@
 """Failed-login backoff counted fleet-wide: failures on one node slow the next attempt on another."""
 
 import pytest_twisted
-from twisted.internet import defer, reactor
+from twisted.internet import reactor
 from zope.interface.verify import verifyObject
 
 from sealgate.configlimits import Limits
@@ -11,6 +11,7 @@ from sealgate.fleet.interfaces import IBackoffCounters
 from sealgate.fleetdb import FleetDB
 from sealgate.throttle import LoginThrottle
 from tests.fleetpg import fleetDatabase
+from tests.test_fleet_ctl_db import poll
 
 
 class Store:
@@ -42,7 +43,7 @@ async def test_failures_on_node_a_delay_the_same_identity_on_node_b(postgres):
         waiting = b.wait("198.51.100.7", ["apikey-id:feedc0de"])
         fired: list = []
         waiting.addCallback(fired.append)
-        await _until(lambda: key in b._backoff and b._backoff[key].failures == 3)
+        await poll(lambda: key in b._backoff and b._backoff[key].failures == 3)
         entry = b._backoff[key]
         assert fired == []  # held for 30 * 2^2 s: the guess has to wait
         assert entry.nextAt - reactor.seconds() > 100
@@ -64,15 +65,3 @@ async def _eventually(query, condition, timeout=10.0):
     while not condition(await query()):
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
-
-
-async def _until(condition, timeout=10.0):
-    import time
-
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        d: defer.Deferred = defer.Deferred()
-        reactor.callLater(0.02, d.callback, None)
-        await d

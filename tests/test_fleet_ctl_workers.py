@@ -11,7 +11,7 @@ from sealgate.config import ConfigError, parseConfig
 from tests.fleetpg import fleetDatabase
 from tests.harness.pggateway import clientDSN, gatewayConfig
 from tests.harness.twistd import GatewayProcess
-from tests.test_fleet_ctl_e2e import DB_ENV, Held, api, until
+from tests.test_fleet_ctl_e2e import DB_ENV, POLICY, Held, api, until
 
 
 def test_workers_need_a_fleet_and_plain_tcp_listeners(monkeypatch):
@@ -25,14 +25,6 @@ def test_workers_need_a_fleet_and_plain_tcp_listeners(monkeypatch):
         parseConfig({"gateway": {"workers": 1.5, "store_env": "SG_DB"}}, "/etc/s.toml", {})
 
 
-POLICY = """
-[[rules]]
-name = "grants-wait"
-action = "approve"
-statements = ["GRANT"]
-approvers = ["leads"]
-expires = "120s"
-"""
 
 
 def test_two_workers_share_the_port_and_both_serve(tmp_path, postgres):

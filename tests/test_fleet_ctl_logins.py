@@ -63,3 +63,27 @@ async def test_a_login_made_on_one_node_works_on_another_and_after_a_restart(pos
     finally:
         for db in dbs:
             db.close()
+
+
+def test_a_logout_during_a_reload_is_not_undone_by_it():
+    from twisted.internet import defer, task
+
+    heard, loads = [], []
+
+    class FakeStore:
+        db = SimpleNamespace(listen=lambda channel, callback: heard.append(callback))
+
+        def load(self, now, digest=None):
+            loads.append(defer.Deferred())
+            return loads[-1]
+
+    logins = Logins(SimpleNamespace(service=None))
+    follow(logins, FakeStore(), task.Clock())
+    loads.pop(0).callback([])
+    digest = b"\x01" * 32
+    heard[0](None)                      # reconnected: a full reload starts...
+    heard[0]("drop:" + digest.hex())    # ...a logout arrives before its rows...
+    loads.pop(0).callback([(digest, ALICE, "csrf", 1e12, "apikey")])  # ...which still hold it
+    assert logins._logins == {}         # not adopted: read again instead
+    loads.pop(0).callback([])
+    assert logins._logins == {} and loads == []

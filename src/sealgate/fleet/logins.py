@@ -80,17 +80,25 @@ class PGLoginStore:
 def follow(logins, store: PGLoginStore, clock) -> defer.Deferred:
     """Share L{sealgate.admin.console.Logins}: load the live ones, then follow the channel."""
     logins.store = store
+    # A read that was under way when a logout arrived may still hold the
+    # login: such a read is done again, so no logout is undone.
+    drops = [0]
 
-    def loaded(rows, replace: bool):
-        if replace:
-            logins.clear()
-        for digest, identity, csrf, expires, method in rows:
-            logins.adopt(digest, identity, csrf, expires, method)
+    def load(digest: bytes | None = None) -> defer.Deferred:
+        seen = drops[0]
+
+        def loaded(rows):
+            if drops[0] != seen:
+                return load(digest)
+            if digest is None:
+                logins.clear()
+            for found, identity, csrf, expires, method in rows:
+                logins.adopt(found, identity, csrf, expires, method)
+        return store.load(clock.seconds(), digest).addCallback(loaded)
 
     def heard(payload):
         if payload is None:
-            d = store.load(clock.seconds())
-            d.addCallback(loaded, True)
+            d = load()
         else:
             what, _, hexDigest = payload.partition(":")
             try:
@@ -98,12 +106,12 @@ def follow(logins, store: PGLoginStore, clock) -> defer.Deferred:
             except ValueError:
                 return
             if what == "drop":
+                drops[0] += 1
                 logins.forget(digest)
                 return
-            d = store.load(clock.seconds(), digest)
-            d.addCallback(loaded, False)
+            d = load(digest)
         d.addErrback(lambda f: _log.warn("Console logins not refreshed from the fleet database: "
                                          "{why}", why=f.getErrorMessage()))
 
     store.db.listen(LOGINS_CHANNEL, heard)
-    return store.load(clock.seconds()).addCallback(loaded, True)
+    return load()

@@ -9,7 +9,7 @@ from tests.fleetpg import fleetDatabase
 from tests.harness.pggateway import clientDSN
 from tests.harness.twistd import GatewayProcess
 from tests.test_console_e2e import Browser
-from tests.test_fleet_ctl_e2e import DB_ENV, Held, fleetConfig, ticketOf, until
+from tests.test_fleet_ctl_e2e import DB_ENV, LEASE, Held, fleetConfig, ticketOf, until
 
 
 @pytest.fixture
@@ -53,6 +53,14 @@ def test_console_login_and_approval_across_nodes(tmp_path, postgres, browser):
         assert "approved" in status, status
         held.join(20)
         assert held.result == (True,), held.result
+
+        # Node 1 dies: node 2's console lists it down within the lease (3 s).
+        browser.driver.get(f"http://127.0.0.1:{gw2.adminPort}/console/#nodes")
+        assert browser.waitText("#node-row-n1 .state", "up") == "up"
+        gw1.stop(signal.SIGKILL)
+        assert browser.waitText("#node-row-n1 .state", "down", timeout=LEASE + 5) == "down"
+        assert browser.waitText("#node-row-n1", "lease expired")
+        assert browser.waitText("#node-row-n2 .state", "up") == "up"
     finally:
         for gw in (gw1, gw2):
             gw.stop(signal.SIGTERM)

@@ -251,6 +251,18 @@
         el("td", {text: d.error || ""}))));
   }
 
+  async function refreshNodes() {
+    const data = await api("/api/nodes");
+    $("#nodes-mode").textContent = data.fleet
+      ? "Every gateway of the fleet; a node that stops renewing its lease is down."
+      : "A single gateway (no fleet database configured).";
+    $("#nodes tbody").replaceChildren(...data.nodes.map(n =>
+      el("tr", {id: "node-row-" + n.name, class: n.state === "down" ? "bad" : ""},
+        el("th", {scope: "row", text: n.name}), el("td", {class: "state", text: n.state}),
+        el("td", {text: n.down_reason || ""}), el("td", {text: n.renewed ? when(n.renewed) : ""}),
+        el("td", {text: n.admin || ""}))));
+  }
+
   // -- routing ---------------------------------------------------------------
 
   function show(name) {
@@ -277,6 +289,10 @@
       } else if (hash === "#notifications") {
         show("notifications");
         await refreshNotifications();
+      } else if (hash === "#nodes") {
+        show("nodes");
+        await refreshNodes();
+        timer = setInterval(() => refreshNodes().catch(e => say(e.message, true)), 2000);
       }
     } catch (e) {
       say(e.message, true);

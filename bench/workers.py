@@ -1,6 +1,7 @@
 """Workers benchmark: pgbench -S through sealgate embedded, as one fleet node, and as 1 and 2 worker processes.
 
 Run from the repository root:  .venv/bin/python bench/workers.py [--seconds 15] [--clients 8]
+                               [--rounds 3]
 
 PostgreSQL (tests/harness/postgres.py) is both the backend and the fleet's
 database.  Each line prints TPS and the CPU per transaction of the gateway
@@ -81,6 +82,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=int, default=15)
     ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median is shown")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="sealgate-bench-fleet-"))
     os.chmod(work, 0o755)
@@ -97,20 +99,28 @@ def main() -> None:
         os.environ[DB_ENV] = f"postgresql://{pg.superuser}:{su}@127.0.0.1:{pg.port}/fleet"
         print(f"pgbench -S, {args.clients} clients, {args.seconds} s (scale 10), "
               f"{os.cpu_count()} cores")
+        runs: dict[str, list] = {}
+        configs = [("embedded", False, 1), ("fleet-1", True, 1), ("fleet-2", True, 2)]
+        # Rounds interleaved, so the machine's load falls on every line alike.
+        for r in range(args.rounds):
+            for name, fleet, workers in configs:
+                proc, port, key = startGateway(pg, work, f"{name}-r{r}", fleet, workers)
+                try:
+                    cpu0 = cpuSeconds(proc.pid)
+                    t, lat = pgbench(pg, port, key, f"bench-{name}-r{r}", args.seconds, args.clients)
+                    cost = (cpuSeconds(proc.pid) - cpu0) / (t * args.seconds) * 1e6
+                finally:
+                    stop(proc)
+                runs.setdefault(name, []).append((t, lat, cost))
         tps = {}
-        for name, fleet, workers in [("embedded", False, 1), ("fleet-1", True, 1),
-                                     ("fleet-2", True, 2)]:
-            proc, port, key = startGateway(pg, work, name, fleet, workers)
-            try:
-                cpu0 = cpuSeconds(proc.pid)
-                tps[name], lat = pgbench(pg, port, key, f"bench-{name}", args.seconds, args.clients)
-                cost = (cpuSeconds(proc.pid) - cpu0) / (tps[name] * args.seconds) * 1e6
-            finally:
-                stop(proc)
+        for name, _, _ in configs:
+            t, lat, cost = sorted(runs[name])[len(runs[name]) // 2]
+            tps[name] = t
             label = {"embedded": "embedded (no fleet)", "fleet-1": "fleet, 1 worker",
                      "fleet-2": "fleet, 2 workers"}[name]
-            print(f"  {label:20s} {tps[name]:9.0f} tps  latency avg {lat:.3f} ms  "
-                  f"[{cost:.0f} us CPU/txn]")
+            every = ", ".join(f"{x[0]:.0f}" for x in runs[name])
+            print(f"  {label:20s} {t:9.0f} tps  latency avg {lat:.3f} ms  [{cost:.0f} us CPU/txn]"
+                  f"  (median of {every})")
         print(f"  target: 2 workers not slower than 1 -> "
               f"{'met' if tps['fleet-2'] >= tps['fleet-1'] else 'NOT met'} "
               f"({tps['fleet-2'] / tps['fleet-1']:.2f}x)")

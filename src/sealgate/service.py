@@ -344,8 +344,10 @@ class GatewayService(MultiService):
         self.ready = False
         ports = {id(p): p for p in [*self.ports.values(), self.adminPort] if p}.values()
         d = defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in ports])
-        d.addCallback(lambda _: self.workers.stop() if self.workers is not None else None)
-        d.addCallback(lambda _: self._drain())
+        # The other workers drain while this one does (SIGTERM each), not after.
+        d.addCallback(lambda _: defer.gatherResults([
+            defer.maybeDeferred(self.workers.stop if self.workers is not None else lambda: None),
+            defer.maybeDeferred(self._drain)]))
         d.addCallback(lambda _: self.approvals.stop())
         d.addCallback(lambda _: self.fleet.stop() if self.fleet is not None else None)
         d.addCallback(lambda _: getattr(self._adminSite, "admin", None) and self._adminSite.admin.stop())

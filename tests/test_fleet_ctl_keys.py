@@ -74,3 +74,16 @@ def test_a_node_off_its_fleet_database_refuses_new_logins(url):
     service.fleetUp = lambda: True
     # Back: the key checks again (in the thread pool, so only started here).
     assert service.keys.verify(key).id == "apikey:ci-bot"
+
+
+def test_the_cli_reports_an_unreachable_fleet_database_in_one_line_without_the_password(tmp_path):
+    from tests.harness._proc import freePort
+    from tests.harness.twistd import environment, runCLI
+
+    conf = tmp_path / "s.toml"
+    conf.write_text('[gateway]\nstore_env = "SG_CLI_DB"\nnode = "gw-1"\n')
+    env = dict(environment(), SG_CLI_DB=f"postgresql://gw:t0psecret@127.0.0.1:{freePort()}/fleet")
+    r = runCLI("--config", str(conf), "keys", "list", env=env, check=False)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert "cannot connect to the fleet database postgresql://gw:***@127.0.0.1" in r.stderr
+    assert "t0psecret" not in r.stderr + r.stdout

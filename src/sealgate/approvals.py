@@ -5,7 +5,7 @@ import time
 from typing import Any, cast
 
 import attrs
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.logger import Logger
 
 from sealgate.chain.verdicts import CONTINUE, Deny
@@ -96,6 +96,9 @@ class Approvals:
         self._reactor = reactor
         self._store = store
         self._keep = keep
+        #: With a fleet, L{sealgate.fleet.sharing.Sharing} (its C{board} holds
+        #: every node's tickets); None: tickets are this node's.
+        self.sharing: Any = None
         self.tickets: dict[str, Ticket] = {}
         #: Called with each new ticket; C{changeListeners} with each decided one.
         self.listeners: list = []
@@ -119,7 +122,8 @@ class Approvals:
             if marks:
                 masked = masker.maskText(command)
         ticket = Ticket(
-            id=secrets.token_hex(4), requester=session.identity,
+            # A fleet's ids are unique across every node's tickets.
+            id=secrets.token_hex(4 if self.sharing is None else 8), requester=session.identity,
             connection=session.connection.name, sessionId=session.id, command=command,
             kind=kind, rule=rule.name, approvers=tuple(rule.approvers),
             needed=rule.approvals_needed, created=time.time(), expires=time.time() + rule.expires,
@@ -137,6 +141,8 @@ class Approvals:
         self._event(ticket, "requested", by=session.identity.id)
         self._tell(self.listeners, ticket)
         self._trim()
+        if self.sharing is not None:
+            self.sharing.publish(ticket)
         return ticket
 
     def _tell(self, listeners, ticket) -> None:
@@ -217,11 +223,13 @@ class Approvals:
 
     def _expire(self, t: Ticket) -> None:
         t._timer = None
-        if t.state == "pending":
+        if t.state == "pending" and self.sharing is not None:
+            self.sharing.expire(t)
+        elif t.state == "pending":
             self._finish(t, "expired", None, "no decision in time",
                          Deny(t.rule, f"approval ticket {t.id} expired without a decision"))
 
-    def _finish(self, t: Ticket, state, by, reason, verdict) -> None:
+    def _finish(self, t: Ticket, state, by, reason, verdict, share: bool = True) -> None:
         t.state, t.decidedBy, t.reason, t.decided = state, by, reason, time.time()
         if t._timer is not None and t._timer.active():
             t._timer.cancel()
@@ -230,6 +238,32 @@ class Approvals:
         self._log.info("Ticket {id} {state} by {by}", id=t.id, state=state, by=by or "-")
         t.result.callback(verdict)
         self._tell(self.changeListeners, t)
+        if share and self.sharing is not None:
+            self.sharing.settle(t)
+
+    # -- one API for both (Deferreds): the admin API uses these -----------
+
+    def listing(self, everything: bool = False) -> Deferred:
+        """This node's tickets, or with a fleet every node's (pending only unless C{everything})."""
+        if self.sharing is not None:
+            return self.sharing.board.list(everything)
+        return succeed(list(self.tickets.values()) if everything else self.pending())
+
+    def fetch(self, ticketId: str) -> Deferred:
+        if self.sharing is not None:
+            return self.sharing.board.get(ticketId)
+        return maybeDeferred(self.get, ticketId)
+
+    def decide(self, ticketId: str, identity, action: str, reason: str = "",
+               anyone: bool = False) -> Deferred:
+        """C{action} is "approve", "deny" or "cancel"; fires with the ticket as it stands then."""
+        if self.sharing is not None:
+            return self.sharing.decide(ticketId, identity, action, reason, anyone)
+        if action == "cancel":
+            return maybeDeferred(self.cancel, ticketId, identity, reason, anyone=anyone)
+        if action not in ("approve", "deny"):
+            return fail(ApprovalError(f"unknown action {action!r}", 400))
+        return maybeDeferred(getattr(self, action), ticketId, identity, reason)
 
     def _event(self, t: Ticket, what: str, **fields) -> None:
         # The sealed log keeps the masked form: a detector hit in a held

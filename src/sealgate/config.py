@@ -29,6 +29,7 @@ from sealgate.configtable import (  # noqa: F401  (re-exported: the plugin contr
     resolveSecret,
     unknownKeyFix,
 )
+from sealgate.fleetdb import FleetConfig, parseGatewayFleet
 from sealgate.logconfig import LoggingConfig, parseLogging
 from sealgate.recording.witnessconfig import WitnessPolicy, parseWitnesses
 
@@ -46,6 +47,12 @@ class GatewaySection:
     #: How long relaying may stay paused on a store that makes no progress
     #: (writer restarting, disk full) before every session is closed.
     store_timeout: float = 10.0
+    #: C{store_env}/C{store_file}: the fleet's shared PostgreSQL; None: embedded SQLite.
+    fleet: FleetConfig | None = None
+    #: C{workers}: processes on this host sharing the listeners (L{sealgate.fleet.workers}).
+    workers: int = 1
+    #: This process's worker index when C{workers} > 1 (0: the one twistd started).
+    worker: int | None = None
 
 
 @attrs.frozen
@@ -202,15 +209,17 @@ def parseConfig(raw: Mapping[str, Any], path: str, plugins: Mapping[str, Any]) -
     if not state_dir.is_absolute():
         # Relative to the directory we were started in, like twistd does.
         state_dir = Path.cwd() / state_dir
+    fleet, node = parseGatewayFleet(g)
     gateway = GatewaySection(
-        state_dir=state_dir,
+        state_dir=state_dir, fleet=fleet,
         admin=_endpoint(g, "admin", "tcp:8700:interface=127.0.0.1", server=True),
         drain_timeout=g.duration("drain_timeout", 30.0),
-        node=g.str("node", "sealgate"),
+        node=node,
         checkpoint_interval=g.duration("checkpoint_interval", 1.0),
         # Below a few frames' worth every session would pause on each read.
         max_unsealed=g.size("max_unsealed", 64 << 20, minimum=1 << 20),
         store_timeout=g.timeout("store_timeout", 10.0),
+        workers=_workers(g, fleet),
     )
     if gateway.store_timeout <= 0:
         raise g.where.error("store_timeout", f"must be more than 0 s, not {gateway.store_timeout:g}",
@@ -318,10 +327,30 @@ def parseConfig(raw: Mapping[str, Any], path: str, plugins: Mapping[str, Any]) -
 
     top.finish()
     _checkDistinctListeners(connections)
+    if gateway.workers > 1:
+        from sealgate.fleet.workers import parseTCP
+
+        for what, listen in [("gateway.admin", gateway.admin),
+                             *((f"connections.{c.name}.listen", c.listen) for c in connections)]:
+            if parseTCP(listen) is None:
+                raise ConfigError(f"{path}: {what}: {listen!r} cannot be shared by workers\n"
+                                  '  fix: use a plain "tcp:PORT:interface=ADDRESS" listener '
+                                  "(put TLS in front), or workers = 1")
     return GatewayConfig(path, gateway, identity, tuple(roles), tuple(connections),
                          tuple(rules), masking, raw, admin, tuple(notify),
                          warnings=approverWarnings(path, rules, roles, admin, identity),
                          logging=logging, events=tuple(sinks), limits=limits, witnesses=witnesses)
+
+
+def _workers(g: Table, fleet) -> int:
+    n = g.number("workers", 1, minimum=1)
+    if not isinstance(n, int) or n > 64:
+        raise g.where.error("workers", f"must be a whole number from 1 to 64, not {n!r}",
+                            "write e.g. workers = 2 (one per core)")
+    if n > 1 and fleet is None:
+        raise g.where.error("workers", "workers share their state through a fleet database",
+                            'set store_env = "VAR" (or store_file) too, or workers = 1')
+    return n
 
 
 def _admin(t: Table) -> AdminConfig:

@@ -41,6 +41,11 @@ class GatewayService(MultiService):
         self._onFatal = onFatal or _exitWithMessage
         self.gateway = None
         self.store = None
+        #: L{sealgate.fleet.runtime.Fleet} when [gateway] store_env/store_file is set.
+        self.fleet = None
+        #: Worker 0's L{sealgate.fleet.workers.Workers}; the ports it shares, by what listens.
+        self.workers = None
+        self._sharedPorts: dict[str, int] = {}
         self.identity = None
         self.ports: dict[str, IListeningPort] = {}
         self.adminPort = None
@@ -86,6 +91,7 @@ class GatewayService(MultiService):
             self._onFatal(str(e))
             return
         d = defer.maybeDeferred(self.store.start)
+        d.addCallback(lambda _: self._startFleet())
         d.addCallback(lambda _: defer.maybeDeferred(getattr(self.identity, "start", lambda: None)))
         d.addCallback(self._started)
         d.addErrback(self._startFailed)
@@ -109,8 +115,18 @@ class GatewayService(MultiService):
                                  checkpointInterval=cfg.gateway.checkpoint_interval,
                                  maxUnsealed=cfg.gateway.max_unsealed,
                                  storeTimeout=cfg.gateway.store_timeout)
-        self.identity = IdentityService(cfg.identity, cfg.gateway.state_dir, reactor=self.reactor)
+        self.identity = IdentityService(cfg.identity, cfg.gateway.state_dir, reactor=self.reactor,
+                                        fleet=cfg.gateway.fleet)
+        self.fleet = None
+        if cfg.gateway.fleet is not None:
+            from sealgate.fleet.runtime import Fleet
+
+            self.fleet = Fleet(cfg.gateway.fleet, self.reactor)
         self.approvals = Approvals(self.reactor, self.store)
+        if self.fleet is not None:
+            from sealgate.fleet.sharing import attach
+
+            attach(self.approvals, self.fleet.board)
         try:
             self.gateway = Gateway(cfg, self.identity, self.store, self.approvals,
                                    interceptorPlugins(), self.reactor)
@@ -119,6 +135,36 @@ class GatewayService(MultiService):
                                "  fix: reinstall sealgate or remove the broken plugin")
         self._protocols = protocolPlugins()
         self._adminSite = makeAdminSite(self)
+
+    def _startFleet(self):
+        if self.fleet is None:
+            return None
+        from sealgate.fleet.logins import PGLoginStore, follow
+
+        sealPeer = getattr(self.store, "sealPeer", None)
+        if sealPeer is not None:
+            # A store that holds every node's sessions seals a dead peer's as cut off by a peer.
+            self.fleet.onPeerDown(sealPeer)
+        host = self.adminPort.getHost()
+        d = self.fleet.start(self.approvals, f"{getattr(host, 'host', '')}:{getattr(host, 'port', '')}")
+        d.addCallback(lambda _: self._shareBackoff())
+        d.addCallback(lambda _: follow(self._adminSite.admin.logins,
+                                       PGLoginStore(self.fleet.db, self.fleet.node), self.reactor))
+        d.addCallback(lambda _: self._resumeNotifications())
+        return d
+
+    def _resumeNotifications(self):
+        from sealgate.fleet.notifications import PGDeliveryStore, resume
+
+        store = PGDeliveryStore(self.fleet.db, self.fleet.node)
+        return defer.ensureDeferred(resume(self._adminSite.admin.notifier, store, self.reactor))
+
+    def _shareBackoff(self):
+        lease = self.fleet.lease
+        self.identity.fleetUp = lambda: lease.renewed
+        from sealgate.fleet.backoff import PGBackoffCounters
+
+        self.gateway.throttle.shared = PGBackoffCounters(self.fleet.db)
 
     def _listen(self):
         shared: dict[str, object] = {}
@@ -140,10 +186,14 @@ class GatewayService(MultiService):
         getattr(self.adminPort, "stopReading", lambda: None)()
 
     def _bind(self, description, factory, what):
-        ep = endpoints.serverFromString(self.reactor, description)
-        d = ep.listen(factory)
         result = []
-        d.addBoth(result.append)
+        if self.config.gateway.worker is not None:
+            from sealgate.fleet.workers import sharedPort
+
+            result.append(sharedPort(self, what, description, factory))
+        else:
+            ep = endpoints.serverFromString(self.reactor, description)
+            ep.listen(factory).addBoth(result.append)
         if not result:
             raise StartupError(f"{self.config.path}: {what}: {description!r} did not start listening")
         port = result[0]
@@ -167,6 +217,7 @@ class GatewayService(MultiService):
         self._writeAdminAddress()
         self._startEvents()
         self._startWitnessing()
+        self._startWorkers()
         self._log.info("Admin API on {address}", address=self.adminPort.getHost())
         for port in {id(p): p for p in [*self.ports.values(), self.adminPort]}.values():
             getattr(port, "startReading", lambda: None)()
@@ -178,6 +229,15 @@ class GatewayService(MultiService):
             # request (bench/http_proxy.py, issue 18).
             gc.freeze()
         return self
+
+    def _startWorkers(self):
+        """Worker 0 of C{workers} > 1 starts the others, once it listens (they share its ports)."""
+        if self.config.gateway.worker != 0 or self.config.gateway.workers <= 1:
+            return
+        from sealgate.fleet.workers import Workers
+
+        self.workers = Workers(self.config, self.reactor, self._sharedPorts)
+        self.workers.start()
 
     def _startEvents(self):
         """The audit event stream ([[events]]) follows the sealed log once the store is up."""
@@ -292,8 +352,12 @@ class GatewayService(MultiService):
         self.ready = False
         ports = {id(p): p for p in [*self.ports.values(), self.adminPort] if p}.values()
         d = defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in ports])
-        d.addCallback(lambda _: self._drain())
+        # The other workers drain while this one does (SIGTERM each), not after.
+        d.addCallback(lambda _: defer.gatherResults([
+            defer.maybeDeferred(self.workers.stop if self.workers is not None else lambda: None),
+            defer.maybeDeferred(self._drain)]))
         d.addCallback(lambda _: self.approvals.stop())
+        d.addCallback(lambda _: self.fleet.stop() if self.fleet is not None else None)
         d.addCallback(lambda _: getattr(self._adminSite, "admin", None) and self._adminSite.admin.stop())
         d.addCallback(lambda _: defer.maybeDeferred(getattr(self.identity, "stop", lambda: None)))
         d.addCallback(lambda _: self.gateway.stop())

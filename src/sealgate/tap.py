@@ -29,7 +29,14 @@ def makeService(options):
         # One message for people, no traceback, a non-zero exit.
         sys.stderr.write(f"sealgate: bad config: {e}\n")
         raise SystemExit(1)
+    from sealgate.fleet.workers import dieWithParent, workerConfig, workerIndex
     from sealgate.logconfig import makeObserver
+
+    index = workerIndex()
+    if index is not None:
+        dieWithParent()
+    if index is not None or config.gateway.workers > 1:
+        config = workerConfig(config, index or 0)
 
     service = GatewayService(config)
     # twistd logs to what the application offers as its ILogObserver.

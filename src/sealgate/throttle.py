@@ -76,6 +76,8 @@ class LoginThrottle:
         self._backoff: OrderedDict[tuple[str, str], _Backoff] = OrderedDict()
         self._windows: OrderedDict[str, _Aggregate | None] = OrderedDict()
         self._flushCall: Any = None
+        #: A fleet's L{sealgate.fleet.interfaces.IBackoffCounters}: failures on any node count here.
+        self.shared: Any = None
         #: Failed logins seen and sealed events written (for metrics and tests).
         self.failures = 0
         self.sealed = 0
@@ -104,6 +106,28 @@ class LoginThrottle:
 
     def wait(self, source: str, claims=()) -> defer.Deferred:
         """A Deferred firing (with None) when this attempt may be checked."""
+        if self.shared is None:
+            return self._wait(source, claims)
+        keys = self._keys(source, claims)
+        d = self.shared.read(keys, self._reactor.seconds(), self.limits.failed_login_interval)
+
+        def merge(counts):
+            now = self._reactor.seconds()
+            for key, (failures, last) in counts.items():
+                entry = self._entry(key, now)
+                if failures > entry.failures:
+                    # Failures seen on other nodes: this node's backoff catches up.
+                    entry.failures, entry.last = failures, max(entry.last, last)
+                    entry.nextAt = max(entry.nextAt, last + self.delay(failures))
+
+        def local(f):
+            # The database being down must not lift the backoff this node knows.
+            self._log.warn("Shared login backoff unavailable ({why}); this node's counts apply",
+                           why=f.getErrorMessage())
+        d.addCallbacks(merge, local)
+        return d.addCallback(lambda _: self._wait(source, claims))
+
+    def _wait(self, source: str, claims) -> defer.Deferred:
         now = self._reactor.seconds()
         entries = [self._entry(k, now) for k in self._keys(source, claims)]
         at = max([now, *(e.nextAt for e in entries if e.failures)])
@@ -117,8 +141,11 @@ class LoginThrottle:
 
     def succeeded(self, claims=()) -> None:
         """A login worked: its identities' backoff ends (its source's does not)."""
-        for key in self._keys("", claims)[1:]:
+        keys = self._keys("", claims)[1:]
+        for key in keys:
             self._backoff.pop(key, None)
+        if self.shared is not None and keys:
+            self.shared.forget(keys).addErrback(lambda f: None)
 
     # -- failures ------------------------------------------------------------
 
@@ -130,6 +157,11 @@ class LoginThrottle:
         """
         now = self._reactor.seconds()
         self.failures += 1
+        if self.shared is not None:
+            self.shared.record(self._keys(source, claims), now,
+                               self.limits.failed_login_interval).addErrback(
+                lambda f: self._log.warn("Failed login not counted fleet-wide: {why}",
+                                         why=f.getErrorMessage()))
         for key in self._keys(source, claims):
             entry = self._entry(key, now)
             entry.failures += 1

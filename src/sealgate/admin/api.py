@@ -1,6 +1,7 @@
 """The admin HTTP site: health, readiness, metrics, OpenAPI, the JSON API and the console."""
 
 
+from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web import http, resource, server, static
 
@@ -57,6 +58,9 @@ class Ready(Leaf):
         problem = None if svc.ready else "starting or stopping"
         if problem is None:
             problem = storeProblem(svc.store)
+        fleet = getattr(svc, "fleet", None)
+        if problem is None and fleet is not None and not fleet.lease.renewed:
+            problem = f"node {fleet.node} cannot reach the fleet database"
         witnessing = getattr(svc, "witnessing", None)
         # Shown, never failing readiness: sessions go on while a witness is down (the lag says so).
         extra = {"witnessing": witnessing.status()} if witnessing is not None and witnessing.pumps else {}
@@ -89,40 +93,60 @@ class ApprovalsAPI(Authenticated):
         return d
 
     def handle(self, request, identity, path):
+        return defer.ensureDeferred(self._handle(request, identity, path))
+
+    async def _handle(self, request, identity, path):
+        # One path for both: with a fleet, tickets are every node's and decided in its database.
         approvals = self.admin.service.approvals
         config = self.admin.service.config
         method = request.method.decode()
         reader = may(identity, config, "read")
         if method == "GET" and not path:
             everything = request.args.get(b"all") == [b"1"]
-            tickets = approvals.tickets.values() if everything else approvals.pending()
+            tickets = await approvals.listing(everything)
             if not reader:
                 # Anyone may follow their own tickets.
                 tickets = [t for t in tickets if t.requester.id == identity.id]
             return jsonBody(request, 200, {"tickets": [self.ticket(t, identity) for t in tickets]})
         if method == "GET" and len(path) == 1:
-            t = approvals.get(path[0])
+            t = await approvals.fetch(path[0])
             if not reader and t.requester.id != identity.id:
                 require(identity, config, "read")
             return jsonBody(request, 200, self.ticket(t, identity))
         if method == "POST" and len(path) == 2 and path[1] in ("approve", "deny", "cancel"):
             body = jsonObject(request)
             reason = str(body.get("reason", ""))[:1000]
-            t = approvals.get(path[0])
+            t = await approvals.fetch(path[0])
             mine = t.requester.id == identity.id
             if path[1] == "cancel":
                 if not mine:
                     require(identity, config, "cancel-any")
-                return jsonBody(request, 200, self.ticket(approvals.cancel(t.id, identity, reason,
-                                                                           anyone=not mine), identity))
+                t = await approvals.decide(t.id, identity, "cancel", reason, anyone=not mine)
+                return jsonBody(request, 200, self.ticket(t, identity))
             if path[1] == "deny" and not reason:
                 raise BadRequest("a denial needs a reason")
             if not mine:
                 # The requester gets the specific refusal from the tickets themselves.
                 require(identity, config, "decide")
-            action = getattr(approvals, path[1])
-            return jsonBody(request, 200, self.ticket(action(t.id, identity, reason), identity))
+            t = await approvals.decide(t.id, identity, path[1], reason)
+            return jsonBody(request, 200, self.ticket(t, identity))
         raise NotFound("no such endpoint")
+
+
+class NodesAPI(Authenticated):
+    """GET /api/nodes (readers): the fleet's nodes, up or down; without a fleet, this node."""
+
+    def handle(self, request, identity, path):
+        require(identity, self.admin.service.config, "read")
+        if path:
+            raise NotFound("no such endpoint")
+        fleet = getattr(self.admin.service, "fleet", None)
+        if fleet is None:
+            node = self.admin.service.config.gateway.node
+            return jsonBody(request, 200, {"fleet": False, "nodes": [
+                {"name": node, "state": "up", "down_reason": ""}]})
+        d = fleet.nodes()
+        return d.addCallback(lambda nodes: jsonBody(request, 200, {"fleet": True, "nodes": nodes}))
 
 
 class NotificationsAPI(Authenticated):
@@ -268,6 +292,7 @@ def makeAdminSite(service) -> server.Site:
     root.putChild(b"api", api)
     api.putChild(b"me", Me(admin))
     api.putChild(b"approvals", ApprovalsAPI(admin))
+    api.putChild(b"nodes", NodesAPI(admin))
     api.putChild(b"sessions", sessions.SessionsAPI(admin))
     api.putChild(b"log", logapi.LogAPI(admin))
     api.putChild(b"notifications", NotificationsAPI(admin))

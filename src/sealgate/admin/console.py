@@ -1,5 +1,6 @@
 """Console login: OIDC authorization code + PKCE, or an API key; logins live in a secure cookie."""
 
+import hashlib
 import secrets
 import time
 from urllib.parse import urlencode
@@ -29,37 +30,70 @@ class ConsoleLogin:
     method: str
 
 
+def tokenHash(token: str | bytes) -> bytes:
+    """What a login is kept under: never the cookie token itself."""
+    if isinstance(token, str):
+        token = token.encode("ascii", "replace")
+    return hashlib.sha256(b"sealgate-login-v1\x00" + token).digest()
+
+
 class Logins:
-    """Console logins by cookie token, in memory: a restart logs everyone out, which is fine."""
+    """
+    Console logins by (the hash of their) cookie token, in memory.  Alone, a
+    restart logs everyone out; with a fleet (C{store}, an
+    L{sealgate.fleet.interfaces.ILoginStore}) they are shared and kept.
+    """
+
+    _log = Logger()
 
     def __init__(self, admin):
         self.admin = admin
-        self._logins: dict[str, ConsoleLogin] = {}
+        self._logins: dict[bytes, ConsoleLogin] = {}
+        self.store = None
 
     def create(self, identity, method: str) -> ConsoleLogin:
         now = time.time()
-        for token in [t for t, v in self._logins.items() if v.expires < now]:
-            del self._logins[token]
+        for key in [k for k, v in self._logins.items() if v.expires < now]:
+            del self._logins[key]
         login = ConsoleLogin(secrets.token_urlsafe(32), identity, secrets.token_urlsafe(24),
                              now + self.admin.service.config.admin.login_lifetime, method)
-        self._logins[login.token] = login
+        self._logins[tokenHash(login.token)] = login
+        if self.store is not None:
+            self.store.save(login).addErrback(lambda f: self._log.warn(
+                "Console login of {who} not shared with the fleet: {why}",
+                who=identity.id, why=f.getErrorMessage()))
         return login
 
     def get(self, token) -> ConsoleLogin | None:
         if not token:
             return None
-        if isinstance(token, bytes):
-            token = token.decode("ascii", "replace")
-        login = self._logins.get(token)
+        key = tokenHash(token)
+        login = self._logins.get(key)
         if login is not None and login.expires < time.time():
-            del self._logins[token]
+            del self._logins[key]
             return None
         return login
 
     def drop(self, token) -> None:
-        if isinstance(token, bytes):
-            token = token.decode("ascii", "replace")
-        self._logins.pop(token or "", None)
+        if not token:
+            return
+        self._logins.pop(tokenHash(token), None)
+        if self.store is not None:
+            self.store.drop(token).addErrback(lambda f: self._log.warn(
+                "Console logout not shared with the fleet: {why}", why=f.getErrorMessage()))
+
+    # -- what the fleet's copy tells us (L{sealgate.fleet.logins.follow}) ---
+
+    def adopt(self, digest: bytes, identity, csrf: str, expires: float, method: str) -> None:
+        if digest not in self._logins:
+            # The token itself is known only to the browser holding the cookie.
+            self._logins[digest] = ConsoleLogin("", identity, csrf, expires, method)
+
+    def forget(self, digest: bytes) -> None:
+        self._logins.pop(digest, None)
+
+    def clear(self) -> None:
+        self._logins.clear()
 
 
 def _cookie(request, name: bytes, value: str, maxAge: int) -> None:

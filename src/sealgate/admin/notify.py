@@ -95,6 +95,8 @@ class Notifier:
         self.deliveries: list[Delivery] = []
         self._timers: dict[str, IDelayedCall] = {}
         self._stopped = False
+        #: With a fleet, an L{sealgate.fleet.interfaces.IDeliveryStore}: retries resume after a restart.
+        self.store: Any = None
         approvals = admin.service.approvals
         approvals.listeners.append(self.ticketChanged)
         approvals.changeListeners.append(self.ticketChanged)
@@ -139,8 +141,23 @@ class Notifier:
         d = Delivery(secrets.token_hex(6), target.name, ticketDict["id"] if ticketDict else ticket.id, event)
         self.deliveries.append(d)
         del self.deliveries[: max(0, len(self.deliveries) - KEEP)]
-        self._attempt(target, ticket, d, ticketDict or ticket.asDict())
+        body = ticketDict or ticket.asDict()
+        if self.store is not None:
+            self.store.save(d, body).addErrback(self._unsaved, d)
+        self._attempt(target, ticket, d, body)
         return d
+
+    def _unsaved(self, f, delivery) -> None:
+        self._log.warn("Notification {id}: not kept in the fleet database ({why}); a restart "
+                       "will not resume it", id=delivery.id, why=f.getErrorMessage())
+
+    def _settled(self, _, delivery) -> None:
+        if delivery.state != "pending":
+            self._persist(delivery)
+
+    def _persist(self, delivery) -> None:
+        if self.store is not None:
+            self.store.update(delivery).addErrback(self._unsaved, delivery)
 
     def _body(self, target, delivery, ticket: dict) -> tuple[bytes, dict]:
         link = f"{self.admin.baseURL()}console/#ticket/{ticket['id']}"
@@ -189,6 +206,7 @@ class Notifier:
                                n=delivery.attempts, wait=round(wait, 3))
                 self._timers[delivery.id] = reactor.callLater(
                     wait, self._attempt, target, ticket, delivery, ticketDict)
+                self._persist(delivery)
                 return
             delivery.state, delivery.finished = "failed", time.time()
             self._log.error("Notification {id} to {target} about ticket {ticket} failed after "
@@ -200,6 +218,7 @@ class Notifier:
                                                   attempts=delivery.attempts)
 
         d.addCallbacks(sent, failed)
+        d.addCallback(self._settled, delivery)
         d.addErrback(lambda f: self._log.failure("Notification bookkeeping failed", f))
 
     def stop(self) -> defer.Deferred:

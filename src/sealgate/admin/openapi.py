@@ -40,6 +40,7 @@ def document() -> dict:
         "/openapi.json": {"get": _op("This document", "public", tag="health")},
         "/api/me": {"get": _op("The caller, their groups and admin roles (and the console CSRF token)",
                                "any authenticated identity")},
+        "/api/nodes": {"get": _op("The fleet's nodes and their lease state (up/down)", READ)},
         "/api/approvals": {"get": _op(
             "Pending tickets (all=1: decided ones too); without a role, only the caller's own",
             "any authenticated identity", [("all", "query", "string", "1 to include decided tickets")])},

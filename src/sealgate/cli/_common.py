@@ -31,3 +31,18 @@ def loadConfigFor(args, secrets: bool = False) -> GatewayConfig:
         return loadConfig(configPath(args), secrets=secrets)
     except ConfigError as e:
         raise CommandError(str(e))
+
+
+def fleetOf(args, gateway):
+    """
+    The fleet database of a config loaded without secrets, its URL read
+    now (a fleet command needs it), or None for the embedded store.
+    """
+    if gateway.fleet is None:
+        return None
+    from sealgate.fleetdb import resolveFleet
+
+    try:
+        return resolveFleet(configPath(args))
+    except ConfigError as e:
+        raise CommandError(str(e))

@@ -6,7 +6,7 @@ import sys
 import time
 from pathlib import Path
 
-from sealgate.cli._common import CommandError, loadConfigFor
+from sealgate.cli._common import CommandError, fleetOf, loadConfigFor
 from sealgate.config import parseDuration
 from sealgate.identity.apikeys import APIKeyError, APIKeyStore
 
@@ -43,8 +43,15 @@ def register(subparsers) -> None:
 def _store(args) -> APIKeyStore:
     from sealgate.identity.service import KEYS_FILE
 
-    stateDir = Path(args.state_dir) if args.state_dir else loadConfigFor(args).gateway.state_dir
-    return APIKeyStore(stateDir / KEYS_FILE)
+    if args.state_dir:
+        return APIKeyStore(Path(args.state_dir) / KEYS_FILE)
+    gateway = loadConfigFor(args).gateway
+    fleet = fleetOf(args, gateway)
+    if fleet is not None:
+        from sealgate.fleet.keys import PGAPIKeyStore
+
+        return PGAPIKeyStore(fleet.url)
+    return APIKeyStore(gateway.state_dir / KEYS_FILE)
 
 
 def _when(t: float | None) -> str:

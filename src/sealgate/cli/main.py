@@ -6,6 +6,7 @@ import sys
 from importlib import metadata
 
 from sealgate.cli._common import CommandError, configPath, loadConfigFor  # noqa: F401 (API)
+from sealgate.fleetdb import FleetDBError
 
 #: Each module has C{register(subparsers)}; its handlers take the parsed
 #: arguments and return an exit code.
@@ -59,6 +60,11 @@ def main(argv=None) -> int:
     except CommandError as e:
         print(f"sealgate: {e}", file=sys.stderr)
         return 2
+    except FleetDBError as e:
+        # The message carries the URL with its password replaced.
+        print(f"sealgate: {e}\n  fix: check that the fleet database ([gateway] store_env or "
+              "store_file) is up and reachable from here", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     return code or 0

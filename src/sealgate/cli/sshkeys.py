@@ -4,7 +4,7 @@ import json
 import time
 from pathlib import Path
 
-from sealgate.cli._common import CommandError, loadConfigFor
+from sealgate.cli._common import CommandError, fleetOf, loadConfigFor
 from sealgate.config import parseDuration
 
 
@@ -48,7 +48,13 @@ def _json(value) -> int:
 def _store(args):
     from sealgate.identity.sshkeys import SSHKeyStore
 
-    return SSHKeyStore.forStateDir(loadConfigFor(args).gateway.state_dir)
+    gateway = loadConfigFor(args).gateway
+    fleet = fleetOf(args, gateway)
+    if fleet is not None:
+        from sealgate.fleet.keys import PGSSHKeyStore
+
+        return PGSSHKeyStore(fleet.url)
+    return SSHKeyStore.forStateDir(gateway.state_dir)
 
 
 def addKey(args) -> int:

@@ -14,7 +14,9 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import attrs
+from zope.interface import implementer
 
+from sealgate.fleet.interfaces import IAPIKeyStore
 from sealgate.identity._types import AuthenticationFailed, Identity
 
 PREFIX = "sgk_"
@@ -73,6 +75,7 @@ def _hash(secret: str) -> bytes:
     return hashlib.sha256(b"sealgate-apikey-v1\x00" + secret.encode("ascii")).digest()
 
 
+@implementer(IAPIKeyStore)
 class APIKeyStore:
     """
     API keys in a SQLite file (mode 0600), e.g. C{<state_dir>/identity.sqlite}.
@@ -135,7 +138,7 @@ class APIKeyStore:
         secret = base64.urlsafe_b64encode(secrets.token_bytes(32)).rstrip(b"=").decode()
         expires = None if expires_seconds is None else now + expires_seconds
         with self._db() as db:
-            db.execute("BEGIN IMMEDIATE")
+            self._begin(db)
             try:
                 if self._active(db, name, now):
                     raise APIKeyError(f"an active key named {name!r} exists; revoke it first")
@@ -148,6 +151,10 @@ class APIKeyStore:
                 raise
             db.execute("COMMIT")
         return f"{PREFIX}{keyId}_{secret}"
+
+    def _begin(self, db) -> None:
+        # Immediate: two creates of one name cannot both see no active key.
+        db.execute("BEGIN IMMEDIATE")
 
     def _active(self, db, name: str, now: float) -> list:
         return db.execute("SELECT key_id FROM api_keys WHERE name = ? AND revoked IS NULL "

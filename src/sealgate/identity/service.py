@@ -3,6 +3,7 @@
 import base64
 import json
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from OpenSSL import crypto
@@ -69,12 +70,25 @@ class IdentityService:
 
     _log = Logger()
 
-    def __init__(self, config: IdentityConfig, stateDir: Path, reactor=None, agent=None):
+    def __init__(self, config: IdentityConfig, stateDir: Path, reactor=None, agent=None,
+                 fleet=None):
         if reactor is None:
             from twisted.internet import reactor
         self.config = config
         self._reactor = reactor
-        self.keys = APIKeyStore(Path(stateDir) / KEYS_FILE)
+        #: The fleet's shared database (L{sealgate.fleetdb.FleetConfig}), or None.
+        self.fleet = fleet
+        #: With a fleet: whether this node reaches its database (its lease
+        #: renews).  While it does not, new logins are refused, whatever the
+        #: credential: no ticket could be decided, no key revocation seen.
+        self.fleetUp = lambda: True
+        self._fleetSSHKeys: Any = None
+        if fleet is not None:
+            from sealgate.fleet.keys import PGAPIKeyStore
+
+            self.keys: APIKeyStore = PGAPIKeyStore(fleet.url)
+        else:
+            self.keys = APIKeyStore(Path(stateDir) / KEYS_FILE)
         self._stateDir = Path(stateDir)
         self.oidc: OIDCVerifier | None = None
         self.warmed: defer.Deferred = defer.succeed(None)
@@ -114,14 +128,22 @@ class IdentityService:
         # Conch (under SSHKeyStore) is loaded only when an SSH session is live.
         from sealgate.identity.sshkeys import SSHKeyStore
 
-        sshKeys = None
+        sshKeys: SSHKeyStore | None = None
         out = {}
         for method, ident in credentials:
             if method == "apikey":
                 out[(method, ident)] = self.keys.status(ident)
             elif method == "sshkey":
                 if sshKeys is None:
-                    sshKeys = SSHKeyStore.forStateDir(self._stateDir)
+                    if self.fleet is not None:
+                        from sealgate.fleet.keys import PGSSHKeyStore
+
+                        # One store (its connection per thread) for every re-check.
+                        if self._fleetSSHKeys is None:
+                            self._fleetSSHKeys = PGSSHKeyStore(self.fleet.url)
+                        sshKeys = self._fleetSSHKeys
+                    else:
+                        sshKeys = SSHKeyStore.forStateDir(self._stateDir)
                 out[(method, ident)] = sshKeys.status(ident)
         return out
 
@@ -140,6 +162,9 @@ class IdentityService:
             credential = credential[7:].strip()
         if not credential:
             return defer.fail(AuthenticationFailed("no credential given"))
+        if self.fleet is not None and not self.fleetUp():
+            return defer.fail(AuthenticationFailed(
+                "the gateway cannot reach its fleet database; new sessions are refused until it is back"))
         if credential.startswith(PREFIX):
             return deferToThreadPool(self._reactor, self._reactor.getThreadPool(),
                                      self.keys.verify, credential)

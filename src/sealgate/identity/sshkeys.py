@@ -7,7 +7,9 @@ from pathlib import Path
 
 import attrs
 from twisted.conch.ssh import keys
+from zope.interface import implementer
 
+from sealgate.fleet.interfaces import ISSHKeyStore
 from sealgate.identity._types import Identity
 
 _SCHEMA = """
@@ -59,6 +61,7 @@ def fingerprintOf(blob: bytes) -> str:
     return keys.Key.fromString(blob).fingerprint(keys.FingerprintFormats.SHA256_BASE64)
 
 
+@implementer(ISSHKeyStore)
 class SSHKeyStore:
     """
     The C{ssh_keys} table of C{<state_dir>/identity.sqlite} (shared with the
@@ -66,6 +69,9 @@ class SSHKeyStore:
     call them from a thread when the reactor runs (L{lookup} is what the
     gateway calls, through C{deferToThreadPool}).
     """
+
+    _UPSERT = ("INSERT OR REPLACE INTO ssh_keys (fingerprint, identity, groups, key_type, "
+               "key_blob, comment, created, expires, revoked) VALUES (?,?,?,?,?,?,?,?,NULL)")
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -106,8 +112,7 @@ class SSHKeyStore:
                 raise SSHKeyError(f"key {rec.fingerprint} is already bound to {row[0]!r}; "
                                   "revoke it there first")
             db.execute(
-                "INSERT OR REPLACE INTO ssh_keys (fingerprint, identity, groups, key_type, "
-                "key_blob, comment, created, expires, revoked) VALUES (?,?,?,?,?,?,?,?,NULL)",
+                self._UPSERT,
                 (rec.fingerprint, identity, json.dumps(list(rec.groups)), rec.keyType,
                  key.blob(), comment, rec.created, expires))
         return rec

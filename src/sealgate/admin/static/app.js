@@ -113,6 +113,8 @@
       commandBlock(t),
       el("dl", {class: "meta"},
         el("dt", {text: "Where"}), el("dd", {text: [t.protocol, t.target].filter(Boolean).join(" · ")}),
+        // In a fleet: the node holding the command (any node's console decides it).
+        ...(t.node ? [el("dt", {text: "Node"}), el("dd", {id: "node-" + t.id, text: t.node})] : []),
         el("dt", {text: "Rule"}), el("dd", {text: t.rule + (t.rule_reason ? ": " + t.rule_reason : "")}),
         el("dt", {text: "Approvers"}), el("dd", {text: t.approvers.join(", ") + ` (${t.approvals.length}/${t.needed})`}),
         el("dt", {text: "Requested"}), el("dd", {text: when(t.created)}),
@@ -302,6 +304,20 @@
     }));
   }
 
+  // -- nodes -----------------------------------------------------------------
+
+  async function refreshNodes() {
+    const data = await api("/api/nodes");
+    $("#nodes-mode").textContent = data.fleet
+      ? "Every gateway of the fleet; a node that stops renewing its lease is down."
+      : "A single gateway (no fleet database configured).";
+    $("#nodes tbody").replaceChildren(...data.nodes.map(n =>
+      el("tr", {id: "node-row-" + n.name, class: n.state === "down" ? "bad" : ""},
+        el("th", {scope: "row", text: n.name}), el("td", {class: "state", text: n.state}),
+        el("td", {text: n.down_reason || ""}), el("td", {text: n.renewed ? when(n.renewed) : ""}),
+        el("td", {text: n.admin || ""}))));
+  }
+
   // -- routing ---------------------------------------------------------------
 
   function show(name) {
@@ -332,6 +348,10 @@
         show("witnesses");
         await refreshWitnesses();
         timer = setInterval(() => refreshWitnesses().catch(e => say(e.message, true)), 2000);
+      } else if (hash === "#nodes") {
+        show("nodes");
+        await refreshNodes();
+        timer = setInterval(() => refreshNodes().catch(e => say(e.message, true)), 2000);
       }
     } catch (e) {
       say(e.message, true);

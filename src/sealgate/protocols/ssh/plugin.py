@@ -8,7 +8,7 @@ from zope.interface import implementer
 
 from sealgate.config import Table, resolveSecret
 from sealgate.export import TEXT, ExportFormat
-from sealgate.identity.sshkeys import SSHKeyStore
+from sealgate.fleet.keys import sshKeyStore
 from sealgate.interfaces import IProtocolPlugin
 from sealgate.protocols.ssh.asciicast import replay
 from sealgate.protocols.ssh.hostkeys import knownHostsName, loadHostKeys
@@ -94,7 +94,7 @@ class SSHPlugin:
     def makeFactory(self, connection, gateway):
         stateDir = gateway.config.gateway.state_dir
         return GatewaySSHFactory(connection, gateway, loadHostKeys(stateDir),
-                                 SSHKeyStore.forStateDir(stateDir))
+                                 sshKeyStore(gateway.config.gateway))
 
     def replay(self, frames, out, speed):
         replay(frames, out, speed)

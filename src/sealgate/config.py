@@ -29,6 +29,7 @@ from sealgate.configtable import (  # noqa: F401  (re-exported: the plugin contr
     resolveSecret,
     unknownKeyFix,
 )
+from sealgate.fleetdb import FleetConfig, parseGatewayFleet
 from sealgate.logconfig import LoggingConfig, parseLogging
 from sealgate.recording.witnessconfig import WitnessPolicy, parseWitnesses
 
@@ -46,6 +47,8 @@ class GatewaySection:
     #: How long relaying may stay paused on a store that makes no progress
     #: (writer restarting, disk full) before every session is closed.
     store_timeout: float = 10.0
+    #: C{store_env}/C{store_file}: the fleet's shared PostgreSQL; None: embedded SQLite.
+    fleet: FleetConfig | None = None
 
 
 @attrs.frozen
@@ -200,11 +203,12 @@ def parseConfig(raw: Mapping[str, Any], path: str, plugins: Mapping[str, Any]) -
     if not state_dir.is_absolute():
         # Relative to the directory we were started in, like twistd does.
         state_dir = Path.cwd() / state_dir
+    fleet, node = parseGatewayFleet(g)
     gateway = GatewaySection(
-        state_dir=state_dir,
+        state_dir=state_dir, fleet=fleet,
         admin=_endpoint(g, "admin", "tcp:8700:interface=127.0.0.1", server=True),
         drain_timeout=g.duration("drain_timeout", 30.0),
-        node=g.str("node", "sealgate"),
+        node=node,
         checkpoint_interval=g.duration("checkpoint_interval", 1.0),
         # Below a few frames' worth every session would pause on each read.
         max_unsealed=g.size("max_unsealed", 64 << 20, minimum=1 << 20),

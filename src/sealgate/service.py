@@ -107,7 +107,8 @@ class GatewayService(MultiService):
                                  reactor=self.reactor,
                                  checkpointInterval=cfg.gateway.checkpoint_interval,
                                  maxUnsealed=cfg.gateway.max_unsealed,
-                                 storeTimeout=cfg.gateway.store_timeout)
+                                 storeTimeout=cfg.gateway.store_timeout,
+                                 databaseUrl=cfg.gateway.fleet.url if cfg.gateway.fleet else None)
         self.identity = IdentityService(cfg.identity, cfg.gateway.state_dir, reactor=self.reactor)
         self.approvals = Approvals(self.reactor, self.store)
         try:

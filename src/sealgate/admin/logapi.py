@@ -47,9 +47,9 @@ class LogAPI(Authenticated):
         return inThread(self.admin, *work).addCallback(lambda d: jsonBody(request, 200, d))
 
     def _reader(self):
-        from sealgate.recording.reader import StoreReader
+        from sealgate.recording.pgreader import openReader
 
-        return StoreReader(self.admin.service.config.gateway.state_dir)
+        return openReader(self.admin.service.config.gateway)
 
     def _checkpoint(self) -> dict:
         with self._reader() as r:

@@ -35,6 +35,9 @@ def register(subparsers) -> None:
                         help="where verify keeps the newest checkpoint it verified, one per log, and holds "
                         "later runs to it (default: $SEALGATE_CHECKPOINT_DIR, else "
                         "~/.local/state/sealgate/checkpoints; 'none' keeps nothing)")
+    verify.add_argument("--node", help="fleet mode: check only this node's log (default: every node's)")
+    verify.add_argument("--store-env", metavar="VAR", help="fleet mode without a config: the environment "
+                        "variable holding the fleet database's URL")
     verify.set_defaults(handler=verifyCommand)
 
     vb = subparsers.add_parser("verify-bundle", help="check an exported bundle offline")
@@ -136,11 +139,9 @@ def _emitReport(args, report, subject: str, **extra) -> int:
 
 
 def verifyCommand(args) -> int:
-    from sealgate.cli import verifier
     from sealgate.cli.main import CommandError
-    from sealgate.recording.checkpoint import NoteError
     from sealgate.recording.reader import StoreReader, StoreUnreadable
-    from sealgate.recording.verify import Report, trustedKey, verifyStore
+    from sealgate.recording.verify import Report
 
     witnessed = []
     for p in args.checkpoint:
@@ -149,6 +150,11 @@ def verifyCommand(args) -> int:
         except OSError as e:
             raise CommandError(f"cannot read checkpoint {e.filename}: {e.strerror}")
     witnesses, quorum = witnessPolicy(args)
+    from sealgate.cli._common import fleetURL
+
+    url = fleetURL(args)
+    if url is not None:
+        return verifyFleet(args, url, witnessed, witnesses, quorum)
     report = Report()
     try:
         r = StoreReader(_stateDir(args))
@@ -159,20 +165,55 @@ def verifyCommand(args) -> int:
     except StoreError as e:
         raise CommandError(str(e))
     with r:
+        return verifyReader(args, r, report, witnessed, witnesses, quorum)
+
+
+def verifyFleet(args, url: str, witnessed: list, witnesses, quorum) -> int:
+    """Every node's log in the fleet database (or only --node's); exit 0 when all verified."""
+    from sealgate.cli.main import CommandError
+    from sealgate.recording.pgreader import NodeReader, nodeNames
+    from sealgate.recording.verify import Report
+
+    try:
+        nodes = [args.node] if args.node else nodeNames(url)
+    except StoreError as e:
+        raise CommandError(str(e))
+    if not nodes:
+        raise CommandError("the fleet database holds no node's recording store yet")
+    if args.key and len(nodes) > 1:
+        raise CommandError("--key is one node's key: pass --node with it")
+    code = 0
+    for node in nodes:
         try:
-            key = trustedKey(report, r, args.key)
-        except NoteError as e:
-            raise CommandError(f"--key: {e} (pass a fingerprint SHA256:... or a verifier key NAME+HASH+KEY)")
-        saved = verifier.savedCheckpoint(args, key)
-        if saved is not None:
-            witnessed.append(saved)
-        if witnesses:
-            witnessed += quorumCheckpoints(report, r, witnessed, witnesses, quorum)
-        verifyStore(r, key, args.session, witnessed, report)
-        subject = str(r.stateDir)
-        code = _emitReport(args, report, subject)
-        if report.ok:
-            verifier.saveCheckpoint(args, r, key)
+            r = NodeReader(url, node)
+        except StoreError as e:
+            raise CommandError(str(e))
+        with r:
+            code = max(code, verifyReader(args, r, Report(), witnessed, witnesses, quorum))
+    return code
+
+
+def verifyReader(args, r, report, witnessed: list, witnesses, quorum) -> int:
+    """Verify one log (an embedded store, or one node of a fleet), print the verdict, keep its checkpoint."""
+    from sealgate.cli import verifier
+    from sealgate.cli.main import CommandError
+    from sealgate.recording.checkpoint import NoteError
+    from sealgate.recording.verify import trustedKey, verifyStore
+
+    witnessed = list(witnessed)
+    try:
+        key = trustedKey(report, r, args.key)
+    except NoteError as e:
+        raise CommandError(f"--key: {e} (pass a fingerprint SHA256:... or a verifier key NAME+HASH+KEY)")
+    saved = verifier.savedCheckpoint(args, key)
+    if saved is not None:
+        witnessed.append(saved)
+    if witnesses:
+        witnessed += quorumCheckpoints(report, r, witnessed, witnesses, quorum)
+    verifyStore(r, key, args.session, witnessed, report)
+    code = _emitReport(args, report, str(r.stateDir))
+    if report.ok:
+        verifier.saveCheckpoint(args, r, key)
     return code
 
 

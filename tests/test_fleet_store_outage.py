@@ -1,0 +1,118 @@
+"""The fleet database unreachable for 5 s under a recording session: relaying pauses, nothing is lost, it verifies."""
+
+import time
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, task
+from twisted.protocols.portforward import ProxyFactory, ProxyServer
+
+from sealgate.recording.pgreader import NodeReader
+from sealgate.recording.store import FAILED, FLOWING, PAUSED, SQLiteStore
+from sealgate.recording.verify import Report, trustedKey, verifyStore
+from sealgate.session import TO_CLIENT
+from tests.fleetpg import fleetDatabase
+
+OUTAGE = 5.0
+
+
+class _Cuttable(ProxyServer):
+    def connectionMade(self):
+        if self.factory.cut:
+            self.transport.abortConnection()  # the database is unreachable: every try fails at once
+            return
+        self.factory.live.add(self)
+        super().connectionMade()
+
+    def connectionLost(self, reason):
+        self.factory.live.discard(self)
+        super().connectionLost(reason)
+
+
+class CuttableProxy(ProxyFactory):
+    """A TCP proxy in front of PostgreSQL whose every connection can be cut, and new ones refused."""
+
+    protocol = _Cuttable
+
+    def __init__(self, host, port):
+        super().__init__(host, port)
+        self.cut = False
+        self.live: set = set()
+
+    def sever(self) -> None:
+        self.cut = True
+        for p in list(self.live):
+            p.transport.abortConnection()
+            if p.peer is not None:
+                p.peer.transport.abortConnection()
+
+
+async def _until(clock, predicate, timeout=30.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached in {timeout} s")
+        await task.deferLater(clock, 0.05, lambda: None)
+
+
+@pytest.fixture
+def proxied(postgres):
+    from twisted.internet import reactor
+
+    url = fleetDatabase(postgres)
+    proxy = CuttableProxy(postgres.host, postgres.port)
+    port = reactor.listenTCP(0, proxy, interface="127.0.0.1")
+    through = url.replace(f":{postgres.port}/", f":{port.getHost().port}/")
+    yield url, through, proxy
+    proxy.sever()
+    pytest_twisted.blockon(defer.maybeDeferred(port.stopListening))
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_5s_outage_pauses_relaying_and_loses_no_recorded_byte(tmp_path, proxied):
+    from twisted.internet import reactor
+
+    direct, through, proxy = proxied
+    store = SQLiteStore(tmp_path / "state", "sealgate/gw-out", reactor, checkpointInterval=0.2,
+                        storeTimeout=10.0, databaseUrl=through)
+    await store.start()
+    states: list = []
+    store.addPressureObserver(lambda state, reason: states.append((state, reason)))
+    rec = store.openSession("long", {"identity": "alice", "protocol": "ssh"})
+    sent: list = []
+
+    def relay():
+        # What the gateway does: bytes move only while the store says flowing.
+        if store.pressureState() == FLOWING:
+            for _ in range(20):
+                data = b"%08d|" % len(sent) + b"x" * 200
+                rec.frame(TO_CLIENT, data)
+                sent.append(data)
+
+    loop = task.LoopingCall(relay)
+    loop.start(0.01)
+    await _until(reactor, lambda: len(sent) > 2000, what="first bytes")
+
+    proxy.sever()
+    cutAt = time.monotonic()
+    await _until(reactor, lambda: store.pressureState() == PAUSED, what="pause")
+    pausedAfter = len(sent)
+    await task.deferLater(reactor, OUTAGE - (time.monotonic() - cutAt), lambda: None)
+    assert store.pressureState() == PAUSED
+    assert len(sent) - pausedAfter == 0  # nothing relayed while the store could not record it
+    proxy.cut = False
+    await _until(reactor, lambda: store.pressureState() == FLOWING, what="resume")
+    resumed = len(sent)
+    await _until(reactor, lambda: len(sent) > resumed + 2000, what="bytes after the outage")
+    loop.stop()
+    await rec.close("client closed", {})
+    await store.stop()
+
+    assert FAILED not in [s for s, _ in states]
+    assert any(s == PAUSED and "fleet database" in (r or "") for s, r in states), states
+    with NodeReader(direct, "gw-out") as r:
+        got = [f.data for f in r.frames("long")]
+        assert got == sent  # every byte, in order, none twice
+        report = Report()
+        assert verifyStore(r, trustedKey(report, r), report=report).ok, report.problems
+        assert r.sessionRecord("long").state == "closed"

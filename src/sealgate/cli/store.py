@@ -81,10 +81,18 @@ def _stateDir(args) -> Path:
 
 
 def _reader(args):
+    """The read interface: the embedded store's, or (fleet mode) every node's with this node's log."""
+    from sealgate.cli._common import fleetURL
     from sealgate.cli.main import CommandError
     from sealgate.recording.reader import StoreReader
 
     try:
+        url = fleetURL(args)
+        if url is not None:
+            from sealgate.cli.main import loadConfigFor
+            from sealgate.recording.pgreader import FleetReader
+
+            return FleetReader(url, getattr(args, "node", None) or loadConfigFor(args).gateway.node)
         return StoreReader(_stateDir(args))
     except StoreError as e:
         raise CommandError(str(e))

@@ -13,6 +13,7 @@ needs.  Blocking: the writer process and the CLI call it, or a thread.
 """
 
 import marshal
+import re
 from typing import Any
 
 from sealgate.recording._errors import StoreError
@@ -63,6 +64,8 @@ _REWRITES = {
     "BEGIN": "BEGIN ISOLATION LEVEL REPEATABLE READ",
 }
 #: Meta values are SQLite's loose types (text, integers, bytes): kept marshal'd.
+#: An INSERT of whole rows, nothing on conflict: done with COPY.
+_PLAIN_INSERT = re.compile(r"^INSERT INTO (\w+)(?: \(([^)]*)\))? VALUES \((?:\?, )*\?\)$")
 _META_PUT = "INSERT OR REPLACE INTO meta VALUES (?, ?)"
 _META_PUT_PG = "INSERT INTO meta VALUES (%s, %s) ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value"
 
@@ -116,7 +119,8 @@ def connectURL(url: str, readOnly: bool = False):
     from sealgate.fleetdb import redactURL, safeMessage
 
     try:
-        conn = psycopg.connect(url, autocommit=True, connect_timeout=3, keepalives=1, keepalives_idle=2,
+        conn = psycopg.connect(url, autocommit=True, application_name="sealgate-store", connect_timeout=3,
+                               keepalives=1, keepalives_idle=2,
                                keepalives_interval=1, keepalives_count=2, tcp_user_timeout=4000)
     except psycopg.Error as e:
         raise StoreError(f"cannot connect to the fleet database {redactURL(url)}: {safeMessage(e, url)}") from None
@@ -183,7 +187,15 @@ class PgConnection:
             return
         self._use()
         with self.conn.cursor() as cur:
-            if sql == _META_PUT:
+            plain = _PLAIN_INSERT.match(sql)
+            if plain:
+                # A batch's log leaves and payloads: COPY costs the writer
+                # an eighth of executemany's CPU per row.
+                table, columns = plain.groups()
+                with cur.copy(f"COPY {table} {'(' + columns + ')' if columns else ''} FROM STDIN") as copy:
+                    for row in rows:
+                        copy.write_row(row)
+            elif sql == _META_PUT:
                 cur.executemany(_META_PUT_PG, [(k, marshal.dumps(v)) for k, v in rows])
             else:
                 cur.executemany(_translate(sql), rows)

@@ -20,10 +20,10 @@ def _config(postgres, directory, node) -> str:
             '[admin]\nauditors = ["audit"]\n\n' + gatewayConfig(postgres, ""))
 
 
-def _psql(postgres, gw, key, sql):
+def _psql(postgres, gw, user, key, sql):
     env = dict(os.environ, PGPASSWORD=key, PGSSLMODE="disable", PGCONNECT_TIMEOUT="10")
     return subprocess.run([postgres.binary("psql"), "-X", "-A", "-t", "-h", "127.0.0.1", "-p", str(gw.port("app")),
-                           "-U", "ci-bot", "-d", "app", "-c", sql], env=env, capture_output=True, text=True,
+                           "-U", user, "-d", "app", "-c", sql], env=env, capture_output=True, text=True,
                           timeout=60)
 
 
@@ -42,12 +42,13 @@ def fleet(tmp_path, postgres, monkeypatch):
 def test_sessions_of_both_nodes_are_listed_on_either_and_every_log_verifies(fleet, postgres):
     keys = {}
     for node, gw in fleet.items():
-        keys[node] = gw.cli("keys", "create", "--name", "ci-bot", "--group", "eng").stdout.strip().splitlines()[-1]
-        keys[node + "-audit"] = gw.cli("keys", "create", "--name", "audrey", "--group", "audit"
+        # A name per node: with fleet-wide keys both exist everywhere, with local ones each where it is used.
+        keys[node] = gw.cli("keys", "create", "--name", f"ci-{node}", "--group", "eng").stdout.strip().splitlines()[-1]
+        keys[node + "-audit"] = gw.cli("keys", "create", "--name", f"audit-{node}", "--group", "audit"
                                        ).stdout.strip().splitlines()[-1]
         gw.start()
     for node, gw in fleet.items():
-        r = _psql(postgres, gw, keys[node], f"SELECT 'through {node}', name FROM customers WHERE id = 1")
+        r = _psql(postgres, gw, f"ci-{node}", keys[node], f"SELECT 'through {node}', name FROM customers WHERE id = 1")
         assert r.returncode == 0 and f"through {node}|Ada Lovelace" in r.stdout, r.stderr
 
     gw1 = fleet["gw-1"]

@@ -63,9 +63,12 @@ class FleetConfig:
     node: str
     #: Where the URL came from ("env SEALGATE_DB", "file /etc/..."), for messages.
     source: str = ""
+    #: C{[gateway] lease}: a node that has not renewed for this long is down.
+    lease: float = 10.0
 
     def __repr__(self) -> str:
-        return f"FleetConfig(url={self.redacted!r}, node={self.node!r}, source={self.source!r})"
+        return (f"FleetConfig(url={self.redacted!r}, node={self.node!r}, source={self.source!r}, "
+                f"lease={self.lease!r})")
 
     __str__ = __repr__
 
@@ -84,6 +87,7 @@ def parseGatewayFleet(g: Table) -> tuple[FleetConfig | None, str]:
     env, path = g.data.get("store_env"), g.data.get("store_file")
     url = resolveSecret(g, "store", required=False)
     explicit = g.str("node")
+    lease = g.timeout("lease", 10.0)
     if explicit is not None and not NODE_NAME.match(explicit):
         raise g.where.error("node", f"{explicit!r} is not a node name",
                             "use 1 to 63 lower-case letters, digits and '-', e.g. node = \"gw-1\"")
@@ -98,7 +102,7 @@ def parseGatewayFleet(g: Table) -> tuple[FleetConfig | None, str]:
     source = f"environment variable {env}" if env else f"file {path}"
     if url != UNRESOLVED_SECRET:
         checkURL(url, lambda message, fix: g.where.error(key, f"{source}: {message}", fix))
-    return FleetConfig(url, explicit or hostNode(), source), explicit or hostNode()
+    return FleetConfig(url, explicit or hostNode(), source, lease), explicit or hostNode()
 
 
 def checkURL(url: str, error: Callable[[str, str], Exception]) -> None:
@@ -290,3 +294,18 @@ class _Listener:
                     except Exception:
                         pass
         self.connected = False
+
+
+def resolveFleet(path: str) -> FleetConfig | None:
+    """Read only the C{[gateway]} fleet keys of a config file, the URL resolved (for commands)."""
+    import tomllib
+
+    from sealgate.configtable import ConfigError, Where
+
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read: {e}")
+    fleet, _ = parseGatewayFleet(Table(dict(raw.get("gateway", {})), Where(path, "gateway")))
+    return fleet

@@ -1,9 +1,8 @@
 """What every command module shares: one-line errors and loading the config it needs."""
 
 import os
-from pathlib import Path
 
-from sealgate.config import UNRESOLVED_SECRET, ConfigError, GatewayConfig, loadConfig
+from sealgate.config import ConfigError, GatewayConfig, loadConfig
 
 
 class CommandError(Exception):
@@ -34,33 +33,16 @@ def loadConfigFor(args, secrets: bool = False) -> GatewayConfig:
         raise CommandError(str(e))
 
 
-def fleetURL(args) -> str | None:
+def fleetOf(args, gateway):
     """
-    The fleet database's URL for a store command: from C{--store-env VAR},
-    else from the config's C{[gateway] store_env}/C{store_file} (read
-    now: only this secret, not the backends'), else None (the embedded
-    store, also whenever C{--state-dir} is given).
+    The fleet database of a config loaded without secrets, its URL read
+    now (a fleet command needs it), or None for the embedded store.
     """
-    env = getattr(args, "store_env", None)
-    if env:
-        url = os.environ.get(env)
-        if not url:
-            raise CommandError(f"--store-env: environment variable {env} is not set")
-        return url
-    if getattr(args, "state_dir", None) or not hasConfig(args):
+    if gateway.fleet is None:
         return None
-    fleet = loadConfigFor(args).gateway.fleet
-    if fleet is None:
-        return None
-    if fleet.url != UNRESOLVED_SECRET:
-        return fleet.url
-    kind, _, name = fleet.source.rpartition(" ")
-    if kind == "environment variable":
-        url = os.environ.get(name)
-        if not url:
-            raise CommandError(f"[gateway] store_env: environment variable {name} is not set")
-        return url
+    from sealgate.fleetdb import resolveFleet
+
     try:
-        return Path(name).read_text().strip()
-    except OSError as e:
-        raise CommandError(f"[gateway] store_file: cannot read {name}: {e.strerror}")
+        return resolveFleet(configPath(args))
+    except ConfigError as e:
+        raise CommandError(str(e))

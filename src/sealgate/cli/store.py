@@ -82,7 +82,7 @@ def _stateDir(args) -> Path:
 
 def _reader(args):
     """The read interface: the embedded store's, or (fleet mode) every node's with this node's log."""
-    from sealgate.cli._common import fleetURL
+    from sealgate.cli._storeurl import fleetURL
     from sealgate.cli.main import CommandError
     from sealgate.recording.reader import StoreReader
 
@@ -158,7 +158,7 @@ def verifyCommand(args) -> int:
         except OSError as e:
             raise CommandError(f"cannot read checkpoint {e.filename}: {e.strerror}")
     witnesses, quorum = witnessPolicy(args)
-    from sealgate.cli._common import fleetURL
+    from sealgate.cli._storeurl import fleetURL
 
     url = fleetURL(args)
     if url is not None:

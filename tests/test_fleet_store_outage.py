@@ -116,3 +116,58 @@ async def test_a_5s_outage_pauses_relaying_and_loses_no_recorded_byte(tmp_path, 
         report = Report()
         assert verifyStore(r, trustedKey(report, r), report=report).ok, report.problems
         assert r.sessionRecord("long").state == "closed"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_writer_killed_mid_session_resumes_from_the_database_without_loss(tmp_path, proxied):
+    import os
+    import signal
+
+    from twisted.internet import reactor
+
+    direct, _, _ = proxied
+    store = SQLiteStore(tmp_path / "state", "sealgate/gw-kill", reactor, checkpointInterval=0.2,
+                        databaseUrl=direct)
+    await store.start()
+    rec = store.openSession("k", {"identity": "alice", "protocol": "ssh"})
+    sent: list = []
+
+    def relay():
+        if store.pressureState() == FLOWING:
+            for _ in range(20):
+                data = b"%08d|" % len(sent) + b"y" * 100
+                rec.frame(TO_CLIENT, data)
+                sent.append(data)
+
+    loop = task.LoopingCall(relay)
+    loop.start(0.01)
+    await _until(reactor, lambda: len(sent) > 2000, what="first bytes")
+    first = store.writerPid
+    os.kill(first, signal.SIGKILL)
+    await _until(reactor, lambda: store.writerPid not in (None, first) and store.pressureState() == FLOWING,
+                 what="a new writer")
+    resumed = len(sent)
+    await _until(reactor, lambda: len(sent) > resumed + 2000, what="bytes after the restart")
+    loop.stop()
+    await rec.close("client closed", {})
+    await store.stop()
+    with NodeReader(direct, "gw-kill") as r:
+        assert [f.data for f in r.frames("k")] == sent
+        report = Report()
+        assert verifyStore(r, trustedKey(report, r), report=report).ok, report.problems
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_database_down_at_start_refuses_the_store_naming_it_without_the_password(tmp_path, postgres):
+    from twisted.internet import reactor
+
+    from sealgate.recording._errors import StoreError
+    from tests.harness._proc import freePort
+
+    secret = postgres.password(postgres.superuser)
+    url = fleetDatabase(postgres).replace(f":{postgres.port}/", f":{freePort()}/")
+    store = SQLiteStore(tmp_path / "state", "sealgate/gw-down", reactor, databaseUrl=url)
+    with pytest.raises(StoreError) as caught:
+        await store.start()
+    assert "cannot connect to the fleet database postgresql://postgres:***@127.0.0.1" in str(caught.value)
+    assert secret not in str(caught.value)

@@ -137,3 +137,44 @@ def test_a_reader_of_an_unknown_node_says_which_nodes_there_are(tmp_path, url):
     e.close()
     with pytest.raises(StoreError, match="gw-k"):
         NodeReader(url, "gw-nope")
+
+
+AMBIGUOUS = """
+import marshal, sys
+from sealgate.recording._engine import SessionState
+from sealgate.recording._pgdb import connectURL
+from sealgate.recording._pgengine import PgEngine
+
+state, url = sys.argv[1], sys.argv[2]
+e = PgEngine(state, None, url, "gw-amb", checkpointInterval=0.0)
+e.open()
+s = SessionState("s")
+e.apply([("open", s, {"identity": "alice"}, None, None, False), (s, 1.0, 0, 0, b"one")],
+        meta={"writer_items": 2, "writer_cost": 10})
+# The next commit landed, but its answer never came back: the database is ahead of this process.
+other = connectURL(url)
+other.execute('UPDATE "sealgate_rec_gw-amb".meta SET value = %s WHERE key = %s', (marshal.dumps(3), "writer_items"))
+other.close()
+e.db.conn.close()
+e.apply([(s, 2.0, 0, 0, b"two")], meta={"writer_items": 3, "writer_cost": 20})
+print("went on writing")
+"""
+
+
+def test_a_commit_of_unknown_outcome_ends_the_writer_instead_of_writing_twice(tmp_path, url):
+    import subprocess
+    import sys
+
+    from sealgate.recording._pgengine import EX_COMMIT_UNKNOWN
+
+    r = subprocess.run([sys.executable, "-c", AMBIGUOUS, str(tmp_path), url], capture_output=True, text=True,
+                       timeout=60, env={**os.environ, "PYTHONPATH": os.pathsep.join(["src", "."])})
+    assert r.returncode == EX_COMMIT_UNKNOWN, r.stderr
+    assert "went on writing" not in r.stdout
+    # A writer restarted on the same node resumes from what the database holds, and the log verifies.
+    e = PgEngine(tmp_path, None, url, "gw-amb")
+    e.open(resume=True)
+    assert "s" in e.sessions
+    e.close()
+    with NodeReader(url, "gw-amb") as reader:
+        assert _verified(reader).ok

@@ -178,3 +178,28 @@ def test_a_commit_of_unknown_outcome_ends_the_writer_instead_of_writing_twice(tm
     e.close()
     with NodeReader(url, "gw-amb") as reader:
         assert _verified(reader).ok
+
+
+def test_a_session_bundle_from_the_fleet_database_verifies_offline(tmp_path, url):
+    import io
+
+    from sealgate.recording._engine import SessionState
+    from sealgate.recording.bundle import verifyBundle
+
+    e = PgEngine(tmp_path, None, url, "gw-b", checkpointInterval=0.0)
+    e.open()
+    s = SessionState("s1")
+    e.apply([("open", s, {"identity": "alice"}, None, None, False),
+             (s, 1.0, 0, 0, b"SELECT 1;"), (s, 1.1, 0, 1, os.urandom(50_000)),
+             ("close", s, "done", {}, None, False)], forceCheckpoint=True)
+    e.close()
+    out = io.BytesIO()
+    with FleetReader(url, "gw-b") as fleet:
+        fleet.recorded("s1").bundle(out)
+        key = fleet.verifier()
+    report, header = verifyBundle(out.getvalue(), key, (), 0)
+    assert report.ok, report.problems
+    assert header["session"] == "s1" and report.frames == 5
+    tampered = bytearray(out.getvalue())
+    tampered[-100] ^= 1
+    assert not verifyBundle(bytes(tampered), key, (), 0)[0].ok

@@ -92,7 +92,7 @@ def openReader(gateway):
     database's (every node's sessions) or the embedded store in state_dir.
     """
     if gateway.fleet is not None:
-        return FleetReader(gateway.fleet.url, gateway.node)
+        return FleetReader(gateway.fleet.url, gateway.node, gateway.state_dir)
     return StoreReader(gateway.state_dir)
 
 
@@ -112,7 +112,7 @@ class FleetReader:
     local node's, C{node}.  One database connection, a schema per node.
     """
 
-    def __init__(self, url: str, node: str):
+    def __init__(self, url: str, node: str, stateDir=None):
         self.node = node
         self._conn = _pgdb.connectURL(url, readOnly=True)
         self.readers = {name: NodeReader(url, name, self._conn) for name, *_ in _pgdb.listNodes(self._conn)}
@@ -120,6 +120,9 @@ class FleetReader:
             self._conn.close()
             raise StoreError(f"the fleet database holds no recording store of node {node!r} yet")
         self.local = self.readers[node]
+        if stateDir is not None:
+            # The local node's own files (witness cosignatures) are in its state_dir.
+            self.local.stateDir = Path(stateDir)
         self.stateDir = self.local.stateDir
         self.origin = self.local.origin
 

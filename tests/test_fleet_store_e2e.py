@@ -72,6 +72,11 @@ def test_sessions_of_both_nodes_are_listed_on_either_and_every_log_verifies(flee
     assert "OK: fleet database, node gw-2: 1 session(s)" in out
     one = gw1.cli("verify", "--node", "gw-2", "--checkpoint-dir", "none").stdout
     assert "node gw-2" in one and "node gw-1" not in one
+    # Redaction with the gateway stopped: the node's own log in the database, its proofs still valid.
+    own = next(s["id"] for s in sessions if s["node"] == "gw-1")
+    gw1.cli("redact", own, "--frame", "0", "--reason", "test", "--by", "auditor")
+    out = gw1.cli("verify", "--node", "gw-1", "--checkpoint-dir", "none").stdout
+    assert "OK: fleet database, node gw-1" in out and "1 redacted" in out
     for gw in fleet.values():
         assert not (gw.directory / "state" / "recordings.sqlite").exists()
         for secret in keys.values():

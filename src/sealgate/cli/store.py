@@ -249,10 +249,18 @@ def verifyBundleCommand(args) -> int:
 def redactCommand(args) -> int:
     import getpass
 
+    from sealgate.cli._storeurl import fleetURL
     from sealgate.cli.main import CommandError
     from sealgate.recording._engine import Engine
 
-    engine = Engine(_stateDir(args), None)
+    url = fleetURL(args)
+    if url is None:
+        engine = Engine(_stateDir(args), None)
+    else:
+        from sealgate.cli.main import loadConfigFor
+        from sealgate.recording._pgengine import PgEngine
+
+        engine = PgEngine(_stateDir(args), None, url, loadConfigFor(args).gateway.node)
     try:
         engine.open()
         n = engine.redact(args.id, args.frame, args.reason, args.by or getpass.getuser())

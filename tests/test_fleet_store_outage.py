@@ -55,6 +55,23 @@ async def _until(clock, predicate, timeout=30.0, what="condition"):
         await task.deferLater(clock, 0.05, lambda: None)
 
 
+def _relay(store, rec, sent: list) -> task.LoopingCall:
+    """
+    Numbered frames to the client every 10 ms, as the gateway relays them:
+    only while the store says flowing.  Each one sent is appended to C{sent}.
+    """
+    def relay():
+        if store.pressureState() == FLOWING:
+            for _ in range(20):
+                data = b"%08d|" % len(sent) + b"x" * 200
+                rec.frame(TO_CLIENT, data)
+                sent.append(data)
+
+    loop = task.LoopingCall(relay)
+    loop.start(0.01)
+    return loop
+
+
 @pytest.fixture
 def proxied(postgres):
     from twisted.internet import reactor
@@ -80,17 +97,7 @@ async def test_a_5s_outage_pauses_relaying_and_loses_no_recorded_byte(tmp_path, 
     store.addPressureObserver(lambda state, reason: states.append((state, reason)))
     rec = store.openSession("long", {"identity": "alice", "protocol": "ssh"})
     sent: list = []
-
-    def relay():
-        # What the gateway does: bytes move only while the store says flowing.
-        if store.pressureState() == FLOWING:
-            for _ in range(20):
-                data = b"%08d|" % len(sent) + b"x" * 200
-                rec.frame(TO_CLIENT, data)
-                sent.append(data)
-
-    loop = task.LoopingCall(relay)
-    loop.start(0.01)
+    loop = _relay(store, rec, sent)
     await _until(reactor, lambda: len(sent) > 2000, what="first bytes")
 
     proxy.sever()
@@ -131,16 +138,7 @@ async def test_a_writer_killed_mid_session_resumes_from_the_database_without_los
     await store.start()
     rec = store.openSession("k", {"identity": "alice", "protocol": "ssh"})
     sent: list = []
-
-    def relay():
-        if store.pressureState() == FLOWING:
-            for _ in range(20):
-                data = b"%08d|" % len(sent) + b"y" * 100
-                rec.frame(TO_CLIENT, data)
-                sent.append(data)
-
-    loop = task.LoopingCall(relay)
-    loop.start(0.01)
+    loop = _relay(store, rec, sent)
     await _until(reactor, lambda: len(sent) > 2000, what="first bytes")
     first = store.writerPid
     os.kill(first, signal.SIGKILL)

@@ -8,7 +8,7 @@ from zope.interface.verify import verifyObject
 
 from sealgate.interfaces import IRecordingReader
 from sealgate.recording import _pgdb
-from sealgate.recording._engine import StoreError
+from sealgate.recording._engine import SessionState, StoreError
 from sealgate.recording._pgengine import PgEngine
 from sealgate.recording.checkpoint import openCheckpoint
 from sealgate.recording.pgreader import FleetReader, NodeReader
@@ -29,6 +29,19 @@ async def _record(store, sessionId, payloads, identity="alice"):
         rec.frame(direction, data)
     rec.event("command", {"command": "SELECT 1", "verdict": "allow"})
     await rec.close("client closed", {})
+
+
+def _engineWith(tmp_path, url, node, *payloads, keepOpen=False) -> PgEngine:
+    """A node's engine holding one closed session "s1" of C{payloads} (direction, bytes), in one batch."""
+    e = PgEngine(tmp_path, None, url, node, checkpointInterval=0.0)
+    e.open()
+    s = SessionState("s1")
+    e.apply([("open", s, {"identity": "alice"}, None, None, False),
+             *[(s, 1.0 + i / 10, 0, d, data) for i, (d, data) in enumerate(payloads)],
+             ("close", s, "done", {}, None, False)], forceCheckpoint=True)
+    if not keepOpen:
+        e.close()
+    return e
 
 
 def _verified(reader) -> Report:
@@ -79,15 +92,7 @@ async def test_two_nodes_write_their_own_logs_and_a_fleet_reader_shows_both(tmp_
 
 
 def test_an_altered_payload_row_fails_verify_naming_the_frame(tmp_path, url):
-    e = PgEngine(tmp_path, None, url, "gw-a", checkpointInterval=0.0)
-    e.open()
-    from sealgate.recording._engine import SessionState
-
-    s = SessionState("s1")
-    e.apply([("open", s, {"identity": "alice"}, None, None, False),
-             (s, 1.0, 0, 0, b"secret payload"), (s, 1.1, 0, 1, b"answer"),
-             ("close", s, "done", {}, None, False)], forceCheckpoint=True)
-    e.close()
+    _engineWith(tmp_path, url, "gw-a", (0, b"secret payload"), (1, b"answer"))
     with NodeReader(url, "gw-a") as r:
         assert _verified(r).ok
     conn = _pgdb.connectURL(url)
@@ -100,14 +105,7 @@ def test_an_altered_payload_row_fails_verify_naming_the_frame(tmp_path, url):
 
 
 def test_redaction_erases_the_payload_row_and_every_proof_stays_valid(tmp_path, url):
-    from sealgate.recording._engine import SessionState
-
-    e = PgEngine(tmp_path, None, url, "gw-r", checkpointInterval=0.0)
-    e.open()
-    s = SessionState("s1")
-    e.apply([("open", s, {"identity": "alice"}, None, None, False),
-             (s, 1.0, 0, 0, b"password=hunter2"), (s, 1.1, 0, 1, b"ok"),
-             ("close", s, "done", {}, None, False)], forceCheckpoint=True)
+    e = _engineWith(tmp_path, url, "gw-r", (0, b"password=hunter2"), (1, b"ok"), keepOpen=True)
     e.redact("s1", 0, "leaked secret", "auditor")
     e.close()
     with NodeReader(url, "gw-r") as r:
@@ -183,16 +181,9 @@ def test_a_commit_of_unknown_outcome_ends_the_writer_instead_of_writing_twice(tm
 def test_a_session_bundle_from_the_fleet_database_verifies_offline(tmp_path, url):
     import io
 
-    from sealgate.recording._engine import SessionState
     from sealgate.recording.bundle import verifyBundle
 
-    e = PgEngine(tmp_path, None, url, "gw-b", checkpointInterval=0.0)
-    e.open()
-    s = SessionState("s1")
-    e.apply([("open", s, {"identity": "alice"}, None, None, False),
-             (s, 1.0, 0, 0, b"SELECT 1;"), (s, 1.1, 0, 1, os.urandom(50_000)),
-             ("close", s, "done", {}, None, False)], forceCheckpoint=True)
-    e.close()
+    _engineWith(tmp_path, url, "gw-b", (0, b"SELECT 1;"), (1, os.urandom(50_000)))
     out = io.BytesIO()
     with FleetReader(url, "gw-b") as fleet:
         fleet.recorded("s1").bundle(out)

@@ -1,5 +1,6 @@
 """The fleet database unreachable for 5 s under a recording session: relaying pauses, nothing is lost, it verifies."""
 
+import re
 import time
 
 import pytest
@@ -169,3 +170,61 @@ async def test_a_database_down_at_start_refuses_the_store_naming_it_without_the_
         await store.start()
     assert "cannot connect to the fleet database postgresql://postgres:***@127.0.0.1" in str(caught.value)
     assert secret not in str(caught.value)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_postgres_session_through_the_gateway_outlives_a_5s_outage_with_every_row_recorded(
+        tmp_path, proxied, postgres, monkeypatch):
+    import psycopg
+    from twisted.internet import reactor, threads
+
+    from sealgate.testing import startGateway
+    from tests.harness.pggateway import gatewayConfig
+    from tests.harness.twistd import runCLI
+
+    direct, through, proxy = proxied
+    monkeypatch.setenv("SEALGATE_TEST_FLEET_URL", through)
+    text = (f'[gateway]\nstore_env = "SEALGATE_TEST_FLEET_URL"\nnode = "gw-psql"\nstate_dir = "{tmp_path / "state"}"\n'
+            'admin = "tcp:0:interface=127.0.0.1"\ncheckpoint_interval = "200ms"\n\n' + gatewayConfig(postgres, ""))
+    (tmp_path / "sealgate.toml").write_text(text)
+    key = runCLI("--config", str(tmp_path / "sealgate.toml"), "keys", "create", "--name", "ci-bot", "--group",
+                 "eng").stdout.strip().splitlines()[-1]
+    g = await startGateway(text, tmp_path)
+    received: list = []
+    done = [False]
+
+    def client():
+        dsn = (f"host=127.0.0.1 port={g.port('app')} user=ci-bot dbname=app password={key} "
+               "sslmode=disable connect_timeout=20")
+        with psycopg.connect(dsn, autocommit=True) as c:
+            while not done[0]:
+                n = len(received)
+                row = c.execute("SELECT %s::int, repeat('r', 500)", (n,)).fetchone()
+                received.append(row[0])
+
+    running = threads.deferToThread(client)
+    try:
+        await _until(reactor, lambda: len(received) > 200, what="rows before the outage")
+        proxy.sever()
+        await _until(reactor, lambda: g.service.store.pressureState() == PAUSED, what="pause")
+        stalled = len(received)
+        await task.deferLater(reactor, OUTAGE, lambda: None)
+        assert len(received) - stalled <= 1  # at most the reply already in flight
+        proxy.cut = False
+        await _until(reactor, lambda: g.service.store.pressureState() == FLOWING, what="resume")
+        resumed = len(received)
+        await _until(reactor, lambda: len(received) > resumed + 200, what="rows after the outage")
+    finally:
+        done[0] = True
+        await running  # the client's session ends normally: it never saw an error
+    await g.stop()
+    with NodeReader(direct, "gw-psql") as r:
+        (record,) = r.findSessions()
+        assert record.state == "closed"
+        replies = b"".join(f.data for f in r.frames(record.id) if f.direction == TO_CLIENT)
+        # Every DataRow the client received, in order, once: (2 columns, the number, 500 bytes of r).
+        rows = [int(n) for n in re.findall(rb"D....\x00\x02\x00\x00\x00[\x01-\x09](\d+)\x00\x00\x01\xf4r{500}",
+                                           replies, re.S)]
+        assert rows == received
+        report = Report()
+        assert verifyStore(r, trustedKey(report, r), report=report).ok, report.problems

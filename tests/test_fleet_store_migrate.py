@@ -21,18 +21,18 @@ def url(postgres, monkeypatch):
     return u
 
 
-async def _embedded(state, origin="sealgate/mig"):
+async def _embedded(state, origin="sealgate/mig", prefix=""):
     from twisted.internet import reactor
 
     store = SQLiteStore(state, origin, reactor, checkpointInterval=0.1)
     await store.start()
     big = os.urandom(2_500_000)  # several runs and chunks
-    for sid, payload in (("m1", b"SELECT 1;"), ("m2", big)):
+    for sid, payload in ((prefix + "m1", b"SELECT 1;"), (prefix + "m2", big)):
         rec = store.openSession(sid, {"identity": "alice", "protocol": "postgres"})
         rec.frame(FROM_CLIENT, b"password=hunter2")
         rec.frame(TO_CLIENT, payload)
         await rec.close("client closed", {})
-    await store.redact("m1", 0, "leaked", "auditor")
+    await store.redact(prefix + "m1", 0, "leaked", "auditor")
     await store.stop()
     return big
 
@@ -87,3 +87,15 @@ async def test_verify_checks_every_node_and_names_the_one_that_was_altered(tmp_p
     assert "OK: fleet database, node node-a" in out
     assert "verification FAILED" in out and "node node-b" in out
     assert cli("verify", "--store-env", "FLEET_URL", "--node", "node-a", "--checkpoint-dir", "none")[0] == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_verify_of_one_session_checks_the_log_of_the_node_that_recorded_it(tmp_path, url):
+    await _embedded(tmp_path / "a", "sealgate/node-a")
+    await _embedded(tmp_path / "b", "sealgate/node-b", prefix="b-")
+    for node in ("a", "b"):
+        assert cli("store", "migrate", "--state-dir", str(tmp_path / node), "--to-env", "FLEET_URL")[0] == 0
+    code, out = cli("verify", "--store-env", "FLEET_URL", "--session", "b-m1", "--checkpoint-dir", "none")
+    assert code == 0, out
+    assert "OK: fleet database, node node-b: 1 session(s)" in out and "node-a" not in out
+    assert cli("verify", "--store-env", "FLEET_URL", "--session", "nope", "--checkpoint-dir", "none")[0] == 2

@@ -191,13 +191,19 @@ def verifyFleet(args, url: str, witnessed: list, witnesses, quorum) -> int:
     if args.key and len(nodes) > 1:
         raise CommandError("--key is one node's key: pass --node with it")
     code = 0
+    checked = 0
     for node in nodes:
         try:
             r = NodeReader(url, node)
         except StoreError as e:
             raise CommandError(str(e))
         with r:
+            if args.session and not args.node and r.sessionRecord(args.session) is None:
+                continue  # --session: the log of the node that recorded it
+            checked += 1
             code = max(code, verifyReader(args, r, Report(), witnessed, witnesses, quorum))
+    if not checked:
+        raise CommandError(f"no node's log in the fleet database holds session {args.session}")
     return code
 
 

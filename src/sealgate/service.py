@@ -105,10 +105,10 @@ class GatewayService(MultiService):
                                "  fix: point it at a writable directory")
         self.store = SQLiteStore(cfg.gateway.state_dir, f"sealgate/{cfg.gateway.node}",
                                  reactor=self.reactor,
+                                 databaseUrl=cfg.gateway.fleet.url if cfg.gateway.fleet else None,
                                  checkpointInterval=cfg.gateway.checkpoint_interval,
                                  maxUnsealed=cfg.gateway.max_unsealed,
-                                 storeTimeout=cfg.gateway.store_timeout,
-                                 databaseUrl=cfg.gateway.fleet.url if cfg.gateway.fleet else None)
+                                 storeTimeout=cfg.gateway.store_timeout)
         self.identity = IdentityService(cfg.identity, cfg.gateway.state_dir, reactor=self.reactor)
         self.approvals = Approvals(self.reactor, self.store)
         try:

@@ -187,8 +187,10 @@ async def test_a_postgres_session_through_the_gateway_outlives_a_5s_outage_with_
     text = (f'[gateway]\nstore_env = "SEALGATE_TEST_FLEET_URL"\nnode = "gw-psql"\nstate_dir = "{tmp_path / "state"}"\n'
             'admin = "tcp:0:interface=127.0.0.1"\ncheckpoint_interval = "200ms"\n\n' + gatewayConfig(postgres, ""))
     (tmp_path / "sealgate.toml").write_text(text)
-    key = runCLI("--config", str(tmp_path / "sealgate.toml"), "keys", "create", "--name", "ci-bot", "--group",
-                 "eng").stdout.strip().splitlines()[-1]
+    # In a thread: with fleet-wide keys the CLI goes through the proxy, which this reactor runs.
+    created = await threads.deferToThread(runCLI, "--config", str(tmp_path / "sealgate.toml"), "keys", "create",
+                                          "--name", "ci-bot", "--group", "eng")
+    key = created.stdout.strip().splitlines()[-1]
     g = await startGateway(text, tmp_path)
     received: list = []
     done = [False]

@@ -1,5 +1,6 @@
 """`sealgate store migrate` and `sealgate verify` over a fleet database: proofs intact, every node checked."""
 
+import json
 import os
 
 import pytest
@@ -79,6 +80,10 @@ async def test_verify_checks_every_node_and_names_the_one_that_was_altered(tmp_p
     code, out = cli("verify", "--store-env", "FLEET_URL", "--checkpoint-dir", "none")
     assert code == 0, out
     assert "OK: fleet database, node node-a" in out and "OK: fleet database, node node-b" in out
+    code, out = cli("verify", "--store-env", "FLEET_URL", "--checkpoint-dir", "none", "--json")
+    assert code == 0
+    assert [(n["subject"], n["ok"], n["sessions"]) for n in json.loads(out)] == [
+        ("fleet database, node node-a", True, 2), ("fleet database, node node-b", True, 2)]
     conn = _pgdb.connectURL(url)
     conn.execute('UPDATE "sealgate_rec_node-b".log SET leaf = leaf || \'\\x20\'::bytea WHERE n = 1')
     conn.close()

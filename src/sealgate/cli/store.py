@@ -134,15 +134,26 @@ def _printReport(report, subject: str) -> int:
     return 1
 
 
-def _emitReport(args, report, subject: str, **extra) -> int:
-    """The report as text (L{_printReport}) or, with --json, one JSON object; exit 0 when it verified."""
+def _reportJSON(report, subject: str, **extra) -> dict:
+    return {"ok": report.ok, "subject": subject, "problems": report.problems, "warnings": report.warnings,
+            "sessions": report.sessions, "frames": report.frames, "bytes": report.bytes,
+            "redacted": report.redacted, "log_size": report.logSize, "checkpoint": report.checkpoint,
+            "key": getattr(report, "key", None), **extra}
+
+
+def _emitReport(args, report, subject: str, collect: list | None = None, **extra) -> int:
+    """
+    The report as text (L{_printReport}) or, with --json, one JSON object
+    (kept in C{collect} when given: a fleet's nodes print as one array);
+    exit 0 when it verified.
+    """
     if not getattr(args, "json", False):
         return _printReport(report, subject)
-    json.dump({"ok": report.ok, "subject": subject, "problems": report.problems, "warnings": report.warnings,
-               "sessions": report.sessions, "frames": report.frames, "bytes": report.bytes,
-               "redacted": report.redacted, "log_size": report.logSize, "checkpoint": report.checkpoint,
-               "key": getattr(report, "key", None), **extra}, sys.stdout, indent=1, default=str)
-    print()
+    if collect is not None:
+        collect.append(_reportJSON(report, subject, **extra))
+    else:
+        json.dump(_reportJSON(report, subject, **extra), sys.stdout, indent=1, default=str)
+        print()
     return 0 if report.ok else 1
 
 
@@ -192,6 +203,7 @@ def verifyFleet(args, url: str, witnessed: list, witnesses, quorum) -> int:
         raise CommandError("--key is one node's key: pass --node with it")
     code = 0
     checked = 0
+    collect: list | None = [] if getattr(args, "json", False) else None
     for node in nodes:
         try:
             r = NodeReader(url, node)
@@ -201,13 +213,16 @@ def verifyFleet(args, url: str, witnessed: list, witnesses, quorum) -> int:
             if args.session and not args.node and r.sessionRecord(args.session) is None:
                 continue  # --session: the log of the node that recorded it
             checked += 1
-            code = max(code, verifyReader(args, r, Report(), witnessed, witnesses, quorum))
+            code = max(code, verifyReader(args, r, Report(), witnessed, witnesses, quorum, collect))
     if not checked:
         raise CommandError(f"no node's log in the fleet database holds session {args.session}")
+    if collect is not None:
+        json.dump(collect, sys.stdout, indent=1, default=str)  # one object per node, in one array
+        print()
     return code
 
 
-def verifyReader(args, r, report, witnessed: list, witnesses, quorum) -> int:
+def verifyReader(args, r, report, witnessed: list, witnesses, quorum, collect: list | None = None) -> int:
     """Verify one log (an embedded store, or one node of a fleet), print the verdict, keep its checkpoint."""
     from sealgate.cli import verifier
     from sealgate.cli.main import CommandError
@@ -225,7 +240,7 @@ def verifyReader(args, r, report, witnessed: list, witnesses, quorum) -> int:
     if witnesses:
         witnessed += quorumCheckpoints(report, r, witnessed, witnesses, quorum)
     verifyStore(r, key, args.session, witnessed, report)
-    code = _emitReport(args, report, str(r.stateDir))
+    code = _emitReport(args, report, str(r.stateDir), collect)
     if report.ok:
         verifier.saveCheckpoint(args, r, key)
     return code

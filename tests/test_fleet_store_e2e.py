@@ -3,6 +3,7 @@
 import json
 import os
 import subprocess
+import urllib.error
 import urllib.request
 
 import pytest
@@ -59,6 +60,22 @@ def test_sessions_of_both_nodes_are_listed_on_either_and_every_log_verifies(flee
     sessions = listed["sessions"] if isinstance(listed, dict) else listed
     assert sorted(s["node"] for s in sessions) == ["gw-1", "gw-2"]
     assert all(s["state"] == "closed" for s in sessions)
+
+    # Each node's log, through any node's API: the checkpoint of gw-2's own log, signed with gw-2's key.
+    def log(path):
+        req = urllib.request.Request(f"http://127.0.0.1:{gw1.adminPort}/api/log/{path}",
+                                     headers={"authorization": f"Bearer {keys['gw-1-audit']}"})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as e:
+            return e.code, None
+
+    status, other = log("checkpoint?node=gw-2")
+    assert status == 200 and other["origin"] == "sealgate/gw-2" and other["note"].startswith("sealgate/gw-2\n")
+    assert log("checkpoint")[1]["origin"] == "sealgate/gw-1"
+    assert log(f"inclusion?node=gw-2&index=0&size={other['size']}")[0] == 200
+    assert log("checkpoint?node=gw-9")[0] == 404
 
     # The CLI reads the fleet too: the transcript of gw-2's session, read through gw-1's config.
     other = next(s["id"] for s in sessions if s["node"] == "gw-2")

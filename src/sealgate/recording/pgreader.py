@@ -86,11 +86,18 @@ class NodeReader(StoreReader):
         return []
 
 
-def openReader(gateway):
+def openReader(gateway, node: str | None = None):
     """
     The read interface a gateway's C{[gateway]} section selects: the fleet
     database's (every node's sessions) or the embedded store in state_dir.
+    C{node}: another node's log alone (fleet mode).
+
+    @raise StoreError: no such node.
     """
+    if node is not None and node != gateway.node:
+        if gateway.fleet is None:
+            raise StoreError(f"this gateway is node {gateway.node!r} with an embedded store: it has no node {node!r}")
+        return NodeReader(gateway.fleet.url, node)
     if gateway.fleet is not None:
         return FleetReader(gateway.fleet.url, gateway.node, gateway.state_dir)
     return StoreReader(gateway.state_dir)

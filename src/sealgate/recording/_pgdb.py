@@ -14,6 +14,7 @@ needs.  Blocking: the writer process and the CLI call it, or a thread.
 
 import marshal
 import re
+import weakref
 from typing import Any
 
 from sealgate.recording._errors import StoreError
@@ -129,8 +130,8 @@ def connectURL(url: str, readOnly: bool = False):
     return conn
 
 
-#: Which schema each open connection's search_path names, by id(connection).
-_current: dict = {}
+#: Which schema each open connection's search_path names (weak: it goes with its connection).
+_current: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 class PgConnection:
@@ -148,9 +149,9 @@ class PgConnection:
 
     def _use(self) -> None:
         """Point the connection at this node's schema (a fleet reader shares one connection)."""
-        if _current.get(id(self.conn)) != self.schema:
+        if _current.get(self.conn) != self.schema:
             self.conn.execute(f"SET search_path TO {_quote(self.schema)}")
-            _current[id(self.conn)] = self.schema
+            _current[self.conn] = self.schema
 
     @property
     def in_transaction(self) -> bool:
@@ -204,7 +205,7 @@ class PgConnection:
         self.conn.execute(script)
 
     def close(self) -> None:
-        _current.pop(id(self.conn), None)
+        _current.pop(self.conn, None)
         try:
             self.conn.close()
         except Exception:

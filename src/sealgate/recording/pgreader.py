@@ -27,12 +27,13 @@ class NodeReader(StoreReader):
 
     embedded = False
 
-    def __init__(self, url: str, node: str, conn=None):
+    def __init__(self, url: str, node: str, conn=None, known: dict | None = None):
         self.node = node
         self.stateDir = Path(f"fleet database, node {node}")
         self._own = conn is None
         conn = _pgdb.connectURL(url, readOnly=True) if conn is None else conn
-        known = {row[0]: row for row in _pgdb.listNodes(conn)}
+        if known is None:  # the registry's rows by node (a fleet reader passes them: one query, not one per node)
+            known = {row[0]: row for row in _pgdb.listNodes(conn)}
         if node not in known:
             if self._own:
                 conn.close()
@@ -122,7 +123,8 @@ class FleetReader:
     def __init__(self, url: str, node: str, stateDir=None):
         self.node = node
         self._conn = _pgdb.connectURL(url, readOnly=True)
-        self.readers = {name: NodeReader(url, name, self._conn) for name, *_ in _pgdb.listNodes(self._conn)}
+        known = {row[0]: row for row in _pgdb.listNodes(self._conn)}
+        self.readers = {name: NodeReader(url, name, self._conn, known) for name in known}
         if node not in self.readers:
             self._conn.close()
             raise StoreError(f"the fleet database holds no recording store of node {node!r} yet")

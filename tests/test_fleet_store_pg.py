@@ -194,3 +194,41 @@ def test_a_session_bundle_from_the_fleet_database_verifies_offline(tmp_path, url
     tampered = bytearray(out.getvalue())
     tampered[-100] ^= 1
     assert not verifyBundle(bytes(tampered), key, (), 0)[0].ok
+
+
+def test_a_reconnect_ends_our_own_connection_that_outlived_an_outage_at_the_server(tmp_path, url):
+    e = _engineWith(tmp_path, url, "gw-st", (0, b"before"), keepOpen=True)
+    stale = e.db.conn
+    # A partition the server never saw: to it, our old connection is alive, holding the node's lock
+    # and an unfinished transaction over the session row the next batch updates.
+    stale.execute("BEGIN")
+    stale.execute('UPDATE "sealgate_rec_gw-st".sessions SET size = size')
+    e.db = _pgdb.PgConnection(_pgdb.connectURL(url), e.schema)  # what the writer sees: a fresh socket...
+    e.db.conn.close()  # ... that broke
+    s = SessionState("s2")
+    e.apply([("open", s, {"identity": "bob"}, None, None, False), (s, 2.0, 0, 0, b"after")],
+            forceCheckpoint=True)
+    assert stale.closed or stale.broken or _gone(stale)
+    e.close()
+    with NodeReader(url, "gw-st") as r:
+        assert [f.data for f in r.frames("s2")] == [b"after"]
+        assert _verified(r).ok
+
+
+def _gone(conn) -> bool:
+    try:
+        conn.execute("SELECT 1")
+    except Exception:
+        return True
+    return False
+
+
+def test_a_second_writer_is_still_refused_after_the_first_reconnected(tmp_path, url):
+    first = _engineWith(tmp_path / "a", url, "gw-y", (0, b"x"), keepOpen=True)
+    first.db.conn.close()
+    first.apply([], forceCheckpoint=True)  # reconnects, takes the lock again
+    try:
+        with pytest.raises(StoreError, match="another gateway"):
+            PgEngine(tmp_path / "b", None, url, "gw-y").open()
+    finally:
+        first.close()

@@ -255,3 +255,14 @@ def lockNode(conn, node: str) -> None:
     if not got:
         raise StoreError(f"node {node!r}'s log in the fleet database is being written by another gateway "
                          "(its advisory lock is held); give each gateway its own [gateway] node")
+
+
+def endStale(conn, pid: int) -> None:
+    """
+    Terminate server process C{pid} if it is still a store writer's
+    connection holding an advisory lock (a writer's own connection from
+    before an outage), waiting up to 3 s for it to go.
+    """
+    conn.execute("SELECT pg_terminate_backend(a.pid, 3000) FROM pg_stat_activity a "
+                 "WHERE a.pid = %s AND a.application_name = 'sealgate-store' AND EXISTS "
+                 "(SELECT 1 FROM pg_locks l WHERE l.pid = a.pid AND l.locktype = 'advisory')", (pid,))

@@ -82,15 +82,22 @@ class PgEngine(Engine):
         self.node = node
         self.schema = _pgdb.schemaFor(node)
         self._lastItems: int | None = None
+        self._backend: int | None = None  # the server process of our connection
 
     def _connect(self) -> Any:
         conn = _pgdb.connectURL(self.url)
         try:
             _pgdb.createNode(conn, self.node)
+            if self._backend is not None:
+                # Our connection before an outage may live on at the server
+                # (a partition it never saw), holding the node's lock and the
+                # rows of a transaction that will never finish: end it.
+                _pgdb.endStale(conn, self._backend)
             _pgdb.lockNode(conn, self.node)
         except BaseException:
             conn.close()
             raise
+        self._backend = conn.info.backend_pid
         return _pgdb.PgConnection(conn, self.schema)
 
     def _open(self, resume: bool) -> list:

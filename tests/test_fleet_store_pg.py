@@ -232,3 +232,14 @@ def test_a_second_writer_is_still_refused_after_the_first_reconnected(tmp_path, 
             PgEngine(tmp_path / "b", None, url, "gw-y").open()
     finally:
         first.close()
+
+
+def test_a_garbled_meta_row_is_a_verify_failure_not_a_crash(tmp_path, url):
+    _engineWith(tmp_path, url, "gw-m", (0, b"x"))
+    conn = _pgdb.connectURL(url)
+    conn.execute("""UPDATE "sealgate_rec_gw-m".meta SET value = '\\xe3000000'::bytea WHERE key = 'log_size'""")
+    conn.close()
+    with NodeReader(url, "gw-m") as r:
+        report = _verified(r)
+    assert not report.ok
+    assert any("log" in p for p in report.problems), report.problems

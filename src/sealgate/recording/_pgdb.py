@@ -12,7 +12,6 @@ what a reader of the whole fleet, or C{sealgate verify} on another host,
 needs.  Blocking: the writer process and the CLI call it, or a thread.
 """
 
-import marshal
 import re
 import weakref
 from typing import Any
@@ -64,9 +63,9 @@ _REWRITES = {
         "INSERT INTO meta VALUES ('origin', %s), ('format', %s)",
     "BEGIN": "BEGIN ISOLATION LEVEL REPEATABLE READ",
 }
-#: Meta values are SQLite's loose types (text, integers, bytes): kept marshal'd.
 #: An INSERT of whole rows, nothing on conflict: done with COPY.
 _PLAIN_INSERT = re.compile(r"^INSERT INTO (\w+)(?: \(([^)]*)\))? VALUES \((?:\?, )*\?\)$")
+#: Meta values are SQLite's loose types (text, integers, bytes): kept tagged (L{_put}, L{_value}).
 _META_PUT = "INSERT OR REPLACE INTO meta VALUES (?, ?)"
 _META_PUT_PG = "INSERT INTO meta VALUES (%s, %s) ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value"
 
@@ -88,7 +87,7 @@ def _translate(sql: str) -> str:
 
 
 class _Rows:
-    """Rows already fetched (meta values unmarshal'd), as a cursor."""
+    """Rows already fetched (meta values decoded), as a cursor."""
 
     def __init__(self, rows: list):
         self._rows = rows
@@ -103,8 +102,39 @@ class _Rows:
         return self._rows[0] if self._rows else None
 
 
+def _put(v) -> bytes:
+    """A meta value as bytes: a tag (i, f, s, b, n) and the value (never unpickled or unmarshal'd)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float, str, bytes, bytearray, memoryview, type(None))):
+        raise TypeError(f"meta value of type {type(v).__name__}")
+    if v is None:
+        return b"n"
+    if isinstance(v, int):
+        return b"i" + str(v).encode()
+    if isinstance(v, float):
+        return b"f" + repr(v).encode()
+    if isinstance(v, str):
+        return b"s" + v.encode()
+    return b"b" + bytes(v)
+
+
 def _value(v):
-    return None if v is None else marshal.loads(v)
+    """A meta value as stored; what does not decode is returned as it is (verify names the mismatch)."""
+    if v is None:
+        return None
+    v = bytes(v)
+    tag, body = v[:1], v[1:]
+    try:
+        if tag == b"i":
+            return int(body)
+        if tag == b"f":
+            return float(body)
+        if tag == b"s":
+            return body.decode()
+    except ValueError:
+        return v
+    if tag == b"b":
+        return body
+    return None if tag == b"n" else v
 
 
 def connectURL(url: str, readOnly: bool = False):
@@ -171,9 +201,9 @@ class PgConnection:
             except Exception:
                 return None  # a connection that broke has nothing left to roll back
         if sql.startswith("INSERT INTO meta VALUES ('origin'"):
-            params = (marshal.dumps(params[0]), marshal.dumps(1))
+            params = (_put(params[0]), _put(1))
         elif sql == _META_PUT:
-            return self.conn.execute(_META_PUT_PG, (params[0], marshal.dumps(params[1])))
+            return self.conn.execute(_META_PUT_PG, (params[0], _put(params[1])))
         self._use()
         cur = self.conn.execute(_translate(sql), tuple(params) if params else None)
         if sql.startswith("SELECT key, value FROM meta"):
@@ -197,7 +227,7 @@ class PgConnection:
                     for row in rows:
                         copy.write_row(row)
             elif sql == _META_PUT:
-                cur.executemany(_META_PUT_PG, [(k, marshal.dumps(v)) for k, v in rows])
+                cur.executemany(_META_PUT_PG, [(k, _put(v)) for k, v in rows])
             else:
                 cur.executemany(_translate(sql), rows)
 

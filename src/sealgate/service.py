@@ -112,6 +112,7 @@ class GatewayService(MultiService):
                                "  fix: point it at a writable directory")
         self.store = SQLiteStore(cfg.gateway.state_dir, f"sealgate/{cfg.gateway.node}",
                                  reactor=self.reactor,
+                                 databaseUrl=cfg.gateway.fleet.url if cfg.gateway.fleet else None,
                                  checkpointInterval=cfg.gateway.checkpoint_interval,
                                  maxUnsealed=cfg.gateway.max_unsealed,
                                  storeTimeout=cfg.gateway.store_timeout)

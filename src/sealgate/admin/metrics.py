@@ -117,9 +117,9 @@ class Metrics:
     def scan(self) -> None:
         """Count the log leaves added since the last scan (thread)."""
         from sealgate.recording import _format as fmt
-        from sealgate.recording.reader import StoreReader
+        from sealgate.recording.pgreader import openReader
 
-        with self._lock, StoreReader(self.admin.service.config.gateway.state_dir) as r:
+        with self._lock, openReader(self.admin.service.config.gateway) as r:
             for n, session, kind, leaf in r.logLeaves(self._next):
                 self._next = n + 1
                 try:

@@ -111,9 +111,9 @@ class SessionsAPI(Authenticated):
             refused)
 
     def _reader(self):
-        from sealgate.recording.reader import StoreReader
+        from sealgate.recording.pgreader import openReader
 
-        return StoreReader(self.admin.service.config.gateway.state_dir)
+        return openReader(self.admin.service.config.gateway)
 
     def _query(self, request, live: dict) -> SessionQuery:
         filters: dict[str, Any] = {k: v for k in FILTERS if (v := strArg(request, k))}

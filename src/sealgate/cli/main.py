@@ -14,6 +14,7 @@ COMMAND_MODULES = (
     "sealgate.cli.keys",
     "sealgate.cli.approvals",
     "sealgate.cli.store",
+    "sealgate.cli.fleetstore",
     "sealgate.cli.sessions",
     "sealgate.cli.sshkeys",
     "sealgate.cli.configcheck",

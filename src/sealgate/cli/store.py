@@ -35,6 +35,9 @@ def register(subparsers) -> None:
                         help="where verify keeps the newest checkpoint it verified, one per log, and holds "
                         "later runs to it (default: $SEALGATE_CHECKPOINT_DIR, else "
                         "~/.local/state/sealgate/checkpoints; 'none' keeps nothing)")
+    verify.add_argument("--node", help="fleet mode: check only this node's log (default: every node's)")
+    verify.add_argument("--store-env", metavar="VAR", help="fleet mode without a config: the environment "
+                        "variable holding the fleet database's URL")
     verify.set_defaults(handler=verifyCommand)
 
     vb = subparsers.add_parser("verify-bundle", help="check an exported bundle offline")
@@ -78,10 +81,18 @@ def _stateDir(args) -> Path:
 
 
 def _reader(args):
+    """The read interface: the embedded store's, or (fleet mode) every node's with this node's log."""
+    from sealgate.cli._storeurl import fleetURL
     from sealgate.cli.main import CommandError
     from sealgate.recording.reader import StoreReader
 
     try:
+        url = fleetURL(args)
+        if url is not None:
+            from sealgate.cli.main import loadConfigFor
+            from sealgate.recording.pgreader import FleetReader
+
+            return FleetReader(url, getattr(args, "node", None) or loadConfigFor(args).gateway.node)
         return StoreReader(_stateDir(args))
     except StoreError as e:
         raise CommandError(str(e))
@@ -123,24 +134,33 @@ def _printReport(report, subject: str) -> int:
     return 1
 
 
-def _emitReport(args, report, subject: str, **extra) -> int:
-    """The report as text (L{_printReport}) or, with --json, one JSON object; exit 0 when it verified."""
+def _reportJSON(report, subject: str, **extra) -> dict:
+    return {"ok": report.ok, "subject": subject, "problems": report.problems, "warnings": report.warnings,
+            "sessions": report.sessions, "frames": report.frames, "bytes": report.bytes,
+            "redacted": report.redacted, "log_size": report.logSize, "checkpoint": report.checkpoint,
+            "key": getattr(report, "key", None), **extra}
+
+
+def _emitReport(args, report, subject: str, collect: list | None = None, **extra) -> int:
+    """
+    The report as text (L{_printReport}) or, with --json, one JSON object
+    (kept in C{collect} when given: a fleet's nodes print as one array);
+    exit 0 when it verified.
+    """
     if not getattr(args, "json", False):
         return _printReport(report, subject)
-    json.dump({"ok": report.ok, "subject": subject, "problems": report.problems, "warnings": report.warnings,
-               "sessions": report.sessions, "frames": report.frames, "bytes": report.bytes,
-               "redacted": report.redacted, "log_size": report.logSize, "checkpoint": report.checkpoint,
-               "key": getattr(report, "key", None), **extra}, sys.stdout, indent=1, default=str)
-    print()
+    if collect is not None:
+        collect.append(_reportJSON(report, subject, **extra))
+    else:
+        json.dump(_reportJSON(report, subject, **extra), sys.stdout, indent=1, default=str)
+        print()
     return 0 if report.ok else 1
 
 
 def verifyCommand(args) -> int:
-    from sealgate.cli import verifier
     from sealgate.cli.main import CommandError
-    from sealgate.recording.checkpoint import NoteError
     from sealgate.recording.reader import StoreReader, StoreUnreadable
-    from sealgate.recording.verify import Report, trustedKey, verifyStore
+    from sealgate.recording.verify import Report
 
     witnessed = []
     for p in args.checkpoint:
@@ -149,6 +169,11 @@ def verifyCommand(args) -> int:
         except OSError as e:
             raise CommandError(f"cannot read checkpoint {e.filename}: {e.strerror}")
     witnesses, quorum = witnessPolicy(args)
+    from sealgate.cli._storeurl import fleetURL
+
+    url = fleetURL(args)
+    if url is not None:
+        return verifyFleet(args, url, witnessed, witnesses, quorum)
     report = Report()
     try:
         r = StoreReader(_stateDir(args))
@@ -159,20 +184,65 @@ def verifyCommand(args) -> int:
     except StoreError as e:
         raise CommandError(str(e))
     with r:
+        return verifyReader(args, r, report, witnessed, witnesses, quorum)
+
+
+def verifyFleet(args, url: str, witnessed: list, witnesses, quorum) -> int:
+    """Every node's log in the fleet database (or only --node's); exit 0 when all verified."""
+    from sealgate.cli.main import CommandError
+    from sealgate.recording.pgreader import NodeReader, nodeNames
+    from sealgate.recording.verify import Report
+
+    try:
+        nodes = [args.node] if args.node else nodeNames(url)
+    except StoreError as e:
+        raise CommandError(str(e))
+    if not nodes:
+        raise CommandError("the fleet database holds no node's recording store yet")
+    if args.key and len(nodes) > 1:
+        raise CommandError("--key is one node's key: pass --node with it")
+    code = 0
+    checked = 0
+    collect: list | None = [] if getattr(args, "json", False) else None
+    for node in nodes:
         try:
-            key = trustedKey(report, r, args.key)
-        except NoteError as e:
-            raise CommandError(f"--key: {e} (pass a fingerprint SHA256:... or a verifier key NAME+HASH+KEY)")
-        saved = verifier.savedCheckpoint(args, key)
-        if saved is not None:
-            witnessed.append(saved)
-        if witnesses:
-            witnessed += quorumCheckpoints(report, r, witnessed, witnesses, quorum)
-        verifyStore(r, key, args.session, witnessed, report)
-        subject = str(r.stateDir)
-        code = _emitReport(args, report, subject)
-        if report.ok:
-            verifier.saveCheckpoint(args, r, key)
+            r = NodeReader(url, node)
+        except StoreError as e:
+            raise CommandError(str(e))
+        with r:
+            if args.session and not args.node and r.sessionRecord(args.session) is None:
+                continue  # --session: the log of the node that recorded it
+            checked += 1
+            code = max(code, verifyReader(args, r, Report(), witnessed, witnesses, quorum, collect))
+    if not checked:
+        raise CommandError(f"no node's log in the fleet database holds session {args.session}")
+    if collect is not None:
+        json.dump(collect, sys.stdout, indent=1, default=str)  # one object per node, in one array
+        print()
+    return code
+
+
+def verifyReader(args, r, report, witnessed: list, witnesses, quorum, collect: list | None = None) -> int:
+    """Verify one log (an embedded store, or one node of a fleet), print the verdict, keep its checkpoint."""
+    from sealgate.cli import verifier
+    from sealgate.cli.main import CommandError
+    from sealgate.recording.checkpoint import NoteError
+    from sealgate.recording.verify import trustedKey, verifyStore
+
+    witnessed = list(witnessed)
+    try:
+        key = trustedKey(report, r, args.key)
+    except NoteError as e:
+        raise CommandError(f"--key: {e} (pass a fingerprint SHA256:... or a verifier key NAME+HASH+KEY)")
+    saved = verifier.savedCheckpoint(args, key)
+    if saved is not None:
+        witnessed.append(saved)
+    if witnesses:
+        witnessed += quorumCheckpoints(report, r, witnessed, witnesses, quorum)
+    verifyStore(r, key, args.session, witnessed, report)
+    code = _emitReport(args, report, str(r.stateDir), collect)
+    if report.ok:
+        verifier.saveCheckpoint(args, r, key)
     return code
 
 
@@ -200,10 +270,18 @@ def verifyBundleCommand(args) -> int:
 def redactCommand(args) -> int:
     import getpass
 
+    from sealgate.cli._storeurl import fleetURL
     from sealgate.cli.main import CommandError
     from sealgate.recording._engine import Engine
 
-    engine = Engine(_stateDir(args), None)
+    url = fleetURL(args)
+    if url is None:
+        engine = Engine(_stateDir(args), None)
+    else:
+        from sealgate.cli.main import loadConfigFor
+        from sealgate.recording._pgengine import PgEngine
+
+        engine = PgEngine(_stateDir(args), None, url, loadConfigFor(args).gateway.node)
     try:
         engine.open()
         n = engine.redact(args.id, args.frame, args.reason, args.by or getpass.getuser())

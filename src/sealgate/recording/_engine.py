@@ -170,11 +170,16 @@ class Engine(Redaction):
         os.pwrite(fd, f"{self.lockOwner}\n".encode(), 0)
         self._lockFd = fd
 
+    def _connect(self) -> Any:
+        """The store's database, its tables created (the PostgreSQL backend's seam)."""
+        db = sqlite3.connect(dbPath(self.stateDir), isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.executescript(SCHEMA)
+        return db
+
     def _open(self, resume: bool) -> list:
-        self.db = sqlite3.connect(dbPath(self.stateDir), isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
-        self.db.executescript(SCHEMA)
+        self.db = self._connect()
         meta = dict(self.db.execute("SELECT key, value FROM meta"))
         stored = meta.get("origin")
         if self.origin is None:

@@ -62,7 +62,12 @@ class Redaction:
                     self.db.execute("ROLLBACK")
                 self.log, self.logLast = logSnap
                 raise
-        segment, offset, length, first = row
+        self._eraseFrame(sessionId, seq, *row)
+        self.apply([], forceCheckpoint=True, now=now)
+        return n
+
+    def _eraseFrame(self, sessionId: str, seq: int, segment: int, offset: int, length: int, first: int) -> None:
+        """Zero frame C{seq}'s salt and payload in the chunk at C{offset} (the PostgreSQL backend's seam)."""
         with open(segmentPath(self.stateDir, segment), "r+b") as f:
             f.seek(offset)
             buf = f.read(length)
@@ -75,5 +80,3 @@ class Redaction:
                     break
             else:
                 raise StoreError(f"frame {seq} of session {sessionId} is missing from its segment")
-        self.apply([], forceCheckpoint=True, now=now)
-        return n

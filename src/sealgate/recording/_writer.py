@@ -34,6 +34,8 @@ FLUSH_INTERVAL = 0.05
 BUSY_BYTES = 4 << 20
 #: Payload bytes arriving that wake the loop before the interval is up.
 WAKE_BYTES = 1 << 20
+#: The environment variable carrying a fleet database's URL to the writer.
+STORE_URL_ENV = "SEALGATE_STORE_URL"
 
 
 def _noRoom(stateDir) -> bool:
@@ -263,7 +265,7 @@ class Writer:
         ):
             reason = _pipe.DISK_FULL
         else:
-            reason = _pipe.CANNOT_WRITE
+            reason = getattr(self.engine, "cannotWrite", _pipe.CANNOT_WRITE)
         if self.problem != reason:
             self.send(("log", "error", f"{reason} ({self.engine.stateDir}): {e}"))
         self._setProblem(reason)
@@ -300,6 +302,16 @@ def _durable(engine: Engine, resume: bool) -> tuple[int, int]:
     return int(meta.get("writer_items", 0)), int(meta.get("writer_cost", 0))
 
 
+def _engine(stateDir: str, origin: str, interval: float, parent: int) -> Engine:
+    """The embedded engine, or the fleet database's when the gateway passed its URL (never in argv)."""
+    url = os.environ.pop(STORE_URL_ENV, None)
+    if url is None:
+        return Engine(stateDir, origin, interval, lockOwner=parent)
+    from sealgate.recording._pgengine import PgEngine
+
+    return PgEngine(stateDir, origin, url, origin.split("/", 1)[-1], interval, lockOwner=parent)
+
+
 def main(argv: list[str]) -> int:
     stateDir, origin, interval, parent = argv[0], argv[1], float(argv[2]), int(argv[3])
     resume = argv[4:] == ["resume"]
@@ -317,7 +329,7 @@ def main(argv: list[str]) -> int:
         with lock:
             _pipe.writeMessage(sink, message)
 
-    engine = Engine(stateDir, origin, interval, lockOwner=parent)
+    engine = _engine(stateDir, origin, interval, parent)
     try:
         cut = engine.open(resume=resume)
         durable = _durable(engine, resume)

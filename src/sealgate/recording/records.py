@@ -95,6 +95,8 @@ class SessionRecord:
     openLeaf: int
     sealLeaf: int | None
     info: dict = attrs.field(factory=dict, eq=False)
+    #: The fleet node whose log holds it (None: the embedded store's own).
+    node: str | None = None
 
     @classmethod
     def fromLeaves(cls, openBody: dict, lastSeal: dict | None) -> "SessionRecord":
@@ -125,6 +127,7 @@ class SessionRecord:
             "client": self.client, "frames": self.frames, "bytes_from_client": self.bytesFromClient,
             "bytes_to_client": self.bytesToClient, "reason": self.reason, "root": self.root,
             "open_leaf": self.openLeaf, "seal_leaf": self.sealLeaf, "info": self.info,
+            **({} if self.node is None else {"node": self.node}),
         }
 
 

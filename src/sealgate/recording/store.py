@@ -70,7 +70,7 @@ class SQLiteStore:
     _log = Logger()
 
     def __init__(self, stateDir: Path, origin: str, reactor=None, checkpointInterval: float = 1.0,
-                 maxUnsealed: int = 64 << 20, storeTimeout: float = 10.0):
+                 maxUnsealed: int = 64 << 20, storeTimeout: float = 10.0, databaseUrl: str | None = None):
         if reactor is None:
             from twisted.internet import reactor
         self.stateDir = Path(stateDir)
@@ -78,6 +78,8 @@ class SQLiteStore:
         self.reactor = reactor
         self.checkpointInterval = checkpointInterval
         self.maxUnsealed = maxUnsealed
+        #: A fleet database (L{sealgate.recording._pgengine}) instead of SQLite in C{stateDir}.
+        self.databaseUrl = databaseUrl
         self._queue: collections.deque = collections.deque()
         self._unacked: collections.deque = collections.deque()  # (end index, items) shipped, not durable
         self._wake = threading.Event()
@@ -128,6 +130,8 @@ class SQLiteStore:
         # secrets (password_env, token_env) the writer has no use for.
         env = {k: v for k, v in os.environ.items() if k in _WRITER_ENV}
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        if self.databaseUrl is not None:
+            env["SEALGATE_STORE_URL"] = self.databaseUrl  # not argv: ps shows that to everyone
         proc = subprocess.Popen(
             [sys.executable, "-m", "sealgate.recording._writer", str(self.stateDir), self.origin,
              repr(self.checkpointInterval), str(os.getpid()), *(["resume"] if resume else [])],

@@ -255,7 +255,8 @@ def verifyStore(reader, verifier: Verifier | None, sessionId: str | None = None,
     """
     report = Report() if report is None else report
     try:
-        checkFiles(report, reader)
+        if getattr(reader, "embedded", True):  # a fleet database has no files of its own to check
+            checkFiles(report, reader)
         with reader.snapshot():
             _verifyStore(report, reader, verifier, sessionId, witnessed)
     except sqlite3.DatabaseError as e:

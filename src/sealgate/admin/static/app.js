@@ -191,11 +191,15 @@
     const data = await api("/api/sessions?" + q.toString());
     $("#session-count").textContent = `${data.sessions.length} session(s)` +
       (data.sessions.length >= 100 ? " (the newest 100: narrow the search)" : "");
+    // In a fleet every node's sessions are listed, each with the node that recorded it.
+    const fleet = data.sessions.some(s => s.node);
+    $("#node-col").hidden = !fleet;
     $("#sessions tbody").replaceChildren(...data.sessions.map(s =>
       el("tr", {},
         el("td", {}, el("a", {href: "#session/" + s.id, text: s.id})), el("td", {text: when(s.opened)}),
         el("td", {text: s.state}), el("td", {text: s.protocol || ""}), el("td", {text: s.connection || ""}),
-        el("td", {text: s.identity}), el("td", {text: String(s.bytes_from_client + s.bytes_to_client)}))));
+        el("td", {text: s.identity}), el("td", {text: String(s.bytes_from_client + s.bytes_to_client)}),
+        ...(fleet ? [el("td", {text: s.node || ""})] : []))));
   }
 
   async function showSession(id) {
@@ -208,7 +212,8 @@
     meta.replaceChildren();
     for (const [k, v] of [["Identity", s.identity], ["Connection", s.connection], ["Protocol", s.protocol],
                           ["Client", s.client], ["State", s.state], ["Opened", when(s.opened)],
-                          ["Closed", when(s.closed)], ["Frames", s.frames], ["Root", s.root || "–"]]) {
+                          ["Closed", when(s.closed)], ["Frames", s.frames], ["Root", s.root || "–"],
+                          ...(s.node ? [["Node", s.node]] : [])]) {
       meta.append(el("dt", {text: k}), el("dd", {text: String(v)}));
     }
     $("#events").replaceChildren(...s.events.map(e => {

@@ -614,7 +614,7 @@ def test_record_input_masked_masks_a_value_split_across_frames_per_channel():
 
 def test_record_input_masked_masks_the_login_frames_kept_before_the_session():
     s = _inputSession("masked")
-    s.record(0, b"user\0alice\0application_name\0" + CARD_PLAIN + b"\0\0")
+    s.recordPreamble([(0, b"user\0alice\0application_name\0" + CARD_PLAIN + b"\0\0", 0)])
     assert _recordedInput(s) == b"user\0alice\0application_name\0************1111\0\0"
 
 

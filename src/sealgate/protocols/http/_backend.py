@@ -8,7 +8,8 @@ from twisted.protocols.basic import FileSender
 from sealgate import writeNow
 from sealgate.masking import maskHead
 from sealgate.protocols.http import _framing, _wire
-from sealgate.protocols.http._body import BodyMasker, MaskingFailed, bodyMode, lastChunk
+from sealgate.protocols.http._body import BodyMasker, MaskingFailed, bodyMode
+from sealgate.protocols.http._masked import MaskedResponse
 from sealgate.protocols.http._pool import BackendConnection
 from sealgate.protocols.http._state import Exch, ExchEvent, exchStep
 
@@ -19,7 +20,7 @@ _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE
 _INLINE_BODY = 256 << 10
 
 
-class Exchange:
+class Exchange(MaskedResponse):
     """
     One request sent to the backend and its response relayed to the client
     connection (L{sealgate.protocols.http._relay.ClientConnection}).  Bodies
@@ -276,21 +277,6 @@ class Exchange:
         else:
             self.recordedHead = head
 
-    def _passThrough(self) -> None:
-        """
-        Nothing of the body is out yet and the masker passes it untouched
-        (not text, C{unknown_content = "pass"}): it goes out with its own
-        Content-Length, unchunked, as the backend framed it, and its
-        further reads as they come (the download path's copies and
-        per-read masking work are the cost this saves).
-        """
-        assert self.passLength is not None
-        self.pairs = [p for p in self.pairs if p != (b"Transfer-Encoding", b"chunked")]
-        self.pairs.append((b"Content-Length", self.passLength))
-        self.chunkOut = False
-        self.masker = None
-        self._setHead(self.pairs)
-
     def _emit(self, data: bytes) -> bool:
         """
         Send bytes to the client (the head first) through its output step;
@@ -389,43 +375,6 @@ class Exchange:
             return
         self._finishBackend()
         self.client.exchangeDone(self.closeAfter)
-
-    def _maskedWhole(self, tail: bytes) -> None:
-        if self.client.gone or self.client.exchange is not self:
-            return
-        if self.chunkOut:
-            self._setHead(self.pairs)
-            sent = self._emit((_wire.chunk(tail) if tail else b"") + self._lastChunk())
-        else:
-            self._setHead([*self.pairs, (b"Content-Length", b"%d" % len(tail))])
-            sent = self._emit(tail)
-        if sent:
-            self.client.exchangeDone(self.closeAfter)
-
-    def _maskedWholeFailed(self, failure) -> None:
-        failure.trap(MaskingFailed)
-        if not self.client.gone and self.client.exchange is self:
-            self._maskFailed(failure.getErrorMessage())
-
-    def _lastChunk(self) -> bytes:
-        framing = self.framing
-        return lastChunk(self.session.chain.masker, framing.trailers if framing is not None else ())
-
-    def _interim(self, parsed) -> bool:
-        """A backend's 1xx (not 100, not 101) on to the client, masked; False when refused."""
-        head, low, _names = parsed
-        pairs = list(head.headers)
-        reason = head.reason
-        masker = self.session.chain.masker
-        if masker is not None:
-            reason, pairs = maskHead(masker, reason, pairs)
-        out = _wire.serializeHead(b"HTTP/1.1 %d " % head.status + reason, pairs)
-        secret = self.backend.options.secret_headers
-        recorded = out if secret.isdisjoint(low) else _wire.redactHead(out, secret)
-        if self.client.send(out, recorded=recorded, part="head"):
-            return True
-        self._refused()
-        return False
 
     def _finishBackend(self) -> None:
         """Release the backend connection: back to the pool when it can carry another request."""

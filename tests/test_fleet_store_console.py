@@ -36,7 +36,7 @@ async def test_console_of_one_node_lists_and_opens_the_sessions_of_another(tmp_p
     # gw-1 records one session itself ...
     identity = await g.gateway.identity.authenticate(keys["alice"])
     own = g.gateway.openSession(BOX, identity, "127.0.0.1:6000")
-    own.record(TO_CLIENT, b"on gw-1\n", channel=0)
+    own.emit(b"on gw-1\n", channel=0)
     await own.end("client closed")
     # ... and node gw-2 (its store writer, as its gateway runs it) another.
     other = SQLiteStore(tmp_path / "gw-2", "sealgate/gw-2", reactor, checkpointInterval=0.2, databaseUrl=url)

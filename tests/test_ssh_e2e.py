@@ -34,7 +34,10 @@ def _closedPort() -> int:
     return port
 
 
-def _config(sshd, tmp: Path, silent: SilentServer) -> str:
+def _config(sshd, tmp: Path, silent: SilentServer | None = None) -> str:
+    # silent-1's backend: a server that accepts and never answers, or (for
+    # callers that never use that connection) a port nothing listens on.
+    silentPort = silent.port if silent is not None else 9
     wrong = tmp / "wrong_known_hosts"
     other = _keygen(tmp / "other_host")
     wrong.write_text(f"[{sshd.host}]:{sshd.port} "
@@ -107,7 +110,7 @@ known_hosts = "{sshd.knownHosts}"
 name = "silent-1"
 protocol = "ssh"
 listen = "tcp:0:interface=127.0.0.1"
-backend = "tcp:host=127.0.0.1:port={silent.port}"
+backend = "tcp:host=127.0.0.1:port={silentPort}"
 [connections.options]
 username = "{sshd.user}"
 private_key_file = "{sshd.clientKey}"
@@ -952,12 +955,8 @@ async def test_shutdown_drains_then_disconnects_ssh_clients_with_the_reason(sshd
     from sealgate.testing import startGateway
 
     admin = 'admin = "tcp:0:interface=127.0.0.1"\n'
-    silent = SilentServer()
-    config = _config(sshd, tmp_path, silent).replace(admin, admin + 'drain_timeout = "1s"\n', 1)
-    try:
-        gw = await startGateway(config, tmp_path)
-    finally:
-        silent.close()  # this test never connects to it
+    config = _config(sshd, tmp_path).replace(admin, admin + 'drain_timeout = "1s"\n', 1)
+    gw = await startGateway(config, tmp_path)
     key = _keygen(tmp_path / "bob")
     SSHKeyStore.forStateDir(gw.stateDir).add("bob", Path(str(key) + ".pub").read_text(), ["ops"])
     e = Env(sshd, gw, tmp_path, key)

@@ -11,7 +11,7 @@ import pytest
 from sealgate.recording import _format as fmt
 from sealgate.recording._engine import SessionState
 from sealgate.recording._pgengine import PgEngine
-from sealgate.recording.peerseal import cutPeer, peerReason, restartReason
+from sealgate.recording.peerseal import checkPeerCuts, cutPeer, peerReason, restartReason
 from sealgate.recording.pgreader import FleetReader, NodeReader
 from sealgate.recording.records import SessionQuery
 from sealgate.recording.verify import Report, trustedKey, verifyStore
@@ -55,6 +55,12 @@ def test_a_peer_cuts_only_a_dead_writers_sessions_and_the_restart_seals_them(tmp
             "cut off", peerReason("gw-1", "gw-2"), 1234.0, 1)
         assert [r.id for r in fleet.findSessions(SessionQuery(state="cut off"))] == ["s-open"]
     assert _verified(url, "gw-2") == []  # its leaves are untouched
+    # But no peer sealed that cut (cutPeer alone, no peer store): the fleet's verify names the row.
+    report = Report()
+    with NodeReader(url, "gw-2") as r:
+        checkPeerCuts(report, r, url, ["gw-2"])
+    assert report.problems == ["session s-open: the peer_cuts table says node gw-1 cut it off, but no peer-cut "
+                               "event sealed in node gw-1's log says so: the row was forged or altered"]
 
     # The node comes back: its own log seals the CLOSE, naming the peer.
     engine = PgEngine(tmp_path / "gw-2", None, url, "gw-2", checkpointInterval=0.0)
@@ -138,6 +144,13 @@ def test_a_node_killed_mid_session_is_cut_off_by_its_peer_and_every_log_verifies
     assert gw2.stop() == 0 and gw1.stop() == 0
     verdicts = json.loads(gw2.cli("verify", "--json").stdout)
     assert len(verdicts) == 2 and all(v["ok"] for v in verdicts), verdicts
+    # A cut shown by readers is what the peer sealed: an altered row fails verify.
+    with psycopg.connect(url, autocommit=True) as c:
+        c.execute("UPDATE sealgate_rec_n2.peer_cuts SET by_node = 'n9'")
+    tampered = gw1.cli("verify", check=False)
+    assert tampered.returncode == 1, tampered.stdout
+    assert "the peer_cuts table says node n9 cut it off" in tampered.stdout
+    assert "node n1's log seals that it cut this session off" in tampered.stdout
     for gw in pair:
         for secret in (key, auditor, postgres.password(postgres.superuser)):
             assert secret not in gw.log()

@@ -101,3 +101,44 @@ def sealPeer(store, node: str):
         return [cut["session"] for cut in cuts]
 
     return d.addCallback(sealed)
+
+
+def checkPeerCuts(report, reader, url: str, nodes) -> None:
+    """
+    C{sealgate verify} of node C{reader.node}: its C{peer_cuts} rows (what
+    readers show as "cut off by peer") against the C{peer-cut} events that
+    the fleet's C{nodes} sealed naming it, both ways: a row no peer sealed
+    was forged or altered, a sealed cut without its row was removed.
+    """
+    from sealgate.recording._errors import StoreError
+    from sealgate.recording.pgreader import NodeReader
+
+    rows = set()
+    if reader._peerCuts:
+        rows = {(by, sid, float(t), reason, int(size), int(logSize)) for sid, by, t, reason, size, logSize in
+                reader.db.execute("SELECT session, by_node, time, reason, size, log_size FROM peer_cuts")}
+    sealed = set()
+    for peer in nodes:
+        if peer == reader.node:
+            continue
+        try:
+            with NodeReader(url, peer) as r:
+                events = r.events(None)
+        except StoreError as e:
+            report.problem(f"the peer cuts of node {reader.node} cannot be checked against node {peer}'s log: {e}")
+            continue
+        for body in events:
+            f = body.get("fields") or {}
+            if body.get("event") == "peer-cut" and f.get("node") == reader.node:
+                try:
+                    sealed.add((peer, f["session"], float(f["time"]), f["reason"], int(f["size"]),
+                                int(f["log_size"])))
+                except (KeyError, TypeError, ValueError):
+                    report.problem(f"node {peer}'s log leaf {body.get('n')}: a peer-cut event of node "
+                                   f"{reader.node} without its fields")
+    for by, sid, *_ in sorted(rows - sealed):
+        report.problem(f"session {sid}: the peer_cuts table says node {by} cut it off, but no peer-cut event "
+                       f"sealed in node {by}'s log says so: the row was forged or altered")
+    for by, sid, *_ in sorted(sealed - rows):
+        report.problem(f"session {sid}: node {by}'s log seals that it cut this session off, but the peer_cuts "
+                       "table has no such row: the row was removed or altered")

@@ -7,11 +7,12 @@ import time
 
 import psycopg
 import pytest
+from twisted.internet import defer, task
 
 from sealgate.recording import _format as fmt
-from sealgate.recording._engine import SessionState
+from sealgate.recording._engine import SessionState, StoreError
 from sealgate.recording._pgengine import PgEngine
-from sealgate.recording.peerseal import checkPeerCuts, cutPeer, peerReason, restartReason
+from sealgate.recording.peerseal import checkPeerCuts, cutPeer, peerReason, restartReason, sealPeer
 from sealgate.recording.pgreader import FleetReader, NodeReader
 from sealgate.recording.records import SessionQuery
 from sealgate.recording.verify import Report, trustedKey, verifyStore
@@ -82,6 +83,56 @@ def test_a_restart_before_any_peer_noticed_seals_as_a_plain_cut_off(tmp_path, po
     assert cutPeer(url, "gw-2", "gw-1") == []  # nothing open any more
     with NodeReader(url, "gw-2") as r:
         assert r.sessionRecord("s-open").reason.startswith("cut off: the gateway stopped")
+
+
+class _Store:
+    """What L{sealPeer} uses of the store: its origin, reactor, URL, and the audit events it seals."""
+
+    def __init__(self, clock):
+        self.origin, self.reactor, self.databaseUrl = "sealgate/gw-1", clock, "postgresql://fleet"
+        self.events: list = []
+
+    def auditEvent(self, event: dict) -> None:
+        self.events.append(event)
+
+
+def test_a_cut_the_database_refused_is_tried_again_and_sealed_in_the_peers_log():
+    clock = task.Clock()
+    store = _Store(clock)
+    answers = [StoreError("cannot connect to the fleet database"), StoreError("still down"),
+               [{"session": "s1", "size": 3, "log_size": 9, "checkpoint": 9, "reason": "r", "time": 5.0}]]
+    calls = []
+
+    def inThread(f, *args):
+        calls.append((f, args))
+        answer = answers.pop(0)
+        return defer.fail(answer) if isinstance(answer, Exception) else defer.succeed(answer)
+
+    done = []
+    sealPeer(store, "gw-2", inThread=inThread, delays=(1.0, 2.0)).addCallback(done.append)
+    assert calls == [(cutPeer, ("postgresql://fleet", "gw-2", "gw-1"))] and not done
+    clock.advance(1.0)
+    assert len(calls) == 2 and not done and store.events == []
+    clock.advance(2.0)
+    assert done == [["s1"]]
+    assert store.events == [{"kind": "peer-cut", "node": "gw-2", "session": "s1", "size": 3, "log_size": 9,
+                             "checkpoint": 9, "reason": "r", "time": 5.0}]
+
+
+def test_no_retry_left_fails_the_hook_and_seals_nothing():
+    store = _Store(task.Clock())
+    failures = []
+    sealPeer(store, "gw-2", inThread=lambda f, *a: defer.fail(StoreError("down")), delays=()).addErrback(
+        failures.append)
+    assert [f.value.args[0] for f in failures] == ["down"] and store.events == []
+
+
+def test_an_embedded_store_has_no_peers_to_seal(tmp_path):
+    from sealgate.recording.store import SQLiteStore
+
+    done = []
+    SQLiteStore(tmp_path, "sealgate/x", task.Clock()).sealPeer("gw-2").addCallback(done.append)
+    assert done == [[]]
 
 
 def _peerCutEvents(url: str, node: str) -> list:

@@ -28,7 +28,10 @@ import time
 
 from sealgate.recording import _pgdb
 
-__all__ = ["cutPeer", "sealPeer", "peerReason", "restartReason"]
+__all__ = ["cutPeer", "sealPeer", "peerReason", "restartReason", "checkPeerCuts"]
+
+#: Seconds between tries of a cut that failed (the fleet database unreachable).
+RETRY_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0)
 
 
 def peerReason(peer: str, node: str) -> str:
@@ -79,28 +82,48 @@ def _cut(conn, node: str, peer: str, now: float) -> list[dict]:
              "reason": reason, "time": now} for sid, size in rows]
 
 
-def sealPeer(store, node: str):
+def sealPeer(store, node: str, inThread=None, delays=RETRY_DELAYS):
     """
     The store's C{sealPeer(node)} (an C{onPeerDown} hook): L{cutPeer} in a
     thread, then a sealed C{peer-cut} event in this node's log for each
-    session cut.  Fires with the ids of the sessions cut.
+    session cut.  A cut that fails (the database is unreachable) is tried
+    again after each of C{delays} seconds, on the store's reactor.  Fires
+    with the ids of the sessions cut.
+
+    @param inThread: C{inThread(f, *args)} returns a Deferred of
+        C{f(*args)} run off the reactor (default: the reactor's thread pool).
     """
-    from twisted.internet import threads  # not at the top: the writer process imports this module
+    from twisted.internet import task, threads  # not at the top: the writer process imports this module
     from twisted.logger import Logger
 
+    log = Logger(namespace=__name__)
     peer = store.origin.split("/", 1)[-1]
     reactor = store.reactor
-    d = threads.deferToThreadPool(reactor, reactor.getThreadPool(), cutPeer, store.databaseUrl, node, peer)
+    if inThread is None:
+        def inThread(f, *args):
+            return threads.deferToThreadPool(reactor, reactor.getThreadPool(), f, *args)
+    left = list(delays)
+
+    def attempt(_=None):
+        return inThread(cutPeer, store.databaseUrl, node, peer).addCallbacks(sealed, failed)
+
+    def failed(f):
+        if not left:
+            return f
+        delay = left.pop(0)
+        log.warn("Node {node} down: its open sessions could not be cut off yet ({why}); again in {delay} s",
+                 node=node, why=f.getErrorMessage(), delay=delay)
+        return task.deferLater(reactor, delay, attempt)
 
     def sealed(cuts: list) -> list:
         for cut in cuts:
             store.auditEvent({"kind": "peer-cut", "node": node, **cut})
         if cuts:
-            Logger(namespace=__name__).warn("Node {node} down: {count} open session(s) sealed as cut off by this node ({peer})",
-                      node=node, count=len(cuts), peer=peer)
+            log.warn("Node {node} down: {count} open session(s) sealed as cut off by this node ({peer})",
+                     node=node, count=len(cuts), peer=peer)
         return [cut["session"] for cut in cuts]
 
-    return d.addCallback(sealed)
+    return attempt()
 
 
 def checkPeerCuts(report, reader, url: str, nodes) -> None:

@@ -93,7 +93,8 @@ def sealPeer(store, node: str, inThread=None, delays=RETRY_DELAYS):
     @param inThread: C{inThread(f, *args)} returns a Deferred of
         C{f(*args)} run off the reactor (default: the reactor's thread pool).
     """
-    from twisted.internet import task, threads  # not at the top: the writer process imports this module
+    # Not at the top: the writer process imports this module (for the reasons) and no Twisted.
+    from twisted.internet import task, threads
     from twisted.logger import Logger
 
     log = Logger(namespace=__name__)

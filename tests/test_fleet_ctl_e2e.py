@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import threading
 import time
@@ -148,8 +149,17 @@ def test_three_gateways_share_keys_tickets_and_liveness(fleet, postgres):
     code, body = api(gw1, lead, "POST", f"/api/approvals/{t['id']}/approve", {"reason": "late"})
     assert code == 409 and "already expired" in body["detail"]
 
+    # Node 3's session (its statement was held) is cut off by whichever peer declared it down.
+    def cutOff():
+        code, body = api(gw1, lead, "GET", "/api/sessions?state=cut%20off")
+        return [s for s in body["sessions"] if s.get("node") == "n3"]
+
+    (cut,) = until(cutOff, LEASE + 3, "node 3's session cut off, read on node 1")
+    assert re.fullmatch(r"cut off by peer n[12]: node n3 went down \(its lease ran out\)", cut["reason"]), cut
+    print(f"node 3's session read as cut off by a peer {time.monotonic() - killedAt:.1f} s after kill -9")
+
     assert gw1.stop() == 0 and gw2.stop() == 0
     for gw in (gw1, gw2):
-        gw.cli("verify")
+        gw.cli("verify")  # every node's log, n3's with its peer cut
         for secret in (key, lead, postgres.password(postgres.superuser)):
             assert secret not in gw.log()

@@ -190,11 +190,13 @@ def verifyCommand(args) -> int:
 def verifyFleet(args, url: str, witnessed: list, witnesses, quorum) -> int:
     """Every node's log in the fleet database (or only --node's); exit 0 when all verified."""
     from sealgate.cli.main import CommandError
+    from sealgate.recording.peerseal import checkPeerCuts
     from sealgate.recording.pgreader import NodeReader, nodeNames
     from sealgate.recording.verify import Report
 
     try:
-        nodes = [args.node] if args.node else nodeNames(url)
+        everyNode = nodeNames(url)
+        nodes = [args.node] if args.node else everyNode
     except StoreError as e:
         raise CommandError(str(e))
     if not nodes:
@@ -213,7 +215,11 @@ def verifyFleet(args, url: str, witnessed: list, witnesses, quorum) -> int:
             if args.session and not args.node and r.sessionRecord(args.session) is None:
                 continue  # --session: the log of the node that recorded it
             checked += 1
-            code = max(code, verifyReader(args, r, Report(), witnessed, witnesses, quorum, collect))
+            report = Report()
+            if not args.session:
+                # What readers show as cut off by a peer must be what that peer sealed.
+                checkPeerCuts(report, r, url, everyNode)
+            code = max(code, verifyReader(args, r, report, witnessed, witnesses, quorum, collect))
     if not checked:
         raise CommandError(f"no node's log in the fleet database holds session {args.session}")
     if collect is not None:

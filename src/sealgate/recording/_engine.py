@@ -237,7 +237,7 @@ class Engine(Redaction):
             s.offsets = [bIn, bOut]
             s.sealed = size  # its last commit's state; a PROGRESS follows the next frames
             self.sessions[sid] = s
-            cut.append(("close", s, f"{reason} (closed when the store was next opened)", {}, None, True))
+            cut.append(("close", s, self._cutReason(sid, reason), {}, None, True))
         if resume:
             return []
         if not self.db.execute("SELECT 1 FROM checkpoints LIMIT 1").fetchone():
@@ -251,6 +251,10 @@ class Engine(Redaction):
             self.apply([], forceCheckpoint=True)
         failed.unlink(missing_ok=True)
         return [s.id for _, s, *_ in cut]
+
+    def _cutReason(self, sessionId: str, reason: str) -> str:
+        """Why a session left open by the last run is closed now (the PostgreSQL backend's seam)."""
+        return f"{reason} (closed when the store was next opened)"
 
     def close(self) -> None:
         if self._seg is not None:

@@ -44,6 +44,12 @@ CREATE TABLE IF NOT EXISTS redactions (
     session text NOT NULL, seq bigint NOT NULL, time double precision, reason text, leaf bigint,
     PRIMARY KEY (session, seq));
 """
+#: A dead node's sessions cut off by a peer (L{sealgate.recording.peerseal}): not sealed in its log.
+PEER_CUTS = """
+CREATE TABLE IF NOT EXISTS peer_cuts (
+    session text PRIMARY KEY, by_node text NOT NULL, time double precision NOT NULL, reason text NOT NULL,
+    size bigint NOT NULL, log_size bigint NOT NULL);
+"""
 
 REGISTRY = f"""
 CREATE SCHEMA IF NOT EXISTS {REGISTRY_SCHEMA};
@@ -251,6 +257,7 @@ def createNode(conn, node: str) -> None:
         conn.execute(f"CREATE SCHEMA IF NOT EXISTS {_quote(schema)}")
         conn.execute(f"SET LOCAL search_path TO {_quote(schema)}")
         conn.execute(NODE_TABLES)
+        conn.execute(PEER_CUTS)
 
 
 def registerNode(conn, node: str, origin: str, vkey: str, now: float) -> str:
@@ -285,6 +292,15 @@ def lockNode(conn, node: str) -> None:
     if not got:
         raise StoreError(f"node {node!r}'s log in the fleet database is being written by another gateway "
                          "(its advisory lock is held); give each gateway its own [gateway] node")
+
+
+def tryLockNode(conn, node: str) -> bool:
+    """Take C{node}'s writer lock if no writer holds it (a peer sealing a dead node's sessions)."""
+    return bool(conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (schemaFor(node),)).fetchone()[0])
+
+
+def unlockNode(conn, node: str) -> None:
+    conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (schemaFor(node),))
 
 
 def endStale(conn, pid: int) -> None:

@@ -18,6 +18,7 @@ from sealgate.recording import _pgdb
 from sealgate.recording._engine import Engine
 from sealgate.recording._errors import StoreError
 from sealgate.recording._segments import SEGMENT_LIMIT
+from sealgate.recording.peerseal import restartReason
 
 #: What the writer reports while it cannot commit (C{/readyz}, the log).
 CANNOT_WRITE = "the recording store cannot write to the fleet database"
@@ -106,6 +107,17 @@ class PgEngine(Engine):
         cut = super()._open(resume)
         _pgdb.registerNode(self.db.conn, self.node, self.origin, self.signer.verifier.vkey(), time.time())
         return cut
+
+    def _recover(self, resume: bool) -> list:
+        # Sessions a peer cut off while this node was down: their CLOSE names that peer.
+        self._peerCuts = dict(self.db.execute("SELECT session, by_node FROM peer_cuts").fetchall())
+        return super()._recover(resume)
+
+    def _cutReason(self, sessionId: str, reason: str) -> str:
+        peer = self._peerCuts.get(sessionId)
+        if peer is None:
+            return super()._cutReason(sessionId, reason)
+        return restartReason(peer, self.node)
 
     def _openSegment(self) -> None:
         rows = self.db.execute("SELECT id, length FROM segments ORDER BY id").fetchall()

@@ -41,6 +41,7 @@ class NodeReader(StoreReader):
                              f"(nodes: {', '.join(known) or 'none'})")
         self._row = known[node]
         self.db = _pgdb.PgConnection(conn, self._row[1])
+        self._peerCuts = conn.execute("SELECT to_regclass(%s)", (f"{self._row[1]}.peer_cuts",)).fetchone()[0]
 
     def close(self) -> None:
         if self._own:
@@ -79,6 +80,25 @@ class NodeReader(StoreReader):
             if len(buf) != length:
                 raise fmt.FormatError(f"{self.stateDir}: the bytes of frame {position} and later are missing "
                                       f"(segment {segment}, byte {offset})")
+
+    def _lastSeal(self, sessionId: str) -> dict | None:
+        """
+        The latest seal, or, for a session a peer cut off while this node
+        was down (L{sealgate.recording.peerseal}) and not sealed since, a
+        CLOSE as the peer's cut tells it (its sealed frames, the peer's
+        time and reason).  The node's own CLOSE at its restart replaces it.
+        """
+        seal = super()._lastSeal(sessionId)
+        if not self._peerCuts or (seal or {}).get("type") == "close":
+            return seal
+        row = self.db.execute("SELECT time, reason, log_size FROM peer_cuts WHERE session = ?",
+                              (sessionId,)).fetchone()
+        if row is None or (seal is not None and int(seal["n"]) >= row[2]):
+            return seal  # sealed after the cut: the node was not down after all
+        cut = dict(seal) if seal else {"n": self.db.execute(
+            "SELECT n FROM log WHERE session = ? AND type = 'open'", (sessionId,)).fetchone()[0]}
+        cut.update(type="close", time=row[0], reason=row[1], cutoff=True)
+        return cut
 
     def segmentLengths(self) -> list:
         return []  # no files: a missing or short chunk is named by records()

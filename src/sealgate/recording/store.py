@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import attrs
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -218,6 +218,14 @@ class SQLiteStore:
         event = dict(event)
         kind = str(event.pop("kind", event.pop("event", "event")))
         self._enqueue(("event", None, kind, event, time.time()))
+
+    def sealPeer(self, node: str) -> Deferred:
+        """A dead fleet peer's open sessions, cut off by this node (L{sealgate.recording.peerseal})."""
+        if self.databaseUrl is None:
+            return succeed([])
+        from sealgate.recording.peerseal import sealPeer
+
+        return sealPeer(self, node)
 
     def redact(self, sessionId: str, seq: int, reason: str, actor: str | None = None) -> Deferred:
         """Redact one frame while running (see L{Engine.redact}); fires with the event's log index."""

@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "src"))
 
 from _common import cpuSeconds, freePort, stop, waitPort  # noqa: E402  (bench/ is the script's path)
-from postgres import POLICY, pgbench  # noqa: E402
+from postgres import POLICY, gatewayConfig, pgbench  # noqa: E402
 
 from tests.harness.postgres import SCRAM_USER, PostgresServer  # noqa: E402
 
@@ -42,30 +42,12 @@ def startGateway(pg: PostgresServer, work: Path, fleet: bool):
     work.mkdir()
     os.environ["BENCH_PG_PASSWORD"] = pg.password(SCRAM_USER)
     store = f'store_env = "{URL_ENV}"\nnode = "bench"\n' if fleet else ""
-    policy = POLICY.replace("{matcher}", 'statements = ["DROP", "TRUNCATE", "DELETE WITHOUT WHERE"]')
+    policy = POLICY.replace("{matcher}", 'statements = ["DROP", "TRUNCATE", "DELETE WITHOUT WHERE"]').replace("{detectors}", "")
     conf = work / "sealgate.toml"
-    conf.write_text(f"""
-[gateway]
-state_dir = "{work / 'state'}"
-admin = "tcp:0:interface=127.0.0.1"
-{store}
-[[roles]]
-name = "bench"
-groups = ["bench"]
-connections = ["*"]
-
-[[connections]]
-name = "app"
-protocol = "postgres"
-listen = "tcp:{port}:interface=127.0.0.1"
-backend = "tcp:host=127.0.0.1:port={pg.port}"
-[connections.options]
-database = "app"
-username = "{SCRAM_USER}"
-password_env = "BENCH_PG_PASSWORD"
-allow_cleartext_on_loopback = true
-{policy}
-""")
+    stateDir = work / "state"
+    conf.write_text(gatewayConfig(
+        f'[gateway]\nstate_dir = "{stateDir}"\nadmin = "tcp:0:interface=127.0.0.1"\n{store}',
+        port, pg.port, policy))
     env = dict(os.environ, PYTHONPATH=f"{ROOT}:{ROOT / 'src'}")
     bindir = Path(sys.executable).parent
     created = subprocess.run([str(bindir / "sealgate"), "--config", str(conf), "keys", "create", "--name", "bench",

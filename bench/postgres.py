@@ -49,6 +49,31 @@ from tests.harness._proc import asUser, freePort  # noqa: E402
 from tests.harness.postgres import SCRAM_USER, PostgresServer  # noqa: E402
 
 
+def gatewayConfig(head: str, port: int, pgPort: int, policy: str = "") -> str:
+    """
+    The benches' sealgate config: C{head} (the [gateway] table), one role and
+    one postgres connection on C{port} to the backend on C{pgPort} as
+    SCRAM_USER (its password in BENCH_PG_PASSWORD), then C{policy}.
+    """
+    return head + f"""
+[[roles]]
+name = "bench"
+groups = ["bench"]
+connections = ["*"]
+
+[[connections]]
+name = "app"
+protocol = "postgres"
+listen = "tcp:{port}:interface=127.0.0.1"
+backend = "tcp:host=127.0.0.1:port={pgPort}"
+[connections.options]
+database = "app"
+username = "{SCRAM_USER}"
+password_env = "BENCH_PG_PASSWORD"
+allow_cleartext_on_loopback = true
+{policy}
+"""
+
 def startPgbouncer(pg: PostgresServer, work: Path):
     exe = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
     if not os.path.exists(exe):
@@ -116,28 +141,8 @@ def startSealgate(pg: PostgresServer, work: Path, preset: str | None = "producti
     state = work / "state"
     os.environ["BENCH_PG_PASSWORD"] = pg.password(SCRAM_USER)
     conf = work / "sealgate.toml"
-    conf.write_text(f"""
-[gateway]
-state_dir = "{state}"
-admin = "tcp:0:interface=127.0.0.1"
-
-[[roles]]
-name = "bench"
-groups = ["bench"]
-connections = ["*"]
-
-[[connections]]
-name = "app"
-protocol = "postgres"
-listen = "tcp:{port}:interface=127.0.0.1"
-backend = "tcp:host=127.0.0.1:port={pg.port}"
-[connections.options]
-database = "app"
-username = "{SCRAM_USER}"
-password_env = "BENCH_PG_PASSWORD"
-allow_cleartext_on_loopback = true
-{policy}
-""")
+    conf.write_text(gatewayConfig(f'[gateway]\nstate_dir = "{state}"\nadmin = "tcp:0:interface=127.0.0.1"\n',
+                                  port, pg.port, policy))
     from sealgate.identity.apikeys import APIKeyStore
 
     state.mkdir(mode=0o700)

@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from _common import cpuSeconds, stop, waitPort  # noqa: E402
-from postgres import pgbench  # noqa: E402
+from postgres import gatewayConfig, pgbench  # noqa: E402
 
 from tests.harness._proc import freePort  # noqa: E402
 from tests.harness.postgres import SCRAM_USER, PostgresServer  # noqa: E402
@@ -41,23 +41,7 @@ def startGateway(pg, work: Path, name: str, fleet: bool, workers: int):
     if fleet:
         head += f'store_env = "{DB_ENV}"\nnode = "{name}"\nworkers = {workers}\n'
     conf = work / name / "sealgate.toml"
-    conf.write_text(head + f"""
-[[roles]]
-name = "bench"
-groups = ["bench"]
-connections = ["*"]
-
-[[connections]]
-name = "app"
-protocol = "postgres"
-listen = "tcp:{port}:interface=127.0.0.1"
-backend = "tcp:host=127.0.0.1:port={pg.port}"
-[connections.options]
-database = "app"
-username = "{SCRAM_USER}"
-password_env = "BENCH_PG_PASSWORD"
-allow_cleartext_on_loopback = true
-""")
+    conf.write_text(gatewayConfig(head, port, pg.port))
     env = dict(os.environ, PYTHONPATH=f"{ROOT}:{ROOT / 'src'}")
     bindir = Path(sys.executable).parent
     key = subprocess.run([str(bindir / "sealgate"), "--config", str(conf), "keys", "create",

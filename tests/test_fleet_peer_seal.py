@@ -12,7 +12,16 @@ from twisted.internet import defer, task
 from sealgate.recording import _format as fmt
 from sealgate.recording._engine import SessionState, StoreError
 from sealgate.recording._pgengine import PgEngine
-from sealgate.recording.peerseal import checkPeerCuts, cutPeer, peerReason, restartReason, sealPeer
+from sealgate.recording.peerseal import (
+    LOCK_RETRY,
+    LOCK_TRIES,
+    NodeLocked,
+    checkPeerCuts,
+    cutPeer,
+    peerReason,
+    restartReason,
+    sealPeer,
+)
 from sealgate.recording.pgreader import FleetReader, NodeReader
 from sealgate.recording.records import SessionQuery
 from sealgate.recording.verify import Report, trustedKey, verifyStore
@@ -41,8 +50,9 @@ def _openSession(tmp_path, url, node: str) -> PgEngine:
 def test_a_peer_cuts_only_a_dead_writers_sessions_and_the_restart_seals_them(tmp_path, postgres):
     url = fleetDatabase(postgres)
     engine = _openSession(tmp_path, url, "gw-2")
-    # Its writer still holds the node's lock: the node is alive, nothing is cut.
-    assert cutPeer(url, "gw-2", "gw-1") == []
+    # Its writer still holds the node's lock (not gone yet, or back): nothing is cut.
+    with pytest.raises(NodeLocked):
+        cutPeer(url, "gw-2", "gw-1")
     assert cutPeer(url, "gw-9", "gw-1") == []  # no such node
     engine.close()  # as a SIGKILLed writer: the lock goes with its connection
 
@@ -117,6 +127,36 @@ def test_a_cut_the_database_refused_is_tried_again_and_sealed_in_the_peers_log()
     assert done == [["s1"]]
     assert store.events == [{"kind": "peer-cut", "node": "gw-2", "session": "s1", "size": 3, "log_size": 9,
                              "checkpoint": 9, "reason": "r", "time": 5.0}]
+
+
+def test_a_writer_still_holding_its_lock_is_waited_for_then_its_sessions_are_cut():
+    # A SIGKILLed gateway's writer outlives it for a moment (it notices its parent is gone):
+    # the peer tries again until the lock is free, instead of taking the node for alive.
+    clock = task.Clock()
+    store = _Store(clock)
+    cut = {"session": "s1", "size": 3, "log_size": 9, "checkpoint": 9, "reason": "r", "time": 5.0}
+    answers = [NodeLocked("held"), NodeLocked("held"), [cut]]
+
+    def inThread(f, *args):
+        answer = answers.pop(0)
+        return defer.fail(answer) if isinstance(answer, Exception) else defer.succeed(answer)
+
+    done = []
+    sealPeer(store, "gw-2", inThread=inThread, delays=()).addCallback(done.append)
+    clock.advance(LOCK_RETRY)
+    assert not done and store.events == []
+    clock.advance(LOCK_RETRY)
+    assert done == [["s1"]] and store.events == [{"kind": "peer-cut", "node": "gw-2", **cut}]
+
+
+def test_a_node_that_keeps_its_lock_is_left_to_seal_its_own_sessions():
+    clock = task.Clock()
+    store = _Store(clock)
+    done = []
+    sealPeer(store, "gw-2", inThread=lambda f, *a: defer.fail(NodeLocked("back")), delays=()).addCallback(
+        done.append)
+    clock.pump([LOCK_RETRY] * LOCK_TRIES)
+    assert done == [[]] and store.events == []
 
 
 def test_no_retry_left_fails_the_hook_and_seals_nothing():

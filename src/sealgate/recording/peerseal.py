@@ -20,18 +20,27 @@ comes back: its restart seals the session's CLOSE in its own log (the
 reason names the peer), which is from then on what every reader shows.
 
 The peer takes the dead node's writer lock (a PostgreSQL advisory lock)
-while it writes the rows: if the node's writer holds it, the node is alive
-again and seals its sessions itself, and the peer leaves them alone.
+while it writes the rows.  While the node's writer holds it, the peer waits
+and tries again: a killed gateway's writer notices its parent is gone and
+exits (its database session, and so the lock, ends with it) a moment after
+the lease ran out; a node that came back for good keeps the lock and seals
+its own sessions, and the peer then leaves them alone.
 """
 
 import time
 
 from sealgate.recording import _pgdb
 
-__all__ = ["cutPeer", "sealPeer", "peerReason", "restartReason", "checkPeerCuts"]
+__all__ = ["cutPeer", "sealPeer", "peerReason", "restartReason", "checkPeerCuts", "NodeLocked"]
 
 #: Seconds between tries of a cut that failed (the fleet database unreachable).
 RETRY_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0)
+#: While the dead node's writer still holds its lock: try again this often, this many times.
+LOCK_RETRY, LOCK_TRIES = 0.25, 120
+
+
+class NodeLocked(Exception):
+    """The node's writer still holds its lock: not gone yet, or back again."""
 
 
 def peerReason(peer: str, node: str) -> str:
@@ -48,8 +57,9 @@ def cutPeer(url: str, node: str, peer: str, now: float | None = None) -> list[di
     C{peer}.  Sessions already cut are not cut twice.
 
     @return: one dict per session cut now (session, size, log_size,
-        checkpoint, reason, time); empty if the node has no store or its
-        writer is running again.
+        checkpoint, reason, time); empty if the node has no store.
+
+    @raise NodeLocked: its writer still holds the node's lock.
     """
     now = time.time() if now is None else now
     conn = _pgdb.connectURL(url)
@@ -57,7 +67,7 @@ def cutPeer(url: str, node: str, peer: str, now: float | None = None) -> list[di
         if node not in {row[0] for row in _pgdb.listNodes(conn)}:
             return []
         if not _pgdb.tryLockNode(conn, node):
-            return []  # its writer is back: it seals its own sessions
+            raise NodeLocked(f"the writer of node {node} still holds its lock")
         try:
             return _cut(conn, node, peer, now)
         finally:
@@ -87,7 +97,9 @@ def sealPeer(store, node: str, inThread=None, delays=RETRY_DELAYS):
     The store's C{sealPeer(node)} (an C{onPeerDown} hook): L{cutPeer} in a
     thread, then a sealed C{peer-cut} event in this node's log for each
     session cut.  A cut that fails (the database is unreachable) is tried
-    again after each of C{delays} seconds, on the store's reactor.  Fires
+    again after each of C{delays} seconds, on the store's reactor; one the
+    node's writer still holds the lock for every L{LOCK_RETRY} seconds, up
+    to L{LOCK_TRIES} times (then the node is back: nothing is cut).  Fires
     with the ids of the sessions cut.
 
     @param inThread: C{inThread(f, *args)} returns a Deferred of
@@ -104,11 +116,17 @@ def sealPeer(store, node: str, inThread=None, delays=RETRY_DELAYS):
         def inThread(f, *args):
             return threads.deferToThreadPool(reactor, reactor.getThreadPool(), f, *args)
     left = list(delays)
+    lockTries = [LOCK_TRIES]
 
     def attempt(_=None):
         return inThread(cutPeer, store.databaseUrl, node, peer).addCallbacks(sealed, failed)
 
     def failed(f):
+        if f.check(NodeLocked):
+            lockTries[0] -= 1
+            if lockTries[0] <= 0:
+                return []  # still locked after 30 s: the node is back and seals its own sessions
+            return task.deferLater(reactor, LOCK_RETRY, attempt)
         if not left:
             return f
         delay = left.pop(0)

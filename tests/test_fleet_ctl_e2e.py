@@ -127,6 +127,14 @@ def test_three_gateways_share_keys_tickets_and_liveness(fleet, postgres):
     doomed = Held(clientDSN(gw3, key), "GRANT SELECT ON customers TO PUBLIC")
     doomed.start()
     pending = until(lambda: ticketOf(gw1, lead, "n3"), 20, "node 3's ticket listed on node 1")
+
+    def recorded():
+        # Mid-session means the session is in the store: what a writer had not
+        # yet committed at a kill -9 is the store's documented loss window.
+        code, body = api(gw1, lead, "GET", "/api/sessions?state=open")
+        return [s for s in body["sessions"] if s.get("node") == "n3"]
+
+    until(recorded, 20, "node 3's session recorded in the fleet database")
     gw3.stop(signal.SIGKILL)
     killedAt = time.monotonic()
 

@@ -239,6 +239,15 @@ def test_a_store_failure_answers_the_waiting_request_with_503_and_seals_it():
     assert r.session is None or r.session.ended
 
 
+def test_a_new_session_the_store_cannot_record_now_gets_503_with_retry_after():
+    r = relay()
+    r.gateway.store.problem = "recording is behind: 70 MiB unsealed (max_unsealed 64 MiB)"
+    r.send(get("/x"))
+    out = r.sent()
+    assert status(out) == 503 and b"\r\nRetry-After: 1\r\n" in out and b"recording is behind" in out
+    assert r.backend is None  # nothing reached the backend
+
+
 def test_a_silent_backend_gets_504_after_backend_timeout():
     r = relay(backend_timeout="5s")
     r.send(get("/x"))

@@ -149,7 +149,11 @@ class Pipeline:
                 backend.connection, identity, client.clientText,
                 {"tls": self.factory.secure, "host": request.host.decode("latin-1")})
         except SessionRefused as e:
-            return client.problem(request, 403 if e.code == "access" else 503, "Session refused", str(e))
+            # A store that cannot record now (its backlog over max_unsealed, its
+            # writer restarting) refuses new sessions until it can: say when to come back.
+            again = [(b"Retry-After", b"1")] if e.code == "store" else []
+            return client.problem(request, 403 if e.code == "access" else 503, "Session refused", str(e),
+                                  headers=again)
         session.abort = client.abortSession
         if session.chain.masker is not None:
             session.setOutputMasker(outputMaskerFor(session.chain.masker))

@@ -50,8 +50,9 @@ def startGateway(pg: PostgresServer, work: Path, fleet: bool):
         port, pg.port, policy))
     env = dict(os.environ, PYTHONPATH=f"{ROOT}:{ROOT / 'src'}")
     bindir = Path(sys.executable).parent
-    created = subprocess.run([str(bindir / "sealgate"), "--config", str(conf), "keys", "create", "--name", "bench",
-                              "--group", "bench"], env=env, capture_output=True, text=True, check=True)
+    created = subprocess.run([str(bindir / "sealgate"), "--config", str(conf), "keys", "create",
+                              # one name per run: the fleet database keeps the keys of earlier rounds
+                              "--name", f"bench-{work.name}", "--group", "bench"], env=env, capture_output=True, text=True, check=True)
     key = created.stdout.strip().splitlines()[-1]
     proc = subprocess.Popen([str(bindir / "twistd"), "-n", "--pidfile=", "-l", str(work / "sealgate.log"),
                              "sealgate", "--config", str(conf)], cwd=work, env=env,

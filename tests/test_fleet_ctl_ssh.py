@@ -18,16 +18,7 @@ def config(sshd, node: str) -> str:
 [gateway]
 store_env = "{DB_ENV}"
 node = "{node}"
-
-[[connections]]
-name = "web-1"
-protocol = "ssh"
-listen = "tcp:0:interface=127.0.0.1"
-backend = "{sshd.endpoint}"
-[connections.options]
-username = "{sshd.user}"
-private_key_file = "{sshd.clientKey}"
-known_hosts = "{sshd.knownHosts}"
+{sshd.connection()}
 
 [[roles]]
 name = "ops"

@@ -26,6 +26,9 @@ EMAIL = b"grace.hopper@example.com"
 SECRETS = (CARD, CARD_PLAIN, EMAIL)
 _ANSI = re.compile(rb"\x1b\[[0-?]*[ -/]*[@-~]")
 
+#: The client environment the exec cases send through.
+ENV_ALLOW = 'env_allow = ["LANG", "SG_*"]'
+
 
 def _config(sshd, recordInput: str) -> str:
     return f"""
@@ -33,17 +36,7 @@ def _config(sshd, recordInput: str) -> str:
 state_dir = "var/sealgate"
 admin = "tcp:0:interface=127.0.0.1"
 checkpoint_interval = "1s"
-
-[[connections]]
-name = "web-1"
-protocol = "ssh"
-listen = "tcp:0:interface=127.0.0.1"
-backend = "{sshd.endpoint}"
-[connections.options]
-username = "{sshd.user}"
-private_key_file = "{sshd.clientKey}"
-known_hosts = "{sshd.knownHosts}"
-env_allow = ["LANG", "SG_*"]
+{sshd.connection(options=ENV_ALLOW)}
 
 [[roles]]
 name = "engineers"

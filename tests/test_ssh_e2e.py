@@ -34,6 +34,10 @@ def _closedPort() -> int:
     return port
 
 
+#: web-1's options beyond the login: the client environment let through, a short holdback.
+WEB_OPTIONS = 'env_allow = ["LANG", "SG_*"]\nmask_holdback = "100ms"'
+
+
 def _config(sshd, tmp: Path, silent: SilentServer | None = None) -> str:
     # silent-1's backend: a server that accepts and never answers, or (for
     # callers that never use that connection) a port nothing listens on.
@@ -51,18 +55,7 @@ admin = "tcp:0:interface=127.0.0.1"
 [limits]
 # Repeated failed logins from one source are sealed as one event per interval.
 failed_login_interval = "1s"
-
-[[connections]]
-name = "web-1"
-protocol = "ssh"
-listen = "tcp:0:interface=127.0.0.1"
-backend = "{sshd.endpoint}"
-[connections.options]
-username = "{sshd.user}"
-private_key_file = "{sshd.clientKey}"
-known_hosts = "{sshd.knownHosts}"
-env_allow = ["LANG", "SG_*"]
-mask_holdback = "100ms"
+{sshd.connection(options=WEB_OPTIONS)}
 
 [[connections]]
 name = "spoofed"

@@ -191,6 +191,24 @@ MaxSessions 50
         """The Twisted client endpoint string for a connection's C{backend}."""
         return f"tcp:host={self.host}:port={self.port}"
 
+    def connection(self, name: str = "web-1", options: str = "") -> str:
+        """
+        A gateway config's C{[[connections]]} table for an ssh connection to
+        this server, listening on a port the OS picks, logging in as its
+        user with its client key; C{options} adds lines to its options.
+        """
+        return f"""
+[[connections]]
+name = "{name}"
+protocol = "ssh"
+listen = "tcp:0:interface=127.0.0.1"
+backend = "{self.endpoint}"
+[connections.options]
+username = "{self.user}"
+private_key_file = "{self.clientKey}"
+known_hosts = "{self.knownHosts}"
+{options}"""
+
     # -- clients -------------------------------------------------------------
 
     def sshArgs(self, key: str | os.PathLike | None = None, port: int | None = None,

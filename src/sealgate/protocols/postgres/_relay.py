@@ -60,6 +60,12 @@ def denyStatement(message: str) -> str:
 #: carry values too (set_config, fastpath results, replication).
 _MASKED_REPLIES = [b"T", b"D", b"N", b"A", b"E", b"S", b"V", b"W"]
 _COPY_REPLIES = [b"H", b"d", b"c", b"C"]
+#: Replies that pair a statement with its description (ParseComplete,
+#: ParameterDescription, NoData): split out on masked sessions, so a run of
+#: other replies (a COPY's CopyData) never needs walking message by message.
+_PAIRING_REPLIES = [b"1", b"t", b"n"]
+#: The type a run the relay split off stands for: none the pairing acts on.
+_RUN = 0
 #: The types the row masker itself looks at (errors are masked here).
 _ROW_TYPES = frozenset(ord(c) for c in "TDNAHdcCSVW")
 
@@ -81,6 +87,9 @@ class ReplyMasker:
 
     def __call__(self, data: bytes, context) -> bytes:
         replies = context.pop("replies", None)
+        # The relay's runs hold no reply the pairing acts on (its table splits
+        # them all out); a run this masker splits itself may, and is walked.
+        split = replies is not None
         if replies is None:
             reader = w.Reader(frontend=False, maxMessage=self.maxMessage)
             reader.receive_data(data)
@@ -93,8 +102,10 @@ class ReplyMasker:
         rows = self.rows
         out = []
         for item in replies:
-            if item.__class__ is bytes or item.type not in _ROW_TYPES:
-                out.append(rows.passing(item if item.__class__ is bytes else item.type))
+            if item.__class__ is bytes:
+                out.append(rows.passing(_RUN if split else item))
+            elif item.type not in _ROW_TYPES:
+                out.append(rows.passing(item.type))
             if item.__class__ is bytes:
                 out.append(item)
             elif item.type in _ROW_TYPES:
@@ -152,7 +163,7 @@ class Relay:
         self._ctable = w.makeTable(w.FRONTEND_TYPES, [b"Q", b"P", b"B", b"E", b"S", b"C", b"X", b"F", b"D"])
         stop = [b"C", b"E", b"Z", b"I", b"s", b"S"]
         if self._rows is not None:
-            stop += _MASKED_REPLIES
+            stop += _MASKED_REPLIES + _PAIRING_REPLIES
             if masker.detectors:
                 # COPY rows carry no column names: only detectors apply.
                 stop += _COPY_REPLIES

@@ -13,7 +13,6 @@ import os
 import socket
 import struct
 import subprocess
-import threading
 import time
 
 import psycopg
@@ -23,6 +22,7 @@ from sealgate.flow import TO_CLIENT
 from sealgate.protocols.postgres import _wire as w
 from sealgate.recording.reader import StoreReader
 from tests.harness.pggateway import gatewayConfig
+from tests.harness.scripted import Tap
 
 CARD = "4111111111111111"
 SPACED = "4111 1111 1111 1111"
@@ -69,79 +69,6 @@ reason = "no drops; ask {MAIL}"
 [masking]
 detectors = ["credit_card", "email"]
 """
-
-
-class Tap:
-    """A transparent TCP relay in front of the gateway that keeps every byte sent to the client."""
-
-    def __init__(self, target: int):
-        self.target = target
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.port = self.server.getsockname()[1]
-        self.lock = threading.Lock()
-        self.received = bytearray()
-        self.pumps = 0
-        self.connections = 0
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.server.accept()
-            except OSError:
-                return
-            with self.lock:
-                self.pumps += 1
-                self.connections += 1
-            threading.Thread(target=self._relay, args=(client,), daemon=True).start()
-
-    def _relay(self, client) -> None:
-        try:
-            upstream = socket.create_connection(("127.0.0.1", self.target))
-        except OSError:
-            client.close()
-            with self.lock:
-                self.pumps -= 1
-            return
-        up = threading.Thread(target=self._pump, args=(client, upstream, False), daemon=True)
-        up.start()
-        self._pump(upstream, client, True)
-        up.join(30)
-        client.close()
-        upstream.close()
-        with self.lock:
-            self.pumps -= 1
-
-    def _pump(self, src, dst, keep: bool) -> None:
-        try:
-            while data := src.recv(65536):
-                if keep:
-                    with self.lock:
-                        self.received += data
-                dst.sendall(data)
-        except OSError:
-            pass
-        try:
-            dst.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-
-    def take(self, timeout: float = 30) -> tuple[bytes, int]:
-        """
-        What the clients received since the last take, once every relayed
-        connection ended, and how many connections that was.
-        """
-        deadline = time.monotonic() + timeout
-        while self.pumps and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert self.pumps == 0, "a client connection through the tap is still open"
-        with self.lock:
-            out, self.received = bytes(self.received), bytearray()
-            count, self.connections = self.connections, 0
-        return out, count
-
-    def close(self) -> None:
-        self.server.close()
 
 
 class Gateway:
@@ -211,7 +138,7 @@ def gw(postgres, tmp_path_factory):
     try:
         yield g
     finally:
-        tap.close()
+        tap.stop()
         assert process.stop() == 0
         log = process.log().encode()
         for secret in SECRETS:

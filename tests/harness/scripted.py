@@ -5,6 +5,7 @@ import hashlib
 import socket
 import struct
 import threading
+import time
 
 _WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
@@ -163,6 +164,7 @@ class Tap:
         self.port = self.sock.getsockname()[1]
         self.connections: list[TapConnection] = []
         self._threads: list[threading.Thread] = []
+        self._taken = 0
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -199,6 +201,19 @@ class Tap:
 
     def since(self, mark: int) -> list[TapConnection]:
         return self.connections[mark:]
+
+    def take(self, timeout: float = 30.0) -> tuple[bytes, int]:
+        """
+        What the clients were sent on the connections made since the last
+        take, once each of them ended, and how many connections that was.
+        """
+        new = self.connections[self._taken:]
+        deadline = time.monotonic() + timeout
+        for tc in new:
+            assert tc.closed.wait(max(0.0, deadline - time.monotonic())), \
+                "a client connection through the tap is still open"
+        self._taken += len(new)
+        return b"".join(bytes(tc.toClient) for tc in new), len(new)
 
     def stop(self) -> None:
         self.sock.close()

@@ -6,11 +6,11 @@ from twisted.logger import Logger
 from twisted.protocols.basic import FileSender
 
 from sealgate import writeNow
-from sealgate.masking import maskHead
 from sealgate.protocols.http import _framing, _wire
-from sealgate.protocols.http._body import BodyMasker, MaskingFailed, bodyMode
+from sealgate.protocols.http._body import BodyMasker, MaskingFailed
 from sealgate.protocols.http._masked import MaskedResponse
 from sealgate.protocols.http._pool import BackendConnection
+from sealgate.protocols.http._response import ResponsePlan, planKey, planResponse, redactPairs
 from sealgate.protocols.http._state import Exch, ExchEvent, exchStep
 
 #: Methods a request may be sent again for when a kept-alive connection
@@ -48,6 +48,8 @@ class Exchange(MaskedResponse):
     wrote = False
     framing: _framing.BodyFraming | None = None
     pendingHead = recordedHead = b""
+    #: A masked-whole body's head up to its Content-Length (no secret header).
+    lengthHead = b""
     rawPass = True
     chunkOut = False
     #: A text-mode body's own Content-Length (no content coding): if the
@@ -164,6 +166,9 @@ class Exchange(MaskedResponse):
 
     def _head(self, data: bytes) -> None:
         buf = self.buf + data if self.buf else data
+        request = self.request
+        plans = self.pool.plans
+        plan = None
         while True:
             end = buf.find(b"\r\n\r\n")
             if end < 0:
@@ -171,26 +176,35 @@ class Exchange(MaskedResponse):
                     return self._badResponse("response head too long")
                 self.buf = buf
                 return
+            raw = buf[:end]
+            key = planKey(raw, request.method, request.version, self.closeAfter, self.session.chain)
+            plan = plans.get(key)
+            buf = buf[end + 4:]
+            if plan is not None:
+                break
             try:
-                parsed = _wire.parseHeadIndexed(buf[:end], True, strict=True)
+                parsed = _wire.parseHeadIndexed(raw, True, strict=True)
             except _wire.ProtocolError as e:
                 return self._badResponse(str(e))
-            buf = buf[end + 4:]
             # 100 Continue is the backend's business: the gateway answered
             # the client's Expect itself.  Other interim answers (103 Early
             # Hints) go on to an HTTP/1.1 client, masked like any head.
             status = parsed[0].status
             if status >= 200 or status == 101:
                 break
-            if status != 100 and self.request.version == b"HTTP/1.1" and not self._interim(parsed):
+            if status != 100 and request.version == b"HTTP/1.1" and not self._interim(parsed):
                 return
         self.buf = b""
-        if status == 101:
-            return self._badResponse("switching protocols without an upgrade request")
-        try:
-            self._respond(parsed)
-        except _wire.ProtocolError as e:
-            return self._badResponse(str(e))
+        if plan is None:
+            if status == 101:
+                return self._badResponse("switching protocols without an upgrade request")
+            try:
+                plan = planResponse(parsed, request.method, request.version, self.closeAfter,
+                                    self.session.chain, self.backend.options.secret_headers)
+            except _wire.ProtocolError as e:
+                return self._badResponse(str(e))
+            plans.put(key, plan)
+        self._respond(plan)
         if self.state is Exch.BODY:
             if self.framing is None:
                 # A response without a body (204, 304, HEAD): bytes after
@@ -201,79 +215,43 @@ class Exchange(MaskedResponse):
             elif buf:
                 self._body(buf)
 
-    def _respond(self, parsed) -> None:
-        head, low, names = parsed
-        request = self.request
-        framing = _framing.responseFraming(low, head.status, request.method)
-        connection = low.get(b"connection")
-        drop = _wire.hopByHop(connection)
-        if head.version != b"HTTP/1.1" or (connection and b"close" in b",".join(connection).lower()):
+    def _respond(self, plan: ResponsePlan) -> None:
+        """Take the response head's plan (L{planResponse}): its framing, body mode and head to send."""
+        if not plan.reusable:
             self.reusable = False
-        if framing is not None and framing.kind == "close":
-            self.reusable = False
-        chain = self.session.chain
-        mode = "pass"
-        if framing is not None and (chain.masker is not None or chain.wantsOutput):
-            mode = bodyMode((low.get(b"content-type") or [None])[0],
-                            (low.get(b"content-encoding") or [None])[0])
+        mode = plan.mode
         if mode == "refuse":
             self.reusable = False
             self._finishBackend()
-            self.client.problem(request, 502, "Response cannot be masked",
+            self.client.problem(self.request, 502, "Response cannot be masked",
                                 "the response uses a content coding the gateway cannot decode")
             return
-        skip = drop
-        if framing is not None and framing.kind != "length" and b"content-length" in low:
-            # Chunked wins over a Content-Length beside it (RFC 9112 6.3);
-            # passing both on would leave the client to guess.
-            skip = drop | {b"content-length"}
-        self.contentType = (low.get(b"content-type") or [b""])[0].decode("latin-1")
-        if framing is not None and framing.kind == "length" and b"content-encoding" not in low:
-            self.passLength = b"%d" % framing.length
-        if mode in ("json", "text"):
+        self.contentType = plan.contentType
+        self.passLength = plan.passLength
+        if mode == "json" or mode == "text":
             # Its output hooks run in the session's output step, not here.
-            self.masker = BodyMasker(self.session, mode, (low.get(b"content-encoding") or [None])[0],
-                                     self.backend.options.max_masked_body,
-                                     (low.get(b"content-type") or [None])[0], hooks=False)
-            skip = drop | {b"content-encoding", b"content-length"}
-        pairs = [pair for pair, n in zip(head.headers, names, strict=True) if n not in skip]
-        reason = head.reason
-        masker = chain.masker
-        if masker is not None:
-            # Header values and the reason phrase are the backend's text too
-            # (Set-Cookie, Location, Content-Disposition...): same lengths.
-            reason, pairs = maskHead(masker, reason, pairs)
-        self.secretHead = not self.backend.options.secret_headers.isdisjoint(low)
+            self.masker = BodyMasker(self.session, mode, plan.contentEncoding,
+                                     self.backend.options.max_masked_body, plan.contentTypeRaw,
+                                     hooks=False)
+        self.secretHead = plan.secretHead
         self.mode = mode
-        self.framing = framing
-        http11 = request.version == b"HTTP/1.1"
-        if mode == "text" or (framing is not None and framing.kind == "chunked"):
-            if http11:
-                pairs.append((b"Transfer-Encoding", b"chunked"))
-                # Masked bodies are chunked again here (a JSON one as one
-                # chunk, never with a Content-Length); so is a passed body
-                # whose trailers must be masked.
-                self.chunkOut = mode != "pass" or masker is not None
-                self.rawPass = not self.chunkOut
-            else:
-                self.closeAfter = True
-                self.rawPass = False
-        elif framing is not None and framing.kind == "close":
-            self.closeAfter = True
-        if self.closeAfter:
-            pairs.append((b"Connection", b"close"))
-        self.pairs = pairs
-        self.first = b"HTTP/1.1 %d " % head.status + reason
+        self.framing = plan.framing()
+        self.closeAfter = plan.closeAfter
+        self.chunkOut = plan.chunkOut
+        self.rawPass = plan.rawPass
+        self.pairs = list(plan.pairs)
+        self.first = plan.first
+        self.lengthHead = plan.lengthHead
         if mode != "json":
-            self._setHead(pairs)
+            self.pendingHead = plan.head
+            self.recordedHead = plan.recorded
         self._to(ExchEvent.GOT_HEAD)
 
     def _setHead(self, pairs) -> None:
         self.pendingHead = head = _wire.serializeHead(self.first, pairs)
         if self.secretHead:
             secret = self.backend.options.secret_headers
-            self.recordedHead = _wire.serializeHead(
-                self.first, [(n, _wire.REDACTED if n.lower() in secret else v) for n, v in pairs])
+            self.recordedHead = _wire.serializeHead(self.first, redactPairs(pairs, secret))
         else:
             self.recordedHead = head
 

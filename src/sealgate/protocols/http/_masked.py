@@ -26,6 +26,9 @@ class MaskedResponse:
     passLength: bytes | None
     chunkOut: bool
     closeAfter: bool
+    lengthHead: bytes
+    pendingHead: bytes
+    recordedHead: bytes
 
     def _setHead(self, pairs) -> None:
         raise NotImplementedError
@@ -62,7 +65,10 @@ class MaskedResponse:
             self._setHead(self.pairs)
             sent = self._emit((_wire.chunk(tail) if tail else b"") + self._lastChunk())
         else:
-            self._setHead([*self.pairs, (b"Content-Length", b"%d" % len(tail))])
+            if self.lengthHead:
+                self.pendingHead = self.recordedHead = self.lengthHead + b"Content-Length: %d\r\n\r\n" % len(tail)
+            else:
+                self._setHead([*self.pairs, (b"Content-Length", b"%d" % len(tail))])
             sent = self._emit(tail)
         if sent:
             self.client.exchangeDone(self.closeAfter)

@@ -224,11 +224,29 @@ class Pipeline:
     def forwardHead(self, upgrade: bool) -> bytes:
         """The request head the backend gets: normalized target, its credential, one Host."""
         request, backend, client = self.request, self.backend, self.client
+        masked = upgrade and client.session.chain.masker is not None
+        # All but the length depends on the head, the backend and the
+        # client connection (its address, TLS or not): worked out once per
+        # head a connection repeats (L{HeadCache}).
+        memo = request.memo.get("forward")
+        if memo is not None and memo[0] is backend and memo[1] == (upgrade, masked):
+            lines = memo[2]
+        else:
+            lines = self._forwardLines(upgrade, masked)
+            request.memo["forward"] = (backend, (upgrade, masked), lines)
+        if request.body is not None:
+            return lines + b"\r\nContent-Length: %d\r\n\r\n" % request.bodySize
+        if request.method in _WITH_BODY:
+            return lines + b"\r\nContent-Length: 0\r\n\r\n"
+        return lines + b"\r\n\r\n"
+
+    def _forwardLines(self, upgrade: bool, masked: bool) -> bytes:
+        request, backend, client = self.request, self.backend, self.client
         low = request.low
         drop = _wire.hopByHop(low.get(b"connection"))
         if upgrade:
             drop -= {b"upgrade", b"connection"}
-            if client.session.chain.masker is not None:
+            if masked:
                 # Masking reads every frame: no extension (compression) is offered.
                 drop |= {b"sec-websocket-extensions"}
         options = backend.options
@@ -249,11 +267,7 @@ class Pipeline:
         parts.append(b"X-Forwarded-Host: " + request.host)
         for name, value in options.inject:
             parts.append(name + b": " + value)
-        if request.body is not None:
-            parts.append(b"Content-Length: %d" % request.bodySize)
-        elif request.method in _WITH_BODY:
-            parts.append(b"Content-Length: 0")
-        return b"\r\n".join(parts) + b"\r\n\r\n"
+        return b"\r\n".join(parts)
 
     def recordHead(self) -> None:
         """Record the request head in the session, once (before its body, or before an answer to it)."""
@@ -267,13 +281,18 @@ class Pipeline:
         request = self.request
         backend = self.backend
         secret = backend.options.secret_headers if backend is not None else _wire.SECRET_HEADERS
+        memo = request.memo.get("recorded")
+        if memo is not None and memo[0] is secret:
+            return memo[1]
         first = request.method + b" " + request.sent + b" " + request.version
         if secret.isdisjoint(request.low):
             pairs = request.headers
         else:
             pairs = [(n, _wire.REDACTED if ln in secret else v)
                      for (n, v), ln in zip(request.headers, request.names, strict=True)]
-        return _wire.serializeHead(first, pairs)
+        head = _wire.serializeHead(first, pairs)
+        request.memo["recorded"] = (secret, head)
+        return head
 
     def holdNotice(self, hold: Hold) -> None:
         """Tell the client at once that its request waits: a 1xx response clients skip, recorded."""

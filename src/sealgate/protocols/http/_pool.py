@@ -7,6 +7,7 @@ from twisted.internet import endpoints, task
 from twisted.internet.protocol import Factory, Protocol
 
 from sealgate import noDelay
+from sealgate.protocols.http._response import PlanCache
 
 #: An idle backend connection older than this is closed rather than reused:
 #: servers drop idle connections, and a request sent on one would fail.
@@ -99,6 +100,8 @@ class BackendPool:
         self._factory = Factory.forProtocol(lambda: BackendConnection(self))
         self._idle: list[BackendConnection] = []
         self.silence = SilenceWatch(reactor, timeout)
+        #: The plans of this backend's response heads (L{PlanCache}).
+        self.plans = PlanCache()
 
     def take(self) -> BackendConnection | None:
         now = time.monotonic()

@@ -19,7 +19,7 @@ from sealgate.protocols.http import _wire
 from sealgate.protocols.http._login import BrowserLogin
 from sealgate.protocols.http._pipeline import Pipeline
 from sealgate.protocols.http._pool import BackendPool
-from sealgate.protocols.http._request import Request, parseRequest
+from sealgate.protocols.http._request import HeadCache, Request
 from sealgate.protocols.http._routing import Backend, Router
 from sealgate.protocols.http._state import Conn, ConnEvent, connStep
 from sealgate.protocols.http._target import TargetRefused
@@ -76,6 +76,7 @@ class ClientConnection(Protocol):
         self.state = Conn.HEAD
         self.request: Request | None = None
         self.gone = False
+        self.heads = HeadCache(factory.lenient)
 
     def _to(self, event: ConnEvent) -> None:
         self.state = connStep(self.state, event)
@@ -156,7 +157,7 @@ class ClientConnection(Protocol):
 
     def _gotHead(self, raw: bytes) -> None:
         try:
-            request = parseRequest(raw, self.factory.lenient)
+            request = self.heads.parse(raw)
         except (_wire.ProtocolError, TargetRefused) as e:
             return self._badRequest(e)
         self.idleSince = None

@@ -35,6 +35,23 @@ class Request:
     bodySize: int = 0
     #: Bytes of the body as framed (chunk lines and trailers too).
     wireSize: int = 0
+    #: What the relay derived from this head once (the forwarded and the
+    #: recorded head, per backend), shared by the requests a
+    #: L{HeadCache} made from the same bytes: they depend on nothing else.
+    memo: dict = attrs.field(factory=dict)
+
+    def again(self) -> "Request":
+        """
+        A new request from the same head: what was parsed is shared (it is
+        never changed after parsing), what a request reads is fresh (its
+        body framing, its body and the counts).
+        """
+        framing = self.framing
+        if framing is not None:
+            framing = _framing.BodyFraming(framing.kind, framing.length)
+        return Request(self.method, self.target, self.version, self.headers, self.low, self.names,
+                       self.path, self.query, self.host, self.sent, framing, self.keepAlive,
+                       self.lenient, memo=self.memo)
 
     @property
     def chunked(self) -> bool:
@@ -43,6 +60,34 @@ class Request:
     def get(self, name: bytes) -> bytes | None:
         values = self.low.get(name)
         return values[0] if values else None
+
+
+class HeadCache:
+    """
+    One client connection's last request head: a kept-alive client (wrk, a
+    browser, an API client polling) mostly sends the same head again, and
+    the same bytes parse to the same request, so it is parsed once.  Only
+    a head that parsed is kept (a refused one is parsed, and refused, each
+    time); it lives as long as the connection.
+    """
+
+    #: Longer heads are parsed each time (the cache holds one, bounded).
+    MAX = 8192
+
+    def __init__(self, lenientToo: bool = False):
+        self.lenientToo = lenientToo
+        self._raw = b""
+        self._request: Request | None = None
+
+    def parse(self, raw: bytes) -> Request:
+        """L{parseRequest} of C{raw}, from the last head when it is the same bytes."""
+        request = self._request
+        if request is not None and raw == self._raw:
+            return request.again()
+        request = parseRequest(raw, self.lenientToo)
+        if len(raw) <= self.MAX:
+            self._raw, self._request = raw, request
+        return request
 
 
 def parseRequest(raw: bytes, lenientToo: bool = False) -> Request:

@@ -169,6 +169,7 @@ class Exchange(MaskedResponse):
         request = self.request
         plans = self.pool.plans
         plan = None
+        context = planKey(request.method, request.version, self.closeAfter, self.session.chain)
         while True:
             end = buf.find(b"\r\n\r\n")
             if end < 0:
@@ -177,8 +178,7 @@ class Exchange(MaskedResponse):
                 self.buf = buf
                 return
             raw = buf[:end]
-            key = planKey(raw, request.method, request.version, self.closeAfter, self.session.chain)
-            plan = plans.get(key)
+            plan = plans.get(raw, context)
             buf = buf[end + 4:]
             if plan is not None:
                 break
@@ -203,7 +203,7 @@ class Exchange(MaskedResponse):
                                     self.session.chain, self.backend.options.secret_headers)
             except _wire.ProtocolError as e:
                 return self._badResponse(str(e))
-            plans.put(key, plan)
+            plans.put(raw, context, plan, parsed[1])
         self._respond(plan)
         if self.state is Exch.BODY:
             if self.framing is None:
@@ -232,7 +232,7 @@ class Exchange(MaskedResponse):
             # Its output hooks run in the session's output step, not here.
             self.masker = BodyMasker(self.session, mode, plan.contentEncoding,
                                      self.backend.options.max_masked_body, plan.contentTypeRaw,
-                                     hooks=False)
+                                     hooks=False, memo=self.client.lastBody)
         self.secretHead = plan.secretHead
         self.mode = mode
         self.framing = plan.framing()

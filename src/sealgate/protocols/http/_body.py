@@ -105,6 +105,35 @@ class _Whole:
         return body
 
 
+class LastBody:
+    """
+    The last body a client connection had masked whole, as it came and as
+    masked: a kept-alive client polling one resource (wrk GET /json, a
+    dashboard) mostly gets the same document again, and the same bytes
+    under the same masker and type mask to the same bytes, so it is masked
+    once.  Anything else is masked as it comes; a body that fails masking
+    is never kept.  One body per connection, for the connection's life.
+    """
+
+    #: Bigger bodies are masked each time (and off the reactor thread).
+    MAX = INLINE
+
+    def __init__(self):
+        self._key: tuple = ()
+        self._body = b""
+        self._masked = b""
+
+    def mask(self, masker, body: bytes, contentType: str) -> bytes:
+        """C{masker.maskEncodedBody(body, None, contentType, False)[0]}, the last answer when it is the same question."""
+        key = self._key
+        if key and key[0] is masker and key[1] == contentType and body == self._body:
+            return self._masked
+        masked = masker.maskEncodedBody(body, None, contentType, False)[0]
+        if len(body) <= self.MAX:
+            self._key, self._body, self._masked = (masker, contentType), body, masked
+        return masked
+
+
 class BodyMasker:
     """
     Masks one response body for one session.  C{feed} returns what may be
@@ -114,8 +143,11 @@ class BodyMasker:
     """
 
     def __init__(self, session, mode: str, contentEncoding: bytes | None, limit: int, contentType,
-                 hooks: bool = True):
+                 hooks: bool = True, memo: LastBody | None = None):
         self._chain = session.chain
+        #: Where a body masked whole on the reactor thread is masked (the
+        #: client connection's L{LastBody}), if anywhere.
+        self._memo = memo
         # hooks=False: the caller sends through session.emit, which runs them.
         self._hooks = hooks
         self._masker = session.chain.masker
@@ -142,7 +174,10 @@ class BodyMasker:
         body = self._body
         if isinstance(body, _Whole):
             assert self._masker is not None
-            tail = self._masker.maskEncodedBody(body.take(), None, self._ctype, False)[0]
+            if self._memo is not None:
+                tail = self._memo.mask(self._masker, body.take(), self._ctype)
+            else:
+                tail = self._masker.maskEncodedBody(body.take(), None, self._ctype, False)[0]
         else:
             tail = body.finish()
         return self._output(tail) if tail or self._mode == "json" else b""

@@ -16,6 +16,7 @@ from sealgate import Leg, OutputRefused, Preamble, noDelay, writeNow
 from sealgate.interfaces import IPreLoginClient
 from sealgate.prelogin import httpRefusal
 from sealgate.protocols.http import _wire
+from sealgate.protocols.http._body import LastBody
 from sealgate.protocols.http._login import BrowserLogin
 from sealgate.protocols.http._pipeline import Pipeline
 from sealgate.protocols.http._pool import BackendPool
@@ -77,6 +78,7 @@ class ClientConnection(Protocol):
         self.request: Request | None = None
         self.gone = False
         self.heads = HeadCache(factory.lenient)
+        self.lastBody = LastBody()
 
     def _to(self, event: ConnEvent) -> None:
         self.state = connStep(self.state, event)

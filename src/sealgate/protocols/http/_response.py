@@ -1,5 +1,7 @@
 """What the relay does with a backend's response head (framing, body mode, the masked head it sends), worked out once per distinct head."""
 
+import re
+
 import attrs
 
 from sealgate.masking import maskHead
@@ -126,12 +128,16 @@ def redactPairs(pairs, secretHeaders: frozenset) -> list:
 
 class PlanCache:
     """
-    The plans of the response heads one backend sent lately, by the head's
-    exact bytes and the facts a plan depends on (L{planKey}): a backend
+    The plans of the response heads one backend sent lately.  A backend
     sends the same head again and again but for its Date (once a second)
-    and, between documents, its Content-Length.  Bounded; a head with a
-    secret header (its Set-Cookie differs each time anyway, and no secret
-    is kept here), a refusal and an interim answer are never kept.
+    and its Content-Length (from one document to the next), so a head is
+    looked up by its bytes without those two values (L{headKey}) and the
+    facts a plan depends on (L{planKey}); a plan found for other values
+    is the same plan with those two header values (and the body's length)
+    put in, where the head has each exactly once (L{_Entry}), else the head
+    is planned again.  Bounded; a head with a secret header (its
+    Set-Cookie differs each time anyway, and no secret is kept here), a
+    refusal and an interim answer are never kept.
     """
 
     MAX = 256
@@ -141,18 +147,132 @@ class PlanCache:
     def __init__(self):
         self._plans: dict = {}
 
-    def get(self, key) -> ResponsePlan | None:
-        return self._plans.get(key)
+    def get(self, raw: bytes, context: tuple) -> ResponsePlan | None:
+        """The plan for head C{raw} in C{context} (L{planKey}), or None: plan it, then L{put} it."""
+        if len(raw) > self.MAX_HEAD:
+            return None
+        key, date, length = headKey(raw)
+        entry = self._plans.get((key, context))
+        if entry is None:
+            return None
+        if entry.date == date and entry.length == length:
+            return entry.plan
+        found = entry.again(date, length)
+        if found is not None:
+            self._plans[key, context] = found
+            return found.plan
+        return None
 
-    def put(self, key, plan: ResponsePlan) -> None:
-        if plan.secretHead or plan.mode == "refuse" or len(key[0]) > self.MAX_HEAD:
+    def put(self, raw: bytes, context: tuple, plan: ResponsePlan, low: dict) -> None:
+        """Keep C{plan}, made for head C{raw} (its header values by lower-cased name in C{low})."""
+        if plan.secretHead or plan.mode == "refuse" or len(raw) > self.MAX_HEAD:
             return
+        key, date, length = headKey(raw)
         plans = self._plans
         if len(plans) >= self.MAX:
             plans.clear()  # what recurs comes back at once
-        plans[key] = plan
+        plans[key, context] = _Entry.of(plan, date, length, low)
 
 
-def planKey(raw: bytes, method: bytes, version: bytes, closeAfter: bool, chain) -> tuple:
-    """What a plan for head C{raw} depends on besides its backend's options (one cache per backend)."""
-    return raw, method, version, closeAfter, chain.masker, chain.wantsOutput
+@attrs.frozen
+class _Entry:
+    """
+    A kept plan and the Date and Content-Length values it was made for;
+    C{dateAt}/C{lengthAt} are where those headers are in the plan's pairs
+    (-1: not sent on), C{None} when the plan cannot be made again for other
+    values (the header is not there exactly once, or the length is not
+    what frames the body) and a head with other values is planned anew.
+    """
+
+    plan: ResponsePlan
+    date: bytes | None
+    length: bytes | None
+    dateAt: int | None
+    lengthAt: int | None
+
+    @classmethod
+    def of(cls, plan: ResponsePlan, date: bytes | None, length: bytes | None, low: dict) -> "_Entry":
+        dateAt = lengthAt = None
+        if date is not None and len(low.get(b"date", ())) == 1:
+            dateAt = _onlyPair(plan.pairs, b"Date", date)
+        if length is not None and len(low.get(b"content-length", ())) == 1 \
+                and plan.framingKind == "length" and plan.framingLength == int(length):
+            lengthAt = _onlyPair(plan.pairs, b"Content-Length", length)
+        return cls(plan, date, length, dateAt, lengthAt)
+
+    def again(self, date: bytes | None, length: bytes | None) -> "_Entry | None":
+        """This entry's plan for a head with these values, or None when it must be planned anew."""
+        plan = self.plan
+        pairs = list(plan.pairs)
+        if date != self.date:
+            if self.dateAt is None or date is None:
+                return None
+            if self.dateAt >= 0:
+                pairs[self.dateAt] = (b"Date", date)
+        framingLength, passLength = plan.framingLength, plan.passLength
+        if length != self.length:
+            if self.lengthAt is None or length is None or int(length) == 0:
+                return None
+            framingLength = int(length)
+            if passLength is not None:
+                passLength = b"%d" % framingLength
+            if self.lengthAt >= 0:
+                pairs[self.lengthAt] = (b"Content-Length", length)
+        sent = recorded = lengthHead = b""
+        if plan.mode == "json":
+            lengthHead = _wire.serializeHead(plan.first, pairs)[:-2]
+        else:
+            sent = recorded = _wire.serializeHead(plan.first, pairs)
+        return _Entry(attrs.evolve(plan, framingLength=framingLength, passLength=passLength,
+                                   pairs=tuple(pairs), head=sent, recorded=recorded,
+                                   lengthHead=lengthHead),
+                      date, length, self.dateAt, self.lengthAt)
+
+
+def _onlyPair(pairs: tuple, name: bytes, value: bytes) -> int | None:
+    """Where the one pair named C{name} (holding C{value}) is, -1 if none is; None if that is not so."""
+    at = [i for i, (n, _v) in enumerate(pairs) if n.lower() == name.lower()]
+    if not at:
+        return -1
+    if len(at) == 1 and pairs[at[0]] == (name, value):
+        return at[0]
+    return None
+
+
+_DATE_LINE = b"\r\nDate: "
+_LENGTH_LINE = b"\r\nContent-Length: "
+#: A Date value a strict parse takes as it is (IMF-fixdate and the like).
+_DATE_VALUE = re.compile(rb"[A-Za-z0-9][A-Za-z0-9 ,:]{0,62}[A-Za-z0-9]")
+
+
+def headKey(raw: bytes) -> tuple[bytes, bytes | None, bytes | None]:
+    """
+    C{(key, date, length)}: head C{raw} without the value of its one
+    C{Date} line and of its one C{Content-Length} line (spelled so, each
+    value one a strict parse takes unchanged), and those values (None:
+    left in the key).
+    """
+    key = raw
+    length = date = None
+    i = key.find(_LENGTH_LINE)
+    if i >= 0:
+        start = i + len(_LENGTH_LINE)
+        end = key.find(b"\r\n", start)
+        end = len(key) if end < 0 else end
+        value = key[start:end]
+        if value.isdigit() and len(value) <= 18 and key.find(_LENGTH_LINE, end) < 0:
+            length, key = value, key[:start] + key[end:]
+    i = key.find(_DATE_LINE)
+    if i >= 0:
+        start = i + len(_DATE_LINE)
+        end = key.find(b"\r\n", start)
+        end = len(key) if end < 0 else end
+        value = key[start:end]
+        if _DATE_VALUE.fullmatch(value) is not None and key.find(_DATE_LINE, end) < 0:
+            date, key = value, key[:start] + key[end:]
+    return key, date, length
+
+
+def planKey(method: bytes, version: bytes, closeAfter: bool, chain) -> tuple:
+    """What a plan depends on besides its head and its backend's options (one cache per backend)."""
+    return method, version, closeAfter, chain.masker, chain.wantsOutput

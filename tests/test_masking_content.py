@@ -60,6 +60,41 @@ def test_a_content_type_seen_before_parses_as_it_did_the_first_time(values):
         assert mediaType(v.decode() if isinstance(v, bytes) else v) == first
 
 
+def _textCodecAsBefore(data: bytes, charset):
+    """L{textCodec} as it was before its caches: every BOM tried, every label looked up."""
+    for bom, codec in ((codecs.BOM_UTF32_LE, "utf-32-le"), (codecs.BOM_UTF32_BE, "utf-32-be"),
+                       (codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF16_LE, "utf-16-le"),
+                       (codecs.BOM_UTF16_BE, "utf-16-be")):
+        if data.startswith(bom):
+            return bom, codec
+    name = (charset or "utf-8").strip().lower()
+    try:
+        info = codecs.lookup({"utf-16": "utf-16-le", "utf-32": "utf-32-le"}.get(name, name))
+    except LookupError:
+        return MaskingFailed
+    return b"", info.name
+
+
+_BOM_PIECES = st.sampled_from([b"", codecs.BOM_UTF8, codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE,
+                               codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE, b"\xff", b"\xef\xbb", b"\x00\x00",
+                               b"\x00", b"{"])
+
+
+@given(st.lists(st.tuples(st.lists(_BOM_PIECES, max_size=3).map(b"".join),
+                          st.sampled_from([None, "utf-8", " UTF-8 ", "utf-16", "UTF-32", "latin-1", "koi8-r",
+                                           "no-such-charset", "", "x" * 80])), max_size=12))
+def test_a_text_codec_seen_before_is_the_one_found_the_first_time(asks):
+    from sealgate.masking import textCodec
+
+    for data, charset in asks:
+        expected = _textCodecAsBefore(data, charset)
+        if expected is MaskingFailed:
+            with pytest.raises(MaskingFailed):
+                textCodec(data, charset)
+        else:
+            assert textCodec(data, charset) == expected
+
+
 @pytest.mark.parametrize("codec, bom", [
     ("utf-16-le", codecs.BOM_UTF16_LE), ("utf-16-be", codecs.BOM_UTF16_BE),
     ("utf-32-le", codecs.BOM_UTF32_LE), ("utf-32-be", codecs.BOM_UTF32_BE),

@@ -112,12 +112,15 @@ def maskEncodedBody(masker, body: bytes, content_encoding: str | None, content_t
     """
     encoding = content_encoding or ""
     media = mediaType(content_type)
-    if not canDecode(content_encoding) and media.kind in ("none", "other"):
-        # Not even sniffable: unknown content, whatever the coding holds.
-        if unknownPolicy(masker) == "pass":
-            return body, encoding
-        raise MaskingFailed(f"cannot vet a body with Content-Encoding {content_encoding!r}")
-    plain = decodeContent(body, content_encoding, limit)
+    if not encoding:
+        plain = body  # the usual case: nothing to undo
+    else:
+        if not canDecode(content_encoding) and media.kind in ("none", "other"):
+            # Not even sniffable: unknown content, whatever the coding holds.
+            if unknownPolicy(masker) == "pass":
+                return body, encoding
+            raise MaskingFailed(f"cannot vet a body with Content-Encoding {content_encoding!r}")
+        plain = decodeContent(body, content_encoding, limit)
     masked = maskPlain(masker, plain, media)
     if masked is plain or masked == plain:
         return body, encoding

@@ -127,8 +127,14 @@ def isTextType(contentType: str | bytes | None) -> bool:
 # -- charsets -------------------------------------------------------------------
 
 
+#: The first bytes of the BOMs in L{_BOMS}: anything else starts no BOM.
+_BOM_STARTS = frozenset(bom[0] for bom, _codec in _BOMS)
+
+
 def splitBom(data: bytes) -> tuple[bytes, str | None]:
     """C{(bom, codec)} of a body starting with a Unicode BOM, else C{(b"", None)}."""
+    if not data or data[0] not in _BOM_STARTS:
+        return b"", None
     for bom, codec in _BOMS:
         if data.startswith(bom):
             return bom, codec
@@ -147,12 +153,24 @@ def textCodec(data: bytes, charset: str | None) -> tuple[bytes, str]:
     bom, codec = splitBom(data)
     if codec is not None:
         return bom, codec
+    found = _charsets.get(charset)
+    if found is not None:
+        return b"", found
     name = (charset or "utf-8").strip().lower()
     try:
         info = codecs.lookup(_NO_BOM.get(name, name))
     except LookupError:
         raise MaskingFailed(f"text in the unknown charset {name!r} cannot be vetted") from None
+    if charset is None or (type(charset) is str and len(charset) <= 64):
+        if len(_charsets) >= 256:
+            _charsets.clear()
+        _charsets[charset] = info.name
     return b"", info.name
+
+
+#: Charset labels looked up before (a service sends the same few), by the
+#: label as given; an unknown one is never kept (it is refused each time).
+_charsets: dict = {}
 
 
 def asciiSafe(codec: str) -> bool:

@@ -146,22 +146,27 @@ class PlanCache:
 
     def __init__(self):
         self._plans: dict = {}
+        #: The head found last, as it came, with its context and plan.
+        self._last: tuple = (None, None, None)
 
     def get(self, raw: bytes, context: tuple) -> ResponsePlan | None:
         """The plan for head C{raw} in C{context} (L{planKey}), or None: plan it, then L{put} it."""
+        last = self._last
+        if raw == last[0] and context == last[1]:
+            return last[2]
         if len(raw) > self.MAX_HEAD:
             return None
         key, date, length = headKey(raw)
         entry = self._plans.get((key, context))
         if entry is None:
             return None
-        if entry.date == date and entry.length == length:
-            return entry.plan
-        found = entry.again(date, length)
-        if found is not None:
-            self._plans[key, context] = found
-            return found.plan
-        return None
+        if entry.date != date or entry.length != length:
+            entry = entry.again(date, length)
+            if entry is None:
+                return None
+            self._plans[key, context] = entry
+        self._last = (raw, context, entry.plan)
+        return entry.plan
 
     def put(self, raw: bytes, context: tuple, plan: ResponsePlan, low: dict) -> None:
         """Keep C{plan}, made for head C{raw} (its header values by lower-cased name in C{low})."""
@@ -239,38 +244,27 @@ def _onlyPair(pairs: tuple, name: bytes, value: bytes) -> int | None:
     return None
 
 
-_DATE_LINE = b"\r\nDate: "
-_LENGTH_LINE = b"\r\nContent-Length: "
-#: A Date value a strict parse takes as it is (IMF-fixdate and the like).
-_DATE_VALUE = re.compile(rb"[A-Za-z0-9][A-Za-z0-9 ,:]{0,62}[A-Za-z0-9]")
+#: A C{Date} line's value and a C{Content-Length} line's value, spelled so,
+#: each one a strict parse takes unchanged (IMF-fixdate and the like; digits).
+_HOLES = re.compile(rb"\r\n(?:Date: ([A-Za-z0-9][A-Za-z0-9 ,:]{0,62}[A-Za-z0-9])"
+                    rb"|Content-Length: ([0-9]{1,18}))(?=\r\n|\Z)")
 
 
-def headKey(raw: bytes) -> tuple[bytes, bytes | None, bytes | None]:
+def headKey(raw: bytes) -> tuple[bytes | tuple, bytes | None, bytes | None]:
     """
-    C{(key, date, length)}: head C{raw} without the value of its one
-    C{Date} line and of its one C{Content-Length} line (spelled so, each
-    value one a strict parse takes unchanged), and those values (None:
-    left in the key).
+    C{(key, date, length)}: head C{raw} cut around its one C{Date} line and
+    its one C{Content-Length} line (L{_HOLES}), and their values (None:
+    there is no such line, or more than one, and the head is its own
+    key).  The key and the values give back C{raw}.
     """
-    key = raw
-    length = date = None
-    i = key.find(_LENGTH_LINE)
-    if i >= 0:
-        start = i + len(_LENGTH_LINE)
-        end = key.find(b"\r\n", start)
-        end = len(key) if end < 0 else end
-        value = key[start:end]
-        if value.isdigit() and len(value) <= 18 and key.find(_LENGTH_LINE, end) < 0:
-            length, key = value, key[:start] + key[end:]
-    i = key.find(_DATE_LINE)
-    if i >= 0:
-        start = i + len(_DATE_LINE)
-        end = key.find(b"\r\n", start)
-        end = len(key) if end < 0 else end
-        value = key[start:end]
-        if _DATE_VALUE.fullmatch(value) is not None and key.find(_DATE_LINE, end) < 0:
-            date, key = value, key[:start] + key[end:]
-    return key, date, length
+    parts = _HOLES.split(raw)
+    n = len(parts)
+    if n == 4:
+        return (parts[0], parts[3], parts[1] is not None), parts[1], parts[2]
+    if n == 7 and (parts[1] is None) != (parts[4] is None):
+        dateFirst = parts[1] is not None
+        return (parts[0], parts[3], parts[6], dateFirst), parts[1] or parts[4], parts[2] or parts[5]
+    return raw, None, None
 
 
 def planKey(method: bytes, version: bytes, closeAfter: bool, chain) -> tuple:

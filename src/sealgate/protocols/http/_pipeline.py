@@ -93,15 +93,22 @@ class Pipeline:
             return client.problem(request, 400, "Bad request", request.lenient)
         self.backend = backend
         self.maxBody = backend.options.max_body
-        credential = _wire.credentialFrom(request.get(b"authorization"))
+        memo = request.memo.get("credential")
+        if memo is None:
+            credential = _wire.credentialFrom(request.get(b"authorization"))
+            digest = hashlib.sha256(credential.encode()).digest() if credential is not None else b""
+            request.memo["credential"] = (credential, digest)
+        else:
+            credential, digest = memo
         if credential is None and backend.options.browser_login:
             credential = login.credentialFor(request)
             if credential is None and login.wantsLogin(request):
                 return self._later(self._loginStart(backend))
+            if credential is not None:
+                digest = hashlib.sha256(credential.encode()).digest()
         if credential is None:
             return client.problem(request, 401, "Authentication required",
                                   "send Authorization: Bearer <token or API key>", headers=[_CHALLENGE])
-        digest = hashlib.sha256(credential.encode()).digest()
         if client.session is None or client.credentialHash != digest or client.backend is not backend:
             return self._later(self._openSession(credential, digest))
         if not self.factory.gateway.lifetime.fresh(client.session):
@@ -182,28 +189,44 @@ class Pipeline:
         if not session.chain.wantsCommand:
             return self.dispatch(CONTINUE)
         request = self.request
-        method = request.method.decode("latin-1")
-        secret = self.backend.options.secret_headers
-        details = {
-            "method": method, "path": request.path.decode("latin-1"),
-            "query": (request.query or b"").decode("latin-1"),
-            "headers": {n.decode("latin-1"): b", ".join(vs).decode("latin-1")
-                        for n, vs in request.low.items() if n not in secret},
-            "body_size": request.bodySize,
-        }
-        upgrade = request.get(b"upgrade")
-        if upgrade:
-            details["upgrade"] = upgrade.lower().decode("latin-1")
+        text, details = self._details()
         # HTTP forwards the request as the client framed it: a Rewrite is
         # not applied, so the core turns it into an audited denial.
-        decision = session.decide("http", f"{method} {request.target.decode('latin-1')}", details,
-                                  rewritable=False)
+        decision = session.decide("http", text, details, rewritable=False)
         if decision.held:
             self.holdNotice(decision.verdict)
             decision.pending.addCallback(self.dispatch)
             decision.pending.addErrback(self.client._crashed, request)
             return
         self.dispatch(decision.verdict)
+
+    def _details(self) -> tuple[str, dict]:
+        """
+        The command text and details the chain decides on and the audit
+        event keeps: worked out once per head a connection repeats, and
+        each request gets its own dicts (an interceptor may keep them).
+        """
+        request = self.request
+        secret = self.backend.options.secret_headers
+        memo = request.memo.get("details")
+        if memo is None or memo[0] is not secret:
+            method = request.method.decode("latin-1")
+            details = {
+                "method": method, "path": request.path.decode("latin-1"),
+                "query": (request.query or b"").decode("latin-1"),
+                "headers": {n.decode("latin-1"): b", ".join(vs).decode("latin-1")
+                            for n, vs in request.low.items() if n not in secret},
+                "body_size": 0,
+            }
+            upgrade = request.get(b"upgrade")
+            if upgrade:
+                details["upgrade"] = upgrade.lower().decode("latin-1")
+            memo = request.memo["details"] = (secret, f"{method} {request.target.decode('latin-1')}",
+                                              details)
+        details = dict(memo[2])
+        details["headers"] = dict(details["headers"])
+        details["body_size"] = request.bodySize
+        return memo[1], details
 
     def dispatch(self, verdict) -> None:
         client, request = self.client, self.request

@@ -83,13 +83,15 @@ class _Whole:
     """
 
     def __init__(self, contentEncoding, limit: int):
-        self._decoder = ContentDecoder(contentEncoding, limit)
+        # No coding (the usual case): nothing to undo, the bytes are the body.
+        self._decoder = ContentDecoder(contentEncoding, limit) if contentEncoding else None
         self._limit = limit
         self._held: list[bytes] = []
         self.size = 0
 
     def feed(self, data: bytes) -> bytes:
-        data = self._decoder.decode(data)
+        if self._decoder is not None:
+            data = self._decoder.decode(data)
         self.size += len(data)
         if self.size > self._limit:
             raise ContentTooLarge(f"a body masked whole is bounded to {self._limit} bytes; refused")
@@ -99,7 +101,8 @@ class _Whole:
 
     def take(self) -> bytes:
         """The whole decoded body (checked complete)."""
-        self._decoder.finish()
+        if self._decoder is not None:
+            self._decoder.finish()
         body = b"".join(self._held)
         self._held = []
         return body

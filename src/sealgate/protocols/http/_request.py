@@ -86,7 +86,9 @@ class HeadCache:
             return request.again()
         request = parseRequest(raw, self.lenientToo)
         if len(raw) <= self.MAX:
-            self._raw, self._request = raw, request
+            # A twin is kept, never handed out: the request itself gets a
+            # body, which the connection must not hold on to.
+            self._raw, self._request = raw, request.again()
         return request
 
 

@@ -87,9 +87,15 @@ for _exch in (Exch.CONNECT, Exch.HEAD, Exch.BODY, Exch.DONE):
 
 def connStep(state: Conn, event: ConnEvent) -> Conn:
     """The connection's state after C{event}; a transition the table lacks is a relay bug."""
-    return step(_CONN, state, event)
+    try:
+        return _CONN[state, event]  # a few per request: the lookup, without a call around it
+    except KeyError:
+        return step(_CONN, state, event)
 
 
 def exchStep(state: Exch, event: ExchEvent) -> Exch:
     """The exchange's state after C{event}; a transition the table lacks is a relay bug."""
-    return step(_EXCH, state, event)
+    try:
+        return _EXCH[state, event]
+    except KeyError:
+        return step(_EXCH, state, event)

@@ -310,3 +310,16 @@ def test_a_connections_last_body_is_masked_as_the_masker_masks_it_whatever_came_
                 memo.mask(masker, doc, ctype)
             continue
         assert memo.mask(masker, bytes(doc), ctype) == expected
+
+
+def test_a_connection_holds_no_body_past_its_bound():
+    memo, masker = _body.LastBody(), _MASKERS[0]
+    small = json.dumps({"email": "ada@example.com"}).encode()
+    assert memo.mask(masker, small, "application/json") == masker.maskEncodedBody(
+        small, None, "application/json", False)[0]
+    assert memo._body == small
+    big = json.dumps([{"email": "ada@example.com", "n": i} for i in range(1000)]).encode()
+    assert len(big) > _body.LastBody.MAX
+    assert memo.mask(masker, big, "application/json") == masker.maskEncodedBody(
+        big, None, "application/json", False)[0]
+    assert memo._body == b"" and memo._masked == b""

@@ -118,8 +118,9 @@ class LastBody:
     is never kept.  One body per connection, for the connection's life.
     """
 
-    #: Bigger bodies are masked each time (and off the reactor thread).
-    MAX = INLINE
+    #: What one connection may hold here, the body and its masked twin
+    #: together: bigger ones are masked each time.
+    MAX = 32 << 10
 
     def __init__(self):
         self._key: tuple = ()
@@ -132,8 +133,10 @@ class LastBody:
         if key and key[0] is masker and key[1] == contentType and body == self._body:
             return self._masked
         masked = masker.maskEncodedBody(body, None, contentType, False)[0]
-        if len(body) <= self.MAX:
+        if len(body) + len(masked) <= self.MAX:
             self._key, self._body, self._masked = (masker, contentType), body, masked
+        elif self._key:
+            self._key, self._body, self._masked = (), b"", b""  # nothing older is kept either
         return masked
 
 

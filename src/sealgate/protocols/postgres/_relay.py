@@ -60,6 +60,8 @@ def denyStatement(message: str) -> str:
 #: carry values too (set_config, fastpath results, replication).
 _MASKED_REPLIES = [b"T", b"D", b"N", b"A", b"E", b"S", b"V", b"W"]
 _COPY_REPLIES = [b"H", b"d", b"c", b"C"]
+#: What the relay splits out of a COPY OUT: its start and end, not its rows.
+_COPY_SPLIT = [b"H", b"c", b"C"]
 #: Replies that pair a statement with its description (ParseComplete,
 #: ParameterDescription, NoData): split out on masked sessions, so a run of
 #: other replies (a COPY's CopyData) never needs walking message by message.
@@ -102,6 +104,11 @@ class ReplyMasker:
         rows = self.rows
         out = []
         for item in replies:
+            if item.__class__ is bytes and split and rows.copyOut and rows.detectors:
+                # COPY OUT: the relay leaves its CopyData unsplit; one look at the run.
+                if not rows.copyRun(item):
+                    out.append(self(item, {}))  # split and masked row by row
+                    continue
             if item.__class__ is bytes:
                 out.append(rows.passing(_RUN if split else item))
             elif item.type not in _ROW_TYPES:
@@ -165,8 +172,9 @@ class Relay:
         if self._rows is not None:
             stop += _MASKED_REPLIES + _PAIRING_REPLIES
             if masker.detectors:
-                # COPY rows carry no column names: only detectors apply.
-                stop += _COPY_REPLIES
+                # COPY rows carry no column names: only detectors apply.  Their
+                # CopyData stay in runs, looked at a run at a time (ReplyMasker).
+                stop += _COPY_SPLIT
         self._btable = w.makeTable(w.BACKEND_TYPES, stop)
         self._pending: deque = deque()
         self._statements: dict[str, str] = {}

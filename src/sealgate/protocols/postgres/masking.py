@@ -37,6 +37,7 @@ FunctionCallResponse results are masked by the detectors.
 import re
 
 from sealgate.masking import MaskingFailed, unknownPolicy
+from sealgate.masking._detectors import suspect
 from sealgate.protocols.postgres import _binary as b
 from sealgate.protocols.postgres import _wire as w
 from sealgate.protocols.postgres._described import Descriptions, replyTypes
@@ -155,6 +156,21 @@ class RowMasker:
             last = t  # type: ignore[assignment]
             self.descs.reply(last)
         return b"" if self.held is None else self.release(last)
+
+    def copyRun(self, run: bytes) -> bool:
+        """
+        Whether a run of whole replies that came during text COPY OUT (its
+        CopyData, left unsplit by the relay) goes out as it is, with one
+        look at all of it: true only when nothing in the run could be a
+        value any detector finds (L{suspect}) and it holds no hex bytea.
+        Both tests only ask whether a string occurs, so what is absent from
+        the run is absent from each row: every row would have been passed
+        unchanged (C{tests/test_pg_copybatch.py}).  False: the caller masks
+        the run message by message, as before.
+        """
+        if self.swallow or not self.copyText or b"\\x" in run:
+            return False
+        return not suspect(run.decode("utf-8", "surrogateescape"), 0)
 
     def _describedEarlier(self) -> bool:
         """Rows with no RowDescription: take their statement's, if it was described (and bound)."""

@@ -37,7 +37,7 @@ FunctionCallResponse results are masked by the detectors.
 import re
 
 from sealgate.masking import MaskingFailed, unknownPolicy
-from sealgate.masking._detectors import suspect
+from sealgate.masking._detectors import MIN_VALUE, suspect
 from sealgate.protocols.postgres import _binary as b
 from sealgate.protocols.postgres import _wire as w
 from sealgate.protocols.postgres._described import Descriptions, replyTypes
@@ -122,6 +122,9 @@ class RowMasker:
         self._pendingKey: tuple | None = None
         #: RowDescription bytes -> its shape: a session repeats its queries.
         self._shapes: dict[bytes, tuple] = {}
+        #: The plan L{_short} last looked at, and whether it masks only as text.
+        self._plainPlan: tuple | None = None
+        self._plain = False
 
     def frame(self, f) -> bytes:
         """One backend message (a L{w.Frame}) as the client may see it."""
@@ -129,13 +132,29 @@ class RowMasker:
         if t == _D:
             if not self.described and not self._describedEarlier():
                 return self._undescribed(f)
-            return self._row(f) if self.active else f.raw
+            if not self.active:
+                return f.raw
+            if self.held is None and not self.cond and self._short(f.raw):
+                return f.raw
+            return self._row(f)
         if self.held is not None:
             return self.release(t) + self.frame(f)
         if t == _C:
             self.described = False
             self.descs.reply(t)
         return self._other(f, t)
+
+    def _short(self, raw: bytes) -> bool:
+        """
+        Whether a DataRow of the current shape passes as it is unread: every
+        column is passed or masked as text only, and all its values together
+        are shorter than the shortest value a detector finds (so is each).
+        """
+        plan = self.plan
+        if plan is not self._plainPlan:
+            self._plainPlan = plan
+            self._plain = all(how == SKIP or how == TEXT for how in plan)
+        return self._plain and self.desc is not None and len(raw) - 7 - 4 * ((raw[5] << 8) | raw[6]) < MIN_VALUE
 
     def fromClient(self, t: int, raw: bytes) -> None:
         """A client message the relay forwards: statements, portals and what awaits a reply."""

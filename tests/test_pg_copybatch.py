@@ -21,7 +21,7 @@ _PIECES = ["4111111111111111", "4111 1111 1111 1111", "5500-0000-0000-0004", "ja
            "@", "a@b.cd", "123-45-6789", "DE89370400440532013000", "+1 212 555 0100", "(212)",
            "AKIAIOSFODNN7EXAMPLE", "secret", "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2ln",
            "-----BEGIN PRIVATE KEY-----", "\\x", "\\x4142", "0", "12", " ", "-", ".", "\t", "\n",
-           "\u00e9", "\udcff", "row ", "A", "ß"]
+           "\u00e9", "\udcff", "row ", "A", "ß", "\\x" + "jane@example.com".encode().hex()]
 _text = st.lists(st.one_of(st.sampled_from(_PIECES), st.text(max_size=8)), max_size=12).map("".join)
 
 

@@ -134,7 +134,7 @@ class RowMasker:
                 return self._undescribed(f)
             if not self.active:
                 return f.raw
-            if self.held is None and not self.cond and self._short(f.raw):
+            if self.held is None and not self.cond and self._plainRow(f.raw):
                 return f.raw
             return self._row(f)
         if self.held is not None:
@@ -144,17 +144,24 @@ class RowMasker:
             self.descs.reply(t)
         return self._other(f, t)
 
-    def _short(self, raw: bytes) -> bool:
+    def _plainRow(self, raw: bytes) -> bool:
         """
-        Whether a DataRow of the current shape passes as it is unread: every
-        column is passed or masked as text only, and all its values together
-        are shorter than the shortest value a detector finds (so is each).
+        Whether a DataRow of the current shape passes as it is, unread:
+        every column is passed or masked as text only, and either all its
+        values together are shorter than the shortest value a detector
+        finds, or the whole message holds nothing any detector could find
+        (L{suspect}) and no hex bytea.  Each value is part of the message,
+        so what the message lacks, each value lacks: none would change.
         """
         plan = self.plan
         if plan is not self._plainPlan:
             self._plainPlan = plan
             self._plain = all(how == SKIP or how == TEXT for how in plan)
-        return self._plain and self.desc is not None and len(raw) - 7 - 4 * ((raw[5] << 8) | raw[6]) < MIN_VALUE
+        if not self._plain or self.desc is None:
+            return False
+        if len(raw) - 7 - 4 * ((raw[5] << 8) | raw[6]) < MIN_VALUE:
+            return True
+        return b"\\x" not in raw and not suspect(raw.decode("utf-8", "surrogateescape"), 0)
 
     def fromClient(self, t: int, raw: bytes) -> None:
         """A client message the relay forwards: statements, portals and what awaits a reply."""

@@ -142,6 +142,8 @@ def _dict(masker, value: dict, depth: int, keys: tuple[dict, dict], top: bool) -
                     new = _walk(masker, v, depth + 1, keys)
                 else:
                     new = hit
+            elif type(v) is list and depth + 1 < _MAX_DEPTH:
+                new = _seq(masker, v, depth + 1, keys)  # what _walk would call
             else:
                 new = _walk(masker, v, depth + 1, keys)
         elif isinstance(k, str):

@@ -51,13 +51,14 @@ def _rowByRow(masker, payloads, text=True) -> bytes:
     """What the relay gave before: every CopyData split out and masked on its own."""
     m = ReplyMasker(RowMasker(masker), 1 << 20)
     frames = [w.Frame(w.CopyData(p).encode()[0], w.CopyData(p).encode()) for p in payloads]
-    return m(b"", {"replies": [_copyStart(text), *frames]})
+    replies = [_copyStart(text), *frames]
+    return m(b"".join(f.raw for f in replies), {"replies": replies})
 
 
 def _asRun(masker, payloads, text=True) -> bytes:
     m = ReplyMasker(RowMasker(masker), 1 << 20)
     run = b"".join(w.CopyData(p).encode() for p in payloads)
-    return m(b"", {"replies": [_copyStart(text), run] if run else [_copyStart(text)]})
+    return m(_copyStart(text).raw + run, {"replies": [_copyStart(text), run] if run else [_copyStart(text)]})
 
 
 _rows = st.lists(_text.map(lambda t: (t + "\n").encode("utf-8", "surrogateescape")), max_size=8)
@@ -104,3 +105,31 @@ _skeletons = st.lists(st.sampled_from(["0", "00", "0000", "s", "A", "AA", "+", "
 def test_the_shape_list_finds_what_the_shape_regex_finds(sk):
     from sealgate.masking._detectors import _SHAPES, shapesIn
     assert shapesIn(sk) == (_SHAPES.search(sk) is not None)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(min_value=0, max_value=300),
+       st.lists(st.tuples(st.integers(min_value=0, max_value=300), _rows.filter(bool)), max_size=4))
+def test_a_long_run_with_rare_values_is_halved_and_masked_exactly_as_row_by_row(n, inserts):
+    payloads = [f"{i}\trow {i}\n".encode() for i in range(n)]
+    for at, rows in inserts:
+        payloads[at:at] = rows
+    assert _asRun(CARD_EMAIL, payloads) == _rowByRow(CARD_EMAIL, payloads)
+
+
+def test_the_halving_passes_the_clean_halves_whole():
+    calls = []
+    rows = RowMasker(CARD_EMAIL)
+    m = ReplyMasker(rows, 1 << 20)
+    rows.frame(_copyStart())
+    payloads = [f"{i}\trow {i}\n".encode() for i in range(1000)]
+    payloads[500] = b"500\tjane@example.com\n"
+    run = b"".join(w.CopyData(p).encode() for p in payloads)
+
+    def byMessage(data):
+        calls.append(data)
+        return m._byMessage(data)
+
+    out = rows.maskCopyRun(run, byMessage)
+    assert out == _rowByRow(CARD_EMAIL, payloads)[len(_copyStart().raw):]
+    assert sum(len(c) for c in calls) < len(run) // 30  # only the piece around the value, row by row

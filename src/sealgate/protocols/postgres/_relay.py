@@ -87,7 +87,11 @@ class ReplyMasker:
         stop = _MASKED_REPLIES + (_COPY_REPLIES if rows.detectors else [])
         self.table = w.makeTable(w.BACKEND_TYPES, stop)
 
+    def _byMessage(self, data: bytes) -> bytes:
+        return self(data, {})
+
     def __call__(self, data: bytes, context) -> bytes:
+        # The relay's C{replies} are C{data} split: unchanged, C{data} is the answer.
         replies = context.pop("replies", None)
         # The relay's runs hold no reply the pairing acts on (its table splits
         # them all out); a run this masker splits itself may, and is walked.
@@ -106,9 +110,9 @@ class ReplyMasker:
         changed = False  # while nothing is: the output is C{data} itself, not joined again
         for item in replies:
             if item.__class__ is bytes:
-                if split and rows.copyOut and rows.detectors and not rows.copyRun(item):
-                    # COPY OUT: the relay leaves its CopyData unsplit; this run may hold a value.
-                    masked = self(item, {})  # split and masked row by row
+                if split and rows.copyOut and rows.detectors:
+                    # COPY OUT: the relay leaves its CopyData unsplit, looked at a run at a time.
+                    masked = rows.maskCopyRun(item, self._byMessage)
                     changed = changed or masked is not item
                     out.append(masked)
                     continue

@@ -40,7 +40,7 @@ from sealgate.masking import MaskingFailed, unknownPolicy
 from sealgate.masking._detectors import MIN_VALUE, suspect
 from sealgate.protocols.postgres import _binary as b
 from sealgate.protocols.postgres import _wire as w
-from sealgate.protocols.postgres._described import Descriptions, replyTypes
+from sealgate.protocols.postgres._described import Descriptions, replyStarts, replyTypes
 from sealgate.protocols.postgres._values import (  # noqa: F401 (re-exported)
     ARRAY,
     AS_TEXT,
@@ -191,12 +191,42 @@ class RowMasker:
         value any detector finds (L{suspect}) and it holds no hex bytea.
         Both tests only ask whether a string occurs, so what is absent from
         the run is absent from each row: every row would have been passed
-        unchanged (C{tests/test_pg_copybatch.py}).  False: the caller masks
-        the run message by message, as before.
+        unchanged (C{tests/test_pg_copybatch.py}).
         """
         if self.swallow or not self.copyText or b"\\x" in run:
             return False
         return not suspect(run.decode("utf-8", "surrogateescape"), 0)
+
+    def maskCopyRun(self, run: bytes, byMessage) -> bytes:
+        """
+        Such a run as the client may see it: whole when L{copyRun} says so,
+        else halved (at message boundaries) while a half may hold a value,
+        so rows around a rare value still pass in bulk; what is left (16
+        messages or fewer, or a COPY that is not text) goes to
+        C{byMessage}, which splits it and masks message by message.
+        """
+        if self.copyRun(run):
+            released = self.passing(0)  # a run the relay split off
+            return released + run if released else run
+        if self.swallow or not self.copyText:
+            return byMessage(run)
+        starts = list(replyStarts(run))
+        out: list[bytes] = []
+        self._copyPieces(run, starts, 0, len(starts) - 1, byMessage, out)
+        return b"".join(out)
+
+    def _copyPieces(self, run: bytes, starts: list, lo: int, hi: int, byMessage, out: list) -> None:
+        if hi - lo <= 16:
+            out.append(byMessage(run[starts[lo]:starts[hi]]))
+            return
+        mid = (lo + hi) // 2
+        for a, b in ((lo, mid), (mid, hi)):
+            piece = run[starts[a]:starts[b]]
+            if self.copyRun(piece):
+                out.append(self.passing(0))
+                out.append(piece)
+            else:
+                self._copyPieces(run, starts, a, b, byMessage, out)
 
     def _describedEarlier(self) -> bool:
         """Rows with no RowDescription: take their statement's, if it was described (and bound)."""

@@ -220,13 +220,13 @@ class RowMasker:
             out.append(byMessage(run[starts[lo]:starts[hi]]))
             return
         mid = (lo + hi) // 2
-        for a, b in ((lo, mid), (mid, hi)):
-            piece = run[starts[a]:starts[b]]
+        for start, end in ((lo, mid), (mid, hi)):
+            piece = run[starts[start]:starts[end]]
             if self.copyRun(piece):
                 out.append(self.passing(0))
                 out.append(piece)
             else:
-                self._copyPieces(run, starts, a, b, byMessage, out)
+                self._copyPieces(run, starts, start, end, byMessage, out)
 
     def _describedEarlier(self) -> bool:
         """Rows with no RowDescription: take their statement's, if it was described (and bound)."""

@@ -31,7 +31,10 @@ def maskEvent(masker, fields: dict[str, Any]) -> dict[str, Any]:
     """
     if not masker.detectors and not masker.names:
         return fields  # nothing could change
-    out = _walk(masker, fields, 0, _caches(masker), top=True)
+    caches = _caches(masker)
+    # What _walk does with a dict at the top, without its dispatch.
+    out = (_dict(masker, fields, 0, caches, True) if type(fields) is dict
+           else _walk(masker, fields, 0, caches, top=True))
     return fields if out is fields else out
 
 
@@ -107,16 +110,7 @@ def _walk(masker, value: Any, depth: int, keys: tuple[dict, dict], top: bool = F
             return _text(masker, repr(value))
         return _seq(masker, value, depth, keys)
     if t is int or t is float:
-        # A parameter bound as a number can be a card number too.
-        if not masker.detectors:
-            return value
-        text = repr(value)
-        if len(text) < 8 and "+" not in text:
-            # Only digits, ".", "-" and lower-case letters: the shortest value any
-            # detector finds in those is 8 long (dddd.ddd), or needs a "+".
-            return value
-        masked = _shortText(masker, keys, text) if len(text) <= _SHORT else _text(masker, text)
-        return value if masked is text else masked
+        return _number(masker, value, keys) if masker.detectors else value
     if value is None or t is bool:
         return value
     return _other(masker, value, depth, keys, top)
@@ -144,6 +138,8 @@ def _dict(masker, value: dict, depth: int, keys: tuple[dict, dict], top: bool) -
                     new = hit
             elif type(v) is list and depth + 1 < _MAX_DEPTH:
                 new = _seq(masker, v, depth + 1, keys)  # what _walk would call
+            elif type(v) is int or type(v) is float:
+                new = _number(masker, v, keys) if masker.detectors else v
             else:
                 new = _walk(masker, v, depth + 1, keys)
         elif isinstance(k, str):
@@ -177,6 +173,17 @@ def _seq(masker, value, depth: int, keys: tuple[dict, dict]) -> Any:
         if a is not b:
             return type(value)(items) if isinstance(value, tuple) else items
     return value
+
+
+def _number(masker, value: int | float, keys: tuple[dict, dict]) -> Any:
+    """A number as text masks (a parameter bound as a number can be a card number too)."""
+    text = repr(value)
+    if len(text) < 8 and "+" not in text:
+        # Only digits, ".", "-" and lower-case letters: the shortest value any
+        # detector finds in those is 8 long (dddd.ddd), or needs a "+".
+        return value
+    masked = _shortText(masker, keys, text) if len(text) <= _SHORT else _text(masker, text)
+    return value if masked is text else masked
 
 
 def _other(masker, value: Any, depth: int, keys: tuple[dict, dict], top: bool) -> Any:

@@ -133,3 +133,20 @@ def test_the_halving_passes_the_clean_halves_whole():
     out = rows.maskCopyRun(run, byMessage)
     assert out == _rowByRow(CARD_EMAIL, payloads)[len(_copyStart().raw):]
     assert sum(len(c) for c in calls) < len(run) // 30  # only the piece around the value, row by row
+
+
+def test_a_run_with_values_near_both_ends_is_masked_row_by_row_at_once():
+    calls = []
+    rows = RowMasker(CARD_EMAIL)
+    m = ReplyMasker(rows, 1 << 20)
+    rows.frame(_copyStart())
+    payloads = [f"{i}\tjane{i}@example.com\n".encode() for i in range(1000)]
+    run = b"".join(w.CopyData(p).encode() for p in payloads)
+
+    def byMessage(data):
+        calls.append(data)
+        return m._byMessage(data)
+
+    out = rows.maskCopyRun(run, byMessage)
+    assert out == _rowByRow(CARD_EMAIL, payloads)[len(_copyStart().raw):]
+    assert calls == [run] and b"jane1@" not in out

@@ -202,17 +202,23 @@ class RowMasker:
         Such a run as the client may see it: whole when L{copyRun} says so,
         else halved (at message boundaries) while a half may hold a value,
         so rows around a rare value still pass in bulk; what is left (16
-        messages or fewer, or a COPY that is not text) goes to
-        C{byMessage}, which splits it and masks message by message.
+        messages or fewer, a run with values near both ends, or a COPY
+        that is not text) goes to C{byMessage}, which splits it and masks
+        message by message.
         """
         if self.copyRun(run):
             released = self.passing(0)  # a run the relay split off
             return released + run if released else run
         if self.swallow or not self.copyText:
             return byMessage(run)
+        if len(run) > 4096 and not self.copyRun(run[:256]) and not self.copyRun(run[-256:]):
+            # Values near both ends: likely dense, where halving would only look again.
+            # (Either way is exact: this only chooses which.)
+            return byMessage(run)
         starts = list(replyStarts(run))
+        n = len(starts) - 1
         out: list[bytes] = []
-        self._copyPieces(run, starts, 0, len(starts) - 1, byMessage, out)
+        self._copyPieces(run, starts, 0, n, byMessage, out)
         return b"".join(out)
 
     def _copyPieces(self, run: bytes, starts: list, lo: int, hi: int, byMessage, out: list) -> None:

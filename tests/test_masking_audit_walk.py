@@ -146,3 +146,17 @@ def test_the_caches_stay_bounded_and_right_under_unique_texts():
     assert len(names) <= _CACHE_MAX and len(texts) <= _CACHE_MAX
     assert maskEvent(m, {"card": "x", "statements": ["SELECT"]}) == {"card": "********",
                                                                       "statements": ["SELECT"]}
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(st.integers(), st.floats(), st.integers(-10**8, 10**8),
+                 st.floats(0, 10).map(lambda f: round(f, 6))))
+def test_a_number_too_short_for_any_detector_passes_unmasked_by_every_detector(n):
+    # The walk's shortcut for numbers whose text is shorter than 8 with no "+".
+    from sealgate.masking._detectors import DETECTORS
+
+    text = repr(n)
+    every = Masker(list(DETECTORS))
+    if len(text) < 8 and "+" not in text:
+        assert every.maskText(text) == text
+    assert _same(maskEvent(every, {"n": n}), referenceMaskEvent(every, {"n": n}))

@@ -80,3 +80,20 @@ def test_the_classifier_fold_without_quotes_is_the_same_fold(text):
 
     want = text if any(u in text for u in _UNSAFE) else _LITERALS.sub("?", text)
     assert cacheKey(text) == want
+
+
+#: The fold's patterns as they were written first (the reference).
+_OLD_LITERALS = r"'[^']*'|\b\d+(?:\.\d+)?\b"
+_OLD_NUMBERS = r"\b\d+(?:\.\d+)?\b"
+
+
+@settings(max_examples=500)
+@given(st.text(alphabet="sel ct'0123456789.,=<>()aid_\n\t\u0663\u00e9x", max_size=60))
+def test_the_fold_patterns_match_what_they_matched_before(text):
+    import re
+
+    from sealgate.protocols.postgres.classify import _LITERALS, _NUMBERS
+
+    assert _LITERALS.sub("?", text) == re.sub(_OLD_LITERALS, "?", text)
+    assert _NUMBERS.sub("?", text) == re.sub(_OLD_NUMBERS, "?", text)
+    assert [m.span() for m in _NUMBERS.finditer(text)] == [m.span() for m in re.finditer(_OLD_NUMBERS, text)]

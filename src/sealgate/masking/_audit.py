@@ -1,6 +1,7 @@
 """Masking what a client typed before it is sealed in the log (audit event fields)."""
 
 import weakref
+from itertools import islice
 from typing import Any
 
 from sealgate.masking._errors import MaskingFailed
@@ -30,7 +31,10 @@ def maskEvent(masker, fields: dict[str, Any]) -> dict[str, Any]:
     """
     if not masker.detectors and not masker.names:
         return fields  # nothing could change
-    out = _walk(masker, fields, 0, _caches(masker), top=True)
+    caches = _caches(masker)
+    # What _walk does with a dict at the top, without its dispatch.
+    out = (_dict(masker, fields, 0, caches, True) if type(fields) is dict
+           else _walk(masker, fields, 0, caches, top=True))
     return fields if out is fields else out
 
 
@@ -65,9 +69,11 @@ def _caches(masker) -> tuple[dict, dict]:
 _LAST: tuple[Any, tuple[dict, dict]] = (None, ({}, {}))
 
 
-def _key(masker, cache: tuple[dict, dict], k: str) -> tuple[str | None, bool]:
+def _key(masker, cache: tuple[dict, dict], k: str) -> tuple[str | None, bool, bool]:
+    """What a field name comes to: its masked key (None: unchanged), whether its value is redacted below the top, and at the top."""
     masked = _text(masker, k)
-    info = (None if masked is k else masked, masker.columnMasked(k))
+    redacted = masker.columnMasked(k)
+    info = (None if masked is k else masked, redacted, redacted and k not in STRUCTURAL)
     names = cache[0]
     if len(names) >= _CACHE_MAX:
         names.clear()  # bounded; what recurs is learnt again at once
@@ -104,12 +110,7 @@ def _walk(masker, value: Any, depth: int, keys: tuple[dict, dict], top: bool = F
             return _text(masker, repr(value))
         return _seq(masker, value, depth, keys)
     if t is int or t is float:
-        # A parameter bound as a number can be a card number too.
-        if not masker.detectors:
-            return value
-        text = repr(value)
-        masked = masker.maskText(text)
-        return value if masked == text else masked
+        return _number(masker, value, keys) if masker.detectors else value
     if value is None or t is bool:
         return value
     return _other(masker, value, depth, keys, top)
@@ -117,27 +118,47 @@ def _walk(masker, value: Any, depth: int, keys: tuple[dict, dict], top: bool = F
 
 def _dict(masker, value: dict, depth: int, keys: tuple[dict, dict], top: bool) -> Any:
     names, texts = keys
-    out = {}
-    changed = False
+    out = None  # a copy only once a field changes: most events come back as they are
+    i = 0
     for k, v in value.items():
-        if isinstance(k, str):
-            info = names.get(k) if type(k) is str else None
+        if type(k) is str:
+            info = names.get(k)
             if info is None:
                 info = _key(masker, keys, k)
             key = k if info[0] is None else info[0]
-            if info[1] and v is not None and not (top and k in STRUCTURAL):
+            if (info[2] if top else info[1]) and v is not None:
                 new: Any = masker.maskValue(k, "")
-            elif type(v) is str and texts.get(v, _MISSING) is None:
-                new = v  # a short text already known to mask to itself (most fields)
+            elif type(v) is str:
+                hit = texts.get(v, _MISSING)
+                if hit is None:
+                    new = v  # a short text already known to mask to itself (most fields)
+                elif hit is _MISSING:
+                    new = _walk(masker, v, depth + 1, keys)
+                else:
+                    new = hit
+            elif type(v) is list and depth + 1 < _MAX_DEPTH:
+                new = _seq(masker, v, depth + 1, keys)  # what _walk would call
+            elif type(v) is int or type(v) is float:
+                new = _number(masker, v, keys) if masker.detectors else v
+            else:
+                new = _walk(masker, v, depth + 1, keys)
+        elif isinstance(k, str):
+            info = _key(masker, keys, k)  # a str subclass: never read from the cache
+            key = k if info[0] is None else info[0]
+            if (info[2] if top else info[1]) and v is not None:
+                new = masker.maskValue(k, "")
             else:
                 new = _walk(masker, v, depth + 1, keys)
         else:
             key = k
             new = _walk(masker, v, depth + 1, keys)
-        if new is not v or key is not k:
-            changed = True
+        if out is None:
+            if new is v and key is k:
+                i += 1
+                continue
+            out = dict(islice(value.items(), i))
         out[key] = new
-    return out if changed else value
+    return value if out is None else out
 
 
 def _seq(masker, value, depth: int, keys: tuple[dict, dict]) -> Any:
@@ -152,6 +173,17 @@ def _seq(masker, value, depth: int, keys: tuple[dict, dict]) -> Any:
         if a is not b:
             return type(value)(items) if isinstance(value, tuple) else items
     return value
+
+
+def _number(masker, value: int | float, keys: tuple[dict, dict]) -> Any:
+    """A number as text masks (a parameter bound as a number can be a card number too)."""
+    text = repr(value)
+    if len(text) < 8 and "+" not in text:
+        # Only digits, ".", "-" and lower-case letters: the shortest value any
+        # detector finds in those is 8 long (dddd.ddd), or needs a "+".
+        return value
+    masked = _shortText(masker, keys, text) if len(text) <= _SHORT else _text(masker, text)
+    return value if masked is text else masked
 
 
 def _other(masker, value: Any, depth: int, keys: tuple[dict, dict], top: bool) -> Any:

@@ -34,7 +34,6 @@ from sealgate.masking._scanning import regexTail as _regexTail
 MAX_HOLD = 16384
 
 
-
 @attrs.frozen
 class Detector:
     """
@@ -441,22 +440,28 @@ def _pemTail(text: str, lo: int) -> int | None:
 #: No value of any detector is shorter than this (a@b.cd is 6, the rest 9+).
 MIN_VALUE = 6
 _AWS_ID_PRE_STR = re.compile("A(?:%s)" % "|".join(p[1:] for p in _AWS_PREFIXES))
-# Every shape the digit detectors' prefilters look for, in one pattern.
+# Every shape the digit detectors' prefilters look for, in one pattern; then
+# one string each (with a byte of it), equal by tests/test_pg_copybatch.py.
 _SHAPES = re.compile(rb"0000(?:000000000|s000)|000s00s0000|\+0|\(000\)|000s000s0000|AA00")
+_SHAPE_LIST = ((b"0", b"0" * 13), (b"s", b"0000s000"), (b"s", b"000s00s0000"), (b"+", b"+0"),
+               (b"(", b"(000)"), (b"s", b"000s000s0000"), (b"A", b"AA00"))
 
 
 def suspect(text: str, pos: int) -> bool:
-    """
-    Whether C{text[pos:]} may hold any value at all: one look for short
-    texts (column values) instead of every prefilter in turn.
-    """
+    """Whether C{text[pos:]} may hold any value at all: one look instead of every prefilter in turn."""
     if pos:
         text = text[pos:]
-    return ("@" in text or "eyJ" in text or "PRIVATE KEY" in text
+    if ("@" in text or "eyJ" in text or "PRIVATE KEY" in text
             or ("A" in text and _AWS_ID_PRE_STR.search(text) is not None)
-            or "secret" in text.lower()
-            or _SHAPES.search(text.encode("utf-8", "surrogatepass").translate(_SKELETON))
-            is not None)
+            or "secret" in text.lower()):
+        return True
+    sk = text.encode("utf-8", "surrogatepass").translate(_SKELETON)
+    return _SHAPES.search(sk) is not None if len(sk) < 256 else shapesIn(sk)
+
+
+def shapesIn(sk: bytes) -> bool:
+    """L{_SHAPES} in a long skeleton (COPY rows): finds, rarest byte first, beat the regex on dense digits."""
+    return any(rare in sk and shape in sk for rare, shape in _SHAPE_LIST)
 
 
 _NUMERIC = _DIGITS + " -"

@@ -39,6 +39,15 @@ def replyTypes(run: bytes):
         i += 1 + int.from_bytes(run[i + 1:i + 5], "big")
 
 
+def replyStarts(run: bytes):
+    """Where each whole message in a run of backend messages starts, then the run's length."""
+    i, n = 0, len(run)
+    while i + 5 <= n:
+        yield i
+        i += 1 + int.from_bytes(run[i + 1:i + 5], "big")
+    yield n
+
+
 class Descriptions:
     """One session's statements, portals and the requests waiting for replies."""
 

@@ -37,9 +37,10 @@ FunctionCallResponse results are masked by the detectors.
 import re
 
 from sealgate.masking import MaskingFailed, unknownPolicy
+from sealgate.masking._detectors import MIN_VALUE, suspect
 from sealgate.protocols.postgres import _binary as b
 from sealgate.protocols.postgres import _wire as w
-from sealgate.protocols.postgres._described import Descriptions, replyTypes
+from sealgate.protocols.postgres._described import Descriptions, replyStarts, replyTypes
 from sealgate.protocols.postgres._values import (  # noqa: F401 (re-exported)
     ARRAY,
     AS_TEXT,
@@ -121,6 +122,9 @@ class RowMasker:
         self._pendingKey: tuple | None = None
         #: RowDescription bytes -> its shape: a session repeats its queries.
         self._shapes: dict[bytes, tuple] = {}
+        #: The plan L{_short} last looked at, and whether it masks only as text.
+        self._plainPlan: tuple | None = None
+        self._plain = False
 
     def frame(self, f) -> bytes:
         """One backend message (a L{w.Frame}) as the client may see it."""
@@ -128,13 +132,36 @@ class RowMasker:
         if t == _D:
             if not self.described and not self._describedEarlier():
                 return self._undescribed(f)
-            return self._row(f) if self.active else f.raw
+            if not self.active:
+                return f.raw
+            if self.held is None and not self.cond and self._plainRow(f.raw):
+                return f.raw
+            return self._row(f)
         if self.held is not None:
             return self.release(t) + self.frame(f)
         if t == _C:
             self.described = False
             self.descs.reply(t)
         return self._other(f, t)
+
+    def _plainRow(self, raw: bytes) -> bool:
+        """
+        Whether a DataRow of the current shape passes as it is, unread:
+        every column is passed or masked as text only, and either all its
+        values together are shorter than the shortest value a detector
+        finds, or the whole message holds nothing any detector could find
+        (L{suspect}) and no hex bytea.  Each value is part of the message,
+        so what the message lacks, each value lacks: none would change.
+        """
+        plan = self.plan
+        if plan is not self._plainPlan:
+            self._plainPlan = plan
+            self._plain = all(how == SKIP or how == TEXT for how in plan)
+        if not self._plain or self.desc is None:
+            return False
+        if len(raw) - 7 - 4 * ((raw[5] << 8) | raw[6]) < MIN_VALUE:
+            return True
+        return b"\\x" not in raw and not suspect(raw.decode("utf-8", "surrogateescape"), 0)
 
     def fromClient(self, t: int, raw: bytes) -> None:
         """A client message the relay forwards: statements, portals and what awaits a reply."""
@@ -155,6 +182,57 @@ class RowMasker:
             last = t  # type: ignore[assignment]
             self.descs.reply(last)
         return b"" if self.held is None else self.release(last)
+
+    def copyRun(self, run: bytes) -> bool:
+        """
+        Whether a run of whole replies that came during text COPY OUT (its
+        CopyData, left unsplit by the relay) goes out as it is, with one
+        look at all of it: true only when nothing in the run could be a
+        value any detector finds (L{suspect}) and it holds no hex bytea.
+        Both tests only ask whether a string occurs, so what is absent from
+        the run is absent from each row: every row would have been passed
+        unchanged (C{tests/test_pg_copybatch.py}).
+        """
+        if self.swallow or not self.copyText or b"\\x" in run:
+            return False
+        return not suspect(run.decode("utf-8", "surrogateescape"), 0)
+
+    def maskCopyRun(self, run: bytes, byMessage) -> bytes:
+        """
+        Such a run as the client may see it: whole when L{copyRun} says so,
+        else halved (at message boundaries) while a half may hold a value,
+        so rows around a rare value still pass in bulk; what is left (16
+        messages or fewer, a run with values near both ends, or a COPY
+        that is not text) goes to C{byMessage}, which splits it and masks
+        message by message.
+        """
+        if self.copyRun(run):
+            released = self.passing(0)  # a run the relay split off
+            return released + run if released else run
+        if self.swallow or not self.copyText:
+            return byMessage(run)
+        if len(run) > 4096 and not self.copyRun(run[:256]) and not self.copyRun(run[-256:]):
+            # Values near both ends: likely dense, where halving would only look again.
+            # (Either way is exact: this only chooses which.)
+            return byMessage(run)
+        starts = list(replyStarts(run))
+        n = len(starts) - 1
+        out: list[bytes] = []
+        self._copyPieces(run, starts, 0, n, byMessage, out)
+        return b"".join(out)
+
+    def _copyPieces(self, run: bytes, starts: list, lo: int, hi: int, byMessage, out: list) -> None:
+        if hi - lo <= 16:
+            out.append(byMessage(run[starts[lo]:starts[hi]]))
+            return
+        mid = (lo + hi) // 2
+        for start, end in ((lo, mid), (mid, hi)):
+            piece = run[starts[start]:starts[end]]
+            if self.copyRun(piece):
+                out.append(self.passing(0))
+                out.append(piece)
+            else:
+                self._copyPieces(run, starts, start, end, byMessage, out)
 
     def _describedEarlier(self) -> bool:
         """Rows with no RowDescription: take their statement's, if it was described (and bound)."""

@@ -96,6 +96,24 @@ def test_binary_int8_card_becomes_a_text_column_with_a_masked_value():
     assert row.values == (b"************1111", struct.pack("!i", 7))
 
 
+@pytest.mark.parametrize("oid", sorted(b.TEXT_LIKE) + [b.INT8, 23, b.BYTEA, b.JSONB])
+@pytest.mark.parametrize("fmt", [0, 1])
+@pytest.mark.parametrize("masker", [M, Masker(columns=["secret_*"])], ids=["detectors", "names-only"])
+def test_a_value_under_a_redacted_name_is_redacted_whole_whatever_its_type(oid, fmt, masker):
+    """A text column is the usual case (an ssn kept as text): it is no less redacted than a number."""
+    value = b"078-05-1120"  # a value no detector finds: only the name redacts it
+    desc = _desc(("secret_ssn", oid, fmt), ("plain", 25, fmt))
+    sent, row = maskRow(masker, desc, w.DataRow((value, b"078-05-1120")))
+    assert row.values == (b"********", b"078-05-1120")
+    # what was declared parses '********': text, or the type itself when that is text already
+    assert sent.columns[0].typeOid == 25 and sent.columns[1].typeOid == 25
+    # and on the relay's path, with its plain-row shortcut (short rows pass unread)
+    rm = RowMasker(masker)
+    rm.frame(w.Frame(ord("T"), desc.encode()))
+    short = w.DataRow((b"x", None)).encode()
+    assert w.decodeFrame(w.Frame(ord("D"), rm.frame(w.Frame(ord("D"), short))), False).values[0] == b"********"
+
+
 def test_text_int8_and_numeric_are_declared_text_only_with_the_card_detector():
     desc = _desc(("a", b.INT8, 0), ("b", b.NUMERIC, 0))
     sent, row = maskRow(M, desc, w.DataRow((b"4111111111111111", b"4111111111111111.00")))
@@ -339,3 +357,28 @@ def test_rows_of_a_statement_described_earlier_use_its_columns_and_bound_formats
         d.fromClient(msg.encode()[0], msg.encode())
     d.reply(ord("1"))
     assert d.forRows() is None
+
+
+@pytest.mark.parametrize("fmt", [0, 1])
+def test_copy_out_is_refused_where_names_are_redacted_unless_passed(fmt):
+    """COPY carries no column names, so a redacted column would go out whole: refused, sealed, and dropped."""
+    audited = []
+    rm = RowMasker(Masker(columns=["secret_*"]), audit=lambda kind, **f: audited.append((kind, f)))
+    head = w.CopyOutResponse(fmt, (fmt,)).encode()
+    rows = w.CopyData(b"078-05-1120\n").encode() + w.CopyDone().encode() + w.CommandComplete("COPY 1").encode()
+    refused = rm.frame(w.Frame(ord("H"), head))
+    sent = [rm.frame(w.Frame(r[0], r)) for r in _split(rows)]
+    assert ("C", "0A000") in w.decodeFrame(w.Frame(ord("E"), refused), False).fields
+    assert sent == [b"", b"", b""] and [k for k, _ in audited] == ["output_refused"]
+    ready = w.ReadyForQuery("I").encode()
+    assert rm.frame(w.Frame(ord("Z"), ready)) == ready  # the session goes on
+    passing = RowMasker(Masker(columns=["secret_*"], unknownContent="pass"))
+    assert passing.frame(w.Frame(ord("H"), head)) == head
+    assert [passing.frame(w.Frame(r[0], r)) for r in _split(rows)] == list(_split(rows))
+
+
+def _split(run: bytes):
+    while run:
+        n = 1 + int.from_bytes(run[1:5], "big")
+        yield run[:n]
+        run = run[n:]

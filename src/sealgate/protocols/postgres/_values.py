@@ -63,7 +63,9 @@ def planColumns(masker, desc: w.RowDescription) -> tuple[tuple[int, ...], w.RowD
                                                  c.typeSize, c.typeMod, c.format)
         oid, binary = c.typeOid, c.format == 1
         if masker.columnMasked(c.name):
-            how = REDACT if oid not in b.TEXT_LIKE else TEXT
+            # Whole, whatever the type: a text column under a redacted name
+            # is the usual case (an ssn kept as text), not only numbers.
+            how = REDACT
         elif not detect:
             how = SKIP
         elif oid in b.TEXT_LIKE and oid != b.JSON:
@@ -84,8 +86,8 @@ def planColumns(masker, desc: w.RowDescription) -> tuple[tuple[int, ...], w.RowD
             how = RENDER if oid in b.ARRAYS or oid == b.RECORD else UNKNOWN
         else:
             how = TEXT
-        if how in (REDACT, AS_TEXT, RENDER):
-            col = _asText(col)
+        if how in (AS_TEXT, RENDER) or (how == REDACT and oid != TEXT_OID):
+            col = _asText(col)  # REDACTED is text: json, xml or a number would not parse
         plan.append(how)
         changed |= col is not c
         cols.append(col)

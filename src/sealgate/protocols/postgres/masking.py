@@ -70,6 +70,10 @@ _T, _D, _H, _d, _c, _C, _N, _A, _S, _V, _W = (ord(c) for c in "TDHdcCNASVW")
 HOLD_BYTES = 128 * 1024
 #: Plans that change a column's type only because of what its values hold.
 _CONDITIONAL = (AS_TEXT, RENDER)
+#: Why a COPY OUT is refused.
+BINARY_COPY = "binary COPY cannot be vetted for masking (use text or CSV COPY, or set [masking] unknown_content)"
+NAMED_COPY = ("COPY carries no column names, so redacted columns ([masking] columns) cannot be found in it "
+              "(SELECT the columns instead, or set [masking] unknown_content = \"pass\")")
 _E, _Z = ord("E"), ord("Z")
 _NUMBER = re.compile(rb"\s*[-+]?[0-9]+(\.[0-9]+)?\s*")
 
@@ -275,14 +279,13 @@ class RowMasker:
         values = tuple(out)
         return f.raw if values == row.values else w.DataRow(values).encode()
 
-    def _refuseCopy(self) -> bytes:
+    def _refuseCopy(self, reason: str) -> bytes:
         """
-        Binary COPY OUT on a session with detectors: the client gets an
-        error instead of the data (the backend's CopyData, CopyDone and
-        CommandComplete are dropped) and the session goes on; sealed.
+        COPY OUT that cannot be vetted (binary COPY on a session with
+        detectors; any COPY on a session with redacted names): the client
+        gets an error instead of the data (the backend's CopyData, CopyDone
+        and CommandComplete are dropped) and the session goes on; sealed.
         """
-        reason = ("binary COPY cannot be vetted for masking (use text or CSV COPY, or set "
-                  "[masking] unknown_content)")
         self.swallow = True
         if self.audit is not None:
             self.audit("output_refused", channel=0, reason=reason)
@@ -316,7 +319,10 @@ class RowMasker:
             self.copyOut = True
             self.copyText = msg.format == 0
             if not self.copyText and self.detectors and unknownPolicy(masker) == "refuse":
-                return self._refuseCopy()
+                return self._refuseCopy(BINARY_COPY)
+            if masker.names and masker.unknownContent != "pass":
+                # COPY carries no column names: a redacted column would go out whole.
+                return self._refuseCopy(NAMED_COPY)
             return f.raw
         if t == _c:
             self.copyOut = False

@@ -38,9 +38,10 @@ HTTP_EVENT = {"command": "GET /json", "verdict": "allow",
 class Gateway:
     """The gateway's side of one writer process."""
 
-    def __init__(self, stateDir: Path):
+    def __init__(self, stateDir: Path, tree: str | None = None):
         env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG")}
-        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        # --tree: another checkout's writer (before/after on one machine)
+        env["PYTHONPATH"] = os.pathsep.join(([str(Path(tree) / "src")] if tree else []) + [p for p in sys.path if p])
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "sealgate.recording._writer", str(stateDir), "bench.example/log", "1.0",
              str(os.getpid())], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
@@ -90,6 +91,12 @@ class Gateway:
     def cpu(self) -> float:
         return cpuSeconds(self.proc.pid, children=False)
 
+    def split(self) -> tuple[float, float]:
+        """User and system CPU seconds of the writer so far."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        tick = os.sysconf("SC_CLK_TCK")
+        return int(fields[11]) / tick, int(fields[12]) / tick
+
     def stop(self) -> None:
         self.ship([("stop",)])
         self.proc.stdin.close()
@@ -99,7 +106,7 @@ class Gateway:
 def _paced(gw: Gateway, n: int, rate: int, one) -> tuple[float, float]:
     """C{n} units of C{one(i)} items shipped every 10 ms at C{rate} per second: (writer CPU s, sender CPU s)."""
     per = max(1, rate // 100)
-    cpu0, sender0 = gw.cpu(), gw.senderCpu
+    cpu0, sender0, (user0, sys0) = gw.cpu(), gw.senderCpu, gw.split()
     start = time.perf_counter()
     done = 0
     while done < n:
@@ -113,14 +120,18 @@ def _paced(gw: Gateway, n: int, rate: int, one) -> tuple[float, float]:
         if delay > 0:
             time.sleep(delay)  # a bench's pacing, as the sender's SEND_INTERVAL
     gw.waitAll()
+    user1, sys1 = gw.split()
+    gw.lastSplit = (user1 - user0, sys1 - sys0)
     return gw.cpu() - cpu0, gw.senderCpu - sender0
 
 
-def run(txns: int = 20000, rate: int = 8000, mib: int = 1024, frame: int = 256 << 10) -> None:
+def run(txns: int = 20000, rate: int = 8000, mib: int = 1024, frame: int = 256 << 10,
+        tree: str | None = None) -> None:
     from bench.recording import line
 
     base = Path(tempfile.mkdtemp(prefix="sealgate-bench-writer-"))
-    gw = Gateway(base / "store")
+    print(f"writer of {tree or 'this tree'}:")
+    gw = Gateway(base / "store", tree)
     try:
         now = time.time
         gw.ship([("open", 1, "pg", {"protocol": "postgres", "identity": "bench"}, now())])
@@ -131,12 +142,14 @@ def run(txns: int = 20000, rate: int = 8000, mib: int = 1024, frame: int = 256 <
             (1, now(), 0, 0, PG_QUERY), ("event", 1, "command", dict(PG_EVENT), now()), (1, now(), 0, 1, PG_REPLY)])
         line(f"writer: pgbench -S transaction ({rate}/s, 2 frames + 1 event)", cpu / txns * 1e6, "us CPU", 15,
              better="lower")
+        line("  of which in the kernel", gw.lastSplit[1] / txns * 1e6, "us CPU")
         line("  sender thread (encode + writev) per transaction", sender / txns * 1e6, "us CPU")
         cpu, sender = _paced(gw, txns, rate // 2, lambda i: [
             (2, now(), 0, 0, HTTP_REQUEST), ("event", 2, "command", dict(HTTP_EVENT), now()),
             (2, now(), 0, 1, HTTP_RESPONSE)])
         line(f"writer: HTTP request ({rate // 2}/s, 2 frames + 1 event)", cpu / txns * 1e6, "us CPU", 12,
              better="lower")
+        line("  of which in the kernel", gw.lastSplit[1] / txns * 1e6, "us CPU")
         line("  sender thread (encode + writev) per request", sender / txns * 1e6, "us CPU")
         payload = os.urandom(frame)
         frames = (mib << 20) // frame
@@ -146,6 +159,7 @@ def run(txns: int = 20000, rate: int = 8000, mib: int = 1024, frame: int = 256 <
         gib = frames * frame / (1 << 30)
         line(f"writer: bulk download in {frame >> 10} KiB frames, CPU per GiB", cpu / gib, "s", 1.3,
              better="lower")
+        line("  of which in the kernel", gw.lastSplit[1] / gib, "s")
         line("  wall clock MB/s (disk included)", frames * frame / wall / 1e6, "MB/s")
         line("  sender thread (encode + writev) per GiB", sender / gib, "s")
         gw.ship([("close", 1, "done", {}, None, now()), ("close", 2, "done", {}, None, now()),

@@ -82,11 +82,16 @@ def main():
                         help="only the writer process fed through its pipe (bench/_writerpipe.py)")
     parser.add_argument("--txns", type=int, default=20000, help="transactions and requests for --writer")
     parser.add_argument("--writer-mib", type=int, default=1024, help="bulk MiB for --writer")
+    parser.add_argument("--tree", action="append", default=[],
+                        help="with --writer: also run another checkout's writer (repeatable; runs alternate)")
+    parser.add_argument("--rounds", type=int, default=1, help="with --writer: rounds of each tree")
     args = parser.parse_args()
     if args.writer:
         from bench import _writerpipe
 
-        _writerpipe.run(args.txns, mib=args.writer_mib)
+        for _ in range(args.rounds):
+            for tree in [None, *args.tree]:
+                _writerpipe.run(args.txns, mib=args.writer_mib, tree=tree)
         return
     base = Path(tempfile.mkdtemp(prefix="sealgate-bench-", dir=args.dir))
     try:

@@ -22,6 +22,10 @@ PROGRESS_BYTES = 4 * 1024 * 1024
 #: A session's frames in one batch are written out as a run once they reach
 #: this many bytes, while the batch goes on sealing (bulk transfers only).
 RUN_BYTES = 1 << 20
+_ZERO_LOG_HEAD = b"\x00" + fmt.LOG_HEAD
+_sha256 = hashlib.sha256
+#: What a frame record costs in the segment beside its leaf and payload.
+RECORD_OVERHEAD = fmt.RECORD.size + fmt.SALT_SIZE
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value);
@@ -88,12 +92,14 @@ def loadOrCreateKey(stateDir: Path, origin: str) -> Signer:
 class SessionState:
     """Writer-side state of one session tree (touched only by the writer's loop)."""
 
-    __slots__ = ("id", "prefix", "tree", "last", "offsets", "sealed", "sealedAt", "unsealedBytes",
+    __slots__ = ("id", "prefix", "zprefix", "leafLen", "tree", "last", "offsets", "sealed", "sealedAt", "unsealedBytes",
                  "closed", "dead")
 
     def __init__(self, sessionId: str):
         self.id = sessionId
         self.prefix = fmt.framePrefix(sessionId)
+        self.zprefix = b"\x00" + self.prefix  # a leaf hash's input starts so
+        self.leafLen = len(self.prefix) + fmt.FRAME_FIELDS.size + 64
         self.tree = CompactTree()
         self.last = fmt.NO_PREV
         self.offsets = [0, 0]
@@ -291,11 +297,14 @@ class Engine(Redaction):
         segSnap = (self.segment, self.segmentLength)
         self._pending = {"log": [], "opens": [], "closes": [], "states": set(), "chunks": []}
         records: dict = {}
-        salts = os.urandom(fmt.SALT_SIZE * 1024)
+        SALT = fmt.SALT_SIZE
+        MAX = fmt.MAX_FRAME
+        saltBlock = SALT * 1024
+        salts = os.urandom(saltBlock)
         saltAt = 0
         sha = hashlib.sha256
-        committing = sha(fmt.COMMIT_TAG).copy
-        overhead = fmt.RECORD.size + fmt.SALT_SIZE
+        tag = fmt.COMMIT_TAG
+        committing = sha(tag).copy
         pack = fmt.FRAME_FIELDS.pack
         rpack = fmt.RECORD.pack
         tokens = []
@@ -313,31 +322,44 @@ class Engine(Redaction):
                         rec = records[s] = [s.tree.size, [], 0]
                     elif rec[2] >= RUN_BYTES:
                         self._writeRun(s, rec, background=True)
-                    out: list = rec[1]
+                    extend = rec[1].extend
                     tree = s.tree
-                    pieces: Any
-                    if len(data) <= fmt.MAX_FRAME:
-                        pieces = (data,)
-                    else:
-                        pieces = [data[at : at + fmt.MAX_FRAME] for at in range(0, len(data), fmt.MAX_FRAME)]
-                    for piece in pieces:
-                        if saltAt == len(salts):
-                            salts, saltAt = os.urandom(fmt.SALT_SIZE * 1024), 0
-                        salt = salts[saltAt : saltAt + fmt.SALT_SIZE]
-                        saltAt += fmt.SALT_SIZE
+                    edge = tree.edge
+                    zprefix = s.zprefix
+                    leafLen = s.leafLen
+                    offsets = s.offsets
+                    size = tree.size
+                    last = s.last
+                    total = len(data)
+                    for at in range(0, total, MAX) if total > MAX else (0,):
+                        piece = data[at : at + MAX] if total > MAX else data
+                        if saltAt == saltBlock:
+                            salts, saltAt = os.urandom(saltBlock), 0
+                        salt = salts[saltAt : saltAt + SALT]
+                        saltAt += SALT
                         n = len(piece)
-                        c = committing()
-                        c.update(salt)
-                        c.update(piece)  # no copy; big pieces hash without the GIL
-                        leaf = (s.prefix + pack(tree.size, t, channel, direction, s.offsets[direction], n)
-                                + s.last + c.digest())
-                        h = sha(b"\x00" + leaf).digest()
-                        tree.appendHash(h)
-                        s.last = h
-                        s.offsets[direction] += n
-                        s.unsealedBytes += n
-                        out.extend((rpack(len(leaf), fmt.SALT_SIZE, n), leaf, salt, piece))
-                        rec[2] += n + len(leaf) + overhead
+                        if n <= 2048:  # one call beats a copy and two updates; big pieces hash without the GIL
+                            c = sha(tag + salt + piece).digest()
+                        else:
+                            ch = committing()
+                            ch.update(salt)
+                            ch.update(piece)
+                            c = ch.digest()
+                        # The leaf hash's 0x00 goes in front of the leaf once; the leaf is the rest of it.
+                        zleaf = zprefix + pack(size, t, channel, direction, offsets[direction], n) + last + c
+                        h = last = sha(zleaf).digest()
+                        m = size  # CompactTree.appendHash, inline: one hash per trailing set bit
+                        while m & 1:
+                            h = sha(b"\x01" + edge.pop() + h).digest()
+                            m >>= 1
+                        edge.append(h)
+                        size += 1
+                        offsets[direction] += n
+                        extend((rpack(leafLen, SALT, n), zleaf[1:], salt, piece))
+                        rec[2] += n + leafLen + RECORD_OVERHEAD
+                    tree.size = size
+                    s.last = last
+                    s.unsealedBytes += total
                     continue
                 kind, s = item[0], item[1]
                 at = item[6] if len(item) > 6 else now  # when it happened, not when written
@@ -417,13 +439,20 @@ class Engine(Redaction):
         )
 
     def _logAppend(self, kind: str, sessionId, now: float, fields: dict) -> int:
-        n = self.log.size
-        body = {"n": n, "prev": self.logLast.hex(), "type": kind, "time": now, "session": sessionId, **fields}
-        leaf = fmt.logLeaf(body)
-        h = hashlib.sha256(b"\x00" + leaf).digest()
-        self.log.appendHash(h)
-        self.logLast = h
-        self._pending["log"].append((n, sessionId, kind, leaf))
+        log = self.log
+        n = log.size
+        body = {"n": n, "prev": self.logLast.hex(), "type": kind, "time": now, "session": sessionId}
+        body.update(fields)
+        zleaf = _ZERO_LOG_HEAD + fmt.canonicalJson(body)  # the leaf hash's input: 0x00, then the leaf
+        h = self.logLast = _sha256(zleaf).digest()
+        edge = log.edge
+        while n & 1:  # CompactTree.appendHash, inline
+            h = _sha256(b"\x01" + edge.pop() + h).digest()
+            n >>= 1
+        edge.append(h)
+        n = log.size
+        log.size = n + 1
+        self._pending["log"].append((n, sessionId, kind, zleaf[1:]))
         return n
 
     def _writeRun(self, s: SessionState, rec: list, background: bool) -> int:

@@ -140,14 +140,23 @@ def scrub(fields):
     kind = type(fields)
     if kind is dict or isinstance(fields, dict):
         out = None
+        cache = _secretKeys
+        plain = _PLAIN
         for k, v in fields.items():
-            key = k if type(k) is str else str(k)
-            if _secretKey(key):
-                value = "[removed]"
-            elif type(v) in _PLAIN:
-                value = v
-            else:
+            hit = cache.get(k) if type(k) is str else None
+            if hit is False:  # the common case: a known key that is no secret
+                if type(v) in plain:
+                    continue
+                key = k
                 value = scrub(v)
+            else:
+                key = k if type(k) is str else str(k)
+                if _secretKey(key):
+                    value = "[removed]"
+                elif type(v) in plain:
+                    value = v
+                else:
+                    value = scrub(v)
             if key is k and value is v:
                 continue
             if out is None:
@@ -203,9 +212,12 @@ def sqlText(text: str) -> str:
         return text.encode("utf-8", "backslashreplace").decode()
 
 
+LOG_HEAD = bytes([VERSION, KIND_LOG])
+
+
 def logLeaf(body: dict) -> bytes:
     """A log leaf: version and kind bytes, then canonical JSON."""
-    return bytes([VERSION, KIND_LOG]) + canonicalJson(body)
+    return LOG_HEAD + canonicalJson(body)
 
 
 def parseLogLeaf(leaf) -> dict:

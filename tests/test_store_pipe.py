@@ -52,11 +52,15 @@ def test_a_cut_message_is_an_error(cut):
         list(_pipe.readMessages(io.BufferedReader(io.BytesIO(wire[:cut]))))
 
 
-class _Trickle:
+
+class _Trickle(io.RawIOBase):
     """A pipe that hands out at most the next of C{sizes} bytes per read, as a busy pipe does."""
 
     def __init__(self, wire: bytes, sizes: list):
         self.wire, self.at, self.sizes = wire, 0, sizes or [1]
+
+    def readable(self) -> bool:
+        return True
 
     def readinto(self, buf) -> int:
         n = min(len(buf), self.sizes[self.at % len(self.sizes)], len(self.wire) - self.at)
@@ -67,16 +71,16 @@ class _Trickle:
 
 @given(st.lists(st.one_of(frames, others), max_size=12), st.lists(st.integers(1, 70_000), max_size=5),
        st.integers(0, 3))
-def test_the_writers_reader_gets_every_message_however_the_pipe_splits_them(items, sizes, split):
+def test_the_writer_gets_every_message_however_the_pipe_splits_them(items, sizes, split):
     wire = b"".join(bytes(b) for b in _pipe.encode(items))
-    reader = _pipe.MessageReader(_Trickle(wire, sizes))
+    source = io.BufferedReader(_Trickle(wire, sizes), 1 << 16)
     out = []
-    # The writer takes one message (the resume handles), then goes on with a new iteration.
-    for message in reader.messages():
+    # The writer takes one message (the resume handles), then goes on with a new reader of the same file.
+    for message in _pipe.readMessages(source):
         out.extend(message)
         if len(out) >= split:
             break
-    for message in reader.messages():
+    for message in _pipe.readMessages(source):
         out.extend(message)
     assert [tuple(bytes(v) if isinstance(v, memoryview) else v for v in item) for item in out] == items
 
@@ -85,4 +89,4 @@ def test_the_writers_reader_gets_every_message_however_the_pipe_splits_them(item
 def test_a_raw_frame_cut_short_is_an_error(cut):
     wire = b"".join(bytes(b) for b in _pipe.encode([(1, 2.0, 0, 1, b"y" * _pipe.RAW_MIN)]))
     with pytest.raises(_pipe.PipeError, match="cut short"):
-        list(_pipe.MessageReader(_Trickle(wire[:cut], [7000])).messages())
+        list(_pipe.readMessages(io.BufferedReader(_Trickle(wire[:cut], [7000]))))

@@ -58,90 +58,30 @@ def writeMessage(sink, message) -> None:
 
 def readMessages(source):
     """
-    Yield each message's items (a list) from a binary file until end of
-    file (see L{MessageReader}).
+    Yield each message's items (a list) from a buffered binary file until
+    end of file.
 
     @raise PipeError: a message is cut short or does not decode.
     """
-    return MessageReader(source).messages()
-
-
-class MessageReader:
-    """
-    Messages from a binary file with C{readinto} (the writer's unbuffered
-    pipe): small ones are parsed out of reads of up to L{CHUNK} bytes into
-    one reused buffer, and a body that did not arrive with its header (a
-    raw frame's payload) is read straight into a buffer of its own, so a
-    bulk payload is copied once, from the pipe to where it stays.  It
-    keeps what it read ahead, so its L{messages} may be taken up again.
-    """
-
-    #: Bytes asked for per read into the shared buffer.
-    CHUNK = 64 * 1024
-
-    def __init__(self, source):
-        # A buffered file's readinto waits to fill the whole buffer: readinto1 reads what is there.
-        self._readinto = getattr(source, "readinto1", None) or source.readinto
-        self._buf = bytearray(self.CHUNK)
-        self._view = memoryview(self._buf)
-        self._at = self._end = 0
-
-    def _more(self, need: int) -> bool:
-        """At least C{need} unread bytes in the buffer; False at end of file first."""
-        at, end = self._at, self._end
-        if at:
-            rest = self._view[at:end]
-            # bytearray slice assignment copies with memcpy: never from an overlapping view
-            self._buf[: end - at] = rest if end - at <= at else bytes(rest)
-            self._at, self._end = 0, end - at
-        while self._end < need:
-            n = self._readinto(self._view[self._end :])
-            if not n:
-                return False
-            self._end += n
-        return True
-
-    def messages(self):
-        """Yield each message's items until end of file. @raise PipeError: as L{readMessages}."""
-        unpackHead = HEADER.unpack_from
-        unpackRaw = RAW_FRAME.unpack_from
-        headSize = HEADER.size
-        while True:
-            if self._end - self._at < headSize and not self._more(headSize):
-                if self._end:
-                    raise PipeError("message header cut short")
-                return
-            kind, size = unpackHead(self._buf, self._at)
-            start = self._at + headSize
-            have = self._end - start
-            body: memoryview
-            if have >= size:
-                body = self._view[start : start + size]
-                self._at = start + size
-                if kind == RAW:
-                    body = memoryview(bytes(body))  # the shared buffer is reused
-            else:
-                own = bytearray(size)
-                own[:have] = self._view[start : self._end]
-                self._at = self._end = 0
-                body = memoryview(own)
-                while have < size:
-                    n = self._readinto(body[have:])
-                    if not n:
-                        raise PipeError("message cut short")
-                    have += n
-            if kind == RAW:
-                if size < RAW_FRAME.size:
-                    raise PipeError("raw frame cut short")
-                yield [(*unpackRaw(body), body[RAW_FRAME.size :])]
-            elif kind == LIST:
-                try:
-                    items = marshal.loads(body)
-                except (EOFError, ValueError, TypeError) as e:
-                    raise PipeError(f"message does not decode: {e}") from None
-                yield items
-            else:
-                raise PipeError(f"unknown message kind {kind}")
+    while True:
+        head = source.read(HEADER.size)
+        if not head:
+            return
+        if len(head) < HEADER.size:
+            raise PipeError("message header cut short")
+        kind, size = HEADER.unpack(head)
+        body = source.read(size)
+        if len(body) < size:
+            raise PipeError("message cut short")
+        if kind == RAW:
+            yield [(*RAW_FRAME.unpack_from(body), memoryview(body)[RAW_FRAME.size:])]
+        elif kind == LIST:
+            try:
+                yield marshal.loads(body)
+            except (EOFError, ValueError, TypeError) as e:
+                raise PipeError(f"message does not decode: {e}") from None
+        else:
+            raise PipeError(f"unknown message kind {kind}")
 
 
 #: What one item costs the gateway's memory while it waits to be durable,

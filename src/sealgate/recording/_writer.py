@@ -297,22 +297,6 @@ def _dieWithParent(parent: int) -> None:
         os._exit(1)  # it died before we asked
 
 
-def _keepHeap() -> None:
-    """
-    glibc: payload buffers (a bulk frame's 256 KiB) come from the heap and
-    freed memory stays there, instead of an mmap, page faults zeroing every
-    page and a munmap per frame (a fifth of the writer's CPU per GiB).
-    What the heap keeps is bounded by what the gateway may have unsealed.
-    """
-    try:
-        libc = ctypes.CDLL(None)
-        libc.mallopt(-8, 1)  # M_ARENA_MAX: a thread's arena would be unmapped whenever it empties
-        libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD: glibc's largest
-        libc.mallopt(-1, 256 << 20)  # M_TRIM_THRESHOLD
-    except (OSError, AttributeError):
-        pass  # not glibc: the default allocator works, slower
-
-
 def _durable(engine: Engine, resume: bool) -> tuple[int, int]:
     """
     How many of this gateway's items (and their cost) are durable: from
@@ -342,12 +326,11 @@ def main(argv: list[str]) -> int:
     stateDir, origin, interval, parent = argv[0], argv[1], float(argv[2]), int(argv[3])
     resume = argv[4:] == ["resume"]
     _dieWithParent(parent)
-    _keepHeap()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a ^C to twistd -n is the gateway's to handle
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     # A file size limit then fails a write with EFBIG: the store turns unhealthy and retries.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    source = _pipe.MessageReader(os.fdopen(0, "rb", buffering=0))
+    source = os.fdopen(0, "rb", buffering=1 << 20)
     sink = os.fdopen(os.dup(1), "wb", buffering=0)
     os.dup2(2, 1)  # a stray print goes to stderr and cannot corrupt the replies
     lock = threading.Lock()
@@ -371,7 +354,7 @@ def main(argv: list[str]) -> int:
     send(("started", engine.signer.verifier.vkey(), cut, *durable))
     if resume:
         # The gateway answers with its live handles before any item.
-        first = next(source.messages(), None)
+        first = next(_pipe.readMessages(source), None)
         if not first or first[0][0] != "resume":
             send(("log", "error", "Recording store writer restarted without the gateway's handles"))
             engine.close()
@@ -380,7 +363,7 @@ def main(argv: list[str]) -> int:
 
     def read() -> None:
         try:
-            for items in source.messages():
+            for items in _pipe.readMessages(source):
                 writer.receive(items)
                 if writer.stopping:
                     break

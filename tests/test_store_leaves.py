@@ -13,6 +13,7 @@ from sealgate.recording import _format as fmt
 from sealgate.recording._engine import Engine, SessionState
 from sealgate.recording.merkle import leafHash, rootOf
 from sealgate.recording.reader import StoreReader
+from sealgate.recording.verify import verifyStore
 
 #: Sizes either side of the one-call commitment (2048) and of the frame split (16 KiB).
 sizes = st.one_of(st.integers(1, 64), st.sampled_from([2047, 2048, 2049, fmt.MAX_FRAME, fmt.MAX_FRAME + 1]),
@@ -92,3 +93,23 @@ def test_frames_and_events_seal_the_leaves_the_format_defines(plan, batches):
             assert rootOf(leafHash(bytes(x[3])) for x in rows) == engine.log.root()
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_a_batch_of_many_events_stores_every_log_row_in_order(tmp_path):
+    from sealgate.recording._engine import LOG_ROWS
+
+    engine = Engine(tmp_path, "leaves.example/log")
+    engine.open()
+    s = SessionState("many")
+    count = 2 * LOG_ROWS + 7  # two full multi-row statements and a remainder
+    engine.apply([("open", s, {}, None, None, False)]
+                 + [("event", s, "command", {"i": i}, None, False, 1.0 + i) for i in range(count)], now=1.0)
+    root = engine.log.root()
+    engine.close()
+    with StoreReader(tmp_path) as r:
+        rows = list(r.logLeaves())
+        assert [json.loads(bytes(leaf)[2:]).get("fields") for _, _, kind, leaf in rows if kind == "event"] == [
+            {"i": i} for i in range(count)]
+        assert [n for n, *_ in rows] == list(range(len(rows)))
+        assert rootOf(leafHash(bytes(x[3])) for x in rows) == root
+        assert verifyStore(r, r.verifier(), "many").ok

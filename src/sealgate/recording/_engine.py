@@ -5,6 +5,7 @@ import hashlib
 import os
 import sqlite3
 import time
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,9 @@ PROGRESS_BYTES = 4 * 1024 * 1024
 #: A session's frames in one batch are written out as a run once they reach
 #: this many bytes, while the batch goes on sealing (bulk transfers only).
 RUN_BYTES = 1 << 20
+#: Log rows per INSERT statement (4 values each, far below SQLite's 999 limit).
+LOG_ROWS = 64
+_LOG_INSERT_MANY = "INSERT INTO log VALUES " + ", ".join(["(?, ?, ?, ?)"] * LOG_ROWS)
 _ZERO_LOG_HEAD = b"\x00" + fmt.LOG_HEAD
 _sha256 = hashlib.sha256
 #: What a frame record costs in the segment beside its leaf and payload.
@@ -307,6 +311,7 @@ class Engine(Redaction):
         committing = sha(tag).copy
         pack = fmt.FRAME_FIELDS.pack
         rpack = fmt.RECORD.pack
+        scrub = fmt.scrub
         tokens = []
         self.db.execute("BEGIN")
         try:
@@ -365,12 +370,12 @@ class Engine(Redaction):
                 at = item[6] if len(item) > 6 else now  # when it happened, not when written
                 if s is not None and s not in snaps:
                     snaps[s] = s.snapshot()
-                if kind == "open":
-                    self._open_(s, item[2], at)
-                elif kind == "event":
+                if kind == "event":  # the most common after frames
                     if s is None or not (s.closed or s.dead):
                         self._logAppend("event", s.id if s else None, at,
-                                        {"event": str(item[2]), "fields": fmt.scrub(item[3])})
+                                        {"event": str(item[2]), "fields": scrub(item[3])})
+                elif kind == "open":
+                    self._open_(s, item[2], at)
                 elif kind == "close":
                     if not (s.closed or s.dead):
                         self._close_(s, str(item[2]), item[3], at, cutoff=item[5])
@@ -498,7 +503,7 @@ class Engine(Redaction):
             db.executemany("INSERT INTO chunks VALUES (?, ?, ?, ?, ?, ?)", chunks)
             db.execute("INSERT OR REPLACE INTO segments VALUES (?, ?)", (self.segment, self.segmentLength))
         if self._pending["log"]:
-            db.executemany("INSERT INTO log VALUES (?, ?, ?, ?)", self._pending["log"])
+            self._insertLog(self._pending["log"])
             db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [
                 ("log_size", self.log.size), ("log_edge", self.log.pack()), ("log_last", self.logLast)])
         states = [(s.tree.size, s.tree.pack(), s.last, s.offsets[0], s.offsets[1], s.id)
@@ -512,6 +517,18 @@ class Engine(Redaction):
         db.execute("COMMIT")
         if checkpoint:
             self.checkpointSize, self.checkpointTime = self.log.size, now
+
+    def _insertLog(self, rows: list) -> None:
+        """
+        The batch's log rows: L{LOG_ROWS} to a statement, which costs SQLite
+        a third less per row than one statement per row (the PostgreSQL
+        backend's seam).
+        """
+        full = len(rows) - len(rows) % LOG_ROWS
+        for at in range(0, full, LOG_ROWS):
+            self.db.execute(_LOG_INSERT_MANY, list(chain.from_iterable(rows[at : at + LOG_ROWS])))
+        if full < len(rows):
+            self.db.executemany("INSERT INTO log VALUES (?, ?, ?, ?)", rows[full:])
 
     def _rollbackSegment(self, segment: int, length: int) -> None:
         self._seg.rollback(segment, length)

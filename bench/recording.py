@@ -114,6 +114,7 @@ def run(base, gib):
         _wake = None
         _cost = 0  # what waits, counted on every call against max_unsealed
         _pauseAt = float("inf")
+        _bigFrames = 0
 
     rec = SessionRecording(_Store(), 1, "hot")  # type: ignore[arg-type]
     data = b"x" * 64

@@ -37,7 +37,10 @@ class SessionRecording:
             data = bytes(data)  # the caller may reuse its buffer
         self._queue.append((self._handle, time.time(), channel, direction, data))
         store = self._store
-        store._cost += len(data) + _pipe.FRAME_COST
+        n = len(data)
+        if n >= _pipe.RAW_MIN:
+            store._bigFrames += 1  # after the append: the sender then looks for it (see SQLiteStore._send)
+        store._cost += n + _pipe.FRAME_COST
         if store._cost > store._pauseAt:
             store._overBound()
 

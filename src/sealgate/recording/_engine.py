@@ -336,8 +336,8 @@ class Engine(Redaction):
                     size = tree.size
                     last = s.last
                     total = len(data)
-                    for at in range(0, total, MAX) if total > MAX else (0,):
-                        piece = data[at : at + MAX] if total > MAX else data
+                    for cut in range(0, total, MAX) if total > MAX else (0,):
+                        piece = data[cut : cut + MAX] if total > MAX else data
                         if saltAt == saltBlock:
                             salts, saltAt = os.urandom(saltBlock), 0
                         salt = salts[saltAt : saltAt + SALT]

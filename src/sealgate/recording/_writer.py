@@ -231,7 +231,7 @@ class Writer:
     def _applyBatch(self, batch: list, stopping: bool) -> int:
         """Commit C{batch} with the durable counts it brings; @return: its frame bytes."""
         size = cost = 0
-        items = []
+        items: list = []
         redactions = []
         append = items.append
         frames = 0

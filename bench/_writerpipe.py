@@ -170,3 +170,62 @@ def run(txns: int = 20000, rate: int = 8000, mib: int = 1024, frame: int = 256 <
         import shutil
 
         shutil.rmtree(base, ignore_errors=True)
+
+
+def engineFigures(rounds: int = 7) -> None:
+    """
+    The writer's engine alone, in this process (no pipe, no reader thread):
+    best of C{rounds} of CPU per pg transaction (400 to a batch, 50 ms at
+    8,000/s), per HTTP request (200 to a batch) and per GiB of 256 KiB frames.
+    Steadier than L{run} on a loaded machine: one thread, process_time.
+    """
+    import shutil
+
+    from sealgate.recording._engine import Engine, SessionState
+
+    base = Path(tempfile.mkdtemp(prefix="sealgate-bench-engine-"))
+    try:
+        engine = Engine(base / "store", "bench.example/log")
+        engine.open()
+        states = {name: SessionState(name) for name in ("pg", "http", "bulk")}
+        engine.apply([("open", s, {"protocol": name}, None, None, False) for name, s in states.items()])
+
+        def best(batch, batches: int, per: int) -> float:
+            times = []
+            for _ in range(rounds):
+                t = time.process_time()
+                for _ in range(batches):
+                    engine.apply(batch())
+                times.append((time.process_time() - t) / (batches * per))
+            return min(times)
+
+        def txns(s, request, event, response, per):
+            def batch():
+                now = time.time()
+                items: list = []
+                for _ in range(per):
+                    items += [(s, now, 0, 0, request), ("event", s, "command", dict(event), None, False, now),
+                              (s, now, 0, 1, response)]
+                return items
+            return batch
+
+        pg = best(txns(states["pg"], PG_QUERY, PG_EVENT, PG_REPLY, 400), 10, 400)
+        http = best(txns(states["http"], HTTP_REQUEST, HTTP_EVENT, HTTP_RESPONSE, 200), 20, 200)
+        payload = os.urandom(256 << 10)
+        bulk = best(lambda: [(states["bulk"], time.time(), 0, 1, payload)] * 16, 16, 16)
+        print(f"engine: {pg * 1e6:.1f} us CPU per pg transaction, {http * 1e6:.1f} per HTTP request, "
+              f"{bulk * 4096:.2f} s per GiB (256 KiB frames)")
+        engine.close()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def engineAB(trees: list, rounds: int) -> None:
+    """L{engineFigures} for this tree and each of C{trees}, alternated in processes of their own."""
+    here = Path(__file__).resolve().parent.parent
+    for _ in range(rounds):
+        for tree in [str(here), *trees]:
+            env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(tree) / "src"), str(here)]))
+            out = subprocess.run([sys.executable, "-c", "from bench._writerpipe import engineFigures; engineFigures()"],
+                                 env=env, capture_output=True, text=True, check=True, cwd=here).stdout
+            print(f"{tree}: {out.strip()}")

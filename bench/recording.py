@@ -8,7 +8,9 @@ on one core, 1 GiB verified in under 10 s, inclusion proof under 1 KiB), then
 a process of their own as in a gateway), and their ratio: witnessing should
 cost the writer nothing (--witness-rounds 0 skips it, --only-witnessed runs
 only that).  --writer runs only the real writer process fed through its
-pipe: CPU per PostgreSQL transaction, per HTTP request and per GiB.
+pipe: CPU per PostgreSQL transaction, per HTTP request and per GiB; --engine
+the same work on the engine alone, in-process (steadier), --tree TREE for a
+before/after in the same run.
 The append figures time the writer thread's whole job (salting, commitments,
 leaf and tree hashing, segment write + fdatasync, SQLite commit, checkpoint
 signing) on one core, in batches the size one flush interval would gather.
@@ -84,8 +86,15 @@ def main():
     parser.add_argument("--writer-mib", type=int, default=1024, help="bulk MiB for --writer")
     parser.add_argument("--tree", action="append", default=[],
                         help="with --writer: also run another checkout's writer (repeatable; runs alternate)")
-    parser.add_argument("--rounds", type=int, default=1, help="with --writer: rounds of each tree")
+    parser.add_argument("--rounds", type=int, default=1, help="with --writer or --engine: rounds of each tree")
+    parser.add_argument("--engine", action="store_true",
+                        help="only the writer's engine in-process (steady on a loaded machine), --tree to compare")
     args = parser.parse_args()
+    if args.engine:
+        from bench import _writerpipe
+
+        _writerpipe.engineAB(args.tree, args.rounds)
+        return
     if args.writer:
         from bench import _writerpipe
 

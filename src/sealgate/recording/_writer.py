@@ -184,8 +184,8 @@ class Writer:
             self.wake.clear()
             stopping = self.stopping or self.orphaned
             self._arrived = 0
-            for _ in range(len(queue)):
-                pending.append(queue.popleft())
+            popleft = queue.popleft  # the reader thread appends meanwhile: take only what is there now
+            pending += [popleft() for _ in range(len(queue))]
             batch = pending[:limit] if limit and limit < len(pending) else pending
             try:
                 size = self._applyBatch(batch, stopping and len(batch) == len(pending))

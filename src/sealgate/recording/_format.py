@@ -148,7 +148,7 @@ def scrub(fields):
             return fields
         changed = None
         for k, v in fields.items():
-            if type(v) not in _PLAIN:
+            if type(v) not in _PLAIN and not (type(v) is float and v - v == 0.0):  # a finite float is kept
                 value = scrub(v)
                 if value is not v:
                     if changed is None:

@@ -372,8 +372,7 @@ class Engine(Redaction):
                     snaps[s] = s.snapshot()
                 if kind == "event":  # the most common after frames
                     if s is None or not (s.closed or s.dead):
-                        self._logAppend("event", s.id if s else None, at,
-                                        {"event": str(item[2]), "fields": scrub(item[3])})
+                        self._logAppend("event", s.id if s else None, at, scrub(item[3]), str(item[2]))
                 elif kind == "open":
                     self._open_(s, item[2], at)
                 elif kind == "close":
@@ -443,11 +442,16 @@ class Engine(Redaction):
             (now, n, fmt.sqlText(reason), int(cutoff), s.tree.root(), s.id),
         )
 
-    def _logAppend(self, kind: str, sessionId, now: float, fields: dict) -> int:
+    def _logAppend(self, kind: str, sessionId, now: float, fields: dict, event: str | None = None) -> int:
+        """Append one log leaf; with C{event}, an event leaf whose C{fields} are the event's own."""
         log = self.log
         n = log.size
-        body = {"n": n, "prev": self.logLast.hex(), "type": kind, "time": now, "session": sessionId}
-        body.update(fields)
+        if event is not None:  # the hot case: one dict, no update
+            body = {"n": n, "prev": self.logLast.hex(), "type": kind, "time": now, "session": sessionId,
+                    "event": event, "fields": fields}
+        else:
+            body = {"n": n, "prev": self.logLast.hex(), "type": kind, "time": now, "session": sessionId}
+            body.update(fields)
         zleaf = _ZERO_LOG_HEAD + fmt.canonicalJson(body)  # the leaf hash's input: 0x00, then the leaf
         h = self.logLast = _sha256(zleaf).digest()
         edge = log.edge

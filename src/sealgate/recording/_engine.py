@@ -303,9 +303,11 @@ class Engine(Redaction):
         records: dict = {}
         SALT = fmt.SALT_SIZE
         MAX = fmt.MAX_FRAME
-        saltBlock = SALT * 1024
-        salts = os.urandom(saltBlock)
-        saltAt = 0
+        # Salts are drawn as frames need them, 64 first, then twice as many
+        # each time up to 1024: getrandom costs about 3 us a KiB, so an idle
+        # or small batch should not draw 16 KiB.
+        salts = b""
+        saltAt = saltBlock = 0
         sha = hashlib.sha256
         tag = fmt.COMMIT_TAG
         committing = sha(tag).copy
@@ -339,6 +341,7 @@ class Engine(Redaction):
                     for cut in range(0, total, MAX) if total > MAX else (0,):
                         piece = data[cut : cut + MAX] if total > MAX else data
                         if saltAt == saltBlock:
+                            saltBlock = min(SALT * 1024, max(SALT * 64, 2 * saltBlock))
                             salts, saltAt = os.urandom(saltBlock), 0
                         salt = salts[saltAt : saltAt + SALT]
                         saltAt += SALT

@@ -135,7 +135,13 @@ def run(txns: int = 20000, rate: int = 8000, mib: int = 1024, frame: int = 256 <
 
     base = Path(tempfile.mkdtemp(prefix="sealgate-bench-writer-"))
     print(f"writer of {tree or 'this tree'}:")
-    gw = Gateway(base / "store", tree)
+    try:
+        gw = Gateway(base / "store", tree)
+    except BaseException:
+        import shutil
+
+        shutil.rmtree(base, ignore_errors=True)
+        raise
     try:
         now = time.time
         gw.ship([("open", 1, "pg", {"protocol": "postgres", "identity": "bench"}, now())])

@@ -7,7 +7,10 @@ on one core, 1 GiB verified in under 10 s, inclusion proof under 1 KiB), then
 (real `twistd sealgate-witness` processes on loopback, the gateway's pumps in
 a process of their own as in a gateway), and their ratio: witnessing should
 cost the writer nothing (--witness-rounds 0 skips it, --only-witnessed runs
-only that).
+only that).  --writer runs only the real writer process fed through its
+pipe: CPU per PostgreSQL transaction, per HTTP request and per GiB; --engine
+the same work on the engine alone, in-process (steadier), --tree TREE for a
+before/after in the same run.
 The append figures time the writer thread's whole job (salting, commitments,
 leaf and tree hashing, segment write + fdatasync, SQLite commit, checkpoint
 signing) on one core, in batches the size one flush interval would gather.
@@ -45,7 +48,7 @@ def line(label, value, unit, target=None, better="higher"):
     note = ""
     if target is not None:
         ok = value >= target if better == "higher" else value <= target
-        note = f"  target {'>=' if better == 'higher' else '<='} {target:,.0f} {unit}: {'met' if ok else 'MISSED'}"
+        note = f"  target {'>=' if better == 'higher' else '<='} {target:,g} {unit}: {'met' if ok else 'MISSED'}"
         note += f" ({value / target:.2f}x)"
     print(f"{label:52} {value:14,.1f} {unit}{note}")
 
@@ -77,7 +80,28 @@ def main():
                         help="rounds of the witnessed workload, each off then on (0: skip)")
     parser.add_argument("--witness-sessions", type=int, default=20, help="sessions per witnessed workload")
     parser.add_argument("--only-witnessed", action="store_true", help="only the witnessed workload")
+    parser.add_argument("--writer", action="store_true",
+                        help="only the writer process fed through its pipe (bench/_writerpipe.py)")
+    parser.add_argument("--txns", type=int, default=20000, help="transactions and requests for --writer")
+    parser.add_argument("--writer-mib", type=int, default=1024, help="bulk MiB for --writer")
+    parser.add_argument("--tree", action="append", default=[],
+                        help="with --writer: also run another checkout's writer (repeatable; runs alternate)")
+    parser.add_argument("--rounds", type=int, default=1, help="with --writer or --engine: rounds of each tree")
+    parser.add_argument("--engine", action="store_true",
+                        help="only the writer's engine in-process (steady on a loaded machine), --tree to compare")
     args = parser.parse_args()
+    if args.engine:
+        from bench import _writerpipe
+
+        _writerpipe.engineAB(args.tree, args.rounds)
+        return
+    if args.writer:
+        from bench import _writerpipe
+
+        for _ in range(args.rounds):
+            for tree in [None, *args.tree]:
+                _writerpipe.run(args.txns, mib=args.writer_mib, tree=tree)
+        return
     base = Path(tempfile.mkdtemp(prefix="sealgate-bench-", dir=args.dir))
     try:
         if not args.only_witnessed:
@@ -99,6 +123,7 @@ def run(base, gib):
         _wake = None
         _cost = 0  # what waits, counted on every call against max_unsealed
         _pauseAt = float("inf")
+        _bigFrames = 0
 
     rec = SessionRecording(_Store(), 1, "hot")  # type: ignore[arg-type]
     data = b"x" * 64

@@ -115,6 +115,8 @@ def secretSpans(buf):
 
 
 _secretKeys: dict = {}
+#: Keys (exactly str) known to be no secret: a dict with only these is checked in C.
+_safeKeys: set = set()
 
 
 def _secretKey(key: str) -> bool:
@@ -123,6 +125,8 @@ def _secretKey(key: str) -> bool:
         hit = _SECRET_KEY.search(key) is not None
         if len(_secretKeys) < 4096:
             _secretKeys[key] = hit
+            if not hit and type(key) is str:
+                _safeKeys.add(key)
     return hit
 
 
@@ -135,9 +139,22 @@ def scrub(fields):
     credential is never stored.  Dicts and lists are copied only where
     something changes: the caller owns what it passes and never mutates it.
     """
-    # Called for every audit event by the writer: key checks are
-    # cached and plain values are not recursed into.
+    # Called for every audit event by the writer: key checks are cached,
+    # a dict of known keys and plain values is checked without a Python
+    # loop, and plain values are not recursed into.
     kind = type(fields)
+    if kind is dict and _safeKeys.issuperset(fields):
+        if _PLAIN.issuperset(map(type, fields.values())):
+            return fields
+        changed = None
+        for k, v in fields.items():
+            if type(v) not in _PLAIN and not (type(v) is float and v - v == 0.0):  # a finite float is kept
+                value = scrub(v)
+                if value is not v:
+                    if changed is None:
+                        changed = dict(fields)
+                    changed[k] = value
+        return fields if changed is None else changed
     if kind is dict or isinstance(fields, dict):
         out = None
         for k, v in fields.items():
@@ -161,6 +178,8 @@ def scrub(fields):
     if kind in _PLAIN:
         return fields
     if isinstance(fields, (list, tuple)):
+        if _PLAIN.issuperset(map(type, fields)):
+            return fields  # plain items only: JSON writes a tuple as a list anyway
         for v in fields:
             if type(v) not in _PLAIN:
                 return [v if type(v) in _PLAIN else scrub(v) for v in fields]
@@ -203,9 +222,12 @@ def sqlText(text: str) -> str:
         return text.encode("utf-8", "backslashreplace").decode()
 
 
+LOG_HEAD = bytes([VERSION, KIND_LOG])
+
+
 def logLeaf(body: dict) -> bytes:
     """A log leaf: version and kind bytes, then canonical JSON."""
-    return bytes([VERSION, KIND_LOG]) + canonicalJson(body)
+    return LOG_HEAD + canonicalJson(body)
 
 
 def parseLogLeaf(leaf) -> dict:

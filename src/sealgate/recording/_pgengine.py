@@ -137,6 +137,9 @@ class PgEngine(Engine):
             self._lastItems = meta["writer_items"]
         return tokens
 
+    def _insertLog(self, rows: list) -> None:
+        self.db.executemany("INSERT INTO log VALUES (?, ?, ?, ?)", rows)  # the adapter's plain insert
+
     def _reconnect(self) -> None:
         """
         A new connection after the database came back.  If the batch that

@@ -20,15 +20,21 @@ class PipeError(ValueError):
     """The other side sent something that is not a message."""
 
 
-def encode(items: list) -> list:
+def encode(items: list, raw: bool = True) -> list:
     """
     Buffers carrying C{items} in order, for one C{os.writev}.  Frame items
     are C{(handle, time, channel, direction, data)}; the rest are tuples of
-    marshal's types.
+    marshal's types.  With C{raw} false (the sender knows no frame of at
+    least L{RAW_MIN} bytes was queued) the items are not looked through:
+    they go in one marshal'd list.
 
     @raise ValueError: an item holds something marshal cannot carry.
     """
     out: list = []
+    if not raw:
+        if items:
+            _list(out, items)
+        return out
     start = 0
     for i, item in enumerate(items):
         if len(item) == 5 and type(item[0]) is int and len(item[4]) >= RAW_MIN:
@@ -111,12 +117,12 @@ def writeAll(fd: int, buffers: list) -> None:
                 done = 0
 
 
-def encodeItems(items: list) -> list:
+def encodeItems(items: list, raw: bool = True) -> list:
     """L{encode}, with what marshal cannot carry made plain first."""
     try:
-        return encode(items)
+        return encode(items, raw)
     except ValueError:
-        return encode([_marshalable(i) for i in items])
+        return encode([_marshalable(i) for i in items], raw)
 
 
 def _marshalable(item: tuple) -> tuple:

@@ -9,6 +9,10 @@ from sealgate.interfaces import ISessionRecording
 from sealgate.recording import _pipe
 from sealgate.recording._errors import StoreError
 
+_now = time.time
+_RAW_MIN = _pipe.RAW_MIN
+_FRAME_COST = _pipe.FRAME_COST
+
 
 @implementer(ISessionRecording)
 class SessionRecording:
@@ -35,10 +39,13 @@ class SessionRecording:
             raise ValueError(f"frame direction {direction!r} / channel {channel!r} out of range")
         if type(data) is not bytes:
             data = bytes(data)  # the caller may reuse its buffer
-        self._queue.append((self._handle, time.time(), channel, direction, data))
+        self._queue.append((self._handle, _now(), channel, direction, data))
         store = self._store
-        store._cost += len(data) + _pipe.FRAME_COST
-        if store._cost > store._pauseAt:
+        n = len(data)
+        if n >= _RAW_MIN:
+            store._bigFrames += 1  # after the append: the sender then looks for it (see SQLiteStore._send)
+        cost = store._cost = store._cost + n + _FRAME_COST
+        if cost > store._pauseAt:
             store._overBound()
 
     def event(self, kind: str, fields: dict) -> None:

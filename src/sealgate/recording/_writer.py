@@ -114,28 +114,34 @@ class Writer:
         gateway's.
         """
         states = self._states
+        get = states.get
         out: list = []
+        append = out.append
+        arrived = 0
+        cost = _pipe.FRAME_COST
         stop = urgent = False  # urgent: someone waits on a close or a redaction
         for item in items:
             if len(item) == 5 and type(item[0]) is int:
-                state = states.get(item[0])
-                n = len(item[4]) + _pipe.FRAME_COST
+                handle, t, channel, direction, data = item
+                state = get(handle)
+                n = len(data) + cost
+                arrived += n
                 # None after its close; a bug must not stop the store.
-                out.append((state, *item[1:]) if state is not None else n)
-                self._arrived += n
+                append((state, t, channel, direction, data) if state is not None else n)
                 continue
             kind = item[0]
-            if kind == "redact":
+            if kind == "event":  # the most common after frames
+                _, sid, name, fields, at = item
+                state = get(sid)
+                append(("event", state, name, fields, None, False, at)
+                       if state is not None or sid is None else _pipe.ITEM_COST)
+            elif kind == "redact":
                 out.append(("redact", None, tuple(item[1]), None, item[2], False))
                 urgent = True
             elif kind == "open":
                 _, sid, sessionId, info, at = item
                 state = states[sid] = SessionState(sessionId)
                 out.append(("open", state, info, None, None, False, at))
-            elif kind == "event":
-                _, sid, name, fields, at = item
-                out.append(("event", states.get(sid), name, fields, None, False, at)
-                           if sid is None or sid in states else _pipe.ITEM_COST)
             elif kind == "close":
                 _, sid, reason, stats, token, at = item
                 state = states.pop(sid, None)
@@ -151,6 +157,7 @@ class Writer:
                 stop = True
             else:
                 raise ValueError(f"unknown item {kind!r} from the gateway")
+        self._arrived += arrived
         self.queue.extend(out)
         if stop:
             self.stopping = True  # after the items before it are queued
@@ -177,8 +184,8 @@ class Writer:
             self.wake.clear()
             stopping = self.stopping or self.orphaned
             self._arrived = 0
-            for _ in range(len(queue)):
-                pending.append(queue.popleft())
+            popleft = queue.popleft  # the reader thread appends meanwhile: take only what is there now
+            pending += [popleft() for _ in range(len(queue))]
             batch = pending[:limit] if limit and limit < len(pending) else pending
             try:
                 size = self._applyBatch(batch, stopping and len(batch) == len(pending))
@@ -224,15 +231,17 @@ class Writer:
     def _applyBatch(self, batch: list, stopping: bool) -> int:
         """Commit C{batch} with the durable counts it brings; @return: its frame bytes."""
         size = cost = 0
-        items = []
+        items: list = []
         redactions = []
+        append = items.append
+        frames = 0
         for i in batch:
             if type(i) is int:
                 cost += i
             elif len(i) == 5:
                 size += len(i[4])
-                cost += _pipe.FRAME_COST
-                items.append(i)
+                frames += 1
+                append(i)
             else:
                 cost += _pipe.ITEM_COST
                 if i[0] == "redact":
@@ -240,7 +249,8 @@ class Writer:
                     # the batch itself is all-or-nothing and can be retried.
                     redactions.append(i)
                 else:
-                    items.append(i)
+                    append(i)
+        cost += frames * _pipe.FRAME_COST
         count, total = self.items + len(batch), self.cost + size + cost
         # An idle loop commits nothing (no sync); it still says it is alive.
         meta = {"writer_items": count, "writer_cost": total} if batch else None

@@ -25,7 +25,8 @@ __all__ = ["SQLiteStore", "SessionRecording", "StoreError", "StoreLocked", "FLOW
 
 #: How often queued items are shipped to the writer process.
 SEND_INTERVAL = 0.01
-#: Payload bytes in one shipment above which the next is taken at once.
+#: Bytes queued (payload and item costs, see L{_pipe.FRAME_COST}) in one
+#: shipment above which the next is taken at once.
 BUSY_BYTES = 1 << 20
 #: Relaying flows again once the pending cost is below this share of the bound.
 RESUME_SHARE = 0.5
@@ -93,6 +94,7 @@ class SQLiteStore:
         self._shipped = 0      # items handed to a writer (sender thread)
         self._durable = 0      # items a writer made durable (reactor thread)
         self._cost = 0         # cost of every item queued so far (reactor thread; see _pipe)
+        self._bigFrames = 0    # frames of at least _pipe.RAW_MIN bytes queued so far (reactor thread)
         self._durableCost = 0
         self._pauseAt: float = maxUnsealed
         self._restarts = 0
@@ -349,22 +351,29 @@ class SQLiteStore:
             except OSError:
                 return
         busy = False
+        popleft = queue.popleft
+        # Counters the reactor thread bumps after each append: read before the
+        # queue's length, they cover at least the items taken below.  A big
+        # frame counted late is only marshal'd instead of sent raw.
+        sentCost, sentBig = self._cost, -1
         while not w.dead:
             if not busy:
                 self._wake.wait(SEND_INTERVAL)
             self._wake.clear()
             self._trim()
+            cost, big = self._cost, self._bigFrames
             n = len(queue)
             if not n:
                 busy = False  # wait for the next shipment, do not spin
                 continue
-            items = [queue.popleft() for _ in range(n)]
+            items = [popleft() for _ in range(n)]
             self._shipped += n
             unacked.append((self._shipped, items))  # kept until durable: a new writer gets them
-            stop = ("stop",) in items
-            busy = sum(len(i[4]) for i in items if type(i[0]) is int) >= BUSY_BYTES
+            stop = self._stopping and ("stop",) in items
+            busy = cost - sentCost >= BUSY_BYTES
+            raw, sentCost, sentBig = big != sentBig, cost, big
             try:
-                _pipe.writeAll(fd, _pipe.encodeItems(items))
+                _pipe.writeAll(fd, _pipe.encodeItems(items, raw))
             except OSError:
                 return  # the writer is gone; the reply thread tells the reactor
             if stop:

@@ -54,7 +54,8 @@ def test_every_built_in_listener_provides_the_hook():
     from sealgate.protocols.ssh.server import ServerTransport
     from sealgate.testing import fakeGateway
 
-    factory = attrs.make_class("Factory", {"gateway": attrs.field()})(fakeGateway())
+    factory = attrs.make_class("Factory", {"gateway": attrs.field(), "lenient": attrs.field(default=False)})(
+        fakeGateway())
     for client in (Client(), ClientLeg(factory), ServerTransport(), ClientConnection(factory),
                    _AdminChannel()):
         assert verifyObject(IPreLoginClient, client)

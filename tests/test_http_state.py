@@ -36,19 +36,16 @@ LEGAL_EXCH = {
 }
 
 
-@pytest.mark.parametrize(("state", "event"), list(itertools.product(Conn, ConnEvent)))
-def test_a_client_connection_moves_only_as_its_table_says(state, event):
-    if (state, event) in LEGAL_CONN:
-        assert connStep(state, event) is LEGAL_CONN[state, event]
-    else:
-        with pytest.raises(LocalProtocolError, match="cannot happen in state"):
-            connStep(state, event)
+MACHINES = {"client connection": (connStep, LEGAL_CONN, Conn, ConnEvent),
+            "exchange": (exchStep, LEGAL_EXCH, Exch, ExchEvent)}
 
 
-@pytest.mark.parametrize(("state", "event"), list(itertools.product(Exch, ExchEvent)))
-def test_an_exchange_moves_only_as_its_table_says(state, event):
-    if (state, event) in LEGAL_EXCH:
-        assert exchStep(state, event) is LEGAL_EXCH[state, event]
+@pytest.mark.parametrize(("machine", "state", "event"), [
+    (m, s, e) for m, (_, _, states, events) in MACHINES.items() for s, e in itertools.product(states, events)])
+def test_each_machine_moves_only_as_its_table_says(machine, state, event):
+    step, legal = MACHINES[machine][:2]
+    if (state, event) in legal:
+        assert step(state, event) is legal[state, event]
     else:
         with pytest.raises(LocalProtocolError, match="cannot happen in state"):
-            exchStep(state, event)
+            step(state, event)

@@ -117,13 +117,12 @@ def test_a_long_run_with_rare_values_is_halved_and_masked_exactly_as_row_by_row(
     assert _asRun(CARD_EMAIL, payloads) == _rowByRow(CARD_EMAIL, payloads)
 
 
-def test_the_halving_passes_the_clean_halves_whole():
+def _maskRun(payloads: list) -> tuple[bytes, bytes, list]:
+    """A COPY run of C{payloads} through L{RowMasker.maskCopyRun}: (run, out, what went row by row)."""
     calls = []
     rows = RowMasker(CARD_EMAIL)
     m = ReplyMasker(rows, 1 << 20)
     rows.frame(_copyStart())
-    payloads = [f"{i}\trow {i}\n".encode() for i in range(1000)]
-    payloads[500] = b"500\tjane@example.com\n"
     run = b"".join(w.CopyData(p).encode() for p in payloads)
 
     def byMessage(data):
@@ -132,21 +131,16 @@ def test_the_halving_passes_the_clean_halves_whole():
 
     out = rows.maskCopyRun(run, byMessage)
     assert out == _rowByRow(CARD_EMAIL, payloads)[len(_copyStart().raw):]
+    return run, out, calls
+
+
+def test_the_halving_passes_the_clean_halves_whole():
+    payloads = [f"{i}\trow {i}\n".encode() for i in range(1000)]
+    payloads[500] = b"500\tjane@example.com\n"
+    run, _, calls = _maskRun(payloads)
     assert sum(len(c) for c in calls) < len(run) // 30  # only the piece around the value, row by row
 
 
 def test_a_run_with_values_near_both_ends_is_masked_row_by_row_at_once():
-    calls = []
-    rows = RowMasker(CARD_EMAIL)
-    m = ReplyMasker(rows, 1 << 20)
-    rows.frame(_copyStart())
-    payloads = [f"{i}\tjane{i}@example.com\n".encode() for i in range(1000)]
-    run = b"".join(w.CopyData(p).encode() for p in payloads)
-
-    def byMessage(data):
-        calls.append(data)
-        return m._byMessage(data)
-
-    out = rows.maskCopyRun(run, byMessage)
-    assert out == _rowByRow(CARD_EMAIL, payloads)[len(_copyStart().raw):]
+    run, out, calls = _maskRun([f"{i}\tjane{i}@example.com\n".encode() for i in range(1000)])
     assert calls == [run] and b"jane1@" not in out

@@ -1,12 +1,15 @@
-"""Workers benchmark: pgbench -S through sealgate embedded, as one fleet node, and as 1 and 2 worker processes.
+"""Workers benchmark: pgbench -S and wrk GET /json through sealgate embedded, as one fleet node, and as 1 and 2 worker processes.
 
 Run from the repository root:  .venv/bin/python bench/workers.py [--seconds 15] [--clients 8]
                                [--rounds 3]
 
 PostgreSQL (tests/harness/postgres.py) is both the backend and the fleet's
-database.  Each line prints TPS and the CPU per transaction of the gateway
-(every worker, every store writer).  Target (issue 16): 2 workers are not
-slower than 1.
+database; nginx (bench/http_proxy.py's) the HTTP backend.  The policy is
+bench/http_proxy.py's: a deny rule on DELETE /admin, the card and e-mail
+detectors and JSON field masking (so the pgbench line is postgres.py's
+"+det" one).  Each line prints TPS (or req/s) and the CPU per transaction
+(or request) of the gateway (every worker, every store writer).  Target
+(issue 16): 2 workers are not slower than 1; issue 18 asks for both figures.
 """
 
 import argparse
@@ -25,23 +28,47 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from _common import cpuSeconds, stop, waitPort  # noqa: E402
+from http_proxy import startNginx, wrk  # noqa: E402
 from postgres import gatewayConfig, pgbench  # noqa: E402
 
 from tests.harness._proc import freePort  # noqa: E402
 from tests.harness.postgres import SCRAM_USER, PostgresServer  # noqa: E402
 
 DB_ENV = "BENCH_FLEET_DB"
+#: bench/http_proxy.py's connection and policy, beside the postgres one.
+WEB = """
+[[connections]]
+name = "web"
+protocol = "http"
+listen = "tcp:{port}:interface=127.0.0.1"
+backend = "tcp:host=127.0.0.1:port={backend}"
+[connections.options]
+backend_bearer_env = "BENCH_BACKEND_TOKEN"
+
+[[rules]]
+name = "no-delete"
+action = "deny"
+methods = ["DELETE"]
+paths = ["^/admin"]
+reason = "no deletes under /admin"
+
+[masking]
+detectors = ["credit_card", "email"]
+json_fields = ["password"]
+unknown_content = "pass"
+"""
 
 
-def startGateway(pg, work: Path, name: str, fleet: bool, workers: int):
-    port = freePort()
+def startGateway(pg, work: Path, name: str, fleet: bool, workers: int, web: int):
+    """A gateway (C{workers} processes in fleet mode): C{(process, postgres port, HTTP port, API key)}."""
+    port, webPort = freePort(), freePort()
     state = work / name / "state"
     state.mkdir(parents=True, mode=0o700)
     head = f'[gateway]\nstate_dir = "{state}"\nadmin = "tcp:0:interface=127.0.0.1"\n'
     if fleet:
         head += f'store_env = "{DB_ENV}"\nnode = "{name}"\nworkers = {workers}\n'
     conf = work / name / "sealgate.toml"
-    conf.write_text(gatewayConfig(head, port, pg.port))
+    conf.write_text(gatewayConfig(head, port, pg.port, WEB.format(port=webPort, backend=web)))
     env = dict(os.environ, PYTHONPATH=f"{ROOT}:{ROOT / 'src'}")
     bindir = Path(sys.executable).parent
     key = subprocess.run([str(bindir / "sealgate"), "--config", str(conf), "keys", "create",
@@ -54,12 +81,16 @@ def startGateway(pg, work: Path, name: str, fleet: bool, workers: int):
                                  "--config", str(conf)], cwd=work / name, env=env, stdout=out,
                                 stderr=subprocess.STDOUT)
     waitPort(port, proc, timeout=60)
+    waitPort(webPort, proc, timeout=60)
     deadline = time.time() + 120
     while log.read_text(errors="replace").count("Admin API on") < workers:
         if time.time() > deadline or proc.poll() is not None:
             raise SystemExit(f"{name}: the workers did not start:\n{log.read_text()[-3000:]}")
         time.sleep(0.2)
-    return proc, port, key
+    return proc, port, webPort, key
+
+
+LABELS = {"embedded": "embedded (no fleet)", "fleet-1": "fleet, 1 worker", "fleet-2": "fleet, 2 workers"}
 
 
 def main() -> None:
@@ -71,6 +102,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="sealgate-bench-fleet-"))
     os.chmod(work, 0o755)
     pg = PostgresServer().start()
+    nginx, web, _label = startNginx(work, 1 << 20)
+    os.environ["BENCH_BACKEND_TOKEN"] = "bench-backend-secret"
     try:
         pw = pg.password(SCRAM_USER)
         os.environ["BENCH_PG_PASSWORD"] = pw
@@ -84,31 +117,44 @@ def main() -> None:
         print(f"pgbench -S, {args.clients} clients, {args.seconds} s (scale 10), "
               f"{os.cpu_count()} cores")
         runs: dict[str, list] = {}
+        webRuns: dict[str, list] = {}
         configs = [("embedded", False, 1), ("fleet-1", True, 1), ("fleet-2", True, 2)]
         # Rounds interleaved, so the machine's load falls on every line alike.
         for r in range(args.rounds):
             for name, fleet, workers in configs:
-                proc, port, key = startGateway(pg, work, f"{name}-r{r}", fleet, workers)
+                proc, port, webPort, key = startGateway(pg, work, f"{name}-r{r}", fleet, workers, web)
                 try:
                     cpu0 = cpuSeconds(proc.pid)
                     t, lat = pgbench(pg, port, key, f"bench-{name}-r{r}", args.seconds, args.clients)
                     cost = (cpuSeconds(proc.pid) - cpu0) / (t * args.seconds) * 1e6
+                    rps, note = wrk(f"http://127.0.0.1:{webPort}/json", args.seconds,
+                                    [f"Authorization: Bearer {key}"], proc)
                 finally:
                     stop(proc)
                 runs.setdefault(name, []).append((t, lat, cost))
+                webRuns.setdefault(name, []).append((rps, note))
         tps = {}
         for name, _, _ in configs:
             t, lat, cost = sorted(runs[name])[len(runs[name]) // 2]
             tps[name] = t
-            label = {"embedded": "embedded (no fleet)", "fleet-1": "fleet, 1 worker",
-                     "fleet-2": "fleet, 2 workers"}[name]
+            label = LABELS[name]
             every = ", ".join(f"{x[0]:.0f}" for x in runs[name])
             print(f"  {label:20s} {t:9.0f} tps  latency avg {lat:.3f} ms  [{cost:.0f} us CPU/txn]"
                   f"  (median of {every})")
+        print(f"wrk -t1 -c32 -d{args.seconds}s GET /json (JSON masking, a deny rule, recording)")
+        rates = {}
+        for name, _, _ in configs:
+            rps, note = sorted(webRuns[name])[len(webRuns[name]) // 2]
+            rates[name] = rps
+            every = ", ".join(f"{x[0]:.0f}" for x in webRuns[name])
+            print(f"  {LABELS[name]:20s} {rps:9.0f} req/s{note}  (median of {every})")
+        print(f"  2 workers / 1: {tps['fleet-2'] / tps['fleet-1']:.2f}x tps, "
+              f"{rates['fleet-2'] / rates['fleet-1']:.2f}x req/s")
         print(f"  target: 2 workers not slower than 1 -> "
               f"{'met' if tps['fleet-2'] >= tps['fleet-1'] else 'NOT met'} "
               f"({tps['fleet-2'] / tps['fleet-1']:.2f}x)")
     finally:
+        stop(nginx)
         pg.stop()
         shutil.rmtree(work, ignore_errors=True)
 

@@ -142,8 +142,8 @@ def test_the_caches_stay_bounded_and_right_under_unique_texts():
         event = {"text": f"select {i}", f"k{i}": "allow", "mail": MAIL}
         out = maskEvent(m, event)
         assert out["text"] == f"select {i}" and MAIL not in out["mail"]
-    names, texts = _caches(m)
-    assert len(names) <= _CACHE_MAX and len(texts) <= _CACHE_MAX
+    names, texts, memo = _caches(m)
+    assert len(names) <= _CACHE_MAX and len(texts) <= _CACHE_MAX and len(memo) <= _CACHE_MAX
     assert maskEvent(m, {"card": "x", "statements": ["SELECT"]}) == {"card": "********",
                                                                       "statements": ["SELECT"]}
 

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sealgate.masking import Masker, maskEvent
-from sealgate.masking._audit import _MEMO_MAX, _caches
+from sealgate.masking._audit import _MAX_DEPTH, _MEMO_MAX, _caches
 from tests.test_masking_audit_walk import CARD, MAIL, MASKERS, _same, referenceMaskEvent
 
 # Few values, so events repeat and the memo answers; hits, near misses and named fields among them.
@@ -165,3 +165,15 @@ def test_a_statement_event_with_a_duration_never_fills_the_memo():
     for i in range(20):
         maskEvent(m, {"text": f"select {i}", "duration": i / 1e6, "rows": 1, "statements": ["SELECT"]})
     assert not memo
+
+
+def test_the_same_dict_at_another_depth_is_walked_for_that_depth():
+    # Past the depth limit containers are masked as text: the same dict
+    # answers otherwise at depth 0 and near the limit.
+    m = MASKERS[2]
+    inner = {"x": {"y": [CARD, 1]}, "kind": "allow"}
+    for depth in [0, *range(_MAX_DEPTH - 4, _MAX_DEPTH + 1), 0]:
+        event: Any = copy.deepcopy(inner)
+        for _ in range(depth):
+            event = {"z": event}
+        assert _same(maskEvent(m, event), referenceMaskEvent(m, event))

@@ -274,10 +274,14 @@ def _seq(masker, value, depth: int, keys: tuple[dict, dict, dict]) -> Any:
 def _number(masker, value: int | float, keys: tuple[dict, dict, dict]) -> Any:
     """A number as text masks (a parameter bound as a number can be a card number too)."""
     text = repr(value)
-    if len(text) < 8 and "+" not in text:
-        # Only digits, ".", "-" and lower-case letters: the shortest value any
-        # detector finds in those is 8 long (dddd.ddd), or needs a "+".
-        return value
+    if "+" not in text:
+        # Only digits, ".", "-" and lower-case letters ("e", "inf", "nan"):
+        # every detector's value in those has 8 digits or more (a card 13,
+        # a phone 8, an SSN 9), or needs a "+".  A statement's duration
+        # (0.000123) is 7.
+        n = len(text)
+        if n < 8 or (n < 16 and n - text.count(".") - text.count("-") - text.count("e") < 8):
+            return value
     masked = _shortText(masker, keys, text) if len(text) <= _SHORT else _text(masker, text)
     return value if masked is text else masked
 

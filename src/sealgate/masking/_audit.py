@@ -35,8 +35,12 @@ def maskEvent(masker, fields: dict[str, Any]) -> dict[str, Any]:
         return fields  # nothing could change
     caches = _caches(masker)
     # What _walk does with a dict at the top, without its dispatch.
-    out = (_memoDict(masker, fields, 0, caches, True) if type(fields) is dict
-           else _walk(masker, fields, 0, caches, top=True))
+    if type(fields) is not dict:
+        out = _walk(masker, fields, 0, caches, top=True)
+    elif "duration" in fields:  # a statement's event: new each time, never memoised
+        out = _dict(masker, fields, 0, caches, True)
+    else:
+        out = _memoDict(masker, fields, 0, caches, True)
     return fields if out is fields else out
 
 
@@ -274,14 +278,19 @@ def _seq(masker, value, depth: int, keys: tuple[dict, dict, dict]) -> Any:
 def _number(masker, value: int | float, keys: tuple[dict, dict, dict]) -> Any:
     """A number as text masks (a parameter bound as a number can be a card number too)."""
     text = repr(value)
-    if "+" not in text:
+    n = len(text)
+    if n < 8 and "+" not in text:
+        return value
+    hit = keys[1].get(text, _MISSING)
+    if hit is None:
+        return value  # known to mask to itself
+    if (hit is _MISSING and n < 16 and "+" not in text
+            and n - text.count(".") - text.count("-") - text.count("e") < 8):
         # Only digits, ".", "-" and lower-case letters ("e", "inf", "nan"):
         # every detector's value in those has 8 digits or more (a card 13,
         # a phone 8, an SSN 9), or needs a "+".  A statement's duration
-        # (0.000123) is 7.
-        n = len(text)
-        if n < 8 or (n < 16 and n - text.count(".") - text.count("-") - text.count("e") < 8):
-            return value
+        # (0.000123) has 7.
+        return value
     masked = _shortText(masker, keys, text) if len(text) <= _SHORT else _text(masker, text)
     return value if masked is text else masked
 

@@ -194,6 +194,10 @@ class Session:
 
     def audit(self, kind: str, /, **fields: Any) -> None:
         """Seal an audit event for this session in the log, client input masked (issue 15.5)."""
+        self._seal(kind, fields)
+
+    def _seal(self, kind: str, fields: dict[str, Any]) -> None:
+        """L{audit} for a dict the core built itself (no keyword arguments packed again)."""
         masker = getattr(self.chain, "masker", None)
         self.recording.event(kind, fields if masker is None else maskEvent(masker, fields))
 
@@ -269,7 +273,9 @@ class Session:
     def _auditVerdict(self, kind, text, details, verdict, decided=False) -> None:
         fields: dict[str, Any] = {"kind": kind, "command": text}
         if details:
-            fields["details"] = {k: v for k, v in details.items() if _jsonable(v)}
+            # Most details hold only plain values: one C-level type check, then a plain copy.
+            fields["details"] = (dict(details) if _PLAIN.issuperset(map(type, details.values()))
+                                 else {k: v for k, v in details.items() if _jsonable(v)})
         if verdict is CONTINUE:
             fields["verdict"] = "allow"
         elif isinstance(verdict, Deny):
@@ -285,7 +291,7 @@ class Session:
                 fields["rule"] = verdict.rule
         if decided:
             fields["decided"] = True
-        self.audit("command", **fields)
+        self._seal("command", fields)
 
     # -- the output step --------------------------------------------------------------
 
@@ -398,6 +404,10 @@ def _cannotRewrite(verdict: Verdict) -> Verdict:
 
 def _nothing() -> None:
     return None
+
+
+#: Types L{_jsonable} takes, exactly (a subclass goes the long way).
+_PLAIN = frozenset({str, int, float, bool, list, tuple, dict, type(None)})
 
 
 def _jsonable(value: Any) -> bool:

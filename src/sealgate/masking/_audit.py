@@ -4,6 +4,8 @@ import weakref
 from itertools import islice
 from typing import Any
 
+import orjson
+
 from sealgate.masking._errors import MaskingFailed
 
 #: Event fields the gateway itself fills in (verdicts, rules, tickets, ids,
@@ -33,24 +35,29 @@ def maskEvent(masker, fields: dict[str, Any]) -> dict[str, Any]:
         return fields  # nothing could change
     caches = _caches(masker)
     # What _walk does with a dict at the top, without its dispatch.
-    out = (_dict(masker, fields, 0, caches, True) if type(fields) is dict
-           else _walk(masker, fields, 0, caches, top=True))
+    if type(fields) is not dict:
+        out = _walk(masker, fields, 0, caches, top=True)
+    elif "duration" in fields:  # a statement's event: new each time, never memoised
+        out = _dict(masker, fields, 0, caches, True)
+    else:
+        out = _memoDict(masker, fields, 0, caches, True)
     return fields if out is fields else out
 
 
-#: Per masker, two caches: what each field name it has seen comes to (the
+#: Per masker, three caches: what each field name it has seen comes to (the
 #: key masked, or None when unchanged; whether its value is redacted whole),
-#: and what each short text comes to (masked, or None when unchanged).
+#: what each short text comes to (masked, or None when unchanged), and what
+#: each small dict of short texts comes to (the memo, see L{_memoDict}).
 #: Event fields are mostly the same few names and words on every statement
 #: (verdicts, statement kinds, effects, relations, SQLSTATEs), so most of a
 #: walk becomes dict reads.  Maskers are immutable and deterministic.
-_CACHES: "weakref.WeakKeyDictionary[Any, tuple[dict, dict]]" = weakref.WeakKeyDictionary()
+_CACHES: "weakref.WeakKeyDictionary[Any, tuple[dict, dict, dict]]" = weakref.WeakKeyDictionary()
 _CACHE_MAX = 4096
 #: Texts longer than this (statement texts: a new literal each time) are not kept.
 _SHORT = 64
 
 
-def _caches(masker) -> tuple[dict, dict]:
+def _caches(masker) -> tuple[dict, dict, dict]:
     global _LAST
     last = _LAST  # one read: another thread may rebind it meanwhile
     if last[0] is masker:
@@ -58,18 +65,18 @@ def _caches(masker) -> tuple[dict, dict]:
     try:
         cache = _CACHES.get(masker)
         if cache is None:
-            cache = _CACHES[masker] = ({}, {})
+            cache = _CACHES[masker] = ({}, {}, {})
     except TypeError:
-        return {}, {}  # a masker that cannot be weakly referenced: nothing kept
+        return {}, {}, {}  # a masker that cannot be weakly referenced: nothing kept
     _LAST = (masker, cache)
     return cache
 
 
 #: The masker seen last and its caches (a gateway has one masker): no weak lookup per event.
-_LAST: tuple[Any, tuple[dict, dict]] = (None, ({}, {}))
+_LAST: tuple[Any, tuple[dict, dict, dict]] = (None, ({}, {}, {}))
 
 
-def _key(masker, cache: tuple[dict, dict], k: str) -> tuple[str | None, bool, bool]:
+def _key(masker, cache: tuple[dict, dict, dict], k: str) -> tuple[str | None, bool, bool]:
     """What a field name comes to: its masked key (None: unchanged), whether its value is redacted below the top, and at the top."""
     masked = _text(masker, k)
     redacted = masker.columnMasked(k)
@@ -81,7 +88,7 @@ def _key(masker, cache: tuple[dict, dict], k: str) -> tuple[str | None, bool, bo
     return info
 
 
-def _shortText(masker, cache: tuple[dict, dict], text: str) -> str:
+def _shortText(masker, cache: tuple[dict, dict, dict], text: str) -> str:
     texts = cache[1]
     hit = texts.get(text, _MISSING)
     if hit is _MISSING:
@@ -97,14 +104,14 @@ def _shortText(masker, cache: tuple[dict, dict], text: str) -> str:
 _MISSING = object()
 
 
-def _walk(masker, value: Any, depth: int, keys: tuple[dict, dict], top: bool = False) -> Any:
+def _walk(masker, value: Any, depth: int, keys: tuple[dict, dict, dict], top: bool = False) -> Any:
     t = type(value)
     if t is str:
         return _shortText(masker, keys, value) if len(value) <= _SHORT else _text(masker, value)
     if t is dict:
         if depth >= _MAX_DEPTH:
             return _text(masker, repr(value))
-        return _dict(masker, value, depth, keys, top)
+        return _memoDict(masker, value, depth, keys, top)
     if t is list or t is tuple:
         if depth >= _MAX_DEPTH:
             return _text(masker, repr(value))
@@ -116,8 +123,8 @@ def _walk(masker, value: Any, depth: int, keys: tuple[dict, dict], top: bool = F
     return _other(masker, value, depth, keys, top)
 
 
-def _dict(masker, value: dict, depth: int, keys: tuple[dict, dict], top: bool) -> Any:
-    names, texts = keys
+def _dict(masker, value: dict, depth: int, keys: tuple[dict, dict, dict], top: bool) -> Any:
+    names, texts = keys[0], keys[1]
     out = None  # a copy only once a field changes: most events come back as they are
     i = 0
     for k, v in value.items():
@@ -161,7 +168,100 @@ def _dict(masker, value: dict, depth: int, keys: tuple[dict, dict], top: bool) -
     return value if out is None else out
 
 
-def _seq(masker, value, depth: int, keys: tuple[dict, dict]) -> Any:
+#: The memo's bounds: a dict of at most this many fields whose JSON is at
+#: most _MEMO_BYTES long, and at most _MEMO_MAX of them per masker.
+_MEMO_FIELDS = 16
+_MEMO_BYTES = 1024
+_MEMO_MAX = 1024
+#: orjson refuses subclasses of str, int, float, dict and list, dataclasses,
+#: datetimes, bytes, non-str keys, surrogates, ints past 64 bits and anything
+#: else JSON does not hold, except enums, UUIDs, Fragments and tuples: a hit
+#: must also equal the copy kept (no UUID, plain enum, Fragment, NaN, or
+#: list for a tuple does) and have the same exact type at every leaf but
+#: the texts (no int or float enum either; a str enum masks as its text does).
+_JSON_KEY = orjson.OPT_PASSTHROUGH_SUBCLASS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+
+
+def _memoDict(masker, value: dict, depth: int, keys: tuple[dict, dict, dict], top: bool) -> Any:
+    """
+    L{_dict} through the per-masker memo of small dicts (an HTTP request's
+    headers and details, the whole event of a request a client repeats).
+    Keyed on the exact content, never on identity: the dict's JSON, with
+    C{depth} (the walk's depth limit depends on it), checked as said at
+    C{_JSON_KEY}.  What it keeps and gives out are copies of their own: a
+    caller that changes a dict it got or gave changes no later answer.  A
+    top-level event with a C{duration} (a statement's: new each time) skips it.
+    """
+    if len(value) > _MEMO_FIELDS or (top and "duration" in value):
+        return _dict(masker, value, depth, keys, top)
+    try:
+        key = orjson.dumps(value, option=_JSON_KEY)
+    except TypeError:  # orjson.JSONEncodeError: not plain JSON data
+        return _dict(masker, value, depth, keys, top)
+    memo = keys[2]
+    hit = memo.get((depth, key))
+    if hit is not None and value == hit[0] and _sameLeaves(value, hit[1]):
+        return value if hit[2] is None else _fresh(hit[2])
+    out = _dict(masker, value, depth, keys, top)
+    if len(key) <= _MEMO_BYTES:
+        if len(memo) >= _MEMO_MAX:
+            memo.clear()  # bounded; what recurs is learnt again at once
+        kept = _private(value)
+        memo[(depth, key)] = (kept, tuple(_leafTypes(kept, ())), None if out is value else _fresh(out))
+    return out
+
+
+def _private(value: Any) -> Any:
+    """A copy of a dict the memo keeps: its dicts, lists and tuples new, its leaves (immutable: what orjson takes) shared."""
+    t = type(value)
+    if t is dict:
+        return {k: _private(v) for k, v in value.items()}
+    if t is list or t is tuple:
+        return t(_private(v) for v in value)
+    return value
+
+
+def _leafTypes(value: Any, path: tuple) -> Any:
+    """Where the leaves that are not texts or None are, and their exact types."""
+    t = type(value)
+    if t is dict:
+        for k, v in value.items():
+            yield from _leafTypes(v, (*path, k))
+    elif t is list or t is tuple:
+        for i, v in enumerate(value):
+            yield from _leafTypes(v, (*path, i))
+    elif t is not str and value is not None:
+        yield path, t
+
+
+def _sameLeaves(value: Any, numbers: tuple) -> bool:
+    """Whether C{value} (equal to what was kept) has a leaf of exactly that type at each place."""
+    for path, t in numbers:
+        v = value
+        for step in path:
+            v = v[step]
+        if type(v) is not t:
+            return False
+    return True
+
+
+def _fresh(value: dict) -> dict:
+    """A copy of a dict, its nested dicts and lists copied too (the memo holds nothing anyone else has)."""
+    out = dict(value)
+    for k, v in out.items():
+        t = type(v)
+        if t is dict:
+            out[k] = _fresh(v)
+        elif t is list:
+            out[k] = _freshList(v)
+    return out
+
+
+def _freshList(value: list) -> list:
+    return [_fresh(v) if type(v) is dict else _freshList(v) if type(v) is list else v for v in value]
+
+
+def _seq(masker, value, depth: int, keys: tuple[dict, dict, dict]) -> Any:
     texts = keys[1]
     for v in value:
         if type(v) is not str or texts.get(v, _MISSING) is not None:
@@ -175,18 +275,27 @@ def _seq(masker, value, depth: int, keys: tuple[dict, dict]) -> Any:
     return value
 
 
-def _number(masker, value: int | float, keys: tuple[dict, dict]) -> Any:
+def _number(masker, value: int | float, keys: tuple[dict, dict, dict]) -> Any:
     """A number as text masks (a parameter bound as a number can be a card number too)."""
     text = repr(value)
-    if len(text) < 8 and "+" not in text:
-        # Only digits, ".", "-" and lower-case letters: the shortest value any
-        # detector finds in those is 8 long (dddd.ddd), or needs a "+".
+    n = len(text)
+    if n < 8 and "+" not in text:
+        return value
+    hit = keys[1].get(text, _MISSING)
+    if hit is None:
+        return value  # known to mask to itself
+    if (hit is _MISSING and n < 16 and "+" not in text
+            and n - text.count(".") - text.count("-") - text.count("e") < 8):
+        # Only digits, ".", "-" and lower-case letters ("e", "inf", "nan"):
+        # every detector's value in those has 8 digits or more (a card 13,
+        # a phone 8, an SSN 9), or needs a "+".  A statement's duration
+        # (0.000123) has 7.
         return value
     masked = _shortText(masker, keys, text) if len(text) <= _SHORT else _text(masker, text)
     return value if masked is text else masked
 
 
-def _other(masker, value: Any, depth: int, keys: tuple[dict, dict], top: bool) -> Any:
+def _other(masker, value: Any, depth: int, keys: tuple[dict, dict, dict], top: bool) -> Any:
     """Subclasses and the rarer types, as the general rules have them."""
     if isinstance(value, str):
         return _text(masker, value)

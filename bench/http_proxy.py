@@ -48,6 +48,22 @@ from _common import (  # noqa: E402  (bench/ is the script's path)
 DOC = {"customer": {"name": "Ada Lovelace", "email": "ada@example.com",
                     "card": "4111 1111 1111 1111"},
        "orders": [{"id": i, "total": 10.5 * i, "note": "no card here"} for i in range(8)]}
+#: Documents of DOC's shape that all differ (ids, totals, addresses, lengths), served as /doc/N:
+#: the "new document each request" line asks for them in turn, so no cache answers twice.
+DOCS = 64
+WRK_DOCS = f"""
+n = 0
+request = function()
+  n = n + 1
+  return wrk.format(nil, "/doc/" .. (n % {DOCS}))
+end
+"""
+
+
+def document(n: int) -> dict:
+    return {"customer": {"name": f"Customer {n}", "email": f"user{n}@example.com", "card": "4111 1111 1111 1111"},
+            "orders": [{"id": n * 100 + i, "total": 10.5 * i + n, "note": "no card here" + " x" * (n % 5)}
+                       for i in range(8)]}
 
 
 # Threads parked on a lock or in the reactor's poll, as py-spy names them: not work.
@@ -88,6 +104,9 @@ def startNginx(work: Path, downloadBytes: int):
     www = work / "www"
     www.mkdir()
     (www / "json").write_text(json.dumps(DOC))
+    (www / "doc").mkdir()
+    for n in range(DOCS):
+        (www / "doc" / str(n)).write_text(json.dumps(document(n)))
     with open(www / "big", "wb") as f:
         f.truncate(downloadBytes)
     nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
@@ -109,6 +128,7 @@ http {{
     listen 127.0.0.1:{port};
     root {www};
     location = /json {{ default_type application/json; }}
+    location /doc/ {{ default_type application/json; }}
   }}
 }}
 """)
@@ -192,13 +212,14 @@ def startMitm(work: Path, backendPort: int, mitmdump: str | None):
     return proc, port
 
 
-def wrk(url: str, seconds: int, headers=(), proc=None) -> tuple[float, str]:
+def wrk(url: str, seconds: int, headers=(), proc=None, script: Path | None = None) -> tuple[float, str]:
     """
     Requests/s and a note.  With C{proc}, the note also gives that proxy's
     CPU time per request: on a shared machine req/s depends on the CPU the
-    proxy gets, its CPU cost per request does not.
+    proxy gets, its CPU cost per request does not.  C{script}: a wrk Lua
+    script (which paths to ask for).
     """
-    args = ["wrk", "-t1", "-c32", f"-d{seconds}s"]
+    args = ["wrk", "-t1", "-c32", f"-d{seconds}s"] + (["-s", str(script)] if script else [])
     for h in headers:
         args += ["-H", h]
     before = cpuSeconds(proc.pid) if proc is not None else 0.0
@@ -318,11 +339,14 @@ def main() -> None:
         for name, _sg, gport, auth in gateways:
             check = subprocess.run(["curl", "-sS", "-H", auth[0], f"http://127.0.0.1:{gport}/json"],
                                    capture_output=True, text=True).stdout
-            masked = "4111 1111 1111 1111" not in check and "Ada Lovelace" in check
+            doc = subprocess.run(["curl", "-sS", "-H", auth[0], f"http://127.0.0.1:{gport}/doc/3"],
+                                 capture_output=True, text=True).stdout
+            masked = ("4111 1111 1111 1111" not in check + doc and "Ada Lovelace" in check
+                      and "user3@example.com" not in doc and "Customer 3" in doc)
             denied = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-X", "DELETE",
                                      "-H", auth[0], f"http://127.0.0.1:{gport}/admin/x"],
                                     capture_output=True, text=True).stdout
-            print(f"{name} masks the card in /json: {masked}; DELETE /admin/x answered {denied}")
+            print(f"{name} masks the card in /json and /doc/N: {masked}; DELETE /admin/x answered {denied}")
 
         def perRequest(note: str) -> float:
             m = re.search(r"\[(\d+) us CPU/request", note)
@@ -353,6 +377,20 @@ def main() -> None:
                 pids = {"gateway": sg.pid, **dict(("writer", p) for p in childPids(sg.pid)[:1])}
                 profiled(f"wrk-{gport}", pids, args.seconds, args.profile_dir or work,
                          lambda u=url, a=auth, p=sg: wrk(u, args.seconds, a, p), not args.profile_wall)
+
+        # The same policy and proxies, each request a different document: no
+        # response head, body or audit event repeats the one before it.
+        script = work / "docs.lua"
+        script.write_text(WRK_DOCS)
+        bareDocs, n7 = wrk(f"http://127.0.0.1:{fport}/", args.seconds, (), fwd, script)
+        print(f"wrk -t1 -c32 -d{args.seconds}s GET /doc/0../doc/{DOCS - 1} in turn (a new document each request)")
+        print(f"  twisted forwarder:  {bareDocs:10.0f} req/s{n7}")
+        for name, sg, gport, auth in gateways:
+            throughDocs, n8 = wrk(f"http://127.0.0.1:{gport}/", args.seconds, auth, sg, script)
+            print(f"  {name}: {throughDocs:10.0f} req/s{n8}")
+            cpu = perRequest(n8) / perRequest(n7) if perRequest(n7) else 0.0
+            print(f"  {name} / forwarder: {throughDocs / bareDocs if bareDocs else 0.0:.2f} req/s "
+                  f"(target >= 0.5), {cpu:.1f}x CPU/request (target <= 2.5)")
 
         mb = args.download_mb
         d1, _, _ = download(f"http://127.0.0.1:{bport}/big", size)

@@ -144,6 +144,36 @@ http {{
     return proc, port, label
 
 
+def webConfig(port: int, backendPort: int, maxBody: int | None = None) -> str:
+    """
+    The bench's HTTP connection on C{port} to the backend on C{backendPort}
+    and its policy (a deny rule, JSON masking with the card and e-mail
+    detectors): shared with bench/workers.py.
+    """
+    body = "" if maxBody is None else f"max_body = {maxBody}\n"
+    return f"""
+[[connections]]
+name = "web"
+protocol = "http"
+listen = "tcp:{port}:interface=127.0.0.1"
+backend = "tcp:host=127.0.0.1:port={backendPort}"
+[connections.options]
+backend_bearer_env = "BENCH_BACKEND_TOKEN"
+{body}
+[[rules]]
+name = "no-delete"
+action = "deny"
+methods = ["DELETE"]
+paths = ["^/admin"]
+reason = "no deletes under /admin"
+
+[masking]
+detectors = ["credit_card", "email"]
+json_fields = ["password"]
+unknown_content = "pass"
+"""
+
+
 def startSealgate(work: Path, backendPort: int, maxBody: int, tree: Path = ROOT, name: str = "sealgate"):
     port = freePort()
     work = work / name
@@ -161,27 +191,7 @@ name = "bench"
 groups = ["bench"]
 connections = ["*"]
 
-[[connections]]
-name = "web"
-protocol = "http"
-listen = "tcp:{port}:interface=127.0.0.1"
-backend = "tcp:host=127.0.0.1:port={backendPort}"
-[connections.options]
-backend_bearer_env = "BENCH_BACKEND_TOKEN"
-max_body = {maxBody}
-
-[[rules]]
-name = "no-delete"
-action = "deny"
-methods = ["DELETE"]
-paths = ["^/admin"]
-reason = "no deletes under /admin"
-
-[masking]
-detectors = ["credit_card", "email"]
-json_fields = ["password"]
-unknown_content = "pass"
-""")
+""" + webConfig(port, backendPort, maxBody))
     if str(ROOT / "src") not in sys.path:
         sys.path.insert(0, str(ROOT / "src"))
     from sealgate.identity.apikeys import APIKeyStore

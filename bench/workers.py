@@ -28,35 +28,13 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from _common import cpuSeconds, stop, waitPort  # noqa: E402
-from http_proxy import startNginx, wrk  # noqa: E402
+from http_proxy import startNginx, webConfig, wrk  # noqa: E402
 from postgres import gatewayConfig, pgbench  # noqa: E402
 
 from tests.harness._proc import freePort  # noqa: E402
 from tests.harness.postgres import SCRAM_USER, PostgresServer  # noqa: E402
 
 DB_ENV = "BENCH_FLEET_DB"
-#: bench/http_proxy.py's connection and policy, beside the postgres one.
-WEB = """
-[[connections]]
-name = "web"
-protocol = "http"
-listen = "tcp:{port}:interface=127.0.0.1"
-backend = "tcp:host=127.0.0.1:port={backend}"
-[connections.options]
-backend_bearer_env = "BENCH_BACKEND_TOKEN"
-
-[[rules]]
-name = "no-delete"
-action = "deny"
-methods = ["DELETE"]
-paths = ["^/admin"]
-reason = "no deletes under /admin"
-
-[masking]
-detectors = ["credit_card", "email"]
-json_fields = ["password"]
-unknown_content = "pass"
-"""
 
 
 def startGateway(pg, work: Path, name: str, fleet: bool, workers: int, web: int):
@@ -68,7 +46,7 @@ def startGateway(pg, work: Path, name: str, fleet: bool, workers: int, web: int)
     if fleet:
         head += f'store_env = "{DB_ENV}"\nnode = "{name}"\nworkers = {workers}\n'
     conf = work / name / "sealgate.toml"
-    conf.write_text(gatewayConfig(head, port, pg.port, WEB.format(port=webPort, backend=web)))
+    conf.write_text(gatewayConfig(head, port, pg.port, webConfig(webPort, web)))
     env = dict(os.environ, PYTHONPATH=f"{ROOT}:{ROOT / 'src'}")
     bindir = Path(sys.executable).parent
     key = subprocess.run([str(bindir / "sealgate"), "--config", str(conf), "keys", "create",

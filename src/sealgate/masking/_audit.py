@@ -189,10 +189,10 @@ def _memoDict(masker, value: dict, depth: int, keys: tuple[dict, dict, dict], to
     Keyed on the exact content, never on identity: the dict's JSON, with
     C{depth} (the walk's depth limit depends on it), checked as said at
     C{_JSON_KEY}.  What it keeps and gives out are copies of their own: a
-    caller that changes a dict it got or gave changes no later answer.  A
-    top-level event with a C{duration} (a statement's: new each time) skips it.
+    caller that changes a dict it got or gave changes no later answer.
+    (L{maskEvent} sends a statement's event, new each time, around it.)
     """
-    if len(value) > _MEMO_FIELDS or (top and "duration" in value):
+    if len(value) > _MEMO_FIELDS:
         return _dict(masker, value, depth, keys, top)
     try:
         key = orjson.dumps(value, option=_JSON_KEY)

@@ -67,7 +67,24 @@ _MULTIPART = (f"--{_BOUNDARY}\r\nContent-Type: text/csv\r\n\r\nid,card\r\n1,{CAR
 _BIG = json.dumps([{"id": i, "card": CARD if i % 10 == 0 else "none", "mail": EMAIL}
                    for i in range(3000)]).encode()
 
+#: What /c/poll answers in turn (a kept-alive client polling one resource): the same head
+#: but for its length, the same document twice, a head that carries a value, clean documents
+#: around them.  The relay's head, plan and body caches see each: none may pass a value.
+_CLEAN = json.dumps({"id": 1, "note": "nothing here"}).encode()
+_POLLS = [([], _CLEAN), ([], _DOC), ([], _DOC), ([("X-Customer", VALUE)], _DOC), ([], _CLEAN),
+          ([], json.dumps({"customer": {"card": CARD, "email": EMAIL}, "id": 12345}).encode()), ([], _CLEAN)]
+#: Which of L{_POLLS} each /c/poll answered, in order.
+POLLED: list[int] = []
+
+
+def _poll(method: bytes) -> bytes:
+    POLLED.append(len(POLLED) % len(_POLLS))
+    headers, body = _POLLS[POLLED[-1]]
+    return _resp("200 OK", [("Content-Type", "application/json"), *headers], body)
+
+
 ROUTES = {
+    "/c/poll": _poll,
     # -- heads -----------------------------------------------------------------------
     "/h/custom": lambda m: _resp("200 OK", [("X-Customer", VALUE), ("Content-Type", "text/plain")], b"ok"),
     "/h/cookie": lambda m: _resp("200 OK", [("Set-Cookie", f"who={EMAIL}; Path=/"),
@@ -486,3 +503,38 @@ def test_an_http10_client_gets_masked_bodies_without_chunking(env, path, expecte
         assert b"\r\nContent-Length: %d\r\n" % len(body) in head + b"\r\n"
     else:
         assert b"Connection: close" in head   # close-delimited
+
+
+def test_a_client_polling_one_resource_gets_every_answer_masked_as_it_is(env):
+    """
+    The same request head again and again on one connection (the relay
+    parses it once), answers whose heads differ only in length or in a
+    header that carries a value, the same document twice: each answer is
+    masked as itself, clean ones pass byte for byte (tests/test_http_caches.py
+    proves the relay's caches equal to no caches; this is through a real client).
+    """
+    mark, first = len(env.tap.connections), len(POLLED)
+    conn = http.client.HTTPConnection("127.0.0.1", env.tap.port, timeout=30)
+    got = []
+    try:
+        for _ in range(2 * len(_POLLS)):
+            conn.request("GET", "/c/poll", headers={"Authorization": f"Bearer {env.key}"})
+            resp = conn.getresponse()
+            got.append((resp.status, resp.getheader("X-Customer"), resp.read()))
+    finally:
+        conn.close()
+    env.clean(mark)
+    assert len(env.tap.since(mark)) == 1, "http.client had to reconnect"
+    served = POLLED[first:]
+    assert len(served) == len(got) and set(served) == set(range(len(_POLLS)))
+    for i, (status, customer, body) in zip(served, got, strict=True):
+        headers, sent = _POLLS[i]
+        assert status == 200
+        if sent == _CLEAN:
+            assert body == _CLEAN
+        else:
+            doc = json.loads(body)
+            assert doc["customer"] == {"card": MASKED_CARD.decode(), "email": MASKED_EMAIL.decode()}
+            assert doc["id"] == json.loads(sent)["id"]
+        assert customer == (None if not headers else "card " + MASKED_CARD.decode() + " mail "
+                            + MASKED_EMAIL.decode() + " card2 " + MASKED_PLAIN.decode())

@@ -134,3 +134,25 @@ async def poll(condition, timeout: float = 10.0):
         d: defer.Deferred = defer.Deferred()
         reactor.callLater(0.02, d.callback, None)
         await d
+
+
+@pytest_twisted.ensureDeferred
+async def test_closing_with_a_query_in_flight_keeps_the_reactor_running_until_it_is_answered(postgres):
+    """
+    The database behind a proxy that this reactor runs (as in the outage
+    tests): a close while a query waits for its answer must leave the reactor
+    free to relay that answer, and fire once the pool is gone.  (adbapi's own
+    close joins the pool's threads on the reactor: this hung for good.)
+    """
+    from twisted.protocols.portforward import ProxyFactory
+
+    port = reactor.listenTCP(0, ProxyFactory(postgres.host, postgres.port), interface="127.0.0.1")
+    url = fleetDatabase(postgres).replace(f":{postgres.port}/", f":{port.getHost().port}/")
+    db = FleetDB(url, reactor)
+    try:
+        assert await db.runQuery("SELECT 1") == [(1,)]
+        inFlight = db.runQuery("SELECT pg_sleep(0.3), 7")
+        await db.close()
+        assert inFlight.called and inFlight.result == [("", 7)]
+    finally:
+        await port.stopListening()

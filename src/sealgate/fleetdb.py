@@ -235,11 +235,32 @@ class FleetDB:
         listener.start()
         return listener
 
-    def close(self) -> None:
+    def close(self) -> defer.Deferred:
+        """
+        Stop the listeners and the pool; fires once the pool's threads are
+        gone.  adbapi's own close joins them on the calling thread: on the
+        reactor, a query still waiting for its answer (from a server behind
+        a proxy this reactor runs, say) would hold the reactor, and with it
+        the answer, for good.  The join runs in a thread of its own instead.
+        """
         for listener in self._listeners:
             listener.stop()
         self._listeners.clear()
-        self.pool.close()
+        pool, reactor = self.pool, self._reactor
+        for trigger in ("startID", "shutdownID"):  # what pool.close does on the reactor
+            if getattr(pool, trigger) is not None:
+                reactor.removeSystemEventTrigger(getattr(pool, trigger))
+                setattr(pool, trigger, None)
+        closed: defer.Deferred = defer.Deferred()
+
+        def join() -> None:
+            try:
+                pool.finalClose()
+            finally:
+                reactor.callFromThread(closed.callback, None)
+
+        threading.Thread(target=join, name="sealgate-fleetdb-close", daemon=True).start()
+        return closed
 
 
 @attrs.define(eq=False)

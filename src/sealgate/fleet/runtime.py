@@ -70,5 +70,5 @@ class Fleet:
                 self._log.warn("Node {node}: leaving the fleet: {why}", node=self.node, why=str(e))
             finally:
                 self.board.stop()
-                self.db.close()
+                await self.db.close()
         return defer.ensureDeferred(go())
